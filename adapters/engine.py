@@ -1,0 +1,260 @@
+"""A worker's server: the app on uvicorn's HTTP protocol stack, fed by listeners or by the primary.
+
+uvicorn supplies the HTTP protocols (httptools or h11, websockets); this module
+owns the rest of a worker's life: load the app, run its lifespan, serve on the
+sockets the policy gives (or adopt connections the primary passes over the
+channel), tell the primary when it is ready, and drain on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from email.utils import formatdate
+from typing import Any
+
+from ..channel import Channel
+from ..config import Config
+from ..errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
+from ..identity import WorkerInfo
+from .lifespan import Lifespan
+from .loading import LoadedApp, load_app
+
+logger = logging.getLogger("clusterrun")
+
+_DRAIN_POLL = 0.02
+# A worker stopped by SIGTERM waits this long for the primary's stop frame before draining anyway.
+_PRIMARY_ANSWER_WAIT = 2.0
+
+
+def serve(config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket]) -> int:
+    """Load the app and serve it until told to stop; the worker's exit code."""
+    try:
+        loaded = load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
+    except BootError as exc:
+        channel.send_blocking({"t": "boot_error", "error": str(exc)})
+        return EXIT_BOOT
+    loop = _new_loop(config.loop)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(WorkerServer(config, info, channel, sockets, loaded).run())
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def preimport(config: Config) -> None:
+    """Import the engine in the primary before forking: workers start faster and share the pages."""
+    import uvicorn.server  # noqa: F401
+
+    from . import wsgi  # noqa: F401
+
+    _uvicorn_config(config, _NoApp())
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: F401
+
+
+class _NoApp:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("placeholder app")
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise BootError("--loop uvloop needs uvloop: pip install 'clusterrun[standard]'") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def _asgi_app(config: Config, info: WorkerInfo, loaded: LoadedApp) -> Any:
+    if loaded.interface == "asgi":
+        return loaded.app
+    from .wsgi import WSGIBridge
+
+    return WSGIBridge(loaded.app, threads=config.threads, extra_environ={"clusterrun.worker": info})
+
+
+def _uvicorn_config(config: Config, app: Any) -> Any:
+    import uvicorn
+
+    http = config.http
+    if http == "httptools":
+        try:
+            import httptools  # noqa: F401
+        except ImportError:
+            raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
+    uv = uvicorn.Config(
+        app=lambda: app,  # a factory, so that uvicorn does not probe the app by calling it
+        factory=True,
+        interface="asgi3",
+        http=http,
+        lifespan="off",  # clusterrun runs the lifespan itself (adapters.lifespan)
+        log_config=None,
+        access_log=config.access_log,
+        proxy_headers=False,
+        server_header=False,
+        headers=[("server", "clusterrun")],
+        timeout_keep_alive=int(config.timeout_keep_alive),
+        backlog=config.backlog,
+    )
+    uv.load()
+    return uv
+
+
+class WorkerServer:
+    def __init__(
+        self, config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket],
+        loaded: LoadedApp,
+    ) -> None:
+        self.config = config
+        self.info = info
+        self.channel = channel
+        self.sockets = sockets
+        self.loaded = loaded
+        self.app = _asgi_app(config, info, loaded)
+        self._stopping: asyncio.Event | None = None
+        self._adopting: set[asyncio.Task[Any]] = set()
+
+    async def run(self) -> int:
+        from uvicorn.server import ServerState
+
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        uv = _uvicorn_config(self.config, self.app)
+        lifespan = Lifespan(self.app, self.config.lifespan if self.loaded.interface == "asgi" else "off")
+        self._watch_channel(loop)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm, loop)
+        try:
+            await lifespan.startup()
+        except BootError as exc:
+            self.channel.send_blocking({"t": "boot_error", "error": str(exc)})
+            return EXIT_BOOT
+        if self._stopping.is_set():  # told to stop while starting up
+            await lifespan.shutdown()
+            return EXIT_OK
+
+        self.state = ServerState()
+        app_state = lifespan.state
+        app_state["clusterrun.worker"] = self.info
+        self.protocol_factory = functools.partial(
+            uv.http_protocol_class, config=uv, server_state=self.state, app_state=app_state, _loop=loop
+        )
+        self._tick_date(uv.encoded_headers)
+        servers = [
+            await loop.create_server(self.protocol_factory, sock=sock, backlog=self.config.backlog)
+            for sock in self.sockets
+        ]
+        self.channel.send({"t": "ready", "interface": self.loaded.interface})
+        await self._stopping.wait()
+
+        for server in servers:
+            server.close()
+        await self._drain()
+        await lifespan.shutdown()
+        with contextlib.suppress(Exception):
+            await self.channel_flushed()
+        return EXIT_OK
+
+    def _on_sigterm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stopped from outside: tell the primary first, so that it routes nothing more here, then drain.
+
+        The primary answers with a stop frame, which arrives after every connection it already sent.
+        """
+        if self.channel.eof:
+            self.stop()
+            return
+        self.channel.send({"t": "draining"})
+        loop.call_later(_PRIMARY_ANSWER_WAIT, self.stop)
+
+    def stop(self) -> None:
+        if self._stopping is not None and not self._stopping.is_set():
+            logger.debug("stopping: draining open connections")
+            self._stopping.set()
+
+    # The channel: connections and orders from the primary.
+
+    def _watch_channel(self, loop: asyncio.AbstractEventLoop) -> None:
+        fd = self.channel.fileno()
+        loop.add_reader(fd, self._on_channel_readable, loop)
+
+        def backlog(waiting: bool) -> None:
+            if waiting:
+                loop.add_writer(fd, self.channel.flush)
+            else:
+                loop.remove_writer(fd)
+
+        self.channel.on_backlog = backlog
+
+    def _on_channel_readable(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            frames = self.channel.receive()
+        except ChannelError as exc:
+            logger.error("bad frame from the primary (%s); stopping", exc)
+            frames = []
+            self.channel.eof = True
+        for frame, fds in frames:
+            kind = frame["t"]
+            if kind == "conn":
+                for fd in fds:
+                    self._adopt(loop, fd)
+            elif kind == "stop":
+                self.stop()
+            else:
+                logger.debug("ignoring frame %r from the primary", kind)
+        if self.channel.eof:
+            # The primary is gone (or broke the channel): finish what is in flight and exit, never linger.
+            loop.remove_reader(self.channel.fileno())
+            logger.warning("the primary went away; stopping")
+            self.stop()
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        task = loop.create_task(self._connect(loop, sock))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(self.protocol_factory, sock)
+        except OSError as exc:  # the client left before the hand-over completed
+            logger.debug("dropping a passed connection: %s", exc)
+            sock.close()
+
+    async def channel_flushed(self) -> None:
+        while self.channel.backlog and not self.channel.eof:
+            await asyncio.sleep(_DRAIN_POLL)
+
+    # Draining: finish what was accepted, close what is idle.
+
+    async def _drain(self) -> None:
+        if self._adopting:
+            await asyncio.gather(*self._adopting, return_exceptions=True)
+        first_request_deadline = time.monotonic() + self.config.timeout_keep_alive
+        while self.state.connections or self.state.tasks:
+            patient = time.monotonic() < first_request_deadline
+            for connection in list(self.state.connections):
+                # A connection handed over but not yet read may carry a request: give it time to arrive.
+                if patient and getattr(connection, "cycle", True) is None:
+                    continue
+                connection.shutdown()
+            await asyncio.sleep(_DRAIN_POLL)
+
+    def _tick_date(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """uvicorn's protocols read default headers from the server state: keep Date current, once a second."""
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        self.state.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *headers]
+        loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick_date, headers)

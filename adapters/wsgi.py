@@ -1,0 +1,391 @@
+"""clusterrun's WSGI-to-ASGI bridge: runs a PEP 3333 application on uvicorn's HTTP protocol stack.
+
+Design:
+
+* The request body is read completely before the app is called: a WSGI app reads ``wsgi.input``
+  synchronously (possibly in a worker thread), and such a read cannot await the event loop.
+* The response is produced by one synchronous generator, ``_respond``, which calls the app and yields the
+  ASGI messages to send. Inline mode (threads == 1) drives it on the event-loop thread; pooled mode drives
+  the same generator in a worker thread and hands each message back to the loop: the logic exists once.
+* uvicorn silently drops sends to a client that has gone away, so a streamed response would never learn the
+  client left. Once a response turns out to be streamed, a watcher awaits ``receive()`` (which, per ASGI, only
+  returns ``http.disconnect`` after the body was consumed) and iteration stops when it fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
+from types import TracebackType
+from typing import IO, Any, Protocol
+
+__all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
+
+Environ = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = ..., /
+    ) -> Callable[[bytes], object]: ...
+
+
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+# Header names are client-controlled: an unbounded cache would let a client grow worker memory at will.
+_KEY_CACHE_LIMIT = 512
+# Appended to the app iterable so write() calls made during the last iteration step still get flushed.
+_TAIL = (b"",)
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterates a file in blocks; ``close()`` closes the file."""
+
+    __slots__ = ("blksize", "filelike")
+
+    def __init__(self, filelike: _Readable, blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+
+    def __iter__(self) -> Iterator[bytes]:
+        read, size = self.filelike.read, self.blksize
+        while block := read(size):
+            yield block
+
+    def close(self) -> None:
+        close = getattr(self.filelike, "close", None)
+        if close is not None:
+            close()
+
+
+class _Exchange:
+    """start_response()/write() state of one request; bound methods avoid building closures per request."""
+
+    __slots__ = ("done", "headers", "length", "pending", "sent", "size_hint", "started", "status")
+
+    def __init__(self) -> None:
+        self.status = self.sent = 0  # sent: body bytes sent, only counted when length is known
+        self.started = self.done = False
+        self.headers: list[tuple[bytes, bytes]] | None = None
+        self.length: int | None = None  # the app's Content-Length, if any
+        self.size_hint: int | None = None  # body size when known up front (list/tuple result)
+        self.pending: list[bytes] = []  # write() data not sent yet
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None and exc_info[1] is not None:
+            try:
+                if self.started:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # PEP 3333: drop the traceback reference to avoid a frame cycle
+        elif self.headers is not None:
+            raise RuntimeError("start_response() called a second time without exc_info")
+        if not isinstance(status, str):
+            raise TypeError(f"WSGI status must be a str, got {type(status).__name__}")
+        if not (status[:3].isascii() and status[:3].isdigit() and len(status) >= 3):
+            raise ValueError(f"WSGI status must start with a 3-digit code, got {status!r}")
+        if not isinstance(headers, list):
+            raise TypeError(f"WSGI response headers must be a list, got {type(headers).__name__}")
+        encoded: list[tuple[bytes, bytes]] = []
+        length = None
+        for item in headers:
+            if (
+                type(item) is not tuple
+                or len(item) != 2
+                or not isinstance(item[0], str)
+                or not isinstance(item[1], str)
+            ):
+                raise TypeError(f"each WSGI response header must be a (str, str) tuple, got {item!r}")
+            name, value = item
+            if name.lower() == "content-length":
+                if not value.strip().isdecimal():
+                    raise ValueError(f"invalid Content-Length response header {value!r}")
+                length = int(value)
+            # Encoding here rather than when sending makes a non-latin-1 header fail inside the app's frame.
+            encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+        self.status, self.headers, self.length = int(status[:3]), encoded, length
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        if self.headers is None:
+            raise RuntimeError("write() called before start_response()")
+        if not isinstance(data, bytes):
+            raise TypeError(f"write() takes bytes, got {type(data).__name__}")
+        # Buffered until the generator next runs (PEP 3333 allows it): write() cannot yield a message itself.
+        if data:
+            self.pending.append(data)
+
+    def start_message(self) -> Message:
+        headers = self.headers
+        if headers is None:
+            raise RuntimeError("the WSGI app produced body data before calling start_response()")
+        self.started = True
+        hint = self.size_hint
+        if self.length is None and hint is not None and self.status >= 200 and self.status not in (204, 304):
+            # A fully known body gets a Content-Length instead of chunked framing, and its final chunk can
+            # then carry more_body=False.
+            headers.append((b"content-length", str(hint).encode("ascii")))
+            self.length = hint
+        return {"type": "http.response.start", "status": self.status, "headers": headers}
+
+    def body_message(self, chunk: bytes) -> Message:
+        if self.length is not None:
+            remaining = self.length - self.sent
+            if len(chunk) >= remaining:
+                # Content-Length reached: this chunk ends the response (one send fewer than an empty final
+                # message), and excess bytes are cut, as gunicorn does, rather than failing the response.
+                self.done = True
+                return {"type": "http.response.body", "body": chunk[:remaining], "more_body": False}
+            self.sent += len(chunk)
+        return {"type": "http.response.body", "body": chunk, "more_body": True}
+
+
+class _Channel:
+    """Sends messages on the loop and reports (False) once the client of a streamed response is gone."""
+
+    __slots__ = ("_receive", "_send", "_watch")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive, self._send = receive, send
+        self._watch: asyncio.Future[Message] | None = None
+
+    async def send(self, message: Message) -> bool:
+        watch = self._watch
+        if watch is not None and watch.done():
+            return False
+        await self._send(message)
+        if message.get("more_body"):
+            if watch is None:
+                # Only streamed responses pay for the watcher task; single-message bodies never get here.
+                self._watch = asyncio.ensure_future(self._receive())
+            # Inline mode blocks the loop between chunks; yielding lets it see the disconnect and flush I/O.
+            await asyncio.sleep(0)
+        return True
+
+    def close(self) -> None:
+        watch = self._watch
+        if watch is not None and not watch.cancel() and not watch.cancelled():
+            watch.exception()  # mark a failed receive() as retrieved so asyncio does not log it
+
+
+def _environ_key(name: bytes) -> str:
+    if b"_" in name:
+        return ""  # "X_User" would alias "X-User" in the environ; gunicorn drops these to prevent spoofing
+    key = name.decode("latin-1").upper().replace("-", "_")
+    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+
+
+def _split_host(host: str, scheme: str) -> tuple[str, str]:
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():  # also rejects the tail of a bare IPv6 literal such as "[::1]"
+        return name, port
+    return host or "localhost", "443" if scheme in ("https", "wss") else "80"
+
+
+class WSGIBridge:
+    """An ASGI 3 application that runs a WSGI application, inline (threads=1) or in a thread pool."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        threads: int = 1,
+        extra_environ: Mapping[str, Any] | None = None,
+        spool_limit: int = 1024 * 1024,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self._app, self._threads, self._spool_limit = app, threads, spool_limit
+        # Created on first use: the bridge is built before the worker forks and before any event loop exists.
+        self._executor: ThreadPoolExecutor | None = None
+        self._keys: dict[bytes, str] = {}
+        self._base: Environ = {
+            "SCRIPT_NAME": "",
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": threads > 1,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,  # the whole body is buffered, so reading to EOF is always safe
+            **(extra_environ or {}),
+        }
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._other_scope(scope, receive, send)
+            return
+        body = await self._read_body(receive)
+        if body is None:
+            return  # the client left before the request was complete: nobody to answer
+        stream, size = body
+        channel = _Channel(receive, send)
+        try:
+            messages = self._respond(self._environ(scope, stream, size))
+            if self._threads == 1:
+                try:
+                    for message in messages:
+                        if not await channel.send(message):
+                            break
+                finally:
+                    messages.close()
+            else:
+                loop = asyncio.get_running_loop()
+                executor = self._executor
+                if executor is None:
+                    executor = self._executor = ThreadPoolExecutor(
+                        max_workers=self._threads, thread_name_prefix="clusterrun-wsgi"
+                    )
+                await loop.run_in_executor(executor, _drive_in_thread, messages, channel, loop)
+        finally:
+            channel.close()
+            stream.close()
+
+    async def _read_body(self, receive: Receive) -> tuple[IO[bytes], int] | None:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            return io.BytesIO(chunk), len(chunk)
+        # Chunked or large uploads: bounded memory, spilling to disk past spool_limit.
+        spool: IO[bytes] = tempfile.SpooledTemporaryFile(self._spool_limit)
+        try:
+            spool.write(chunk)
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    spool.close()
+                    return None
+                spool.write(message.get("body", b""))
+            size = spool.tell()
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool, size
+
+    def _environ(self, scope: dict[str, Any], stream: IO[bytes], size: int) -> Environ:
+        environ = self._base.copy()
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root:
+            path = path.removeprefix(root)
+            environ["SCRIPT_NAME"] = root.encode().decode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        scheme: str = scope.get("scheme", "http")
+        environ["REQUEST_METHOD"] = scope["method"]
+        # PEP 3333 wants the UTF-8 bytes seen as latin-1; isascii() is O(1) and skips the round trip.
+        environ["PATH_INFO"] = path if path.isascii() else path.encode().decode("latin-1")
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["RAW_URI"] = (raw + b"?" + query if query else raw).decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + scope.get("http_version", "1.1")
+        environ["wsgi.url_scheme"] = scheme
+        environ["wsgi.input"] = stream
+        environ["wsgi.errors"] = sys.stderr  # looked up per request: the worker may redirect stderr later
+        client = scope.get("client")
+        if client is not None:
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
+
+        keys = self._keys
+        for name, value in scope["headers"]:
+            key = keys.get(name)
+            if key is None:
+                key = _environ_key(name)
+                if len(keys) < _KEY_CACHE_LIMIT:
+                    keys[name] = key
+            if not key:
+                continue
+            text = value.decode("latin-1")
+            if key in environ:
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
+            else:
+                environ[key] = text
+
+        if size and "CONTENT_LENGTH" not in environ:
+            environ["CONTENT_LENGTH"] = str(size)  # chunked upload: the real length is known by now
+        server = scope.get("server")
+        if server is not None and server[1] is not None:
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = server[0], str(server[1])
+        else:  # unix socket: the socket path is no server name, the Host header is the best we have
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(environ.get("HTTP_HOST", ""), scheme)
+        return environ
+
+    def _respond(self, environ: Environ) -> Generator[Message, None, None]:
+        exchange = _Exchange()
+        result = self._app(environ, exchange.start_response)
+        try:
+            # Not for HEAD: an app may answer it with an empty body that does not reflect the GET length.
+            if type(result) in (list, tuple) and environ["REQUEST_METHOD"] != "HEAD":
+                exchange.size_hint = sum(map(len, exchange.pending)) + sum(map(len, result))
+            pending = exchange.pending
+            for chunk in chain(result, _TAIL):
+                if pending:  # write() data goes out before the chunk produced after it
+                    chunk = b"".join(pending) + chunk
+                    pending.clear()
+                elif not chunk:
+                    continue
+                elif not isinstance(chunk, bytes):
+                    raise TypeError(f"WSGI app iterable yielded {type(chunk).__name__}, expected bytes")
+                if not exchange.started:
+                    yield exchange.start_message()
+                yield exchange.body_message(chunk)
+                if exchange.done:
+                    return
+            if not exchange.started:
+                yield exchange.start_message()
+            yield {"type": "http.response.body", "body": b"", "more_body": False}
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    @staticmethod
+    async def _other_scope(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        elif kind == "websocket":
+            await receive()  # websocket.connect; closing before accept makes the server reject the handshake
+            await send({"type": "websocket.close", "code": 1000})
+        else:
+            raise ValueError(f"unsupported ASGI scope type {kind!r}")
+
+
+def _drive_in_thread(
+    messages: Generator[Message, None, None], channel: _Channel, loop: asyncio.AbstractEventLoop
+) -> None:
+    # Waiting on each send gives the app thread the connection's backpressure.
+    try:
+        for message in messages:
+            if not asyncio.run_coroutine_threadsafe(channel.send(message), loop).result():
+                break
+    finally:
+        messages.close()

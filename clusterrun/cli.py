@@ -1,0 +1,114 @@
+"""The command line: build the parser from OPTIONS, run the primary, turn errors into exit codes.
+
+The only place where an exception becomes a message and an exit code:
+0 clean stop, 1 unexpected error, 2 bad command line or configuration,
+3 the app failed to boot, 4 the restart limit was reached in every slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import __version__, logs
+from .config import OPTIONS, build_config
+from .errors import EXIT_CONFIG, ClusterrunError, ConfigError
+from .policies import POLICY_CLASSES
+
+logger = logging.getLogger("clusterrun")
+
+EPILOG = """\
+signals to the primary:
+  TERM, INT    stop gracefully (a second INT kills at once)
+  HUP, USR2    rolling restart: replace each worker, one at a time, with no failed request
+  TTIN, TTOU   one worker more / one fewer
+
+exit codes:
+  0 clean stop  1 unexpected error  2 bad command line or configuration
+  3 the app failed to boot  4 every worker slot hit its restart limit
+
+environment: WEB_CONCURRENCY sets --workers, CLUSTERRUN_SCHED_POLICY sets --policy.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors on one line and a hint for a mistyped flag."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = "see clusterrun --help"
+        if message.startswith("unrecognized arguments:"):
+            bad = message.split(":", 1)[1].split()
+            flags = [flag for option in OPTIONS for flag in option.flags] + ["--help", "--version"]
+            close = difflib.get_close_matches(bad[0].split("=")[0], flags, n=1) if bad else []
+            if close:
+                hint = f"did you mean {close[0]}? {hint}"
+        self.exit(EXIT_CONFIG, f"clusterrun: error: {message}; {hint}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="clusterrun",
+        description="Run a WSGI or ASGI app on a pool of forked workers sharing one port.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("app", metavar="APP", help="the app as module:attribute, e.g. flask_app:app")
+    for option in OPTIONS:
+        kwargs: dict[str, object] = {"dest": option.name, "help": option.help, "default": None}
+        if option.switch:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["metavar"] = option.metavar
+            if option.repeat:
+                kwargs["action"] = "append"
+        parser.add_argument(*option.flags, **kwargs)  # type: ignore[arg-type]
+    parser.add_argument("--version", action="version", version=f"clusterrun {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if _asks_policy_help(raw):
+        for cls in POLICY_CLASSES.values():
+            print(f"{cls.name:<8} {cls.summary}")
+        return 0
+    args = build_parser().parse_args(raw)
+    values = {option.name: getattr(args, option.name) for option in OPTIONS}
+    debug = values.get("log_level") == "debug"
+    try:
+        config = build_config(args.app, values)
+        logs.setup(config.log_level, access_log=config.access_log)
+        from .primary import Primary
+
+        _prepare_engine(config)
+        return Primary(config).run()
+    except ClusterrunError as exc:
+        if debug:
+            logger.debug("details", exc_info=True)
+        print(f"clusterrun: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _asks_policy_help(argv: list[str]) -> bool:
+    return any(a == "--policy=help" or (a == "--policy" and argv[i + 1:i + 2] == ["help"])
+               for i, a in enumerate(argv))
+
+
+def _prepare_engine(config: object) -> None:
+    """Fail early, as a configuration error, when the engine or the app's module cannot be found."""
+    try:
+        from .adapters import engine, loading
+    except ImportError as exc:
+        raise ConfigError(f"the serving engine cannot be imported ({exc}); reinstall with: pip install clusterrun"
+                          ) from None
+    from .config import Config
+
+    assert isinstance(config, Config)
+    loading.check_module_exists(config.app, config.app_dir)
+    engine.preimport(config)

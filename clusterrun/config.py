@@ -1,0 +1,234 @@
+"""The configuration: every option defined once, as data.
+
+``OPTIONS`` is the single definition. The CLI builds its parser from it and the
+Python API takes the same names as keyword arguments; both end in
+``build_config``, which parses each raw value (a CLI string or a Python value)
+with the option's own parser and returns a frozen ``Config``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cpus import usable_cpus
+from .errors import ConfigError
+from .listeners import BindAddress, parse_bind, parse_port
+
+POLICIES = ("rr", "shared")
+INTERFACES = ("auto", "wsgi", "asgi")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOOPS = ("auto", "asyncio", "uvloop")
+HTTP_IMPLS = ("auto", "httptools", "h11")
+LIFESPANS = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class Config:
+    app: str
+    workers: int
+    workers_spec: str
+    binds: tuple[BindAddress, ...]
+    policy: str = "rr"
+    threads: int = 1
+    interface: str = "auto"
+    factory: bool = False
+    app_dir: str = "."
+    max_restarts: int = 5
+    restart_window: float = 60.0
+    graceful_timeout: float = 30.0
+    boot_timeout: float = 60.0
+    backlog: int = 2048
+    log_level: str = "info"
+    access_log: bool = False
+    loop: str = "auto"
+    http: str = "auto"
+    lifespan: str = "auto"
+    timeout_keep_alive: float = 5.0
+    usable_cpus: int = field(default=1, compare=False)
+
+    @property
+    def module(self) -> str:
+        return self.app.partition(":")[0]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its name in Config, its flags, its parser and its documentation."""
+
+    name: str
+    flags: tuple[str, ...]
+    help: str
+    parse: Callable[[Any], Any]
+    metavar: str | None = None
+    env: str | None = None
+    repeat: bool = False
+    switch: bool = False
+    choices: tuple[str, ...] | None = None
+
+
+def _int_at_least(low: int, flag: str) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"bad {flag} value {value!r}: give a whole number >= {low}") from None
+        if number < low:
+            raise ConfigError(f"bad {flag} value {value!r}: give a whole number >= {low}")
+        return number
+
+    return parse
+
+
+def _seconds(flag: str) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"bad {flag} value {value!r}: give a number of seconds >= 0") from None
+        if not number >= 0 or math.isinf(number):
+            raise ConfigError(f"bad {flag} value {value!r}: give a number of seconds >= 0")
+        return number
+
+    return parse
+
+
+def _choice(flag: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ConfigError(f"unknown {flag} value {value!r}: choose one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _switch(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+_WORKERS_RE = re.compile(r"^(?:(?P<count>\d+)|auto|(?P<factor>\d+(?:\.\d+)?)x)$")
+
+
+def resolve_workers(value: Any, cpus: int) -> int:
+    """``N``, ``auto`` (usable CPUs) or ``Kx`` (K times auto, rounded, at least 1)."""
+    text = str(value).strip().lower()
+    match = _WORKERS_RE.match(text)
+    fix = "give a number like 4, auto (one per usable CPU) or a multiple of auto like 2x"
+    if match is None:
+        raise ConfigError(f"bad --workers value {value!r}: {fix}")
+    if match["count"] is not None:
+        count = int(match["count"])
+        if count < 1:
+            raise ConfigError(f"bad --workers value {value!r}: at least 1 worker is needed; {fix}")
+        return count
+    if match["factor"] is not None:
+        factor = float(match["factor"])
+        if factor <= 0:
+            raise ConfigError(f"bad --workers value {value!r}: the multiple must be above 0; {fix}")
+        return max(1, round(factor * cpus))
+    return cpus
+
+
+def _app_spec(value: Any) -> str:
+    text = str(value).strip()
+    module, sep, attr = text.partition(":")
+    ident = r"[A-Za-z_][A-Za-z0-9_]*"
+    if not sep or not re.fullmatch(rf"{ident}(\.{ident})*", module) or not re.fullmatch(
+        rf"{ident}(\.{ident})*", attr
+    ):
+        raise ConfigError(f"bad APP {value!r}: write it as module:attribute, for example flask_app:app")
+    return text
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("workers", ("-w", "--workers"), "worker processes: N, auto (usable CPUs: affinity capped by the "
+           "cgroup quota) or a multiple of auto like 2x; default auto", str, "N|auto|Kx", env="WEB_CONCURRENCY"),
+    Option("binds", ("-b", "--bind"), "listen on HOST:PORT, [IPV6]:PORT or unix:PATH; repeat for several "
+           "listeners; port 0 picks a free port; default 127.0.0.1:8000", parse_bind, "ADDRESS", repeat=True),
+    Option("host", ("--host",), "shortcut for --bind HOST:PORT with --port; default 127.0.0.1", str, "HOST"),
+    Option("port", ("--port",), "shortcut for --bind HOST:PORT with --host; default 8000", parse_port, "PORT"),
+    Option("policy", ("--policy",), "how connections reach workers: rr (the primary accepts and hands each "
+           "connection to the next ready worker) or shared (every worker accepts on the shared socket); "
+           "default rr", _choice("--policy", POLICIES), "POLICY", env="CLUSTERRUN_SCHED_POLICY",
+           choices=POLICIES),
+    Option("threads", ("--threads",), "WSGI only: 1 calls the app on the event loop, one request at a time "
+           "(gunicorn sync); N runs it in a pool of N threads (gunicorn gthread); default 1",
+           _int_at_least(1, "--threads"), "N"),
+    Option("interface", ("--interface",), "app interface: auto (detect), wsgi or asgi; default auto",
+           _choice("--interface", INTERFACES), "KIND", choices=INTERFACES),
+    Option("factory", ("--factory",), "APP names a zero-argument factory that returns the app", _switch,
+           switch=True),
+    Option("app_dir", ("--app-dir",), "directory put first on sys.path to import APP; default the current "
+           "directory", str, "DIR"),
+    Option("max_restarts", ("--max-restarts",), "a slot that dies more than N times within --restart-window "
+           "is not respawned again; default 5", _int_at_least(0, "--max-restarts"), "N"),
+    Option("restart_window", ("--restart-window",), "seconds over which --max-restarts counts; default 60",
+           _seconds("--restart-window"), "SECONDS"),
+    Option("graceful_timeout", ("--graceful-timeout",), "seconds in-flight requests get to finish on stop or "
+           "restart before their worker is killed; default 30", _seconds("--graceful-timeout"), "SECONDS"),
+    Option("boot_timeout", ("--boot-timeout",), "seconds a new worker gets to import the app and become "
+           "ready before it is counted as failed; default 60", _seconds("--boot-timeout"), "SECONDS"),
+    Option("backlog", ("--backlog",), "listen queue length; default 2048", _int_at_least(1, "--backlog"), "N"),
+    Option("log_level", ("--log-level",), "debug, info, warning or error; debug adds tracebacks to errors; "
+           "default info", _choice("--log-level", LOG_LEVELS), "LEVEL", choices=LOG_LEVELS),
+    Option("access_log", ("--access-log",), "log one line per request (off by default, as in gunicorn)",
+           _switch, switch=True),
+    Option("loop", ("--loop",), "event loop: auto (uvloop when installed), asyncio or uvloop; default auto",
+           _choice("--loop", LOOPS), "LOOP", choices=LOOPS),
+    Option("http", ("--http",), "HTTP parser: auto (httptools when installed), httptools or h11; default auto",
+           _choice("--http", HTTP_IMPLS), "IMPL", choices=HTTP_IMPLS),
+    Option("lifespan", ("--lifespan",), "ASGI lifespan: auto (run it if the app supports it), on or off; "
+           "default auto", _choice("--lifespan", LIFESPANS), "MODE", choices=LIFESPANS),
+    Option("timeout_keep_alive", ("--timeout-keep-alive",), "seconds an idle keep-alive connection stays "
+           "open; default 5", _seconds("--timeout-keep-alive"), "SECONDS"),
+)
+
+OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def build_config(
+    app: str, values: Mapping[str, Any], environ: Mapping[str, str] | None = None, cpus: int | None = None
+) -> Config:
+    """Parse raw option values (None or absent: not given) into a Config; unknown names are errors."""
+    environ = os.environ if environ is None else environ
+    unknown = sorted(set(values) - set(OPTIONS_BY_NAME))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}: known options are {', '.join(OPTIONS_BY_NAME)}")
+    given: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = values.get(option.name)
+        if (raw is None or raw == [] or raw is False) and option.env and environ.get(option.env):
+            raw = environ[option.env]
+        if raw is None or raw == []:
+            continue
+        if option.repeat:
+            items = [raw] if isinstance(raw, (str, BindAddress)) else list(raw)
+            given[option.name] = tuple(
+                item if isinstance(item, BindAddress) else option.parse(item) for item in items
+            )
+        else:
+            given[option.name] = option.parse(raw)
+
+    cpus = usable_cpus() if cpus is None else cpus
+    workers_spec = str(given.pop("workers", "auto")).strip().lower()
+    binds = given.pop("binds", ())
+    host, port = given.pop("host", None), given.pop("port", None)
+    if binds and (host is not None or port is not None):
+        raise ConfigError("--bind cannot be combined with --host/--port: use one or the other")
+    if not binds:
+        binds = (BindAddress(host=host or "127.0.0.1", port=8000 if port is None else port),)
+    return Config(
+        app=_app_spec(app),
+        workers=resolve_workers(workers_spec, cpus),
+        workers_spec=workers_spec,
+        binds=binds,
+        usable_cpus=cpus,
+        **given,
+    )

@@ -1,0 +1,131 @@
+"""Primary-side dispatch: accept on the listeners, hand each connection to a worker.
+
+Used by policies whose ``dispatches`` is True. The policy orders the ready
+workers; a worker whose channel is backed up (it is not keeping up) is skipped.
+When no worker can take a connection now, it is held rather than dropped, and
+accepting pauses (new clients wait in the kernel's backlog) until one can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import socket
+from collections import deque
+from collections.abc import Sequence
+
+from .channel import CONNECTION_FRAMES, MAX_FDS_PER_FRAME
+from .policies import Policy
+from .supervision import WorkerHandle
+
+logger = logging.getLogger("clusterrun")
+
+_ACCEPT_BATCH = MAX_FDS_PER_FRAME  # connections per wake-up, so that worker frames are not starved
+
+
+class Dispatcher:
+    def __init__(self, policy: Policy, selector: selectors.BaseSelector) -> None:
+        self.policy = policy
+        self.selector = selector
+        self.listeners: list[socket.socket] = []
+        self.ready: list[WorkerHandle] = []
+        self.held: deque[int] = deque()
+        self.accepting = False
+        self.closed = False
+
+    def listen(self, listeners: Sequence[socket.socket]) -> None:
+        if not self.policy.dispatches:
+            return
+        self.listeners = list(listeners)
+        for sock in self.listeners:
+            sock.setblocking(False)
+        self._update()
+
+    def ready_worker(self, handle: WorkerHandle) -> None:
+        self.ready.append(handle)
+        self.ready.sort(key=lambda w: w.index)
+        self._release_held()
+        self._update()
+
+    def gone(self, handle: WorkerHandle) -> None:
+        if handle in self.ready:
+            self.ready.remove(handle)
+            self._update()
+
+    def backlog_changed(self, handle: WorkerHandle, waiting: bool) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
+            key = self.selector.get_key(handle.channel.sock)
+            self.selector.modify(handle.channel.sock, events, key.data)
+        if not waiting:
+            self._release_held()
+        self._update()
+
+    def close(self) -> None:
+        """Stop accepting; connections held for want of a worker go to whoever can still take them."""
+        self._release_held()
+        while self.held:
+            os.close(self.held.popleft())
+        self.closed = True
+        self._update()
+
+    def _on_accept(self, sock: socket.socket) -> None:
+        accepted: list[int] = []
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # out of descriptors, or the client left already
+                logger.warning("accept failed: %s", exc)
+                break
+            accepted.append(conn.detach())
+        self._dispatch(accepted)
+
+    def _dispatch(self, fds: list[int]) -> None:
+        """Choose a worker for each connection, then pass each worker its share in one frame."""
+        shares: dict[WorkerHandle, list[int]] = {}
+        for fd in fds:
+            chosen = self._choose()
+            if chosen is None:
+                self.held.append(fd)
+            else:
+                shares.setdefault(chosen, []).append(fd)
+        for handle, share in shares.items():
+            handle.channel.send_bytes(CONNECTION_FRAMES[len(share)], share)
+        if self.held or any(handle.channel.backlog for handle in shares):
+            self._update()
+
+    def _choose(self) -> WorkerHandle | None:
+        fallback: WorkerHandle | None = None
+        for handle in self.policy.order(self.ready):
+            if not handle.channel.backlog:
+                return handle
+            if fallback is None or handle.channel.backlog < fallback.channel.backlog:
+                fallback = handle
+        # Everyone is behind: queue it on the least behind; accepting pauses until someone catches up.
+        return fallback
+
+    def _release_held(self) -> None:
+        if self.held and self.ready:
+            held = list(self.held)
+            self.held.clear()
+            self._dispatch(held)
+
+    def _update(self) -> None:
+        want = (
+            not self.closed
+            and not self.held
+            and any(not w.channel.backlog for w in self.ready)
+        )
+        if want == self.accepting:
+            return
+        self.accepting = want
+        for sock in self.listeners:
+            if want:
+                self.selector.register(sock, selectors.EVENT_READ, lambda mask, s=sock: self._on_accept(s))
+            else:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(sock)

@@ -1,0 +1,149 @@
+"""Listener addresses: parsing ``--bind`` values and binding them once, in the primary."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from .errors import BindError, ConfigError
+
+
+@dataclass(frozen=True)
+class BindAddress:
+    """One ``--bind`` value: a TCP host and port, or a unix socket path."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def is_unix(self) -> bool:
+        return bool(self.path)
+
+    def __str__(self) -> str:
+        if self.is_unix:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_bind(value: str) -> BindAddress:
+    """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` (all interfaces), ``PORT`` or ``unix:PATH``."""
+    text = value.strip()
+    fix = "use HOST:PORT, [IPV6]:PORT or unix:/path"
+    if text.startswith("unix:"):
+        path = text[len("unix:"):]
+        if not path:
+            raise ConfigError(f"bad --bind value {value!r}: the unix socket path is empty; {fix}")
+        return BindAddress(path=path)
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"bad --bind value {value!r}: {fix}")
+        port_text = rest[1:]
+    elif ":" in text:
+        host, _, port_text = text.rpartition(":")
+        if ":" in host:
+            raise ConfigError(f"bad --bind value {value!r}: put an IPv6 address in brackets; {fix}")
+        host = host or "0.0.0.0"
+    else:
+        host, port_text = "127.0.0.1", text
+    return BindAddress(host=host, port=parse_port(port_text, f"--bind value {value!r}"))
+
+
+def parse_port(text: str | int, what: str = "--port") -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"bad {what}: port {text!r} is not a number; give 0-65535 (0 picks a free port)") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"bad {what}: port {port} is out of range; give 0-65535 (0 picks a free port)")
+    return port
+
+
+def bind(address: BindAddress, backlog: int, reuse_port: bool = False) -> socket.socket:
+    """Open one listening socket, or raise BindError naming the address and the fix."""
+    try:
+        if address.is_unix:
+            return _bind_unix(address.path, backlog)
+        return _bind_tcp(address, backlog, reuse_port)
+    except OSError as exc:
+        raise BindError(_bind_failure(address, exc)) from exc
+
+
+def _bind_tcp(address: BindAddress, backlog: int, reuse_port: bool) -> socket.socket:
+    infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # "[::]" should mean IPv6 only, so that 0.0.0.0 can be bound beside it.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_unix(path: str, backlog: int) -> socket.socket:
+    _unlink_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _unlink_stale_socket(path: str) -> None:
+    """A socket file left by a killed server is removed; one that still answers is in use."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, "a file that is not a socket exists there")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "address already in use")
+
+
+def _bind_failure(address: BindAddress, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot bind {address}: address already in use; stop what holds it or choose another --bind/--port"
+    if exc.errno == errno.EACCES:
+        return f"cannot bind {address}: permission denied; use a port above 1023 or run with the needed rights"
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot bind {address}: no such local address; use 127.0.0.1, 0.0.0.0 or an address of this host"
+    return f"cannot bind {address}: {exc.strerror or exc}; check the --bind value"
+
+
+def describe(sock: socket.socket) -> str:
+    """The URL a user can open for a bound listener, with the real port."""
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+def close_quietly(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()

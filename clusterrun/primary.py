@@ -1,0 +1,396 @@
+"""The primary: binds, forks, reaps, respawns, dispatches and stops — one thread, one wait.
+
+Everything the primary reacts to is a file descriptor in one selector: the
+signal wake-up socket (``signal.set_wakeup_fd`` writes each signal's number
+there; the handlers themselves do nothing), every worker's channel, and the
+listeners under a dispatching policy. Timers (boot and drain deadlines) only
+shorten the wait. No polling, and nothing ever blocks on one worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__, listeners, worker
+from .channel import Channel, Frame
+from .config import Config
+from .dispatch import Dispatcher
+from .errors import EXIT_BOOT, EXIT_ERROR, EXIT_OK, EXIT_RESTART_LIMIT, ChannelError, ClusterrunError
+from .policies import make_policy
+from .supervision import STARTING, Timers, WorkerHandle, describe_status
+from .throttle import RestartThrottle
+
+logger = logging.getLogger("clusterrun")
+
+_HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
+            signal.SIGCHLD)
+
+
+class Primary:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.policy = make_policy(config.policy)
+        self.throttle = RestartThrottle(config.max_restarts, config.restart_window, clock)
+        self.timers = Timers(clock)
+        self.selector = selectors.DefaultSelector()
+        self.listeners: list[socket.socket] = []
+        self.workers: dict[int, WorkerHandle] = {}  # by pid: every live child
+        self.slots: dict[int, WorkerHandle] = {}  # by index: the worker that serves the slot now
+        self.target = config.workers
+        self.next_id = 1
+        self.booted = False
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.dispatcher = Dispatcher(self.policy, self.selector)
+        self.reload_queue: list[int] = []
+        self.reloading: WorkerHandle | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # The loop.
+
+    def run(self) -> int:
+        """Serve until stopped; the process exit code. Every child is reaped before this returns."""
+        try:
+            self._bind()
+            self._install_signals()
+            logger.info(
+                "clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, self.config.app, self.target,
+                "" if self.target == 1 else "s", self._workers_note(), self.policy.name,
+            )
+            for sock in self.listeners:
+                logger.info("listening on %s", listeners.describe(sock))
+            for index in range(self.target):
+                self._spawn(index)
+            while self.workers or not self.stopping:
+                events = self.selector.select(self.timers.wait_time())
+                for key, mask in events:
+                    key.data(mask)
+                self.timers.run_due()
+            return self.exit_code
+        except ClusterrunError:
+            raise  # the CLI's to report, e.g. a listener that cannot be bound
+        except BaseException:
+            logger.critical("the primary failed; stopping every worker", exc_info=True)
+            return EXIT_ERROR
+        finally:
+            self._cleanup()
+
+    def _workers_note(self) -> str:
+        spec = self.config.workers_spec
+        if spec == "auto" or spec.endswith("x"):
+            return f"--workers {spec}: {self.config.usable_cpus} usable CPU{'s' if self.config.usable_cpus > 1 else ''}"
+        return f"--workers {spec}"
+
+    def _bind(self) -> None:
+        for address in self.config.binds:
+            sock = listeners.bind(address, self.config.backlog)
+            self.listeners.append(sock)
+        self.dispatcher.listen(self.listeners)
+
+    def _install_signals(self) -> None:
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in _HANDLED:
+            signal.signal(signum, _note_signal)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signals)
+
+    def _on_signals(self, mask: int) -> None:
+        try:
+            data = self._wake_r.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            self._on_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            self._reap()
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            if self.stopping and signum == signal.SIGINT:
+                logger.warning("second interrupt: killing every worker now")
+                self._kill_all()
+            else:
+                logger.info("received %s: stopping gracefully (up to %gs)", signal.Signals(signum).name,
+                            self.config.graceful_timeout)
+                self.stop()
+        elif signum in (signal.SIGHUP, signal.SIGUSR2):
+            logger.info("received %s: rolling restart", signal.Signals(signum).name)
+            self.reload()
+        elif signum == signal.SIGTTIN:
+            self.scale(self.target + 1)
+        elif signum == signal.SIGTTOU:
+            self.scale(self.target - 1)
+
+    # Workers: spawn, reap, respawn.
+
+    def _spawn(self, index: int, replaces: WorkerHandle | None = None) -> WorkerHandle:
+        parent_end, child_end = Channel.pair()
+        worker_id = self.next_id
+        self.next_id += 1
+        sockets = self.policy.worker_sockets(self.listeners)
+        primary_fds = [self._wake_r.fileno(), self._wake_w.fileno(), parent_end.fileno()]
+        primary_fds += [w.channel.fileno() for w in self.workers.values()]
+        primary_fds += [s.fileno() for s in self.listeners if s not in sockets]
+        with contextlib.suppress(AttributeError, OSError):
+            primary_fds.append(self.selector.fileno())  # type: ignore[attr-defined]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            worker.run(self.config, worker_id, index, child_end, sockets, primary_fds)
+        child_end.close()
+        handle = WorkerHandle(worker_id, index, pid, Channel(parent_end), started=self.clock(), replaces=replaces)
+        handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
+        self.workers[pid] = handle
+        if replaces is None:
+            self.slots[index] = handle
+        self.selector.register(handle.channel.sock, selectors.EVENT_READ, lambda mask: self._on_channel(handle, mask))
+        handle.boot_timer = self.timers.add(self.config.boot_timeout, lambda: self._boot_overdue(handle))
+        logger.debug("spawned %s", handle.info)
+        return handle
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = self.workers.pop(pid, None)
+            if handle is not None:
+                self._on_exit(handle, status)
+
+    def _on_exit(self, handle: WorkerHandle, status: int) -> None:
+        self._close_channel(handle)
+        handle.boot_timer.cancel()
+        self.dispatcher.gone(handle)
+        how = describe_status(status)
+        if self.slots.get(handle.index) is handle:
+            del self.slots[handle.index]
+        if handle.state == STARTING:
+            self._on_boot_failure(handle, how)
+        elif self.stopping or handle.retired:
+            logger.debug("%s exited (%s)", handle.info, how)
+        else:
+            self._on_crash(handle, how)
+        if not self.slots and not self.stopping and not self.reloading:
+            logger.error("no worker is left: stopping")
+            self.exit_code = self.exit_code or EXIT_RESTART_LIMIT
+            self.stop()
+
+    def _on_boot_failure(self, handle: WorkerHandle, how: str) -> None:
+        reason = handle.boot_error or f"it exited ({how}) before it was ready"
+        if self.stopping:
+            logger.debug("%s exited while starting (%s)", handle.info, how)
+        elif handle.replaces is not None:
+            self._abort_reload(handle, reason)
+        elif handle.boot_error is not None or not self.booted:
+            logger.error("app %s failed to boot in %s: %s", self.config.app, handle.info, reason)
+            self.exit_code = EXIT_BOOT
+            self.stop()
+        else:
+            self._on_crash(handle, how)
+
+    def _on_crash(self, handle: WorkerHandle, how: str) -> None:
+        if self.throttle.record_death(handle.index):
+            logger.warning("%s died (%s); respawning slot %d", handle.info, how, handle.index)
+            self._spawn(handle.index)
+        else:
+            logger.error(
+                "slot %d died %d times within %gs (last: %s, %s): not respawning it; raise --max-restarts or fix "
+                "the crash", handle.index, self.throttle.deaths(handle.index), self.config.restart_window,
+                handle.info, how,
+            )
+
+    def _boot_overdue(self, handle: WorkerHandle) -> None:
+        if handle.state == STARTING and handle.pid in self.workers:
+            handle.boot_error = f"it was not ready within --boot-timeout {self.config.boot_timeout:g}s"
+            handle.kill()
+
+    # Frames from workers.
+
+    def _on_channel(self, handle: WorkerHandle, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            handle.channel.flush()
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            frames = handle.channel.receive()
+        except ChannelError as exc:
+            logger.error("%s sent a malformed frame (%s): killing it", handle.info, exc)
+            self._close_channel(handle)
+            handle.kill()
+            return
+        for frame, fds in frames:
+            for fd in fds:
+                os.close(fd)  # workers have no business sending descriptors
+            self._on_frame(handle, frame)
+        if handle.channel.eof:
+            self._close_channel(handle)
+
+    def _on_frame(self, handle: WorkerHandle, frame: Frame) -> None:
+        kind = frame["t"]
+        if kind == "ready":
+            self._on_ready(handle, str(frame.get("interface", "?")))
+        elif kind == "boot_error":
+            handle.boot_error = str(frame.get("error", "unknown error"))[:2000]
+        elif kind == "draining":
+            # The worker was told to stop by someone else (SIGTERM): route nothing more to it, let it drain.
+            self._retire(handle, respawn=not self.stopping)
+        else:
+            logger.debug("ignoring frame %r from %s", kind, handle.info)
+
+    def _on_ready(self, handle: WorkerHandle, interface: str) -> None:
+        if handle.state != STARTING:
+            return
+        handle.boot_timer.cancel()
+        handle.mark_ready(interface)
+        if self.stopping:
+            self._retire(handle)
+            return
+        self.dispatcher.ready_worker(handle)
+        if handle.replaces is not None:
+            self._replace_done(handle)
+        if not self.booted and len(self.slots) == self.target and all(w.is_ready for w in self.slots.values()):
+            self.booted = True
+            pids = ", ".join(str(w.pid) for w in sorted(self.slots.values(), key=lambda w: w.index))
+            logger.info("ready: %d worker%s serving %s (%s), pids %s", self.target, "" if self.target == 1 else "s",
+                        self.config.app, interface, pids)
+
+    # Retiring: a worker is drained and stopped on purpose.
+
+    def _retire(self, handle: WorkerHandle, respawn: bool = False) -> None:
+        """Route nothing more to ``handle`` and ask it to drain; with ``respawn``, fill its slot anew."""
+        if handle.retired:
+            return
+        handle.retired = True
+        self.dispatcher.gone(handle)
+        if respawn and self.slots.get(handle.index) is handle:
+            del self.slots[handle.index]
+            self._spawn(handle.index)
+        handle.stop()
+
+    def _close_channel(self, handle: WorkerHandle) -> None:
+        if handle.channel_open:
+            handle.channel_open = False
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(handle.channel.sock)
+            handle.channel.close()
+
+    # Rolling restart and scaling.
+
+    def reload(self) -> None:
+        if self.stopping:
+            return
+        if self.reloading is not None or self.reload_queue:
+            logger.warning("a rolling restart is already running; this request is ignored")
+            return
+        self.reload_queue = sorted(self.slots)
+        self._replace_next()
+
+    def _replace_next(self) -> None:
+        while self.reload_queue:
+            index = self.reload_queue.pop(0)
+            old = self.slots.get(index)
+            if old is not None and not old.retired:
+                self.reloading = self._spawn(index, replaces=old)
+                return
+        self.reloading = None
+        logger.info("rolling restart complete: %d workers replaced", len(self.slots))
+
+    def _replace_done(self, new: WorkerHandle) -> None:
+        old = new.replaces
+        new.replaces = None
+        if old is not None and self.slots.get(new.index) is old:
+            self._retire(old)
+        self.slots[new.index] = new
+        logger.info("slot %d: %s replaced by %s", new.index, old.info if old else "none", new.info)
+        self._replace_next()
+
+    def _abort_reload(self, new: WorkerHandle, reason: str) -> None:
+        logger.error("rolling restart aborted: the new %s failed to boot: %s; the old workers keep serving",
+                     new.info, reason)
+        self.reload_queue = []
+        self.reloading = None
+
+    def scale(self, target: int) -> None:
+        if self.stopping or target < 1:
+            logger.warning("cannot scale to %d workers; at least 1 is needed", target)
+            return
+        while self.target < target:
+            free = next(i for i in range(len(self.slots) + 1) if i not in self.slots)
+            self.target += 1
+            self._spawn(free)
+        while self.target > target:
+            self.target -= 1
+            handle = self.slots.pop(max(self.slots))
+            self._retire(handle)
+        logger.info("scaled to %d worker%s", self.target, "" if self.target == 1 else "s")
+
+    # Stopping.
+
+    def stop(self) -> None:
+        """Stop accepting, let every worker drain within --graceful-timeout, then kill what is left."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.reload_queue = []
+        self.dispatcher.close()
+        for handle in list(self.workers.values()):
+            if handle.state == STARTING:
+                handle.retired = True
+                handle.terminate()
+            else:
+                self._retire(handle)
+        self.timers.add(self.config.graceful_timeout, self._drain_overdue)
+
+    def _drain_overdue(self) -> None:
+        if self.workers:
+            logger.warning("%d worker%s did not finish within --graceful-timeout %gs: killing",
+                           len(self.workers), "" if len(self.workers) == 1 else "s", self.config.graceful_timeout)
+            self._kill_all()
+
+    def _kill_all(self) -> None:
+        for handle in self.workers.values():
+            handle.kill()
+
+    def _cleanup(self) -> None:
+        """Leave nothing behind: no live child, no listener, no socket file, no signal handler."""
+        for handle in list(self.workers.values()):
+            handle.kill()
+        for pid in list(self.workers):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for handle in self.workers.values():
+            self._close_channel(handle)
+        self.workers.clear()
+        self.dispatcher.close()
+        for sock in self.listeners:
+            path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+            listeners.close_quietly(sock)
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+            for signum in _HANDLED:
+                signal.signal(signum, signal.SIG_DFL)
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _note_signal(signum: int, frame: Any) -> None:
+    """Nothing to do here: the wake-up fd already carries the signal number to the loop."""

@@ -1,0 +1,119 @@
+"""What the primary knows of each worker, its deadlines, and how a child's exit is described."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .channel import Channel
+from .identity import WorkerInfo
+
+STARTING = "starting"  # forked, loading the app; nothing is routed to it
+READY = "ready"  # serving; primary-side policies route connections to it
+DRAINING = "draining"  # told to stop; finishes what it has, gets nothing new
+
+
+class Timer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Timers:
+    """Deadlines for the primary's loop: they only shorten its one wait."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()
+
+    def add(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(self._clock() + delay, callback)
+        heapq.heappush(self._heap, (timer.when, next(self._order), timer))
+        return timer
+
+    def wait_time(self) -> float | None:
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+        if not self._heap:
+            return None
+        return max(0.0, self._heap[0][0] - self._clock())
+
+    def run_due(self) -> None:
+        now = self._clock()
+        while self._heap and self._heap[0][0] <= now:
+            _, _, timer = heapq.heappop(self._heap)
+            if not timer.cancelled:
+                timer.callback()
+
+
+_NO_TIMER = Timer(0.0, lambda: None)
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    id: int
+    index: int
+    pid: int
+    channel: Channel
+    started: float
+    replaces: WorkerHandle | None = None  # during a rolling restart: the worker this one takes over from
+    state: str = STARTING
+    retired: bool = False  # stopped on purpose: its exit is not a crash
+    channel_open: bool = True
+    interface: str = ""
+    boot_error: str | None = None
+    boot_timer: Timer = field(default=_NO_TIMER)
+
+    @property
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(self.id, self.index, self.pid)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state == READY
+
+    def mark_ready(self, interface: str) -> None:
+        self.state = READY
+        self.interface = interface
+
+    def stop(self) -> None:
+        """Ask the worker to drain. In-band, so that it reads every connection sent before the order."""
+        self.state = DRAINING
+        if self.channel_open:
+            self.channel.send({"t": "stop"})
+        else:
+            self.terminate()
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+
+def describe_status(status: int) -> str:
+    """A wait status in words: 'exit code 3' or 'killed by SIGKILL'."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return f"killed by {name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,86 @@
+"""The worker side of a fork: become a worker, then hand over to the engine.
+
+Everything here runs in the child right after ``os.fork()``. It must never
+return into the primary's code: ``run`` always ends in ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import identity, logs
+from .channel import Channel
+from .config import Config
+from .errors import EXIT_BOOT, EXIT_ERROR, BootError
+
+logger = logging.getLogger("clusterrun")
+
+# Signals the primary listens to; a worker must not act on them as the primary would.
+_PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGTERM)
+
+
+def run(
+    config: Config, worker_id: int, index: int, channel_sock: socket.socket,
+    sockets: Sequence[socket.socket], inherited_fds: Sequence[int],
+) -> NoReturn:
+    code = EXIT_ERROR
+    try:
+        _leave_primary(inherited_fds)
+        info = identity.WorkerInfo(worker_id, index, os.getpid())
+        identity.become(info)
+        logs.setup(config.log_level, info, config.access_log)
+        _set_title(config, info)
+        _die_with_primary()
+        channel = Channel(channel_sock)
+        from .adapters.engine import serve  # imported here: the core stays importable without uvicorn
+
+        code = serve(config, info, channel, sockets)
+    except BootError as exc:
+        code = EXIT_BOOT
+        logger.error("%s", exc)
+    except BaseException:
+        logger.critical("worker failed:\n%s", traceback.format_exc())
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _leave_primary(inherited_fds: Sequence[int]) -> None:
+    """Drop what belongs to the primary: its signal handling and the descriptors of its other ends."""
+    signal.set_wakeup_fd(-1)
+    for signum in _PRIMARY_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    # Ctrl-C reaches the whole process group; the primary decides how workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in inherited_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _set_title(config: Config, info: identity.WorkerInfo) -> None:
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    setproctitle(f"clusterrun: worker {info.id} index {info.index} [{config.app}]")
+
+
+def _die_with_primary() -> None:
+    """Linux: the kernel sends SIGTERM if the primary dies; elsewhere end of file on the channel does."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

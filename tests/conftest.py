@@ -1,0 +1,140 @@
+"""The end-to-end harness: the real CLI in a subprocess, its log in a file, its pid always reaped.
+
+``run_cli`` starts ``python -m clusterrun`` in its own session with its output
+going to a file under ``tmp_path`` (no pipe to fill), and yields a ``Cluster``
+that can wait for log lines, read the real listener addresses and send signals.
+In ``finally`` the whole process group is killed and the primary reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_APPS = ROOT / "sample_apps"
+TEST_APPS = Path(__file__).resolve().parent / "apps"
+DEADLINE = 30.0  # seconds any awaited state may take on a loaded 2-core CI machine
+
+
+class Cluster:
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_line(self, pattern: str, count: int = 1, timeout: float = DEADLINE) -> list[re.Match[str]]:
+        """Wait until ``pattern`` matched ``count`` log lines; fail with the log if the process exits first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            matches = [m for line in self.output().splitlines() if (m := regex.search(line))]
+            if len(matches) >= count:
+                return matches
+            if self.proc.poll() is not None:
+                matches = [m for line in self.output().splitlines() if (m := regex.search(line))]
+                if len(matches) >= count:
+                    return matches
+                pytest.fail(f"clusterrun exited ({self.proc.returncode}) before {pattern!r}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {pattern!r} within {timeout}s:\n{self.output()}")
+            time.sleep(0.02)
+
+    def wait_ready(self) -> str:
+        self.wait_for_line(r"ready: \d+ workers? serving")
+        return self.urls()[0]
+
+    def urls(self) -> list[str]:
+        return [m.group(1) for m in self.wait_for_line(r"listening on (\S+)")]
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)
+
+    def wait_exit(self, timeout: float = DEADLINE) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"clusterrun did not exit within {timeout}s:\n{self.output()}")
+
+    def worker_pids(self) -> list[int]:
+        """Live children of the primary, from /proc (Linux), so tests can check for leftovers."""
+        return children_of(self.proc.pid)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """Start ``clusterrun ARGS`` (cwd: sample_apps by default); every process is stopped and reaped after."""
+    started: list[Cluster] = []
+
+    def start(*args: str, cwd: Path = SAMPLE_APPS, env: dict[str, str] | None = None) -> Cluster:
+        log = tmp_path / f"clusterrun-{len(started)}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("WEB_CONCURRENCY", None) if "WEB_CONCURRENCY" not in (env or {}) else None
+        full_env.pop("CLUSTERRUN_SCHED_POLICY", None) if "CLUSTERRUN_SCHED_POLICY" not in (env or {}) else None
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "clusterrun", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=full_env, start_new_session=True,
+            )
+        cluster = Cluster(proc, log)
+        started.append(cluster)
+        return cluster
+
+    try:
+        yield start
+    finally:
+        for cluster in started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(cluster.proc.pid, signal.SIGKILL)
+            cluster.proc.wait(DEADLINE)
+
+
+def run_to_exit(*args: str, cwd: Path = SAMPLE_APPS, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+    """Run clusterrun to completion (for commands that must exit by themselves: errors, --help)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "CLUSTERRUN_SCHED_POLICY")}
+    return subprocess.run(
+        [sys.executable, "-m", "clusterrun", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=DEADLINE) as http:
+        yield http
