@@ -76,6 +76,7 @@ class Primary:
                 for key, mask in events:
                     key.data(mask)
                 self.timers.run_due()
+            logger.info("stopped (exit code %d)", self.exit_code)
             return self.exit_code
         except ClusterrunError:
             raise  # the CLI's to report, e.g. a listener that cannot be bound
@@ -261,6 +262,8 @@ class Primary:
             self._retire(handle)
             return
         self.dispatcher.ready_worker(handle)
+        if self.booted:
+            logger.info("%s is serving", handle.info)
         if handle.replaces is not None:
             self._replace_done(handle)
         if not self.booted and len(self.slots) == self.target and all(w.is_ready for w in self.slots.values()):

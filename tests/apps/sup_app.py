@@ -1,0 +1,77 @@
+"""Test app for supervision: the same endpoints as raw WSGI (``wsgi``) and raw ASGI (``asgi``).
+
+/          the worker's id, index and pid as JSON
+/slow?s=N  sleeps N seconds, then answers (an in-flight request for drain tests)
+/crash     the worker exits at once with code 1
+/peak      the largest number of requests this worker ran at the same time (WSGI threads)
+If the file named by $SUP_BREAK_FILE exists, importing this module fails (a broken deploy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+import clusterrun
+
+if os.environ.get("SUP_BREAK_FILE") and os.path.exists(os.environ["SUP_BREAK_FILE"]):
+    raise RuntimeError("broken on purpose by the test")
+
+_lock = threading.Lock()
+_running = 0
+_peak = 0
+
+
+def _who() -> dict[str, Any]:
+    worker = clusterrun.current_worker()
+    return {"id": worker.id, "index": worker.index, "pid": worker.pid} if worker else {}
+
+
+def _seconds(query: str) -> float:
+    return float(parse_qs(query).get("s", ["1"])[0])
+
+
+def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    global _running, _peak
+    path = environ["PATH_INFO"]
+    if path == "/crash":
+        os._exit(1)
+    with _lock:
+        _running += 1
+        _peak = max(_peak, _running)
+    try:
+        if path == "/slow":
+            time.sleep(_seconds(environ["QUERY_STRING"]))
+        body = dict(_who(), peak=_peak, multithread=environ["wsgi.multithread"])
+    finally:
+        with _lock:
+            _running -= 1
+    data = json.dumps(body).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/crash":
+        os._exit(1)
+    if scope["path"] == "/slow":
+        await asyncio.sleep(_seconds(scope["query_string"].decode()))
+    data = json.dumps(_who()).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})

@@ -1,0 +1,100 @@
+"""Respawn, restart throttling and boot failures, with real processes and real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from conftest import TEST_APPS, Cluster, children_of, wait_until
+
+APPS = ["sup_app:wsgi", "sup_app:asgi"]
+
+
+def start(run_cli: Callable[..., Cluster], app: str, *args: str, env: dict[str, str] | None = None) -> Cluster:
+    return run_cli(app, "--port", "0", "--log-level", "info", *args, cwd=TEST_APPS, env=env)
+
+
+def who(url: str) -> dict[str, int]:
+    # A new connection per call: under rr each one goes to the next worker.
+    with httpx.Client(timeout=30) as http:
+        response = http.get(url)
+    response.raise_for_status()
+    result: dict[str, int] = response.json()
+    return result
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_killed_worker_is_respawned_into_its_slot(run_cli: Callable[..., Cluster], app: str) -> None:
+    cluster = start(run_cli, app, "--workers", "2")
+    url = cluster.wait_ready()
+    victim = who(url + "/")
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    line = cluster.wait_for_line(rf"worker {victim['id']} \(index {victim['index']}, pid {victim['pid']}\) died "
+                                 rf"\(killed by SIGKILL\); respawning slot {victim['index']}")
+    assert line
+    respawned = cluster.wait_for_line(rf"worker (\d+) \(index {victim['index']}, pid (\d+)\) is serving")[0]
+    assert int(respawned.group(1)) == 3  # ids count up with every fork, as Node's worker.id
+    assert int(respawned.group(2)) in children_of(cluster.pid)
+    seen = {who(url + "/")["pid"] for _ in range(4)}
+    assert int(respawned.group(2)) in seen and victim["pid"] not in seen
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_slot_that_keeps_dying_is_given_up_and_the_primary_exits_4(
+    run_cli: Callable[..., Cluster], app: str
+) -> None:
+    cluster = start(run_cli, app, "--workers", "1", "--max-restarts", "2", "--restart-window", "600")
+    url = cluster.wait_ready()
+    for death in range(1, 4):
+        with pytest.raises(httpx.TransportError), httpx.Client(timeout=30) as http:
+            http.get(url + "/crash")
+        if death < 3:
+            cluster.wait_for_line(r"is serving", count=death)
+    assert cluster.wait_exit() == 4
+    output = cluster.output()
+    assert "slot 0 died 3 times within 600s" in output
+    assert "not respawning it" in output
+    assert "Traceback" not in output
+    assert output.count("respawning slot 0") == 2
+    assert children_of(cluster.pid) == []
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_boot_failure_stops_everything_with_exit_3_and_no_crash_loop(
+    run_cli: Callable[..., Cluster], app: str, tmp_path: os.PathLike[str]
+) -> None:
+    broken = os.path.join(tmp_path, "broken")
+    open(broken, "w").close()
+    cluster = start(run_cli, app, "--workers", "2", env={"SUP_BREAK_FILE": broken})
+    assert cluster.wait_exit() == 3
+    output = cluster.output()
+    assert output.count("failed to boot") == 1, output
+    assert "importing 'sup_app' failed: RuntimeError: broken on purpose by the test" in output
+    assert "Traceback" not in output
+    assert "respawning" not in output
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_worker_stopped_with_sigterm_drains_and_is_replaced(run_cli: Callable[..., Cluster], app: str) -> None:
+    cluster = start(run_cli, app, "--workers", "1")
+    url = cluster.wait_ready()
+    first = who(url + "/")
+    with httpx.Client(timeout=30) as http:
+        # The slow request is in flight on the only worker when it is told to stop from outside.
+        slow = http.build_request("GET", url + "/slow?s=1")
+        stream = http.send(slow, stream=True)
+        try:
+            os.kill(first["pid"], signal.SIGTERM)
+            cluster.wait_for_line(r"is serving")
+            assert stream.status_code == 200
+            stream.read()
+        finally:
+            stream.close()
+    after = who(url + "/")
+    assert after["index"] == 0 and after["id"] == 2
+    wait_until(lambda: first["pid"] not in children_of(cluster.pid), "the stopped worker to exit")

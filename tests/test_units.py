@@ -1,0 +1,251 @@
+"""Pure unit tests: config parsing, CPU counting, throttling, framing, policies, app loading."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clusterrun.adapters.lifespan import Lifespan
+from clusterrun.adapters.loading import detect_interface, load_app
+from clusterrun.channel import CONNECTION_FRAMES, HEADER, MAX_PAYLOAD, Channel
+from clusterrun.config import build_config, resolve_workers
+from clusterrun.cpus import cgroup_cpu_quota, usable_cpus
+from clusterrun.errors import BootError, ChannelError, ConfigError
+from clusterrun.listeners import BindAddress, parse_bind
+from clusterrun.policies import RoundRobin, Shared, make_policy
+from clusterrun.throttle import RestartThrottle
+
+# Config
+
+
+@pytest.mark.parametrize("spec, cpus, expected", [("4", 8, 4), ("auto", 3, 3), ("2x", 3, 6), ("0.5x", 3, 2),
+                                                  ("0.1x", 2, 1), (" AUTO ", 2, 2)])
+def test_workers_resolve(spec: str, cpus: int, expected: int) -> None:
+    assert resolve_workers(spec, cpus) == expected
+
+
+@pytest.mark.parametrize("spec", ["abc", "0", "-1", "x", "0x", "2y", ""])
+def test_bad_workers_name_the_value_and_the_fix(spec: str) -> None:
+    with pytest.raises(ConfigError, match=rf"bad --workers value '{spec}'.*give a number like 4, auto"):
+        resolve_workers(spec, 2)
+
+
+@pytest.mark.parametrize("text, address", [
+    ("127.0.0.1:8000", BindAddress("127.0.0.1", 8000)),
+    ("[::1]:0", BindAddress("::1", 0)),
+    (":9000", BindAddress("0.0.0.0", 9000)),
+    ("8080", BindAddress("127.0.0.1", 8080)),
+    ("unix:/tmp/app.sock", BindAddress(path="/tmp/app.sock")),
+])
+def test_bind_forms(text: str, address: BindAddress) -> None:
+    assert parse_bind(text) == address
+
+
+@pytest.mark.parametrize("text, message", [("::1:80", "brackets"), ("host:http", "not a number"),
+                                           ("h:70000", "out of range"), ("unix:", "path is empty")])
+def test_bad_bind_values(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_bind(text)
+
+
+def test_build_config_defaults_and_environment() -> None:
+    config = build_config("app:app", {}, environ={"WEB_CONCURRENCY": "3", "CLUSTERRUN_SCHED_POLICY": "shared"},
+                          cpus=2)
+    assert (config.workers, config.policy, config.binds) == (3, "shared", (BindAddress("127.0.0.1", 8000),))
+    given = build_config("app:app", {"workers": "2x", "policy": "rr", "host": "0.0.0.0", "port": "0"},
+                         environ={"CLUSTERRUN_SCHED_POLICY": "shared"}, cpus=2)
+    assert (given.workers, given.policy, given.binds) == (4, "rr", (BindAddress("0.0.0.0", 0),))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"wrokers": 2}, "unknown option 'wrokers'"),
+    ({"policy": "bogus"}, "unknown --policy value 'bogus': choose one of rr, shared"),
+    ({"threads": "0"}, "bad --threads value '0'"),
+    ({"graceful_timeout": "soon"}, "bad --graceful-timeout value 'soon'"),
+    ({"binds": ["127.0.0.1:1"], "port": "2"}, "--bind cannot be combined with --host/--port"),
+])
+def test_bad_options_are_config_errors(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config("app:app", values, environ={}, cpus=2)
+
+
+@pytest.mark.parametrize("app", ["app", "app:", ":app", "my-app:app", "app:1x"])
+def test_bad_app_spec(app: str) -> None:
+    with pytest.raises(ConfigError, match="write it as module:attribute"):
+        build_config(app, {}, environ={}, cpus=1)
+
+
+# CPUs
+
+
+def test_cgroup_v2_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 1.5
+    assert usable_cpus(tmp_path) == min(len(os.sched_getaffinity(0)), 2)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+
+
+def test_cgroup_v1_quota(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    assert cgroup_cpu_quota(tmp_path) is None
+
+
+def test_no_cgroup_means_affinity(tmp_path: Path) -> None:
+    assert usable_cpus(tmp_path) == len(os.sched_getaffinity(0))
+
+
+# Throttle
+
+
+def test_throttle_counts_deaths_in_a_sliding_window() -> None:
+    now = [0.0]
+    throttle = RestartThrottle(max_restarts=2, window=10, clock=lambda: now[0])
+    assert throttle.record_death(0) and throttle.record_death(0)
+    assert throttle.record_death(1)  # slots are counted apart
+    assert not throttle.record_death(0)
+    now[0] = 10.5  # the first deaths left the window
+    assert throttle.record_death(0)
+    assert throttle.deaths(0) == 1
+
+
+# Channel
+
+
+def test_frames_and_descriptors_cross_the_channel() -> None:
+    left, right = Channel.pair()
+    sender, receiver = Channel(left), Channel(right)
+    try:
+        a, b = socket.socketpair()
+        sender.send({"t": "hello", "n": 1})
+        sender.send_bytes(CONNECTION_FRAMES[1], [a.detach()])
+        frames = receiver.receive()
+        assert [f for f, _ in frames] == [{"t": "hello", "n": 1}, {"t": "conn"}]
+        passed = socket.socket(fileno=frames[1][1][0])
+        passed.sendall(b"ping")
+        assert b.recv(4) == b"ping"
+        passed.close()
+        b.close()
+        sender.close()
+        assert receiver.receive() == [] and receiver.eof
+    finally:
+        receiver.close()
+        if sender.sock.fileno() != -1:
+            sender.close()
+
+
+def test_a_large_frame_is_written_across_many_sends() -> None:
+    left, right = Channel.pair()
+    sender, receiver = Channel(left), Channel(right)
+    try:
+        sender.send({"t": "big", "data": "x" * (MAX_PAYLOAD - 100)})
+        got: list[Any] = []
+        while sender.backlog or not got:
+            got += receiver.receive()
+            sender.flush()
+        assert got[0][0]["data"] == "x" * (MAX_PAYLOAD - 100)
+    finally:
+        sender.close()
+        receiver.close()
+
+
+@pytest.mark.parametrize("payload, message", [
+    (HEADER.pack(MAX_PAYLOAD + 1, 0), "larger than"),
+    (HEADER.pack(3, 0) + b"{x}", "not JSON"),
+    (HEADER.pack(2, 0) + b"[]", "not an object"),
+    (HEADER.pack(2, 1) + b"{}", "announces 1 descriptors"),
+])
+def test_malformed_frames_raise_channel_error(payload: bytes, message: str) -> None:
+    left, right = socket.socketpair()
+    receiver = Channel(right)
+    try:
+        left.sendall(payload)
+        with pytest.raises(ChannelError, match=message):
+            receiver.receive()
+    finally:
+        left.close()
+        receiver.close()
+
+
+def test_header_layout_is_length_then_descriptor_count() -> None:
+    assert CONNECTION_FRAMES[2][:5] == struct.pack("!IB", len(b'{"t":"conn"}'), 2)
+
+
+# Policies
+
+
+def test_round_robin_rotates_and_offers_the_rest_as_fallbacks() -> None:
+    rr = RoundRobin()
+    assert [list(rr.order(["a", "b", "c"])) for _ in range(3)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert list(rr.order([])) == []
+
+
+def test_policies_by_name() -> None:
+    assert isinstance(make_policy("rr"), RoundRobin) and isinstance(make_policy("shared"), Shared)
+    assert not Shared().dispatches and Shared().worker_sockets([]) == []
+    with pytest.raises(ConfigError, match="unknown --policy value 'x'"):
+        make_policy("x")
+
+
+# Loading
+
+
+async def _asgi_fn(scope: Any, receive: Any, send: Any) -> None: ...
+
+
+class _AsgiObject:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
+
+
+def _wsgi_fn(environ: Any, start_response: Any) -> list[bytes]:
+    return []
+
+
+@pytest.mark.parametrize("app, kind", [(_asgi_fn, "asgi"), (_AsgiObject(), "asgi"), (_wsgi_fn, "wsgi")])
+def test_detect_interface(app: Any, kind: str) -> None:
+    assert detect_interface(app) == kind
+
+
+def test_load_app_errors_name_the_module_and_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "unit_broken.py").write_text("x = 1\nraise ValueError('boom')\n")
+    (tmp_path / "unit_ok.py").write_text("value = 3\ndef make():\n    return lambda e, s: []\n")
+    with pytest.raises(BootError, match=r"importing 'unit_broken' failed: ValueError: boom \(unit_broken.py, line 2\)"):
+        load_app("unit_broken:app", app_dir=str(tmp_path))
+    with pytest.raises(BootError, match="no module named 'unit_missing'"):
+        load_app("unit_missing:app", app_dir=str(tmp_path))
+    with pytest.raises(BootError, match="module 'unit_ok' has no attribute 'nope'"):
+        load_app("unit_ok:nope", app_dir=str(tmp_path))
+    with pytest.raises(BootError, match="'unit_ok:value' is a int, not an app"):
+        load_app("unit_ok:value", app_dir=str(tmp_path))
+    assert load_app("unit_ok:make", app_dir=str(tmp_path), factory=True).interface == "wsgi"
+
+
+# Lifespan
+
+
+def test_lifespan_failure_becomes_one_line() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "Traceback...\n  line\nKeyError: 'db'\n"})
+
+    with pytest.raises(BootError, match=r"ASGI lifespan startup failed: KeyError: 'db'$"):
+        asyncio.run(Lifespan(app, "auto").startup())
+
+
+def test_an_app_without_lifespan_is_served_in_auto_but_fails_when_on() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http", "no lifespan here"
+
+    asyncio.run(Lifespan(app, "auto").startup())
+    with pytest.raises(BootError, match="AssertionError: no lifespan here"):
+        asyncio.run(Lifespan(app, "on").startup())
