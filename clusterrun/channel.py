@@ -167,6 +167,12 @@ class Channel:
             del inbox[:offset]
         return frames
 
+    def take_unsent_fds(self) -> list[int]:
+        """Descriptors queued but never sent (the peer never saw them): the caller owns them now."""
+        fds = [fd for _data, frame_fds in self._outbox for fd in frame_fds]
+        self._outbox.clear()
+        return fds
+
     def _drop_outbox(self) -> None:
         for _data, fds in self._outbox:
             for fd in fds:

@@ -66,10 +66,13 @@ class Dispatcher:
     def close(self) -> None:
         """Stop accepting; connections held for want of a worker go to whoever can still take them."""
         self._release_held()
-        while self.held:
-            os.close(self.held.popleft())
+        self._drop_held()
         self.closed = True
         self._update()
+
+    def _drop_held(self) -> None:
+        while self.held:
+            os.close(self.held.popleft())
 
     def _on_accept(self, sock: socket.socket) -> None:
         accepted: list[int] = []
@@ -107,6 +110,15 @@ class Dispatcher:
                 fallback = handle
         # Everyone is behind: queue it on the least behind; accepting pauses until someone catches up.
         return fallback
+
+    def redispatch(self, fds: list[int]) -> None:
+        """Pass on connections a dead worker never received; with nobody left to take them, drop them."""
+        if fds:
+            self.held.extend(fds)
+            self._release_held()
+            if self.closed:
+                self._drop_held()
+            self._update()
 
     def _release_held(self) -> None:
         if self.held and self.ready:

@@ -174,9 +174,11 @@ class Primary:
                 self._on_exit(handle, status)
 
     def _on_exit(self, handle: WorkerHandle, status: int) -> None:
+        self.dispatcher.gone(handle)
+        # Connections still queued for the dead worker never reached it: they go to another worker.
+        self.dispatcher.redispatch(handle.channel.take_unsent_fds())
         self._close_channel(handle)
         handle.boot_timer.cancel()
-        self.dispatcher.gone(handle)
         how = describe_status(status)
         if self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
