@@ -23,6 +23,7 @@ from ..channel import Channel
 from ..config import Config
 from ..errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from ..identity import WorkerInfo
+from ..policies import POLICY_CLASSES
 from .lifespan import Lifespan
 from .loading import LoadedApp, load_app
 
@@ -113,6 +114,17 @@ def _uvicorn_config(config: Config, app: Any) -> Any:
     return uv
 
 
+def _reporting_protocol(base: type[Any], on_close: Any) -> type[Any]:
+    """uvicorn's HTTP protocol, telling the worker when a connection closes (for least-conn)."""
+
+    class Reporting(base):  # type: ignore[misc, valid-type]
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            on_close()
+
+    return Reporting
+
+
 class WorkerServer:
     def __init__(
         self, config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket],
@@ -126,6 +138,9 @@ class WorkerServer:
         self.app = _asgi_app(config, info, loaded)
         self._stopping: asyncio.Event | None = None
         self._adopting: set[asyncio.Task[Any]] = set()
+        self._adopted = 0
+        self._report_due = False
+        self._reports_load = POLICY_CLASSES[config.policy].tracks_connections
 
     async def run(self) -> int:
         from uvicorn.server import ServerState
@@ -148,8 +163,11 @@ class WorkerServer:
         self.state = ServerState()
         app_state = lifespan.state
         app_state["clusterrun.worker"] = self.info
+        protocol_class = uv.http_protocol_class
+        if self._reports_load:
+            protocol_class = _reporting_protocol(protocol_class, self._load_changed)
         self.protocol_factory = functools.partial(
-            uv.http_protocol_class, config=uv, server_state=self.state, app_state=app_state, _loop=loop
+            protocol_class, config=uv, server_state=self.state, app_state=app_state, _loop=loop
         )
         self._tick_date(uv.encoded_headers)
         servers = [
@@ -219,7 +237,20 @@ class WorkerServer:
             logger.warning("the primary went away; stopping")
             self.stop()
 
+    def _load_changed(self) -> None:
+        """Report open connections to the primary, at most once per loop iteration (closes come in bursts)."""
+        if not self._report_due:
+            self._report_due = True
+            asyncio.get_running_loop().call_soon(self._report_load)
+
+    def _report_load(self) -> None:
+        self._report_due = False
+        if not self.channel.eof:
+            open_now = len(self.state.connections) + len(self._adopting)
+            self.channel.send({"t": "load", "open": open_now, "adopted": self._adopted})
+
     def _adopt(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._adopted += 1
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         task = loop.create_task(self._connect(loop, sock))
@@ -234,7 +265,7 @@ class WorkerServer:
             sock.close()
 
     async def channel_flushed(self) -> None:
-        while self.channel.backlog and not self.channel.eof:
+        while self.channel.backlog and not (self.channel.eof or self.channel.broken):
             await asyncio.sleep(_DRAIN_POLL)
 
     # Draining: finish what was accepted, close what is idle.
@@ -257,4 +288,6 @@ class WorkerServer:
         loop = asyncio.get_running_loop()
         now = time.time()
         self.state.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *headers]
+        if self._reports_load:
+            self._load_changed()  # also catches closes the protocol hook cannot see (upgraded websockets)
         loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick_date, headers)

@@ -55,6 +55,7 @@ class Channel:
         self._fds: deque[int] = deque()
         self._outbox: deque[tuple[bytes, list[int]]] = deque()
         self._waiting = False  # bytes are queued until the socket is writable again
+        self.broken = False  # a send failed: the peer is gone
         # Set by the owner: told True when bytes wait for the socket to be writable, False when drained.
         self.on_backlog: Callable[[bool], None] = lambda waiting: None
 
@@ -82,6 +83,8 @@ class Channel:
 
     def flush(self) -> bool:
         """Write queued frames until the socket would block; True once nothing waits."""
+        if self.broken:
+            return False
         while self._outbox:
             data, fds = self._outbox[0]
             try:
@@ -96,9 +99,10 @@ class Channel:
                     self.on_backlog(True)
                 return False
             except OSError:
-                # The peer is gone; its reaping deals with it. Nothing queued can be delivered.
-                self._drop_outbox()
-                break
+                # The peer is gone. What is queued stays queued, so the backlog keeps dispatch away from this
+                # channel; whoever reaps the peer takes the unsent descriptors back (take_unsent_fds).
+                self.broken = True
+                return False
             for fd in fds:
                 os.close(fd)  # the peer holds its own copy now
             if sent < len(data):

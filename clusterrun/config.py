@@ -19,7 +19,7 @@ from .cpus import usable_cpus
 from .errors import ConfigError
 from .listeners import BindAddress, parse_bind, parse_port
 
-POLICIES = ("rr", "shared")
+POLICIES = ("rr", "least-conn", "sticky", "shared", "reuseport")
 INTERFACES = ("auto", "wsgi", "asgi")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -154,10 +154,10 @@ OPTIONS: tuple[Option, ...] = (
            "listeners; port 0 picks a free port; default 127.0.0.1:8000", parse_bind, "ADDRESS", repeat=True),
     Option("host", ("--host",), "shortcut for --bind HOST:PORT with --port; default 127.0.0.1", str, "HOST"),
     Option("port", ("--port",), "shortcut for --bind HOST:PORT with --host; default 8000", parse_port, "PORT"),
-    Option("policy", ("--policy",), "how connections reach workers: rr (the primary accepts and hands each "
-           "connection to the next ready worker) or shared (every worker accepts on the shared socket); "
-           "default rr", _choice("--policy", POLICIES), "POLICY", env="CLUSTERRUN_SCHED_POLICY",
-           choices=POLICIES),
+    Option("policy", ("--policy",), "how connections reach workers: rr, least-conn, sticky (the primary "
+           "accepts and hands each one to a worker), shared or reuseport (workers accept; the kernel picks); "
+           "`--policy help` explains each; default rr", _choice("--policy", POLICIES), "POLICY",
+           env="CLUSTERRUN_SCHED_POLICY", choices=POLICIES),
     Option("threads", ("--threads",), "WSGI only: 1 calls the app on the event loop, one request at a time "
            "(gunicorn sync); N runs it in a pool of N threads (gunicorn gthread); default 1",
            _int_at_least(1, "--threads"), "N"),

@@ -31,7 +31,7 @@ class Dispatcher:
         self.selector = selector
         self.listeners: list[socket.socket] = []
         self.ready: list[WorkerHandle] = []
-        self.held: deque[int] = deque()
+        self.held: deque[tuple[int, str]] = deque()  # accepted connections (fd, peer) nobody could take
         self.accepting = False
         self.closed = False
 
@@ -72,38 +72,49 @@ class Dispatcher:
 
     def _drop_held(self) -> None:
         while self.held:
-            os.close(self.held.popleft())
+            os.close(self.held.popleft()[0])
 
     def _on_accept(self, sock: socket.socket) -> None:
-        accepted: list[int] = []
+        accepted: list[tuple[int, str]] = []
         for _ in range(_ACCEPT_BATCH):
             try:
-                conn, _addr = sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # out of descriptors, or the client left already
                 logger.warning("accept failed: %s", exc)
                 break
-            accepted.append(conn.detach())
+            accepted.append((conn.detach(), addr[0] if isinstance(addr, tuple) else ""))
         self._dispatch(accepted)
 
-    def _dispatch(self, fds: list[int]) -> None:
+    def _dispatch(self, connections: list[tuple[int, str]]) -> None:
         """Choose a worker for each connection, then pass each worker its share in one frame."""
         shares: dict[WorkerHandle, list[int]] = {}
-        for fd in fds:
-            chosen = self._choose()
+        for fd, peer in connections:
+            chosen = self._choose(peer)
             if chosen is None:
-                self.held.append(fd)
+                self.held.append((fd, peer))
             else:
+                chosen.open_connections += 1
+                chosen.dispatched += 1
                 shares.setdefault(chosen, []).append(fd)
         for handle, share in shares.items():
             handle.channel.send_bytes(CONNECTION_FRAMES[len(share)], share)
         if self.held or any(handle.channel.backlog for handle in shares):
             self._update()
 
-    def _choose(self) -> WorkerHandle | None:
+    def load(self, handle: WorkerHandle, open_now: object, adopted: object) -> None:
+        """A worker reports its open connections and how many it has adopted in all.
+
+        Absolute numbers, so the count cannot drift: what the primary sent since (dispatched minus
+        adopted) is still on its way and is added back. A report that is not sane numbers is ignored.
+        """
+        if isinstance(open_now, int) and isinstance(adopted, int) and open_now >= 0 and adopted >= 0:
+            handle.open_connections = open_now + max(0, handle.dispatched - adopted)
+
+    def _choose(self, peer: str) -> WorkerHandle | None:
         fallback: WorkerHandle | None = None
-        for handle in self.policy.order(self.ready):
+        for handle in self.policy.order(self.ready, peer):
             if not handle.channel.backlog:
                 return handle
             if fallback is None or handle.channel.backlog < fallback.channel.backlog:
@@ -114,7 +125,7 @@ class Dispatcher:
     def redispatch(self, fds: list[int]) -> None:
         """Pass on connections a dead worker never received; with nobody left to take them, drop them."""
         if fds:
-            self.held.extend(fds)
+            self.held.extend((fd, _peer_of(fd)) for fd in fds)
             self._release_held()
             if self.closed:
                 self._drop_held()
@@ -141,3 +152,14 @@ class Dispatcher:
             else:
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(sock)
+
+
+def _peer_of(fd: int) -> str:
+    sock = socket.socket(fileno=fd)
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        peer = ""
+    finally:
+        sock.detach()
+    return peer[0] if isinstance(peer, tuple) else ""

@@ -64,17 +64,17 @@ def parse_port(text: str | int, what: str = "--port") -> int:
     return port
 
 
-def bind(address: BindAddress, backlog: int, reuse_port: bool = False) -> socket.socket:
+def bind(address: BindAddress, backlog: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
     """Open one listening socket, or raise BindError naming the address and the fix."""
     try:
         if address.is_unix:
             return _bind_unix(address.path, backlog)
-        return _bind_tcp(address, backlog, reuse_port)
+        return _bind_tcp(address, backlog, reuse_port, listen)
     except OSError as exc:
         raise BindError(_bind_failure(address, exc)) from exc
 
 
-def _bind_tcp(address: BindAddress, backlog: int, reuse_port: bool) -> socket.socket:
+def _bind_tcp(address: BindAddress, backlog: int, reuse_port: bool, listen: bool) -> socket.socket:
     infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, sockaddr = infos[0]
     sock = socket.socket(family, kind, proto)
@@ -86,7 +86,8 @@ def _bind_tcp(address: BindAddress, backlog: int, reuse_port: bool) -> socket.so
             # "[::]" should mean IPv6 only, so that 0.0.0.0 can be bound beside it.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except BaseException:
         sock.close()
         raise

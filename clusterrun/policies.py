@@ -5,47 +5,61 @@ changes when one is added:
 
 - ``dispatches``: True when the primary accepts and hands each connection to a
   worker over its channel; False when workers accept for themselves.
-- ``worker_sockets(listeners)``: the listening sockets a worker serves on.
-- ``order(ready)``: for a dispatching policy, the ready workers in the order to
-  try them; the primary skips one whose channel is backed up and takes the next.
+- ``bind(address, backlog)``: the primary's own socket for one ``--bind``.
+- ``worker_sockets(listeners, backlog)``: the listening sockets a new worker
+  serves on (made before the fork; the primary closes its copies of new ones).
+- ``order(ready, peer)``: for a dispatching policy, the ready workers in the
+  order to try them; the primary skips one whose channel is backed up.
+- ``tracks_connections``: workers report closed connections, so that the
+  primary's count of each worker's open connections stays true.
 """
 
 from __future__ import annotations
 
 import socket
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
+from . import listeners as listening
 from .errors import ConfigError
+from .listeners import BindAddress
 
-W = TypeVar("W")
+
+class Candidate(Protocol):
+    index: int
+    open_connections: int
+
+
+W = TypeVar("W", bound=Candidate)
 
 
 class Policy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
-    dispatches: ClassVar[bool]
+    dispatches: ClassVar[bool] = True
+    tracks_connections: ClassVar[bool] = False
+
+    def bind(self, address: BindAddress, backlog: int) -> socket.socket:
+        return listening.bind(address, backlog)
+
+    def worker_sockets(self, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
+        return []  # dispatching policies: connections arrive over the channel
 
     @abstractmethod
-    def worker_sockets(self, listeners: Sequence[socket.socket]) -> list[socket.socket]: ...
-
-    def order(self, ready: Sequence[W]) -> Iterator[W]:
-        raise NotImplementedError(f"policy {self.name} does not dispatch connections")
+    def order(self, ready: Sequence[W], peer: str) -> Iterator[W]: ...
 
 
 class RoundRobin(Policy):
     name = "rr"
-    summary = "the primary accepts and hands each connection to the next ready worker (Node's SCHED_RR)"
-    dispatches = True
+    summary = ("the primary accepts and hands each connection to the next ready worker (Node's SCHED_RR); "
+               "even spread, the default")
 
     def __init__(self) -> None:
         self._cursor = 0
 
-    def worker_sockets(self, listeners: Sequence[socket.socket]) -> list[socket.socket]:
-        return []  # connections arrive over the channel
-
-    def order(self, ready: Sequence[W]) -> Iterator[W]:
+    def order(self, ready: Sequence[W], peer: str) -> Iterator[W]:
         count = len(ready)
         start = self._cursor % count if count else 0
         self._cursor = start + 1
@@ -53,16 +67,69 @@ class RoundRobin(Policy):
             yield ready[(start + step) % count]
 
 
+class LeastConnections(RoundRobin):
+    name = "least-conn"
+    summary = ("like rr, to the ready worker with the fewest open connections; for uneven requests (slow "
+               "endpoints, long polls, websockets)")
+    tracks_connections = True
+
+    def order(self, ready: Sequence[W], peer: str) -> Iterator[W]:
+        # Ties go round-robin: rotate first, then a stable sort keeps the rotation among equals.
+        rotated = list(super().order(ready, peer))
+        rotated.sort(key=lambda w: w.open_connections)
+        return iter(rotated)
+
+
+class Sticky(Policy):
+    name = "sticky"
+    summary = ("the same client address always goes to the same live worker; for per-process sessions or "
+               "caches (behind a proxy it sees the proxy's address)")
+
+    def order(self, ready: Sequence[W], peer: str) -> Iterator[W]:
+        # Rendezvous hashing over slot indexes: a dead worker moves only its own clients, and a respawned
+        # worker (same index) gets them back.
+        key = peer.encode()
+        return iter(sorted(ready, key=lambda w: zlib.crc32(key, w.index * 2654435761 & 0xFFFFFFFF), reverse=True))
+
+
 class Shared(Policy):
     name = "shared"
-    summary = "every worker accepts on the inherited socket; the kernel picks (what gunicorn and uvicorn do)"
+    summary = ("every worker accepts on the inherited socket and the kernel picks (what gunicorn and uvicorn "
+               "do); no hop through the primary")
     dispatches = False
 
-    def worker_sockets(self, listeners: Sequence[socket.socket]) -> list[socket.socket]:
+    def worker_sockets(self, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
         return list(listeners)
 
+    def order(self, ready: Sequence[W], peer: str) -> Iterator[W]:
+        raise NotImplementedError("workers accept for themselves under the shared policy")
 
-POLICY_CLASSES: dict[str, type[Policy]] = {cls.name: cls for cls in (RoundRobin, Shared)}
+
+class ReusePort(Shared):
+    name = "reuseport"
+    summary = ("each worker listens on its own SO_REUSEPORT socket and the kernel hashes connections over "
+               "them; connections queued on a worker that exits are reset")
+
+    def bind(self, address: BindAddress, backlog: int) -> socket.socket:
+        if address.is_unix:
+            raise ConfigError(f"--policy reuseport cannot serve {address}: it needs TCP listeners; use rr or shared")
+        if not hasattr(socket, "SO_REUSEPORT"):
+            raise ConfigError("--policy reuseport needs SO_REUSEPORT, which this system lacks; use rr or shared")
+        # The primary's socket only holds the address (and the real port, for port 0): bound, never listening,
+        # so that the kernel hashes no connection to it.
+        return listening.bind(address, backlog, reuse_port=True, listen=False)
+
+    def worker_sockets(self, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
+        own = []
+        for held in listeners:
+            host, port = held.getsockname()[:2]
+            own.append(listening.bind(BindAddress(host=host, port=port), backlog, reuse_port=True))
+        return own
+
+
+POLICY_CLASSES: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (RoundRobin, LeastConnections, Sticky, Shared, ReusePort)
+}
 
 
 def make_policy(name: str) -> Policy:

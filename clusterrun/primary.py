@@ -94,8 +94,7 @@ class Primary:
 
     def _bind(self) -> None:
         for address in self.config.binds:
-            sock = listeners.bind(address, self.config.backlog)
-            self.listeners.append(sock)
+            self.listeners.append(self.policy.bind(address, self.config.backlog))
         self.dispatcher.listen(self.listeners)
 
     def _install_signals(self) -> None:
@@ -139,7 +138,8 @@ class Primary:
         parent_end, child_end = Channel.pair()
         worker_id = self.next_id
         self.next_id += 1
-        sockets = self.policy.worker_sockets(self.listeners)
+        sockets = self.policy.worker_sockets(self.listeners, self.config.backlog)
+        own_sockets = [sock for sock in sockets if sock not in self.listeners]
         primary_fds = [self._wake_r.fileno(), self._wake_w.fileno(), parent_end.fileno()]
         primary_fds += [w.channel.fileno() for w in self.workers.values()]
         primary_fds += [s.fileno() for s in self.listeners if s not in sockets]
@@ -151,6 +151,8 @@ class Primary:
         if pid == 0:
             worker.run(self.config, worker_id, index, child_end, sockets, primary_fds)
         child_end.close()
+        for sock in own_sockets:
+            sock.close()  # the worker's own listeners (reuseport): the child holds them now
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end), started=self.clock(), replaces=replaces)
         handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
         self.workers[pid] = handle
@@ -249,6 +251,8 @@ class Primary:
             self._on_ready(handle, str(frame.get("interface", "?")))
         elif kind == "boot_error":
             handle.boot_error = str(frame.get("error", "unknown error"))[:2000]
+        elif kind == "load":
+            self.dispatcher.load(handle, frame.get("open"), frame.get("adopted"))
         elif kind == "draining":
             # The worker was told to stop by someone else (SIGTERM): route nothing more to it, let it drain.
             self._retire(handle, respawn=not self.stopping)

@@ -73,6 +73,8 @@ class WorkerHandle:
     retired: bool = False  # stopped on purpose: its exit is not a crash
     channel_open: bool = True
     interface: str = ""
+    open_connections: int = 0  # open on the worker or on their way to it (least-conn)
+    dispatched: int = 0  # connections the primary has passed to it, in all
     boot_error: str | None = None
     boot_timer: Timer = field(default=_NO_TIMER)
 

@@ -134,6 +134,17 @@ def run_to_exit(*args: str, cwd: Path = SAMPLE_APPS, timeout: float = DEADLINE) 
     )
 
 
+# One client for "a new connection per request" (no keep-alive): building an httpx.Client per request
+# costs an SSL context each time, which would dominate the suite's run time.
+FRESH = httpx.Client(timeout=DEADLINE, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_fresh_client() -> Iterator[None]:
+    yield
+    FRESH.close()
+
+
 @pytest.fixture
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=DEADLINE) as http:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TEST_APPS, Cluster, children_of, wait_until
+from conftest import Cluster, children_of, wait_until
 from test_e2e_supervision import APPS, start, who
 
 
@@ -40,7 +39,7 @@ def test_stop_lets_in_flight_requests_finish_then_exits_0(
     url = cluster.wait_ready()
     workers = children_of(cluster.pid)
     thread, outcome = in_flight(url + "/slow?s=1.5")
-    wait_until(lambda: _busy(url, workers), "the slow request to reach a worker")
+    cluster.wait_for_line(r"slow request started")
     cluster.signal(signum)
     cluster.wait_for_line(r"stopping gracefully")
     thread.join(30)
@@ -49,29 +48,6 @@ def test_stop_lets_in_flight_requests_finish_then_exits_0(
     assert all(not _alive(pid) for pid in workers)
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/", timeout=5)
-
-
-def _busy(url: str, workers: list[int]) -> bool:
-    # The slow request is on a worker once a fresh one is answered by the other worker only... simpler:
-    # wait until the primary has handed the connection over, visible as an established socket in a worker.
-    for pid in workers:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") and _is_tcp_peer(pid, fd):
-                    return True
-        except OSError:
-            continue
-    return False
-
-
-def _is_tcp_peer(pid: int, fd: str) -> bool:
-    inode = os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:["):-1]
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[9] == inode and fields[3] == "01":  # ESTABLISHED
-                return True
-    return False
 
 
 def _alive(pid: int) -> bool:
@@ -88,7 +64,7 @@ def test_graceful_timeout_kills_what_is_left(run_cli: Callable[..., Cluster], ap
     url = cluster.wait_ready()
     workers = children_of(cluster.pid)
     thread, outcome = in_flight(url + "/slow?s=30")
-    wait_until(lambda: _busy(url, workers), "the slow request to reach the worker")
+    cluster.wait_for_line(r"slow request started")
     cluster.signal(signal.SIGTERM)
     assert cluster.wait_exit() == 0
     thread.join(30)
@@ -103,7 +79,7 @@ def test_a_second_sigint_kills_at_once(run_cli: Callable[..., Cluster], app: str
     url = cluster.wait_ready()
     workers = children_of(cluster.pid)
     thread, _outcome = in_flight(url + "/slow?s=30")
-    wait_until(lambda: _busy(url, workers), "the slow request to reach the worker")
+    cluster.wait_for_line(r"slow request started")
     cluster.signal(signal.SIGINT)
     cluster.wait_for_line(r"stopping gracefully")
     cluster.signal(signal.SIGINT)

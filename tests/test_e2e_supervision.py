@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import TEST_APPS, Cluster, children_of, wait_until
+from conftest import FRESH, TEST_APPS, Cluster, children_of, wait_until
 
 APPS = ["sup_app:wsgi", "sup_app:asgi"]
 
@@ -20,8 +20,7 @@ def start(run_cli: Callable[..., Cluster], app: str, *args: str, env: dict[str, 
 
 def who(url: str) -> dict[str, int]:
     # A new connection per call: under rr each one goes to the next worker.
-    with httpx.Client(timeout=30) as http:
-        response = http.get(url)
+    response = FRESH.get(url)
     response.raise_for_status()
     result: dict[str, int] = response.json()
     return result

@@ -6,19 +6,21 @@ import asyncio
 import os
 import socket
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-
 from clusterrun.adapters.lifespan import Lifespan
 from clusterrun.adapters.loading import detect_interface, load_app
+
 from clusterrun.channel import CONNECTION_FRAMES, HEADER, MAX_PAYLOAD, Channel
 from clusterrun.config import build_config, resolve_workers
 from clusterrun.cpus import cgroup_cpu_quota, usable_cpus
 from clusterrun.errors import BootError, ChannelError, ConfigError
 from clusterrun.listeners import BindAddress, parse_bind
-from clusterrun.policies import RoundRobin, Shared, make_policy
+from clusterrun.policies import LeastConnections, ReusePort, RoundRobin, Shared, Sticky, make_policy
 from clusterrun.throttle import RestartThrottle
 
 # Config
@@ -65,7 +67,7 @@ def test_build_config_defaults_and_environment() -> None:
 
 @pytest.mark.parametrize("values, message", [
     ({"wrokers": 2}, "unknown option 'wrokers'"),
-    ({"policy": "bogus"}, "unknown --policy value 'bogus': choose one of rr, shared"),
+    ({"policy": "bogus"}, "unknown --policy value 'bogus': choose one of rr, least-conn, sticky, shared, reuseport"),
     ({"threads": "0"}, "bad --threads value '0'"),
     ({"graceful_timeout": "soon"}, "bad --graceful-timeout value 'soon'"),
     ({"binds": ["127.0.0.1:1"], "port": "2"}, "--bind cannot be combined with --host/--port"),
@@ -184,17 +186,68 @@ def test_header_layout_is_length_then_descriptor_count() -> None:
 # Policies
 
 
+@dataclass
+class _Worker:
+    index: int
+    open_connections: int = 0
+
+
+def _indexes(workers: Iterator[_Worker]) -> list[int]:
+    return [w.index for w in workers]
+
+
 def test_round_robin_rotates_and_offers_the_rest_as_fallbacks() -> None:
-    rr = RoundRobin()
-    assert [list(rr.order(["a", "b", "c"])) for _ in range(3)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
-    assert list(rr.order([])) == []
+    rr, ready = RoundRobin(), [_Worker(0), _Worker(1), _Worker(2)]
+    assert [_indexes(rr.order(ready, "")) for _ in range(3)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+    assert list(rr.order([], "")) == []
+
+
+def test_least_connections_prefers_the_idlest_and_rotates_ties() -> None:
+    policy = LeastConnections()
+    ready = [_Worker(0, 3), _Worker(1, 1), _Worker(2, 1)]
+    assert [_indexes(policy.order(ready, ""))[0] for _ in range(4)] == [1, 1, 2, 1]
+    ready[0].open_connections = 0
+    assert _indexes(policy.order(ready, ""))[0] == 0
+
+
+def test_sticky_keeps_a_client_and_moves_only_the_dead_workers_clients() -> None:
+    policy = Sticky()
+    ready = [_Worker(i) for i in range(4)]
+    peers = [f"10.0.0.{n}" for n in range(200)]
+    before = {peer: _indexes(policy.order(ready, peer))[0] for peer in peers}
+    assert before == {peer: _indexes(policy.order(ready, peer))[0] for peer in peers}
+    assert set(before.values()) == {0, 1, 2, 3}
+    survivors = [w for w in ready if w.index != 2]
+    after = {peer: _indexes(policy.order(survivors, peer))[0] for peer in peers}
+    assert all(after[p] == before[p] for p in peers if before[p] != 2)
 
 
 def test_policies_by_name() -> None:
     assert isinstance(make_policy("rr"), RoundRobin) and isinstance(make_policy("shared"), Shared)
-    assert not Shared().dispatches and Shared().worker_sockets([]) == []
+    assert isinstance(make_policy("least-conn"), LeastConnections) and isinstance(make_policy("sticky"), Sticky)
+    assert isinstance(make_policy("reuseport"), ReusePort)
+    assert not Shared().dispatches and Shared().worker_sockets([], 1) == []
     with pytest.raises(ConfigError, match="unknown --policy value 'x'"):
         make_policy("x")
+
+
+def test_reuseport_needs_tcp() -> None:
+    with pytest.raises(ConfigError, match=r"reuseport cannot serve unix:/tmp/x\.sock: it needs TCP listeners"):
+        ReusePort().bind(BindAddress(path="/tmp/x.sock"), 16)
+
+
+def test_reuseport_gives_each_worker_its_own_socket_on_the_same_port() -> None:
+    policy = ReusePort()
+    held = policy.bind(BindAddress("127.0.0.1", 0), 16)
+    own: list[socket.socket] = []
+    try:
+        own = policy.worker_sockets([held], 16) + policy.worker_sockets([held], 16)
+        assert {s.getsockname() for s in own} == {held.getsockname()}
+        client = socket.create_connection(held.getsockname(), timeout=5)
+        client.close()
+    finally:
+        for sock in [held, *own]:
+            sock.close()
 
 
 # Loading

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ import clusterrun
 if os.environ.get("SUP_BREAK_FILE") and os.path.exists(os.environ["SUP_BREAK_FILE"]):
     raise RuntimeError("broken on purpose by the test")
 
+logger = logging.getLogger("sup_app")
 _lock = threading.Lock()
 _running = 0
 _peak = 0
@@ -46,6 +48,7 @@ def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         _peak = max(_peak, _running)
     try:
         if path == "/slow":
+            logger.warning("slow request started")  # tests wait for this line: the request is in flight
             time.sleep(_seconds(environ["QUERY_STRING"]))
         body = dict(_who(), peak=_peak, multithread=environ["wsgi.multithread"])
     finally:
@@ -70,6 +73,7 @@ async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["path"] == "/crash":
         os._exit(1)
     if scope["path"] == "/slow":
+        logger.warning("slow request started")
         await asyncio.sleep(_seconds(scope["query_string"].decode()))
     data = json.dumps(_who()).encode()
     await send({"type": "http.response.start", "status": 200,
