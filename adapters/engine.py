@@ -253,6 +253,10 @@ class WorkerServer:
         self._adopted += 1
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            # What an event loop's own accept would do: without it Nagle holds back the second write
+            # (body after headers) of a keep-alive response until the client's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         task = loop.create_task(self._connect(loop, sock))
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)
