@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import random
 import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from email.utils import formatdate
@@ -34,10 +37,15 @@ _DRAIN_POLL = 0.02
 _PRIMARY_ANSWER_WAIT = 2.0
 
 
-def serve(config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket]) -> int:
-    """Load the app and serve it until told to stop; the worker's exit code."""
+def serve(
+    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket],
+    preloaded: LoadedApp | None = None,
+) -> int:
+    """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code."""
     try:
-        loaded = load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
+        loaded = preloaded or load_app(
+            config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface
+        )
     except BootError as exc:
         channel.send_blocking({"t": "boot_error", "error": str(exc)})
         return EXIT_BOOT
@@ -114,6 +122,17 @@ def _uvicorn_config(config: Config, app: Any) -> Any:
     return uv
 
 
+def _rss_bytes() -> int:
+    """Resident memory of this process: /proc on Linux, the peak from getrusage elsewhere."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def _reporting_protocol(base: type[Any], on_close: Any) -> type[Any]:
     """uvicorn's HTTP protocol, telling the worker when a connection closes (for least-conn)."""
 
@@ -141,6 +160,9 @@ class WorkerServer:
         self._adopted = 0
         self._report_due = False
         self._reports_load = POLICY_CLASSES[config.policy].tracks_connections
+        # Recycling limits, fixed per worker; the jitter keeps workers from all being replaced at once.
+        self._request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
+        self._recycle_asked = False
 
     async def run(self) -> int:
         from uvicorn.server import ServerState
@@ -169,7 +191,7 @@ class WorkerServer:
         self.protocol_factory = functools.partial(
             protocol_class, config=uv, server_state=self.state, app_state=app_state, _loop=loop
         )
-        self._tick_date(uv.encoded_headers)
+        self._tick(uv.encoded_headers)
         servers = [
             await loop.create_server(self.protocol_factory, sock=sock, backlog=self.config.backlog)
             for sock in self.sockets
@@ -287,11 +309,34 @@ class WorkerServer:
                 connection.shutdown()
             await asyncio.sleep(_DRAIN_POLL)
 
-    def _tick_date(self, headers: list[tuple[bytes, bytes]]) -> None:
-        """uvicorn's protocols read default headers from the server state: keep Date current, once a second."""
+    def _tick(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Once a second, on the event loop: the Date header, the heartbeat, the recycling limits.
+
+        uvicorn's protocols read default headers from the server state, so Date is refreshed here. The
+        heartbeat proves the loop is not stuck: a worker blocked in one request sends none, and the primary
+        counts it as hung after --timeout.
+        """
         loop = asyncio.get_running_loop()
         now = time.time()
         self.state.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *headers]
-        if self._reports_load:
-            self._load_changed()  # also catches closes the protocol hook cannot see (upgraded websockets)
-        loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick_date, headers)
+        if not self.channel.eof:
+            open_now = len(self.state.connections) + len(self._adopting)
+            self.channel.send({"t": "hb", "open": open_now, "adopted": self._adopted})
+            self._check_recycling()
+        loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick, headers)
+
+    def _check_recycling(self) -> None:
+        if self._recycle_asked:
+            return
+        reason = ""
+        served = self.state.total_requests
+        if self.config.max_requests and served >= self._request_limit:
+            reason = f"it served {served} requests (--max-requests {self.config.max_requests})"
+        elif self.config.max_memory:
+            rss_mib = _rss_bytes() / (1024 * 1024)
+            if rss_mib > self.config.max_memory:
+                reason = f"its memory grew to {rss_mib:.0f} MiB (--max-memory {self.config.max_memory})"
+        if reason:
+            # The primary replaces this worker the no-drop way: a new one first, then this one drains.
+            self._recycle_asked = True
+            self.channel.send({"t": "recycle", "reason": reason})

@@ -84,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.setup(config.log_level, access_log=config.access_log)
         from .primary import Primary
 
-        _prepare_engine(config)
-        return Primary(config).run()
+        preloaded = _prepare_engine(config)
+        return Primary(config, preloaded=preloaded).run()
     except ClusterrunError as exc:
         if debug:
             logger.debug("details", exc_info=True)
@@ -100,8 +100,11 @@ def _asks_policy_help(argv: list[str]) -> bool:
                for i, a in enumerate(argv))
 
 
-def _prepare_engine(config: object) -> None:
-    """Fail early, as a configuration error, when the engine or the app's module cannot be found."""
+def _prepare_engine(config: object) -> object:
+    """Fail early, as a configuration error, when the engine or the app's module cannot be found.
+
+    With --preload, import the app here, before any fork; its BootError exits 3 like a worker's would.
+    """
     try:
         from .adapters import engine, loading
     except ImportError as exc:
@@ -112,3 +115,8 @@ def _prepare_engine(config: object) -> None:
     assert isinstance(config, Config)
     loading.check_module_exists(config.app, config.app_dir)
     engine.preimport(config)
+    if not config.preload:
+        return None
+    loaded = loading.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
+    logger.info("preloaded %s (%s) in the primary", config.app, loaded.interface)
+    return loaded

@@ -42,6 +42,11 @@ class Config:
     restart_window: float = 60.0
     graceful_timeout: float = 30.0
     boot_timeout: float = 60.0
+    timeout: float = 30.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_memory: int = 0
+    preload: bool = False
     backlog: int = 2048
     log_level: str = "info"
     access_log: bool = False
@@ -175,6 +180,20 @@ OPTIONS: tuple[Option, ...] = (
            "restart before their worker is killed; default 30", _seconds("--graceful-timeout"), "SECONDS"),
     Option("boot_timeout", ("--boot-timeout",), "seconds a new worker gets to import the app and become "
            "ready before it is counted as failed; default 60", _seconds("--boot-timeout"), "SECONDS"),
+    Option("timeout", ("-t", "--timeout"), "a worker whose event loop sends no heartbeat for this many seconds "
+           "is hung: its threads' tracebacks are logged, then it is killed and respawned (an inline WSGI request "
+           "longer than this counts as hung, as in gunicorn's sync worker); 0 turns it off; default 30",
+           _seconds("--timeout"), "SECONDS"),
+    Option("max_requests", ("--max-requests",), "replace a worker after it served this many requests (plus up to "
+           "--max-requests-jitter more), with no dropped request; 0 (default) never",
+           _int_at_least(0, "--max-requests"), "N"),
+    Option("max_requests_jitter", ("--max-requests-jitter",), "a random 0..J added to --max-requests per worker, so "
+           "that workers are not all replaced at once; default 0", _int_at_least(0, "--max-requests-jitter"), "J"),
+    Option("max_memory", ("--max-memory",), "replace a worker whose resident memory (RSS) grows above this many "
+           "MiB, with no dropped request; 0 (default) never", _int_at_least(0, "--max-memory"), "MB"),
+    Option("preload", ("--preload",), "import the app in the primary before forking: workers share its memory "
+           "copy-on-write and start faster, but a rolling restart then serves the code loaded at start",
+           _switch, switch=True),
     Option("backlog", ("--backlog",), "listen queue length; default 2048", _int_at_least(1, "--backlog"), "N"),
     Option("log_level", ("--log-level",), "debug, info, warning or error; debug adds tracebacks to errors; "
            "default info", _choice("--log-level", LOG_LEVELS), "LEVEL", choices=LOG_LEVELS),

@@ -31,13 +31,17 @@ from .throttle import RestartThrottle
 
 logger = logging.getLogger("clusterrun")
 
+# Time a hung worker gets to write its tracebacks before SIGKILL.
+_DUMP_GRACE = 1.0
+
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
             signal.SIGCHLD)
 
 
 class Primary:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic, preloaded: Any = None) -> None:
         self.config = config
+        self.preloaded = preloaded  # the app, imported before forking (--preload)
         self.clock = clock
         self.policy = make_policy(config.policy)
         self.throttle = RestartThrottle(config.max_restarts, config.restart_window, clock)
@@ -54,6 +58,7 @@ class Primary:
         self.dispatcher = Dispatcher(self.policy, self.selector)
         self.reload_queue: list[int] = []
         self.reloading: WorkerHandle | None = None
+        self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
         self._wake_r, self._wake_w = socket.socketpair()
 
     # The loop.
@@ -71,6 +76,8 @@ class Primary:
                 logger.info("listening on %s", listeners.describe(sock))
             for index in range(self.target):
                 self._spawn(index)
+            if self.config.timeout > 0:
+                self.timers.add(self.config.timeout, self._watchdog)
             while self.workers or not self.stopping:
                 events = self.selector.select(self.timers.wait_time())
                 for key, mask in events:
@@ -149,7 +156,7 @@ class Primary:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            worker.run(self.config, worker_id, index, child_end, sockets, primary_fds)
+            worker.run(self.config, worker_id, index, child_end, sockets, primary_fds, self.preloaded)
         child_end.close()
         for sock in own_sockets:
             sock.close()  # the worker's own listeners (reuseport): the child holds them now
@@ -190,7 +197,7 @@ class Primary:
             logger.debug("%s exited (%s)", handle.info, how)
         else:
             self._on_crash(handle, how)
-        if not self.slots and not self.stopping and not self.reloading:
+        if not self.slots and not self.pending_respawns and not self.stopping and not self.reloading:
             logger.error("no worker is left: stopping")
             self.exit_code = self.exit_code or EXIT_RESTART_LIMIT
             self.stop()
@@ -200,7 +207,7 @@ class Primary:
         if self.stopping:
             logger.debug("%s exited while starting (%s)", handle.info, how)
         elif handle.replaces is not None:
-            self._abort_reload(handle, reason)
+            self._abort_replacement(handle, reason)
         elif handle.boot_error is not None or not self.booted:
             logger.error("app %s failed to boot in %s: %s", self.config.app, handle.info, reason)
             self.exit_code = EXIT_BOOT
@@ -209,15 +216,21 @@ class Primary:
             self._on_crash(handle, how)
 
     def _on_crash(self, handle: WorkerHandle, how: str) -> None:
-        if self.throttle.record_death(handle.index):
-            logger.warning("%s died (%s); respawning slot %d", handle.info, how, handle.index)
-            self._spawn(handle.index)
-        else:
+        decision = self.throttle.record_death(handle.index, uptime=self.clock() - handle.started)
+        if not decision.respawn:
             logger.error(
                 "slot %d died %d times within %gs (last: %s, %s): not respawning it; raise --max-restarts or fix "
-                "the crash", handle.index, self.throttle.deaths(handle.index), self.config.restart_window,
-                handle.info, how,
+                "the crash", handle.index, decision.deaths, self.config.restart_window, handle.info, how,
             )
+            return
+        logger.warning("%s died (%s); respawning slot %d in %gs", handle.info, how, handle.index, decision.delay)
+        self.pending_respawns.add(handle.index)
+        self.timers.add(decision.delay, lambda: self._respawn(handle.index))
+
+    def _respawn(self, index: int) -> None:
+        self.pending_respawns.discard(index)
+        if not self.stopping and index not in self.slots and index < self.target:
+            self._spawn(index)
 
     def _boot_overdue(self, handle: WorkerHandle) -> None:
         if handle.state == STARTING and handle.pid in self.workers:
@@ -238,6 +251,7 @@ class Primary:
             self._close_channel(handle)
             handle.kill()
             return
+        handle.last_seen = self.clock()
         for frame, fds in frames:
             for fd in fds:
                 os.close(fd)  # workers have no business sending descriptors
@@ -251,8 +265,10 @@ class Primary:
             self._on_ready(handle, str(frame.get("interface", "?")))
         elif kind == "boot_error":
             handle.boot_error = str(frame.get("error", "unknown error"))[:2000]
-        elif kind == "load":
+        elif kind in ("hb", "load"):
             self.dispatcher.load(handle, frame.get("open"), frame.get("adopted"))
+        elif kind == "recycle":
+            self._recycle(handle, str(frame.get("reason", "it asked to be replaced"))[:500])
         elif kind == "draining":
             # The worker was told to stop by someone else (SIGTERM): route nothing more to it, let it drain.
             self._retire(handle, respawn=not self.stopping)
@@ -322,17 +338,46 @@ class Primary:
     def _replace_done(self, new: WorkerHandle) -> None:
         old = new.replaces
         new.replaces = None
-        if old is not None and self.slots.get(new.index) is old:
-            self._retire(old)
+        current = self.slots.get(new.index)
+        if current is not None and current is not new:
+            self._retire(current)  # the old worker, or another replacement that got there first
         self.slots[new.index] = new
         logger.info("slot %d: %s replaced by %s", new.index, old.info if old else "none", new.info)
-        self._replace_next()
+        if self.reloading is new:
+            self._replace_next()
 
-    def _abort_reload(self, new: WorkerHandle, reason: str) -> None:
+    def _abort_replacement(self, new: WorkerHandle, reason: str) -> None:
+        if self.reloading is not new:
+            logger.error("recycling %s failed: its replacement %s failed to boot: %s; it keeps serving",
+                         new.replaces.info if new.replaces else "?", new.info, reason)
+            return
         logger.error("rolling restart aborted: the new %s failed to boot: %s; the old workers keep serving",
                      new.info, reason)
         self.reload_queue = []
         self.reloading = None
+
+    def _recycle(self, handle: WorkerHandle, reason: str) -> None:
+        """Replace one worker the no-drop way (--max-requests, --max-memory): a new one first, then drain."""
+        if self.stopping or handle.retired or handle.recycling or self.slots.get(handle.index) is not handle:
+            return
+        handle.recycling = True
+        logger.info("recycling %s: %s", handle.info, reason)
+        self._spawn(handle.index, replaces=handle)
+
+    def _watchdog(self) -> None:
+        """Kill workers whose event loop went silent for --timeout; runs again at the next possible deadline."""
+        now = self.clock()
+        timeout = self.config.timeout
+        for handle in list(self.workers.values()):
+            if handle.state == STARTING or handle.hung or now - handle.last_seen < timeout:
+                continue
+            handle.hung = True
+            logger.error("%s sent no heartbeat for %gs (--timeout): its threads' tracebacks follow, then it is "
+                         "killed", handle.info, now - handle.last_seen)
+            handle.dump_threads()
+            self.timers.add(_DUMP_GRACE, handle.kill)
+        watched = [h.last_seen for h in self.workers.values() if h.state != STARTING and not h.hung]
+        self.timers.add(max(0.05, min(watched, default=now) + timeout - now), self._watchdog)
 
     def scale(self, target: int) -> None:
         if self.stopping or target < 1:

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from .channel import Channel
 from .identity import WorkerInfo
 
+# The signal a worker's faulthandler answers with a dump of every thread's traceback.
+DUMP_SIGNAL = signal.SIGUSR1
+
 STARTING = "starting"  # forked, loading the app; nothing is routed to it
 READY = "ready"  # serving; primary-side policies route connections to it
 DRAINING = "draining"  # told to stop; finishes what it has, gets nothing new
@@ -77,6 +80,9 @@ class WorkerHandle:
     dispatched: int = 0  # connections the primary has passed to it, in all
     boot_error: str | None = None
     boot_timer: Timer = field(default=_NO_TIMER)
+    last_seen: float = 0.0  # when its last frame (heartbeat or other) arrived
+    hung: bool = False  # silent past --timeout: being dumped and killed
+    recycling: bool = False  # a replacement was spawned for it (--max-requests, --max-memory)
 
     @property
     def info(self) -> WorkerInfo:
@@ -97,6 +103,10 @@ class WorkerHandle:
             self.channel.send({"t": "stop"})
         else:
             self.terminate()
+
+    def dump_threads(self) -> None:
+        """Ask the worker to write every thread's traceback to the log (faulthandler, see worker.py)."""
+        self._signal(DUMP_SIGNAL)
 
     def terminate(self) -> None:
         self._signal(signal.SIGTERM)

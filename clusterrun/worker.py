@@ -7,6 +7,7 @@ return into the primary's code: ``run`` always ends in ``os._exit``.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -14,14 +15,16 @@ import socket
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import identity, logs
 from .channel import Channel
 from .config import Config
 from .errors import EXIT_BOOT, EXIT_ERROR, BootError
+from .supervision import DUMP_SIGNAL
 
 logger = logging.getLogger("clusterrun")
+
 
 # Signals the primary listens to; a worker must not act on them as the primary would.
 _PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGTERM)
@@ -29,11 +32,14 @@ _PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTO
 
 def run(
     config: Config, worker_id: int, index: int, channel_sock: socket.socket,
-    sockets: Sequence[socket.socket], inherited_fds: Sequence[int],
+    sockets: Sequence[socket.socket], inherited_fds: Sequence[int], preloaded: Any = None,
 ) -> NoReturn:
     code = EXIT_ERROR
     try:
         _leave_primary(inherited_fds)
+        # On SIGUSR1 (sent by the primary to a hung worker before killing it), every thread's Python
+        # traceback goes to the log: at C level, so it works while Python code is stuck.
+        faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True)
         info = identity.WorkerInfo(worker_id, index, os.getpid())
         identity.become(info)
         logs.setup(config.log_level, info, config.access_log)
@@ -42,7 +48,7 @@ def run(
         channel = Channel(channel_sock)
         from .adapters.engine import serve  # imported here: the core stays importable without uvicorn
 
-        code = serve(config, info, channel, sockets)
+        code = serve(config, info, channel, sockets, preloaded)
     except BootError as exc:
         code = EXIT_BOOT
         logger.error("%s", exc)

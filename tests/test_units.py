@@ -21,7 +21,7 @@ from clusterrun.cpus import cgroup_cpu_quota, usable_cpus
 from clusterrun.errors import BootError, ChannelError, ConfigError
 from clusterrun.listeners import BindAddress, parse_bind
 from clusterrun.policies import LeastConnections, ReusePort, RoundRobin, Shared, Sticky, make_policy
-from clusterrun.throttle import RestartThrottle
+from clusterrun.throttle import Decision, RestartThrottle
 
 # Config
 
@@ -113,12 +113,20 @@ def test_no_cgroup_means_affinity(tmp_path: Path) -> None:
 def test_throttle_counts_deaths_in_a_sliding_window() -> None:
     now = [0.0]
     throttle = RestartThrottle(max_restarts=2, window=10, clock=lambda: now[0])
-    assert throttle.record_death(0) and throttle.record_death(0)
-    assert throttle.record_death(1)  # slots are counted apart
-    assert not throttle.record_death(0)
+    assert throttle.record_death(0).respawn and throttle.record_death(0).respawn
+    assert throttle.record_death(1).respawn  # slots are counted apart
+    assert throttle.record_death(0) == Decision(respawn=False, delay=0.4, deaths=3)
     now[0] = 10.5  # the first deaths left the window
-    assert throttle.record_death(0)
+    assert throttle.record_death(0).respawn
     assert throttle.deaths(0) == 1
+
+
+def test_throttle_backs_off_exponentially_and_resets_after_a_healthy_run() -> None:
+    throttle = RestartThrottle(max_restarts=100, window=60, clock=lambda: 0.0, first_delay=0.1, max_delay=1.0,
+                               healthy_after=30)
+    delays = [throttle.record_death(0, uptime=1).delay for _ in range(6)]
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert throttle.record_death(0, uptime=45).delay == 0.1  # it had been healthy: the sequence starts over
 
 
 # Channel

@@ -4,15 +4,21 @@
 /slow?s=N  sleeps N seconds, then answers (an in-flight request for drain tests)
 /crash     the worker exits at once with code 1
 /peak      the largest number of requests this worker ran at the same time (WSGI threads)
+/hang      blocks the event loop (a hung worker)
+/leak?mb=N keeps N MiB more alive in this worker
+/garbage   writes garbage into this worker's channel to the primary
+Every answer carries "imported_in": the pid that imported this module (the primary under --preload).
 If the file named by $SUP_BREAK_FILE exists, importing this module fails (a broken deploy).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Any
@@ -24,6 +30,8 @@ if os.environ.get("SUP_BREAK_FILE") and os.path.exists(os.environ["SUP_BREAK_FIL
     raise RuntimeError("broken on purpose by the test")
 
 logger = logging.getLogger("sup_app")
+IMPORTED_IN = os.getpid()
+_kept: list[bytes] = []
 _lock = threading.Lock()
 _running = 0
 _peak = 0
@@ -31,7 +39,36 @@ _peak = 0
 
 def _who() -> dict[str, Any]:
     worker = clusterrun.current_worker()
-    return {"id": worker.id, "index": worker.index, "pid": worker.pid} if worker else {}
+    found = {"id": worker.id, "index": worker.index, "pid": worker.pid} if worker else {}
+    return dict(found, imported_in=IMPORTED_IN)
+
+
+def _misbehave(path: str, query: str) -> None:
+    """The endpoints shared by both interfaces that make a worker misbehave on purpose."""
+    if path == "/crash":
+        os._exit(1)
+    if path == "/hang":
+        logger.warning("hanging on purpose")
+        time.sleep(3600)  # blocks the event loop in both interfaces: no heartbeat can be sent
+    if path == "/leak":
+        _kept.append(b"x" * (int(parse_qs(query)["mb"][0]) * 1024 * 1024))
+    if path == "/garbage":
+        _write_garbage_to_unix_sockets()
+
+
+def _write_garbage_to_unix_sockets() -> None:
+    # The channel to the primary is this process's connected AF_UNIX stream socket; an event loop's own
+    # wake-up socket may be one too, and garbage there only wakes it.
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with sock:
+            if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM:
+                with contextlib.suppress(OSError):
+                    sock.send(b"\xff" * 64)
 
 
 def _seconds(query: str) -> float:
@@ -41,8 +78,7 @@ def _seconds(query: str) -> float:
 def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     global _running, _peak
     path = environ["PATH_INFO"]
-    if path == "/crash":
-        os._exit(1)
+    _misbehave(path, environ["QUERY_STRING"])
     with _lock:
         _running += 1
         _peak = max(_peak, _running)
@@ -70,8 +106,7 @@ async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
     if scope["type"] != "http":
         return
-    if scope["path"] == "/crash":
-        os._exit(1)
+    _misbehave(scope["path"], scope["query_string"].decode())
     if scope["path"] == "/slow":
         logger.warning("slow request started")
         await asyncio.sleep(_seconds(scope["query_string"].decode()))
