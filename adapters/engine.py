@@ -133,6 +133,20 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
+def _closing_app(app: Any) -> Any:
+    """The app, with ``Connection: close`` on every response: uvicorn then closes after responding."""
+
+    async def closing(scope: Any, receive: Any, send: Any) -> None:
+        async def send_closing(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_closing)
+
+    return closing
+
+
 def _reporting_protocol(base: type[Any], on_close: Any) -> type[Any]:
     """uvicorn's HTTP protocol, telling the worker when a connection closes (for least-conn)."""
 
@@ -163,6 +177,7 @@ class WorkerServer:
         # Recycling limits, fixed per worker; the jitter keeps workers from all being replaced at once.
         self._request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
         self._recycle_asked = False
+        self._linger = False  # on stop, other workers take over: idle keep-alive connections may linger
 
     async def run(self) -> int:
         from uvicorn.server import ServerState
@@ -250,6 +265,7 @@ class WorkerServer:
                 for fd in fds:
                     self._adopt(loop, fd)
             elif kind == "stop":
+                self._linger = bool(frame.get("linger", False))
                 self.stop()
             else:
                 logger.debug("ignoring frame %r from the primary", kind)
@@ -297,16 +313,28 @@ class WorkerServer:
     # Draining: finish what was accepted, close what is idle.
 
     async def _drain(self) -> None:
+        """Finish every request in flight; close each connection only where no request can be racing.
+
+        Closing an idle keep-alive connection races the client's next request on it, which then fails.
+        So when other workers take over (``linger``), idle connections stay open up to --timeout-keep-alive
+        and a request that arrives on one is answered with ``Connection: close``. When the whole server
+        stops, idle connections close at once. A request in flight always completes, then its connection
+        closes.
+        """
         if self._adopting:
             await asyncio.gather(*self._adopting, return_exceptions=True)
-        first_request_deadline = time.monotonic() + self.config.timeout_keep_alive
+        deadline = time.monotonic() + (self.config.timeout_keep_alive if self._linger else 0.0)
+        closing: set[int] = set()
         while self.state.connections or self.state.tasks:
-            patient = time.monotonic() < first_request_deadline
+            patient = time.monotonic() < deadline
             for connection in list(self.state.connections):
-                # A connection handed over but not yet read may carry a request: give it time to arrive.
-                if patient and getattr(connection, "cycle", True) is None:
-                    continue
-                connection.shutdown()
+                if id(connection) not in closing and hasattr(connection, "app"):
+                    closing.add(id(connection))
+                    connection.app = _closing_app(connection.app)  # uvicorn reads it for each new request
+                cycle = getattr(connection, "cycle", None)
+                idle = cycle is None or cycle.response_complete
+                if not (patient and idle):
+                    connection.shutdown()  # in flight: close after the response; idle: close now
             await asyncio.sleep(_DRAIN_POLL)
 
     def _tick(self, headers: list[tuple[bytes, bytes]]) -> None:

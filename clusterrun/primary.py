@@ -305,7 +305,7 @@ class Primary:
         if respawn and self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
             self._spawn(handle.index)
-        handle.stop()
+        handle.stop(linger=not self.stopping)
 
     def _close_channel(self, handle: WorkerHandle) -> None:
         if handle.channel_open:

@@ -96,11 +96,15 @@ class WorkerHandle:
         self.state = READY
         self.interface = interface
 
-    def stop(self) -> None:
-        """Ask the worker to drain. In-band, so that it reads every connection sent before the order."""
+    def stop(self, linger: bool = False) -> None:
+        """Ask the worker to drain. In-band, so that it reads every connection sent before the order.
+
+        ``linger``: other workers take over, so idle keep-alive connections may stay open until their
+        client's next request (answered with Connection: close) instead of closing under it.
+        """
         self.state = DRAINING
         if self.channel_open:
-            self.channel.send({"t": "stop"})
+            self.channel.send({"t": "stop", "linger": linger})
         else:
             self.terminate()
 
