@@ -17,11 +17,13 @@ import random
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from email.utils import formatdate
 from typing import Any
 
+from .. import messaging
 from ..channel import Channel
 from ..config import Config
 from ..errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
@@ -42,6 +44,7 @@ def serve(
     preloaded: LoadedApp | None = None,
 ) -> int:
     """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code."""
+    channel.send({"t": "online"})
     try:
         loaded = preloaded or load_app(
             config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface
@@ -184,6 +187,7 @@ class WorkerServer:
 
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        messaging.attach(self._deliver_factory(loop))
         uv = _uvicorn_config(self.config, self.app)
         lifespan = Lifespan(self.app, self.config.lifespan if self.loaded.interface == "asgi" else "off")
         self._watch_channel(loop)
@@ -264,6 +268,8 @@ class WorkerServer:
             if kind == "conn":
                 for fd in fds:
                     self._adopt(loop, fd)
+            elif kind == "msg":
+                messaging.dispatch(frame.get("data"), loop.create_task)
             elif kind == "stop":
                 self._linger = bool(frame.get("linger", False))
                 self.stop()
@@ -274,6 +280,18 @@ class WorkerServer:
             loop.remove_reader(self.channel.fileno())
             logger.warning("the primary went away; stopping")
             self.stop()
+
+    def _deliver_factory(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """How clusterrun.send() reaches the channel: directly on the loop's thread, else through the loop."""
+        loop_thread = threading.get_ident()
+
+        def deliver(frame: dict[str, Any]) -> None:
+            if threading.get_ident() == loop_thread:
+                self.channel.send(frame)
+            else:
+                loop.call_soon_threadsafe(self.channel.send, frame)
+
+        return deliver
 
     def _load_changed(self) -> None:
         """Report open connections to the primary, at most once per loop iteration (closes come in bursts)."""

@@ -9,17 +9,27 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import BindError, BootError, ClusterrunError, ConfigError, RestartLimitError
-from .identity import WorkerInfo, current_worker, is_worker
+from .api import Cluster
+from .errors import BindError, BootError, ClusterrunError, ConfigError, MessageError, RestartLimitError
+from .identity import WorkerInfo, current_worker, is_primary, is_worker
+from .messaging import broadcast, on_message, send
+from .supervision import Worker
 
 __all__ = [
     "BindError",
     "BootError",
+    "Cluster",
     "ClusterrunError",
     "ConfigError",
+    "MessageError",
     "RestartLimitError",
+    "Worker",
     "WorkerInfo",
     "__version__",
+    "broadcast",
     "current_worker",
+    "is_primary",
     "is_worker",
+    "on_message",
+    "send",
 ]

@@ -14,9 +14,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__, logs
+from . import __version__
+from .api import Cluster
 from .config import OPTIONS, build_config
-from .errors import EXIT_CONFIG, ClusterrunError, ConfigError
+from .errors import EXIT_CONFIG, ClusterrunError
 from .policies import POLICY_CLASSES
 
 logger = logging.getLogger("clusterrun")
@@ -80,12 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     values = {option.name: getattr(args, option.name) for option in OPTIONS}
     debug = values.get("log_level") == "debug"
     try:
-        config = build_config(args.app, values)
-        logs.setup(config.log_level, access_log=config.access_log)
-        from .primary import Primary
-
-        preloaded = _prepare_engine(config)
-        return Primary(config, preloaded=preloaded).run()
+        return Cluster.from_config(build_config(args.app, values)).run()
     except ClusterrunError as exc:
         if debug:
             logger.debug("details", exc_info=True)
@@ -98,25 +94,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _asks_policy_help(argv: list[str]) -> bool:
     return any(a == "--policy=help" or (a == "--policy" and argv[i + 1:i + 2] == ["help"])
                for i, a in enumerate(argv))
-
-
-def _prepare_engine(config: object) -> object:
-    """Fail early, as a configuration error, when the engine or the app's module cannot be found.
-
-    With --preload, import the app here, before any fork; its BootError exits 3 like a worker's would.
-    """
-    try:
-        from .adapters import engine, loading
-    except ImportError as exc:
-        raise ConfigError(f"the serving engine cannot be imported ({exc}); reinstall with: pip install clusterrun"
-                          ) from None
-    from .config import Config
-
-    assert isinstance(config, Config)
-    loading.check_module_exists(config.app, config.app_dir)
-    engine.preimport(config)
-    if not config.preload:
-        return None
-    loaded = loading.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
-    logger.info("preloaded %s (%s) in the primary", config.app, loaded.interface)
-    return loaded

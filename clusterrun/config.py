@@ -47,6 +47,7 @@ class Config:
     max_requests_jitter: int = 0
     max_memory: int = 0
     preload: bool = False
+    hooks: str = ""
     backlog: int = 2048
     log_level: str = "info"
     access_log: bool = False
@@ -194,6 +195,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("preload", ("--preload",), "import the app in the primary before forking: workers share its memory "
            "copy-on-write and start faster, but a rolling restart then serves the code loaded at start",
            _switch, switch=True),
+    Option("hooks", ("--hooks",), "a module (or module:object) whose functions named after cluster events (fork, "
+           "online, listening, message, disconnect, exit) are called in the primary", str, "MODULE"),
     Option("backlog", ("--backlog",), "listen queue length; default 2048", _int_at_least(1, "--backlog"), "N"),
     Option("log_level", ("--log-level",), "debug, info, warning or error; debug adds tracebacks to errors; "
            "default info", _choice("--log-level", LOG_LEVELS), "LEVEL", choices=LOG_LEVELS),

@@ -8,7 +8,8 @@ the process exit code carried by its class::
     │   └── BindError (exit 2)        a listener that cannot be opened
     ├── BootError (exit 3)            the app failed to start in a worker
     ├── RestartLimitError (exit 4)    every slot died too often; none is left
-    └── ChannelError (exit 1)         a malformed frame on a worker channel
+    ├── ChannelError (exit 1)         a malformed frame on a worker channel
+    └── MessageError (exit 1)         a message that is not JSON, too large, or sent outside a worker
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class RestartLimitError(ClusterrunError):
 
 class ChannelError(ClusterrunError):
     """A frame on a primary/worker channel was malformed or too large."""
+
+
+class MessageError(ClusterrunError, ValueError):
+    """A cluster message was refused at the sender (not JSON, too large, no channel)."""
 
 
 EXIT_OK = 0

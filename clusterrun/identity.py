@@ -29,6 +29,7 @@ class WorkerInfo:
 
 
 _current: WorkerInfo | None = None
+_primary = False
 
 
 def current_worker() -> WorkerInfo | None:
@@ -38,11 +39,23 @@ def current_worker() -> WorkerInfo | None:
 
 def become(info: WorkerInfo) -> None:
     """Record, right after the fork, which worker this process now is."""
-    global _current
+    global _current, _primary
     _current = info
+    _primary = False
     os.environ[ENV_WORKER_ID] = str(info.id)
     os.environ[ENV_WORKER_INDEX] = str(info.index)
 
 
+def become_primary() -> None:
+    global _primary
+    _primary = True
+
+
 def is_worker() -> bool:
+    """True inside a clusterrun worker, as Node's ``cluster.isWorker``."""
     return _current is not None
+
+
+def is_primary() -> bool:
+    """True in the process that runs a clusterrun primary, as Node's ``cluster.isPrimary``."""
+    return _primary

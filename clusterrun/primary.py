@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, listeners, worker
+from . import __version__, identity, listeners, worker
 from .channel import Channel, Frame
 from .config import Config
 from .dispatch import Dispatcher
-from .errors import EXIT_BOOT, EXIT_ERROR, EXIT_OK, EXIT_RESTART_LIMIT, ChannelError, ClusterrunError
+from .errors import EXIT_BOOT, EXIT_ERROR, EXIT_OK, EXIT_RESTART_LIMIT, ChannelError, ClusterrunError, MessageError
+from .events import Events
 from .policies import make_policy
-from .supervision import STARTING, Timers, WorkerHandle, describe_status
+from .supervision import STARTING, Timers, WorkerHandle, describe_status, exit_of
 from .throttle import RestartThrottle
 
 logger = logging.getLogger("clusterrun")
@@ -39,8 +40,12 @@ _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal
 
 
 class Primary:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic, preloaded: Any = None) -> None:
+    def __init__(
+        self, config: Config, clock: Callable[[], float] = time.monotonic, preloaded: Any = None,
+        events: Events | None = None,
+    ) -> None:
         self.config = config
+        self.events = events or Events()
         self.preloaded = preloaded  # the app, imported before forking (--preload)
         self.clock = clock
         self.policy = make_policy(config.policy)
@@ -66,6 +71,7 @@ class Primary:
     def run(self) -> int:
         """Serve until stopped; the process exit code. Every child is reaped before this returns."""
         try:
+            identity.become_primary()
             self._bind()
             self._install_signals()
             logger.info(
@@ -168,6 +174,7 @@ class Primary:
         self.selector.register(handle.channel.sock, selectors.EVENT_READ, lambda mask: self._on_channel(handle, mask))
         handle.boot_timer = self.timers.add(self.config.boot_timeout, lambda: self._boot_overdue(handle))
         logger.debug("spawned %s", handle.info)
+        self.events.emit("fork", handle.public)
         return handle
 
     def _reap(self) -> None:
@@ -189,6 +196,7 @@ class Primary:
         self._close_channel(handle)
         handle.boot_timer.cancel()
         how = describe_status(status)
+        self.events.emit("exit", handle.public, *exit_of(status))
         if self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
         if handle.state == STARTING:
@@ -267,6 +275,15 @@ class Primary:
             handle.boot_error = str(frame.get("error", "unknown error"))[:2000]
         elif kind in ("hb", "load"):
             self.dispatcher.load(handle, frame.get("open"), frame.get("adopted"))
+        elif kind == "msg":
+            self.events.emit("message", handle.public, frame.get("data"))
+        elif kind == "bcast":
+            try:
+                self.broadcast(frame.get("data"), sender=handle)
+            except MessageError as exc:
+                logger.error("cannot relay a broadcast from %s: %s", handle.info, exc)
+        elif kind == "online":
+            self.events.emit("online", handle.public)
         elif kind == "recycle":
             self._recycle(handle, str(frame.get("reason", "it asked to be replaced"))[:500])
         elif kind == "draining":
@@ -280,6 +297,7 @@ class Primary:
             return
         handle.boot_timer.cancel()
         handle.mark_ready(interface)
+        self.events.emit("listening", handle.public)
         if self.stopping:
             self._retire(handle)
             return
@@ -313,6 +331,7 @@ class Primary:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(handle.channel.sock)
             handle.channel.close()
+            self.events.emit("disconnect", handle.public)
 
     # Rolling restart and scaling.
 
@@ -392,6 +411,12 @@ class Primary:
             handle = self.slots.pop(max(self.slots))
             self._retire(handle)
         logger.info("scaled to %d worker%s", self.target, "" if self.target == 1 else "s")
+
+    def broadcast(self, message: Any, sender: WorkerHandle | None = None) -> None:
+        """Send ``message`` to every live worker but ``sender``: once each."""
+        for handle in list(self.workers.values()):
+            if handle is not sender and handle.channel_open:
+                handle.send_message(message)
 
     # Stopping.
 

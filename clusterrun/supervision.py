@@ -9,8 +9,11 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from . import messaging
 from .channel import Channel
+from .errors import MessageError
 from .identity import WorkerInfo
 
 # The signal a worker's faulthandler answers with a dump of every thread's traceback.
@@ -83,6 +86,10 @@ class WorkerHandle:
     last_seen: float = 0.0  # when its last frame (heartbeat or other) arrived
     hung: bool = False  # silent past --timeout: being dumped and killed
     recycling: bool = False  # a replacement was spawned for it (--max-requests, --max-memory)
+    public: Worker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.public = Worker(self)
 
     @property
     def info(self) -> WorkerInfo:
@@ -108,6 +115,12 @@ class WorkerHandle:
         else:
             self.terminate()
 
+    def send_message(self, message: Any) -> None:
+        messaging.check(message)
+        if not self.channel_open:
+            raise MessageError(f"cannot send to {self.info}: its channel is closed (it stopped or died)")
+        self.channel.send({"t": "msg", "data": message})
+
     def dump_threads(self) -> None:
         """Ask the worker to write every thread's traceback to the log (faulthandler, see worker.py)."""
         self._signal(DUMP_SIGNAL)
@@ -123,13 +136,55 @@ class WorkerHandle:
             os.kill(self.pid, signum)
 
 
-def describe_status(status: int) -> str:
-    """A wait status in words: 'exit code 3' or 'killed by SIGKILL'."""
+class Worker:
+    """A worker as the primary's event handlers see it (Node's ``Worker``): identity, state, ``send``."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: WorkerHandle) -> None:
+        self._handle = handle
+
+    @property
+    def id(self) -> int:
+        return self._handle.id
+
+    @property
+    def index(self) -> int:
+        return self._handle.index
+
+    @property
+    def pid(self) -> int:
+        return self._handle.pid
+
+    @property
+    def info(self) -> WorkerInfo:
+        return self._handle.info
+
+    @property
+    def state(self) -> str:
+        """starting, ready or draining (a stopped worker keeps its last state)."""
+        return self._handle.state
+
+    def send(self, message: Any) -> None:
+        """Send a JSON message to this worker (its clusterrun.on_message callbacks); MessageError if refused."""
+        self._handle.send_message(message)
+
+    def __repr__(self) -> str:
+        return f"<Worker id={self.id} index={self.index} pid={self.pid} {self.state}>"
+
+
+def exit_of(status: int) -> tuple[int | None, str | None]:
+    """A wait status as (exit code, None) or (None, signal name)."""
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         try:
-            name = signal.Signals(signum).name
+            return None, signal.Signals(signum).name
         except ValueError:
-            name = f"signal {signum}"
-        return f"killed by {name}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
+            return None, f"signal {signum}"
+    return os.waitstatus_to_exitcode(status), None
+
+
+def describe_status(status: int) -> str:
+    """A wait status in words: 'exit code 3' or 'killed by SIGKILL'."""
+    code, signal_name = exit_of(status)
+    return f"killed by {signal_name}" if signal_name else f"exit code {code}"

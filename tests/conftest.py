@@ -102,14 +102,18 @@ def run_cli(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """Start ``clusterrun ARGS`` (cwd: sample_apps by default); every process is stopped and reaped after."""
     started: list[Cluster] = []
 
-    def start(*args: str, cwd: Path = SAMPLE_APPS, env: dict[str, str] | None = None) -> Cluster:
+    def start(
+        *args: str, cwd: Path = SAMPLE_APPS, env: dict[str, str] | None = None, script: str | None = None
+    ) -> Cluster:
+        """``clusterrun ARGS``, or with ``script`` a runner script of the Cluster API: ``python SCRIPT ARGS``."""
         log = tmp_path / f"clusterrun-{len(started)}.log"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("WEB_CONCURRENCY", None) if "WEB_CONCURRENCY" not in (env or {}) else None
         full_env.pop("CLUSTERRUN_SCHED_POLICY", None) if "CLUSTERRUN_SCHED_POLICY" not in (env or {}) else None
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "clusterrun", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, *([script] if script else ["-m", "clusterrun"]), *args], cwd=cwd, stdout=out,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=full_env, start_new_session=True,
             )
         cluster = Cluster(proc, log)

@@ -1,0 +1,154 @@
+"""The programmatic API, as Node's cluster module: ``Cluster``, with events, messages and control.
+
+    from clusterrun import Cluster
+
+    cluster = Cluster("app:app", workers="auto", policy="rr")   # the CLI's options, by their flag names
+
+    @cluster.on("message")
+    def on_message(worker, message):
+        worker.send({"echo": message})
+
+    cluster.run()   # blocks; returns the exit code
+
+The CLI is this class too: ``clusterrun APP --flags`` builds the same Config and calls ``run``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from . import logs
+from .config import OPTIONS, OPTIONS_BY_NAME, Config, build_config
+from .errors import ConfigError
+from .events import Events, Handler
+from .supervision import Worker
+
+logger = logging.getLogger("clusterrun")
+
+# Keyword names are the long flags without dashes (bind=..., app_dir=...), so that the CLI's documentation
+# serves both; the internal option names are accepted too.
+API_NAMES: dict[str, str] = {option.flags[-1].lstrip("-").replace("-", "_"): option.name for option in OPTIONS}
+
+
+class Cluster:
+    def __init__(self, app: str, **options: Any) -> None:
+        values: dict[str, Any] = {}
+        for key, value in options.items():
+            name = API_NAMES.get(key) or (key if key in OPTIONS_BY_NAME else None)
+            if name is None:
+                raise ConfigError(f"unknown option {key!r}: known options are {', '.join(sorted(API_NAMES))}")
+            values[name] = value
+        self._setup(build_config(app, values))
+
+    @classmethod
+    def from_config(cls, config: Config) -> Cluster:
+        cluster = cls.__new__(cls)
+        cluster._setup(config)
+        return cluster
+
+    def _setup(self, config: Config) -> None:
+        from .primary import Primary
+
+        self.config = config
+        self.events = Events()
+        self._primary: Primary | None = None
+
+    def on(self, event: str, handler: Handler | None = None) -> Any:
+        """Register ``handler`` for ``event`` (see clusterrun.events); without a handler, a decorator."""
+        if handler is not None:
+            return self.events.on(event, handler)
+
+        def register(function: Handler) -> Handler:
+            return self.events.on(event, function)
+
+        return register
+
+    def run(self) -> int:
+        """Start the primary and serve until stopped; the exit code (0 clean, 3 boot failure, 4 restart limit).
+
+        Configuration problems (a port in use, a missing module or hooks module) raise ConfigError instead.
+        """
+        from .primary import Primary
+
+        logs.setup(self.config.log_level, access_log=self.config.access_log)
+        if self.config.hooks:
+            self._load_hooks(self.config.hooks)
+        preloaded = prepare_engine(self.config)
+        self._primary = Primary(self.config, preloaded=preloaded, events=self.events)
+        try:
+            return self._primary.run()
+        finally:
+            self._primary = None
+
+    # Control, from event handlers (they run in the primary's loop).
+
+    @property
+    def workers(self) -> dict[int, Worker]:
+        """Live workers by id, as Node's ``cluster.workers``."""
+        if self._primary is None:
+            return {}
+        return {handle.id: handle.public for handle in self._primary.workers.values()}
+
+    def fork(self) -> None:
+        """One worker more (a new slot), as Node's ``cluster.fork()``."""
+        self._running().scale(self._running().target + 1)
+
+    def scale(self, workers: int) -> None:
+        self._running().scale(workers)
+
+    def reload(self) -> None:
+        """Rolling restart, as SIGHUP."""
+        self._running().reload()
+
+    def stop(self) -> None:
+        """Graceful stop, as SIGTERM."""
+        self._running().stop()
+
+    def broadcast(self, message: Any) -> None:
+        """Send ``message`` to every live worker."""
+        self._running().broadcast(message)
+
+    def _running(self) -> Any:
+        if self._primary is None:
+            raise ConfigError("the cluster is not running: call this from an event handler while run() serves")
+        return self._primary
+
+    def _load_hooks(self, spec: str) -> None:
+        from .adapters.loading import put_app_dir_first
+
+        put_app_dir_first(self.config.app_dir)
+        module_name, _, attr = spec.partition(":")
+        try:
+            hooks: Any = importlib.import_module(module_name)
+            for part in filter(None, attr.split(".")):
+                hooks = getattr(hooks, part)
+        except Exception as exc:
+            raise ConfigError(f"cannot load --hooks {spec!r}: {type(exc).__name__}: {exc}; give an importable "
+                              "module (or module:object) whose functions are named after cluster events") from None
+        if not self.events.register_hooks(hooks):
+            raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event (fork, online, "
+                              "listening, message, disconnect, exit)")
+
+
+def prepare_engine(config: Config) -> Any:
+    """In the primary, before any fork: check the engine and the app's module, warm the imports.
+
+    With --preload the app is imported here; its BootError exits 3 like a worker's would.
+    """
+    try:
+        from .adapters import engine, loading
+    except ImportError as exc:
+        raise ConfigError(f"the serving engine cannot be imported ({exc}); reinstall with: pip install clusterrun"
+                          ) from None
+    loading.check_module_exists(config.app, config.app_dir)
+    engine.preimport(config)
+    if not config.preload:
+        return None
+    loaded = loading.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
+    logger.info("preloaded %s (%s) in the primary", config.app, loaded.interface)
+    return loaded
+
+
+__all__ = ["Cluster", "Worker", "prepare_engine"]
