@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -127,3 +128,22 @@ def test_bad_hooks_are_a_configuration_error() -> None:
     result = run_to_exit("msg_app:asgi", "--hooks", "json", "--port", "0", cwd=TEST_APPS)
     assert result.returncode == 2
     assert "--hooks 'json' has no function named after a cluster event" in result.stderr
+
+
+def test_cache_sample_invalidates_every_worker(run_cli: Callable[..., Cluster], tmp_path: Path) -> None:
+    cluster = run_cli("cache_app:app", "--workers", "3", "--port", "0", env={"CACHE_DEMO_DB": str(tmp_path / "db")})
+    url = cluster.wait_ready() + "/greeting"
+    warm = [get(url) for _ in range(6)]
+    assert {a["greeting"] for a in warm} == {"hello"} and any(a["cached"] for a in warm)
+    assert FRESH.put(url, params={"text": "hi"}).json()["greeting"] == "hi"
+    wait_until(lambda: {get(url)["greeting"] for _ in range(3)} == {"hi"}, "every worker to drop its cache")
+
+
+def test_runner_sample_logs_the_cluster_events(run_cli: Callable[..., Cluster]) -> None:
+    cluster = run_cli(script="runner.py", env={"BIND": "127.0.0.1:0"})
+    url = cluster.wait_ready()
+    cluster.wait_for_line(r"worker [12] \(slot \d, pid \d+\) is serving; live: \[1, 2\]")
+    assert get(url + "/")["worker"]["id"] in (1, 2)
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0
+    assert len(re.findall(r"worker \d exited \(code 0\)", cluster.output())) == 2
