@@ -53,11 +53,12 @@ def load_app(spec: str, *, app_dir: str = ".", factory: bool = False, interface:
         raise _import_failure(module_name, exc) from exc
     except Exception as exc:
         raise _import_failure(module_name, exc) from exc
-    for part in attr.split("."):
+    for depth, part in enumerate(attr.split(".")):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise BootError(f"module {module_name!r} has no attribute {attr!r}; check the name after the "
+            missing = f"{attr!r}" if depth == 0 else f"{attr!r} ({part!r} is missing)"
+            raise BootError(f"module {module_name!r} has no attribute {missing}; check the name after the "
                             "colon in APP") from None
     if factory:
         try:
@@ -85,9 +86,13 @@ def detect_interface(app: Any) -> str:
 def _import_failure(module_name: str, exc: BaseException) -> BootError:
     logger.debug("importing %s failed", module_name, exc_info=exc)
     where = ""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is not None:
-        where = f" ({os.path.basename(tb.tb_frame.f_code.co_filename)}, line {tb.tb_lineno})"
+    if not isinstance(exc, SyntaxError):  # its message already names the file and line
+        # The deepest frame in the user's code; importlib's own frames are "<frozen ...>".
+        tb, found = exc.__traceback__, None
+        while tb is not None:
+            if not tb.tb_frame.f_code.co_filename.startswith("<"):
+                found = tb
+            tb = tb.tb_next
+        if found is not None:
+            where = f" ({os.path.basename(found.tb_frame.f_code.co_filename)}, line {found.tb_lineno})"
     return BootError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}{where}")

@@ -8,10 +8,11 @@ with the option's own parser and returns a frozen ``Config``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ class Config:
     lifespan: str = "auto"
     timeout_keep_alive: float = 5.0
     usable_cpus: int = field(default=1, compare=False)
+    workers_from: str = field(default="--workers", compare=False)  # the flag, or the variable that set it
 
     @property
     def module(self) -> str:
@@ -142,6 +144,14 @@ def resolve_workers(value: Any, cpus: int) -> int:
     return cpus
 
 
+def _directory(value: Any) -> str:
+    path = str(value)
+    if not os.path.isdir(path):
+        raise ConfigError(f"bad --app-dir value {path!r}: no such directory; give the folder that holds the app's "
+                          "module")
+    return path
+
+
 def _app_spec(value: Any) -> str:
     text = str(value).strip()
     module, sep, attr = text.partition(":")
@@ -172,7 +182,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("factory", ("--factory",), "APP names a zero-argument factory that returns the app", _switch,
            switch=True),
     Option("app_dir", ("--app-dir",), "directory put first on sys.path to import APP; default the current "
-           "directory", str, "DIR"),
+           "directory", _directory, "DIR"),
     Option("max_restarts", ("--max-restarts",), "a slot that dies more than N times within --restart-window "
            "is not respawned again; default 5", _int_at_least(0, "--max-restarts"), "N"),
     Option("restart_window", ("--restart-window",), "seconds over which --max-restarts counts; default 60",
@@ -215,6 +225,18 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 
 
+@contextlib.contextmanager
+def _blaming(variable: str | None) -> Iterator[None]:
+    """A bad value that came from the environment names its variable: the user never typed the flag."""
+    try:
+        yield
+    except ConfigError as exc:
+        if variable is None:
+            raise
+        raise ConfigError(f"{exc} (this value comes from the environment variable {variable}: fix or unset it)"
+                          ) from None
+
+
 def build_config(
     app: str, values: Mapping[str, Any], environ: Mapping[str, str] | None = None, cpus: int | None = None
 ) -> Config:
@@ -224,22 +246,27 @@ def build_config(
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}: known options are {', '.join(OPTIONS_BY_NAME)}")
     given: dict[str, Any] = {}
+    from_env: dict[str, str] = {}  # option name -> the variable that set it
     for option in OPTIONS:
         raw = values.get(option.name)
         if (raw is None or raw == [] or raw is False) and option.env and environ.get(option.env):
             raw = environ[option.env]
+            from_env[option.name] = option.env
         if raw is None or raw == []:
             continue
-        if option.repeat:
-            items = [raw] if isinstance(raw, (str, BindAddress)) else list(raw)
-            given[option.name] = tuple(
-                item if isinstance(item, BindAddress) else option.parse(item) for item in items
-            )
-        else:
-            given[option.name] = option.parse(raw)
+        with _blaming(from_env.get(option.name)):
+            if option.repeat:
+                items = [raw] if isinstance(raw, (str, BindAddress)) else list(raw)
+                given[option.name] = tuple(
+                    item if isinstance(item, BindAddress) else option.parse(item) for item in items
+                )
+            else:
+                given[option.name] = option.parse(raw)
 
     cpus = usable_cpus() if cpus is None else cpus
     workers_spec = str(given.pop("workers", "auto")).strip().lower()
+    with _blaming(from_env.get("workers")):
+        workers = resolve_workers(workers_spec, cpus)
     binds = given.pop("binds", ())
     host, port = given.pop("host", None), given.pop("port", None)
     if binds and (host is not None or port is not None):
@@ -248,8 +275,9 @@ def build_config(
         binds = (BindAddress(host=host or "127.0.0.1", port=8000 if port is None else port),)
     return Config(
         app=_app_spec(app),
-        workers=resolve_workers(workers_spec, cpus),
+        workers=workers,
         workers_spec=workers_spec,
+        workers_from=from_env.get("workers", "--workers"),
         binds=binds,
         usable_cpus=cpus,
         **given,

@@ -100,10 +100,11 @@ class Primary:
             self._cleanup()
 
     def _workers_note(self) -> str:
-        spec = self.config.workers_spec
+        spec, source = self.config.workers_spec, self.config.workers_from
+        said = f"{source} {spec}" if source.startswith("--") else f"{source}={spec}"
         if spec == "auto" or spec.endswith("x"):
-            return f"--workers {spec}: {self.config.usable_cpus} usable CPU{'s' if self.config.usable_cpus > 1 else ''}"
-        return f"--workers {spec}"
+            return f"{said}: {self.config.usable_cpus} usable CPU{'s' if self.config.usable_cpus > 1 else ''}"
+        return said
 
     def _bind(self) -> None:
         for address in self.config.binds:

@@ -1,0 +1,1 @@
+"""A package of test apps, for ``package.module:attr`` APP specs."""
