@@ -27,13 +27,11 @@ from .dispatch import Dispatcher
 from .errors import EXIT_BOOT, EXIT_ERROR, EXIT_OK, EXIT_RESTART_LIMIT, ChannelError, ClusterrunError, MessageError
 from .events import Events
 from .policies import make_policy
-from .supervision import STARTING, Timers, WorkerHandle, describe_status, exit_of
+from .rollout import Rollout
+from .supervision import STARTING, Timers, Watchdog, WorkerHandle, describe_status, exit_of
 from .throttle import RestartThrottle
 
 logger = logging.getLogger("clusterrun")
-
-# Time a hung worker gets to write its tracebacks before SIGKILL.
-_DUMP_GRACE = 1.0
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
             signal.SIGCHLD)
@@ -61,8 +59,8 @@ class Primary:
         self.stopping = False
         self.exit_code = EXIT_OK
         self.dispatcher = Dispatcher(self.policy, self.selector)
-        self.reload_queue: list[int] = []
-        self.reloading: WorkerHandle | None = None
+        self.rollout = Rollout(self.slots, lambda index, old: self._spawn(index, replaces=old), self._retire)
+        self.watchdog = Watchdog(config.timeout, clock, self.timers, self.workers)
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
         self._wake_r, self._wake_w = socket.socketpair()
 
@@ -82,8 +80,7 @@ class Primary:
                 logger.info("listening on %s", listeners.describe(sock))
             for index in range(self.target):
                 self._spawn(index)
-            if self.config.timeout > 0:
-                self.timers.add(self.config.timeout, self._watchdog)
+            self.watchdog.start()
             while self.workers or not self.stopping:
                 events = self.selector.select(self.timers.wait_time())
                 for key, mask in events:
@@ -206,7 +203,7 @@ class Primary:
             logger.debug("%s exited (%s)", handle.info, how)
         else:
             self._on_crash(handle, how)
-        if not self.slots and not self.pending_respawns and not self.stopping and not self.reloading:
+        if not self.slots and not self.pending_respawns and not self.stopping and not self.rollout.active:
             logger.error("no worker is left: stopping")
             self.exit_code = self.exit_code or EXIT_RESTART_LIMIT
             self.stop()
@@ -216,7 +213,7 @@ class Primary:
         if self.stopping:
             logger.debug("%s exited while starting (%s)", handle.info, how)
         elif handle.replaces is not None:
-            self._abort_replacement(handle, reason)
+            self.rollout.replacement_failed(handle, reason)
         elif handle.boot_error is not None or not self.booted:
             logger.error("app %s failed to boot in %s: %s", self.config.app, handle.info, reason)
             self.exit_code = EXIT_BOOT
@@ -306,7 +303,7 @@ class Primary:
         if self.booted:
             logger.info("%s is serving", handle.info)
         if handle.replaces is not None:
-            self._replace_done(handle)
+            self.rollout.replacement_ready(handle)
         if not self.booted and len(self.slots) == self.target and all(w.is_ready for w in self.slots.values()):
             self.booted = True
             pids = ", ".join(str(w.pid) for w in sorted(self.slots.values(), key=lambda w: w.index))
@@ -337,67 +334,12 @@ class Primary:
     # Rolling restart and scaling.
 
     def reload(self) -> None:
-        if self.stopping:
-            return
-        if self.reloading is not None or self.reload_queue:
-            logger.warning("a rolling restart is already running; this request is ignored")
-            return
-        self.reload_queue = sorted(self.slots)
-        self._replace_next()
-
-    def _replace_next(self) -> None:
-        while self.reload_queue:
-            index = self.reload_queue.pop(0)
-            old = self.slots.get(index)
-            if old is not None and not old.retired:
-                self.reloading = self._spawn(index, replaces=old)
-                return
-        self.reloading = None
-        logger.info("rolling restart complete: %d workers replaced", len(self.slots))
-
-    def _replace_done(self, new: WorkerHandle) -> None:
-        old = new.replaces
-        new.replaces = None
-        current = self.slots.get(new.index)
-        if current is not None and current is not new:
-            self._retire(current)  # the old worker, or another replacement that got there first
-        self.slots[new.index] = new
-        logger.info("slot %d: %s replaced by %s", new.index, old.info if old else "none", new.info)
-        if self.reloading is new:
-            self._replace_next()
-
-    def _abort_replacement(self, new: WorkerHandle, reason: str) -> None:
-        if self.reloading is not new:
-            logger.error("recycling %s failed: its replacement %s failed to boot: %s; it keeps serving",
-                         new.replaces.info if new.replaces else "?", new.info, reason)
-            return
-        logger.error("rolling restart aborted: the new %s failed to boot: %s; the old workers keep serving",
-                     new.info, reason)
-        self.reload_queue = []
-        self.reloading = None
+        if not self.stopping:
+            self.rollout.start()
 
     def _recycle(self, handle: WorkerHandle, reason: str) -> None:
-        """Replace one worker the no-drop way (--max-requests, --max-memory): a new one first, then drain."""
-        if self.stopping or handle.retired or handle.recycling or self.slots.get(handle.index) is not handle:
-            return
-        handle.recycling = True
-        logger.info("recycling %s: %s", handle.info, reason)
-        self._spawn(handle.index, replaces=handle)
-
-    def _watchdog(self) -> None:
-        """Kill workers whose event loop went silent for --timeout; runs again at the next possible deadline."""
-        now = self.clock()
-        timeout = self.config.timeout
-        for handle in list(self.workers.values()):
-            if handle.state == STARTING or handle.hung or now - handle.last_seen < timeout:
-                continue
-            handle.hung = True
-            logger.error("%s sent no heartbeat for %gs (--timeout): its threads' tracebacks follow, then it is "
-                         "killed", handle.info, now - handle.last_seen)
-            handle.dump_threads()
-            self.timers.add(_DUMP_GRACE, handle.kill)
-        watched = [h.last_seen for h in self.workers.values() if h.state != STARTING and not h.hung]
-        self.timers.add(max(0.05, min(watched, default=now) + timeout - now), self._watchdog)
+        if not self.stopping:
+            self.rollout.recycle(handle, reason)
 
     def scale(self, target: int) -> None:
         if self.stopping or target < 1:
@@ -426,7 +368,7 @@ class Primary:
         if self.stopping:
             return
         self.stopping = True
-        self.reload_queue = []
+        self.rollout.cancel()
         self.dispatcher.close()
         for handle in list(self.workers.values()):
             if handle.state == STARTING:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,8 @@ from . import messaging
 from .channel import Channel
 from .errors import MessageError
 from .identity import WorkerInfo
+
+logger = logging.getLogger("clusterrun")
 
 # The signal a worker's faulthandler answers with a dump of every thread's traceback.
 DUMP_SIGNAL = signal.SIGUSR1
@@ -171,6 +174,41 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker id={self.id} index={self.index} pid={self.pid} {self.state}>"
+
+
+# Time a hung worker gets to write its tracebacks before SIGKILL.
+_DUMP_GRACE = 1.0
+
+
+class Watchdog:
+    """Kills workers whose event loop went silent for ``timeout`` seconds (0: off), after a traceback dump.
+
+    Not a poll: it wakes at the earliest moment a worker could be overdue.
+    """
+
+    def __init__(self, timeout: float, clock: Callable[[], float], timers: Timers,
+                 workers: Mapping[int, WorkerHandle]) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self._timers = timers
+        self._workers = workers  # the primary's own, by pid
+
+    def start(self) -> None:
+        if self.timeout > 0:
+            self._timers.add(self.timeout, self._check)
+
+    def _check(self) -> None:
+        now = self._clock()
+        watched = [h for h in self._workers.values() if h.state != STARTING and not h.hung]
+        for handle in watched:
+            if now - handle.last_seen >= self.timeout:
+                handle.hung = True
+                logger.error("%s sent no heartbeat for %gs (--timeout): its threads' tracebacks follow, then it is "
+                             "killed", handle.info, now - handle.last_seen)
+                handle.dump_threads()
+                self._timers.add(_DUMP_GRACE, handle.kill)
+        earliest = min((h.last_seen for h in watched if not h.hung), default=now)
+        self._timers.add(max(0.05, earliest + self.timeout - now), self._check)
 
 
 def exit_of(status: int) -> tuple[int | None, str | None]:

@@ -1,0 +1,81 @@
+"""Replacing workers with no dropped request: rolling restarts, and recycling one worker.
+
+Both follow one path: fork the replacement into the same slot, wait until it
+serves, then retire (drain and stop) the worker it replaces. A rolling restart
+walks the slots one at a time; recycling (``--max-requests``, ``--max-memory``)
+replaces one worker. If a replacement fails to boot, the old worker keeps
+serving and a rolling restart stops where it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .supervision import WorkerHandle
+
+logger = logging.getLogger("clusterrun")
+
+Spawn = Callable[[int, WorkerHandle], WorkerHandle]
+Retire = Callable[[WorkerHandle], None]
+
+
+class Rollout:
+    def __init__(self, slots: dict[int, WorkerHandle], spawn: Spawn, retire: Retire) -> None:
+        self.slots = slots  # the primary's own: slot index -> the worker serving it
+        self._spawn = spawn
+        self._retire = retire
+        self._queue: list[int] = []  # slots a rolling restart has still to replace
+        self.current: WorkerHandle | None = None  # the replacement a rolling restart waits for
+
+    @property
+    def active(self) -> bool:
+        return self.current is not None or bool(self._queue)
+
+    def start(self) -> None:
+        if self.active:
+            logger.warning("a rolling restart is already running; this request is ignored")
+            return
+        self._queue = sorted(self.slots)
+        self._next()
+
+    def recycle(self, handle: WorkerHandle, reason: str) -> None:
+        if handle.retired or handle.recycling or self.slots.get(handle.index) is not handle:
+            return
+        handle.recycling = True
+        logger.info("recycling %s: %s", handle.info, reason)
+        self._spawn(handle.index, handle)
+
+    def cancel(self) -> None:
+        self._queue = []
+        self.current = None
+
+    def replacement_ready(self, new: WorkerHandle) -> None:
+        old = new.replaces
+        new.replaces = None
+        current = self.slots.get(new.index)
+        if current is not None and current is not new:
+            self._retire(current)  # the old worker, or another replacement that got there first
+        self.slots[new.index] = new
+        logger.info("slot %d: %s replaced by %s", new.index, old.info if old else "none", new.info)
+        if self.current is new:
+            self._next()
+
+    def replacement_failed(self, new: WorkerHandle, reason: str) -> None:
+        if self.current is not new:
+            logger.error("recycling %s failed: its replacement %s failed to boot: %s; it keeps serving",
+                         new.replaces.info if new.replaces else "?", new.info, reason)
+            return
+        logger.error("rolling restart aborted: the new %s failed to boot: %s; the old workers keep serving",
+                     new.info, reason)
+        self.cancel()
+
+    def _next(self) -> None:
+        while self._queue:
+            index = self._queue.pop(0)
+            old = self.slots.get(index)
+            if old is not None and not old.retired:
+                self.current = self._spawn(index, old)
+                return
+        self.current = None
+        logger.info("rolling restart complete: %d workers replaced", len(self.slots))
