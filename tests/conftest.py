@@ -89,6 +89,14 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

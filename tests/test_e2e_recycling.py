@@ -10,15 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import FRESH, Cluster, children_of, wait_until
+from conftest import FRESH, Cluster, alive, children_of, wait_until
 from test_e2e_supervision import APPS, start, who
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _fire(url: str) -> threading.Thread:
@@ -90,7 +83,7 @@ def test_workers_never_outlive_a_killed_primary(run_cli: Callable[..., Cluster],
     cluster.signal(signal.SIGKILL)
     cluster.wait_exit()
     # The requirement is 2 seconds; the deadline leaves room for a loaded CI machine.
-    wait_until(lambda: not any(_alive(pid) for pid in workers), "the orphaned workers to exit", timeout=5)
+    wait_until(lambda: not any(alive(pid) for pid in workers), "the orphaned workers to exit", timeout=5)
 
 
 @pytest.mark.parametrize("app", APPS)

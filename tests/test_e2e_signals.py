@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Cluster, children_of, wait_until
+from conftest import Cluster, alive, children_of, wait_until
 from test_e2e_supervision import APPS, start, who
 
 
@@ -45,17 +45,11 @@ def test_stop_lets_in_flight_requests_finish_then_exits_0(
     thread.join(30)
     assert outcome == {"status": 200}
     assert cluster.wait_exit() == 0
-    assert all(not _alive(pid) for pid in workers)
+    assert all(not alive(pid) for pid in workers)
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/", timeout=5)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.parametrize("app", APPS)
@@ -70,7 +64,7 @@ def test_graceful_timeout_kills_what_is_left(run_cli: Callable[..., Cluster], ap
     thread.join(30)
     assert "error" in outcome
     assert "did not finish within --graceful-timeout 0.5s: killing" in cluster.output()
-    assert all(not _alive(pid) for pid in workers)
+    assert all(not alive(pid) for pid in workers)
 
 
 @pytest.mark.parametrize("app", APPS)
@@ -86,7 +80,7 @@ def test_a_second_sigint_kills_at_once(run_cli: Callable[..., Cluster], app: str
     assert cluster.wait_exit() == 0
     assert "second interrupt: killing every worker now" in cluster.output()
     thread.join(30)
-    assert all(not _alive(pid) for pid in workers)
+    assert all(not alive(pid) for pid in workers)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR2])
