@@ -1,0 +1,71 @@
+"""The interpreter the servers run in: bench/.venv with every peer installed, or the current one (--no-install).
+
+The venv is created with the interpreter running this script, so both report the
+same Python. pip runs only when the wanted set changed (a stamp file holds a hash
+of the package list and of pyproject.toml): a second run starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+PEERS = ("gunicorn", "uvicorn", "uvicorn-worker", "granian", "hypercorn", "flask", "starlette", "httpx")
+# Distributions whose versions go in the report header (uvloop and httptools decide the event loop and parser).
+REPORTED = ("clusterrun", "uvicorn", "gunicorn", "uvicorn-worker", "granian", "hypercorn", "flask", "starlette",
+            "uvloop", "httptools")
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def ensure_venv(venv: Path, repo: Path) -> Path:
+    """Create ``venv`` if needed and install the peers and clusterrun (editable) into it; its python."""
+    python = venv_python(venv)
+    if not python.exists():
+        print(f"bench: creating {venv} with {sys.executable}", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    wanted = [*PEERS, "-e", f"{repo}[standard]"]
+    stamp = venv / ".bench-installed"
+    digest = hashlib.sha256(json.dumps(wanted).encode() + (repo / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text().strip() == digest:
+        return python
+    print(f"bench: pip install {' '.join(wanted)}", file=sys.stderr, flush=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *wanted], check=True)
+    stamp.write_text(digest + "\n")
+    return python
+
+
+_PROBE = """
+import importlib.metadata, json, sys
+found = {}
+for name in sys.argv[1:]:
+    try:
+        found[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        found[name] = None
+print(json.dumps({"python": sys.version.split()[0], "versions": found}))
+"""
+
+
+def probe(python: str, names: tuple[str, ...], cwd: Path) -> tuple[str, dict[str, str | None]]:
+    """The Python version of ``python`` and the installed version (or None) of each distribution.
+
+    Run from ``cwd``, the servers' directory: from the repository root, the clusterrun.egg-info of a
+    development checkout would pass for an installed clusterrun."""
+    out = subprocess.run([python, "-c", _PROBE, *names], capture_output=True, text=True, check=True, timeout=60,
+                         cwd=cwd)
+    data = json.loads(out.stdout)
+    return data["python"], data["versions"]
+
+
+def clusterrun_has(python: str, flag: str, cwd: Path) -> bool:
+    """Whether this clusterrun's --help lists ``flag`` (options are added while the benchmark is in use)."""
+    out = subprocess.run([python, "-m", "clusterrun", "--help"], capture_output=True, text=True, timeout=60,
+                         check=False, cwd=cwd)
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out.stdout) is not None
