@@ -350,9 +350,13 @@ class WorkerServer:
                     closing.add(id(connection))
                     connection.app = _closing_app(connection.app)  # uvicorn reads it for each new request
                 cycle = getattr(connection, "cycle", None)
-                idle = cycle is None or cycle.response_complete
-                if not (patient and idle):
-                    connection.shutdown()  # in flight: close after the response; idle: close now
+                if cycle is None or cycle.response_complete:  # idle
+                    if not patient:
+                        connection.shutdown()  # closes it now
+                elif not (patient and cycle.response_started):
+                    # In flight: close after the response. Only before its headers go out (they then say
+                    # Connection: close), or the client would reuse a connection that closes under it.
+                    connection.shutdown()
             await asyncio.sleep(_DRAIN_POLL)
 
     def _tick(self, headers: list[tuple[bytes, bytes]]) -> None:
