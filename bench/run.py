@@ -3,6 +3,8 @@
     python bench/run.py            # full: 3 rounds of 3 s runs, about 11 minutes on 2 cores (at most 13)
     python bench/run.py --quick    # 1 round of 1 s runs, under 2 minutes
     python bench/run.py --no-install --servers clusterrun --apps asgi --duration 1
+    python bench/run.py --section policies   # issue 4: the policies side by side, about 3 minutes
+    python bench/run.py --section reload     # issue 5: rolling restarts and respawns, 1 to 2.5 minutes
 
 Each round starts every server once per app (in a rotated order, so that drift of
 the machine spreads over all servers instead of favouring the first), waits for
@@ -30,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import benchenv
+import policies
 import procs
+import reload
 import report
+import sections
 from loadgen import LoadGenerator, LoadResult, LoadSpec, PythonClient, pick
 from quiet import Patience
 from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps
@@ -39,6 +44,7 @@ from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 APPS_DIR = BENCH / "apps"
+SECTIONS = ("main", "policies", "reload")
 READY_TIMEOUT = 60.0  # uvicorn and hypercorn spawn fresh interpreters: slow on a loaded 2-core machine
 STOP_TIMEOUT = 15.0
 
@@ -57,13 +63,19 @@ class Settings:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--section", choices=SECTIONS, default="main",
+                        help="main: throughput, latency, memory (default); policies: fairness, mixed load and new"
+                             " connections per policy (issue 4); reload: requests failed during a rolling restart"
+                             " and respawn time after SIGKILL (issue 5)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 1 s runs, 0.5 s warm-up, no re-measuring, instead of 3 rounds of 3 s")
     parser.add_argument("--no-install", action="store_true",
                         help="run the servers with this interpreter; skip the ones it lacks")
     parser.add_argument("--servers", help="comma-separated server keys or families, e.g. clusterrun,granian")
-    parser.add_argument("--apps", help="comma-separated apps: asgi, starlette, wsgi, flask")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes for every server (default 2)")
+    parser.add_argument("--apps", help="comma-separated apps: asgi, starlette, wsgi, flask (sections: the sample"
+                                       " apps starlette, flask)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes for every server (default 2; --section reload: 4, or 2 with --quick)")
     parser.add_argument("--rounds", type=int, help="rounds (default 3, or 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per measurement (default 3, or 1 with --quick)")
     parser.add_argument("--warmup", type=float,
@@ -90,7 +102,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         rounds=args.rounds or (1 if quick else 3),
         duration=args.duration or (1.0 if quick else 3.0),
         warmup=args.warmup if args.warmup is not None else (0.5 if quick else 1.0),
-        workers=args.workers,
+        workers=args.workers or 2,
         connections=args.connections,
         modes=modes,
         patience=args.patience if args.patience is not None else (0.0 if quick else 120.0),
@@ -329,6 +341,8 @@ def run_rounds(bench: Bench, pairs: Sequence[tuple[App, Server]]) -> list[report
 def main(argv: Sequence[str]) -> int:
     began = time.monotonic()
     args = parse_args(argv)
+    if args.section != "main":
+        return run_section(args, began)
     settings = settings_from(args)
     client, client_note = pick(args.client)
     setup = prepare(args)
@@ -354,6 +368,52 @@ def main(argv: Sequence[str]) -> int:
     print(text)
     print(f"bench: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0
+
+
+# The policies and reload sections: each module measures and returns its tables; the header and the files are here.
+
+
+def run_section(args: argparse.Namespace, began: float) -> int:
+    client, client_note = pick(args.client)
+    python = sys.executable if args.no_install else str(benchenv.ensure_venv(args.venv, REPO))
+    python_version, versions = benchenv.probe(python, benchenv.REPORTED, APPS_DIR)
+    # A smaller budget than the main bench's: each section is meant to stay under about 4 minutes.
+    patience = Patience(args.patience if args.patience is not None else (0.0 if args.quick else 30.0))
+    section = policies.run if args.section == "policies" else reload.run
+    with tempfile.TemporaryDirectory(prefix=f"clusterrun-bench-{args.section}-") as logs:
+        ctx = sections.Context(python, versions, args.servers, args.apps, args.workers, args.quick, args.duration,
+                               patience, client, client_note, Path(logs))
+        output = section(ctx)
+    took = time.monotonic() - began
+    head = section_header(python_version, python, versions, client_note, took)
+    notes = [*ctx.notes, f"other jobs on the machine: {patience.retries} measurement(s) were measured again after"
+                         f" waiting {patience.waited:.0f} s for quiet; what is still disturbed is marked †"]
+    text = "\n".join([f"# {output.title}{' (quick)' if args.quick else ''}", "",
+                      *(f"- {name}: {value}" for name, value in head.items()), f"- settings: {output.settings}",
+                      *(f"- note: {note}" for note in notes), *output.body,
+                      "", "## Targets", "", "```", *output.targets, "```"]) + "\n"
+    data = {"meta": {"section": args.section, "quick": args.quick, "header": head, "settings": output.settings,
+                     "notes": notes}, "targets": output.targets, **output.data}
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{args.section}" + ("-quick" if args.quick else "")
+    standard = not (args.quick or args.servers or args.apps or args.workers or args.duration)
+    written = write_results(args.out, stamp, text, data, f"latest-{args.section}" if standard else None)
+    print(text)
+    print(f"bench: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+def section_header(python_version: str, python: str, versions: dict[str, str | None], client_note: str,
+                   took: float) -> dict[str, str]:
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"`{shlex.join([Path(sys.executable).name, *sys.argv])}` (took {took:.0f} s)",
+        "python": f"{python_version} ({python})",
+        "cores": f"{len(cores)} (affinity {cores})" if cores else f"{os.cpu_count()} (no affinity information)",
+        "load generator": client_note,
+        "versions": ", ".join(f"{name} {version or 'missing'}" for name, version in versions.items()),
+        "clusterrun source": source_state(),
+    }
 
 
 if __name__ == "__main__":

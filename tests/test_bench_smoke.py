@@ -49,3 +49,26 @@ def test_quick_bench_writes_a_table_with_a_clusterrun_row(tmp_path: Path) -> Non
     # A measured row: a req/s figure after the server name, not "failed: ..." (the numbers themselves vary).
     assert re.search(r"^\| clusterrun rr \| [\d,]+ ", text, re.MULTILINE), text
     assert "## raw ASGI hello, keep-alive" in text and "## raw ASGI hello, close" in text, text
+
+
+def test_policies_and_reload_sections_write_their_tables(tmp_path: Path) -> None:
+    """One clusterrun server through each new section (issues 4 and 5), in quick mode: the tables are there."""
+    if not _loopback_works():
+        pytest.skip("the sections' tagged client needs a TCP socket on 127.0.0.1")
+    out = tmp_path / "results"
+    for section, heading in (("policies", "## Starlette sample: fairness"),
+                             ("reload", "## Requests during a rolling restart under load")):
+        proc = subprocess.run(
+            [sys.executable, str(RUN), "--section", section, "--quick", "--no-install", "--servers", "clusterrun-rr",
+             "--apps", "starlette", "--workers", "2", "--patience", "0", "--out", str(out),
+             "--venv", str(tmp_path / "unused-venv")],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0, proc.stderr
+        tables = sorted(out.glob(f"*-{section}-quick.md"))
+        assert len(tables) == 1, f"expected one {section} table in {out}: {sorted(out.iterdir())}"
+        text = tables[0].read_text()
+        assert heading in text, text
+        # A measured row (a number after the server name), not "failed: ...": the numbers themselves vary.
+        assert re.search(r"^\| clusterrun rr \| (complete|[\d,]+)", text, re.MULTILINE), text
+    assert not list(out.glob("latest*")), "a filtered run must not replace the committed latest-*.md"
