@@ -2,8 +2,9 @@
 
 Two rules, as PM2's ``exp_backoff_restart_delay`` plus gunicorn-style limits:
 
-- backoff: the n-th consecutive quick death of a slot waits ``first_delay * 2**(n-1)`` seconds (capped)
-  before its respawn; a worker that stayed up ``healthy_after`` seconds resets the sequence;
+- backoff: the first death of a slot is respawned at once (a one-off crash costs no extra downtime);
+  the n-th consecutive quick death waits ``first_delay * 2**(n-2)`` seconds (capped); a worker that
+  stayed up ``healthy_after`` seconds resets the sequence;
 - limit: a slot that died more than ``max_restarts`` times within ``window`` seconds is not respawned.
 
 A pure object: the clock is injected, so tests need no sleeps.
@@ -51,7 +52,7 @@ class RestartThrottle:
             deaths.popleft()
         streak = 1 if uptime >= self.healthy_after else self._streak.get(slot, 0) + 1
         self._streak[slot] = streak
-        delay = min(self.max_delay, self.first_delay * 2 ** (streak - 1))
+        delay = 0.0 if streak == 1 else min(self.max_delay, self.first_delay * 2 ** (streak - 2))
         return Decision(len(deaths) <= self.max_restarts, delay, len(deaths))
 
     def deaths(self, slot: int) -> int:

@@ -115,7 +115,7 @@ def test_throttle_counts_deaths_in_a_sliding_window() -> None:
     throttle = RestartThrottle(max_restarts=2, window=10, clock=lambda: now[0])
     assert throttle.record_death(0).respawn and throttle.record_death(0).respawn
     assert throttle.record_death(1).respawn  # slots are counted apart
-    assert throttle.record_death(0) == Decision(respawn=False, delay=0.4, deaths=3)
+    assert throttle.record_death(0) == Decision(respawn=False, delay=0.2, deaths=3)
     now[0] = 10.5  # the first deaths left the window
     assert throttle.record_death(0).respawn
     assert throttle.deaths(0) == 1
@@ -124,9 +124,9 @@ def test_throttle_counts_deaths_in_a_sliding_window() -> None:
 def test_throttle_backs_off_exponentially_and_resets_after_a_healthy_run() -> None:
     throttle = RestartThrottle(max_restarts=100, window=60, clock=lambda: 0.0, first_delay=0.1, max_delay=1.0,
                                healthy_after=30)
-    delays = [throttle.record_death(0, uptime=1).delay for _ in range(6)]
-    assert delays == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-    assert throttle.record_death(0, uptime=45).delay == 0.1  # it had been healthy: the sequence starts over
+    delays = [throttle.record_death(0, uptime=1).delay for _ in range(7)]
+    assert delays == [0.0, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert throttle.record_death(0, uptime=45).delay == 0.0  # it had been healthy: the sequence starts over
 
 
 # Channel
