@@ -10,6 +10,7 @@ shorten the wait. No polling, and nothing ever blocks on one worker.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import selectors
@@ -78,6 +79,10 @@ class Primary:
             )
             for sock in self.listeners:
                 logger.info("listening on %s", listeners.describe(sock))
+            if self.preloaded is not None:
+                # Objects the app made at import move to the permanent generation: the collector then never
+                # writes to their pages in a worker, so copy-on-write keeps them shared.
+                gc.freeze()
             for index in range(self.target):
                 self._spawn(index)
             self.watchdog.start()
