@@ -208,23 +208,25 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
             raise ValueError("response too large")
         await reader.readexactly(length)
     elif headers.get("transfer-encoding") == "chunked":
-        await _read_chunked(reader)
+        await read_chunked(reader)
     else:
         await reader.read(_MAX_RESPONSE)  # delimited by the end of the connection
         keep = False
     return int(status), keep
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> None:
+async def read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A chunked body, capped at _MAX_RESPONSE (shared with the tagged client)."""
+    chunks: list[bytes] = []
     received = 0
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         received += size
         if received > _MAX_RESPONSE:
             raise ValueError("response too large")
-        await reader.readexactly(size + 2)  # the chunk and its CRLF
-        if size == 0:
-            return
+        chunks.append((await reader.readexactly(size + 2))[:size])  # the chunk and its CRLF
+        if size == 0:  # the last chunk; its CRLF ends the body (no server here sends trailers)
+            return b"".join(chunks)
 
 
 def pick(choice: str) -> tuple[LoadGenerator, str]:

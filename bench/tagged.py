@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from loadgen import read_chunked
+
 _MAX_RESPONSE = 64 * 1024
 _PAUSE_AFTER_FAILURE = 0.01
 _MAX_FAILURE_TIMES = 10_000  # failure timestamps kept (for "when did they fail"); counts are never capped
@@ -214,21 +216,8 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
             raise ValueError("response too large")
         body = await reader.readexactly(length)
     elif headers.get("transfer-encoding") == "chunked":
-        body = await _read_chunked(reader)
+        body = await read_chunked(reader)
     else:
         body = await reader.read(_MAX_RESPONSE)  # delimited by the end of the connection
         headers["connection"] = "close"
     return int(status), headers, body
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks: list[bytes] = []
-    received = 0
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        received += size
-        if received > _MAX_RESPONSE:
-            raise ValueError("response too large")
-        chunks.append((await reader.readexactly(size + 2))[:size])  # the chunk and its CRLF
-        if size == 0:  # the last chunk; its CRLF ends the body (no server here sends trailers)
-            return b"".join(chunks)
