@@ -281,6 +281,12 @@ def command_lines(pairs: Sequence[tuple[App, Server]], python: str, workers: int
     return lines
 
 
+def _without_local_paths(text: str) -> str:
+    """Results are committed: paths of this machine become relative to the repository, or the home '~'."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    return text.replace(repo + "/", "").replace(repo, ".").replace(str(Path.home()), "~")
+
+
 def write_results(out: Path, stamp: str, text: str, data: dict[str, Any], latest: str | None) -> list[Path]:
     """The per-run pair of files, and the ``latest`` pair if given; each written to a .tmp file then renamed,
     so that an interrupted run never leaves half a file where a good one was."""
@@ -290,7 +296,8 @@ def write_results(out: Path, stamp: str, text: str, data: dict[str, Any], latest
     for name in names:
         path = out / name
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text if name.endswith(".md") else json.dumps(data, indent=2) + "\n")
+        body = text if name.endswith(".md") else json.dumps(data, indent=2) + "\n"
+        tmp.write_text(_without_local_paths(body))
         tmp.replace(path)
         written.append(path)
     return written
