@@ -370,8 +370,7 @@ class WorkerServer:
         now = time.time()
         self.state.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *headers]
         if not self.channel.eof:
-            open_now = len(self.state.connections) + len(self._adopting)
-            self.channel.send({"t": "hb", "open": open_now, "adopted": self._adopted})
+            self._report_load()  # the load report doubles as the heartbeat
             self._check_recycling()
         loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick, headers)
 

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, identity, listeners, worker
-from .channel import Channel, Frame
+from . import __version__, identity, listeners, messaging, worker
+from .channel import Channel, Frame, encode
 from .config import Config
 from .dispatch import Dispatcher
 from .errors import EXIT_BOOT, EXIT_ERROR, EXIT_OK, EXIT_RESTART_LIMIT, ChannelError, ClusterrunError, MessageError
@@ -276,7 +276,7 @@ class Primary:
             self._on_ready(handle, str(frame.get("interface", "?")))
         elif kind == "boot_error":
             handle.boot_error = str(frame.get("error", "unknown error"))[:2000]
-        elif kind in ("hb", "load"):
+        elif kind == "load":  # also the heartbeat, once a second: last_seen was set above
             self.dispatcher.load(handle, frame.get("open"), frame.get("adopted"))
         elif kind == "msg":
             self.events.emit("message", handle.public, frame.get("data"))
@@ -361,10 +361,12 @@ class Primary:
         logger.info("scaled to %d worker%s", self.target, "" if self.target == 1 else "s")
 
     def broadcast(self, message: Any, sender: WorkerHandle | None = None) -> None:
-        """Send ``message`` to every live worker but ``sender``: once each."""
+        """Send ``message`` to every live worker but ``sender``: once each, checked and encoded once."""
+        messaging.check(message)
+        frame = encode({"t": "msg", "data": message})
         for handle in list(self.workers.values()):
             if handle is not sender and handle.channel_open:
-                handle.send_message(message)
+                handle.channel.send_bytes(frame)
 
     # Stopping.
 
