@@ -266,8 +266,9 @@ class WorkerServer:
         for frame, fds in frames:
             kind = frame["t"]
             if kind == "conn":
+                family = frame.get("family")
                 for fd in fds:
-                    self._adopt(loop, fd)
+                    self._adopt(loop, fd, family if isinstance(family, int) else -1)
             elif kind == "msg":
                 messaging.dispatch(frame.get("data"), loop.create_task)
             elif kind == "stop":
@@ -305,14 +306,15 @@ class WorkerServer:
             open_now = len(self.state.connections) + len(self._adopting)
             self.channel.send({"t": "load", "open": open_now, "adopted": self._adopted})
 
-    def _adopt(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    def _adopt(self, loop: asyncio.AbstractEventLoop, fd: int, family: int) -> None:
+        """Serve a connection the primary accepted, as if this worker's own listener had.
+
+        Given the family, the socket object asks the kernel one question instead of three (-1: ask it all).
+        Nothing else is set here: uvloop's and asyncio's transports both make the socket non-blocking and set
+        TCP_NODELAY themselves, as for their own accepts.
+        """
         self._adopted += 1
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        if sock.family != socket.AF_UNIX:
-            # What an event loop's own accept would do: without it Nagle holds back the second write
-            # (body after headers) of a keep-alive response until the client's delayed ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd) if family != -1 else socket.socket(fileno=fd)
         task = loop.create_task(self._connect(loop, sock))
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)

@@ -41,9 +41,19 @@ def encode(frame: Frame, nfds: int = 0) -> bytes:
     return HEADER.pack(len(payload), nfds) + payload
 
 
-# The frame that passes connections under primary-side policies, one per count of descriptors: encoded once.
 MAX_FDS_PER_FRAME = 64
-CONNECTION_FRAMES = [encode({"t": "conn"}, nfds=n) for n in range(MAX_FDS_PER_FRAME + 1)]
+_connection_frames: dict[tuple[int, int], bytes] = {}
+
+
+def connection_frame(count: int, family: int) -> bytes:
+    """The frame that passes ``count`` accepted connections of one address family; encoded once per shape.
+
+    The family travels so that the worker can wrap each descriptor without asking the kernel what it is.
+    """
+    frame = _connection_frames.get((count, family))
+    if frame is None:
+        frame = _connection_frames[count, family] = encode({"t": "conn", "family": family}, nfds=count)
+    return frame
 
 
 class Channel:
@@ -52,6 +62,9 @@ class Channel:
         self.sock = sock
         self.eof = False
         self._inbox = bytearray()
+        # Reads land in one buffer kept for the channel's life: a fresh 256 KiB bytes object per read costs
+        # an mmap, an mremap and a munmap, on every connection passed.
+        self._landing = memoryview(bytearray(_RECV_BYTES))
         self._fds: deque[int] = deque()
         self._outbox: deque[tuple[bytes, list[int]]] = deque()
         self._waiting = False  # bytes are queued until the socket is writable again
@@ -128,21 +141,21 @@ class Channel:
         """Every complete frame readable now, each with its descriptors; sets ``eof`` at end of file."""
         while True:
             try:
-                data, ancillary, _flags, _addr = self.sock.recvmsg(_RECV_BYTES, _ANCILLARY_SPACE, _FD_FLAGS)
+                size, ancillary, _flags, _addr = self.sock.recvmsg_into([self._landing], _ANCILLARY_SPACE, _FD_FLAGS)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                data, ancillary = b"", []
+                size, ancillary = 0, []
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds = array.array("i")
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
                     self._fds.extend(fds)
-            if not data:
+            if not size:
                 self.eof = True
                 break
-            self._inbox += data
-            if len(data) < _RECV_BYTES:
+            self._inbox += self._landing[:size]
+            if size < _RECV_BYTES:
                 break
         return self._parse()
 

@@ -16,13 +16,15 @@ import socket
 from collections import deque
 from collections.abc import Sequence
 
-from .channel import CONNECTION_FRAMES, MAX_FDS_PER_FRAME
+from .channel import MAX_FDS_PER_FRAME, connection_frame
 from .policies import Policy
 from .supervision import WorkerHandle
 
 logger = logging.getLogger("clusterrun")
 
 _ACCEPT_BATCH = MAX_FDS_PER_FRAME  # connections per wake-up, so that worker frames are not starved
+
+Accepted = tuple[int, str, int]  # a connection's descriptor, the client's address (for sticky), its family
 
 
 class Dispatcher:
@@ -31,7 +33,7 @@ class Dispatcher:
         self.selector = selector
         self.listeners: list[socket.socket] = []
         self.ready: list[WorkerHandle] = []
-        self.held: deque[tuple[int, str]] = deque()  # accepted connections (fd, peer) nobody could take
+        self.held: deque[Accepted] = deque()  # accepted connections nobody could take yet
         self.accepting = False
         self.closed = False
 
@@ -75,32 +77,37 @@ class Dispatcher:
             os.close(self.held.popleft()[0])
 
     def _on_accept(self, sock: socket.socket) -> None:
-        accepted: list[tuple[int, str]] = []
+        # The bare descriptor: socket.accept() would wrap it in a socket object (one more system call) only for
+        # it to be detached again, since the descriptor is all that is passed on.
+        accept = sock._accept  # type: ignore[attr-defined]
+        family = sock.family
+        accepted: list[Accepted] = []
         for _ in range(_ACCEPT_BATCH):
             try:
-                conn, addr = sock.accept()
+                fd, addr = accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # out of descriptors, or the client left already
                 logger.warning("accept failed: %s", exc)
                 break
-            accepted.append((conn.detach(), addr[0] if isinstance(addr, tuple) else ""))
+            accepted.append((fd, addr[0] if isinstance(addr, tuple) else "", family))
         self._dispatch(accepted)
 
-    def _dispatch(self, connections: list[tuple[int, str]]) -> None:
-        """Choose a worker for each connection, then pass each worker its share in one frame."""
-        shares: dict[WorkerHandle, list[int]] = {}
-        for fd, peer in connections:
+    def _dispatch(self, connections: list[Accepted]) -> None:
+        """Choose a worker for each connection, then pass each worker its share in one frame per family."""
+        shares: dict[tuple[WorkerHandle, int], list[int]] = {}
+        for connection in connections:
+            fd, peer, family = connection
             chosen = self._choose(peer)
             if chosen is None:
-                self.held.append((fd, peer))
+                self.held.append(connection)
             else:
                 chosen.open_connections += 1
                 chosen.dispatched += 1
-                shares.setdefault(chosen, []).append(fd)
-        for handle, share in shares.items():
-            handle.channel.send_bytes(CONNECTION_FRAMES[len(share)], share)
-        if self.held or any(handle.channel.backlog for handle in shares):
+                shares.setdefault((chosen, family), []).append(fd)
+        for (handle, family), share in shares.items():
+            handle.channel.send_bytes(connection_frame(len(share), family), share)
+        if self.held or any(handle.channel.backlog for handle, _family in shares):
             self._update()
 
     def load(self, handle: WorkerHandle, open_now: object, adopted: object) -> None:
@@ -125,7 +132,7 @@ class Dispatcher:
     def redispatch(self, fds: list[int]) -> None:
         """Pass on connections a dead worker never received; with nobody left to take them, drop them."""
         if fds:
-            self.held.extend((fd, _peer_of(fd)) for fd in fds)
+            self.held.extend(_describe(fd) for fd in fds)
             self._release_held()
             if self.closed:
                 self._drop_held()
@@ -154,12 +161,14 @@ class Dispatcher:
                     self.selector.unregister(sock)
 
 
-def _peer_of(fd: int) -> str:
+def _describe(fd: int) -> Accepted:
+    """A passed-back connection as the accept loop would have described it (a rare path: ask the kernel)."""
     sock = socket.socket(fileno=fd)
     try:
         peer = sock.getpeername()
     except OSError:
         peer = ""
     finally:
+        family = sock.family
         sock.detach()
-    return peer[0] if isinstance(peer, tuple) else ""
+    return fd, peer[0] if isinstance(peer, tuple) else "", family

@@ -15,7 +15,7 @@ import pytest
 from clusterrun.adapters.lifespan import Lifespan
 from clusterrun.adapters.loading import detect_interface, load_app
 
-from clusterrun.channel import CONNECTION_FRAMES, HEADER, MAX_PAYLOAD, Channel
+from clusterrun.channel import HEADER, MAX_PAYLOAD, Channel, connection_frame
 from clusterrun.config import build_config, resolve_workers
 from clusterrun.cpus import cgroup_cpu_quota, usable_cpus
 from clusterrun.errors import BootError, ChannelError, ConfigError
@@ -138,9 +138,9 @@ def test_frames_and_descriptors_cross_the_channel() -> None:
     try:
         a, b = socket.socketpair()
         sender.send({"t": "hello", "n": 1})
-        sender.send_bytes(CONNECTION_FRAMES[1], [a.detach()])
+        sender.send_bytes(connection_frame(1, socket.AF_UNIX), [a.detach()])
         frames = receiver.receive()
-        assert [f for f, _ in frames] == [{"t": "hello", "n": 1}, {"t": "conn"}]
+        assert [f for f, _ in frames] == [{"t": "hello", "n": 1}, {"t": "conn", "family": socket.AF_UNIX}]
         passed = socket.socket(fileno=frames[1][1][0])
         passed.sendall(b"ping")
         assert b.recv(4) == b"ping"
@@ -188,7 +188,8 @@ def test_malformed_frames_raise_channel_error(payload: bytes, message: str) -> N
 
 
 def test_header_layout_is_length_then_descriptor_count() -> None:
-    assert CONNECTION_FRAMES[2][:5] == struct.pack("!IB", len(b'{"t":"conn"}'), 2)
+    payload = b'{"t":"conn","family":%d}' % socket.AF_INET
+    assert connection_frame(2, socket.AF_INET) == struct.pack("!IB", len(payload), 2) + payload
 
 
 # Policies
