@@ -12,6 +12,10 @@ Per app, each server is started once and measured three ways:
 - mixed load: 90% ``/`` and 10% ``/heavy`` (about 10 ms of CPU), 16 keep-alive
   connections, by wrk with bench/mix.lua (the tagged client without wrk):
   throughput, p50, p99;
+- the same mix from paced clients: 4 connections per worker, opened at once and
+  held, each waiting MIX_PACE between requests, by the tagged client: p50, p99
+  and each worker's share (where the kernel piles connections, a paced client
+  feels it as latency, where a flat-out one hides it in throughput);
 - a new connection per request (``Connection: close``) on ``/``, 16 connections,
   by wrk (or the Python client): throughput.
 
@@ -23,10 +27,11 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import procs
 import tagged
 from loadgen import LoadResult, LoadSpec, Wrk, parse_wrk
 from sections import (
@@ -49,6 +54,8 @@ from sections import (
 )
 from servers import App, Server
 
+T = TypeVar("T")
+
 MIX = ("/",) * 9 + ("/heavy",)
 LUA = BENCH / "mix.lua"
 CONNECTIONS = 16  # mixed load and new connection per request
@@ -58,6 +65,9 @@ PER_WORKER = 4  # fairness: keep-alive connections per worker
 # worker that shares a core with the client serves less, whatever the policy did (rr, 4 connections each, measured
 # 1.05 then 1.32 in two runs). Paced, no worker is short of CPU and the request shares show the policy's spread.
 PACE = 0.005
+# The paced mixed load: each connection waits this long between requests. Measured on 2 cores: about 60% of what
+# 2 workers serve when the connections are spread evenly, and about all that one worker serves.
+MIX_PACE = 0.003
 
 FAIR_MAX = 1.10  # busiest/idlest share, rr and least-conn
 P99_MAX = 0.5  # least-conn p99 / shared p99 under the mixed load
@@ -103,6 +113,15 @@ class Fairness:
         return counts[0] / counts[-1] if counts and counts[-1] else None
 
 
+@dataclass(frozen=True)
+class PacedMix:
+    load: LoadResult
+    spread: Fairness
+
+    def as_json(self) -> dict[str, Any]:
+        return {"load": self.load.__dict__, "spread": self.spread.__dict__ | {"ratio": self.spread.ratio}}
+
+
 @dataclass
 class Trial:
     app: App
@@ -111,6 +130,7 @@ class Trial:
     fairness: Measured[Fairness] | None = None
     paced: Measured[Fairness] | None = None
     mixed: Measured[LoadResult] | None = None
+    paced_mix: Measured[PacedMix] | None = None
     close: Measured[LoadResult] | None = None
     error: str | None = None
 
@@ -118,13 +138,16 @@ class Trial:
         def part(m: Measured[Any] | None) -> dict[str, Any] | None:
             if m is None:
                 return None
-            result = m.result.__dict__ | ({"ratio": m.result.ratio} if isinstance(m.result, Fairness) else {})
+            if isinstance(m.result, PacedMix):
+                result = m.result.as_json()
+            else:
+                result = m.result.__dict__ | ({"ratio": m.result.ratio} if isinstance(m.result, Fairness) else {})
             return {"result": result, "server_cpu_s": m.cpu.server_s, "main_process_cpu_s": m.main_s,
                     "elsewhere_cores": m.cpu.elsewhere_cores, "remeasured": m.remeasured}
 
         return {"app": self.app.key, "server": self.server.key, "startup_s": self.startup_s,
                 "fairness": part(self.fairness), "paced": part(self.paced), "mixed": part(self.mixed),
-                "close": part(self.close), "error": self.error}
+                "paced_mix": part(self.paced_mix), "close": part(self.close), "error": self.error}
 
 
 def run(ctx: Context) -> Output:
@@ -146,16 +169,21 @@ def run_trial(ctx: Context, app: App, server: Server, workers: int, spans: Durat
             trial.startup_s = live.startup_s
             # Warm-up: every worker has booted, served both routes, and settled.
             tagged.run(tagged.Plan("127.0.0.1", live.port, spans.warmup, keepalive=workers * PER_WORKER, paths=MIX))
-            trial.fairness = steady(ctx.patience, live.pid, spans.fairness,
-                                    lambda: fairness(live, workers, spans.fairness))
-            trial.paced = steady(ctx.patience, live.pid, spans.fairness,
-                                 lambda: fairness(live, workers, spans.fairness, PACE))
-            trial.mixed = steady(ctx.patience, live.pid, spans.mixed, lambda: mixed(ctx, live, spans.mixed))
+            trial.fairness = settled(ctx, live, spans.fairness, lambda: fairness(live, workers, spans.fairness))
+            trial.paced = settled(ctx, live, spans.fairness, lambda: fairness(live, workers, spans.fairness, PACE))
+            trial.mixed = settled(ctx, live, spans.mixed, lambda: mixed(ctx, live, spans.mixed))
+            trial.paced_mix = settled(ctx, live, spans.mixed, lambda: paced_mix(live, workers, spans.mixed))
             spec = LoadSpec(url(live), spans.close, CONNECTIONS, close=True)
-            trial.close = steady(ctx.patience, live.pid, spans.close, lambda: ctx.client.run(spec))
+            trial.close = settled(ctx, live, spans.close, lambda: ctx.client.run(spec))
     except Exception as exc:  # one server failing must not cost the others their results
         trial.error = f"{type(exc).__name__}: {exc}"
     return trial
+
+
+def settled(ctx: Context, live: Live, duration: float, run: Callable[[], T]) -> Measured[T]:
+    """Measure once the server has finished what the previous load left it (see procs.wait_idle)."""
+    procs.wait_idle(live.pid)
+    return steady(ctx.patience, live.pid, duration, run)
 
 
 def url(live: Live, path: str = "/") -> str:
@@ -164,6 +192,16 @@ def url(live: Live, path: str = "/") -> str:
 
 def fairness(live: Live, workers: int, duration: float, pause: float = 0.0) -> Fairness:
     tally = tagged.run(tagged.Plan("127.0.0.1", live.port, duration, keepalive=workers * PER_WORKER, pause=pause))
+    return spread(tally, workers)
+
+
+def paced_mix(live: Live, workers: int, duration: float) -> PacedMix:
+    plan = tagged.Plan("127.0.0.1", live.port, duration, keepalive=workers * PER_WORKER, paths=MIX, pause=MIX_PACE)
+    tally = tagged.run(plan)
+    return PacedMix(as_load_result(tally), spread(tally, workers))
+
+
+def spread(tally: tagged.Tally, workers: int) -> Fairness:
     busiest_first = [w for w, _ in tally.workers.most_common()]
     width = max(workers, len(busiest_first))
     requests = [tally.workers[w] for w in busiest_first] + [0] * (width - len(busiest_first))
@@ -207,6 +245,10 @@ def progress(trial: Trial) -> str:
             parts.append(f"{name} {'/'.join(map(str, m.result.requests_per_worker))} ({ratio_text(m.result)})")
     if trial.mixed:
         parts.append(f"mixed {trial.mixed.result.rps:,.0f} req/s p99 {trial.mixed.result.p99_ms:.1f} ms")
+    if trial.paced_mix:
+        r = trial.paced_mix.result
+        parts.append(f"paced mix p50 {r.load.p50_ms:.1f} p99 {r.load.p99_ms:.1f} ms"
+                     f" {'/'.join(map(str, r.spread.requests_per_worker))}")
     if trial.close:
         parts.append(f"close {trial.close.result.rps:,.0f} req/s")
     return f"{head} {', '.join(parts)}"
@@ -227,7 +269,9 @@ def report(ctx: Context, trials: Sequence[Trial], pairs: Sequence[tuple[App, Ser
     settings = (f"{workers} workers per server, one run each; fairness {spans.fairness:g} s flat out and"
                 f" {spans.fairness:g} s paced by the tagged Python client, {workers * PER_WORKER} keep-alive"
                 f" connections; mixed {spans.mixed:g} s by {mixer},"
-                f" {CONNECTIONS} keep-alive connections; new connection per request {spans.close:g} s by"
+                f" {CONNECTIONS} keep-alive connections, then {spans.mixed:g} s paced by the tagged Python client,"
+                f" {workers * PER_WORKER} keep-alive connections, {MIX_PACE * 1000:g} ms between requests;"
+                f" new connection per request {spans.close:g} s by"
                 f" {ctx.client.name}, {CONNECTIONS} connections; {spans.warmup:g} s of warm-up")
     body: list[str] = []
     targets: list[str] = []
@@ -235,6 +279,7 @@ def report(ctx: Context, trials: Sequence[Trial], pairs: Sequence[tuple[App, Ser
         mine = [t for t in trials if t.app is app]
         body += fairness_table(app, mine, workers, spans)
         body += mixed_table(app, mine, spans, mixer)
+        body += paced_mix_table(app, mine, workers, spans)
         body += close_table(app, mine, spans, ctx.client.name)
         targets += check_targets(app, mine)
     failed = [t for t in trials if t.error]
@@ -303,6 +348,30 @@ def mixed_table(app: App, trials: Sequence[Trial], spans: Durations, mixer: str)
     return load_table(heading, trials, "mixed", "p99")
 
 
+def paced_mix_table(app: App, trials: Sequence[Trial], workers: int, spans: Durations) -> list[str]:
+    lines = ["", f"## {app.title}: the same mix from paced clients, {workers * PER_WORKER} keep-alive connections"
+                 f" opened at once, {MIX_PACE * 1000:g} ms between requests per connection, {spans.mixed:g} s,"
+                 " the tagged Python client", "",
+             "| server | req/s | p50 ms | p99 ms | errors | p50 vs clusterrun shared | p99 vs clusterrun shared"
+             " | requests per worker (share) | connections per worker |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    shared = next((t.paced_mix.result.load for t in trials if t.server.key == SHARED and t.paced_mix), None)
+    for t in trials:
+        m = t.paced_mix
+        if m is None:
+            lines.append(f"| {t.server.title} | failed: {(t.error or '-').splitlines()[0]} | | | | | | | |")
+            continue
+        r, spread_of = m.result.load, m.result.spread
+        total = sum(spread_of.requests_per_worker) or 1
+        shares = " / ".join(f"{n:,} ({n / total:.0%})" for n in spread_of.requests_per_worker)
+        versus = [fmt(getattr(r, a) / getattr(shared, a) if shared and getattr(shared, a) else None, ".2f", "x")
+                  for a in ("p50_ms", "p99_ms")]
+        lines.append(f"| {t.server.title} | {r.rps:,.0f}{dagger(m.disturbed)} | {r.p50_ms:.2f} | {r.p99_ms:.2f}"
+                     f" | {r.errors} | {versus[0]} | {versus[1]} | {shares}"
+                     f" | {' / '.join(map(str, spread_of.connections_per_worker))} |")
+    return lines + (["", DAGGER_NOTE] if any(t.paced_mix and t.paced_mix.disturbed for t in trials) else [])
+
+
 def close_table(app: App, trials: Sequence[Trial], spans: Durations, client: str) -> list[str]:
     heading = f"## {app.title}: a new connection per request, {CONNECTIONS} connections, {spans.close:g} s, {client}"
     return load_table(heading, trials, "close", "req/s")
@@ -313,7 +382,8 @@ def check_targets(app: App, trials: Sequence[Trial]) -> list[str]:
     lines = [_fair_line(app, by_key.get(f"clusterrun-{p}"), p, paced) for p in ("rr", "least-conn")
              for paced in (False, True)]
     lines.append(_fair_line(app, by_key.get("clusterrun-sticky"), "sticky", paced=True))
-    lines.append(_p99_line(app, by_key.get("clusterrun-least-conn"), by_key.get(SHARED)))
+    lines.append(_p99_line(app, by_key.get("clusterrun-least-conn"), by_key.get(SHARED), paced=False))
+    lines.append(_p99_line(app, by_key.get("clusterrun-least-conn"), by_key.get(SHARED), paced=True))
     lines += [_close_line(app, by_key.get(f"clusterrun-{p}"), by_key.get(SHARED), p) for p in ("rr", "least-conn")]
     return [line for line in lines if line]
 
@@ -338,17 +408,22 @@ def _fair_line(app: App, trial: Trial | None, policy: str, paced: bool) -> str:
     return f"{verdict}  {text}, target <= {FAIR_MAX:.2f}"
 
 
-def _p99_line(app: App, least: Trial | None, shared: Trial | None) -> str:
-    where = f"{app.title}, mixed load"
+def _p99_line(app: App, least: Trial | None, shared: Trial | None, paced: bool) -> str:
+    where = f"{app.title}, mixed load{' from paced clients' if paced else ''}"
     if least is None or shared is None:
         return ""
-    if least.mixed is None or shared.mixed is None:
+    ours_m, theirs_m = (least.paced_mix, shared.paced_mix) if paced else (least.mixed, shared.mixed)
+    if ours_m is None or theirs_m is None:
         return f"SKIP  {where}: clusterrun least-conn or shared not measured"
-    ours, theirs = least.mixed.result.p99_ms, shared.mixed.result.p99_ms
+    ours, theirs = (_load_of(ours_m.result).p99_ms, _load_of(theirs_m.result).p99_ms)
     ratio = ours / theirs if theirs else float("inf")
     verdict = "PASS" if ratio <= P99_MAX else "MISS"
     return (f"{verdict}  {where}: clusterrun least-conn p99 {ours:.1f} ms = {ratio:.2f}x clusterrun shared p99"
-            f" ({theirs:.1f} ms){_suffix(least.mixed, shared.mixed)}, target <= {P99_MAX:.2f}x")
+            f" ({theirs:.1f} ms){_suffix(ours_m, theirs_m)}, target <= {P99_MAX:.2f}x")
+
+
+def _load_of(result: LoadResult | PacedMix) -> LoadResult:
+    return result.load if isinstance(result, PacedMix) else result
 
 
 def _close_line(app: App, trial: Trial | None, shared: Trial | None, policy: str) -> str:

@@ -199,6 +199,22 @@ def _session_cpu_s(sid: int) -> float:
     return total / _TICK
 
 
+def wait_idle(sid: int, timeout: float = 2.0, window: float = 0.05) -> bool:
+    """Wait until the server's session uses no CPU for one window (ticks are 10 ms); False if it never does.
+
+    A load generator that stops leaves work behind: requests its connections abandoned, closes the workers have
+    not read yet. The next measurement must not start on top of it: least-conn, for one, places a burst of new
+    connections by what it knows then, and a worker still busy with the last load's requests gets none.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = _session_cpu_s(sid)
+        time.sleep(window)
+        if _session_cpu_s(sid) == before:
+            return True
+    return False
+
+
 def cpu_sample(sid: int) -> CpuSample:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return CpuSample(_busy_s(), _session_cpu_s(sid), usage.ru_utime + usage.ru_stime)
