@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, identity, listeners, messaging, worker
+from . import __version__, identity, listeners, messaging, priority, worker
 from .channel import Channel, Frame, encode
 from .config import Config
 from .dispatch import Dispatcher
@@ -83,6 +83,8 @@ class Primary:
                 # Objects the app made at import move to the permanent generation: the collector then never
                 # writes to their pages in a worker, so copy-on-write keeps them shared.
                 gc.freeze()
+            if self.policy.dispatches:
+                priority.give_way()
             for index in range(self.target):
                 self._spawn(index)
             self.watchdog.start()
@@ -396,7 +398,7 @@ class Primary:
             handle.kill()
 
     def _cleanup(self) -> None:
-        """Leave nothing behind: no live child, no listener, no socket file, no signal handler."""
+        """Leave nothing behind: no live child, no listener, no socket file, no signal handler, no CPU policy."""
         for handle in list(self.workers.values()):
             handle.kill()
         for pid in list(self.workers):
@@ -419,6 +421,7 @@ class Primary:
         self.selector.close()
         self._wake_r.close()
         self._wake_w.close()
+        priority.restore()  # a process that called Cluster.run() goes on as it was
 
 
 def _note_signal(signum: int, frame: Any) -> None:

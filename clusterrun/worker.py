@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import identity, logs
+from . import identity, logs, priority
 from .channel import Channel
 from .config import Config
 from .errors import EXIT_BOOT, EXIT_ERROR, BootError
@@ -37,6 +37,7 @@ def run(
     code = EXIT_ERROR
     try:
         _leave_primary(inherited_fds)
+        priority.restore()
         # On SIGUSR1 (sent by the primary to a hung worker before killing it), every thread's Python
         # traceback goes to the log: at C level, so it works while Python code is stuck.
         faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True)

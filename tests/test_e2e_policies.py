@@ -197,3 +197,18 @@ def established_connections(pid: int) -> int:
             if fields[9] in inodes and fields[3] == "01":
                 count += 1
     return count
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+@pytest.mark.skipif(hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) != getattr(os, "SCHED_OTHER", 0),
+                    reason="the tests run under a non-default CPU policy, which clusterrun keeps")
+@pytest.mark.parametrize("policy", ["rr", "shared"])
+def test_a_dispatching_primary_gives_way_to_its_workers(run_cli: Callable[..., Cluster], policy: str) -> None:
+    cluster = run_cli("starlette_app:app", "--workers", "2", "--port", "0", "--policy", policy)
+    cluster.wait_ready()
+    # Under rr the primary wakes for every connection and must not preempt a worker mid-request; under shared it
+    # only supervises and stays as it was. Workers always run under the default policy.
+    assert os.sched_getscheduler(cluster.pid) == (os.SCHED_BATCH if policy == "rr" else os.SCHED_OTHER)
+    workers = cluster.worker_pids()
+    assert len(workers) == 2
+    assert [os.sched_getscheduler(pid) for pid in workers] == [os.SCHED_OTHER] * 2
