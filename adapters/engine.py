@@ -312,12 +312,12 @@ class WorkerServer:
     def _adopt(self, loop: asyncio.AbstractEventLoop, fd: int, family: int) -> None:
         """Serve a connection the primary accepted, as if this worker's own listener had.
 
-        Given the family, the socket object asks the kernel one question instead of three (-1: ask it all).
+        Given the family, the socket object asks the kernel one question instead of three (-1: ask it).
         Nothing else is set here: uvloop's and asyncio's transports both make the socket non-blocking and set
         TCP_NODELAY themselves, as for their own accepts.
         """
         self._adopted += 1
-        sock = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd) if family != -1 else socket.socket(fileno=fd)
+        sock = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
         task = loop.create_task(self._connect(loop, sock))
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)

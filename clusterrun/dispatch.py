@@ -164,11 +164,11 @@ class Dispatcher:
 def _describe(fd: int) -> Accepted:
     """A passed-back connection as the accept loop would have described it (a rare path: ask the kernel)."""
     sock = socket.socket(fileno=fd)
+    family = sock.family
     try:
         peer = sock.getpeername()
     except OSError:
         peer = ""
     finally:
-        family = sock.family
         sock.detach()
     return fd, peer[0] if isinstance(peer, tuple) else "", family
