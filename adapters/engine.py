@@ -26,6 +26,7 @@ from typing import Any
 from .. import messaging
 from ..channel import Channel
 from ..config import Config
+from ..counters import SharedCounter
 from ..errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from ..identity import WorkerInfo
 from ..policies import POLICY_CLASSES
@@ -35,15 +36,12 @@ from .loading import LoadedApp, load_app
 logger = logging.getLogger("clusterrun")
 
 _DRAIN_POLL = 0.02
-# least-conn: connection closes are reported at most this long after the first of a burst. At thousands of
-# closes a second the report then carries many closes, not one or two, and the primary wakes for fewer frames.
-_LOAD_REPORT_DELAY = 0.001
 # A worker stopped by SIGTERM waits this long for the primary's stop frame before draining anyway.
 _PRIMARY_ANSWER_WAIT = 2.0
 
 
 def serve(
-    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket],
+    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
     preloaded: LoadedApp | None = None,
 ) -> int:
     """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code."""
@@ -58,7 +56,7 @@ def serve(
     loop = _new_loop(config.loop)
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(WorkerServer(config, info, channel, sockets, loaded).run())
+        return loop.run_until_complete(WorkerServer(config, info, channel, sockets, closes, loaded).run())
     finally:
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -153,21 +151,24 @@ def _closing_app(app: Any) -> Any:
     return closing
 
 
-def _reporting_protocol(base: type[Any], on_close: Any) -> type[Any]:
-    """uvicorn's HTTP protocol, telling the worker when a connection closes (for least-conn)."""
+def _counting_protocol(base: type[Any], on_close: Any) -> type[Any]:
+    """uvicorn's HTTP or WebSocket protocol, telling the worker when a connection closes (for least-conn).
 
-    class Reporting(base):  # type: ignore[misc, valid-type]
+    Both are wrapped: a connection upgraded to WebSocket closes through the WebSocket protocol only.
+    """
+
+    class Counting(base):  # type: ignore[misc, valid-type]
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
             on_close()
 
-    return Reporting
+    return Counting
 
 
 class WorkerServer:
     def __init__(
         self, config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket],
-        loaded: LoadedApp,
+        closes: SharedCounter, loaded: LoadedApp,
     ) -> None:
         self.config = config
         self.info = info
@@ -177,9 +178,9 @@ class WorkerServer:
         self.app = _asgi_app(config, info, loaded)
         self._stopping: asyncio.Event | None = None
         self._adopting: set[asyncio.Task[Any]] = set()
-        self._adopted = 0
-        self._report_due = False
-        self._reports_load = POLICY_CLASSES[config.policy].tracks_connections
+        # least-conn: every closed connection is counted where the primary reads it (clusterrun.counters).
+        self.closes = closes
+        self._counts_closes = POLICY_CLASSES[config.policy].tracks_connections
         # Recycling limits, fixed per worker; the jitter keeps workers from all being replaced at once.
         self._request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
         self._recycle_asked = False
@@ -208,8 +209,10 @@ class WorkerServer:
         app_state = lifespan.state
         app_state["clusterrun.worker"] = self.info
         protocol_class = uv.http_protocol_class
-        if self._reports_load:
-            protocol_class = _reporting_protocol(protocol_class, self._load_changed)
+        if self._counts_closes:
+            protocol_class = _counting_protocol(protocol_class, self.closes.add)
+            if uv.ws_protocol_class is not None:
+                uv.ws_protocol_class = _counting_protocol(uv.ws_protocol_class, self.closes.add)
         self.protocol_factory = functools.partial(
             protocol_class, config=uv, server_state=self.state, app_state=app_state, _loop=loop
         )
@@ -297,18 +300,6 @@ class WorkerServer:
 
         return deliver
 
-    def _load_changed(self) -> None:
-        """Report open connections to the primary soon, once for a burst of closes."""
-        if not self._report_due:
-            self._report_due = True
-            asyncio.get_running_loop().call_later(_LOAD_REPORT_DELAY, self._report_load)
-
-    def _report_load(self) -> None:
-        self._report_due = False
-        if not self.channel.eof:
-            open_now = len(self.state.connections) + len(self._adopting)
-            self.channel.send({"t": "load", "open": open_now, "adopted": self._adopted})
-
     def _adopt(self, loop: asyncio.AbstractEventLoop, fd: int, family: int) -> None:
         """Serve a connection the primary accepted, as if this worker's own listener had.
 
@@ -316,7 +307,6 @@ class WorkerServer:
         Nothing else is set here: uvloop's and asyncio's transports both make the socket non-blocking and set
         TCP_NODELAY themselves, as for their own accepts.
         """
-        self._adopted += 1
         sock = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
         task = loop.create_task(self._connect(loop, sock))
         self._adopting.add(task)
@@ -328,6 +318,7 @@ class WorkerServer:
         except OSError as exc:  # the client left before the hand-over completed
             logger.debug("dropping a passed connection: %s", exc)
             sock.close()
+            self.closes.add()  # no protocol saw it, so none counts its close
 
     async def channel_flushed(self) -> None:
         while self.channel.backlog and not (self.channel.eof or self.channel.broken):
@@ -375,7 +366,7 @@ class WorkerServer:
         now = time.time()
         self.state.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *headers]
         if not self.channel.eof:
-            self._report_load()  # the load report doubles as the heartbeat
+            self.channel.send({"t": "beat"})
             self._check_recycling()
         loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick, headers)
 

@@ -102,22 +102,12 @@ class Dispatcher:
             if chosen is None:
                 self.held.append(connection)
             else:
-                chosen.open_connections += 1
                 chosen.dispatched += 1
                 shares.setdefault((chosen, family), []).append(fd)
         for (handle, family), share in shares.items():
             handle.channel.send_bytes(connection_frame(len(share), family), share)
         if self.held or any(handle.channel.backlog for handle, _family in shares):
             self._update()
-
-    def load(self, handle: WorkerHandle, open_now: object, adopted: object) -> None:
-        """A worker reports its open connections and how many it has adopted in all.
-
-        Absolute numbers, so the count cannot drift: what the primary sent since (dispatched minus
-        adopted) is still on its way and is added back. A report that is not sane numbers is ignored.
-        """
-        if isinstance(open_now, int) and isinstance(adopted, int) and open_now >= 0 and adopted >= 0:
-            handle.open_connections = open_now + max(0, handle.dispatched - adopted)
 
     def _choose(self, peer: str) -> WorkerHandle | None:
         fallback: WorkerHandle | None = None

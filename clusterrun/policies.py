@@ -10,8 +10,9 @@ changes when one is added:
   serves on (made before the fork; the primary closes its copies of new ones).
 - ``order(ready, peer)``: for a dispatching policy, the ready workers in the
   order to try them; the primary skips one whose channel is backed up.
-- ``tracks_connections``: workers report closed connections, so that the
-  primary's count of each worker's open connections stays true.
+- ``tracks_connections``: workers count the connections they close where the
+  primary reads them (``clusterrun.counters``), so that its count of each
+  worker's open connections is exact.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from .listeners import BindAddress
 
 
 class Candidate(Protocol):
-    index: int
-    open_connections: int
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def open_connections(self) -> int: ...
 
 
 W = TypeVar("W", bound=Candidate)

@@ -24,6 +24,7 @@ from typing import Any
 from . import __version__, identity, listeners, messaging, priority, worker
 from .channel import Channel, Frame, encode
 from .config import Config
+from .counters import SharedCounter
 from .dispatch import Dispatcher
 from .errors import EXIT_BOOT, EXIT_ERROR, EXIT_OK, EXIT_RESTART_LIMIT, ChannelError, ClusterrunError, MessageError
 from .events import Events
@@ -154,6 +155,7 @@ class Primary:
 
     def _spawn(self, index: int, replaces: WorkerHandle | None = None) -> WorkerHandle:
         parent_end, child_end = Channel.pair()
+        closes = SharedCounter()  # made before the fork: the worker writes it, the primary reads it
         worker_id = self.next_id
         self.next_id += 1
         sockets = self.policy.worker_sockets(self.listeners, self.config.backlog)
@@ -167,11 +169,12 @@ class Primary:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            worker.run(self.config, worker_id, index, child_end, sockets, primary_fds, self.preloaded)
+            worker.run(self.config, worker_id, index, child_end, sockets, primary_fds, closes, self.preloaded)
         child_end.close()
         for sock in own_sockets:
             sock.close()  # the worker's own listeners (reuseport): the child holds them now
-        handle = WorkerHandle(worker_id, index, pid, Channel(parent_end), started=self.clock(), replaces=replaces)
+        handle = WorkerHandle(worker_id, index, pid, Channel(parent_end), started=self.clock(), replaces=replaces,
+                              closes=closes)
         handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
         self.workers[pid] = handle
         if replaces is None:
@@ -278,8 +281,8 @@ class Primary:
             self._on_ready(handle, str(frame.get("interface", "?")))
         elif kind == "boot_error":
             handle.boot_error = str(frame.get("error", "unknown error"))[:2000]
-        elif kind == "load":  # also the heartbeat, once a second: last_seen was set above
-            self.dispatcher.load(handle, frame.get("open"), frame.get("adopted"))
+        elif kind == "beat":  # the heartbeat, once a second: last_seen was set above
+            pass
         elif kind == "msg":
             self.events.emit("message", handle.public, frame.get("data"))
         elif kind == "bcast":

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import messaging
 from .channel import Channel
+from .counters import SharedCounter
 from .errors import MessageError
 from .identity import WorkerInfo
 
@@ -82,7 +83,7 @@ class WorkerHandle:
     retired: bool = False  # stopped on purpose: its exit is not a crash
     channel_open: bool = True
     interface: str = ""
-    open_connections: int = 0  # open on the worker or on their way to it (least-conn)
+    closes: SharedCounter = field(default_factory=SharedCounter)  # connections it has closed, in all
     dispatched: int = 0  # connections the primary has passed to it, in all
     boot_error: str | None = None
     boot_timer: Timer = field(default=_NO_TIMER)
@@ -97,6 +98,11 @@ class WorkerHandle:
     @property
     def info(self) -> WorkerInfo:
         return WorkerInfo(self.id, self.index, self.pid)
+
+    @property
+    def open_connections(self) -> int:
+        """Open on the worker or on their way to it (least-conn): passed, less closed."""
+        return max(0, self.dispatched - self.closes.read())
 
     @property
     def is_ready(self) -> bool:

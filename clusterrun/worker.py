@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from . import identity, logs, priority
 from .channel import Channel
 from .config import Config
+from .counters import SharedCounter
 from .errors import EXIT_BOOT, EXIT_ERROR, BootError
 from .supervision import DUMP_SIGNAL
 
@@ -32,7 +33,7 @@ _PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTO
 
 def run(
     config: Config, worker_id: int, index: int, channel_sock: socket.socket,
-    sockets: Sequence[socket.socket], inherited_fds: Sequence[int], preloaded: Any = None,
+    sockets: Sequence[socket.socket], inherited_fds: Sequence[int], closes: SharedCounter, preloaded: Any = None,
 ) -> NoReturn:
     code = EXIT_ERROR
     try:
@@ -49,7 +50,7 @@ def run(
         channel = Channel(channel_sock)
         from .adapters.engine import serve  # imported here: the core stays importable without uvicorn
 
-        code = serve(config, info, channel, sockets, preloaded)
+        code = serve(config, info, channel, sockets, closes, preloaded)
     except BootError as exc:
         code = EXIT_BOOT
         logger.error("%s", exc)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from clusterrun.adapters.loading import detect_interface, load_app
 
 from clusterrun.channel import HEADER, MAX_PAYLOAD, Channel, connection_frame
 from clusterrun.config import build_config, resolve_workers
+from clusterrun.counters import SharedCounter
 from clusterrun.cpus import cgroup_cpu_quota, usable_cpus
 from clusterrun.errors import BootError, ChannelError, ConfigError
 from clusterrun.listeners import BindAddress, parse_bind
@@ -185,6 +187,20 @@ def test_malformed_frames_raise_channel_error(payload: bytes, message: str) -> N
     finally:
         left.close()
         receiver.close()
+
+
+def test_a_count_a_forked_worker_keeps_is_read_by_the_primary() -> None:
+    if threading.active_count() > 1:
+        pytest.skip("forking a threaded process is unsafe")
+    closes = SharedCounter()
+    pid = os.fork()
+    if pid == 0:  # the worker: count three closes, then leave without running any pytest code
+        for _ in range(3):
+            closes.add()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert closes.read() == 3
 
 
 def test_header_layout_is_length_then_descriptor_count() -> None:

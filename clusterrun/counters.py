@@ -1,0 +1,35 @@
+"""A count one worker keeps and the primary reads, in memory they share: no frame, no system call per update.
+
+least-conn needs each worker's open connections every time the primary
+dispatches. The primary knows how many connections it has passed to a worker;
+the worker counts how many of those have closed. The difference is what is open
+there or still on its way, exact whenever the primary looks, and it cannot
+drift: both sides only ever count up, and a dead worker's count goes with its
+handle.
+
+The cell is an anonymous shared mapping that the primary makes before the fork.
+Only the worker writes it, with one aligned 64-bit store per update; the primary
+reads it whole.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+_WRAP = 1 << 64
+
+
+class SharedCounter:
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, mmap.PAGESIZE)  # shared and anonymous: the forked worker writes the same page
+        self._cell = memoryview(self._map).cast("Q")
+        self._value = 0  # the writer's own copy, so that it never reads the shared page
+
+    def add(self, amount: int = 1) -> None:
+        """In the worker."""
+        self._value = (self._value + amount) % _WRAP
+        self._cell[0] = self._value
+
+    def read(self) -> int:
+        """In the primary: the worker's count so far."""
+        return int(self._cell[0])
