@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import os
+import re
 import signal
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -120,7 +124,7 @@ def test_least_conn_sends_new_clients_to_the_idlest_worker(run_cli: Callable[...
         for n in (1, 3):  # free the second worker entirely
             assert owners[n]["id"] == idle
             clients[n].close()
-        wait_until(lambda: established_connections(owners[1]["pid"]) == 0, "the idle worker to see the closes")
+        wait_until(lambda: connections_held(owners[1]["pid"]) == 0, "the idle worker to see the closes")
         # rr would alternate; least-conn sends both newcomers to the worker with no connection left.
         assert [clients[n].get(url + "/").json()["id"] for n in (4, 5)] == [idle, idle]
         assert busy != idle
@@ -180,8 +184,12 @@ def test_killing_a_worker_loses_only_what_was_on_it(run_cli: Callable[..., Clust
     assert results[done:].count("ok") == len(results) - done
 
 
-def established_connections(pid: int) -> int:
-    """TCP connections a process holds open in state ESTABLISHED, from /proc."""
+def connections_held(pid: int) -> int:
+    """TCP connections a process still holds a descriptor of, from /proc, listeners aside.
+
+    Not "ESTABLISHED": a connection the client closed is in CLOSE_WAIT until the worker's event loop gets to
+    it, and only then does the worker close it and count the close.
+    """
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -194,7 +202,7 @@ def established_connections(pid: int) -> int:
     for table in ("tcp", "tcp6"):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[9] in inodes and fields[3] == "01":
+            if fields[9] in inodes and fields[3] != "0A":  # 0A: LISTEN
                 count += 1
     return count
 
@@ -212,3 +220,46 @@ def test_a_dispatching_primary_gives_way_to_its_workers(run_cli: Callable[..., C
     workers = cluster.worker_pids()
     assert len(workers) == 2
     assert [os.sched_getscheduler(pid) for pid in workers] == [os.SCHED_OTHER] * 2
+
+
+def _open_websocket(port: int) -> tuple[socket.socket, int]:
+    """A raw WebSocket handshake: the open socket and the pid of the worker that accepted it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, f"the server closed during the handshake: {head!r}"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    pid = re.search(rb"x-pid: (\d+)", head)
+    assert pid, head
+    return sock, int(pid.group(1))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wsproto") is None and importlib.util.find_spec("websockets") is None,
+                    reason="uvicorn serves WebSockets with wsproto or websockets")
+def test_least_conn_counts_closed_websockets(run_cli: Callable[..., Cluster]) -> None:
+    cluster = start(run_cli, "e2e_ws:app", "--workers", "2", "--policy", "least-conn")
+    url = cluster.wait_ready()
+    port = int(url.rsplit(":", 1)[1])
+    sockets = [_open_websocket(port) for _ in range(4)]  # two per worker
+    pids = [pid for _, pid in sockets]
+    assert Counter(pids) == {pids[0]: 2, pids[1]: 2}
+    freed = pids[0]
+    for sock, pid in sockets:
+        if pid == freed:
+            sock.close()
+    wait_until(lambda: connections_held(freed) == 0, "the freed worker to see its WebSockets close")
+    clients = [httpx.Client(timeout=30) for _ in range(2)]
+    try:
+        # An upgraded connection closes through the WebSocket protocol: if its close went uncounted, the freed
+        # worker would still count 2 and the newcomers would alternate.
+        assert [int(http.get(url + "/").text) for http in clients] == [freed, freed]
+    finally:
+        for http in clients:
+            http.close()
+        for sock, _pid in sockets:
+            sock.close()
