@@ -9,7 +9,9 @@ handle.
 
 The cell is an anonymous shared mapping that the primary makes before the fork.
 Only the worker writes it, with one aligned 64-bit store per update; the primary
-reads it whole.
+reads it whole. Workers forked later inherit the page too, as they inherit all
+of the primary's memory, and never touch it; a worker that wrote nonsense into
+its own count would only change where its next connections go.
 """
 
 from __future__ import annotations
