@@ -309,10 +309,18 @@ def fairness_table(app: App, trials: Sequence[Trial], workers: int, spans: Durat
 def _fair_cells(m: Measured[Fairness] | None, error: str | None) -> list[str]:
     if m is None:
         return [f"failed: {(error or '-').splitlines()[0]}", "", "", ""]
-    f, total = m.result, sum(m.result.requests_per_worker) or 1
-    shares = " / ".join(f"{n:,} ({n / total:.0%})" for n in f.requests_per_worker)
-    conns = " / ".join(str(n) for n in f.connections_per_worker)
-    return [f"{f.rps:,.0f}{dagger(m.disturbed)}", shares, ratio_text(f), conns]
+    f = m.result
+    return [f"{f.rps:,.0f}{dagger(m.disturbed)}", _shares(f), ratio_text(f), _connections(f)]
+
+
+def _shares(f: Fairness) -> str:
+    """Each worker's requests and share of them, busiest first."""
+    total = sum(f.requests_per_worker) or 1
+    return " / ".join(f"{n:,} ({n / total:.0%})" for n in f.requests_per_worker)
+
+
+def _connections(f: Fairness) -> str:
+    return " / ".join(str(n) for n in f.connections_per_worker)
 
 
 def load_table(heading: str, trials: Sequence[Trial], attr: str, versus: str) -> list[str]:
@@ -362,13 +370,10 @@ def paced_mix_table(app: App, trials: Sequence[Trial], workers: int, spans: Dura
             lines.append(f"| {t.server.title} | failed: {(t.error or '-').splitlines()[0]} | | | | | | | |")
             continue
         r, spread_of = m.result.load, m.result.spread
-        total = sum(spread_of.requests_per_worker) or 1
-        shares = " / ".join(f"{n:,} ({n / total:.0%})" for n in spread_of.requests_per_worker)
         versus = [fmt(getattr(r, a) / getattr(shared, a) if shared and getattr(shared, a) else None, ".2f", "x")
                   for a in ("p50_ms", "p99_ms")]
         lines.append(f"| {t.server.title} | {r.rps:,.0f}{dagger(m.disturbed)} | {r.p50_ms:.2f} | {r.p99_ms:.2f}"
-                     f" | {r.errors} | {versus[0]} | {versus[1]} | {shares}"
-                     f" | {' / '.join(map(str, spread_of.connections_per_worker))} |")
+                     f" | {r.errors} | {versus[0]} | {versus[1]} | {_shares(spread_of)} | {_connections(spread_of)} |")
     return lines + (["", DAGGER_NOTE] if any(t.paced_mix and t.paced_mix.disturbed for t in trials) else [])
 
 
