@@ -30,6 +30,7 @@ from ..counters import SharedCounter
 from ..errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from ..identity import WorkerInfo
 from ..policies import POLICY_CLASSES
+from ..supervision import heartbeat_interval
 from .lifespan import Lifespan
 from .loading import LoadedApp, load_app
 
@@ -137,6 +138,30 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
+def _nofile_limit() -> int | None:
+    """This process's soft limit on open descriptors; None where there is none."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_room() -> int | None:
+    """How many passed connections this worker can hold open with room to spare; None: no limit.
+
+    The primary passes no more than this (less those closed): a connection whose descriptor the kernel cannot
+    install here would be lost. An eighth of the table (at least 16) stays free for what the app opens itself.
+    """
+    limit = _nofile_limit()
+    if limit is None:
+        return None
+    try:
+        open_now = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
+    except OSError:
+        open_now = 0
+    return max(1, limit - open_now - max(16, limit // 8))
+
+
 def _closing_app(app: Any) -> Any:
     """The app, with ``Connection: close`` on every response: uvicorn then closes after responding."""
 
@@ -178,9 +203,12 @@ class WorkerServer:
         self.app = _asgi_app(config, info, loaded)
         self._stopping: asyncio.Event | None = None
         self._adopting: set[asyncio.Task[Any]] = set()
-        # least-conn: every closed connection is counted where the primary reads it (clusterrun.counters).
+        # Under a primary-side policy every closed connection is counted where the primary reads it
+        # (clusterrun.counters): least-conn orders by it, and every such policy keeps a worker's open connections
+        # within its descriptor table.
         self.closes = closes
-        self._counts_closes = POLICY_CLASSES[config.policy].tracks_connections
+        self._counts_closes = POLICY_CLASSES[config.policy].dispatches
+        self._dropped_reported = 0.0  # when dropped descriptors were last logged
         # Recycling limits, fixed per worker; the jitter keeps workers from all being replaced at once.
         self._request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
         self._recycle_asked = False
@@ -217,11 +245,13 @@ class WorkerServer:
             protocol_class, config=uv, server_state=self.state, app_state=app_state, _loop=loop
         )
         self._tick(uv.encoded_headers)
+        self._beat(heartbeat_interval(self.config.timeout))
         servers = [
             await loop.create_server(self.protocol_factory, sock=sock, backlog=self.config.backlog)
             for sock in self.sockets
         ]
-        self.channel.send({"t": "ready", "interface": self.loaded.interface})
+        self.channel.send({"t": "ready", "interface": self.loaded.interface,
+                           "connection_room": connection_room()})
         await self._stopping.wait()
 
         for server in servers:
@@ -267,8 +297,12 @@ class WorkerServer:
             frames = self.channel.receive()
         except ChannelError as exc:
             logger.error("bad frame from the primary (%s); stopping", exc)
-            frames = []
-            self.channel.eof = True
+            loop.remove_reader(self.channel.fileno())
+            self.stop()
+            return
+        dropped = self.channel.take_dropped()
+        if dropped:
+            self._on_dropped(dropped)
         for frame, fds in frames:
             kind = frame["t"]
             if kind == "conn":
@@ -287,6 +321,16 @@ class WorkerServer:
             loop.remove_reader(self.channel.fileno())
             logger.warning("the primary went away; stopping")
             self.stop()
+
+    def _on_dropped(self, count: int) -> None:
+        """The kernel closed passed connections this worker had no descriptor for: count them, say so, go on."""
+        if self._counts_closes:
+            self.closes.add(count)  # the primary counted them as open here
+        now = time.monotonic()
+        if now - self._dropped_reported >= 5.0:
+            self._dropped_reported = now
+            logger.error("%d passed connection%s dropped: this worker's descriptor table is full (ulimit -n %s); "
+                         "raise it", count, "" if count == 1 else "s", _nofile_limit() or "unlimited")
 
     def _deliver_factory(self, loop: asyncio.AbstractEventLoop) -> Any:
         """How clusterrun.send() reaches the channel: directly on the loop's thread, else through the loop."""
@@ -356,19 +400,22 @@ class WorkerServer:
             await asyncio.sleep(_DRAIN_POLL)
 
     def _tick(self, headers: list[tuple[bytes, bytes]]) -> None:
-        """Once a second, on the event loop: the Date header, the heartbeat, the recycling limits.
-
-        uvicorn's protocols read default headers from the server state, so Date is refreshed here. The
-        heartbeat proves the loop is not stuck: a worker blocked in one request sends none, and the primary
-        counts it as hung after --timeout.
-        """
+        """Once a second, on the event loop: the Date header (uvicorn's protocols read it from the server state)."""
         loop = asyncio.get_running_loop()
         now = time.time()
         self.state.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *headers]
+        loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick, headers)
+
+    def _beat(self, interval: float) -> None:
+        """Every ``interval`` (a quarter of --timeout, at most a second): the heartbeat, the recycling limits.
+
+        The heartbeat proves the loop is not stuck: a worker blocked in one request sends none, so the primary
+        passes it nothing new (late) and counts it as hung after --timeout.
+        """
         if not self.channel.eof:
             self.channel.send({"t": "beat"})
             self._check_recycling()
-        loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick, headers)
+        asyncio.get_running_loop().call_later(interval, self._beat, interval)
 
     def _check_recycling(self) -> None:
         if self._recycle_asked:

@@ -9,6 +9,19 @@ receiver keeps them in arrival order and hands each frame its own.
 Both ends are non-blocking. ``send`` queues and writes what the socket takes
 now; the owner flushes the rest when the socket is writable. The primary must
 never block on one slow worker.
+
+No passed connection is lost with its worker. The primary keeps the worker's
+end of the pair open too (``keep``): when a worker dies or is killed before
+reading what was sent to it, the kernel would close every descriptor still in
+its socket's receive queue; held open by the primary, that queue survives the
+worker, and ``take_undelivered_fds`` reads the descriptors back out of it. No
+copy, frame or system call per connection: the cost is one descriptor per
+worker in the primary.
+
+A receiver whose descriptor table is full gets a frame without (some of) its
+descriptors: the kernel drops what it cannot install and says so with
+MSG_CTRUNC. That is not a malformed frame: the frame is delivered with the
+descriptors that did arrive, and the rest are counted in ``dropped_fds``.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ _RECV_BYTES = 256 * 1024
 _MAX_FDS_PER_READ = 256
 _ANCILLARY_SPACE = socket.CMSG_SPACE(_MAX_FDS_PER_READ * array.array("i").itemsize)
 _FD_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_MSG_CTRUNC = getattr(socket, "MSG_CTRUNC", 0)
 
 
 def encode(frame: Frame, nfds: int = 0) -> bytes:
@@ -57,10 +71,14 @@ def connection_frame(count: int, family: int) -> bytes:
 
 
 class Channel:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, keep: socket.socket | None = None) -> None:
         sock.setblocking(False)
         self.sock = sock
+        # The peer's end, held open by this side so that what the peer never read outlives it (see above).
+        self._peer_end = keep
         self.eof = False
+        self._truncated = 0  # reads whose descriptors the kernel cut short (MSG_CTRUNC)
+        self.dropped_fds = 0  # descriptors announced by frames that never arrived: see take_dropped()
         self._inbox = bytearray()
         # Reads land in one buffer kept for the channel's life: a fresh 256 KiB bytes object per read costs
         # an mmap, an mremap and a munmap, on every connection passed.
@@ -78,6 +96,10 @@ class Channel:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def filenos(self) -> list[int]:
+        """Every descriptor this end holds: a process forked later must close them all."""
+        return [self.sock.fileno()] + ([self._peer_end.fileno()] if self._peer_end is not None else [])
 
     @property
     def backlog(self) -> int:
@@ -113,7 +135,7 @@ class Channel:
                 return False
             except OSError:
                 # The peer is gone. What is queued stays queued, so the backlog keeps dispatch away from this
-                # channel; whoever reaps the peer takes the unsent descriptors back (take_unsent_fds).
+                # channel; whoever reaps the peer takes the unsent descriptors back (take_undelivered_fds).
                 self.broken = True
                 return False
             for fd in fds:
@@ -141,11 +163,13 @@ class Channel:
         """Every complete frame readable now, each with its descriptors; sets ``eof`` at end of file."""
         while True:
             try:
-                size, ancillary, _flags, _addr = self.sock.recvmsg_into([self._landing], _ANCILLARY_SPACE, _FD_FLAGS)
+                size, ancillary, flags, _addr = self.sock.recvmsg_into([self._landing], _ANCILLARY_SPACE, _FD_FLAGS)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                size, ancillary = 0, []
+                size, ancillary, flags = 0, [], 0
+            if flags & _MSG_CTRUNC:
+                self._truncated += 1
             for level, kind, payload in ancillary:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds = array.array("i")
@@ -171,7 +195,12 @@ class Channel:
             if len(inbox) < end:
                 break
             if nfds > len(self._fds):
-                raise ChannelError(f"frame announces {nfds} descriptors but {len(self._fds)} arrived")
+                if not self._truncated:
+                    raise ChannelError(f"frame announces {nfds} descriptors but {len(self._fds)} arrived")
+                # The kernel dropped them (full descriptor table): deliver the frame with what arrived.
+                self._truncated -= 1
+                self.dropped_fds += nfds - len(self._fds)
+                nfds = len(self._fds)
             try:
                 frame = json.loads(bytes(inbox[offset + HEADER.size:end]))
             except ValueError as exc:
@@ -184,9 +213,21 @@ class Channel:
             del inbox[:offset]
         return frames
 
-    def take_unsent_fds(self) -> list[int]:
-        """Descriptors queued but never sent (the peer never saw them): the caller owns them now."""
-        fds = [fd for _data, frame_fds in self._outbox for fd in frame_fds]
+    def take_dropped(self) -> int:
+        """How many announced descriptors never arrived since the last call (the kernel dropped them)."""
+        dropped, self.dropped_fds = self.dropped_fds, 0
+        return dropped
+
+    def take_undelivered_fds(self) -> list[int]:
+        """After the peer died: every descriptor it never received, oldest first; the caller owns them now.
+
+        First those still in the dead peer's receive queue (readable through the end kept open), then those
+        this side never got to send.
+        """
+        fds: list[int] = []
+        if self._peer_end is not None:
+            fds += _drain_fds(self._peer_end)
+        fds += [fd for _data, frame_fds in self._outbox for fd in frame_fds]
         self._outbox.clear()
         return fds
 
@@ -202,3 +243,28 @@ class Channel:
         self._fds.clear()
         self._drop_outbox()
         self.sock.close()
+        if self._peer_end is not None:
+            for fd in _drain_fds(self._peer_end):
+                os.close(fd)
+            self._peer_end.close()
+            self._peer_end = None
+
+
+def _drain_fds(sock: socket.socket) -> list[int]:
+    """Read a socket's receive queue to its end (never blocking), keeping only the descriptors in it."""
+    fds: list[int] = []
+    while True:
+        try:
+            size, ancillary, _flags, _addr = sock.recvmsg(_RECV_BYTES, _ANCILLARY_SPACE,
+                                                          _FD_FLAGS | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return fds
+        except OSError:
+            return fds
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+                fds.extend(received)
+        if not size:
+            return fds

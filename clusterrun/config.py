@@ -19,6 +19,7 @@ from typing import Any
 from .cpus import usable_cpus
 from .errors import ConfigError
 from .listeners import BindAddress, parse_bind, parse_port
+from .supervision import MIN_TIMEOUT
 
 POLICIES = ("rr", "least-conn", "sticky", "shared", "reuseport")
 INTERFACES = ("auto", "wsgi", "asgi")
@@ -41,6 +42,7 @@ class Config:
     app_dir: str = "."
     max_restarts: int = 5
     restart_window: float = 60.0
+    min_uptime: float = 1.0
     graceful_timeout: float = 30.0
     boot_timeout: float = 60.0
     timeout: float = 30.0
@@ -103,6 +105,15 @@ def _seconds(flag: str) -> Callable[[Any], float]:
         return number
 
     return parse
+
+
+def _timeout(value: Any) -> float:
+    """--timeout: 0 (off) or long enough for heartbeats to prove a healthy worker (supervision.MIN_TIMEOUT)."""
+    number = _seconds("--timeout")(value)
+    if 0 < number < MIN_TIMEOUT:
+        raise ConfigError(f"bad --timeout value {value!r}: give 0 (no hung-worker watchdog) or at least "
+                          f"{MIN_TIMEOUT:g} seconds")
+    return number
 
 
 def _choice(flag: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -183,18 +194,23 @@ OPTIONS: tuple[Option, ...] = (
            switch=True),
     Option("app_dir", ("--app-dir",), "directory put first on sys.path to import APP; default the current "
            "directory", _directory, "DIR"),
-    Option("max_restarts", ("--max-restarts",), "a slot that dies more than N times within --restart-window "
-           "is not respawned again; default 5", _int_at_least(0, "--max-restarts"), "N"),
+    Option("max_restarts", ("--max-restarts",), "a slot whose workers die unstable (before ready or within "
+           "--min-uptime of it) more than N times within --restart-window is not respawned again; default 5",
+           _int_at_least(0, "--max-restarts"), "N"),
     Option("restart_window", ("--restart-window",), "seconds over which --max-restarts counts; default 60",
            _seconds("--restart-window"), "SECONDS"),
+    Option("min_uptime", ("--min-uptime",), "a worker that dies within this many seconds of becoming ready was "
+           "an unstable start and counts toward --max-restarts; one that served longer is always respawned "
+           "(with backoff), so no request that crashes a worker can stop the service; default 1",
+           _seconds("--min-uptime"), "SECONDS"),
     Option("graceful_timeout", ("--graceful-timeout",), "seconds in-flight requests get to finish on stop or "
            "restart before their worker is killed; default 30", _seconds("--graceful-timeout"), "SECONDS"),
     Option("boot_timeout", ("--boot-timeout",), "seconds a new worker gets to import the app and become "
            "ready before it is counted as failed; default 60", _seconds("--boot-timeout"), "SECONDS"),
     Option("timeout", ("-t", "--timeout"), "a worker whose event loop sends no heartbeat for this many seconds "
            "is hung: its threads' tracebacks are logged, then it is killed and respawned (an inline WSGI request "
-           "longer than this counts as hung, as in gunicorn's sync worker); 0 turns it off; default 30",
-           _seconds("--timeout"), "SECONDS"),
+           "longer than this counts as hung, as in gunicorn's sync worker); 0 turns it off, else at least 0.5; "
+           "default 30", _timeout, "SECONDS"),
     Option("max_requests", ("--max-requests",), "replace a worker after it served this many requests (plus up to "
            "--max-requests-jitter more), with no dropped request; 0 (default) never",
            _int_at_least(0, "--max-requests"), "N"),

@@ -1,24 +1,38 @@
 """Primary-side dispatch: accept on the listeners, hand each connection to a worker.
 
 Used by policies whose ``dispatches`` is True. The policy orders the ready
-workers; a worker whose channel is backed up (it is not keeping up) is skipped.
-When no worker can take a connection now, it is held rather than dropped, and
-accepting pauses (new clients wait in the kernel's backlog) until one can.
+workers; a worker that could not serve a connection now is skipped: one whose
+heartbeat is late (hung, stopped, or busy in a long inline request), one whose
+descriptor table is full (it would lose the connection), and, unless every
+worker is, one whose channel is backed up. When no worker can take a
+connection, it is held rather than dropped, and accepting pauses (new clients
+wait in the kernel's backlog) until one can: a worker's next heartbeat, or any
+frame from it, is when the primary looks again.
+
+A primary out of descriptors cannot accept: the listener stays readable, so it
+stops watching it for a moment instead of spinning, and says so once with a
+count rather than once per failed accept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import selectors
 import socket
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .channel import MAX_FDS_PER_FRAME, connection_frame
 from .policies import Policy
-from .supervision import WorkerHandle
+from .supervision import Timers, WorkerHandle
+
+# How long accepting pauses when the primary's own descriptor table is full, and how often that is logged.
+_FULL_PAUSE = 0.1
+_REPORT_EVERY = 5.0
 
 logger = logging.getLogger("clusterrun")
 
@@ -28,14 +42,24 @@ Accepted = tuple[int, str, int]  # a connection's descriptor, the client's addre
 
 
 class Dispatcher:
-    def __init__(self, policy: Policy, selector: selectors.BaseSelector) -> None:
+    def __init__(
+        self, policy: Policy, selector: selectors.BaseSelector, timers: Timers, late_after: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy = policy
         self.selector = selector
+        self.timers = timers
+        self.late_after = late_after  # silence after which a worker gets nothing new
+        self.clock = clock
         self.listeners: list[socket.socket] = []
         self.ready: list[WorkerHandle] = []
         self.held: deque[Accepted] = deque()  # accepted connections nobody could take yet
         self.accepting = False
         self.closed = False
+        self.paused_until = 0.0  # the primary ran out of descriptors: no accept before then
+        self._failed_accepts = 0  # since the last report
+        self._last_report = -_REPORT_EVERY
+        self._full: set[WorkerHandle] = set()  # workers reported at their descriptor limit, until they are not
 
     def listen(self, listeners: Sequence[socket.socket]) -> None:
         if not self.policy.dispatches:
@@ -52,8 +76,15 @@ class Dispatcher:
         self._update()
 
     def gone(self, handle: WorkerHandle) -> None:
+        self._full.discard(handle)
         if handle in self.ready:
             self.ready.remove(handle)
+            self._update()
+
+    def heard_from(self, handle: WorkerHandle) -> None:
+        """A worker sent frames (its heartbeat at least): a late or full worker may take connections again."""
+        if self.policy.dispatches and (self.held or not self.accepting):
+            self._release_held()
             self._update()
 
     def backlog_changed(self, handle: WorkerHandle, waiting: bool) -> None:
@@ -87,11 +118,27 @@ class Dispatcher:
                 fd, addr = accept()
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # out of descriptors, or the client left already
-                logger.warning("accept failed: %s", exc)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._out_of_descriptors(exc)
+                # Else the client left before it was accepted (ECONNABORTED): nothing to do.
                 break
             accepted.append((fd, addr[0] if isinstance(addr, tuple) else "", family))
         self._dispatch(accepted)
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        """The listener stays readable while the primary cannot accept: stop watching it for a moment."""
+        self._failed_accepts += 1
+        now = self.clock()
+        if now - self._last_report >= _REPORT_EVERY:
+            logger.warning("cannot accept connections: %s (%d time%s since the last report); pausing %gs — raise "
+                           "the primary's ulimit -n", exc.strerror, self._failed_accepts,
+                           "" if self._failed_accepts == 1 else "s", _FULL_PAUSE)
+            self._failed_accepts = 0
+            self._last_report = now
+        self.paused_until = now + _FULL_PAUSE
+        self.timers.add(_FULL_PAUSE, self._update)
+        self._update()
 
     def _dispatch(self, connections: list[Accepted]) -> None:
         """Choose a worker for each connection, then pass each worker its share in one frame per family."""
@@ -110,14 +157,28 @@ class Dispatcher:
             self._update()
 
     def _choose(self, peer: str) -> WorkerHandle | None:
+        now = self.clock()
         fallback: WorkerHandle | None = None
         for handle in self.policy.order(self.ready, peer):
+            if not self._can_take(handle, now):
+                continue
             if not handle.channel.backlog:
                 return handle
             if fallback is None or handle.channel.backlog < fallback.channel.backlog:
                 fallback = handle
         # Everyone is behind: queue it on the least behind; accepting pauses until someone catches up.
         return fallback
+
+    def _can_take(self, handle: WorkerHandle, now: float) -> bool:
+        """Alive by its heartbeat and with room in its descriptor table (a full worker would lose it)."""
+        if handle.is_full:
+            if handle not in self._full:
+                self._full.add(handle)
+                logger.warning("%s is at its descriptor limit (%d open connections; raise ulimit -n): passing "
+                               "it nothing until connections close", handle.info, handle.open_connections)
+            return False
+        self._full.discard(handle)
+        return now - handle.last_seen < self.late_after
 
     def redispatch(self, fds: list[int]) -> None:
         """Pass on connections a dead worker never received; with nobody left to take them, drop them."""
@@ -135,10 +196,12 @@ class Dispatcher:
             self._dispatch(held)
 
     def _update(self) -> None:
+        now = self.clock()
         want = (
             not self.closed
             and not self.held
-            and any(not w.channel.backlog for w in self.ready)
+            and now >= self.paused_until
+            and any(not w.channel.backlog and self._can_take(w, now) for w in self.ready)
         )
         if want == self.accepting:
             return

@@ -30,13 +30,17 @@ from .errors import EXIT_BOOT, EXIT_ERROR, EXIT_OK, EXIT_RESTART_LIMIT, ChannelE
 from .events import Events
 from .policies import make_policy
 from .rollout import Rollout
-from .supervision import STARTING, Timers, Watchdog, WorkerHandle, describe_status, exit_of
+from .supervision import STARTING, Timers, Watchdog, WorkerHandle, describe_status, exit_of, late_after
 from .throttle import RestartThrottle
 
 logger = logging.getLogger("clusterrun")
 
-_HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU,
-            signal.SIGCHLD)
+_HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN,
+            signal.SIGTTOU, signal.SIGCHLD, signal.SIGUSR1)
+# Signals whose default action would end the primary without a word, though nothing here uses them: a stray
+# one is logged and ignored. (SIGPIPE is ignored by Python already; SIGKILL and SIGSTOP cannot be caught.)
+_IGNORED = tuple(getattr(signal, name) for name in ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR")
+                 if hasattr(signal, name))
 
 
 class Primary:
@@ -49,7 +53,8 @@ class Primary:
         self.preloaded = preloaded  # the app, imported before forking (--preload)
         self.clock = clock
         self.policy = make_policy(config.policy)
-        self.throttle = RestartThrottle(config.max_restarts, config.restart_window, clock)
+        self.throttle = RestartThrottle(config.max_restarts, config.restart_window, clock,
+                                        min_uptime=config.min_uptime)
         self.timers = Timers(clock)
         self.selector = selectors.DefaultSelector()
         self.listeners: list[socket.socket] = []
@@ -60,7 +65,7 @@ class Primary:
         self.booted = False
         self.stopping = False
         self.exit_code = EXIT_OK
-        self.dispatcher = Dispatcher(self.policy, self.selector)
+        self.dispatcher = Dispatcher(self.policy, self.selector, self.timers, late_after(config.timeout), clock)
         self.rollout = Rollout(self.slots, lambda index, old: self._spawn(index, replaces=old), self._retire)
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.workers)
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
@@ -120,7 +125,7 @@ class Primary:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in _HANDLED:
+        for signum in (*_HANDLED, *_IGNORED):
             signal.signal(signum, _note_signal)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signals)
 
@@ -143,6 +148,15 @@ class Primary:
                 logger.info("received %s: stopping gracefully (up to %gs)", signal.Signals(signum).name,
                             self.config.graceful_timeout)
                 self.stop()
+        elif signum == signal.SIGQUIT:
+            # gunicorn's quick stop: no drain; requests in flight are cut off.
+            logger.warning("received SIGQUIT: quick stop, killing every worker now")
+            self.stop()
+            self._kill_all()
+        elif signum == signal.SIGUSR1:
+            # Reserved for reopening log files (logrotate), as in gunicorn and nginx; nothing to reopen yet.
+            logger.info("received SIGUSR1: clusterrun logs to stderr only, so there is no log file to reopen; "
+                        "ignored")
         elif signum in (signal.SIGHUP, signal.SIGUSR2):
             logger.info("received %s: rolling restart", signal.Signals(signum).name)
             self.reload()
@@ -150,6 +164,8 @@ class Primary:
             self.scale(self.target + 1)
         elif signum == signal.SIGTTOU:
             self.scale(self.target - 1)
+        else:
+            logger.warning("received %s, which clusterrun does not use: ignored", signal.Signals(signum).name)
 
     # Workers: spawn, reap, respawn.
 
@@ -161,7 +177,7 @@ class Primary:
         sockets = self.policy.worker_sockets(self.listeners, self.config.backlog)
         own_sockets = [sock for sock in sockets if sock not in self.listeners]
         primary_fds = [self._wake_r.fileno(), self._wake_w.fileno(), parent_end.fileno()]
-        primary_fds += [w.channel.fileno() for w in self.workers.values()]
+        primary_fds += [fd for w in self.workers.values() for fd in w.channel.filenos()]
         primary_fds += [s.fileno() for s in self.listeners if s not in sockets]
         with contextlib.suppress(AttributeError, OSError):
             primary_fds.append(self.selector.fileno())  # type: ignore[attr-defined]
@@ -170,11 +186,11 @@ class Primary:
         pid = os.fork()
         if pid == 0:
             worker.run(self.config, worker_id, index, child_end, sockets, primary_fds, closes, self.preloaded)
-        child_end.close()
         for sock in own_sockets:
             sock.close()  # the worker's own listeners (reuseport): the child holds them now
-        handle = WorkerHandle(worker_id, index, pid, Channel(parent_end), started=self.clock(), replaces=replaces,
-                              closes=closes)
+        # The primary keeps the worker's end open too: what the worker never reads outlives it (channel.py).
+        handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
+                              replaces=replaces, closes=closes)
         handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
         self.workers[pid] = handle
         if replaces is None:
@@ -199,9 +215,11 @@ class Primary:
 
     def _on_exit(self, handle: WorkerHandle, status: int) -> None:
         self.dispatcher.gone(handle)
-        # Connections still queued for the dead worker never reached it: they go to another worker.
-        self.dispatcher.redispatch(handle.channel.take_unsent_fds())
+        # Connections passed to the dead worker that it never read, and those still queued for it, never
+        # reached it: they go to another worker.
+        self.dispatcher.redispatch(handle.channel.take_undelivered_fds())
         self._close_channel(handle)
+        handle.channel.close()
         handle.boot_timer.cancel()
         how = describe_status(status)
         self.events.emit("exit", handle.public, *exit_of(status))
@@ -224,22 +242,34 @@ class Primary:
             logger.debug("%s exited while starting (%s)", handle.info, how)
         elif handle.replaces is not None:
             self.rollout.replacement_failed(handle, reason)
-        elif handle.boot_error is not None or not self.booted:
+        elif not self.booted:
+            # Before the first worker ever served: the app cannot start. One line, exit 3, no loop.
             logger.error("app %s failed to boot in %s: %s", self.config.app, handle.info, reason)
             self.exit_code = EXIT_BOOT
             self.stop()
         else:
-            self._on_crash(handle, how)
+            # The cluster serves; this respawn failed to start (a broken deploy, a missing resource): an unstable
+            # death of its slot, throttled, while the other workers go on serving.
+            self._on_crash(handle, reason)
 
     def _on_crash(self, handle: WorkerHandle, how: str) -> None:
-        decision = self.throttle.record_death(handle.index, uptime=self.clock() - handle.started)
+        now = self.clock()
+        served = None if handle.ready_at is None else now - handle.ready_at
+        decision = self.throttle.record_death(handle.index, uptime=now - handle.started, served=served)
         if not decision.respawn:
             logger.error(
-                "slot %d died %d times within %gs (last: %s, %s): not respawning it; raise --max-restarts or fix "
-                "the crash", handle.index, decision.deaths, self.config.restart_window, handle.info, how,
+                "slot %d died %d times within %gs before it was ready or within --min-uptime %gs of it (last: %s, "
+                "%s): not respawning it; raise --max-restarts or fix the crash", handle.index, decision.deaths,
+                self.config.restart_window, self.config.min_uptime, handle.info, how,
             )
             return
-        logger.warning("%s died (%s); respawning slot %d in %gs", handle.info, how, handle.index, decision.delay)
+        if decision.stable:
+            note = f"it had served for {served:.1f}s; crash {decision.crashes} of slot {handle.index}"
+        else:
+            note = (f"an unstable start: {decision.deaths} of --max-restarts {self.config.max_restarts} within "
+                    f"{self.config.restart_window:g}s")
+        logger.warning("%s died (%s); respawning slot %d in %gs (%s)", handle.info, how, handle.index,
+                       decision.delay, note)
         self.pending_respawns.add(handle.index)
         self.timers.add(decision.delay, lambda: self._respawn(handle.index))
 
@@ -272,12 +302,15 @@ class Primary:
             for fd in fds:
                 os.close(fd)  # workers have no business sending descriptors
             self._on_frame(handle, frame)
+        self.dispatcher.heard_from(handle)
         if handle.channel.eof:
             self._close_channel(handle)
 
     def _on_frame(self, handle: WorkerHandle, frame: Frame) -> None:
         kind = frame["t"]
         if kind == "ready":
+            room = frame.get("connection_room")
+            handle.connection_room = room if isinstance(room, int) and not isinstance(room, bool) else None
             self._on_ready(handle, str(frame.get("interface", "?")))
         elif kind == "boot_error":
             handle.boot_error = str(frame.get("error", "unknown error"))[:2000]
@@ -304,7 +337,7 @@ class Primary:
         if handle.state != STARTING:
             return
         handle.boot_timer.cancel()
-        handle.mark_ready(interface)
+        handle.mark_ready(interface, self.clock())
         self.events.emit("listening", handle.public)
         if self.stopping:
             self._retire(handle)
@@ -334,11 +367,12 @@ class Primary:
         handle.stop(linger=not self.stopping)
 
     def _close_channel(self, handle: WorkerHandle) -> None:
+        """Stop talking to the worker. The channel itself is closed once it is reaped: until then, what it never
+        read stays recoverable (``Channel.take_undelivered_fds``)."""
         if handle.channel_open:
             handle.channel_open = False
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(handle.channel.sock)
-            handle.channel.close()
             self.events.emit("disconnect", handle.public)
 
     # Rolling restart and scaling.
@@ -409,6 +443,7 @@ class Primary:
                 os.waitpid(pid, 0)
         for handle in self.workers.values():
             self._close_channel(handle)
+            handle.channel.close()
         self.workers.clear()
         self.dispatcher.close()
         for sock in self.listeners:
@@ -419,7 +454,7 @@ class Primary:
                     os.unlink(path)
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(-1)
-            for signum in _HANDLED:
+            for signum in (*_HANDLED, *_IGNORED):
                 signal.signal(signum, signal.SIG_DFL)
         self.selector.close()
         self._wake_r.close()

@@ -23,6 +23,23 @@ logger = logging.getLogger("clusterrun")
 # The signal a worker's faulthandler answers with a dump of every thread's traceback.
 DUMP_SIGNAL = signal.SIGUSR1
 
+# Shortest --timeout: below it, a heartbeat often enough to prove a healthy loop would cost real CPU.
+MIN_TIMEOUT = 0.5
+
+
+def heartbeat_interval(timeout: float) -> float:
+    """How often a worker's loop says it is alive: four beats per --timeout, at most one a second."""
+    return min(1.0, timeout / 4) if timeout > 0 else 1.0
+
+
+def late_after(timeout: float) -> float:
+    """Silence after which a worker is late: primary-side policies pass it nothing new until it beats again.
+
+    Two missed beats and some slack: a worker busy in a long inline request is late too, which is right, since
+    it could not serve a new connection before that request ends.
+    """
+    return 2.5 * heartbeat_interval(timeout)
+
 STARTING = "starting"  # forked, loading the app; nothing is routed to it
 READY = "ready"  # serving; primary-side policies route connections to it
 DRAINING = "draining"  # told to stop; finishes what it has, gets nothing new
@@ -85,6 +102,9 @@ class WorkerHandle:
     interface: str = ""
     closes: SharedCounter = field(default_factory=SharedCounter)  # connections it has closed, in all
     dispatched: int = 0  # connections the primary has passed to it, in all
+    # Connections it can hold open before its descriptor table is full (reported when ready; None: no limit).
+    connection_room: int | None = None
+    ready_at: float | None = None  # when it reported ready
     boot_error: str | None = None
     boot_timer: Timer = field(default=_NO_TIMER)
     last_seen: float = 0.0  # when its last frame (heartbeat or other) arrived
@@ -108,9 +128,16 @@ class WorkerHandle:
     def is_ready(self) -> bool:
         return self.state == READY
 
-    def mark_ready(self, interface: str) -> None:
+    @property
+    def is_full(self) -> bool:
+        """It holds as many connections as its descriptor table allows: passing one more would lose it."""
+        room = self.connection_room
+        return room is not None and self.open_connections >= room
+
+    def mark_ready(self, interface: str, now: float) -> None:
         self.state = READY
         self.interface = interface
+        self.ready_at = now
 
     def stop(self, linger: bool = False) -> None:
         """Ask the worker to drain. In-band, so that it reads every connection sent before the order.
@@ -209,12 +236,28 @@ class Watchdog:
         for handle in watched:
             if now - handle.last_seen >= self.timeout:
                 handle.hung = True
-                logger.error("%s sent no heartbeat for %gs (--timeout): its threads' tracebacks follow, then it is "
-                             "killed", handle.info, now - handle.last_seen)
+                silence = now - handle.last_seen
+                if is_stopped(handle.pid):
+                    # A stopped process runs no signal handler: there is no traceback to wait for.
+                    logger.error("%s sent no heartbeat for %.1fs (--timeout): it is stopped (SIGSTOP or a "
+                                 "debugger), so no traceback can be taken; killing it", handle.info, silence)
+                    handle.kill()
+                    continue
+                logger.error("%s sent no heartbeat for %.1fs (--timeout): its threads' tracebacks follow, then it "
+                             "is killed", handle.info, silence)
                 handle.dump_threads()
                 self._timers.add(_DUMP_GRACE, handle.kill)
         earliest = min((h.last_seen for h in watched if not h.hung), default=now)
         self._timers.add(max(0.05, earliest + self.timeout - now), self._check)
+
+
+def is_stopped(pid: int) -> bool:
+    """The process is stopped by a signal or traced (Linux /proc; elsewhere: not known, so False)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def exit_of(status: int) -> tuple[int | None, str | None]:

@@ -9,8 +9,10 @@ In ``finally`` the whole process group is killed and the primary reaped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -111,9 +113,13 @@ def run_cli(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     started: list[Cluster] = []
 
     def start(
-        *args: str, cwd: Path = SAMPLE_APPS, env: dict[str, str] | None = None, script: str | None = None
+        *args: str, cwd: Path = SAMPLE_APPS, env: dict[str, str] | None = None, script: str | None = None,
+        nofile: int | None = None,
     ) -> Cluster:
-        """``clusterrun ARGS``, or with ``script`` a runner script of the Cluster API: ``python SCRIPT ARGS``."""
+        """``clusterrun ARGS``, or with ``script`` a runner script of the Cluster API: ``python SCRIPT ARGS``.
+
+        ``nofile``: the soft descriptor limit of the cluster (``ulimit -n``), workers included.
+        """
         log = tmp_path / f"clusterrun-{len(started)}.log"
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("WEB_CONCURRENCY", None) if "WEB_CONCURRENCY" not in (env or {}) else None
@@ -123,6 +129,7 @@ def run_cli(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
                 [sys.executable, *([script] if script else ["-m", "clusterrun"]), *args], cwd=cwd, stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=full_env, start_new_session=True,
+                preexec_fn=None if nofile is None else functools.partial(_limit_descriptors, nofile),
             )
         cluster = Cluster(proc, log)
         started.append(cluster)
@@ -135,6 +142,11 @@ def run_cli(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(cluster.proc.pid, signal.SIGKILL)
             cluster.proc.wait(DEADLINE)
+
+
+def _limit_descriptors(soft: int) -> None:
+    _old, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def run_to_exit(*args: str, cwd: Path = SAMPLE_APPS, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:

@@ -47,7 +47,9 @@ def test_a_killed_worker_is_respawned_into_its_slot(run_cli: Callable[..., Clust
 def test_a_slot_that_keeps_dying_is_given_up_and_the_primary_exits_4(
     run_cli: Callable[..., Cluster], app: str
 ) -> None:
-    cluster = start(run_cli, app, "--workers", "1", "--max-restarts", "2", "--restart-window", "600")
+    # --min-uptime 600: every death counts as an unstable start, however long the worker served first.
+    cluster = start(run_cli, app, "--workers", "1", "--max-restarts", "2", "--restart-window", "600",
+                    "--min-uptime", "600")
     url = cluster.wait_ready()
     for death in range(1, 4):
         with pytest.raises(httpx.TransportError), httpx.Client(timeout=30) as http:

@@ -117,7 +117,7 @@ def test_throttle_counts_deaths_in_a_sliding_window() -> None:
     throttle = RestartThrottle(max_restarts=2, window=10, clock=lambda: now[0])
     assert throttle.record_death(0).respawn and throttle.record_death(0).respawn
     assert throttle.record_death(1).respawn  # slots are counted apart
-    assert throttle.record_death(0) == Decision(respawn=False, delay=0.2, deaths=3)
+    assert throttle.record_death(0) == Decision(respawn=False, delay=0.2, deaths=3, crashes=3)
     now[0] = 10.5  # the first deaths left the window
     assert throttle.record_death(0).respawn
     assert throttle.deaths(0) == 1
@@ -129,6 +129,20 @@ def test_throttle_backs_off_exponentially_and_resets_after_a_healthy_run() -> No
     delays = [throttle.record_death(0, uptime=1).delay for _ in range(7)]
     assert delays == [0.0, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
     assert throttle.record_death(0, uptime=45).delay == 0.0  # it had been healthy: the sequence starts over
+
+
+def test_throttle_counts_only_unstable_deaths_toward_the_limit() -> None:
+    now = [0.0]
+    throttle = RestartThrottle(max_restarts=1, window=60, clock=lambda: now[0], min_uptime=1.0)
+    # Workers that served for --min-uptime and then died (a request crashed them): always respawned.
+    for crash in range(1, 11):
+        now[0] += 2
+        decision = throttle.record_death(0, uptime=2, served=1.5)
+        assert decision.respawn and decision.stable and decision.crashes == crash and decision.deaths == 0
+    # Deaths before ready, or within --min-uptime of it, count.
+    assert throttle.record_death(0, uptime=0.5, served=None).respawn
+    second = throttle.record_death(0, uptime=1.2, served=0.9)
+    assert not second.respawn and not second.stable and second.deaths == 2 and second.crashes == 12
 
 
 # Channel
@@ -154,6 +168,65 @@ def test_frames_and_descriptors_cross_the_channel() -> None:
         receiver.close()
         if sender.sock.fileno() != -1:
             sender.close()
+
+
+def test_descriptors_a_dead_receiver_never_read_are_taken_back_in_order() -> None:
+    left, right = Channel.pair()
+    # The sender keeps the receiver's end too, as the primary keeps each worker's.
+    sender = Channel(left, keep=right)
+    peers = [socket.socketpair() for _ in range(5)]
+    try:
+        sender.send({"t": "msg", "data": "before"})
+        for ours, _theirs in peers:
+            sender.send_bytes(connection_frame(1, socket.AF_UNIX), [ours.detach()])
+        # The receiver dies without reading: what is in its queue comes back, oldest first.
+        back = sender.take_undelivered_fds()
+        assert len(back) == 5
+        for fd, (_ours, theirs) in zip(back, peers, strict=True):
+            with socket.socket(fileno=fd) as passed:
+                passed.sendall(b"x")
+                assert theirs.recv(1) == b"x"
+    finally:
+        sender.close()
+        for _ours, theirs in peers:
+            theirs.close()
+
+
+_RECEIVE_WITH_A_FULL_TABLE = """
+import os, resource, socket, sys
+from clusterrun.channel import Channel
+sock = socket.socket(fileno=int(sys.argv[1]))
+# Room for exactly two more descriptors: the frame brings four.
+open_now = len(os.listdir("/proc/self/fd"))
+resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+channel = Channel(sock)
+frames = []
+while not frames:
+    frames = channel.receive()
+print(len(frames), len(frames[0][1]), channel.take_dropped())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors through /proc")
+def test_descriptors_the_kernel_drops_for_a_full_table_are_counted_not_fatal() -> None:
+    import subprocess
+    import sys
+
+    left, right = Channel.pair()
+    sender = Channel(left)
+    peers = [socket.socketpair() for _ in range(4)]
+    try:
+        child = subprocess.Popen([sys.executable, "-c", _RECEIVE_WITH_A_FULL_TABLE, str(right.fileno())],
+                                 pass_fds=[right.fileno()], stdout=subprocess.PIPE, text=True)
+        right.close()
+        sender.send_bytes(connection_frame(4, socket.AF_UNIX), [ours.detach() for ours, _ in peers])
+        out, _ = child.communicate(timeout=30)
+        frames, arrived, dropped = map(int, out.split())
+        assert (frames, arrived + dropped) == (1, 4) and dropped >= 1
+    finally:
+        sender.close()
+        for _ours, theirs in peers:
+            theirs.close()
 
 
 def test_a_large_frame_is_written_across_many_sends() -> None:

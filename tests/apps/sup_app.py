@@ -48,7 +48,7 @@ def _misbehave(path: str, query: str) -> None:
     if path == "/crash":
         os._exit(1)
     if path == "/hang":
-        logger.warning("hanging on purpose")
+        logger.warning("hanging on purpose in pid %d", os.getpid())
         time.sleep(3600)  # blocks the event loop in both interfaces: no heartbeat can be sent
     if path == "/leak":
         _kept.append(b"x" * (int(parse_qs(query)["mb"][0]) * 1024 * 1024))
