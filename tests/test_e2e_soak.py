@@ -1,0 +1,31 @@
+"""A short soak with chaos (bench/soak.py): kills, stops past --timeout and reloads under load, every 2 s.
+
+The full soak is ``python bench/soak.py`` (60 s per policy); here 10 s per policy, as a regression test of
+the verdict: no more failed requests than killed or stopped workers, and a primary whose memory stays flat.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("policy", ["rr", "least-conn", "shared"])
+def test_faults_under_load_cost_at_most_the_requests_in_flight(policy: str) -> None:
+    soak = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "10", "--every", "2", "--policy", policy,
+         "--json"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert soak.stdout, soak.stderr
+    result = json.loads(soak.stdout.splitlines()[-1])
+    assert result["error"] == "", result
+    assert sum(result["faults"].values()) == 4
+    assert result["requests"] > 500
+    assert result["failed"] <= result["allowed"], result
+    assert result["passed"], result
+    assert soak.returncode == 0
