@@ -5,8 +5,15 @@ Design:
 * The request body is read completely before the app is called: a WSGI app reads ``wsgi.input``
   synchronously (possibly in a worker thread), and such a read cannot await the event loop.
 * The response is produced by one synchronous generator, ``_respond``, which calls the app and yields the
-  ASGI messages to send. Inline mode (threads == 1) drives it on the event-loop thread; pooled mode drives
-  the same generator in a worker thread and hands each message back to the loop: the logic exists once.
+  ASGI messages to send, in batches: the head and the first body chunk go together, so a whole response
+  costs one step into app code (and in pooled mode one hop to the loop) plus the one that runs ``close()``.
+  Inline mode (threads == 1) drives it on the event-loop thread; pooled mode drives the same generator in a
+  worker thread and hands each batch back to the loop: the logic exists once.
+* Inline mode runs the app on the event-loop thread, but app code must not see that loop: Django's ORM refuses
+  to run (SynchronousOnlyOperation), asgiref's AsyncToSync (Flask ``async def`` views) and ``asyncio.run()``
+  refuse to start, whenever ``asyncio.get_running_loop()`` succeeds. So each step into app code (the call, each
+  ``next()`` on the body, ``close()``) runs with the thread's running loop cleared, and the loop is put back
+  before the bridge awaits again: one save/restore per step, not per byte.
 * uvicorn silently drops sends to a client that has gone away, so a streamed response would never learn the
   client left. Once a response turns out to be streamed, a watcher awaits ``receive()`` (which, per ASGI, only
   returns ``http.disconnect`` after the body was consumed) and iteration stops when it fires.
@@ -28,6 +35,8 @@ __all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
 
 Environ = dict[str, Any]
 Message = dict[str, Any]
+Batch = tuple[Message, ...]  # messages produced by one step of app code, sent in order
+Messages = Generator[Batch, None, None]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
@@ -50,7 +59,6 @@ class _Readable(Protocol):
 _KEY_CACHE_LIMIT = 512
 # Appended to the app iterable so write() calls made during the last iteration step still get flushed.
 _TAIL = (b"",)
-
 
 class FileWrapper:
     """``wsgi.file_wrapper``: iterates a file in blocks; ``close()`` closes the file."""
@@ -165,12 +173,13 @@ class _Channel:
         self._receive, self._send = receive, send
         self._watch: asyncio.Future[Message] | None = None
 
-    async def send(self, message: Message) -> bool:
+    async def send(self, batch: Batch) -> bool:
         watch = self._watch
         if watch is not None and watch.done():
             return False
-        await self._send(message)
-        if message.get("more_body"):
+        for message in batch:
+            await self._send(message)
+        if batch[-1].get("more_body"):
             if watch is None:
                 # Only streamed responses pay for the watcher task; single-message bodies never get here.
                 self._watch = asyncio.ensure_future(self._receive())
@@ -242,15 +251,17 @@ class WSGIBridge:
         channel = _Channel(receive, send)
         try:
             messages = self._respond(self._environ(scope, stream, size))
+            loop = asyncio.get_running_loop()
             if self._threads == 1:
+                batch: Batch | None = ()
                 try:
-                    for message in messages:
-                        if not await channel.send(message):
+                    while (batch := _advance_unseen(messages, loop)) is not None:
+                        if not await channel.send(batch):
                             break
                 finally:
-                    messages.close()
+                    if batch is not None:  # None: the generator ran to its end, close() of the app's included
+                        _close_unseen(messages, loop)
             else:
-                loop = asyncio.get_running_loop()
                 executor = self._executor
                 if executor is None:
                     executor = self._executor = ThreadPoolExecutor(
@@ -332,7 +343,7 @@ class WSGIBridge:
             environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(environ.get("HTTP_HOST", ""), scheme)
         return environ
 
-    def _respond(self, environ: Environ) -> Generator[Message, None, None]:
+    def _respond(self, environ: Environ) -> Messages:
         exchange = _Exchange()
         result = self._app(environ, exchange.start_response)
         try:
@@ -348,14 +359,14 @@ class WSGIBridge:
                     continue
                 elif not isinstance(chunk, bytes):
                     raise TypeError(f"WSGI app iterable yielded {type(chunk).__name__}, expected bytes")
-                if not exchange.started:
-                    yield exchange.start_message()
-                yield exchange.body_message(chunk)
+                # Left to right: start_message() may add the Content-Length that body_message() counts against.
+                yield (exchange.body_message(chunk),) if exchange.started else (
+                    exchange.start_message(), exchange.body_message(chunk)
+                )
                 if exchange.done:
                     return
-            if not exchange.started:
-                yield exchange.start_message()
-            yield {"type": "http.response.body", "body": b"", "more_body": False}
+            end = {"type": "http.response.body", "body": b"", "more_body": False}
+            yield (end,) if exchange.started else (exchange.start_message(), end)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -379,13 +390,31 @@ class WSGIBridge:
             raise ValueError(f"unsupported ASGI scope type {kind!r}")
 
 
+def _advance_unseen(messages: Messages, loop: asyncio.AbstractEventLoop) -> Batch | None:
+    """The next batch (None at the end), produced with ``loop`` hidden from the app code that runs for it."""
+    asyncio._set_running_loop(None)
+    try:
+        return next(messages, None)
+    finally:
+        asyncio._set_running_loop(loop)
+
+
+def _close_unseen(messages: Messages, loop: asyncio.AbstractEventLoop) -> None:
+    """Close the generator (and so the app's iterable) with ``loop`` hidden, as in ``_advance_unseen``."""
+    asyncio._set_running_loop(None)
+    try:
+        messages.close()
+    finally:
+        asyncio._set_running_loop(loop)
+
+
 def _drive_in_thread(
-    messages: Generator[Message, None, None], channel: _Channel, loop: asyncio.AbstractEventLoop
+    messages: Messages, channel: _Channel, loop: asyncio.AbstractEventLoop
 ) -> None:
     # Waiting on each send gives the app thread the connection's backpressure.
     try:
-        for message in messages:
-            if not asyncio.run_coroutine_threadsafe(channel.send(message), loop).result():
+        for batch in messages:
+            if not asyncio.run_coroutine_threadsafe(channel.send(batch), loop).result():
                 break
     finally:
         messages.close()

@@ -263,6 +263,67 @@ def test_unix_socket_server_name_from_host(
     assert (seen["SERVER_NAME"], seen["SERVER_PORT"]) == expected
 
 
+# --- app code never sees the running loop ------------------------------------------------------------------
+
+
+def loop_visible() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class LoopProbe:
+    """A response iterable that records, at each step of app code, whether a running loop was visible."""
+
+    def __init__(self, chunks: int) -> None:
+        self.left = chunks
+        self.seen: list[tuple[str, bool]] = []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        self.seen.append(("next", loop_visible()))
+        if not self.left:
+            raise StopIteration
+        self.left -= 1
+        return b"chunk"
+
+    def close(self) -> None:
+        self.seen.append(("close", loop_visible()))
+
+
+@pytest.mark.parametrize("client_leaves", [False, True], ids=["complete", "client-left"])
+def test_app_code_runs_with_no_running_loop(threads: int, client_leaves: bool) -> None:
+    """Django's ORM, asgiref's AsyncToSync and asyncio.run() all refuse to run where a loop is running."""
+    probe = LoopProbe(3 if not client_leaves else 1000)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        probe.seen.append(("call", loop_visible()))
+        probe.seen.append(("asyncio.run", asyncio.run(asyncio.sleep(0, result=True))))
+        start_response(OK, list(TEXT))
+        return probe
+
+    async def main() -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        bridge = WSGIBridge(app, threads=threads)
+        try:
+            await bridge(make_scope(), Peer(gone_after_body=client_leaves).receive, Peer().send)
+        finally:
+            bridge.close()
+        # Put back after the request: the serving loop is the running loop again.
+        assert asyncio.get_running_loop() is loop
+        return loop
+
+    asyncio.run(main())
+    steps = [step for step, _ in probe.seen]
+    assert steps[:2] == ["call", "asyncio.run"] and steps[-1] == "close" and "next" in steps
+    assert probe.seen[1] == ("asyncio.run", True)
+    assert not any(visible for step, visible in probe.seen if step != "asyncio.run"), probe.seen
+
+
 # --- request body ----------------------------------------------------------------------------------------
 
 
