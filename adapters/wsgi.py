@@ -14,6 +14,9 @@ Design:
   refuse to start, whenever ``asyncio.get_running_loop()`` succeeds. So each step into app code (the call, each
   ``next()`` on the body, ``close()``) runs with the thread's running loop cleared, and the loop is put back
   before the bridge awaits again: one save/restore per step, not per byte.
+* An exception from app code is the app's error, not the server's: it is logged here with the request's
+  method and path, and answered 500 when no header was sent yet (a response already started is left
+  incomplete, so the server closes the connection and the client cannot mistake it for a whole one).
 * uvicorn silently drops sends to a client that has gone away, so a streamed response would never learn the
   client left. Once a response turns out to be streamed, a watcher awaits ``receive()`` (which, per ASGI, only
   returns ``http.disconnect`` after the body was consumed) and iteration stops when it fires.
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import re
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
@@ -30,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from types import TracebackType
 from typing import IO, Any, Protocol
+
+from .. import __version__
 
 __all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
 
@@ -59,6 +66,27 @@ class _Readable(Protocol):
 _KEY_CACHE_LIMIT = 512
 # Appended to the app iterable so write() calls made during the last iteration step still get flushed.
 _TAIL = (b"",)
+
+logger = logging.getLogger("clusterrun.wsgi")
+
+# What HTTP allows in a header name (RFC 9110 token) and forbids in a value (controls other than HTAB). Checked
+# in start_response, in the app's frame: uvicorn would otherwise refuse the header only while writing it, after
+# marking the response started, and drop the connection with no answer at all.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _error_messages() -> Batch:
+    """The answer when the app failed before its response started: what uvicorn sends for a failing ASGI app.
+
+    The connection is closed after it: the failed app may have left the request body half read.
+    """
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"), (b"connection", b"close")]
+    return (
+        {"type": "http.response.start", "status": 500, "headers": headers},
+        {"type": "http.response.body", "body": b"Internal Server Error", "more_body": False},
+    )
+
 
 class FileWrapper:
     """``wsgi.file_wrapper``: iterates a file in blocks; ``close()`` closes the file."""
@@ -106,8 +134,8 @@ class _Exchange:
             raise RuntimeError("start_response() called a second time without exc_info")
         if not isinstance(status, str):
             raise TypeError(f"WSGI status must be a str, got {type(status).__name__}")
-        if not (status[:3].isascii() and status[:3].isdigit() and len(status) >= 3):
-            raise ValueError(f"WSGI status must start with a 3-digit code, got {status!r}")
+        if not (status[:3].isascii() and status[:3].isdigit() and len(status) >= 3 and status[0] in "12345"):
+            raise ValueError(f"WSGI status must start with a 3-digit code from 100 to 599, got {status!r}")
         if not isinstance(headers, list):
             raise TypeError(f"WSGI response headers must be a list, got {type(headers).__name__}")
         encoded: list[tuple[bytes, bytes]] = []
@@ -121,6 +149,11 @@ class _Exchange:
             ):
                 raise TypeError(f"each WSGI response header must be a (str, str) tuple, got {item!r}")
             name, value = item
+            if _TOKEN.fullmatch(name) is None:
+                raise ValueError(f"invalid WSGI response header name {name!r} (value {value!r})")
+            # isprintable() is the fast path: true means no control character at all.
+            if not value.isprintable() and _BAD_VALUE.search(value) is not None:
+                raise ValueError(f"WSGI response header {name!r} has a control character in its value {value!r}")
             if name.lower() == "content-length":
                 if not value.strip().isdecimal():
                     raise ValueError(f"invalid Content-Length response header {value!r}")
@@ -226,6 +259,8 @@ class WSGIBridge:
         self._keys: dict[bytes, str] = {}
         self._base: Environ = {
             "SCRIPT_NAME": "",
+            "SERVER_SOFTWARE": f"clusterrun/{__version__}",
+            "GATEWAY_INTERFACE": "CGI/1.1",  # CGI (RFC 3875) names it; wsgiref sets it too
             "wsgi.version": (1, 0),
             "wsgi.multithread": threads > 1,
             "wsgi.multiprocess": True,
@@ -345,32 +380,39 @@ class WSGIBridge:
 
     def _respond(self, environ: Environ) -> Messages:
         exchange = _Exchange()
-        result = self._app(environ, exchange.start_response)
         try:
-            # Not for HEAD: an app may answer it with an empty body that does not reflect the GET length.
-            if type(result) in (list, tuple) and environ["REQUEST_METHOD"] != "HEAD":
-                exchange.size_hint = sum(map(len, exchange.pending)) + sum(map(len, result))
-            pending = exchange.pending
-            for chunk in chain(result, _TAIL):
-                if pending:  # write() data goes out before the chunk produced after it
-                    chunk = b"".join(pending) + chunk
-                    pending.clear()
-                elif not chunk:
-                    continue
-                elif not isinstance(chunk, bytes):
-                    raise TypeError(f"WSGI app iterable yielded {type(chunk).__name__}, expected bytes")
-                # Left to right: start_message() may add the Content-Length that body_message() counts against.
-                yield (exchange.body_message(chunk),) if exchange.started else (
-                    exchange.start_message(), exchange.body_message(chunk)
-                )
-                if exchange.done:
-                    return
-            end = {"type": "http.response.body", "body": b"", "more_body": False}
-            yield (end,) if exchange.started else (exchange.start_message(), end)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            result = self._app(environ, exchange.start_response)
+            try:
+                # Not for HEAD: an app may answer it with an empty body that does not reflect the GET length.
+                if type(result) in (list, tuple) and environ["REQUEST_METHOD"] != "HEAD":
+                    exchange.size_hint = sum(map(len, exchange.pending)) + sum(map(len, result))
+                pending = exchange.pending
+                for chunk in chain(result, _TAIL):
+                    if pending:  # write() data goes out before the chunk produced after it
+                        chunk = b"".join(pending) + chunk
+                        pending.clear()
+                    elif not chunk:
+                        continue
+                    elif not isinstance(chunk, bytes):
+                        raise TypeError(f"WSGI app iterable yielded {type(chunk).__name__}, expected bytes")
+                    # Left to right: start_message() may add the Content-Length that body_message() counts.
+                    yield (exchange.body_message(chunk),) if exchange.started else (
+                        exchange.start_message(), exchange.body_message(chunk)
+                    )
+                    if exchange.done:
+                        return
+                end = {"type": "http.response.body", "body": b"", "more_body": False}
+                yield (end,) if exchange.started else (exchange.start_message(), end)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        except Exception as exc:
+            # Only app code raises in here: sends happen outside this generator, and a close() of it on a
+            # disconnect raises GeneratorExit, which is no Exception (and always comes after the head went out).
+            _log_app_error(environ, exc)
+            if not exchange.started:
+                yield _error_messages()
 
     @staticmethod
     async def _other_scope(scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -388,6 +430,15 @@ class WSGIBridge:
             await send({"type": "websocket.close", "code": 1000})
         else:
             raise ValueError(f"unsupported ASGI scope type {kind!r}")
+
+
+def _log_app_error(environ: Environ, exc: Exception) -> None:
+    # The path without the query string, which may carry secrets; as the client sent it (RAW_URI).
+    path = str(environ.get("RAW_URI", "")).partition("?")[0]
+    logger.error(
+        "Exception in WSGI application, %s %s: %s: %s",
+        environ.get("REQUEST_METHOD"), path, type(exc).__name__, exc, exc_info=exc,
+    )
 
 
 def _advance_unseen(messages: Messages, loop: asyncio.AbstractEventLoop) -> Batch | None:
