@@ -5,8 +5,18 @@ Design:
 * The request body is read completely before the app is called: a WSGI app reads ``wsgi.input``
   synchronously (possibly in a worker thread), and such a read cannot await the event loop.
 * The response is produced by one synchronous generator, ``_respond``, which calls the app and yields the
-  ASGI messages to send. Inline mode (threads == 1) drives it on the event-loop thread; pooled mode drives
-  the same generator in a worker thread and hands each message back to the loop: the logic exists once.
+  ASGI messages to send, in batches: the head and the first body chunk go together, so a whole response
+  costs one step into app code (and in pooled mode one hop to the loop) plus the one that runs ``close()``.
+  Inline mode (threads == 1) drives it on the event-loop thread; pooled mode drives the same generator in a
+  worker thread and hands each batch back to the loop: the logic exists once.
+* Inline mode runs the app on the event-loop thread, but app code must not see that loop: Django's ORM refuses
+  to run (SynchronousOnlyOperation), asgiref's AsyncToSync (Flask ``async def`` views) and ``asyncio.run()``
+  refuse to start, whenever ``asyncio.get_running_loop()`` succeeds. So each step into app code (the call, each
+  ``next()`` on the body, ``close()``) runs with the thread's running loop cleared, and the loop is put back
+  before the bridge awaits again: one save/restore per step, not per byte.
+* An exception from app code is the app's error, not the server's: it is logged here with the request's
+  method and path, and answered 500 when no header was sent yet (a response already started is left
+  incomplete, so the server closes the connection and the client cannot mistake it for a whole one).
 * uvicorn silently drops sends to a client that has gone away, so a streamed response would never learn the
   client left. Once a response turns out to be streamed, a watcher awaits ``receive()`` (which, per ASGI, only
   returns ``http.disconnect`` after the body was consumed) and iteration stops when it fires.
@@ -16,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import re
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
@@ -24,10 +36,14 @@ from itertools import chain
 from types import TracebackType
 from typing import IO, Any, Protocol
 
+from .. import __version__
+
 __all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
 
 Environ = dict[str, Any]
 Message = dict[str, Any]
+Batch = tuple[Message, ...]  # messages produced by one step of app code, sent in order
+Messages = Generator[Batch, None, None]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
@@ -50,6 +66,26 @@ class _Readable(Protocol):
 _KEY_CACHE_LIMIT = 512
 # Appended to the app iterable so write() calls made during the last iteration step still get flushed.
 _TAIL = (b"",)
+
+logger = logging.getLogger("clusterrun.wsgi")
+
+# What HTTP allows in a header name (RFC 9110 token) and forbids in a value (controls other than HTAB). Checked
+# in start_response, in the app's frame: uvicorn would otherwise refuse the header only while writing it, after
+# marking the response started, and drop the connection with no answer at all.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _error_messages() -> Batch:
+    """The answer when the app failed before its response started: what uvicorn sends for a failing ASGI app.
+
+    The connection is closed after it: the failed app may have left the request body half read.
+    """
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"), (b"connection", b"close")]
+    return (
+        {"type": "http.response.start", "status": 500, "headers": headers},
+        {"type": "http.response.body", "body": b"Internal Server Error", "more_body": False},
+    )
 
 
 class FileWrapper:
@@ -98,8 +134,8 @@ class _Exchange:
             raise RuntimeError("start_response() called a second time without exc_info")
         if not isinstance(status, str):
             raise TypeError(f"WSGI status must be a str, got {type(status).__name__}")
-        if not (status[:3].isascii() and status[:3].isdigit() and len(status) >= 3):
-            raise ValueError(f"WSGI status must start with a 3-digit code, got {status!r}")
+        if not (status[:3].isascii() and status[:3].isdigit() and len(status) >= 3 and status[0] in "12345"):
+            raise ValueError(f"WSGI status must start with a 3-digit code from 100 to 599, got {status!r}")
         if not isinstance(headers, list):
             raise TypeError(f"WSGI response headers must be a list, got {type(headers).__name__}")
         encoded: list[tuple[bytes, bytes]] = []
@@ -113,6 +149,11 @@ class _Exchange:
             ):
                 raise TypeError(f"each WSGI response header must be a (str, str) tuple, got {item!r}")
             name, value = item
+            if _TOKEN.fullmatch(name) is None:
+                raise ValueError(f"invalid WSGI response header name {name!r} (value {value!r})")
+            # isprintable() is the fast path: true means no control character at all.
+            if not value.isprintable() and _BAD_VALUE.search(value) is not None:
+                raise ValueError(f"WSGI response header {name!r} has a control character in its value {value!r}")
             if name.lower() == "content-length":
                 if not value.strip().isdecimal():
                     raise ValueError(f"invalid Content-Length response header {value!r}")
@@ -165,12 +206,13 @@ class _Channel:
         self._receive, self._send = receive, send
         self._watch: asyncio.Future[Message] | None = None
 
-    async def send(self, message: Message) -> bool:
+    async def send(self, batch: Batch) -> bool:
         watch = self._watch
         if watch is not None and watch.done():
             return False
-        await self._send(message)
-        if message.get("more_body"):
+        for message in batch:
+            await self._send(message)
+        if batch[-1].get("more_body"):
             if watch is None:
                 # Only streamed responses pay for the watcher task; single-message bodies never get here.
                 self._watch = asyncio.ensure_future(self._receive())
@@ -217,6 +259,8 @@ class WSGIBridge:
         self._keys: dict[bytes, str] = {}
         self._base: Environ = {
             "SCRIPT_NAME": "",
+            "SERVER_SOFTWARE": f"clusterrun/{__version__}",
+            "GATEWAY_INTERFACE": "CGI/1.1",  # CGI (RFC 3875) names it; wsgiref sets it too
             "wsgi.version": (1, 0),
             "wsgi.multithread": threads > 1,
             "wsgi.multiprocess": True,
@@ -242,15 +286,17 @@ class WSGIBridge:
         channel = _Channel(receive, send)
         try:
             messages = self._respond(self._environ(scope, stream, size))
+            loop = asyncio.get_running_loop()
             if self._threads == 1:
+                batch: Batch | None = ()
                 try:
-                    for message in messages:
-                        if not await channel.send(message):
+                    while (batch := _advance_unseen(messages, loop)) is not None:
+                        if not await channel.send(batch):
                             break
                 finally:
-                    messages.close()
+                    if batch is not None:  # None: the generator ran to its end, close() of the app's included
+                        _close_unseen(messages, loop)
             else:
-                loop = asyncio.get_running_loop()
                 executor = self._executor
                 if executor is None:
                     executor = self._executor = ThreadPoolExecutor(
@@ -332,34 +378,41 @@ class WSGIBridge:
             environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(environ.get("HTTP_HOST", ""), scheme)
         return environ
 
-    def _respond(self, environ: Environ) -> Generator[Message, None, None]:
+    def _respond(self, environ: Environ) -> Messages:
         exchange = _Exchange()
-        result = self._app(environ, exchange.start_response)
         try:
-            # Not for HEAD: an app may answer it with an empty body that does not reflect the GET length.
-            if type(result) in (list, tuple) and environ["REQUEST_METHOD"] != "HEAD":
-                exchange.size_hint = sum(map(len, exchange.pending)) + sum(map(len, result))
-            pending = exchange.pending
-            for chunk in chain(result, _TAIL):
-                if pending:  # write() data goes out before the chunk produced after it
-                    chunk = b"".join(pending) + chunk
-                    pending.clear()
-                elif not chunk:
-                    continue
-                elif not isinstance(chunk, bytes):
-                    raise TypeError(f"WSGI app iterable yielded {type(chunk).__name__}, expected bytes")
-                if not exchange.started:
-                    yield exchange.start_message()
-                yield exchange.body_message(chunk)
-                if exchange.done:
-                    return
+            result = self._app(environ, exchange.start_response)
+            try:
+                # Not for HEAD: an app may answer it with an empty body that does not reflect the GET length.
+                if type(result) in (list, tuple) and environ["REQUEST_METHOD"] != "HEAD":
+                    exchange.size_hint = sum(map(len, exchange.pending)) + sum(map(len, result))
+                pending = exchange.pending
+                for chunk in chain(result, _TAIL):
+                    if pending:  # write() data goes out before the chunk produced after it
+                        chunk = b"".join(pending) + chunk
+                        pending.clear()
+                    elif not chunk:
+                        continue
+                    elif not isinstance(chunk, bytes):
+                        raise TypeError(f"WSGI app iterable yielded {type(chunk).__name__}, expected bytes")
+                    # Left to right: start_message() may add the Content-Length that body_message() counts.
+                    yield (exchange.body_message(chunk),) if exchange.started else (
+                        exchange.start_message(), exchange.body_message(chunk)
+                    )
+                    if exchange.done:
+                        return
+                end = {"type": "http.response.body", "body": b"", "more_body": False}
+                yield (end,) if exchange.started else (exchange.start_message(), end)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        except Exception as exc:
+            # Only app code raises in here: sends happen outside this generator, and a close() of it on a
+            # disconnect raises GeneratorExit, which is no Exception (and always comes after the head went out).
+            _log_app_error(environ, exc)
             if not exchange.started:
-                yield exchange.start_message()
-            yield {"type": "http.response.body", "body": b"", "more_body": False}
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+                yield _error_messages()
 
     @staticmethod
     async def _other_scope(scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -379,13 +432,40 @@ class WSGIBridge:
             raise ValueError(f"unsupported ASGI scope type {kind!r}")
 
 
+def _log_app_error(environ: Environ, exc: Exception) -> None:
+    # The path without the query string, which may carry secrets; as the client sent it (RAW_URI).
+    path = str(environ.get("RAW_URI", "")).partition("?")[0]
+    logger.error(
+        "Exception in WSGI application, %s %s: %s: %s",
+        environ.get("REQUEST_METHOD"), path, type(exc).__name__, exc, exc_info=exc,
+    )
+
+
+def _advance_unseen(messages: Messages, loop: asyncio.AbstractEventLoop) -> Batch | None:
+    """The next batch (None at the end), produced with ``loop`` hidden from the app code that runs for it."""
+    asyncio._set_running_loop(None)
+    try:
+        return next(messages, None)
+    finally:
+        asyncio._set_running_loop(loop)
+
+
+def _close_unseen(messages: Messages, loop: asyncio.AbstractEventLoop) -> None:
+    """Close the generator (and so the app's iterable) with ``loop`` hidden, as in ``_advance_unseen``."""
+    asyncio._set_running_loop(None)
+    try:
+        messages.close()
+    finally:
+        asyncio._set_running_loop(loop)
+
+
 def _drive_in_thread(
-    messages: Generator[Message, None, None], channel: _Channel, loop: asyncio.AbstractEventLoop
+    messages: Messages, channel: _Channel, loop: asyncio.AbstractEventLoop
 ) -> None:
     # Waiting on each send gives the app thread the connection's backpressure.
     try:
-        for message in messages:
-            if not asyncio.run_coroutine_threadsafe(channel.send(message), loop).result():
+        for batch in messages:
+            if not asyncio.run_coroutine_threadsafe(channel.send(batch), loop).result():
                 break
     finally:
         messages.close()

@@ -6,22 +6,21 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
+import re
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib.metadata import version
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from clusterrun.adapters.wsgi import FileWrapper, WSGIBridge
 from flask import Flask
-
-try:
-    from clusterrun.adapters.wsgi import FileWrapper, WSGIBridge
-except ImportError:  # source tree without the package mapping installed
-    from adapters.wsgi import FileWrapper, WSGIBridge
 
 Environ = dict[str, Any]
 Message = dict[str, Any]
@@ -131,6 +130,28 @@ def serve(
     return peer
 
 
+def serve_failing(
+    app: Any, threads: int, caplog: pytest.LogCaptureFixture, error: type[Exception], match: str,
+    peer: Peer | None = None,
+) -> Peer:
+    """Serve an app whose code raises ``error``: logged once as the WSGI app's error, never raised to the server."""
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="clusterrun.wsgi"):
+        peer = serve(app, threads, peer=peer)
+    (record,) = [r for r in caplog.records if r.name == "clusterrun.wsgi"]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], error), record.exc_info
+    assert re.search(match, str(record.exc_info[1])), record.exc_info[1]
+    assert record.getMessage().startswith(f"Exception in WSGI application, GET /: {error.__name__}: ")
+    return peer
+
+
+def assert_500(peer: Peer) -> None:
+    """What a client gets when the app failed before its response started: the same 500 uvicorn would send."""
+    assert peer.start["status"] == 500
+    assert (b"connection", b"close") in peer.start["headers"]
+    assert peer.body == b"Internal Server Error"
+
+
 def capture(target: dict[str, Any], body: Iterable[bytes] = (b"ok",)) -> Callable[..., Iterable[bytes]]:
     def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
         target.update(environ)
@@ -192,6 +213,8 @@ def test_environ_keys(threads: int) -> None:
     )
     serve(capture(seen), threads, scope, Peer([b"{}"]), extra_environ={"clusterrun.worker": "w-3"})
     assert seen["REQUEST_METHOD"] == "POST"
+    assert seen["SERVER_SOFTWARE"] == f"clusterrun/{version('clusterrun')}"  # httpbin refuses chunked without it
+    assert seen["GATEWAY_INTERFACE"] == "CGI/1.1"
     assert seen["SCRIPT_NAME"] == "/app"
     assert seen["PATH_INFO"] == "/caf\u00e9/x".encode().decode("latin-1")
     assert seen["QUERY_STRING"] == "a=1&b=%C3%A9"
@@ -261,6 +284,83 @@ def test_unix_socket_server_name_from_host(
     seen.clear()
     serve(capture(seen), threads, make_scope(server=None, headers=headers, scheme=scheme))
     assert (seen["SERVER_NAME"], seen["SERVER_PORT"]) == expected
+
+
+# --- app code never sees the running loop ------------------------------------------------------------------
+
+
+def loop_visible() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class LoopProbe:
+    """A response iterable that records, at each step of app code, whether a running loop was visible."""
+
+    def __init__(self, chunks: int) -> None:
+        self.left = chunks
+        self.seen: list[tuple[str, bool]] = []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        self.seen.append(("next", loop_visible()))
+        if not self.left:
+            raise StopIteration
+        self.left -= 1
+        return b"chunk"
+
+    def close(self) -> None:
+        self.seen.append(("close", loop_visible()))
+
+
+@pytest.mark.parametrize("client_leaves", [False, True], ids=["complete", "client-left"])
+def test_app_code_runs_with_no_running_loop(threads: int, client_leaves: bool) -> None:
+    """Django's ORM, asgiref's AsyncToSync and asyncio.run() all refuse to run where a loop is running."""
+    probe = LoopProbe(3 if not client_leaves else 1000)
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        probe.seen.append(("call", loop_visible()))
+        probe.seen.append(("asyncio.run", asyncio.run(asyncio.sleep(0, result=True))))
+        start_response(OK, list(TEXT))
+        return probe
+
+    async def main() -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        bridge = WSGIBridge(app, threads=threads)
+        try:
+            await bridge(make_scope(), Peer(gone_after_body=client_leaves).receive, Peer().send)
+        finally:
+            bridge.close()
+        # Put back after the request: the serving loop is the running loop again.
+        assert asyncio.get_running_loop() is loop
+        return loop
+
+    asyncio.run(main())
+    steps = [step for step, _ in probe.seen]
+    assert steps[:2] == ["call", "asyncio.run"] and steps[-1] == "close" and "next" in steps
+    assert probe.seen[1] == ("asyncio.run", True)
+    assert not any(visible for step, visible in probe.seen if step != "asyncio.run"), probe.seen
+
+
+def test_loop_restored_when_app_code_fails(caplog: pytest.LogCaptureFixture) -> None:
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        raise RuntimeError("app failed")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        bridge = WSGIBridge(app, threads=1)
+        peer = Peer()
+        with caplog.at_level(logging.ERROR, logger="clusterrun.wsgi"):
+            await bridge(make_scope(), peer.receive, peer.send)
+        assert asyncio.get_running_loop() is loop
+        assert_500(peer)
+
+    asyncio.run(main())
 
 
 # --- request body ----------------------------------------------------------------------------------------
@@ -392,13 +492,12 @@ def test_write_data_precedes_iterable(threads: int) -> None:
     assert serve(app, threads).body == b"first,second,third,fourth"
 
 
-def test_write_only_app(threads: int) -> None:
+def test_write_only_app(threads: int, caplog: pytest.LogCaptureFixture) -> None:
     def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
         start_response(OK, list(TEXT))("written")
         return []
 
-    with pytest.raises(TypeError, match="write"):
-        serve(app, threads)
+    assert_500(serve_failing(app, threads, caplog, TypeError, "write"))
 
     def good(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
         start_response(OK, list(TEXT))(b"written")
@@ -414,39 +513,81 @@ def test_write_only_app(threads: int) -> None:
         (200, [], TypeError, "status must be a str"),
         ("OK", [], ValueError, "3-digit"),
         ("20x Bad", [], ValueError, "3-digit"),
+        ("600 Beyond", [], ValueError, "3-digit code from 100 to 599"),
+        ("099 Below", [], ValueError, "3-digit code from 100 to 599"),
         (OK, (("A", "b"),), TypeError, "must be a list"),
         (OK, [["A", "b"]], TypeError, r"\(str, str\)"),
         (OK, [("A", 1)], TypeError, r"\(str, str\)"),
         (OK, [("Content-Length", "-1")], ValueError, "Content-Length"),
+        # CR, LF, NUL (and other controls but HTAB) in a value, anything but a token as a name: uvicorn would
+        # refuse them only while writing the head, and drop the connection without an answer.
+        (OK, [("X-A", "v\r\nSet-Cookie: x=1")], ValueError, r"header 'X-A' .* value 'v\\r\\nSet-Cookie: x=1'"),
+        (OK, [("X-A", "v\nw")], ValueError, r"header 'X-A' .* value 'v\\nw'"),
+        (OK, [("X-A", "v\x00")], ValueError, r"header 'X-A' .* value 'v\\x00'"),
+        (OK, [("X-A", "v\x7f")], ValueError, r"header 'X-A' .* value 'v\\x7f'"),
+        (OK, [("X-A\r\n", "v")], ValueError, r"header name 'X-A\\r\\n' \(value 'v'\)"),
+        (OK, [("X A", "v")], ValueError, r"header name 'X A'"),
+        (OK, [("X:A", "v")], ValueError, r"header name 'X:A'"),
+        (OK, [("", "v")], ValueError, r"header name ''"),
     ],
 )
 def test_start_response_validation(
-    threads: int, status: Any, headers: Any, error: type[Exception], match: str
+    threads: int, caplog: pytest.LogCaptureFixture, status: Any, headers: Any, error: type[Exception], match: str
 ) -> None:
+    raised: list[BaseException] = []
+
     def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
-        start_response(status, headers)
+        try:
+            start_response(status, headers)
+        except Exception as exc:
+            raised.append(exc)  # raised in the app's own frame, where it can see and handle it
+            raise
         return [b"x"]
 
-    with pytest.raises(error, match=match):
-        serve(app, threads)
+    assert_500(serve_failing(app, threads, caplog, error, match))
+    assert len(raised) == 1
 
 
-def test_second_start_response_without_exc_info_raises(threads: int) -> None:
+def test_header_value_tab_and_latin1_allowed(threads: int) -> None:
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        start_response(OK, [("X-Tab", "a\tb"), ("X-Latin", "caf\u00e9"), ("X-Odd!#$%&'*+-.^_`|~", "1")])
+        return [b"x"]
+
+    headers = serve(app, threads).headers
+    assert headers[b"X-Tab"] == b"a\tb" and headers[b"X-Latin"] == b"caf\xe9"
+    assert headers[b"X-Odd!#$%&'*+-.^_`|~"] == b"1"
+
+
+def test_app_handles_its_own_bad_header(threads: int) -> None:
+    """The error is raised where the app can see it: an app that catches it can still answer properly."""
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        try:
+            start_response(OK, [("X-Bad", "a\nb")])
+        except ValueError:
+            start_response("400 Bad Request", list(TEXT), sys.exc_info())
+            return [b"rejected"]
+        return [b"x"]
+
+    peer = serve(app, threads)
+    assert peer.start["status"] == 400 and peer.body == b"rejected"
+
+
+def test_second_start_response_without_exc_info_raises(threads: int, caplog: pytest.LogCaptureFixture) -> None:
     def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
         start_response(OK, [])
         start_response("500 Oops", [])
         return []
 
-    with pytest.raises(RuntimeError, match="second time"):
-        serve(app, threads)
+    assert_500(serve_failing(app, threads, caplog, RuntimeError, "second time"))
 
 
-def test_body_before_start_response_raises(threads: int) -> None:
-    with pytest.raises(RuntimeError, match="before calling start_response"):
-        serve(lambda environ, start_response: [b"x"], threads)
+def test_body_before_start_response_raises(threads: int, caplog: pytest.LogCaptureFixture) -> None:
+    app = lambda environ, start_response: [b"x"]  # noqa: E731
+    assert_500(serve_failing(app, threads, caplog, RuntimeError, "before calling start_response"))
 
 
-def test_exc_info_after_headers_sent_reraises(threads: int) -> None:
+def test_exc_info_after_headers_sent_reraises(threads: int, caplog: pytest.LogCaptureFixture) -> None:
     result = Tracked([])
 
     def app(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
@@ -459,28 +600,50 @@ def test_exc_info_after_headers_sent_reraises(threads: int) -> None:
         finally:
             result.close()
 
-    peer = Peer()
-    with pytest.raises(LookupError, match="backend died"):
-        serve(app, threads, peer=peer)
-    assert peer.start["status"] == 200 and peer.sent[1]["body"] == b"partial" and result.closed
+    peer = serve_failing(app, threads, caplog, LookupError, "backend died")
+    # The head went out: the response is left incomplete (no final message), so the server drops the connection.
+    assert peer.start["status"] == 200 and [m["body"] for m in peer.sent[1:]] == [b"partial"] and result.closed
+    assert peer.sent[-1]["more_body"] is True
 
 
-def test_app_exception_before_start_propagates(threads: int) -> None:
+def test_app_exception_before_start_is_logged_and_answered_500(
+    threads: int, caplog: pytest.LogCaptureFixture
+) -> None:
     def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
         raise ZeroDivisionError("boom")
 
-    peer = Peer()
-    with pytest.raises(ZeroDivisionError):
-        serve(app, threads, peer=peer)
-    assert peer.sent == []
+    peer = serve_failing(app, threads, caplog, ZeroDivisionError, "boom")
+    assert_500(peer)
+    assert len(peer.sent) == 2
 
 
-def test_close_called_when_iteration_raises(threads: int) -> None:
+def test_app_error_log_names_method_and_path_not_query(threads: int, caplog: pytest.LogCaptureFixture) -> None:
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        raise KeyError("missing")
+
+    with caplog.at_level(logging.ERROR, logger="clusterrun.wsgi"):
+        serve(app, threads, make_scope("DELETE", "/items/7", query=b"token=secret"))
+    (record,) = [r for r in caplog.records if r.name == "clusterrun.wsgi"]
+    assert record.getMessage() == "Exception in WSGI application, DELETE /items/7: KeyError: 'missing'"
+    assert "secret" not in caplog.text and "Traceback" in caplog.text
+
+
+def test_close_called_when_iteration_raises(threads: int, caplog: pytest.LogCaptureFixture) -> None:
     result = Tracked([b"a", b"b", b"c"], fail_at=1)
-    peer = Peer()
-    with pytest.raises(RuntimeError, match="iteration failed"):
-        serve(tracked_app(result), threads, peer=peer)
+    peer = serve_failing(tracked_app(result), threads, caplog, RuntimeError, "iteration failed")
     assert result.closed and [m["body"] for m in peer.sent[1:]] == [b"a"]
+    assert peer.sent[-1]["more_body"] is True  # incomplete: never passed off as the whole body
+
+
+def test_close_error_after_complete_response_is_logged(threads: int, caplog: pytest.LogCaptureFixture) -> None:
+    class FailingClose(Tracked):
+        def close(self) -> None:
+            super().close()
+            raise OSError("close failed")
+
+    result = FailingClose([b"a", b"b"])
+    peer = serve_failing(tracked_app(result), threads, caplog, OSError, "close failed")
+    assert peer.body == b"ab" and result.closed  # the response itself was complete
 
 
 def test_close_called_when_send_fails(threads: int) -> None:
