@@ -117,11 +117,17 @@ def test_a_primary_out_of_descriptors_pauses_accepting_and_says_so_once(run_cli:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1024:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
-    # 64 descriptors: the primary's accept batch alone overflows its table.
+    # 64 descriptors: one accept batch (64 connections) overflows the primary's table.
     cluster = run_cli("sup_app:wsgi", "--port", "0", "--workers", "2", cwd=TEST_APPS, nofile=64)
     url = cluster.wait_ready()
     workers = sorted(children_of(cluster.pid))
-    idle = _connect_idle(url, 300)
+    # The connections wait in the kernel's backlog while the primary is stopped, so that it wakes up to a
+    # full batch of them at once.
+    cluster.signal(signal.SIGSTOP)
+    try:
+        idle = _connect_idle(url, 300)
+    finally:
+        cluster.signal(signal.SIGCONT)
     try:
         cluster.wait_for_line(r"cannot accept connections: Too many open files")
         assert cluster.proc.poll() is None
