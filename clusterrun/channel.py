@@ -56,6 +56,10 @@ def connection_frame(count: int, family: int) -> bytes:
     return frame
 
 
+def _ignore_backlog(waiting: bool) -> None:
+    pass
+
+
 class Channel:
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -70,7 +74,7 @@ class Channel:
         self._waiting = False  # bytes are queued until the socket is writable again
         self.broken = False  # a send failed: the peer is gone
         # Set by the owner: told True when bytes wait for the socket to be writable, False when drained.
-        self.on_backlog: Callable[[bool], None] = lambda waiting: None
+        self.on_backlog: Callable[[bool], None] = _ignore_backlog
 
     @classmethod
     def pair(cls) -> tuple[socket.socket, socket.socket]:
@@ -197,8 +201,13 @@ class Channel:
         self._outbox.clear()
 
     def close(self) -> None:
+        """Close the socket and free the buffers now: a closed channel may outlive its worker for a while."""
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
         self._drop_outbox()
         self.sock.close()
+        self._landing.release()
+        self._landing = memoryview(bytearray())
+        self._inbox = bytearray()
+        self.on_backlog = _ignore_backlog  # the owner's callback refers back to the owner

@@ -202,6 +202,7 @@ class Primary:
         # Connections still queued for the dead worker never reached it: they go to another worker.
         self.dispatcher.redispatch(handle.channel.take_unsent_fds())
         self._close_channel(handle)
+        handle.closes.close()  # its shared page: the primary's last mapping of it
         handle.boot_timer.cancel()
         how = describe_status(status)
         self.events.emit("exit", handle.public, *exit_of(status))
@@ -241,7 +242,8 @@ class Primary:
             return
         logger.warning("%s died (%s); respawning slot %d in %gs", handle.info, how, handle.index, decision.delay)
         self.pending_respawns.add(handle.index)
-        self.timers.add(decision.delay, lambda: self._respawn(handle.index))
+        index = handle.index  # not the handle: the timer must not keep the dead worker's handle alive
+        self.timers.add(decision.delay, lambda: self._respawn(index))
 
     def _respawn(self, index: int) -> None:
         self.pending_respawns.discard(index)
@@ -409,6 +411,7 @@ class Primary:
                 os.waitpid(pid, 0)
         for handle in self.workers.values():
             self._close_channel(handle)
+            handle.closes.close()
         self.workers.clear()
         self.dispatcher.close()
         for sock in self.listeners:
