@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -19,8 +19,6 @@ from .api import Cluster
 from .config import OPTIONS, build_config
 from .errors import EXIT_CONFIG, ClusterrunError
 from .policies import POLICY_CLASSES
-
-logger = logging.getLogger("clusterrun")
 
 EPILOG = """\
 signals to the primary:
@@ -83,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return Cluster.from_config(build_config(args.app, values)).run()
     except ClusterrunError as exc:
-        if debug:
-            logger.debug("details", exc_info=True)
+        if debug:  # the traceback behind the one line (logging is the host's again once run() returns)
+            traceback.print_exc(file=sys.stderr)
         print(f"clusterrun: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

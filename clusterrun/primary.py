@@ -65,6 +65,8 @@ class Primary:
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.workers)
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
         self._wake_r, self._wake_w = socket.socketpair()
+        self._host_handlers: dict[int, Any] = {}  # signal: the handler before ours
+        self._host_wakeup_fd = -1
 
     # The loop.
 
@@ -119,8 +121,10 @@ class Primary:
     def _install_signals(self) -> None:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        # What the host program had (Cluster.run() embedded in it), put back by _cleanup.
+        self._host_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for signum in _HANDLED:
+            self._host_handlers[signum] = signal.getsignal(signum)
             signal.signal(signum, _note_signal)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signals)
 
@@ -403,7 +407,7 @@ class Primary:
             handle.kill()
 
     def _cleanup(self) -> None:
-        """Leave nothing behind: no live child, no listener, no socket file, no signal handler, no CPU policy."""
+        """Leave nothing behind: no live child, listener, socket file or CPU policy; the host's signal handlers back."""
         for handle in list(self.workers.values()):
             handle.kill()
         for pid in list(self.workers):
@@ -420,10 +424,13 @@ class Primary:
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        with contextlib.suppress(ValueError):
-            signal.set_wakeup_fd(-1)
-            for signum in _HANDLED:
-                signal.signal(signum, signal.SIG_DFL)
+        with contextlib.suppress(ValueError):  # ValueError: not the main thread, nothing was installed
+            if self._host_handlers:
+                signal.set_wakeup_fd(self._host_wakeup_fd)
+            for signum, handler in self._host_handlers.items():
+                # None: a handler installed outside Python, which cannot be put back; the default is closest.
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+            self._host_handlers.clear()
         self.selector.close()
         self._wake_r.close()
         self._wake_w.close()
