@@ -325,6 +325,9 @@ class Primary:
             pids = ", ".join(str(w.pid) for w in sorted(self.slots.values(), key=lambda w: w.index))
             logger.info("ready: %d worker%s serving %s (%s), pids %s", self.target, "" if self.target == 1 else "s",
                         self.config.app, interface, pids)
+            if interface == "asgi" and self.config.threads > 1:
+                logger.warning("--threads %d is ignored: %s is an ASGI app, which runs on each worker's event loop;"
+                               " --threads sizes the thread pool of WSGI apps", self.config.threads, self.config.app)
 
     # Retiring: a worker is drained and stopped on purpose.
 
