@@ -99,12 +99,13 @@ class Replacer:
         self.rounds += 1
 
 
-@pytest.mark.parametrize("policy", ["rr", "shared"])
+# A dispatching and a kernel-side policy; a WSGI and an ASGI app (the primary's share should not depend on it).
+@pytest.mark.parametrize("policy, app", [("rr", "sup_app:wsgi"), ("shared", "sup_app:asgi")])
 def test_replacing_workers_many_times_leaves_the_primary_memory_flat(
-    run_cli: Callable[..., Cluster], policy: str
+    run_cli: Callable[..., Cluster], policy: str, app: str
 ) -> None:
     cluster = run_cli(
-        "sup_app:wsgi", "--port", "0", "--workers", str(WORKERS), "--policy", policy, "--log-level", "info",
+        app, "--port", "0", "--workers", str(WORKERS), "--policy", policy, "--log-level", "info",
         "--max-requests", str(MAX_REQUESTS), "--max-restarts", "100", cwd=TEST_APPS,
     )
     url = cluster.wait_ready()
@@ -120,5 +121,6 @@ def test_replacing_workers_many_times_leaves_the_primary_memory_flat(
     assert replaced >= 4 * ROUNDS
     summary = (f"after {replaced} more replacements: VmRSS {rss_before} -> {rss_after} kB, "
                f"maps {maps_before} -> {maps_after}")
+    print(summary)  # shown with pytest -s
     assert rss_after - rss_before <= RSS_BOUND_KB, summary
     assert maps_after - maps_before <= MAPS_BOUND, summary
