@@ -43,3 +43,22 @@ def test_an_apps_own_basicconfig_takes_effect_in_its_workers(
     # clusterrun's own lines keep clusterrun's format, and are not repeated through the app's root handler.
     assert cluster.output().count("ready: 2 workers serving") == 1
     assert "APP-FORMAT INFO clusterrun" not in cluster.output()
+
+
+@pytest.mark.parametrize("app", ["e2e_basicconfig:wsgi", "e2e_basicconfig:asgi"])
+@pytest.mark.parametrize("access_log", [True, False])
+def test_access_lines_keep_clusterrun_format_beside_the_apps_logging(
+    run_cli: Callable[..., Cluster], app: str, access_log: bool
+) -> None:
+    cluster = run_cli(app, "--port", "0", "--workers", "1", *(["--access-log"] if access_log else []), cwd=TEST_APPS)
+    url = cluster.wait_ready()
+    path = f"/{uuid.uuid4().hex}"
+    assert FRESH.get(url + path).status_code == 200
+    cluster.wait_for_line(rf"handled {path}$")  # the app's line: the request was served and logged
+    access = [line for line in cluster.output().splitlines() if f'"GET {path} HTTP/1.1" 200' in line]
+    if access_log:
+        cluster.wait_for_line(rf'\[worker 1 index 0 pid \d+\] INFO .* "GET {path} HTTP/1.1" 200')
+        access = [line for line in cluster.output().splitlines() if f'"GET {path} HTTP/1.1" 200' in line]
+        assert len(access) == 1, cluster.output()  # not repeated through the app's root handler
+    else:
+        assert access == [], cluster.output()
