@@ -32,12 +32,25 @@ def put_app_dir_first(app_dir: str) -> str:
 def check_module_exists(spec: str, app_dir: str) -> None:
     """In the primary, without importing the app: a module that is not there is a command-line error."""
     path = put_app_dir_first(app_dir)
+    _check_not_a_file_name(spec, path)
     top = spec.partition(":")[0].split(".")[0]
     if importlib.util.find_spec(top) is None:
         raise ConfigError(
             f"cannot find module {top!r} of APP {spec!r} in {path}: run clusterrun from the folder that holds it "
             "or pass --app-dir"
         )
+
+
+def _check_not_a_file_name(spec: str, path: str) -> None:
+    """``flask_app.py:app``: a file name where the module's name goes."""
+    module, sep, attr = spec.partition(":")
+    if not module.endswith(".py"):
+        return
+    as_path = os.path.join(path, *module.split("."))
+    if os.path.isfile(as_path + ".py") or os.path.isdir(as_path):
+        return  # a package with a submodule named "py": a real module name
+    better = module[: -len(".py")] + sep + attr
+    raise ConfigError(f"bad APP {spec!r}: {module!r} is a file name; drop the .py and give the module: {better}")
 
 
 def load_app(spec: str, *, app_dir: str = ".", factory: bool = False, interface: str = "auto") -> LoadedApp:

@@ -72,15 +72,16 @@ class Cluster:
         """
         from .primary import Primary
 
-        logs.setup(self.config.log_level, access_log=self.config.access_log)
-        if self.config.hooks:
-            self._load_hooks(self.config.hooks)
-        preloaded = prepare_engine(self.config)
-        self._primary = Primary(self.config, preloaded=preloaded, events=self.events)
+        restore_logging = logs.setup(self.config.log_level, access_log=self.config.access_log)
         try:
-            return self._primary.run()
+            if self.config.hooks:
+                self._load_hooks(self.config.hooks)
+            preloaded = prepare_engine(self.config)
+            self._primary = Primary(self.config, preloaded=preloaded, events=self.events)
+            return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:
             self._primary = None
+            restore_logging()  # the host program's logging, as it was
 
     # Control, from event handlers (they run in the primary's loop).
 

@@ -70,6 +70,10 @@ def connection_frame(count: int, family: int) -> bytes:
     return frame
 
 
+def _ignore_backlog(waiting: bool) -> None:
+    pass
+
+
 class Channel:
     def __init__(self, sock: socket.socket, keep: socket.socket | None = None) -> None:
         sock.setblocking(False)
@@ -88,7 +92,7 @@ class Channel:
         self._waiting = False  # bytes are queued until the socket is writable again
         self.broken = False  # a send failed: the peer is gone
         # Set by the owner: told True when bytes wait for the socket to be writable, False when drained.
-        self.on_backlog: Callable[[bool], None] = lambda waiting: None
+        self.on_backlog: Callable[[bool], None] = _ignore_backlog
 
     @classmethod
     def pair(cls) -> tuple[socket.socket, socket.socket]:
@@ -238,6 +242,7 @@ class Channel:
         self._outbox.clear()
 
     def close(self) -> None:
+        """Close the socket and free the buffers now: a closed channel may outlive its worker for a while."""
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
@@ -248,6 +253,10 @@ class Channel:
                 os.close(fd)
             self._peer_end.close()
             self._peer_end = None
+        self._landing.release()
+        self._landing = memoryview(bytearray())
+        self._inbox = bytearray()
+        self.on_backlog = _ignore_backlog  # the owner's callback refers back to the owner
 
 
 def _drain_fds(sock: socket.socket) -> list[int]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -19,8 +19,6 @@ from .api import Cluster
 from .config import OPTIONS, build_config
 from .errors import EXIT_CONFIG, ClusterrunError
 from .policies import POLICY_CLASSES
-
-logger = logging.getLogger("clusterrun")
 
 EPILOG = """\
 signals to the primary:
@@ -36,6 +34,15 @@ environment: WEB_CONCURRENCY sets --workers, CLUSTERRUN_SCHED_POLICY sets --poli
 """
 
 
+# Flags of other servers that clusterrun lacks, with what to do instead: a close match would answer them
+# wrongly (--reload is not a typo of --preload, which does nearly the opposite).
+ELSEWHERE = {
+    "--reload": "clusterrun has no --reload (restart when the code changes) yet: in development, run the app "
+                "under its framework's reloader (flask run --debug, uvicorn --reload); to deploy new code to a "
+                "running cluster, send the primary SIGHUP (a rolling restart imports the app anew)",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors on one line and a hint for a mistyped flag."""
 
@@ -43,9 +50,12 @@ class _Parser(argparse.ArgumentParser):
         hint = "see clusterrun --help"
         if message.startswith("unrecognized arguments:"):
             bad = message.split(":", 1)[1].split()
+            flag = bad[0].split("=")[0] if bad else ""
             flags = [flag for option in OPTIONS for flag in option.flags] + ["--help", "--version"]
-            close = difflib.get_close_matches(bad[0].split("=")[0], flags, n=1) if bad else []
-            if close:
+            close = difflib.get_close_matches(flag, flags, n=1) if flag else []
+            if flag in ELSEWHERE:
+                hint = f"{ELSEWHERE[flag]}; {hint}"
+            elif close:
                 hint = f"did you mean {close[0]}? {hint}"
         self.exit(EXIT_CONFIG, f"clusterrun: error: {message}; {hint}\n")
 
@@ -83,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return Cluster.from_config(build_config(args.app, values)).run()
     except ClusterrunError as exc:
-        if debug:
-            logger.debug("details", exc_info=True)
+        if debug:  # the traceback behind the one line (logging is the host's again once run() returns)
+            traceback.print_exc(file=sys.stderr)
         print(f"clusterrun: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

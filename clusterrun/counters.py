@@ -16,6 +16,7 @@ its own count would only change where its next connections go.
 
 from __future__ import annotations
 
+import array
 import mmap
 
 _WRAP = 1 << 64
@@ -33,5 +34,14 @@ class SharedCounter:
         self._cell[0] = self._value
 
     def read(self) -> int:
-        """In the primary: the worker's count so far."""
+        """In the primary: the worker's count so far (its last count once closed)."""
         return int(self._cell[0])
+
+    def close(self) -> None:
+        """In the primary, once the worker is reaped: unmap the page now rather than whenever this is freed."""
+        if self._map.closed:
+            return
+        last = self._cell[0]
+        self._cell.release()
+        self._map.close()
+        self._cell = memoryview(array.array("Q", [last]))  # read() goes on answering the last count

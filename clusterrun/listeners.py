@@ -50,6 +50,10 @@ def parse_bind(value: str) -> BindAddress:
             raise ConfigError(f"bad --bind value {value!r}: put an IPv6 address in brackets; {fix}")
         host = host or "0.0.0.0"
     else:
+        if not text.isdigit():
+            # A bare host ("localhost", "0.0.0.0"): say where the port goes rather than calling it a bad port.
+            raise ConfigError(f"bad --bind value {value!r}: no port; use HOST:PORT, for example {text or 'HOST'}:8000 "
+                              "(or [IPV6]:PORT, PORT, unix:/path)")
         host, port_text = "127.0.0.1", text
     return BindAddress(host=host, port=parse_port(port_text, f"--bind value {value!r}"))
 

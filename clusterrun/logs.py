@@ -1,9 +1,22 @@
-"""Log set-up: one format for the primary and every worker, each line naming its process."""
+"""Log set-up: one format for the primary and every worker, each line naming its process.
+
+Only clusterrun's own loggers are configured — the ``clusterrun`` tree, and the
+``uvicorn`` tree that serves the workers (its errors, and its access lines with
+``--access-log``) — each with clusterrun's handler and without propagation. The
+root logger is the app's and the host program's: an app's
+``logging.basicConfig(level=..., format=...)`` takes effect in its workers, and
+a program that embeds ``Cluster.run()`` keeps its handlers. Records that no
+handler takes (an app that configured nothing) fall back to clusterrun's format
+through ``logging.lastResort``, so a worker's stray warnings still say which
+worker wrote them. ``setup`` returns what puts everything back as it was.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .identity import WorkerInfo
 
@@ -11,21 +24,73 @@ logger = logging.getLogger("clusterrun")
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
+# The loggers clusterrun configures; nothing else is touched.
+_OWN = ("clusterrun", "uvicorn", "uvicorn.error", "uvicorn.access")
 
-def setup(level: str, worker: WorkerInfo | None = None, access_log: bool = False) -> None:
-    """Route every log record to stderr, tagged with the primary or the worker's id, index and pid."""
+
+@dataclass(frozen=True)
+class _Saved:
+    handlers: list[logging.Handler]
+    level: int
+    propagate: bool
+    disabled: bool
+
+
+def setup(level: str, worker: WorkerInfo | None = None, access_log: bool = False) -> Callable[[], None]:
+    """Route clusterrun's and uvicorn's records to stderr, tagged with the primary or the worker's id, index and
+    pid; the function that restores the loggers (and the last-resort handler) as they were."""
+    saved = {name: _save(logging.getLogger(name)) for name in _OWN}
+    saved_last_resort = logging.lastResort
     who = f"worker {worker.id} index {worker.index} pid {worker.pid}" if worker else "primary pid %(process)d"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s [{who}] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    root = logging.getLogger()
-    for old in root.handlers[:]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(_LEVELS[level])
+
+    own = logging.getLogger("clusterrun")
+    _own(own, handler, _LEVELS[level])
     # uvicorn chats at INFO about lifespan and shutdown in every worker; the primary says what matters.
-    logging.getLogger("uvicorn.error").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # (Set on the tree's top too: a level left unset would follow the root's, the app's choice.)
+    uvicorn_level = logging.DEBUG if level == "debug" else logging.WARNING
+    _own(logging.getLogger("uvicorn"), handler, uvicorn_level)
+    logging.getLogger("uvicorn.error").setLevel(uvicorn_level)
     access = logging.getLogger("uvicorn.access")
+    access.handlers = []
     access.setLevel(logging.INFO)
-    # uvicorn's protocol logs access lines only when this logger has handlers: cut it off when not wanted.
+    # uvicorn's protocol logs access lines only when this logger has handlers (hasHandlers() looks up the
+    # propagation chain, to the "uvicorn" logger's): cut it off when not wanted.
     access.propagate = access_log
     access.disabled = not access_log
+
+    # What nobody handles (an app that configured no logging) still names its process. As Python's own
+    # last resort: warnings and errors only.
+    fallback = logging.StreamHandler(sys.stderr)
+    fallback.setFormatter(handler.formatter)
+    fallback.setLevel(logging.WARNING)
+    logging.lastResort = fallback
+
+    def restore() -> None:
+        for name, was in saved.items():
+            _restore(logging.getLogger(name), was)
+        logging.lastResort = saved_last_resort
+        for made in (handler, fallback):
+            made.flush()
+            made.close()
+
+    return restore
+
+
+def _own(target: logging.Logger, handler: logging.Handler, level: int) -> None:
+    target.handlers = [handler]
+    target.setLevel(level)
+    target.propagate = False
+    target.disabled = False
+
+
+def _save(target: logging.Logger) -> _Saved:
+    return _Saved(list(target.handlers), target.level, target.propagate, target.disabled)
+
+
+def _restore(target: logging.Logger, saved: _Saved) -> None:
+    target.handlers = saved.handlers
+    target.setLevel(saved.level)
+    target.propagate = saved.propagate
+    target.disabled = saved.disabled

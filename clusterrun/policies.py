@@ -119,9 +119,17 @@ class ReusePort(Shared):
             raise ConfigError(f"--policy reuseport cannot serve {address}: it needs TCP listeners; use rr or shared")
         if not hasattr(socket, "SO_REUSEPORT"):
             raise ConfigError("--policy reuseport needs SO_REUSEPORT, which this system lacks; use rr or shared")
-        # The primary's socket only holds the address (and the real port, for port 0): bound, never listening,
-        # so that the kernel hashes no connection to it.
-        return listening.bind(address, backlog, reuse_port=True, listen=False)
+        # SO_REUSEPORT lets any socket of the same user join a port where others listen: alone, it would let
+        # this cluster share a port that another program (another clusterrun, another app) already serves,
+        # and take half its connections. So first prove the address free with a socket that does not set
+        # it — that bind fails wherever anything is bound with listeners (SO_REUSEADDR still passes over
+        # TIME_WAIT leftovers) — and only then take the address with SO_REUSEPORT for this cluster's workers.
+        probe = listening.bind(address, backlog, listen=False)  # BindError: "address already in use; ..."
+        port = probe.getsockname()[1]  # the real one, for port 0
+        probe.close()
+        # The primary's socket only holds the address: bound, never listening, so that the kernel hashes no
+        # connection to it.
+        return listening.bind(BindAddress(host=address.host, port=port), backlog, reuse_port=True, listen=False)
 
     def worker_sockets(self, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
         own = []

@@ -70,6 +70,8 @@ class Primary:
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.workers)
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
         self._wake_r, self._wake_w = socket.socketpair()
+        self._host_handlers: dict[int, Any] = {}  # signal: the handler before ours
+        self._host_wakeup_fd = -1
 
     # The loop.
 
@@ -124,8 +126,10 @@ class Primary:
     def _install_signals(self) -> None:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        # What the host program had (Cluster.run() embedded in it), put back by _cleanup.
+        self._host_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for signum in (*_HANDLED, *_IGNORED):
+            self._host_handlers[signum] = signal.getsignal(signum)
             signal.signal(signum, _note_signal)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signals)
 
@@ -220,6 +224,7 @@ class Primary:
         self.dispatcher.redispatch(handle.channel.take_undelivered_fds())
         self._close_channel(handle)
         handle.channel.close()
+        handle.closes.close()  # its shared page: the primary's last mapping of it
         handle.boot_timer.cancel()
         how = describe_status(status)
         self.events.emit("exit", handle.public, *exit_of(status))
@@ -271,7 +276,8 @@ class Primary:
         logger.warning("%s died (%s); respawning slot %d in %gs (%s)", handle.info, how, handle.index,
                        decision.delay, note)
         self.pending_respawns.add(handle.index)
-        self.timers.add(decision.delay, lambda: self._respawn(handle.index))
+        index = handle.index  # not the handle: the timer must not keep the dead worker's handle alive
+        self.timers.add(decision.delay, lambda: self._respawn(index))
 
     def _respawn(self, index: int) -> None:
         self.pending_respawns.discard(index)
@@ -352,6 +358,9 @@ class Primary:
             pids = ", ".join(str(w.pid) for w in sorted(self.slots.values(), key=lambda w: w.index))
             logger.info("ready: %d worker%s serving %s (%s), pids %s", self.target, "" if self.target == 1 else "s",
                         self.config.app, interface, pids)
+            if interface == "asgi" and self.config.threads > 1:
+                logger.warning("--threads %d is ignored: %s is an ASGI app, which runs on each worker's event loop;"
+                               " --threads sizes the thread pool of WSGI apps", self.config.threads, self.config.app)
 
     # Retiring: a worker is drained and stopped on purpose.
 
@@ -435,7 +444,7 @@ class Primary:
             handle.kill()
 
     def _cleanup(self) -> None:
-        """Leave nothing behind: no live child, no listener, no socket file, no signal handler, no CPU policy."""
+        """Leave nothing behind: no live child, listener, socket file or CPU policy; the host's signal handlers back."""
         for handle in list(self.workers.values()):
             handle.kill()
         for pid in list(self.workers):
@@ -444,6 +453,7 @@ class Primary:
         for handle in self.workers.values():
             self._close_channel(handle)
             handle.channel.close()
+            handle.closes.close()
         self.workers.clear()
         self.dispatcher.close()
         for sock in self.listeners:
@@ -452,10 +462,13 @@ class Primary:
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        with contextlib.suppress(ValueError):
-            signal.set_wakeup_fd(-1)
-            for signum in (*_HANDLED, *_IGNORED):
-                signal.signal(signum, signal.SIG_DFL)
+        with contextlib.suppress(ValueError):  # ValueError: not the main thread, nothing was installed
+            if self._host_handlers:
+                signal.set_wakeup_fd(self._host_wakeup_fd)
+            for signum, handler in self._host_handlers.items():
+                # None: a handler installed outside Python, which cannot be put back; the default is closest.
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+            self._host_handlers.clear()
         self.selector.close()
         self._wake_r.close()
         self._wake_w.close()

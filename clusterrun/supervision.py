@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import signal
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,9 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # A cancelled timer stays in the heap until its deadline (a boot timer: --boot-timeout); its callback
+        # goes now, so that it keeps alive nothing it refers to (a replaced worker's handle and buffers).
+        self.callback = _nothing
 
 
 class Timers:
@@ -85,7 +89,11 @@ class Timers:
                 timer.callback()
 
 
-_NO_TIMER = Timer(0.0, lambda: None)
+def _nothing() -> None:
+    pass
+
+
+_NO_TIMER = Timer(0.0, _nothing)
 
 
 @dataclass(eq=False)
@@ -110,10 +118,20 @@ class WorkerHandle:
     last_seen: float = 0.0  # when its last frame (heartbeat or other) arrived
     hung: bool = False  # silent past --timeout: being dumped and killed
     recycling: bool = False  # a replacement was spawned for it (--max-requests, --max-memory)
-    public: Worker = field(init=False)
+    _public: weakref.ref[Worker] | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.public = Worker(self)
+    @property
+    def public(self) -> Worker:
+        """The worker as event handlers see it: one object as long as anyone holds it.
+
+        Held weakly: a strong reference back from the handle would make a cycle, and a reaped worker's
+        handle would then wait for a full run of the cyclic collector, which a quiet primary rarely does.
+        """
+        worker = self._public() if self._public is not None else None
+        if worker is None:
+            worker = Worker(self)
+            self._public = weakref.ref(worker)
+        return worker
 
     @property
     def info(self) -> WorkerInfo:
@@ -175,7 +193,7 @@ class WorkerHandle:
 class Worker:
     """A worker as the primary's event handlers see it (Node's ``Worker``): identity, state, ``send``."""
 
-    __slots__ = ("_handle",)
+    __slots__ = ("__weakref__", "_handle")
 
     def __init__(self, handle: WorkerHandle) -> None:
         self._handle = handle

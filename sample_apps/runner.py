@@ -10,6 +10,9 @@ import sys
 
 from clusterrun import Cluster, Worker
 
+# The runner's logging is its own: clusterrun configures only its own loggers, and puts back what it
+# touched when run() returns.
+logging.basicConfig(level=logging.INFO, format="%(asctime)s [runner] %(levelname)s %(message)s")
 log = logging.getLogger("runner")
 cluster = Cluster("starlette_app:app", workers=2, bind=os.environ.get("BIND", "127.0.0.1:8000"))
 
