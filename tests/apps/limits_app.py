@@ -4,6 +4,8 @@
 - ``/reject``: 405 without reading the body, as a route that does not take uploads;
 - ``/sha``: reads the whole body in 64 KiB reads and answers ``{"length": N, "sha256": HEX, "tmp": PATH}``,
   where ``tmp`` is the temporary directory the worker would spool to (the test checks it stays empty);
+- ``guarded``: ``/guard`` and ``/sha`` mark a busy flag around each stretch of app code and count the times
+  another found it set (``overlaps``): under ``--threads 1`` app code must never run in two places at once;
 - ``flask``: a Flask app with ``MAX_CONTENT_LENGTH`` 1 MiB whose ``/upload`` reads ``request.data`` (413 above).
 """
 
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
+import time
 from typing import Any
 
 from flask import Flask, request
@@ -69,6 +73,49 @@ flask = Flask(__name__)
 flask.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
 
 
+@flask.get("/")
+def root() -> str:
+    return "ok"
+
+
 @flask.post("/upload")
 def upload() -> dict[str, int]:
     return {"length": len(request.get_data())}
+
+
+_busy = [False]
+_overlaps = [0]
+
+
+def _enter() -> None:
+    if _busy[0]:
+        _overlaps[0] += 1
+        print("overlap: app code running in two places at once", file=sys.stderr, flush=True)
+    _busy[0] = True
+    time.sleep(0.001)  # widens the window in which a second caller would find the flag set
+
+
+def _leave() -> None:
+    _busy[0] = False
+
+
+def guarded(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    _enter()
+    try:
+        if environ["PATH_INFO"] != "/sha":
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+            return [b"ok"]
+        stream, digest, length = environ["wsgi.input"], hashlib.sha256(), 0
+        while True:
+            _leave()
+            chunk = stream.read(CHUNK)  # not app code: waits for the network
+            _enter()
+            if not chunk:
+                break
+            digest.update(chunk)
+            length += len(chunk)
+        body = json.dumps({"length": length, "sha256": digest.hexdigest(), "overlaps": _overlaps[0]}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+    finally:
+        _leave()
