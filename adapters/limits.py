@@ -168,9 +168,11 @@ class _Guarded:
             raise self._exceeded(414, f"a request line longer than {limits.request_line} bytes")
         if len(headers) > limits.header_count:
             raise self._exceeded(431, f"{len(headers)} header fields (the limit is {limits.header_count})")
-        longest = max((len(name) + len(value) for name, value in headers), default=0)
-        if longest > limits.header_field:
-            raise self._exceeded(431, f"a header field of {longest} bytes (the limit is {limits.header_field})")
+        field_limit = limits.header_field
+        for name, value in headers:
+            if len(name) + len(value) > field_limit:
+                size = len(name) + len(value)
+                raise self._exceeded(431, f"a header field of {size} bytes (the limit is {field_limit})")
         if limits.body:
             for name, value in headers:
                 if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limits.body:
@@ -205,7 +207,7 @@ class _Guarded:
             if self._discarded > _LINGER_BYTES:
                 self.transport.close()
             return False
-        if self._head_since is None:
+        if self._head_since is None:  # the first bytes of a request head: its clock starts
             self._start_head_clock()
         size = self._head_size + len(data)
         # A head that fits in its request-line limit can have broken none: the common case stops here.
