@@ -214,6 +214,30 @@ def test_inline_upload_keeps_app_code_in_one_place(run_cli: Callable[..., Cluste
 
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
+@THREADS
+def test_expect_continue(run_cli: Callable[..., Cluster], http: str, threads: str) -> None:
+    """Expect: 100-continue: "100 Continue" comes when the app reads (then the body is served whole); an app
+    that answers without reading answers at once, with no 100 and without the body ever being sent."""
+    _, host, port = start(run_cli, "limits_app:wsgi", "--http", http, "--threads", threads)
+    size = 3 * MiB
+    with socket.create_connection((host, port), timeout=DEADLINE) as sock:
+        sock.sendall(b"POST /reject HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n" % size)
+        assert status_of(read_all(sock)) == 405
+    with socket.create_connection((host, port), timeout=DEADLINE) as sock:
+        sock.sendall(b"POST /sha HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n" % size)
+        interim = read_answer(sock)
+        assert status_of(interim) == 100 and interim.endswith(b"\r\n\r\n"), interim
+        digest = hashlib.sha256()
+        for block in blocks(size):
+            digest.update(block)
+            sock.sendall(block)
+        answer = read_all(sock)
+    assert status_of(answer) == 200 and digest.hexdigest().encode() in answer
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
 @pytest.mark.parametrize("app", ["wsgi:1", "wsgi:4", "asgi"])
 def test_limit_request_body(run_cli: Callable[..., Cluster], http: str, app: str) -> None:
     """--limit-request-body 1 MiB: 413 on a larger Content-Length before any body is sent, 413 when a chunked
