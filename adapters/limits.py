@@ -34,6 +34,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import Config
+
 __all__ = ["Limits", "limited_protocol"]
 
 logger = logging.getLogger("clusterrun")
@@ -55,7 +57,7 @@ class Limits:
     body: int = 0  # bytes of a request body, 0 = no limit: 413
 
     @classmethod
-    def from_config(cls, config: Any) -> Limits:
+    def from_config(cls, config: Config) -> Limits:
         return cls(
             request_line=config.limit_request_line,
             header_count=config.limit_request_fields,

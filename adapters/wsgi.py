@@ -293,11 +293,12 @@ class WSGIBridge:
     async def _read_body(self, scope: dict[str, Any], receive: Receive) -> tuple[IO[bytes] | InputStream, int] | None:
         """The body as a BytesIO and its size if it is here (or small and near), else an InputStream and 0."""
         loop = asyncio.get_running_loop()
-        for name, value in scope["headers"]:
-            if name == b"expect" and value.lower() == b"100-continue":
-                # The client waits for "100 Continue", which uvicorn sends on the first receive(): the app's
-                # first read asks for the body, and an app that answers without reading never gets it.
-                return InputStream(receive, loop, gate=self._gate), 0
+        if scope["method"] not in ("GET", "HEAD"):  # they carry no body in practice: spare them the scan
+            for name, value in scope["headers"]:
+                if name == b"expect" and value.lower() == b"100-continue":
+                    # The client waits for "100 Continue", which uvicorn sends on the first receive(): the app's
+                    # first read asks for the body, and an app that answers without reading never gets it.
+                    return InputStream(receive, loop, gate=self._gate), 0
         chunks: list[bytes] = []
         size = 0
         while True:
