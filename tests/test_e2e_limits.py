@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import DEADLINE, TEST_APPS, Cluster
+from conftest import DEADLINE, TEST_APPS, Cluster, run_to_exit
 
 MiB = 1024 * 1024
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
@@ -257,6 +257,14 @@ def test_limit_request_body(run_cli: Callable[..., Cluster], http: str, app: str
             response = client.post(f"http://{host}:{port}/sha", content=body)
             assert response.status_code == 200 and response.json()["length"] == MiB
     assert "refused a request" in cluster.output()
+
+
+@pytest.mark.parametrize("value", ["-1", "1MB"])
+def test_limit_request_body_bad_value(value: str) -> None:
+    result = run_to_exit("limits_app:wsgi", "--limit-request-body", value, cwd=TEST_APPS)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result
+    assert "--limit-request-body" in lines[0] and repr(value) in lines[0] and "whole number" in lines[0]
 
 
 # --- request heads (item 7) ------------------------------------------------------------------------------
