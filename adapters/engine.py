@@ -32,6 +32,7 @@ from ..identity import WorkerInfo
 from ..policies import POLICY_CLASSES
 from ..supervision import heartbeat_interval
 from .lifespan import Lifespan
+from .limits import Limits, limited_protocol
 from .loading import LoadedApp, load_app
 
 logger = logging.getLogger("clusterrun")
@@ -236,7 +237,7 @@ class WorkerServer:
         self.state = ServerState()
         app_state = lifespan.state
         app_state["clusterrun.worker"] = self.info
-        protocol_class = uv.http_protocol_class
+        protocol_class: Any = limited_protocol(uv.http_protocol_class, Limits.from_config(self.config))
         if self._counts_closes:
             protocol_class = _counting_protocol(protocol_class, self.closes.add)
             if uv.ws_protocol_class is not None:

@@ -2,8 +2,11 @@
 
 Design:
 
-* The request body is read completely before the app is called: a WSGI app reads ``wsgi.input``
-  synchronously (possibly in a worker thread), and such a read cannot await the event loop.
+* A request body that arrived whole with its head (the common case) is a BytesIO, and an inline app runs on
+  the loop with no thread hop. Any other body streams (adapters.wsgi_input): the app runs in a thread whose
+  reads of ``wsgi.input`` pull from ``receive()`` on the loop, so an app that rejects an upload answers before
+  the rest of it is read, and nothing is buffered beyond uvicorn's window. Input limits (413) live in
+  adapters.limits, in front of every app.
 * The response is produced by one synchronous generator, ``_respond``, which calls the app and yields the
   ASGI messages to send, in batches: the head and the first body chunk go together, so a whole response
   costs one step into app code (and in pooled mode one hop to the loop) plus the one that runs ``close()``.
@@ -29,14 +32,14 @@ import io
 import logging
 import re
 import sys
-import tempfile
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from .. import __version__
+from .wsgi_input import AppGate, ClientDisconnected, InputStream
 
 __all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
 
@@ -46,6 +49,7 @@ Batch = tuple[Message, ...]  # messages produced by one step of app code, sent i
 Messages = Generator[Batch, None, None]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 
@@ -66,6 +70,12 @@ class _Readable(Protocol):
 _KEY_CACHE_LIMIT = 512
 # Appended to the app iterable so write() calls made during the last iteration step still get flushed.
 _TAIL = (b"",)
+# A body is read on the loop before the app is called while it stays below this (uvicorn's own flow-control
+# window): past it, or with Expect: 100-continue, it streams to the app instead.
+_PREREAD_LIMIT = 64 * 1024
+# Inline mode: threads for app calls whose body streams. They take turns at the AppGate (one runs app code at
+# a time); more than one lets a slow upload wait for the network without holding up the next one.
+_UPLOAD_THREADS = 8
 
 logger = logging.getLogger("clusterrun.wsgi")
 
@@ -249,13 +259,13 @@ class WSGIBridge:
         *,
         threads: int = 1,
         extra_environ: Mapping[str, Any] | None = None,
-        spool_limit: int = 1024 * 1024,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        self._app, self._threads, self._spool_limit = app, threads, spool_limit
+        self._app, self._threads = app, threads
         # Created on first use: the bridge is built before the worker forks and before any event loop exists.
         self._executor: ThreadPoolExecutor | None = None
+        self._gate = AppGate() if threads == 1 else None
         self._keys: dict[bytes, str] = {}
         self._base: Environ = {
             "SCRIPT_NAME": "",
@@ -266,7 +276,7 @@ class WSGIBridge:
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
             "wsgi.file_wrapper": FileWrapper,
-            "wsgi.input_terminated": True,  # the whole body is buffered, so reading to EOF is always safe
+            "wsgi.input_terminated": True,  # wsgi.input returns b"" at the end of the body: reading to EOF is safe
             **(extra_environ or {}),
         }
 
@@ -279,59 +289,77 @@ class WSGIBridge:
         if scope["type"] != "http":
             await self._other_scope(scope, receive, send)
             return
-        body = await self._read_body(receive)
+        body = await self._read_body(scope, receive)
         if body is None:
             return  # the client left before the request was complete: nobody to answer
         stream, size = body
-        channel = _Channel(receive, send)
+        streamed = isinstance(stream, InputStream)
+        # A streamed body's disconnect watcher waits for the app to read it all: it must not take body messages.
+        channel = _Channel(stream.receive_after_body if streamed else receive, send)  # type: ignore[union-attr]
         try:
             messages = self._respond(self._environ(scope, stream, size))
             loop = asyncio.get_running_loop()
-            if self._threads == 1:
+            if self._threads == 1 and not streamed:
+                gate = self._gate
+                assert gate is not None
                 batch: Batch | None = ()
                 try:
-                    while (batch := _advance_unseen(messages, loop)) is not None:
-                        if not await channel.send(batch):
+                    while True:
+                        # An upload's app call off the loop may be running app code: wait for its turn to end.
+                        if gate.locked():
+                            async with gate:
+                                batch = _advance_unseen(messages, loop)
+                        else:
+                            batch = _advance_unseen(messages, loop)
+                        if batch is None or not await channel.send(batch):
                             break
                 finally:
                     if batch is not None:  # None: the generator ran to its end, close() of the app's included
-                        _close_unseen(messages, loop)
+                        if gate.locked():
+                            async with gate:
+                                _close_unseen(messages, loop)
+                        else:
+                            _close_unseen(messages, loop)
             else:
-                executor = self._executor
-                if executor is None:
-                    executor = self._executor = ThreadPoolExecutor(
-                        max_workers=self._threads, thread_name_prefix="clusterrun-wsgi"
-                    )
-                await loop.run_in_executor(executor, _drive_in_thread, messages, channel, loop)
+                await loop.run_in_executor(self._pool(), _drive_in_thread, messages, channel, loop, self._gate)
         finally:
             channel.close()
             stream.close()
 
-    async def _read_body(self, receive: Receive) -> tuple[IO[bytes], int] | None:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            return io.BytesIO(chunk), len(chunk)
-        # Chunked or large uploads: bounded memory, spilling to disk past spool_limit.
-        spool: IO[bytes] = tempfile.SpooledTemporaryFile(self._spool_limit)
-        try:
-            spool.write(chunk)
-            while message.get("more_body", False):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    spool.close()
-                    return None
-                spool.write(message.get("body", b""))
-            size = spool.tell()
-            spool.seek(0)
-        except BaseException:
-            spool.close()
-            raise
-        return spool, size
+    def _pool(self) -> ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None:
+            workers = self._threads if self._threads > 1 else _UPLOAD_THREADS
+            executor = self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clusterrun-wsgi")
+        return executor
 
-    def _environ(self, scope: dict[str, Any], stream: IO[bytes], size: int) -> Environ:
+    async def _read_body(self, scope: dict[str, Any], receive: Receive) -> tuple[IO[bytes] | InputStream, int] | None:
+        """The body as a BytesIO and its size if it is here (or small and near), else an InputStream and 0."""
+        loop = asyncio.get_running_loop()
+        if scope["method"] not in ("GET", "HEAD"):  # they carry no body in practice: spare them the scan
+            for name, value in scope["headers"]:
+                if name == b"expect" and value.lower() == b"100-continue":
+                    # The client waits for "100 Continue", which uvicorn sends on the first receive(): the app's
+                    # first read asks for the body, and an app that answers without reading never gets it.
+                    return InputStream(receive, loop, gate=self._gate), 0
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk: bytes = message.get("body", b"")
+            if not message.get("more_body", False):
+                if chunks:
+                    chunks.append(chunk)
+                    chunk = b"".join(chunks)
+                return io.BytesIO(chunk), len(chunk)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _PREREAD_LIMIT:
+                return InputStream(receive, loop, b"".join(chunks), self._gate), 0
+
+    def _environ(self, scope: dict[str, Any], stream: IO[bytes] | InputStream, size: int) -> Environ:
         environ = self._base.copy()
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
@@ -407,6 +435,8 @@ class WSGIBridge:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
+        except ClientDisconnected:
+            return  # the client left while the app read its body: nobody to answer, nothing to log
         except Exception as exc:
             # Only app code raises in here: sends happen outside this generator, and a close() of it on a
             # disconnect raises GeneratorExit, which is no Exception (and always comes after the head went out).
@@ -460,12 +490,25 @@ def _close_unseen(messages: Messages, loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _drive_in_thread(
-    messages: Messages, channel: _Channel, loop: asyncio.AbstractEventLoop
+    messages: Messages, channel: _Channel, loop: asyncio.AbstractEventLoop, gate: AppGate | None
 ) -> None:
-    # Waiting on each send gives the app thread the connection's backpressure.
+    """Run the app and send what it produces, from a pool thread; waiting on each send gives the app thread the
+    connection's backpressure. With a gate (inline mode), app code runs only while holding it."""
+
+    def on_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+        if gate is not None:
+            coroutine = gate.released(coroutine)
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+    if gate is not None:
+        asyncio.run_coroutine_threadsafe(gate.acquire(), loop).result()
     try:
         for batch in messages:
-            if not asyncio.run_coroutine_threadsafe(channel.send(batch), loop).result():
+            if not on_loop(channel.send(batch)):
                 break
     finally:
-        messages.close()
+        try:
+            messages.close()
+        finally:
+            if gate is not None:
+                loop.call_soon_threadsafe(gate.release)

@@ -58,6 +58,13 @@ class Config:
     http: str = "auto"
     lifespan: str = "auto"
     timeout_keep_alive: float = 5.0
+    limit_request_body: int = 0
+    # Request head limits (README "Limits"): defined once here, for a later issue's --limit-* flags to expose.
+    limit_request_line: int = 4094
+    limit_request_fields: int = 100
+    limit_request_field_size: int = 8190
+    limit_request_head: int = 64 * 1024
+    timeout_request_head: float = 10.0
     usable_cpus: int = field(default=1, compare=False)
     workers_from: str = field(default="--workers", compare=False)  # the flag, or the variable that set it
 
@@ -236,6 +243,10 @@ OPTIONS: tuple[Option, ...] = (
            "default auto", _choice("--lifespan", LIFESPANS), "MODE", choices=LIFESPANS),
     Option("timeout_keep_alive", ("--timeout-keep-alive",), "seconds an idle keep-alive connection stays "
            "open; default 5", _seconds("--timeout-keep-alive"), "SECONDS"),
+    Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "
+           "with 413, before the app runs when Content-Length says so, else when a chunked body grows past it; "
+           "0 (default) no limit: bodies stream to the app, so the server itself holds at most a few dozen KiB of "
+           "one", _int_at_least(0, "--limit-request-body"), "BYTES"),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}

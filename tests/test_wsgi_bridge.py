@@ -373,28 +373,104 @@ def test_single_message_body_uses_bytesio(threads: int) -> None:
     assert seen["wsgi.input"].closed  # the bridge closes the input once the response is done
 
 
-def test_chunked_upload_spills_to_disk(threads: int) -> None:
+def test_large_upload_streams_to_the_app(threads: int) -> None:
+    """Past 64 KiB a body is not buffered before the app runs: the app reads it through the loop, off it."""
     payload = bytes(range(256)) * (3 * 1024 * 1024 // 256)
     pieces = [payload[i : i + 65536] for i in range(0, len(payload), 65536)]
+    loop_thread = threading.get_ident()
+    seen: dict[str, Any] = {}
 
     def echo(environ: Environ, start_response: Callable[..., Any]) -> Iterable[bytes]:
         stream = environ["wsgi.input"]
-        assert not isinstance(stream, io.BytesIO)
-        assert getattr(stream, "_rolled", None) is True  # past spool_limit: a real temporary file
-        assert environ["CONTENT_LENGTH"] == str(len(payload))
-        start_response(OK, [("Content-Length", environ["CONTENT_LENGTH"])])
+        seen.update(type=type(stream).__name__, off_loop=threading.get_ident() != loop_thread)
+        seen["length"] = environ.get("CONTENT_LENGTH")  # chunked: unknown up front, and not invented
+        seen["multithread"] = environ["wsgi.multithread"]
+        start_response(OK, [("Content-Length", str(len(payload)))])
         return FileWrapper(stream, 256 * 1024)
 
     peer = serve(echo, threads, make_scope("POST", headers=[("Transfer-Encoding", "chunked")]), Peer(pieces))
     assert peer.body == payload
     assert len(peer.sent) == 1 + 12  # 3 MiB in 256 KiB blocks, the last one carrying more_body=False
+    assert seen == {"type": "InputStream", "off_loop": True, "length": None, "multithread": threads > 1}
+
+
+def test_rejecting_app_never_reads_a_streamed_body(threads: int) -> None:
+    """An app that answers without reading gets called after one window of the body, not after all of it."""
+    pulled: list[int] = []
+
+    class Counting(Peer):
+        async def receive(self) -> Message:
+            pulled.append(1)
+            return await super().receive()
+
+    def reject(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("405 Method Not Allowed", [("Content-Length", "0")])
+        return []
+
+    peer = Counting([b"x" * 65536] * 100)
+    serve(reject, threads, make_scope("POST", headers=[("Content-Length", str(65536 * 100))]), peer)
+    assert peer.start["status"] == 405 and len(pulled) == 2 and len(peer.incoming) == 98
+
+
+def test_expect_continue_waits_for_the_first_read(threads: int) -> None:
+    """With Expect: 100-continue, receive() (which makes uvicorn send the 100) is first called by a read."""
+    calls: list[str] = []
+
+    class Recording(Peer):
+        async def receive(self) -> Message:
+            calls.append("receive")
+            return await super().receive()
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        calls.append("app")
+        body = environ["wsgi.input"].read()
+        assert environ["wsgi.input"].read() == b"" and environ["wsgi.input"].readline() == b""
+        start_response(OK, [("Content-Length", str(len(body)))])
+        return [body]
+
+    scope = make_scope("POST", headers=[("Content-Length", "7"), ("Expect", "100-continue")])
+    peer = serve(app, threads, scope, Recording([b"abc", b"defg"]))
+    assert peer.body == b"abcdefg" and calls[:2] == ["app", "receive"]
+
+
+def test_streamed_readline_and_iteration(threads: int) -> None:
+    lines: dict[str, Any] = {}
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        lines["first"] = stream.readline()
+        lines["limited"] = stream.readline(3)
+        lines["rest"] = list(stream)
+        start_response(OK, [("Content-Length", "0")])
+        return []
+
+    big = b"y" * 70000 + b"\n"
+    pieces = [b"one\ntw", b"o\n", big[:40000], big[40000:] + b"last"]
+    serve(app, threads, make_scope("POST", headers=[("Content-Length", str(sum(map(len, pieces))))]), Peer(pieces))
+    assert lines == {"first": b"one\n", "limited": b"two", "rest": [b"\n", big, b"last"]}
+
+
+def test_disconnect_during_streamed_body_raises_in_the_app(threads: int) -> None:
+    raised: list[BaseException] = []
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
+        try:
+            environ["wsgi.input"].read()
+        except OSError as exc:
+            raised.append(exc)
+            raise
+        return []
+
+    chunks = [b"z" * 65536, b"z" * 65536, b"never"]
+    peer = serve(app, threads, make_scope("POST"), Peer(chunks, gone_during_body=True))
+    assert peer.sent == [] and len(raised) == 1 and "disconnected" in str(raised[0])
 
 
 def test_small_chunked_upload_stays_in_memory(threads: int) -> None:
     seen: dict[str, Any] = {}
     serve(capture(seen), threads, make_scope("POST"), Peer([b"ab", b"", b"cd"]))
     assert seen["body"] == b"abcd" and seen["CONTENT_LENGTH"] == "4"
-    assert getattr(seen["wsgi.input"], "_rolled", None) is False
+    assert type(seen["wsgi.input"]) is io.BytesIO
 
 
 def test_disconnect_while_reading_body_skips_app(threads: int) -> None:
@@ -761,7 +837,7 @@ def e2e_app(environ: Environ, start_response: Callable[..., Any]) -> Iterable[by
         return [
             json.dumps(
                 {
-                    "length": int(environ["CONTENT_LENGTH"]),
+                    "length": environ.get("CONTENT_LENGTH"),  # streamed chunked: unknown, not invented
                     "read": len(data),
                     "te": environ.get("HTTP_TRANSFER_ENCODING"),
                     "sha256": hashlib.sha256(data).hexdigest(),
@@ -802,12 +878,12 @@ def test_served_by_uvicorn(threads: int) -> None:
             assert response.status_code == 200 and response.text == "hello from HTTP/1.1"
             assert response.headers["content-length"] == str(len(response.content))
 
-            payload = bytes(range(256)) * 8192  # 2 MiB, sent chunked: spooled to disk by the bridge
+            payload = bytes(range(256)) * 8192  # 2 MiB, sent chunked: streamed to the app
             response = client.post(
                 "/upload", content=(payload[i : i + 100_000] for i in range(0, len(payload), 100_000))
             )
             assert response.json() == {
-                "length": len(payload),
+                "length": None,
                 "read": len(payload),
                 "te": "chunked",
                 "sha256": hashlib.sha256(payload).hexdigest(),

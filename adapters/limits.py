@@ -1,0 +1,373 @@
+"""Input limits on a worker's HTTP connections: the request head's size and time, the request body's size.
+
+uvicorn's HTTP protocols bound none of these. With httptools, an unterminated header value grows inside the
+parser without end, 1,000 headers or a 4 MB header reach the app, and a connection that never completes its
+head (or never sends a byte) stays open forever. This module is the only place that adds limits to them: it
+subclasses the protocol class uvicorn picked (``limited_protocol``) and
+
+* counts the bytes of a request head as they arrive, before the parser sees them, so that neither parser
+  ever holds more than ``head`` bytes of one (414 for a request line, 431 for headers);
+* checks the request line, the number of header fields and each field's size once the head is parsed
+  (414 / 431), and ``Content-Length`` against the body limit (413), before the app is called;
+* counts body bytes against the body limit as they arrive (413, also for chunked bodies);
+* closes a connection whose request head is not complete within ``head_timeout`` seconds (408 when part
+  of a head arrived; a connection that sent nothing is closed silently, as an idle keep-alive one).
+
+A rejected connection is answered, its sending side shut, and whatever the client still sends is read and
+discarded for a moment before closing ("lingering close", as nginx does): closing at once with unread data
+makes the kernel send a reset that can destroy the answer before the client reads it.
+
+uvicorn internals used here, checked against uvicorn 0.30.0 and 0.54.0 (httptools_impl.py and h11_impl.py):
+the attributes ``loop``, ``transport``, ``cycle`` (``response_started``, ``response_complete``,
+``disconnected``, ``message_event``), ``server_state.default_headers``, ``logger``, ``url`` and ``headers``
+(httptools), ``conn`` (h11, built in ``__init__`` with ``h11_max_incomplete_event_size``), the parser
+callbacks ``on_headers_complete`` / ``on_body`` / ``on_message_complete`` (httptools), and
+``send_400_response(msg)``, which both call after a parser error: a limit found inside the parser raises that
+parser's error, and the answer is then ours instead of a 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config
+
+__all__ = ["Limits", "limited_protocol"]
+
+logger = logging.getLogger("clusterrun")
+
+# After a rejection: how long and how much of what the client still sends is read and discarded.
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request bounds; the defaults are Config's (clusterrun.config), documented in README "Limits"."""
+
+    request_line: int = 4094  # bytes of "METHOD TARGET HTTP/1.1", as gunicorn's limit_request_line: 414
+    header_count: int = 100  # header fields, as gunicorn's limit_request_fields: 431
+    header_field: int = 8190  # bytes of one field's name and value, as gunicorn's limit_request_field_size: 431
+    head: int = 64 * 1024  # bytes of the whole head: what a parser may ever hold of one: 414 or 431
+    head_timeout: float = 10.0  # seconds to receive a complete head: 408 and close
+    body: int = 0  # bytes of a request body, 0 = no limit: 413
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        return cls(
+            request_line=config.limit_request_line,
+            header_count=config.limit_request_fields,
+            header_field=config.limit_request_field_size,
+            head=config.limit_request_head,
+            head_timeout=config.timeout_request_head,
+            body=config.limit_request_body,
+        )
+
+
+class _Exceeded(Exception):
+    """A limit a request broke: the status to answer and why (raised inside a parser callback)."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status, self.why = status, why
+
+
+def _head_end(buf: bytes) -> int:
+    """The offset just past the blank line that ends a head in ``buf``, or -1 (both parsers accept bare LF)."""
+    crlf, lf = buf.find(b"\n\r\n"), buf.find(b"\n\n")
+    if crlf < 0:
+        return lf + 2 if lf >= 0 else -1
+    return crlf + 3 if lf < 0 or crlf < lf else lf + 2
+
+
+class _QuietLogger:
+    """uvicorn's logger, without its generic "Invalid HTTP request received." for a request that a limit
+    rejected: the rejection logs its own line, naming the limit."""
+
+    def __init__(self, wrapped: logging.Logger, guarded: Any) -> None:
+        self._wrapped, self._guarded = wrapped, guarded
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self._guarded._limit_hit is None:
+            self._wrapped.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+class _Guarded:
+    """What both protocols share: head accounting, the head clock, rejection and lingering close.
+
+    A mixin placed before uvicorn's protocol class; ``_head_open`` is true from the start of a connection and
+    from the end of each request until the next request's head is parsed.
+    """
+
+    _limits: Limits
+    # Attributes of uvicorn's protocols, declared for the type checker.
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
+    server_state: Any
+    logger: Any
+    client: tuple[str, int] | None
+
+    def _init_guard(self) -> None:
+        self._head_open = True
+        self._head_size = 0  # bytes of the open head received so far
+        self._head_tail = b""  # the open head's last bytes, in case its end straddles two reads
+        self._line_seen = False  # the open head's request line has ended
+        self._heads_done = 0  # counts parsed heads: tells data_received whether one ended during a read
+        self._head_since: float | None = None  # when the open head's first byte came (loop time)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_size = 0
+        self._limit_hit: _Exceeded | None = None
+        self._rejected = False
+        self._discarded = 0
+        self.logger = _QuietLogger(self.logger, self)
+
+    # The protocol interface, in front of uvicorn's (the mixin comes first in the MRO).
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._start_head_clock()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        if not (self._head_open or self._rejected):  # a body: the parser's (and the body limit's) business
+            super().data_received(data)  # type: ignore[misc]
+            return
+        if self._guard_data(data):
+            heads_before = self._heads_done
+            super().data_received(data)  # type: ignore[misc]
+            if self._head_open and self._heads_done == heads_before:  # the same head goes on in the next read
+                self._head_tail = data[-2:]
+                self._line_seen = self._line_seen or b"\n" in data
+
+    def send_400_response(self, msg: str) -> None:
+        if self._limit_hit is None:
+            super().send_400_response(msg)  # type: ignore[misc]
+        else:
+            self._reject()
+
+    # Accounting, called by the parser-specific classes below.
+
+    def _head_completed(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """The head was parsed and the app is about to be called: check what only a parsed head tells.
+
+        Raises _Exceeded with the head still open: the rejection then answers for this request.
+        """
+        limits = self._limits
+        if len(method) + len(target) + 10 > limits.request_line:  # 10: the two spaces and " HTTP/1.1"
+            raise self._exceeded(414, f"a request line longer than {limits.request_line} bytes")
+        if len(headers) > limits.header_count:
+            raise self._exceeded(431, f"{len(headers)} header fields (the limit is {limits.header_count})")
+        field_limit = limits.header_field
+        for name, value in headers:
+            if len(name) + len(value) > field_limit:
+                size = len(name) + len(value)
+                raise self._exceeded(431, f"a header field of {size} bytes (the limit is {field_limit})")
+        if limits.body:
+            for name, value in headers:
+                if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limits.body:
+                    raise self._exceeded(413, f"a body of {int(value)} bytes (the limit is {limits.body})")
+        self._head_open = False
+        self._head_since = None
+        self._heads_done += 1
+
+    def _body_received(self, size: int) -> None:
+        limit = self._limits.body
+        if limit:
+            self._body_size += size
+            if self._body_size > limit:
+                raise self._exceeded(413, f"a body of more than {limit} bytes")
+
+    def _message_completed(self) -> None:
+        self._head_open = True
+        self._head_size = self._body_size = 0
+        self._head_tail = b""
+        self._line_seen = False
+
+    def _exceeded(self, status: int, why: str) -> _Exceeded:
+        self._limit_hit = hit = _Exceeded(status, why)
+        return hit
+
+    # The transport side.
+
+    def _guard_data(self, data: bytes) -> bool:
+        """Account for ``data`` before the parser sees it; False if it must not be parsed."""
+        if self._rejected:  # lingering: read and discard
+            self._discarded += len(data)
+            if self._discarded > _LINGER_BYTES:
+                self.transport.close()
+            return False
+        if self._head_since is None:  # the first bytes of a request head: its clock starts
+            self._start_head_clock()
+        size = self._head_size + len(data)
+        # A head that fits in its request-line limit can have broken none: the common case stops here.
+        if size > self._limits.request_line:
+            hit = self._measure_head(data)
+            if hit is not None:
+                self._limit_hit = hit
+                self._reject()
+                return False
+        self._head_size = size  # may count body bytes too; reset once the head is parsed
+        return True
+
+    def _measure_head(self, data: bytes) -> _Exceeded | None:
+        limits = self._limits
+        buf = self._head_tail + data
+        base = self._head_size - len(self._head_tail)  # the head offset of buf[0]
+        if not self._line_seen:
+            newline = buf.find(b"\n")
+            line = base + (newline if newline >= 0 else len(buf))
+            if line > limits.request_line + 1:  # + 1: the CR before the LF
+                return _Exceeded(414, f"a request line longer than {limits.request_line} bytes")
+        end = _head_end(buf)
+        head = base + (end if end >= 0 else len(buf))
+        if head > limits.head:
+            return _Exceeded(431, f"a request head longer than {limits.head} bytes")
+        return None
+
+    def _start_head_clock(self) -> None:
+        self._head_since = now = self.loop.time()
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_at(now + self._limits.head_timeout, self._on_head_clock)
+
+    def _on_head_clock(self) -> None:
+        # One timer per connection, re-armed lazily: a head that completes in time costs no cancel.
+        self._head_timer = None
+        since = self._head_since
+        if since is None or self._rejected or self.transport.is_closing():
+            return
+        now, timeout = self.loop.time(), self._limits.head_timeout
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            due = now + timeout  # a pipelined head waits for the request in flight: not the client's fault
+        else:
+            due = since + timeout
+        if now < due:
+            self._head_timer = self.loop.call_at(due, self._on_head_clock)
+            return
+        if self._head_size:
+            self._limit_hit = _Exceeded(408, f"a request head not complete after {timeout:g} s")
+            self._reject()
+        else:  # nothing of a request arrived: an idle connection, closed as keep-alive ones are
+            self.transport.close()
+
+    def _reject(self) -> None:
+        """Answer the limit that was hit (unless this request's response already started), then close lingering."""
+        hit = self._limit_hit
+        transport = self.transport
+        self._rejected = True
+        self._head_since = None
+        if transport.is_closing():
+            return
+        if hit is not None:
+            source = f" from {self.client[0]}:{self.client[1]}" if self.client else ""
+            logger.warning("refused a request%s: %s (%d %s)", source, hit.why, hit.status,
+                           http.HTTPStatus(hit.status).phrase)
+        cycle = self.cycle
+        if not self._head_open and cycle is not None:
+            # This request's app was called (its body grew past the limit): it now sees a disconnect and its
+            # sends are dropped, so nothing it writes can follow the answer on the wire.
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+            if cycle.response_started:
+                transport.close()
+                return
+        if hit is not None:
+            status, phrase = hit.status, http.HTTPStatus(hit.status).phrase
+            text = f"{phrase}: {hit.why}\n".encode()
+            head = [f"HTTP/1.1 {status} {phrase}\r\n".encode()]
+            head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+            head.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                        b"connection: close\r\n\r\n" % len(text))
+            transport.write(b"".join(head) + text)
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:
+            transport.close()
+            return
+        self.loop.call_later(_LINGER_SECONDS, transport.close)
+
+
+def limited_protocol(base: type[Any], limits: Limits) -> type[Any]:
+    """uvicorn's HTTP protocol class ``base`` (httptools or h11), with ``limits`` enforced."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    if issubclass(base, H11Protocol):
+        return _h11_protocol(base, limits)
+    return _httptools_protocol(base, limits)
+
+
+def _httptools_protocol(base: type[Any], limits: Limits) -> type[Any]:
+    class Limited(_Guarded, base):  # type: ignore[misc, valid-type]
+        _limits = limits
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._init_guard()
+
+        # httptools calls these by the names it finds on the protocol when uvicorn builds the parser.
+        def on_headers_complete(self) -> None:
+            self._head_completed(self.parser.get_method(), self.url, self.headers)
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            self._body_received(len(body))
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._message_completed()
+
+    return Limited
+
+
+def _h11_protocol(base: type[Any], limits: Limits) -> type[Any]:
+    import h11
+
+    class LimitedConnection(h11.Connection):  # type: ignore[misc]
+        """h11's connection, showing the protocol each request event before uvicorn acts on it."""
+
+        def __init__(self, protocol: Any, max_incomplete_event_size: int) -> None:
+            super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+            self._protocol = protocol
+
+        def next_event(self) -> Any:
+            event = super().next_event()
+            try:
+                if isinstance(event, h11.Data):
+                    self._protocol._body_received(len(event.data))
+                elif isinstance(event, h11.Request):
+                    self._protocol._head_completed(event.method, event.target, event.headers.raw_items())
+                elif isinstance(event, h11.EndOfMessage):
+                    self._protocol._message_completed()
+            except _Exceeded as exc:
+                raise h11.RemoteProtocolError(exc.why) from exc  # uvicorn then calls send_400_response
+            return event
+
+    class Limited(_Guarded, base):  # type: ignore[misc, valid-type]
+        _limits = limits
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # data_received bounds a head first; h11's own bound (on a buffer with no complete event) is a
+            # backstop just above it, so that both parsers answer alike.
+            self.conn = LimitedConnection(self, limits.head + 4096)
+            self._init_guard()
+
+    return Limited
