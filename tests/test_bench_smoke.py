@@ -18,6 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
 
+# Long by nature (see tox.ini): run on one interpreter of the CI matrix.
+pytestmark = pytest.mark.slow
+
 
 def _loopback_works() -> bool:
     """The Python fallback client needs only asyncio and a TCP socket on 127.0.0.1."""

@@ -20,6 +20,10 @@ import pytest
 
 from conftest import FRESH, TEST_APPS, Cluster, wait_until
 
+
+# Long by nature (see tox.ini): run on one interpreter of the CI matrix.
+pytestmark = pytest.mark.slow
+
 WORKERS = 2
 WARM_UP_ROUNDS = 2
 ROUNDS = 8  # each replaces 4 or more workers: 2 by SIGHUP, 1 or more by --max-requests, 1 by SIGKILL

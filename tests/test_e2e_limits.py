@@ -346,6 +346,7 @@ def test_unterminated_huge_header_is_cut_short(run_cli: Callable[..., Cluster], 
     assert grown < 8 * 1024, f"worker RSS grew by {grown} kB"
 
 
+@pytest.mark.slow  # waits out the 10 s head timeout: run on one interpreter of the CI matrix (tox.ini)
 @PARSERS
 def test_incomplete_heads_are_closed(run_cli: Callable[..., Cluster], http: str) -> None:
     """Slowloris: connections that send part of a head (or nothing) are closed by the server within its head

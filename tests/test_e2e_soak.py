@@ -15,6 +15,10 @@ import pytest
 from conftest import ROOT
 
 
+# Long by nature (see tox.ini): run on one interpreter of the CI matrix.
+pytestmark = pytest.mark.slow
+
+
 @pytest.mark.parametrize("policy", ["rr", "least-conn", "shared"])
 def test_faults_under_load_cost_at_most_the_requests_in_flight(policy: str) -> None:
     soak = subprocess.run(
