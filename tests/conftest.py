@@ -158,6 +158,20 @@ def run_to_exit(*args: str, cwd: Path = SAMPLE_APPS, timeout: float = DEADLINE) 
     )
 
 
+def assert_config_error(result: subprocess.CompletedProcess[str], code: int, *expected: str) -> str:
+    """Exit ``code``, nothing on stdout, exactly one line on stderr that contains every ``expected`` text."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.returncode == code, output
+    assert result.stdout == "", output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected a one-line message, got:\n{result.stderr}"
+    assert lines[0].startswith("clusterrun: error: "), lines[0]
+    for text in expected:
+        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
+    return lines[0]
+
+
 # One client for "a new connection per request" (no keep-alive): building an httpx.Client per request
 # costs an SSL context each time, which would dominate the suite's run time.
 FRESH = httpx.Client(timeout=DEADLINE, limits=httpx.Limits(max_keepalive_connections=0))

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import DEADLINE, TEST_APPS, Cluster, run_to_exit, wait_until
+from conftest import DEADLINE, TEST_APPS, Cluster, assert_config_error, run_to_exit, wait_until
 
 APPS = ["flask_app:app", "starlette_app:app"]  # the sample apps: a WSGI one and an ASGI one
 HEAVY_RESULT = sum(i * i for i in range(100_000))  # what sample_apps' /heavy computes
@@ -358,20 +358,6 @@ def test_host_and_port_shortcut(run_cli: Callable[..., Cluster], app: str) -> No
 
 
 # 11. Errors: each exits by itself, with one line naming the bad value and the fix, and its exit code.
-
-
-def assert_config_error(result: subprocess.CompletedProcess[str], code: int, *expected: str) -> str:
-    """Exit ``code``, nothing on stdout, exactly one line on stderr that contains every ``expected`` text."""
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    assert result.returncode == code, output
-    assert result.stdout == "", output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected a one-line message, got:\n{result.stderr}"
-    assert lines[0].startswith("clusterrun: error: "), lines[0]
-    for text in expected:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 @pytest.mark.parametrize("app", APPS)

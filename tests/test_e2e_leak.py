@@ -20,7 +20,6 @@ import pytest
 
 from conftest import FRESH, TEST_APPS, Cluster, wait_until
 
-
 # Long by nature (see tox.ini): run on one interpreter of the CI matrix.
 pytestmark = pytest.mark.slow
 

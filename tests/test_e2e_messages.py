@@ -4,47 +4,33 @@ options that do not apply to the app."""
 from __future__ import annotations
 
 import signal
-import subprocess
 from collections.abc import Callable
 
 import pytest
 
-from conftest import TEST_APPS, Cluster, run_to_exit
+from conftest import TEST_APPS, Cluster, assert_config_error, run_to_exit
 
 APPS = ["flask_app:app", "starlette_app:app"]
 
 
-def one_line_error(result: subprocess.CompletedProcess[str], code: int, *expected: str) -> str:
-    """Exit ``code``, nothing on stdout, one line on stderr containing every ``expected`` text."""
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    assert result.returncode == code, output
-    assert result.stdout == "", output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("clusterrun: error: "), f"expected a one-line message:\n{output}"
-    for text in expected:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
-    return lines[0]
-
-
 @pytest.mark.parametrize("flag", ["--reload", "--reload=true"])
 def test_reload_says_it_is_not_available_and_never_suggests_preload(flag: str) -> None:
-    line = one_line_error(run_to_exit("flask_app:app", flag), 2, "no --reload", "flask run --debug",
-                          "uvicorn --reload", "SIGHUP")
+    line = assert_config_error(run_to_exit("flask_app:app", flag), 2, "no --reload", "flask run --debug",
+                               "uvicorn --reload", "SIGHUP")
     assert "--preload" not in line  # the opposite: it freezes the code that a rolling restart would reload
 
 
 @pytest.mark.parametrize("app", APPS)
 def test_a_py_file_name_as_app_hints_to_drop_the_extension(app: str) -> None:
     module, attr = app.split(":")
-    one_line_error(run_to_exit(f"{module}.py:{attr}", "--port", "0"), 2, f"'{module}.py:{attr}'",
-                   "drop the .py", f": {module}:{attr}")
+    assert_config_error(run_to_exit(f"{module}.py:{attr}", "--port", "0"), 2, f"'{module}.py:{attr}'",
+                        "drop the .py", f": {module}:{attr}")
 
 
 @pytest.mark.parametrize("host", ["localhost", "0.0.0.0"])
 def test_a_bind_without_port_hints_host_port(host: str) -> None:
-    one_line_error(run_to_exit("flask_app:app", "--bind", host), 2, f"--bind value '{host}'", "no port",
-                   "HOST:PORT", f"{host}:8000")
+    assert_config_error(run_to_exit("flask_app:app", "--bind", host), 2, f"--bind value '{host}'", "no port",
+                        "HOST:PORT", f"{host}:8000")
 
 
 @pytest.mark.parametrize("app, warned", [("e2e_asgi_raw:app", True), ("e2e_wsgi_raw:app", False)])

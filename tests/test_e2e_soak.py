@@ -14,7 +14,6 @@ import pytest
 
 from conftest import ROOT
 
-
 # Long by nature (see tox.ini): run on one interpreter of the CI matrix.
 pytestmark = pytest.mark.slow
 
