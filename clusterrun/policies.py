@@ -6,8 +6,11 @@ changes when one is added:
 - ``dispatches``: True when the primary accepts and hands each connection to a
   worker over its channel; False when workers accept for themselves.
 - ``bind(address, backlog)``: the primary's own socket for one ``--bind``.
-- ``worker_sockets(listeners, backlog)``: the listening sockets a new worker
-  serves on (made before the fork; the primary closes its copies of new ones).
+- ``worker_sockets(index, listeners, backlog)``: the listening sockets a new
+  worker of slot ``index`` serves on (made before the fork). Sockets a policy
+  makes for a slot are its own (``held_sockets``), kept for the slot's life and
+  given to each worker that serves it; ``release(index)`` closes them when the
+  slot goes away, ``close()`` when the cluster stops.
 - ``order(ready, peer)``: for a dispatching policy, the ready workers in the
   order to try them; the primary skips one whose channel is backed up.
 - ``tracks_connections``: workers count the connections they close where the
@@ -48,8 +51,18 @@ class Policy(ABC):
     def bind(self, address: BindAddress, backlog: int) -> socket.socket:
         return listening.bind(address, backlog)
 
-    def worker_sockets(self, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
+    def worker_sockets(self, index: int, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
         return []  # dispatching policies: connections arrive over the channel
+
+    def held_sockets(self) -> list[socket.socket]:
+        return []
+
+    # Optional hooks, not abstract: only a policy that holds sockets per slot has anything to do in them.
+    def release(self, index: int) -> None:  # noqa: B027
+        """Slot ``index`` is gone (scaled down or given up) and its last worker exited."""
+
+    def close(self) -> None:  # noqa: B027
+        """The cluster stops."""
 
     @abstractmethod
     def order(self, ready: Sequence[W], peer: str) -> Iterator[W]: ...
@@ -102,7 +115,7 @@ class Shared(Policy):
                "do); no hop through the primary")
     dispatches = False
 
-    def worker_sockets(self, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
+    def worker_sockets(self, index: int, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
         return list(listeners)
 
     def order(self, ready: Sequence[W], peer: str) -> Iterator[W]:
@@ -111,8 +124,14 @@ class Shared(Policy):
 
 class ReusePort(Shared):
     name = "reuseport"
-    summary = ("each worker listens on its own SO_REUSEPORT socket and the kernel hashes connections over "
-               "them; connections queued on a worker that exits are reset")
+    summary = ("each slot has its own SO_REUSEPORT socket and the kernel hashes connections over them; a "
+               "hung worker's share waits for its replacement")
+
+    def __init__(self) -> None:
+        # One listener per --bind for each slot, kept by the primary for the slot's life: a worker that dies or
+        # is replaced leaves its accept queue to the next worker of the slot, where closing it would make the
+        # kernel reset every connection queued there (unless net.ipv4.tcp_migrate_req is set).
+        self._slots: dict[int, list[socket.socket]] = {}
 
     def bind(self, address: BindAddress, backlog: int) -> socket.socket:
         if address.is_unix:
@@ -131,12 +150,25 @@ class ReusePort(Shared):
         # connection to it.
         return listening.bind(BindAddress(host=address.host, port=port), backlog, reuse_port=True, listen=False)
 
-    def worker_sockets(self, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
-        own = []
-        for held in listeners:
-            host, port = held.getsockname()[:2]
-            own.append(listening.bind(BindAddress(host=host, port=port), backlog, reuse_port=True))
-        return own
+    def worker_sockets(self, index: int, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
+        own = self._slots.get(index)
+        if own is None:
+            own = self._slots[index] = []
+            for held in listeners:
+                host, port = held.getsockname()[:2]
+                own.append(listening.bind(BindAddress(host=host, port=port), backlog, reuse_port=True))
+        return list(own)
+
+    def held_sockets(self) -> list[socket.socket]:
+        return [sock for own in self._slots.values() for sock in own]
+
+    def release(self, index: int) -> None:
+        for sock in self._slots.pop(index, []):
+            listening.close_quietly(sock)
+
+    def close(self) -> None:
+        for index in list(self._slots):
+            self.release(index)
 
 
 POLICY_CLASSES: dict[str, type[Policy]] = {

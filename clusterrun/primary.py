@@ -178,11 +178,10 @@ class Primary:
         closes = SharedCounter()  # made before the fork: the worker writes it, the primary reads it
         worker_id = self.next_id
         self.next_id += 1
-        sockets = self.policy.worker_sockets(self.listeners, self.config.backlog)
-        own_sockets = [sock for sock in sockets if sock not in self.listeners]
+        sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
         primary_fds = [self._wake_r.fileno(), self._wake_w.fileno(), parent_end.fileno()]
         primary_fds += [fd for w in self.workers.values() for fd in w.channel.filenos()]
-        primary_fds += [s.fileno() for s in self.listeners if s not in sockets]
+        primary_fds += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
         with contextlib.suppress(AttributeError, OSError):
             primary_fds.append(self.selector.fileno())  # type: ignore[attr-defined]
         sys.stdout.flush()
@@ -190,8 +189,6 @@ class Primary:
         pid = os.fork()
         if pid == 0:
             worker.run(self.config, worker_id, index, child_end, sockets, primary_fds, closes, self.preloaded)
-        for sock in own_sockets:
-            sock.close()  # the worker's own listeners (reuseport): the child holds them now
         # The primary keeps the worker's end open too: what the worker never reads outlives it (channel.py).
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
                               replaces=replaces, closes=closes)
@@ -236,6 +233,8 @@ class Primary:
             logger.debug("%s exited (%s)", handle.info, how)
         else:
             self._on_crash(handle, how)
+        if handle.index >= self.target and all(w.index != handle.index for w in self.workers.values()):
+            self.policy.release(handle.index)  # scaled down: the slot's own sockets (reuseport) go with it
         if not self.slots and not self.pending_respawns and not self.stopping and not self.rollout.active:
             logger.error("no worker is left: stopping")
             self.exit_code = self.exit_code or EXIT_RESTART_LIMIT
@@ -267,6 +266,7 @@ class Primary:
                 "%s): not respawning it; raise --max-restarts or fix the crash", handle.index, decision.deaths,
                 self.config.restart_window, self.config.min_uptime, handle.info, how,
             )
+            self.policy.release(handle.index)  # nobody will serve the slot's own sockets (reuseport) again
             return
         if decision.stable:
             note = f"it had served for {served:.1f}s; crash {decision.crashes} of slot {handle.index}"
@@ -456,6 +456,7 @@ class Primary:
             handle.closes.close()
         self.workers.clear()
         self.dispatcher.close()
+        self.policy.close()
         for sock in self.listeners:
             path = sock.getsockname() if sock.family == socket.AF_UNIX else None
             listeners.close_quietly(sock)

@@ -56,10 +56,5 @@ def test_rolling_restart_under_load_fails_no_request(
         for client in clients:
             client.join(60)
     failures = [o for o in outcomes if o != "200"]
-    if policy == "reuseport":
-        # The known cost of SO_REUSEPORT (see README): a connection sitting in a retiring worker's own accept
-        # queue at the instant its socket closes is reset by the kernel (unless net.ipv4.tcp_migrate_req=1).
-        assert all("Connection reset by peer" in f for f in failures), failures[:5]
-        assert len(failures) <= 4, failures
-    else:
-        assert failures == [], failures[:5]
+    # reuseport too: each slot keeps its listener across replacements, so no accept queue is ever closed.
+    assert failures == [], failures[:5]

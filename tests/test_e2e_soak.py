@@ -18,7 +18,7 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("policy", ["rr", "least-conn", "shared"])
+@pytest.mark.parametrize("policy", ["rr", "least-conn", "shared", "reuseport"])
 def test_faults_under_load_cost_at_most_the_requests_in_flight(policy: str) -> None:
     soak = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "10", "--every", "2", "--policy", policy,

@@ -324,7 +324,7 @@ def test_policies_by_name() -> None:
     assert isinstance(make_policy("rr"), RoundRobin) and isinstance(make_policy("shared"), Shared)
     assert isinstance(make_policy("least-conn"), LeastConnections) and isinstance(make_policy("sticky"), Sticky)
     assert isinstance(make_policy("reuseport"), ReusePort)
-    assert not Shared().dispatches and Shared().worker_sockets([], 1) == []
+    assert not Shared().dispatches and Shared().worker_sockets(0, [], 1) == []
     with pytest.raises(ConfigError, match="unknown --policy value 'x'"):
         make_policy("x")
 
@@ -334,18 +334,23 @@ def test_reuseport_needs_tcp() -> None:
         ReusePort().bind(BindAddress(path="/tmp/x.sock"), 16)
 
 
-def test_reuseport_gives_each_worker_its_own_socket_on_the_same_port() -> None:
+def test_reuseport_gives_each_slot_its_own_socket_on_the_same_port_for_the_slot_s_life() -> None:
     policy = ReusePort()
     held = policy.bind(BindAddress("127.0.0.1", 0), 16)
-    own: list[socket.socket] = []
     try:
-        own = policy.worker_sockets([held], 16) + policy.worker_sockets([held], 16)
-        assert {s.getsockname() for s in own} == {held.getsockname()}
+        first, second = policy.worker_sockets(0, [held], 16), policy.worker_sockets(1, [held], 16)
+        assert {s.getsockname() for s in first + second} == {held.getsockname()}
+        assert first[0] is not second[0]
+        # A respawn or replacement of slot 0 serves the same socket: its accept queue is never dropped.
+        assert policy.worker_sockets(0, [held], 16) == first
+        assert policy.held_sockets() == first + second
         client = socket.create_connection(held.getsockname(), timeout=5)
         client.close()
+        policy.release(1)
+        assert second[0].fileno() == -1 and policy.held_sockets() == first
     finally:
-        for sock in [held, *own]:
-            sock.close()
+        policy.close()
+        held.close()
 
 
 # Loading
