@@ -30,27 +30,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from procs import children, primary_memory
+
 HERE = Path(__file__).resolve().parent
 WAIT = 30.0  # seconds any one replacement may take before the run gives up
-
-
-def memory(pid: int) -> tuple[int, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    with open(f"/proc/{pid}/maps") as maps:
-        return int(match.group(1)) if match else 0, sum(1 for _ in maps)
-
-
-def children(pid: int) -> list[tuple[int, str]]:
-    """The primary's children, with their state (Z: exited, not yet reaped)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    found.append((int(entry.name), fields[0]))
-    return found
 
 
 def wait_for(predicate: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -100,7 +83,7 @@ def run(args: argparse.Namespace, proc: subprocess.Popen[bytes], log: Path) -> i
     first: tuple[int, int] | None = None
     started = time.monotonic()
     print(f"{'round':>5} {'replaced':>8} {'VmRSS kB':>9} {'maps':>5}")
-    rss, maps = memory(proc.pid)
+    rss, maps = primary_memory(proc.pid)
     print(f"{0:>5} {0:>8} {rss:>9} {maps:>5}")
     for number in range(1, args.rounds + 1):
         proc.send_signal(signal.SIGHUP)
@@ -110,7 +93,7 @@ def run(args: argparse.Namespace, proc: subprocess.Popen[bytes], log: Path) -> i
             os.kill(children(proc.pid)[number % args.workers][0], signal.SIGKILL)
             expected += 1
             wait_for(functools.partial(settled, expected), f"the respawn in round {number}", proc, log)
-        rss, maps = memory(proc.pid)
+        rss, maps = primary_memory(proc.pid)
         first = first or (rss, maps)
         print(f"{number:>5} {expected:>8} {rss:>9} {maps:>5}", flush=True)
     if first is not None:

@@ -130,6 +130,28 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def children(pid: int) -> list[tuple[int, str]]:
+    """The direct children of ``pid`` with their state letter (Z: exited, not yet reaped; T: stopped)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append((int(entry.name), fields[0]))
+    return found
+
+
+def primary_memory(pid: int) -> tuple[int, int]:
+    """A process's VmRSS in KiB and its number of memory maps: what a leak per replaced worker grows."""
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+    with open(f"/proc/{pid}/maps") as maps:
+        return rss, sum(1 for _ in maps)
+
+
 def _rollup_kib(pid: int) -> tuple[int, int]:
     """(RSS, PSS) of one process in KiB. PSS splits shared pages between their sharers, so it shows copy-on-write
     sharing (what --preload is for), which summed RSS counts once per process."""

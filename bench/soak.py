@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tagged
+from procs import children, primary_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ("rr", "least-conn", "sticky", "shared", "reuseport")
@@ -72,22 +73,9 @@ class Result:
         )
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid and fields[0] not in ("Z", "T", "t"):
-                    found.append(int(entry.name))
-    return sorted(found)
-
-
-def memory(pid: int) -> tuple[int, int]:
-    """The primary's VmRSS in KiB and its number of memory maps."""
-    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmRSS:"))
-    return rss, len(Path(f"/proc/{pid}/maps").read_text().splitlines())
+def running_workers(primary: int) -> list[int]:
+    """Worker pids that neither exited nor are stopped, oldest pid first."""
+    return sorted(pid for pid, state in children(primary) if state not in ("Z", "T", "t"))
 
 
 def held_connections(pid: int) -> int:
@@ -134,8 +122,8 @@ def soak(policy: str, app: str, seconds: float, every: float, workers: int) -> R
         result.failures = {kind: getattr(tally, kind) for kind in
                            ("connect_errors", "dropped_fresh", "dropped_reused", "timeouts") if getattr(tally, kind)}
         result.failures.update({f"status {s}": n for s, n in tally.statuses.items()})
-        result.rss_kib = (result.rss_kib[0], memory(proc.pid)[0])
-        result.maps = (result.maps[0], memory(proc.pid)[1])
+        rss, maps = primary_memory(proc.pid)
+        result.rss_kib, result.maps = (result.rss_kib[0], rss), (result.maps[0], maps)
     except Exception as exc:  # one policy failing must not cost the others their results
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -162,11 +150,13 @@ async def _load_with_faults(primary: int, port: int, seconds: float, every: floa
     load = asyncio.ensure_future(tagged.drive(plan, stop))
     began = time.monotonic()
     turn = 0
+    rss, maps = primary_memory(primary)  # the baseline of a run too short for a whole round of faults
+    result.rss_kib, result.maps = (rss, 0), (maps, 0)
     while time.monotonic() - began + every <= seconds:
         await asyncio.sleep(every)
         fault = FAULTS[turn % len(FAULTS)]
         turn += 1
-        live = children(primary)
+        live = running_workers(primary)
         if fault == "reload":
             os.kill(primary, signal.SIGHUP)
         elif live:
@@ -176,11 +166,12 @@ async def _load_with_faults(primary: int, port: int, seconds: float, every: floa
             if fault == "kill":
                 os.kill(live[-1], signal.SIGKILL)
         result.faults[fault] += 1
-        if turn == len(FAULTS):
-            result.rss_kib, result.maps = (memory(primary)[0], 0), (memory(primary)[1], 0)
+        if turn == len(FAULTS):  # the baseline moves past the first round: warm-up is no leak
+            rss, maps = primary_memory(primary)
+            result.rss_kib, result.maps = (rss, 0), (maps, 0)
     await asyncio.sleep(max(0.0, seconds - (time.monotonic() - began)))
     # The last fault's worker is replaced before the load stops: its cost is counted, not cut off.
-    await asyncio.to_thread(wait_for, lambda: len(children(primary)) >= workers, "every slot to serve again")
+    await asyncio.to_thread(wait_for, lambda: len(running_workers(primary)) >= workers, "every slot to serve again")
     stop.set()
     return await load
 
