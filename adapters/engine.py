@@ -30,6 +30,7 @@ from ..counters import SharedCounter
 from ..errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from ..identity import WorkerInfo
 from ..policies import POLICY_CLASSES
+from ..protocol import Beat, BootFailed, Broadcast, Connections, Draining, Message, Online, Ready, Recycle, Stop
 from ..supervision import heartbeat_interval
 from .lifespan import Lifespan
 from .limits import Limits, limited_protocol
@@ -47,13 +48,13 @@ def serve(
     preloaded: LoadedApp | None = None,
 ) -> int:
     """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code."""
-    channel.send({"t": "online"})
+    channel.send(Online())
     try:
         loaded = preloaded or load_app(
             config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface
         )
     except BootError as exc:
-        channel.send_blocking({"t": "boot_error", "error": str(exc)})
+        channel.send_blocking(BootFailed(str(exc)))
         return EXIT_BOOT
     loop = _new_loop(config.loop)
     try:
@@ -228,7 +229,7 @@ class WorkerServer:
         try:
             await lifespan.startup()
         except BootError as exc:
-            self.channel.send_blocking({"t": "boot_error", "error": str(exc)})
+            self.channel.send_blocking(BootFailed(str(exc)))
             return EXIT_BOOT
         if self._stopping.is_set():  # told to stop while starting up
             await lifespan.shutdown()
@@ -251,8 +252,7 @@ class WorkerServer:
             await loop.create_server(self.protocol_factory, sock=sock, backlog=self.config.backlog)
             for sock in self.sockets
         ]
-        self.channel.send({"t": "ready", "interface": self.loaded.interface,
-                           "connection_room": connection_room()})
+        self.channel.send(Ready(self.loaded.interface, connection_room()))
         await self._stopping.wait()
 
         for server in servers:
@@ -271,7 +271,7 @@ class WorkerServer:
         if self.channel.eof:
             self.stop()
             return
-        self.channel.send({"t": "draining"})
+        self.channel.send(Draining())
         loop.call_later(_PRIMARY_ANSWER_WAIT, self.stop)
 
     def stop(self) -> None:
@@ -305,18 +305,19 @@ class WorkerServer:
         if dropped:
             self._on_dropped(dropped)
         for frame, fds in frames:
-            kind = frame["t"]
-            if kind == "conn":
-                family = frame.get("family")
-                for fd in fds:
-                    self._adopt(loop, fd, family if isinstance(family, int) else -1)
-            elif kind == "msg":
-                messaging.dispatch(frame.get("data"), loop.create_task)
-            elif kind == "stop":
-                self._linger = bool(frame.get("linger", False))
-                self.stop()
-            else:
-                logger.debug("ignoring frame %r from the primary", kind)
+            match frame:
+                case Connections(family):
+                    for fd in fds:
+                        self._adopt(loop, fd, family)
+                case Message(data):
+                    messaging.dispatch(data, loop.create_task)
+                case Stop(linger):
+                    self._linger = linger
+                    self.stop()
+                case _:
+                    logger.debug("ignoring %s from the primary: not a frame for a worker", type(frame).__name__)
+                    for fd in fds:
+                        os.close(fd)
         if self.channel.eof:
             # The primary is gone (or broke the channel): finish what is in flight and exit, never linger.
             loop.remove_reader(self.channel.fileno())
@@ -337,7 +338,7 @@ class WorkerServer:
         """How clusterrun.send() reaches the channel: directly on the loop's thread, else through the loop."""
         loop_thread = threading.get_ident()
 
-        def deliver(frame: dict[str, Any]) -> None:
+        def deliver(frame: Message | Broadcast) -> None:
             if threading.get_ident() == loop_thread:
                 self.channel.send(frame)
             else:
@@ -348,7 +349,7 @@ class WorkerServer:
     def _adopt(self, loop: asyncio.AbstractEventLoop, fd: int, family: int) -> None:
         """Serve a connection the primary accepted, as if this worker's own listener had.
 
-        Given the family, the socket object asks the kernel one question instead of three (-1: ask it).
+        Given the family, the socket object asks the kernel one question instead of three.
         Nothing else is set here: uvloop's and asyncio's transports both make the socket non-blocking and set
         TCP_NODELAY themselves, as for their own accepts.
         """
@@ -414,7 +415,7 @@ class WorkerServer:
         passes it nothing new (late) and counts it as hung after --timeout.
         """
         if not self.channel.eof:
-            self.channel.send({"t": "beat"})
+            self.channel.send(Beat())
             self._check_recycling()
         asyncio.get_running_loop().call_later(interval, self._beat, interval)
 
@@ -432,4 +433,4 @@ class WorkerServer:
         if reason:
             # The primary replaces this worker the no-drop way: a new one first, then this one drains.
             self._recycle_asked = True
-            self.channel.send({"t": "recycle", "reason": reason})
+            self.channel.send(Recycle(reason))

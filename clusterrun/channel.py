@@ -1,8 +1,8 @@
 """The channel between the primary and one worker: framed JSON, plus passed sockets.
 
 One ``socketpair`` per worker. A frame is a 5-byte header (payload length,
-number of file descriptors attached) and a JSON object with a string ``"t"``
-(its type). Descriptors travel as SCM_RIGHTS ancillary data on the frame's
+number of file descriptors attached) and its payload, which protocol.py
+encodes and checks. Descriptors travel as SCM_RIGHTS ancillary data on the frame's
 first byte, so they arrive no later than the frame that names them; the
 receiver keeps them in arrival order and hands each frame its own.
 
@@ -27,17 +27,15 @@ descriptors that did arrive, and the rest are counted in ``dropped_fds``.
 from __future__ import annotations
 
 import array
-import json
 import os
 import socket
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
+from . import protocol
 from .errors import ChannelError
-
-Frame = dict[str, Any]
+from .protocol import Connections, Frame
 
 HEADER = struct.Struct("!IB")
 MAX_PAYLOAD = 1024 * 1024 + 4096  # a 1 MiB user message plus its envelope
@@ -49,7 +47,8 @@ _MSG_CTRUNC = getattr(socket, "MSG_CTRUNC", 0)
 
 
 def encode(frame: Frame, nfds: int = 0) -> bytes:
-    payload = json.dumps(frame, separators=(",", ":")).encode()
+    """The frame with its header, announcing ``nfds`` descriptors sent along."""
+    payload = protocol.payload(frame)
     if len(payload) > MAX_PAYLOAD:
         raise ChannelError(f"frame of {len(payload)} bytes is larger than the {MAX_PAYLOAD}-byte limit")
     return HEADER.pack(len(payload), nfds) + payload
@@ -66,7 +65,7 @@ def connection_frame(count: int, family: int) -> bytes:
     """
     frame = _connection_frames.get((count, family))
     if frame is None:
-        frame = _connection_frames[count, family] = encode({"t": "conn", "family": family}, nfds=count)
+        frame = _connection_frames[count, family] = encode(Connections(family), nfds=count)
     return frame
 
 
@@ -205,12 +204,7 @@ class Channel:
                 self._truncated -= 1
                 self.dropped_fds += nfds - len(self._fds)
                 nfds = len(self._fds)
-            try:
-                frame = json.loads(bytes(inbox[offset + HEADER.size:end]))
-            except ValueError as exc:
-                raise ChannelError(f"frame is not JSON: {exc}") from None
-            if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
-                raise ChannelError("frame is not an object with a string 't'")
+            frame = protocol.decode(bytes(inbox[offset + HEADER.size:end]))
             frames.append((frame, [self._fds.popleft() for _ in range(nfds)]))
             offset = end
         if offset:

@@ -17,24 +17,25 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import MessageError
+from .protocol import Broadcast, Message
 
 logger = logging.getLogger("clusterrun")
 
 MAX_MESSAGE = 1024 * 1024
 
-# Installed by the worker's engine: takes an encoded frame and delivers it from any thread.
-_deliver: Callable[[dict[str, Any]], None] | None = None
+# Installed by the worker's engine: takes a frame and delivers it from any thread.
+_deliver: Callable[[Message | Broadcast], None] | None = None
 _callbacks: list[Callable[[Any], Any]] = []
 
 
 def send(message: Any) -> None:
     """Send ``message`` to the primary, where the cluster's "message" event receives it."""
-    _post("msg", message)
+    _post(Message(message))
 
 
 def broadcast(message: Any) -> None:
     """Send ``message`` to every other live worker (through the primary): e.g. to invalidate a cache."""
-    _post("bcast", message)
+    _post(Broadcast(message))
 
 
 def on_message(callback: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -55,14 +56,14 @@ def check(message: Any) -> None:
                            "reference (a key, a path) instead")
 
 
-def _post(kind: str, message: Any) -> None:
+def _post(frame: Message | Broadcast) -> None:
     if _deliver is None:
         raise MessageError("clusterrun.send() and broadcast() work only inside a clusterrun worker")
-    check(message)
-    _deliver({"t": kind, "data": message})
+    check(frame.data)
+    _deliver(frame)
 
 
-def attach(deliver: Callable[[dict[str, Any]], None]) -> None:
+def attach(deliver: Callable[[Message | Broadcast], None]) -> None:
     global _deliver
     _deliver = deliver
 

@@ -22,13 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__, identity, listeners, messaging, priority, worker
-from .channel import Channel, Frame, encode
+from .channel import Channel, encode
 from .config import Config
 from .counters import SharedCounter
 from .dispatch import Dispatcher
 from .errors import EXIT_BOOT, EXIT_ERROR, EXIT_OK, EXIT_RESTART_LIMIT, ChannelError, ClusterrunError, MessageError
 from .events import Events
 from .policies import make_policy
+from .protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle
 from .rollout import Rollout
 from .supervision import STARTING, Timers, Watchdog, WorkerHandle, describe_status, exit_of, late_after
 from .throttle import RestartThrottle
@@ -313,31 +314,30 @@ class Primary:
             self._close_channel(handle)
 
     def _on_frame(self, handle: WorkerHandle, frame: Frame) -> None:
-        kind = frame["t"]
-        if kind == "ready":
-            room = frame.get("connection_room")
-            handle.connection_room = room if isinstance(room, int) and not isinstance(room, bool) else None
-            self._on_ready(handle, str(frame.get("interface", "?")))
-        elif kind == "boot_error":
-            handle.boot_error = str(frame.get("error", "unknown error"))[:2000]
-        elif kind == "beat":  # the heartbeat, once a second: last_seen was set above
-            pass
-        elif kind == "msg":
-            self.events.emit("message", handle.public, frame.get("data"))
-        elif kind == "bcast":
-            try:
-                self.broadcast(frame.get("data"), sender=handle)
-            except MessageError as exc:
-                logger.error("cannot relay a broadcast from %s: %s", handle.info, exc)
-        elif kind == "online":
-            self.events.emit("online", handle.public)
-        elif kind == "recycle":
-            self._recycle(handle, str(frame.get("reason", "it asked to be replaced"))[:500])
-        elif kind == "draining":
-            # The worker was told to stop by someone else (SIGTERM): route nothing more to it, let it drain.
-            self._retire(handle, respawn=not self.stopping)
-        else:
-            logger.debug("ignoring frame %r from %s", kind, handle.info)
+        match frame:
+            case Ready(interface, room):
+                handle.connection_room = room
+                self._on_ready(handle, interface)
+            case BootFailed(error):
+                handle.boot_error = error
+            case Beat():
+                pass  # last_seen was set above
+            case Message(data):
+                self.events.emit("message", handle.public, data)
+            case Broadcast(data):
+                try:
+                    self.broadcast(data, sender=handle)
+                except MessageError as exc:
+                    logger.error("cannot relay a broadcast from %s: %s", handle.info, exc)
+            case Online():
+                self.events.emit("online", handle.public)
+            case Recycle(reason):
+                self._recycle(handle, reason)
+            case Draining():
+                # The worker was told to stop by someone else (SIGTERM): route nothing more to it, let it drain.
+                self._retire(handle, respawn=not self.stopping)
+            case _:
+                logger.debug("ignoring %s from %s: not a frame for the primary", type(frame).__name__, handle.info)
 
     def _on_ready(self, handle: WorkerHandle, interface: str) -> None:
         if handle.state != STARTING:
@@ -411,7 +411,7 @@ class Primary:
     def broadcast(self, message: Any, sender: WorkerHandle | None = None) -> None:
         """Send ``message`` to every live worker but ``sender``: once each, checked and encoded once."""
         messaging.check(message)
-        frame = encode({"t": "msg", "data": message})
+        frame = encode(Message(message))
         for handle in list(self.workers.values()):
             if handle is not sender and handle.channel_open:
                 handle.channel.send_bytes(frame)

@@ -18,6 +18,7 @@ from .channel import Channel
 from .counters import SharedCounter
 from .errors import MessageError
 from .identity import WorkerInfo
+from .protocol import Message, Stop
 
 logger = logging.getLogger("clusterrun")
 
@@ -165,7 +166,7 @@ class WorkerHandle:
         """
         self.state = DRAINING
         if self.channel_open:
-            self.channel.send({"t": "stop", "linger": linger})
+            self.channel.send(Stop(linger))
         else:
             self.terminate()
 
@@ -173,7 +174,7 @@ class WorkerHandle:
         messaging.check(message)
         if not self.channel_open:
             raise MessageError(f"cannot send to {self.info}: its channel is closed (it stopped or died)")
-        self.channel.send({"t": "msg", "data": message})
+        self.channel.send(Message(message))
 
     def dump_threads(self) -> None:
         """Ask the worker to write every thread's traceback to the log (faulthandler, see worker.py)."""

@@ -23,6 +23,7 @@ from clusterrun.cpus import cgroup_cpu_quota, usable_cpus
 from clusterrun.errors import BootError, ChannelError, ConfigError
 from clusterrun.listeners import BindAddress, parse_bind
 from clusterrun.policies import LeastConnections, ReusePort, RoundRobin, Shared, Sticky, make_policy
+from clusterrun.protocol import Connections, Message
 from clusterrun.throttle import Decision, RestartThrottle
 
 # Config
@@ -153,10 +154,10 @@ def test_frames_and_descriptors_cross_the_channel() -> None:
     sender, receiver = Channel(left), Channel(right)
     try:
         a, b = socket.socketpair()
-        sender.send({"t": "hello", "n": 1})
+        sender.send(Message({"n": 1}))
         sender.send_bytes(connection_frame(1, socket.AF_UNIX), [a.detach()])
         frames = receiver.receive()
-        assert [f for f, _ in frames] == [{"t": "hello", "n": 1}, {"t": "conn", "family": socket.AF_UNIX}]
+        assert [f for f, _ in frames] == [Message({"n": 1}), Connections(socket.AF_UNIX)]
         passed = socket.socket(fileno=frames[1][1][0])
         passed.sendall(b"ping")
         assert b.recv(4) == b"ping"
@@ -176,7 +177,7 @@ def test_descriptors_a_dead_receiver_never_read_are_taken_back_in_order() -> Non
     sender = Channel(left, keep=right)
     peers = [socket.socketpair() for _ in range(5)]
     try:
-        sender.send({"t": "msg", "data": "before"})
+        sender.send(Message("before"))
         for ours, _theirs in peers:
             sender.send_bytes(connection_frame(1, socket.AF_UNIX), [ours.detach()])
         # The receiver dies without reading: what is in its queue comes back, oldest first.
@@ -233,12 +234,12 @@ def test_a_large_frame_is_written_across_many_sends() -> None:
     left, right = Channel.pair()
     sender, receiver = Channel(left), Channel(right)
     try:
-        sender.send({"t": "big", "data": "x" * (MAX_PAYLOAD - 100)})
+        sender.send(Message("x" * (MAX_PAYLOAD - 100)))
         got: list[Any] = []
         while sender.backlog or not got:
             got += receiver.receive()
             sender.flush()
-        assert got[0][0]["data"] == "x" * (MAX_PAYLOAD - 100)
+        assert got[0][0] == Message("x" * (MAX_PAYLOAD - 100))
     finally:
         sender.close()
         receiver.close()
@@ -249,6 +250,11 @@ def test_a_large_frame_is_written_across_many_sends() -> None:
     (HEADER.pack(3, 0) + b"{x}", "not JSON"),
     (HEADER.pack(2, 0) + b"[]", "not an object"),
     (HEADER.pack(2, 1) + b"{}", "announces 1 descriptors"),
+    *((HEADER.pack(len(body), 0) + body, message) for body, message in [
+        (b'{"t":"no"}', "unknown frame kind 'no'"),
+        (b'{"t":"ready","interface":1}', "'interface' must be a string"),
+        (b'{"t":"conn","family":"inet"}', "'family' must be a whole number"),
+    ]),
 ])
 def test_malformed_frames_raise_channel_error(payload: bytes, message: str) -> None:
     left, right = socket.socketpair()

@@ -1,0 +1,57 @@
+"""The frames primary and workers exchange (clusterrun.protocol): every kind, both ways through JSON."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from clusterrun import protocol
+from clusterrun.errors import ChannelError
+from clusterrun.protocol import (
+    Beat,
+    BootFailed,
+    Broadcast,
+    Connections,
+    Draining,
+    Message,
+    Online,
+    Ready,
+    Recycle,
+    Stop,
+)
+
+EVERY_KIND = [
+    Online(), Ready("wsgi", 200), Ready("asgi", None), BootFailed("ImportError: x"), Beat(), Recycle("it served 10"),
+    Draining(), Message({"a": [1, None]}), Broadcast("hello"), Connections(socket.AF_INET), Stop(linger=True),
+]
+
+
+@pytest.mark.parametrize("frame", EVERY_KIND, ids=lambda f: type(f).__name__)
+def test_every_frame_kind_survives_its_encoding(frame: protocol.Frame) -> None:
+    assert protocol.decode(protocol.payload(frame)) == frame
+
+
+def test_kinds_are_named_once() -> None:
+    kinds = [json.loads(protocol.payload(frame))["t"] for frame in EVERY_KIND]
+    assert len(set(kinds)) == len({type(frame) for frame in EVERY_KIND})
+
+
+@pytest.mark.parametrize("obj, message", [
+    ({"t": "stopp"}, "unknown frame kind 'stopp'"),
+    ({"kind": "stop"}, "not an object with a string 't'"),
+    ({"t": "ready"}, "'interface' must be a string"),
+    ({"t": "ready", "interface": "wsgi", "connection_room": True}, "'connection_room' must be a whole number"),
+    ({"t": "boot_error", "error": None}, "'error' must be a string"),
+    ({"t": "recycle", "reason": ["a"]}, "'reason' must be a string"),
+    ({"t": "conn"}, "'family' must be a whole number"),
+])
+def test_a_frame_of_the_wrong_shape_is_refused(obj: dict[str, object], message: str) -> None:
+    with pytest.raises(ChannelError, match=message):
+        protocol.decode(json.dumps(obj).encode())
+
+
+def test_text_a_worker_sends_is_bounded() -> None:
+    frame = protocol.decode(json.dumps({"t": "boot_error", "error": "x" * 10_000}).encode())
+    assert isinstance(frame, BootFailed) and len(frame.error) == 2000
