@@ -90,6 +90,7 @@ class Channel:
         self._outbox: deque[tuple[bytes, list[int]]] = deque()
         self._waiting = False  # bytes are queued until the socket is writable again
         self.broken = False  # a send failed: the peer is gone
+        self.is_open = True  # False once the owner stopped talking on it (hang_up); closed for good by close()
         # Set by the owner: told True when bytes wait for the socket to be writable, False when drained.
         self.on_backlog: Callable[[bool], None] = _ignore_backlog
 
@@ -235,8 +236,13 @@ class Channel:
                 os.close(fd)
         self._outbox.clear()
 
+    def hang_up(self) -> None:
+        """Talk no more on this channel; it stays readable for take_undelivered_fds until close()."""
+        self.is_open = False
+
     def close(self) -> None:
         """Close the socket and free the buffers now: a closed channel may outlive its worker for a while."""
+        self.is_open = False
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()

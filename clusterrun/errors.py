@@ -9,6 +9,7 @@ the process exit code carried by its class::
     ├── BootError (exit 3)            the app failed to start in a worker
     ├── RestartLimitError (exit 4)    every slot died too often; none is left
     ├── ChannelError (exit 1)         a malformed frame on a worker channel
+    ├── StateError (exit 1)           a worker moved between states in a way no worker does (a bug)
     └── MessageError (exit 1)         a message that is not JSON, too large, or sent outside a worker
 """
 
@@ -45,6 +46,10 @@ class RestartLimitError(ClusterrunError):
 
 class ChannelError(ClusterrunError):
     """A frame on a primary/worker channel was malformed or too large."""
+
+
+class StateError(ClusterrunError):
+    """A worker was moved between states in a way the state machine does not allow: a bug in the primary."""
 
 
 class MessageError(ClusterrunError, ValueError):

@@ -31,7 +31,7 @@ from .events import Events
 from .policies import make_policy
 from .protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle
 from .rollout import Rollout
-from .supervision import STARTING, Timers, Watchdog, WorkerHandle, describe_status, exit_of, late_after
+from .supervision import Timers, Watchdog, WorkerHandle, WorkerState, describe_status, exit_of, late_after
 from .throttle import RestartThrottle
 
 logger = logging.getLogger("clusterrun")
@@ -228,9 +228,11 @@ class Primary:
         self.events.emit("exit", handle.public, *exit_of(status))
         if self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
-        if handle.state == STARTING:
+        was = handle.state
+        handle.move(WorkerState.EXITED)
+        if was is WorkerState.STARTING:
             self._on_boot_failure(handle, how)
-        elif self.stopping or handle.retired:
+        elif self.stopping or was is WorkerState.DRAINING:
             logger.debug("%s exited (%s)", handle.info, how)
         else:
             self._on_crash(handle, how)
@@ -286,7 +288,7 @@ class Primary:
             self._spawn(index)
 
     def _boot_overdue(self, handle: WorkerHandle) -> None:
-        if handle.state == STARTING and handle.pid in self.workers:
+        if handle.state is WorkerState.STARTING and handle.pid in self.workers:
             handle.boot_error = f"it was not ready within --boot-timeout {self.config.boot_timeout:g}s"
             handle.kill()
 
@@ -340,7 +342,7 @@ class Primary:
                 logger.debug("ignoring %s from %s: not a frame for the primary", type(frame).__name__, handle.info)
 
     def _on_ready(self, handle: WorkerHandle, interface: str) -> None:
-        if handle.state != STARTING:
+        if handle.state is not WorkerState.STARTING:
             return
         handle.boot_timer.cancel()
         handle.mark_ready(interface, self.clock())
@@ -366,9 +368,8 @@ class Primary:
 
     def _retire(self, handle: WorkerHandle, respawn: bool = False) -> None:
         """Route nothing more to ``handle`` and ask it to drain; with ``respawn``, fill its slot anew."""
-        if handle.retired:
+        if handle.state in (WorkerState.DRAINING, WorkerState.EXITED):
             return
-        handle.retired = True
         self.dispatcher.gone(handle)
         if respawn and self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
@@ -378,8 +379,8 @@ class Primary:
     def _close_channel(self, handle: WorkerHandle) -> None:
         """Stop talking to the worker. The channel itself is closed once it is reaped: until then, what it never
         read stays recoverable (``Channel.take_undelivered_fds``)."""
-        if handle.channel_open:
-            handle.channel_open = False
+        if handle.channel.is_open:
+            handle.channel.hang_up()
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(handle.channel.sock)
             self.events.emit("disconnect", handle.public)
@@ -413,7 +414,7 @@ class Primary:
         messaging.check(message)
         frame = encode(Message(message))
         for handle in list(self.workers.values()):
-            if handle is not sender and handle.channel_open:
+            if handle is not sender and handle.channel.is_open:
                 handle.channel.send_bytes(frame)
 
     # Stopping.
@@ -426,8 +427,8 @@ class Primary:
         self.rollout.cancel()
         self.dispatcher.close()
         for handle in list(self.workers.values()):
-            if handle.state == STARTING:
-                handle.retired = True
+            if handle.state is WorkerState.STARTING:
+                handle.move(WorkerState.DRAINING)  # nothing to drain yet: it is stopped at once
                 handle.terminate()
             else:
                 self._retire(handle)

@@ -10,6 +10,7 @@ serving and a rolling restart stops where it is.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 
 from .supervision import WorkerHandle
@@ -27,6 +28,8 @@ class Rollout:
         self._retire = retire
         self._queue: list[int] = []  # slots a rolling restart has still to replace
         self.current: WorkerHandle | None = None  # the replacement a rolling restart waits for
+        # Workers a replacement was spawned for (--max-requests, --max-memory). Weak: reaped ones drop out.
+        self._recycling: weakref.WeakSet[WorkerHandle] = weakref.WeakSet()
 
     @property
     def active(self) -> bool:
@@ -40,9 +43,9 @@ class Rollout:
         self._next()
 
     def recycle(self, handle: WorkerHandle, reason: str) -> None:
-        if handle.retired or handle.recycling or self.slots.get(handle.index) is not handle:
+        if handle.retired or handle in self._recycling or self.slots.get(handle.index) is not handle:
             return
-        handle.recycling = True
+        self._recycling.add(handle)
         logger.info("recycling %s: %s", handle.info, reason)
         self._spawn(handle.index, handle)
 

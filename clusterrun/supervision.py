@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import heapq
 import itertools
 import logging
@@ -16,7 +17,7 @@ from typing import Any
 from . import messaging
 from .channel import Channel
 from .counters import SharedCounter
-from .errors import MessageError
+from .errors import MessageError, StateError
 from .identity import WorkerInfo
 from .protocol import Message, Stop
 
@@ -42,9 +43,23 @@ def late_after(timeout: float) -> float:
     """
     return 2.5 * heartbeat_interval(timeout)
 
-STARTING = "starting"  # forked, loading the app; nothing is routed to it
-READY = "ready"  # serving; primary-side policies route connections to it
-DRAINING = "draining"  # told to stop; finishes what it has, gets nothing new
+
+
+class WorkerState(enum.Enum):
+    """Where a worker is in its life. Only the moves in ``_MOVES`` happen; any other is a bug (StateError)."""
+
+    STARTING = "starting"  # forked, loading the app; nothing is routed to it
+    READY = "ready"  # serving; primary-side policies route connections to it
+    DRAINING = "draining"  # told to stop on purpose: finishes what it has, gets nothing new; its exit is no crash
+    EXITED = "exited"  # reaped
+
+
+_MOVES: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.DRAINING, WorkerState.EXITED}),
+    WorkerState.READY: frozenset({WorkerState.DRAINING, WorkerState.EXITED}),
+    WorkerState.DRAINING: frozenset({WorkerState.EXITED}),
+    WorkerState.EXITED: frozenset(),
+}
 
 
 class Timer:
@@ -105,9 +120,7 @@ class WorkerHandle:
     channel: Channel
     started: float
     replaces: WorkerHandle | None = None  # during a rolling restart: the worker this one takes over from
-    state: str = STARTING
-    retired: bool = False  # stopped on purpose: its exit is not a crash
-    channel_open: bool = True
+    state: WorkerState = WorkerState.STARTING
     interface: str = ""
     closes: SharedCounter = field(default_factory=SharedCounter)  # connections it has closed, in all
     dispatched: int = 0  # connections the primary has passed to it, in all
@@ -117,8 +130,6 @@ class WorkerHandle:
     boot_error: str | None = None
     boot_timer: Timer = field(default=_NO_TIMER)
     last_seen: float = 0.0  # when its last frame (heartbeat or other) arrived
-    hung: bool = False  # silent past --timeout: being dumped and killed
-    recycling: bool = False  # a replacement was spawned for it (--max-requests, --max-memory)
     _public: weakref.ref[Worker] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -145,7 +156,18 @@ class WorkerHandle:
 
     @property
     def is_ready(self) -> bool:
-        return self.state == READY
+        return self.state is WorkerState.READY
+
+    @property
+    def retired(self) -> bool:
+        """Told to stop on purpose: its exit is not a crash, and nothing is routed to it."""
+        return self.state is WorkerState.DRAINING
+
+    def move(self, to: WorkerState) -> None:
+        """Change state; StateError for a move no worker makes (a bug in the primary, caught where it happens)."""
+        if to is not self.state and to not in _MOVES[self.state]:
+            raise StateError(f"{self.info} cannot go from {self.state.value} to {to.value}")
+        self.state = to
 
     @property
     def is_full(self) -> bool:
@@ -154,7 +176,7 @@ class WorkerHandle:
         return room is not None and self.open_connections >= room
 
     def mark_ready(self, interface: str, now: float) -> None:
-        self.state = READY
+        self.move(WorkerState.READY)
         self.interface = interface
         self.ready_at = now
 
@@ -164,15 +186,15 @@ class WorkerHandle:
         ``linger``: other workers take over, so idle keep-alive connections may stay open until their
         client's next request (answered with Connection: close) instead of closing under it.
         """
-        self.state = DRAINING
-        if self.channel_open:
+        self.move(WorkerState.DRAINING)
+        if self.channel.is_open:
             self.channel.send(Stop(linger))
         else:
             self.terminate()
 
     def send_message(self, message: Any) -> None:
         messaging.check(message)
-        if not self.channel_open:
+        if not self.channel.is_open:
             raise MessageError(f"cannot send to {self.info}: its channel is closed (it stopped or died)")
         self.channel.send(Message(message))
 
@@ -217,8 +239,8 @@ class Worker:
 
     @property
     def state(self) -> str:
-        """starting, ready or draining (a stopped worker keeps its last state)."""
-        return self._handle.state
+        """starting, ready, draining, or exited once it has been reaped."""
+        return self._handle.state.value
 
     def send(self, message: Any) -> None:
         """Send a JSON message to this worker (its clusterrun.on_message callbacks); MessageError if refused."""
@@ -244,6 +266,8 @@ class Watchdog:
         self._clock = clock
         self._timers = timers
         self._workers = workers  # the primary's own, by pid
+        # Workers found silent: being dumped and killed. Weak: a reaped worker's handle must not stay alive here.
+        self._hung: weakref.WeakSet[WorkerHandle] = weakref.WeakSet()
 
     def start(self) -> None:
         if self.timeout > 0:
@@ -251,10 +275,11 @@ class Watchdog:
 
     def _check(self) -> None:
         now = self._clock()
-        watched = [h for h in self._workers.values() if h.state != STARTING and not h.hung]
+        watched = [h for h in self._workers.values()
+                   if h.state in (WorkerState.READY, WorkerState.DRAINING) and h not in self._hung]
         for handle in watched:
             if now - handle.last_seen >= self.timeout:
-                handle.hung = True
+                self._hung.add(handle)
                 silence = now - handle.last_seen
                 if is_stopped(handle.pid):
                     # A stopped process runs no signal handler: there is no traceback to wait for.
@@ -266,7 +291,7 @@ class Watchdog:
                              "is killed", handle.info, silence)
                 handle.dump_threads()
                 self._timers.add(_DUMP_GRACE, handle.kill)
-        earliest = min((h.last_seen for h in watched if not h.hung), default=now)
+        earliest = min((h.last_seen for h in watched if h not in self._hung), default=now)
         self._timers.add(max(0.05, earliest + self.timeout - now), self._check)
 
 

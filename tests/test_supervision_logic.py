@@ -1,0 +1,301 @@
+"""The primary's supervision logic in-process: worker states, the watchdog, dispatch, rollout.
+
+No fork and no sleep: handles are made by a fake spawner over real socketpairs (so channels and passed
+descriptors are real), time is a fake clock, and signals are recorded instead of sent. The assertions are on
+states and on what each worker received, never on log text.
+"""
+
+from __future__ import annotations
+
+import selectors
+import signal
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from clusterrun.channel import Channel
+from clusterrun.dispatch import Dispatcher
+from clusterrun.errors import StateError
+from clusterrun.policies import RoundRobin
+from clusterrun.protocol import Connections, Stop
+from clusterrun.rollout import Rollout
+from clusterrun.supervision import Timers, Watchdog, WorkerHandle, WorkerState, late_after
+
+S = WorkerState
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeWorker(WorkerHandle):
+    """A handle whose signals are recorded, with the worker's end of its channel kept to read what it got."""
+
+    signals: list[str]
+    worker_end: Channel
+
+    def _signal(self, signum: int) -> None:
+        self.signals.append(str(signum))
+
+    def received(self) -> list[Any]:
+        """Every frame the worker was sent, with the number of descriptors each carried (closing them)."""
+        got = []
+        for frame, fds in self.worker_end.receive():
+            for fd in fds:
+                socket.socket(fileno=fd).close()
+            got.append((frame, len(fds)))
+        return got
+
+
+class Spawner:
+    """Makes handles the way the primary does, minus the fork; ids count up, pids are made up."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.made: list[FakeWorker] = []
+
+    def __call__(self, index: int, replaces: WorkerHandle | None = None) -> FakeWorker:
+        primary_end, worker_end = Channel.pair()
+        number = len(self.made) + 1
+        handle = FakeWorker(number, index, 900_000 + number, Channel(primary_end), started=self.clock(),
+                            replaces=replaces)
+        handle.signals = []
+        handle.worker_end = Channel(worker_end)
+        handle.last_seen = self.clock()
+        self.made.append(handle)
+        return handle
+
+    def close(self) -> None:
+        for handle in self.made:
+            handle.channel.close()
+            handle.worker_end.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def spawn(clock: Clock) -> Iterator[Spawner]:
+    spawner = Spawner(clock)
+    yield spawner
+    spawner.close()
+
+
+# Worker states
+
+
+@pytest.mark.parametrize("path", [
+    [S.READY, S.DRAINING, S.EXITED],
+    [S.DRAINING, S.EXITED],  # stopped while starting
+    [S.EXITED],  # died while starting
+    [S.READY, S.EXITED],  # crashed while serving
+])
+def test_a_worker_moves_forward_through_its_life(spawn: Spawner, path: list[WorkerState]) -> None:
+    handle = spawn(0)
+    assert handle.state is S.STARTING
+    for state in path:
+        handle.move(state)
+        assert handle.state is state
+
+
+@pytest.mark.parametrize("path", [
+    [S.READY, S.STARTING],
+    [S.DRAINING, S.READY],
+    [S.EXITED, S.READY],
+    [S.EXITED, S.DRAINING],
+    [S.READY, S.DRAINING, S.STARTING],
+])
+def test_a_move_no_worker_makes_is_refused(spawn: Spawner, path: list[WorkerState]) -> None:
+    handle = spawn(0)
+    *allowed, refused = path
+    for state in allowed:
+        handle.move(state)
+    with pytest.raises(StateError, match=f"from {allowed[-1].value} to {refused.value}"):
+        handle.move(refused)
+    assert handle.state is allowed[-1]
+
+
+def test_a_retired_worker_is_told_to_drain_in_band(spawn: Spawner, clock: Clock) -> None:
+    handle = spawn(0)
+    handle.mark_ready("wsgi", clock())
+    handle.stop(linger=True)
+    assert handle.retired and handle.state is S.DRAINING
+    assert handle.received() == [(Stop(linger=True), 0)]
+    # Its channel hung up (it died): a stop can only be a signal now.
+    other = spawn(1)
+    other.mark_ready("wsgi", clock())
+    other.channel.hang_up()
+    other.stop()
+    assert other.signals == [str(int(signal.SIGTERM))]
+
+
+# The watchdog
+
+
+def test_the_watchdog_kills_only_a_silent_worker_once(spawn: Spawner, clock: Clock) -> None:
+    timers = Timers(clock)
+    quiet, chatty, starting = spawn(0), spawn(1), spawn(2)
+    for handle in (quiet, chatty):
+        handle.mark_ready("asgi", clock())
+    workers = {h.pid: h for h in (quiet, chatty, starting)}
+    Watchdog(5.0, clock, timers, workers).start()
+    for _ in range(12):  # 6 s in half-second steps; the chatty one beats every step
+        clock.now += 0.5
+        chatty.last_seen = clock()
+        timers.run_due()
+    dump, kill = str(int(signal.SIGUSR1)), str(int(signal.SIGKILL))
+    assert quiet.signals == [dump, kill]  # tracebacks first, then SIGKILL a second later
+    assert chatty.signals == [] and starting.signals == []  # a starting worker has --boot-timeout instead
+    for _ in range(20):
+        clock.now += 0.5
+        timers.run_due()
+    assert quiet.signals == [dump, kill]  # found once
+
+
+# Dispatch
+
+
+def _connections(count: int) -> tuple[list[tuple[int, str, int]], list[socket.socket]]:
+    """``count`` accepted-looking connections (the primary's ends of socketpairs) and the clients' ends."""
+    accepted, clients = [], []
+    for _ in range(count):
+        ours, theirs = socket.socketpair()
+        accepted.append((ours.detach(), "", socket.AF_UNIX))
+        clients.append(theirs)
+    return accepted, clients
+
+
+@pytest.fixture
+def dispatcher(clock: Clock) -> Iterator[Dispatcher]:
+    with selectors.DefaultSelector() as selector:
+        yield Dispatcher(RoundRobin(), selector, Timers(clock), late_after(30.0), clock)
+
+
+def test_dispatch_skips_a_late_worker_and_holds_when_none_can_take(
+    spawn: Spawner, clock: Clock, dispatcher: Dispatcher
+) -> None:
+    a, b = spawn(0), spawn(1)
+    for handle in (a, b):
+        handle.mark_ready("wsgi", clock())
+        dispatcher.ready_worker(handle)
+    accepted, clients = _connections(6)
+    try:
+        clock.now += late_after(30.0)  # both silent for that long: late
+        a.last_seen = clock()  # a beats again
+        dispatcher._dispatch(accepted[:2])
+        assert a.received() == [(Connections(socket.AF_UNIX), 2)] and b.received() == []  # one frame per worker
+        a.last_seen = clock() - late_after(30.0)  # now both are late
+        dispatcher._dispatch(accepted[2:])
+        assert a.received() == [] and b.received() == [] and len(dispatcher.held) == 4
+        assert not dispatcher.accepting
+        b.last_seen = clock()
+        dispatcher.heard_from(b)  # its heartbeat: what was held goes to it
+        assert sum(n for _, n in b.received()) == 4 and not dispatcher.held
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_dispatch_skips_a_worker_whose_descriptor_table_is_full(
+    spawn: Spawner, clock: Clock, dispatcher: Dispatcher
+) -> None:
+    a, b = spawn(0), spawn(1)
+    for handle in (a, b):
+        handle.mark_ready("wsgi", clock())
+        handle.connection_room = 2
+        dispatcher.ready_worker(handle)
+    accepted, clients = _connections(5)
+    try:
+        dispatcher._dispatch(accepted)
+        assert sum(n for _, n in a.received()) == 2 and sum(n for _, n in b.received()) == 2
+        assert len(dispatcher.held) == 1 and a.is_full and b.is_full
+        a.closes.add()  # a closed one connection: room for the held one
+        dispatcher.heard_from(a)
+        assert sum(n for _, n in a.received()) == 1 and not dispatcher.held
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_connections_a_dead_worker_never_read_go_to_another(
+    spawn: Spawner, clock: Clock, dispatcher: Dispatcher
+) -> None:
+    a = spawn(0)
+    keep = a.worker_end.sock  # the primary keeps the worker's end, as Primary._spawn does
+    a.channel = Channel(a.channel.sock, keep=keep)
+    b = spawn(1)
+    for handle in (a, b):
+        handle.mark_ready("wsgi", clock())
+    dispatcher.ready_worker(a)
+    accepted, clients = _connections(3)
+    try:
+        dispatcher._dispatch(accepted)  # all to a, which dies before reading any
+        dispatcher.gone(a)
+        dispatcher.ready_worker(b)
+        dispatcher.redispatch(a.channel.take_undelivered_fds())
+        assert sum(n for _, n in b.received()) == 3
+    finally:
+        for client in clients:
+            client.close()
+
+
+# Rollout
+
+
+def test_a_rolling_restart_replaces_one_slot_at_a_time(spawn: Spawner, clock: Clock) -> None:
+    slots: dict[int, WorkerHandle] = {}
+    for index in range(3):
+        slots[index] = spawn(index)
+        slots[index].mark_ready("wsgi", clock())
+    retired: list[WorkerHandle] = []
+    rollout = Rollout(slots, lambda index, old: spawn(index, replaces=old), retired.append)
+    old = dict(slots)
+    rollout.start()
+    for index in range(3):
+        new = spawn.made[-1]
+        assert rollout.current is new and new.replaces is old[index] and new.index == index
+        assert slots[index] is old[index]  # the old worker serves until its replacement is ready
+        new.mark_ready("wsgi", clock())
+        rollout.replacement_ready(new)
+        assert slots[index] is new and retired[-1] is old[index]
+    assert not rollout.active and len(spawn.made) == 6
+
+
+def test_a_failed_replacement_aborts_the_restart_and_keeps_the_old_workers(spawn: Spawner, clock: Clock) -> None:
+    slots: dict[int, WorkerHandle] = {0: spawn(0), 1: spawn(1)}
+    retired: list[WorkerHandle] = []
+    rollout = Rollout(slots, lambda index, old: spawn(index, replaces=old), retired.append)
+    old = dict(slots)
+    rollout.start()
+    rollout.replacement_failed(spawn.made[-1], "ImportError")
+    assert not rollout.active and slots == old and retired == []
+
+
+def test_a_worker_is_recycled_once(spawn: Spawner, clock: Clock) -> None:
+    slots: dict[int, WorkerHandle] = {0: spawn(0)}
+    rollout = Rollout(slots, lambda index, old: spawn(index, replaces=old), lambda handle: None)
+    rollout.recycle(slots[0], "it served 10 requests")
+    rollout.recycle(slots[0], "it served 11 requests")
+    assert len(spawn.made) == 2 and spawn.made[1].replaces is slots[0]
+
+
+def test_connections_frames_carry_their_descriptors(spawn: Spawner, clock: Clock, dispatcher: Dispatcher) -> None:
+    a = spawn(0)
+    a.mark_ready("asgi", clock())
+    dispatcher.ready_worker(a)
+    accepted, clients = _connections(2)
+    try:
+        dispatcher._dispatch(accepted)
+        assert a.received() == [(Connections(socket.AF_UNIX), 2)]
+        assert a.dispatched == 2 and a.open_connections == 2
+    finally:
+        for client in clients:
+            client.close()
