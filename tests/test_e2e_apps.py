@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_e2e_cli import APPS, HEAVY_RESULT, answers_from_every_worker, get, ready_line
 
-from conftest import SAMPLE_APPS, TEST_APPS, Cluster
+from helpers import SAMPLE_APPS, TEST_APPS, Cluster
+from test_e2e_cli import APPS, HEAVY_RESULT, answers_from_every_worker, get, ready_line
 
 
 def serve_and_ask(run_cli: Callable[..., Cluster], *args: str, cwd: Path = TEST_APPS) -> tuple[str, dict[str, Any]]:

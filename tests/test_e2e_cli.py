@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import DEADLINE, TEST_APPS, Cluster, assert_config_error, run_to_exit, wait_until
+from helpers import DEADLINE, TEST_APPS, Cluster, assert_config_error, run_to_exit, wait_until
 
 APPS = ["flask_app:app", "starlette_app:app"]  # the sample apps: a WSGI one and an ASGI one
 HEAVY_RESULT = sum(i * i for i in range(100_000))  # what sample_apps' /heavy computes

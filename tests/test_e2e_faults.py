@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import DEADLINE, FRESH, TEST_APPS, Cluster, alive, children_of, run_to_exit, wait_until
+from helpers import DEADLINE, FRESH, TEST_APPS, Cluster, alive, children_of, run_to_exit, wait_until
 from test_e2e_supervision import start, who
 
 DISPATCHING = ["rr", "least-conn", "sticky"]

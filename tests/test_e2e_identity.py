@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_e2e_cli import APPS, answers_from_every_worker, get, ready_line
 
-from conftest import TEST_APPS, Cluster, wait_until
+from helpers import TEST_APPS, Cluster, wait_until
+from test_e2e_cli import APPS, answers_from_every_worker, get, ready_line
 
 WORKERS = 2
 HAS_SETPROCTITLE = importlib.util.find_spec("setproctitle") is not None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FRESH, TEST_APPS, Cluster, wait_until
+from helpers import FRESH, TEST_APPS, Cluster, wait_until
 
 # Long by nature (see tox.ini): run on one interpreter of the CI matrix.
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import TEST_APPS, Cluster, assert_config_error, run_to_exit
+from helpers import TEST_APPS, Cluster, assert_config_error, run_to_exit
 
 APPS = ["flask_app:app", "starlette_app:app"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Cluster, wait_until
+from helpers import Cluster, wait_until
 from test_e2e_supervision import APPS, start, who
 
 

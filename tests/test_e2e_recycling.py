@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import FRESH, Cluster, alive, children_of, wait_until
+from helpers import FRESH, Cluster, alive, children_of, wait_until
 from test_e2e_supervision import APPS, start, who
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import Cluster, children_of, wait_until
+from helpers import Cluster, children_of, wait_until
 from test_e2e_supervision import APPS, start
 
 POLICIES = ["rr", "least-conn", "sticky", "shared", "reuseport"]

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import TEST_APPS, Cluster, wait_until
+from helpers import TEST_APPS, Cluster, wait_until
 from test_e2e_supervision import start, who
 
 

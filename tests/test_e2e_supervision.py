@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import FRESH, TEST_APPS, Cluster, children_of, wait_until
+from helpers import FRESH, TEST_APPS, Cluster, children_of, wait_until
 
 APPS = ["sup_app:wsgi", "sup_app:asgi"]
 
