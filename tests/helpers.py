@@ -26,6 +26,9 @@ SAMPLE_APPS = ROOT / "sample_apps"
 TEST_APPS = Path(__file__).resolve().parent / "apps"
 DEADLINE = 30.0  # seconds any awaited state may take on a loaded 2-core CI machine
 
+# Each behaviour is tested for a WSGI app and an ASGI app: these are the pairs, as APP arguments.
+SUP_APP_PAIR = ["sup_app:wsgi", "sup_app:asgi"]  # tests/apps/sup_app.py: identity, /slow, /crash, /hang...
+
 
 class Cluster:
     def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -137,3 +140,17 @@ def assert_config_error(result: subprocess.CompletedProcess[str], code: int, *ex
 # One client for "a new connection per request" (no keep-alive): building an httpx.Client per request
 # costs an SSL context each time, which would dominate the suite's run time.
 FRESH = httpx.Client(timeout=DEADLINE, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def start(run_cli: Callable[..., Cluster], app: str, *args: str, env: dict[str, str] | None = None) -> Cluster:
+    """``clusterrun APP --port 0 --log-level info ARGS`` for an app of tests/apps (through the ``run_cli`` fixture)."""
+    return run_cli(app, "--port", "0", "--log-level", "info", *args, cwd=TEST_APPS, env=env)
+
+
+def who(url: str) -> dict[str, int]:
+    """The worker that answered ``url`` (``id``, ``index``, ``pid``: what sup_app's ``/`` says)."""
+    # A new connection per call: under rr each one goes to the next worker.
+    response = FRESH.get(url)
+    response.raise_for_status()
+    result: dict[str, int] = response.json()
+    return result

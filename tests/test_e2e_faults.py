@@ -19,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from helpers import DEADLINE, FRESH, TEST_APPS, Cluster, alive, children_of, run_to_exit, wait_until
-from test_e2e_supervision import start, who
+from helpers import DEADLINE, FRESH, TEST_APPS, Cluster, alive, children_of, run_to_exit, start, wait_until, who
 
 DISPATCHING = ["rr", "least-conn", "sticky"]
 

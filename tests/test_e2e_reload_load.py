@@ -9,14 +9,13 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from helpers import Cluster, children_of, wait_until
-from test_e2e_supervision import APPS, start
+from helpers import SUP_APP_PAIR, Cluster, children_of, start, wait_until
 
 POLICIES = ["rr", "least-conn", "sticky", "shared", "reuseport"]
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_rolling_restart_under_load_fails_no_request(
     run_cli: Callable[..., Cluster], app: str, policy: str
 ) -> None:
