@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,6 +30,8 @@ DEADLINE = 30.0  # seconds any awaited state may take on a loaded 2-core CI mach
 
 # Each behaviour is tested for a WSGI app and an ASGI app: these are the pairs, as APP arguments.
 SUP_APP_PAIR = ["sup_app:wsgi", "sup_app:asgi"]  # tests/apps/sup_app.py: identity, /slow, /crash, /hang...
+SAMPLE_APP_PAIR = ["flask_app:app", "starlette_app:app"]  # sample_apps/
+HEAVY_RESULT = sum(i * i for i in range(100_000))  # what sample_apps' /heavy computes
 
 
 class Cluster:
@@ -154,3 +158,52 @@ def who(url: str) -> dict[str, int]:
     response.raise_for_status()
     result: dict[str, int] = response.json()
     return result
+
+
+def get(url: str, path: str = "/") -> httpx.Response:
+    """One GET on a new connection (so that the primary hands it to the next worker); ``unix:PATH`` works too."""
+    if url.startswith("unix:"):
+        with httpx.Client(transport=httpx.HTTPTransport(uds=url[len("unix:"):]), timeout=DEADLINE) as http:
+            return http.get("http://localhost" + path)
+    with httpx.Client(timeout=DEADLINE) as http:
+        return http.get(url + path)
+
+
+def sample_worker(body: dict[str, Any]) -> dict[str, int]:
+    """The worker a sample app's ``/`` says it ran in."""
+    worker = body["worker"]
+    assert isinstance(worker, dict), body
+    return worker
+
+
+def answers_from_every_worker(
+    url: str, pids: list[int], worker_of: Callable[[dict[str, Any]], dict[str, int]] = sample_worker,
+    path: str = "/",
+) -> dict[int, httpx.Response]:
+    """GET ``path`` on new connections until every pid in ``pids`` has answered; the first answer of each, by pid."""
+    answers: dict[int, httpx.Response] = {}
+    deadline = time.monotonic() + DEADLINE
+    while set(answers) != set(pids):
+        response = get(url, path)
+        assert response.status_code == 200, response.text
+        pid = worker_of(response.json())["pid"]
+        assert pid in pids, f"answered by pid {pid}, not a worker of this cluster ({pids}): {response.text}"
+        answers.setdefault(pid, response)
+        if time.monotonic() > deadline:
+            pytest.fail(f"only workers {sorted(answers)} of {sorted(pids)} answered within {DEADLINE}s")
+    return answers
+
+
+@dataclass(frozen=True)
+class Ready:
+    count: int
+    app: str
+    interface: str
+    pids: list[int]
+
+
+def ready_line(cluster: Cluster) -> Ready:
+    """Wait for the ready line and parse it: ``ready: 2 workers serving APP (wsgi), pids 11, 12``."""
+    match = cluster.wait_for_line(r"ready: (\d+) workers? serving (\S+) \((\w+)\), pids ([\d, ]+)$")[0]
+    pids = [int(pid) for pid in match.group(4).split(",")]
+    return Ready(int(match.group(1)), match.group(2), match.group(3), pids)
