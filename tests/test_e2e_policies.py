@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import SUP_APP_PAIR, Cluster, start, wait_until, who
+from helpers import POLICIES, SAMPLE_APP_PAIR, SUP_APP_PAIR, Cluster, start, wait_until, who
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
@@ -28,11 +28,8 @@ def test_rr_hands_new_connections_to_workers_in_turn(run_cli: Callable[..., Clus
     assert counts == {1: 10, 2: 10}
 
 
-POLICIES = ["rr", "least-conn", "sticky", "shared", "reuseport"]
-
-
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("app", ["flask_app:app", "starlette_app:app"])
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_every_policy_serves_both_sample_apps(run_cli: Callable[..., Cluster], app: str, policy: str) -> None:
     cluster = run_cli(app, "--workers", "2", "--port", "0", "--policy", policy)
     url = cluster.wait_ready()

@@ -9,9 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from helpers import SUP_APP_PAIR, Cluster, children_of, start, wait_until
-
-POLICIES = ["rr", "least-conn", "sticky", "shared", "reuseport"]
+from helpers import POLICIES, SUP_APP_PAIR, Cluster, children_of, start, wait_until
 
 
 @pytest.mark.parametrize("policy", POLICIES)
