@@ -1,9 +1,10 @@
-"""The end-to-end harness: the real CLI in a subprocess, its log in a file, its pid always reaped.
+"""The fixtures of the suite: ``run_cli`` (the real CLI in a subprocess, always reaped) and ``client``.
 
 ``run_cli`` starts ``python -m clusterrun`` in its own session with its output
 going to a file under ``tmp_path`` (no pipe to fill), and yields a ``Cluster``
-that can wait for log lines, read the real listener addresses and send signals.
-In ``finally`` the whole process group is killed and the primary reaped.
+(tests/helpers.py) that can wait for log lines, read the real listener addresses
+and send signals. In ``finally`` the whole process group is killed and the primary
+reaped. Everything that is not a fixture lives in helpers.py.
 """
 
 from __future__ import annotations
@@ -11,100 +12,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
-import resource
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_APPS = ROOT / "sample_apps"
-TEST_APPS = Path(__file__).resolve().parent / "apps"
-DEADLINE = 30.0  # seconds any awaited state may take on a loaded 2-core CI machine
+# helpers' asserts get pytest's introspection on failure, as they had when they lived in conftest and test modules.
+pytest.register_assert_rewrite("helpers")
 
-
-class Cluster:
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.proc = proc
-        self.log = log
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for_line(self, pattern: str, count: int = 1, timeout: float = DEADLINE) -> list[re.Match[str]]:
-        """Wait until ``pattern`` matched ``count`` log lines; fail with the log if the process exits first."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            matches = [m for line in self.output().splitlines() if (m := regex.search(line))]
-            if len(matches) >= count:
-                return matches
-            if self.proc.poll() is not None:
-                matches = [m for line in self.output().splitlines() if (m := regex.search(line))]
-                if len(matches) >= count:
-                    return matches
-                pytest.fail(f"clusterrun exited ({self.proc.returncode}) before {pattern!r}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {pattern!r} within {timeout}s:\n{self.output()}")
-            time.sleep(0.02)
-
-    def wait_ready(self) -> str:
-        self.wait_for_line(r"ready: \d+ workers? serving")
-        return self.urls()[0]
-
-    def urls(self) -> list[str]:
-        return [m.group(1) for m in self.wait_for_line(r"listening on (\S+)")]
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.proc.pid, signum)
-
-    def wait_exit(self, timeout: float = DEADLINE) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"clusterrun did not exit within {timeout}s:\n{self.output()}")
-
-    def worker_pids(self) -> list[int]:
-        """Live children of the primary, from /proc (Linux), so tests can check for leftovers."""
-        return children_of(self.proc.pid)
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (Linux /proc)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+from helpers import DEADLINE, FRESH, SAMPLE_APPS, Cluster, limit_descriptors  # noqa: E402
 
 
 @pytest.fixture
@@ -129,7 +49,7 @@ def run_cli(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
                 [sys.executable, *([script] if script else ["-m", "clusterrun"]), *args], cwd=cwd, stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=full_env, start_new_session=True,
-                preexec_fn=None if nofile is None else functools.partial(_limit_descriptors, nofile),
+                preexec_fn=None if nofile is None else functools.partial(limit_descriptors, nofile),
             )
         cluster = Cluster(proc, log)
         started.append(cluster)
@@ -142,39 +62,6 @@ def run_cli(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(cluster.proc.pid, signal.SIGKILL)
             cluster.proc.wait(DEADLINE)
-
-
-def _limit_descriptors(soft: int) -> None:
-    _old, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def run_to_exit(*args: str, cwd: Path = SAMPLE_APPS, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
-    """Run clusterrun to completion (for commands that must exit by themselves: errors, --help)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "CLUSTERRUN_SCHED_POLICY")}
-    return subprocess.run(
-        [sys.executable, "-m", "clusterrun", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-    )
-
-
-def assert_config_error(result: subprocess.CompletedProcess[str], code: int, *expected: str) -> str:
-    """Exit ``code``, nothing on stdout, exactly one line on stderr that contains every ``expected`` text."""
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    assert result.returncode == code, output
-    assert result.stdout == "", output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected a one-line message, got:\n{result.stderr}"
-    assert lines[0].startswith("clusterrun: error: "), lines[0]
-    for text in expected:
-        assert text in lines[0], f"{text!r} not in {lines[0]!r}"
-    return lines[0]
-
-
-# One client for "a new connection per request" (no keep-alive): building an httpx.Client per request
-# costs an SSL context each time, which would dominate the suite's run time.
-FRESH = httpx.Client(timeout=DEADLINE, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
 RUN = ROOT / "bench" / "run.py"
 
 # Long by nature (see tox.ini): run on one interpreter of the CI matrix.

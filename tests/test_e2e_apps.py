@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_e2e_cli import APPS, HEAVY_RESULT, answers_from_every_worker, get, ready_line
 
-from conftest import SAMPLE_APPS, TEST_APPS, Cluster
+from helpers import (
+    HEAVY_RESULT,
+    SAMPLE_APP_PAIR,
+    SAMPLE_APPS,
+    TEST_APPS,
+    Cluster,
+    answers_from_every_worker,
+    get,
+    ready_line,
+)
 
 
 def serve_and_ask(run_cli: Callable[..., Cluster], *args: str, cwd: Path = TEST_APPS) -> tuple[str, dict[str, Any]]:
@@ -54,7 +62,7 @@ def test_factory_builds_the_app(run_cli: Callable[..., Cluster], spec: str, kind
     assert (detected, body["interface"], body["kind"]) == (interface, interface, kind)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_app_dir_from_another_cwd(run_cli: Callable[..., Cluster], app: str, tmp_path: Path) -> None:
     """Started from an unrelated folder, --app-dir finds the sample app; / and /heavy answer (point 10)."""
     cluster = run_cli(app, "--app-dir", str(SAMPLE_APPS), "--workers", "2", "--port", "0", cwd=tmp_path)

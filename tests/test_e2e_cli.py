@@ -3,8 +3,6 @@
 Every test starts the real ``python -m clusterrun`` (or the ``clusterrun`` script) as a subprocess
 through the harness in conftest, talks HTTP to it with httpx and checks what a user would see: the
 start-up, listening and ready lines, the answers, the exit code and the one-line error message.
-
-The helpers at the top are shared with test_e2e_apps.py and test_e2e_identity.py.
 """
 
 from __future__ import annotations
@@ -17,71 +15,27 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from conftest import DEADLINE, TEST_APPS, Cluster, assert_config_error, run_to_exit, wait_until
+from helpers import (
+    DEADLINE,
+    HEAVY_RESULT,
+    SAMPLE_APP_PAIR,
+    TEST_APPS,
+    Cluster,
+    answers_from_every_worker,
+    assert_config_error,
+    get,
+    ready_line,
+    run_to_exit,
+    sample_worker,
+    wait_until,
+)
 
-APPS = ["flask_app:app", "starlette_app:app"]  # the sample apps: a WSGI one and an ASGI one
-HEAVY_RESULT = sum(i * i for i in range(100_000))  # what sample_apps' /heavy computes
-
-
-# Shared helpers.
-
-
-def get(url: str, path: str = "/") -> httpx.Response:
-    """One GET on a new connection (so that the primary hands it to the next worker); ``unix:PATH`` works too."""
-    if url.startswith("unix:"):
-        with httpx.Client(transport=httpx.HTTPTransport(uds=url[len("unix:"):]), timeout=DEADLINE) as http:
-            return http.get("http://localhost" + path)
-    with httpx.Client(timeout=DEADLINE) as http:
-        return http.get(url + path)
-
-
-def sample_worker(body: dict[str, Any]) -> dict[str, int]:
-    """The worker a sample app's ``/`` says it ran in."""
-    worker = body["worker"]
-    assert isinstance(worker, dict), body
-    return worker
-
-
-def answers_from_every_worker(
-    url: str, pids: list[int], worker_of: Callable[[dict[str, Any]], dict[str, int]] = sample_worker,
-    path: str = "/",
-) -> dict[int, httpx.Response]:
-    """GET ``path`` on new connections until every pid in ``pids`` has answered; the first answer of each, by pid."""
-    answers: dict[int, httpx.Response] = {}
-    deadline = time.monotonic() + DEADLINE
-    while set(answers) != set(pids):
-        response = get(url, path)
-        assert response.status_code == 200, response.text
-        pid = worker_of(response.json())["pid"]
-        assert pid in pids, f"answered by pid {pid}, not a worker of this cluster ({pids}): {response.text}"
-        answers.setdefault(pid, response)
-        if time.monotonic() > deadline:
-            pytest.fail(f"only workers {sorted(answers)} of {sorted(pids)} answered within {DEADLINE}s")
-    return answers
-
-
-@dataclass(frozen=True)
-class Ready:
-    count: int
-    app: str
-    interface: str
-    pids: list[int]
-
-
-def ready_line(cluster: Cluster) -> Ready:
-    """Wait for the ready line and parse it: ``ready: 2 workers serving APP (wsgi), pids 11, 12``."""
-    match = cluster.wait_for_line(r"ready: (\d+) workers? serving (\S+) \((\w+)\), pids ([\d, ]+)$")[0]
-    pids = [int(pid) for pid in match.group(4).split(",")]
-    return Ready(int(match.group(1)), match.group(2), match.group(3), pids)
+# The helpers of this module (those that other modules use too are in helpers.py).
 
 
 def startup_note(cluster: Cluster) -> tuple[int, str]:
@@ -192,7 +146,7 @@ def assert_worker_count(cluster: Cluster, count: int, note: str) -> None:
     assert len(ready.pids) == count
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_python_m_serves_sample_app_root_and_heavy(run_cli: Callable[..., Cluster], app: str) -> None:
     """Points 1 and 10: each sample app answers / and /heavy with JSON naming the worker."""
     cluster = run_cli(app, "--workers", "2", "--port", "0")
@@ -217,7 +171,7 @@ def test_python_m_serves_sample_app_root_and_heavy(run_cli: Callable[..., Cluste
 # 3. How many workers.
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_workers_auto_is_usable_cpus(run_cli: Callable[..., Cluster], app: str) -> None:
     cpus = expected_usable_cpus()
     cluster = run_cli(app, "--workers", "auto", "--port", "0")
@@ -225,7 +179,7 @@ def test_workers_auto_is_usable_cpus(run_cli: Callable[..., Cluster], app: str) 
     assert_worker_count(cluster, cpus, f"--workers auto: {cpus} usable CPU{'s' if cpus > 1 else ''}")
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_workers_2x_is_twice_usable_cpus(run_cli: Callable[..., Cluster], app: str) -> None:
     cpus = expected_usable_cpus()
     cluster = run_cli(app, "--workers", "2x", "--port", "0")
@@ -234,7 +188,7 @@ def test_workers_2x_is_twice_usable_cpus(run_cli: Callable[..., Cluster], app: s
     assert_serves(url)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_web_concurrency_sets_workers(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = run_cli(app, "--port", "0", env={"WEB_CONCURRENCY": "3"})
     url = cluster.wait_ready()
@@ -245,7 +199,7 @@ def test_web_concurrency_sets_workers(run_cli: Callable[..., Cluster], app: str)
     assert_serves(url)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_workers_flag_wins_over_web_concurrency(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = run_cli(app, "--workers", "1", "--port", "0", env={"WEB_CONCURRENCY": "3"})
     cluster.wait_ready()
@@ -269,7 +223,7 @@ def assert_listening_then_ready(cluster: Cluster, listeners: int) -> list[str]:
     return urls
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_bind_port_zero_picks_a_free_port(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = run_cli(app, "--workers", "1", "--bind", "127.0.0.1:0")
     [url] = assert_listening_then_ready(cluster, 1)
@@ -278,7 +232,7 @@ def test_bind_port_zero_picks_a_free_port(run_cli: Callable[..., Cluster], app: 
     assert_serves(url)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_two_binds_both_serve(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = run_cli(app, "--workers", "2", "--bind", "127.0.0.1:0", "--bind", "127.0.0.1:0")
     urls = assert_listening_then_ready(cluster, 2)
@@ -298,7 +252,7 @@ def ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_bind_ipv6_loopback(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = run_cli(app, "--workers", "1", "--bind", "[::1]:0")
     [url] = assert_listening_then_ready(cluster, 1)
@@ -306,7 +260,7 @@ def test_bind_ipv6_loopback(run_cli: Callable[..., Cluster], app: str) -> None:
     assert_serves(url)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_bind_unix_socket_serves_and_is_removed_after_stop(
     run_cli: Callable[..., Cluster], app: str, tmp_path: Path
 ) -> None:
@@ -321,7 +275,7 @@ def test_bind_unix_socket_serves_and_is_removed_after_stop(
     assert not path.exists(), "the unix socket file is left behind after a clean stop"
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_bind_unix_socket_beside_tcp(run_cli: Callable[..., Cluster], app: str, tmp_path: Path) -> None:
     path = tmp_path / "cr.sock"
     cluster = run_cli(app, "--workers", "2", "--bind", "127.0.0.1:0", "--bind", f"unix:{path}")
@@ -331,7 +285,7 @@ def test_bind_unix_socket_beside_tcp(run_cli: Callable[..., Cluster], app: str, 
         assert_serves(url)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_unix_socket_in_use_is_refused_and_a_stale_one_reused(
     run_cli: Callable[..., Cluster], app: str, tmp_path: Path
 ) -> None:
@@ -349,7 +303,7 @@ def test_unix_socket_in_use_is_refused_and_a_stale_one_reused(
     assert_serves(url)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_host_and_port_shortcut(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = run_cli(app, "--workers", "1", "--host", "127.0.0.1", "--port", "0")
     [url] = assert_listening_then_ready(cluster, 1)
@@ -360,26 +314,26 @@ def test_host_and_port_shortcut(run_cli: Callable[..., Cluster], app: str) -> No
 # 11. Errors: each exits by itself, with one line naming the bad value and the fix, and its exit code.
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_unknown_flag_exits_2_with_did_you_mean(app: str) -> None:
     result = run_to_exit(app, "--wrokers", "2")
     assert_config_error(result, 2, "--wrokers", "did you mean --workers?")
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 @pytest.mark.parametrize("value", ["abc", "0"])
 def test_bad_workers_value_exits_2(app: str, value: str) -> None:
     result = run_to_exit(app, "--workers", value, "--port", "0")
     assert_config_error(result, 2, "--workers", repr(value), "auto")
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_unknown_policy_exits_2(app: str) -> None:
     result = run_to_exit(app, "--policy", "bogus", "--port", "0")
     assert_config_error(result, 2, "--policy", "'bogus'", "choose one of", "rr", "shared")
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 @pytest.mark.parametrize("how", ["--port", "--bind"])
 def test_port_in_use_exits_2(app: str, how: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
@@ -407,7 +361,7 @@ def test_malformed_app_spec_exits_2(spec: str) -> None:
     assert_config_error(result, 2, repr(spec), "module:attribute")
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_missing_app_dir_exits_2(run_cli: Callable[..., Cluster], app: str, tmp_path: Path) -> None:
     """A --app-dir that does not exist is a typo to report, even when APP happens to be importable from cwd."""
     missing = tmp_path / "no-such-dir"
@@ -415,7 +369,7 @@ def test_missing_app_dir_exits_2(run_cli: Callable[..., Cluster], app: str, tmp_
     assert_one_line_error(code, output, 2, "--app-dir", str(missing))
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_bad_web_concurrency_exits_2_naming_the_variable(run_cli: Callable[..., Cluster], app: str) -> None:
     """The value came from the environment, not from --workers: the message must say where to fix it."""
     code, output = exit_without_serving(run_cli(app, "--port", "0", env={"WEB_CONCURRENCY": "lots"}))
@@ -434,7 +388,7 @@ def assert_boot_error(result: subprocess.CompletedProcess[str], leftover_marker:
     assert processes_mentioning(leftover_marker) == []
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_missing_attribute_exits_3(app: str) -> None:
     spec = app.replace(":app", ":nope")
     result = run_to_exit(spec, "--workers", "2", "--port", "0")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import FRESH, TEST_APPS, Cluster
+from helpers import FRESH, TEST_APPS, Cluster
 
 
 @pytest.mark.parametrize("app", ["e2e_wsgi_raw:app", "e2e_asgi_raw:app"])

@@ -19,8 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import DEADLINE, FRESH, TEST_APPS, Cluster, alive, children_of, run_to_exit, wait_until
-from test_e2e_supervision import start, who
+from helpers import (
+    DEADLINE,
+    FRESH,
+    SUP_APP_PAIR,
+    TEST_APPS,
+    Cluster,
+    alive,
+    children_of,
+    run_to_exit,
+    start,
+    wait_until,
+    who,
+)
 
 DISPATCHING = ["rr", "least-conn", "sticky"]
 
@@ -141,7 +152,7 @@ def test_a_primary_out_of_descriptors_pauses_accepting_and_says_so_once(run_cli:
     assert sorted(children_of(cluster.pid)) == workers, output
 
 
-@pytest.mark.parametrize("app", ["sup_app:wsgi", "sup_app:asgi"])
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_requests_that_crash_workers_never_stop_the_service(run_cli: Callable[..., Cluster], app: str) -> None:
     # --min-uptime 0: every worker that became ready has served, so none of these deaths counts as unstable.
     cluster = start(run_cli, app, "--workers", "1", "--max-restarts", "1", "--min-uptime", "0")
@@ -157,7 +168,7 @@ def test_requests_that_crash_workers_never_stop_the_service(run_cli: Callable[..
     assert "not respawning" not in output
 
 
-@pytest.mark.parametrize("app", ["sup_app:wsgi", "sup_app:asgi"])
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_respawns_that_fail_to_boot_are_throttled_per_slot_and_exit_4_when_all_gave_up(
     run_cli: Callable[..., Cluster], app: str, tmp_path: os.PathLike[str]
 ) -> None:
@@ -180,7 +191,7 @@ def test_respawns_that_fail_to_boot_are_throttled_per_slot_and_exit_4_when_all_g
     assert children_of(cluster.pid) == []
 
 
-@pytest.mark.parametrize("app", ["sup_app:wsgi", "sup_app:asgi"])
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_sigusr1_and_stray_signals_never_stop_the_primary(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "1")
     url = cluster.wait_ready()
@@ -193,7 +204,7 @@ def test_sigusr1_and_stray_signals_never_stop_the_primary(run_cli: Callable[...,
     assert children_of(cluster.pid) == workers
 
 
-@pytest.mark.parametrize("app", ["sup_app:wsgi", "sup_app:asgi"])
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_sigquit_stops_at_once_without_draining(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2", "--graceful-timeout", "60")
     url = cluster.wait_ready()
@@ -209,7 +220,7 @@ def test_sigquit_stops_at_once_without_draining(run_cli: Callable[..., Cluster],
     assert children_of(cluster.pid) == []
 
 
-@pytest.mark.parametrize("app", ["sup_app:wsgi", "sup_app:asgi"])
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_a_short_timeout_keeps_healthy_workers(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2", "--timeout", "0.5")
     url = cluster.wait_ready()

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from conftest import DEADLINE, TEST_APPS, Cluster
+from helpers import DEADLINE, TEST_APPS, Cluster
 
 ADMIN_USER, ADMIN_PASSWORD = "admin", "clusterrun-e2e-pw-7"
 

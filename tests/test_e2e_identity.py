@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_e2e_cli import APPS, answers_from_every_worker, get, ready_line
 
-from conftest import TEST_APPS, Cluster, wait_until
+from helpers import SAMPLE_APP_PAIR, TEST_APPS, Cluster, answers_from_every_worker, get, ready_line, wait_until
 
 WORKERS = 2
 HAS_SETPROCTITLE = importlib.util.find_spec("setproctitle") is not None
@@ -29,7 +28,7 @@ def current_worker(body: dict[str, Any]) -> dict[str, int]:
     return worker
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_sample_app_names_a_live_worker_in_json_header_and_title(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = run_cli(app, "--workers", str(WORKERS), "--port", "0")
     url = cluster.wait_ready()

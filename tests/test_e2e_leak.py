@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FRESH, TEST_APPS, Cluster, wait_until
+from helpers import TEST_APPS, Cluster, wait_until, who
 
 # Long by nature (see tox.ini): run on one interpreter of the CI matrix.
 pytestmark = pytest.mark.slow
@@ -53,13 +53,6 @@ def settled(cluster: Cluster, serving: int) -> bool:
                 if int(fields[1]) == cluster.pid:
                     states.append(fields[0])
     return len(states) == WORKERS and "Z" not in states
-
-
-def who(url: str) -> dict[str, int]:
-    response = FRESH.get(url)  # a new connection each time: under rr, each goes to the next worker
-    response.raise_for_status()
-    result: dict[str, int] = response.json()
-    return result
 
 
 class Replacer:

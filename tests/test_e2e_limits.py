@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import DEADLINE, TEST_APPS, Cluster, run_to_exit
+from helpers import DEADLINE, TEST_APPS, Cluster, run_to_exit
 
 MiB = 1024 * 1024
 BLOCK = bytes(range(256)) * 4096  # 1 MiB

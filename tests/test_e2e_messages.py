@@ -8,9 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import TEST_APPS, Cluster, assert_config_error, run_to_exit
-
-APPS = ["flask_app:app", "starlette_app:app"]
+from helpers import SAMPLE_APP_PAIR, TEST_APPS, Cluster, assert_config_error, run_to_exit
 
 
 @pytest.mark.parametrize("flag", ["--reload", "--reload=true"])
@@ -20,7 +18,7 @@ def test_reload_says_it_is_not_available_and_never_suggests_preload(flag: str) -
     assert "--preload" not in line  # the opposite: it freezes the code that a rolling restart would reload
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_a_py_file_name_as_app_hints_to_drop_the_extension(app: str) -> None:
     module, attr = app.split(":")
     assert_config_error(run_to_exit(f"{module}.py:{attr}", "--port", "0"), 2, f"'{module}.py:{attr}'",

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import FRESH, TEST_APPS, Cluster, run_to_exit, wait_until
+from helpers import FRESH, TEST_APPS, Cluster, run_to_exit, wait_until
 
 MSG_APPS = ["msg_app:wsgi", "msg_app:asgi"]
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Cluster, wait_until
-from test_e2e_supervision import APPS, start, who
+from helpers import POLICIES, SAMPLE_APP_PAIR, SUP_APP_PAIR, Cluster, start, wait_until, who
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_rr_hands_new_connections_to_workers_in_turn(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2", "--policy", "rr")
     url = cluster.wait_ready()
@@ -29,11 +28,8 @@ def test_rr_hands_new_connections_to_workers_in_turn(run_cli: Callable[..., Clus
     assert counts == {1: 10, 2: 10}
 
 
-POLICIES = ["rr", "least-conn", "sticky", "shared", "reuseport"]
-
-
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("app", ["flask_app:app", "starlette_app:app"])
+@pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_every_policy_serves_both_sample_apps(run_cli: Callable[..., Cluster], app: str, policy: str) -> None:
     cluster = run_cli(app, "--workers", "2", "--port", "0", "--policy", policy)
     url = cluster.wait_ready()
@@ -45,7 +41,7 @@ def test_every_policy_serves_both_sample_apps(run_cli: Callable[..., Cluster], a
 
 
 @pytest.mark.parametrize("policy", ["rr", "least-conn"])
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_keep_alive_clients_are_spread_two_and_two(run_cli: Callable[..., Cluster], app: str, policy: str) -> None:
     cluster = start(run_cli, app, "--workers", "2", "--policy", policy)
     url = cluster.wait_ready()
@@ -64,7 +60,7 @@ def test_keep_alive_clients_are_spread_two_and_two(run_cli: Callable[..., Cluste
 
 
 @pytest.mark.parametrize("policy", ["shared", "reuseport"])
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_kernel_side_policies_spread_connections(run_cli: Callable[..., Cluster], app: str, policy: str) -> None:
     # shared is chosen through the environment, as Node's NODE_CLUSTER_SCHED_POLICY.
     cluster = start(run_cli, app, "--workers", "2", env={"CLUSTERRUN_SCHED_POLICY": policy})
@@ -113,7 +109,7 @@ def test_wsgi_threads_run_requests_side_by_side_in_one_worker(
         assert max(peaks) == 1  # inline: one request at a time, as gunicorn's sync worker
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_least_conn_sends_new_clients_to_the_idlest_worker(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2", "--policy", "least-conn")
     url = cluster.wait_ready()
@@ -133,7 +129,7 @@ def test_least_conn_sends_new_clients_to_the_idlest_worker(run_cli: Callable[...
             http.close()
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_sticky_keeps_a_client_address_on_one_worker(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2", "--policy", "sticky")
     url = cluster.wait_ready()
@@ -149,7 +145,7 @@ def test_sticky_keeps_a_client_address_on_one_worker(run_cli: Callable[..., Clus
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_killing_a_worker_loses_only_what_was_on_it(run_cli: Callable[..., Cluster], app: str, policy: str) -> None:
     cluster = start(run_cli, app, "--workers", "2", "--policy", policy)
     url = cluster.wait_ready()

@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import FRESH, Cluster, alive, children_of, wait_until
-from test_e2e_supervision import APPS, start, who
+from helpers import FRESH, SUP_APP_PAIR, Cluster, alive, children_of, start, wait_until, who
 
 
 def _fire(url: str) -> threading.Thread:
@@ -28,7 +27,7 @@ def _fire(url: str) -> threading.Thread:
     return thread
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_a_hung_worker_has_its_traceback_logged_then_is_killed_and_respawned(
     run_cli: Callable[..., Cluster], app: str
 ) -> None:
@@ -46,7 +45,7 @@ def test_a_hung_worker_has_its_traceback_logged_then_is_killed_and_respawned(
         caller.join(60)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_max_requests_replaces_the_worker_without_a_failed_request(
     run_cli: Callable[..., Cluster], app: str
 ) -> None:
@@ -63,7 +62,7 @@ def test_max_requests_replaces_the_worker_without_a_failed_request(
     wait_until(lambda: len(children_of(cluster.pid)) == 1, "the recycled worker to exit")
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_max_memory_replaces_a_leaking_worker(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "1", "--max-memory", "200")
     url = cluster.wait_ready()
@@ -74,7 +73,7 @@ def test_max_memory_replaces_a_leaking_worker(run_cli: Callable[..., Cluster], a
     wait_until(lambda: who(url + "/")["id"] == 2, "the replacement to serve")
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_workers_never_outlive_a_killed_primary(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2")
     cluster.wait_ready()
@@ -86,7 +85,7 @@ def test_workers_never_outlive_a_killed_primary(run_cli: Callable[..., Cluster],
     wait_until(lambda: not any(alive(pid) for pid in workers), "the orphaned workers to exit", timeout=5)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_garbage_on_a_channel_costs_that_worker_only(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2")
     url = cluster.wait_ready()
@@ -101,7 +100,7 @@ def test_garbage_on_a_channel_costs_that_worker_only(run_cli: Callable[..., Clus
     assert {who(url + "/")["id"] for _ in range(4)} == {1, 2, 3} - {int(line[0].group(1))}
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_preload_imports_the_app_once_in_the_primary(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2", "--preload")
     url = cluster.wait_ready()

@@ -9,14 +9,11 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import Cluster, children_of, wait_until
-from test_e2e_supervision import APPS, start
-
-POLICIES = ["rr", "least-conn", "sticky", "shared", "reuseport"]
+from helpers import POLICIES, SUP_APP_PAIR, Cluster, children_of, start, wait_until
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_rolling_restart_under_load_fails_no_request(
     run_cli: Callable[..., Cluster], app: str, policy: str
 ) -> None:

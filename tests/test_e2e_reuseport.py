@@ -13,8 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import TEST_APPS, Cluster, wait_until
-from test_e2e_supervision import start, who
+from helpers import TEST_APPS, Cluster, start, wait_until, who
 
 
 @pytest.mark.parametrize("first_policy", ["reuseport", "shared", "rr"])

@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Cluster, alive, children_of, wait_until
-from test_e2e_supervision import APPS, start, who
+from helpers import SUP_APP_PAIR, Cluster, alive, children_of, start, wait_until, who
 
 
 def in_flight(url: str) -> tuple[threading.Thread, dict[str, object]]:
@@ -31,7 +30,7 @@ def in_flight(url: str) -> tuple[threading.Thread, dict[str, object]]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_stop_lets_in_flight_requests_finish_then_exits_0(
     run_cli: Callable[..., Cluster], app: str, signum: int
 ) -> None:
@@ -52,7 +51,7 @@ def test_stop_lets_in_flight_requests_finish_then_exits_0(
 
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_graceful_timeout_kills_what_is_left(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "1", "--graceful-timeout", "0.5")
     url = cluster.wait_ready()
@@ -67,7 +66,7 @@ def test_graceful_timeout_kills_what_is_left(run_cli: Callable[..., Cluster], ap
     assert all(not alive(pid) for pid in workers)
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_a_second_sigint_kills_at_once(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "1")
     url = cluster.wait_ready()
@@ -84,7 +83,7 @@ def test_a_second_sigint_kills_at_once(run_cli: Callable[..., Cluster], app: str
 
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR2])
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_rolling_restart_replaces_every_worker_with_no_failed_request(
     run_cli: Callable[..., Cluster], app: str, signum: int
 ) -> None:
@@ -109,7 +108,7 @@ def test_rolling_restart_replaces_every_worker_with_no_failed_request(
     assert len(children_of(cluster.pid)) == 2
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_a_rolling_restart_to_broken_code_keeps_the_old_workers(
     run_cli: Callable[..., Cluster], app: str, tmp_path: Path
 ) -> None:
@@ -129,7 +128,7 @@ def test_a_rolling_restart_to_broken_code_keeps_the_old_workers(
     assert {who(url + "/")["id"] for _ in range(4)} == {4, 5}
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_ttin_adds_a_worker_and_ttou_removes_one(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2")
     url = cluster.wait_ready()

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 # Long by nature (see tox.ini): run on one interpreter of the CI matrix.
 pytestmark = pytest.mark.slow

@@ -9,24 +9,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from conftest import FRESH, TEST_APPS, Cluster, children_of, wait_until
-
-APPS = ["sup_app:wsgi", "sup_app:asgi"]
+from helpers import SUP_APP_PAIR, Cluster, children_of, start, wait_until, who
 
 
-def start(run_cli: Callable[..., Cluster], app: str, *args: str, env: dict[str, str] | None = None) -> Cluster:
-    return run_cli(app, "--port", "0", "--log-level", "info", *args, cwd=TEST_APPS, env=env)
-
-
-def who(url: str) -> dict[str, int]:
-    # A new connection per call: under rr each one goes to the next worker.
-    response = FRESH.get(url)
-    response.raise_for_status()
-    result: dict[str, int] = response.json()
-    return result
-
-
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_a_killed_worker_is_respawned_into_its_slot(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "2")
     url = cluster.wait_ready()
@@ -43,7 +29,7 @@ def test_a_killed_worker_is_respawned_into_its_slot(run_cli: Callable[..., Clust
     assert int(respawned.group(2)) in seen and victim["pid"] not in seen
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_a_slot_that_keeps_dying_is_given_up_and_the_primary_exits_4(
     run_cli: Callable[..., Cluster], app: str
 ) -> None:
@@ -65,7 +51,7 @@ def test_a_slot_that_keeps_dying_is_given_up_and_the_primary_exits_4(
     assert children_of(cluster.pid) == []
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_boot_failure_stops_everything_with_exit_3_and_no_crash_loop(
     run_cli: Callable[..., Cluster], app: str, tmp_path: os.PathLike[str]
 ) -> None:
@@ -80,7 +66,7 @@ def test_boot_failure_stops_everything_with_exit_3_and_no_crash_loop(
     assert "respawning" not in output
 
 
-@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_a_worker_stopped_with_sigterm_drains_and_is_replaced(run_cli: Callable[..., Cluster], app: str) -> None:
     cluster = start(run_cli, app, "--workers", "1")
     url = cluster.wait_ready()
