@@ -1,8 +1,8 @@
 """The primary: binds, forks, reaps, respawns, dispatches and stops — one thread, one wait.
 
 Everything the primary reacts to is a file descriptor in one selector: the
-signal wake-up socket (``signal.set_wakeup_fd`` writes each signal's number
-there; the handlers themselves do nothing), every worker's channel, and the
+signal inbox (signals.py: each signal's number arrives on a socket), every
+worker's channel, and the
 listeners under a dispatching policy. Timers (boot and drain deadlines) only
 shorten the wait. No polling, and nothing ever blocks on one worker.
 """
@@ -31,18 +31,11 @@ from .events import Events
 from .policies import make_policy
 from .protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle
 from .rollout import Rollout
+from .signals import SignalInbox
 from .supervision import Timers, Watchdog, WorkerHandle, WorkerState, describe_status, exit_of, late_after
 from .throttle import RestartThrottle
 
 logger = logging.getLogger("clusterrun")
-
-_HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN,
-            signal.SIGTTOU, signal.SIGCHLD, signal.SIGUSR1)
-# Signals whose default action would end the primary without a word, though nothing here uses them: a stray
-# one is logged and ignored. (SIGPIPE is ignored by Python already; SIGKILL and SIGSTOP cannot be caught.)
-_IGNORED = tuple(getattr(signal, name) for name in ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR")
-                 if hasattr(signal, name))
-
 
 class Primary:
     def __init__(
@@ -70,9 +63,7 @@ class Primary:
         self.rollout = Rollout(self.slots, lambda index, old: self._spawn(index, replaces=old), self._retire)
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.workers)
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._host_handlers: dict[int, Any] = {}  # signal: the handler before ours
-        self._host_wakeup_fd = -1
+        self.signals = SignalInbox(self.selector, self._on_signal)
 
     # The loop.
 
@@ -81,7 +72,7 @@ class Primary:
         try:
             identity.become_primary()
             self._bind()
-            self._install_signals()
+            self.signals.install()
             logger.info(
                 "clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, self.config.app, self.target,
                 "" if self.target == 1 else "s", self._workers_note(), self.policy.name,
@@ -124,24 +115,6 @@ class Primary:
             self.listeners.append(self.policy.bind(address, self.config.backlog))
         self.dispatcher.listen(self.listeners)
 
-    def _install_signals(self) -> None:
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        # What the host program had (Cluster.run() embedded in it), put back by _cleanup.
-        self._host_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (*_HANDLED, *_IGNORED):
-            self._host_handlers[signum] = signal.getsignal(signum)
-            signal.signal(signum, _note_signal)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signals)
-
-    def _on_signals(self, mask: int) -> None:
-        try:
-            data = self._wake_r.recv(4096)
-        except BlockingIOError:
-            return
-        for signum in data:
-            self._on_signal(signum)
-
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
             self._reap()
@@ -180,7 +153,7 @@ class Primary:
         worker_id = self.next_id
         self.next_id += 1
         sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
-        primary_fds = [self._wake_r.fileno(), self._wake_w.fileno(), parent_end.fileno()]
+        primary_fds = [*self.signals.filenos(), parent_end.fileno()]
         primary_fds += [fd for w in self.workers.values() for fd in w.channel.filenos()]
         primary_fds += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
         with contextlib.suppress(AttributeError, OSError):
@@ -464,18 +437,6 @@ class Primary:
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        with contextlib.suppress(ValueError):  # ValueError: not the main thread, nothing was installed
-            if self._host_handlers:
-                signal.set_wakeup_fd(self._host_wakeup_fd)
-            for signum, handler in self._host_handlers.items():
-                # None: a handler installed outside Python, which cannot be put back; the default is closest.
-                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-            self._host_handlers.clear()
+        self.signals.restore()  # the host's handlers (Cluster.run() embedded in a program) come back
         self.selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
         priority.restore()  # a process that called Cluster.run() goes on as it was
-
-
-def _note_signal(signum: int, frame: Any) -> None:
-    """Nothing to do here: the wake-up fd already carries the signal number to the loop."""
