@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import BindError, ConfigError
@@ -152,3 +153,13 @@ def describe(sock: socket.socket) -> str:
 def close_quietly(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.close()
+
+
+def close_all(listeners: Sequence[socket.socket]) -> None:
+    """Close every listener, and remove the socket file of a unix one: nothing is left behind."""
+    for sock in listeners:
+        path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        close_quietly(sock)
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .supervision import WorkerHandle
 
-logger = logging.getLogger("clusterrun")
+if TYPE_CHECKING:
+    from .pool import Pool
 
-Spawn = Callable[[int, WorkerHandle], WorkerHandle]
-Retire = Callable[[WorkerHandle], None]
+logger = logging.getLogger("clusterrun")
 
 
 class Rollout:
-    def __init__(self, slots: dict[int, WorkerHandle], spawn: Spawn, retire: Retire) -> None:
-        self.slots = slots  # the primary's own: slot index -> the worker serving it
-        self._spawn = spawn
-        self._retire = retire
+    """Replacements, one slot at a time; it asks the pool for the slots and has it spawn and retire."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
         self._queue: list[int] = []  # slots a rolling restart has still to replace
         self.current: WorkerHandle | None = None  # the replacement a rolling restart waits for
         # Workers a replacement was spawned for (--max-requests, --max-memory). Weak: reaped ones drop out.
@@ -39,15 +39,15 @@ class Rollout:
         if self.active:
             logger.warning("a rolling restart is already running; this request is ignored")
             return
-        self._queue = sorted(self.slots)
+        self._queue = sorted(self.pool.slots)
         self._next()
 
     def recycle(self, handle: WorkerHandle, reason: str) -> None:
-        if handle.retired or handle in self._recycling or self.slots.get(handle.index) is not handle:
+        if handle.retired or handle in self._recycling or self.pool.slots.get(handle.index) is not handle:
             return
         self._recycling.add(handle)
         logger.info("recycling %s: %s", handle.info, reason)
-        self._spawn(handle.index, handle)
+        self.pool.spawn(handle.index, handle)
 
     def cancel(self) -> None:
         self._queue = []
@@ -56,10 +56,10 @@ class Rollout:
     def replacement_ready(self, new: WorkerHandle) -> None:
         old = new.replaces
         new.replaces = None
-        current = self.slots.get(new.index)
+        current = self.pool.slots.get(new.index)
         if current is not None and current is not new:
-            self._retire(current)  # the old worker, or another replacement that got there first
-        self.slots[new.index] = new
+            self.pool.retire(current)  # the old worker, or another replacement that got there first
+        self.pool.slots[new.index] = new
         logger.info("slot %d: %s replaced by %s", new.index, old.info if old else "none", new.info)
         if self.current is new:
             self._next()
@@ -76,9 +76,9 @@ class Rollout:
     def _next(self) -> None:
         while self._queue:
             index = self._queue.pop(0)
-            old = self.slots.get(index)
+            old = self.pool.slots.get(index)
             if old is not None and not old.retired:
-                self.current = self._spawn(index, old)
+                self.current = self.pool.spawn(index, old)
                 return
         self.current = None
-        logger.info("rolling restart complete: %d workers replaced", len(self.slots))
+        logger.info("rolling restart complete: %d workers replaced", len(self.pool.slots))

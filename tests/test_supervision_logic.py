@@ -1,4 +1,4 @@
-"""The primary's supervision logic in-process: worker states, the watchdog, dispatch, rollout.
+"""The primary's supervision logic in-process: worker states, the pool, the watchdog, dispatch, rollout.
 
 No fork and no sleep: handles are made by a fake spawner over real socketpairs (so channels and passed
 descriptors are real), time is a fake clock, and signals are recorded instead of sent. The assertions are on
@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 
 from clusterrun.channel import Channel
+from clusterrun.config import build_config
 from clusterrun.dispatch import Dispatcher
 from clusterrun.errors import StateError
+from clusterrun.events import Events
 from clusterrun.policies import RoundRobin
+from clusterrun.pool import Pool, Verdict
 from clusterrun.protocol import Connections, Stop
-from clusterrun.rollout import Rollout
 from clusterrun.supervision import Timers, Watchdog, WorkerHandle, WorkerState, late_after
 
 S = WorkerState
@@ -54,16 +56,19 @@ class FakeWorker(WorkerHandle):
 
 
 class Spawner:
-    """Makes handles the way the primary does, minus the fork; ids count up, pids are made up."""
+    """The pool's spawner minus the fork (spawn.Forker forks): pids are made up, channels are real."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.made: list[FakeWorker] = []
+        self.forgotten: list[WorkerHandle] = []
 
     def __call__(self, index: int, replaces: WorkerHandle | None = None) -> FakeWorker:
+        return self.spawn(len(self.made) + 1, index, replaces)
+
+    def spawn(self, worker_id: int, index: int, replaces: WorkerHandle | None) -> FakeWorker:
         primary_end, worker_end = Channel.pair()
-        number = len(self.made) + 1
-        handle = FakeWorker(number, index, 900_000 + number, Channel(primary_end), started=self.clock(),
+        handle = FakeWorker(worker_id, index, 900_000 + worker_id, Channel(primary_end), started=self.clock(),
                             replaces=replaces)
         handle.signals = []
         handle.worker_end = Channel(worker_end)
@@ -71,10 +76,14 @@ class Spawner:
         self.made.append(handle)
         return handle
 
+    def forget(self, handle: WorkerHandle) -> None:
+        self.forgotten.append(handle)
+
     def close(self) -> None:
         for handle in self.made:
             handle.channel.close()
             handle.worker_end.close()
+            handle.closes.close()
 
 
 @pytest.fixture
@@ -247,44 +256,114 @@ def test_connections_a_dead_worker_never_read_go_to_another(
             client.close()
 
 
-# Rollout
+# The pool and the rollout
+
+
+def _pool(spawn: Spawner, clock: Clock, workers: int = 2, **options: Any) -> Pool:
+    config = build_config("app:app", {"workers": str(workers), **options}, environ={}, cpus=2)
+    with selectors.DefaultSelector() as selector:
+        timers = Timers(clock)
+        policy = RoundRobin()
+        dispatcher = Dispatcher(policy, selector, timers, late_after(config.timeout), clock)
+        return Pool(config, clock, timers, spawn, dispatcher, policy, Events())
+
+
+def _serving(spawn: Spawner, clock: Clock, workers: int = 2, **options: Any) -> Pool:
+    """A pool whose first generation is ready."""
+    pool = _pool(spawn, clock, workers, **options)
+    for index in range(workers):
+        pool.spawn(index)
+    booted = [pool.ready(handle, "wsgi") for handle in list(pool.workers.values())]
+    assert booted == [False] * (workers - 1) + [True] and pool.booted
+    return pool
+
+
+def _status(code: int | None = None, killed_by: int | None = None) -> int:
+    """A wait status: exited with ``code``, or killed by a signal."""
+    return killed_by if killed_by is not None else (code or 0) << 8
+
+
+def test_a_crashed_worker_is_respawned_into_its_slot_after_its_backoff(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    first = pool.slots[0]
+    clock.now += 5  # it served for more than --min-uptime
+    assert pool.reaped(first.pid, _status(killed_by=signal.SIGKILL)) is None
+    assert first.state is S.EXITED and 0 not in pool.slots and pool.pending_respawns == {0}
+    assert spawn.forgotten == [first]  # its channel is no longer watched
+    pool.timers.run_due()  # the first death of a slot is respawned at once
+    respawned = pool.slots[0]
+    assert respawned.id == 3 and respawned.index == 0 and respawned.state is S.STARTING
+    assert not pool.ready(respawned, "wsgi")  # the cluster had booted already
+    assert respawned.state is S.READY
+
+
+def test_deaths_before_ready_give_a_slot_up_and_the_last_slot_ends_the_cluster(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, workers=1, max_restarts="1")
+    verdicts = []
+    for _ in range(2):  # the first dies within --min-uptime of ready, its respawn before ready: both unstable
+        verdicts.append(pool.reaped(spawn.made[-1].pid, _status(code=1)))
+        clock.now += 0.5
+        pool.timers.run_due()
+    assert verdicts == [None, Verdict.NONE_LEFT]  # 2 unstable deaths > --max-restarts 1: the slot gave up
+    assert not pool.slots and not pool.workers and len(spawn.made) == 2
+
+
+def test_a_boot_failure_before_any_worker_served_is_the_app_s(spawn: Spawner, clock: Clock) -> None:
+    pool = _pool(spawn, clock)
+    first, second = pool.spawn(0), pool.spawn(1)
+    first.boot_error = "importing 'app' failed"
+    assert pool.reaped(first.pid, _status(code=3)) is Verdict.BOOT_FAILED
+    assert second.state is S.STARTING  # the primary stops it next (stop_all)
+    pool.stop_all()
+    assert second.state is S.DRAINING and second.signals == [str(int(signal.SIGTERM))]
+
+
+def test_a_retired_worker_s_exit_is_no_crash(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    old = pool.slots[1]
+    pool.retire(old, respawn=True)  # stopped from outside (SIGTERM): its slot is filled anew at once
+    new = pool.slots[1]
+    assert old.state is S.DRAINING and new is not old and new.state is S.STARTING
+    assert pool.reaped(old.pid, _status(code=0)) is None
+    assert pool.slots[1] is new and not pool.pending_respawns
+
+
+def test_scaling_adds_and_retires_slots(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    pool.scale(3)
+    assert sorted(pool.slots) == [0, 1, 2] and pool.target == 3
+    pool.scale(1)
+    assert sorted(pool.slots) == [0] and [h.state for h in spawn.made[1:]] == [S.DRAINING, S.DRAINING]
 
 
 def test_a_rolling_restart_replaces_one_slot_at_a_time(spawn: Spawner, clock: Clock) -> None:
-    slots: dict[int, WorkerHandle] = {}
-    for index in range(3):
-        slots[index] = spawn(index)
-        slots[index].mark_ready("wsgi", clock())
-    retired: list[WorkerHandle] = []
-    rollout = Rollout(slots, lambda index, old: spawn(index, replaces=old), retired.append)
-    old = dict(slots)
-    rollout.start()
+    pool = _serving(spawn, clock, workers=3)
+    old = dict(pool.slots)
+    pool.rollout.start()
     for index in range(3):
         new = spawn.made[-1]
-        assert rollout.current is new and new.replaces is old[index] and new.index == index
-        assert slots[index] is old[index]  # the old worker serves until its replacement is ready
-        new.mark_ready("wsgi", clock())
-        rollout.replacement_ready(new)
-        assert slots[index] is new and retired[-1] is old[index]
-    assert not rollout.active and len(spawn.made) == 6
+        assert pool.rollout.current is new and new.replaces is old[index] and new.index == index
+        assert pool.slots[index] is old[index]  # the old worker serves until its replacement is ready
+        pool.ready(new, "wsgi")
+        assert pool.slots[index] is new and old[index].state is S.DRAINING
+    assert not pool.rollout.active and len(spawn.made) == 6
+    assert [frame for frame, _ in old[0].received()] == [Stop(linger=True)]
 
 
 def test_a_failed_replacement_aborts_the_restart_and_keeps_the_old_workers(spawn: Spawner, clock: Clock) -> None:
-    slots: dict[int, WorkerHandle] = {0: spawn(0), 1: spawn(1)}
-    retired: list[WorkerHandle] = []
-    rollout = Rollout(slots, lambda index, old: spawn(index, replaces=old), retired.append)
-    old = dict(slots)
-    rollout.start()
-    rollout.replacement_failed(spawn.made[-1], "ImportError")
-    assert not rollout.active and slots == old and retired == []
+    pool = _serving(spawn, clock)
+    old = dict(pool.slots)
+    pool.rollout.start()
+    replacement = spawn.made[-1]
+    assert pool.reaped(replacement.pid, _status(code=3)) is None
+    assert not pool.rollout.active and pool.slots == old and all(h.state is S.READY for h in old.values())
 
 
 def test_a_worker_is_recycled_once(spawn: Spawner, clock: Clock) -> None:
-    slots: dict[int, WorkerHandle] = {0: spawn(0)}
-    rollout = Rollout(slots, lambda index, old: spawn(index, replaces=old), lambda handle: None)
-    rollout.recycle(slots[0], "it served 10 requests")
-    rollout.recycle(slots[0], "it served 11 requests")
-    assert len(spawn.made) == 2 and spawn.made[1].replaces is slots[0]
+    pool = _serving(spawn, clock, workers=1)
+    pool.rollout.recycle(pool.slots[0], "it served 10 requests")
+    pool.rollout.recycle(pool.slots[0], "it served 11 requests")
+    assert len(spawn.made) == 2 and spawn.made[1].replaces is pool.slots[0]
 
 
 def test_connections_frames_carry_their_descriptors(spawn: Spawner, clock: Clock, dispatcher: Dispatcher) -> None:

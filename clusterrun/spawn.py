@@ -1,0 +1,69 @@
+"""Forking one worker: its channel, its shared page, its sockets, and the primary's descriptors it must close.
+
+The pool's real ``Spawner``. Each fork gets a fresh channel pair (the primary
+keeps both ends: what the worker never reads outlives it, see channel.py), a
+shared counter page made before the fork, and the listening sockets its policy
+gives its slot. The child closes every descriptor that belongs to the primary
+(the signal inbox, other workers' channels, listeners it does not serve) and
+never returns here: worker.run ends in ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import worker
+from .channel import Channel
+from .config import Config
+from .counters import SharedCounter
+from .dispatch import Dispatcher
+from .policies import Policy
+from .supervision import WorkerHandle
+
+OnChannel = Callable[[WorkerHandle, int], None]
+
+
+class Forker:
+    def __init__(
+        self, config: Config, policy: Policy, listeners: Sequence[socket.socket], selector: selectors.BaseSelector,
+        primary_fds: Callable[[], list[int]], dispatcher: Dispatcher, on_channel: OnChannel,
+        clock: Callable[[], float], preloaded: Any = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.listeners = listeners
+        self.selector = selector
+        self.primary_fds = primary_fds  # the primary's own descriptors, the other workers' channels included
+        self.dispatcher = dispatcher
+        self.on_channel = on_channel
+        self.clock = clock
+        self.preloaded = preloaded  # the app, imported before forking (--preload)
+
+    def spawn(self, worker_id: int, index: int, replaces: WorkerHandle | None) -> WorkerHandle:
+        parent_end, child_end = Channel.pair()
+        closes = SharedCounter()  # made before the fork: the worker writes it, the primary reads it
+        sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
+        to_close = [*self.primary_fds(), parent_end.fileno()]
+        to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
+        with contextlib.suppress(AttributeError, OSError):
+            to_close.append(self.selector.fileno())  # type: ignore[attr-defined]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            worker.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded)
+        handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
+                              replaces=replaces, closes=closes)
+        handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
+        self.selector.register(handle.channel.sock, selectors.EVENT_READ, lambda mask: self.on_channel(handle, mask))
+        return handle
+
+    def forget(self, handle: WorkerHandle) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(handle.channel.sock)
