@@ -189,16 +189,22 @@ class Pool:
     # Exits.
 
     def reap(self) -> Verdict | None:
-        """Reap every child that exited; the first Verdict that ends the cluster, if any."""
-        verdict = None
+        """Reap the children that exited, up to the first whose exit ends the cluster: its Verdict.
+
+        The caller stops the cluster on a Verdict, then calls again: the exits after it are judged as
+        exits of a stopping cluster (one "failed to boot" line, not one per worker), and none is left
+        unreaped (no further SIGCHLD may come for them).
+        """
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return verdict
+                return None
             if pid == 0:
+                return None
+            verdict = self.reaped(pid, status)
+            if verdict is not None:
                 return verdict
-            verdict = verdict or self.reaped(pid, status)
 
     def reaped(self, pid: int, status: int) -> Verdict | None:
         """A child exited: release what it held, decide what comes next; a Verdict when the cluster must end."""

@@ -151,8 +151,7 @@ class Primary:
             logger.warning("received %s, which clusterrun does not use: ignored", name)
 
     def _reap(self) -> None:
-        verdict = self.pool.reap()
-        if verdict is not None:
+        while (verdict := self.pool.reap()) is not None:
             self.exit_code = self.exit_code or verdict.value
             self.stop()
 

@@ -316,6 +316,9 @@ def test_a_boot_failure_before_any_worker_served_is_the_app_s(spawn: Spawner, cl
     assert second.state is S.STARTING  # the primary stops it next (stop_all)
     pool.stop_all()
     assert second.state is S.DRAINING and second.signals == [str(int(signal.SIGTERM))]
+    # Its own boot failure, reaped after the verdict, is an exit of a stopping cluster: no second verdict.
+    second.boot_error = "importing 'app' failed"
+    assert pool.reaped(second.pid, _status(code=3)) is None and not pool.workers
 
 
 def test_a_retired_worker_s_exit_is_no_crash(spawn: Spawner, clock: Clock) -> None:
