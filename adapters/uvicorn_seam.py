@@ -200,7 +200,9 @@ class Stack:
             timeout_keep_alive=timeout_keep_alive,
             backlog=backlog,
         )
-        config.load()  # imports the protocol classes, sets encoded_headers
+        config.load()  # imports the protocol classes, sets encoded_headers and loaded_app
+        if issubclass(config.http_protocol_class, H11Protocol) or _version(uvicorn.__version__) < (0, 53):
+            config.loaded_app = _announcing_close(config.loaded_app)  # every protocol reads it in __init__
         self._config = config
         self._state = ServerState()
         self._http_protocol: type[Any] = config.http_protocol_class
@@ -249,6 +251,42 @@ class Stack:
 
     def open_connections(self) -> list[OpenConnection]:
         return [OpenConnection(protocol) for protocol in list(self._state.connections)]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [token.strip() for token in value.lower().split(b",")]
+
+
+def _announcing_close(app: Any) -> Any:
+    """``app``, its responses saying ``Connection: close`` when uvicorn closes the connection after them.
+
+    ``shutdown()`` of a connection whose request is in flight makes uvicorn close it after the response
+    (``cycle.keep_alive`` false). Since 0.53.0 uvicorn's httptools protocol then adds ``Connection: close`` to
+    the response; its h11 protocol (0.54.0 included) and its httptools protocol before 0.53.0 (checked: 0.30.0,
+    0.52.0) do not, and a keep-alive client reuses the connection as it closes and fails. This adds the header
+    as 0.53.0 does: only where no ``Connection`` header of the response says close already.
+    """
+
+    async def announcing(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        cycle = getattr(send, "__self__", None)  # uvicorn passes its RequestResponseCycle's bound send
+
+        async def send_announcing(message: Any) -> None:
+            if message["type"] == "http.response.start" and cycle is not None and not cycle.keep_alive:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"connection" and b"close" in _tokens(value) for name, value in headers):
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_announcing)
+
+    return announcing
 
 
 def _counting(base: type[Any], on_close: Callable[[], None]) -> type[Any]:
