@@ -7,7 +7,9 @@ uvicorn than ``uvicorn.Config`` and ``uvicorn.Server`` publish. What it needs, a
 * ``Stack`` — a worker's protocols: ``uvicorn.Config(...).load()`` for the protocol classes, one
   ``uvicorn.server.ServerState`` shared by the worker's connections, the protocol constructor's ``_loop=``,
   the server state's ``default_headers`` (our Date header), ``total_requests``, ``connections`` and
-  ``tasks``, and ``Config.ws_protocol_class`` replaced (uvicorn reads it on each WebSocket upgrade);
+  ``tasks``, ``Config.ws_protocol_class`` replaced (uvicorn reads it on each WebSocket upgrade), and
+  ``Config.loaded_app`` wrapped where uvicorn closes a connection without saying so (``_announcing_close``:
+  the request cycle's bound ``send`` and its ``keep_alive``, ``uvicorn.__version__``);
 * ``OpenConnection`` — one open connection as the drain sees it: the protocol's ``app`` (read for each new
   request), ``cycle.response_started`` / ``cycle.response_complete``, and ``shutdown()``;
 * ``HttpConnection`` and ``RequestGuard`` — the hooks adapters.limits needs to bound request heads and
