@@ -1,16 +1,16 @@
 """A worker's server: the app on uvicorn's HTTP protocol stack, fed by listeners or by the primary.
 
-uvicorn supplies the HTTP protocols (httptools or h11, websockets); this module
-owns the rest of a worker's life: load the app, run its lifespan, serve on the
-sockets the policy gives (or adopt connections the primary passes over the
-channel), tell the primary when it is ready, and drain on stop.
+uvicorn supplies the HTTP protocols (httptools or h11, websockets), reached only
+through adapters.uvicorn_seam; this module owns the rest of a worker's life: load
+the app, run its lifespan, serve on the sockets the policy gives (or adopt
+connections the primary passes over the channel), tell the primary when it is
+ready, and drain on stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import random
@@ -33,8 +33,9 @@ from ..policies import POLICY_CLASSES
 from ..protocol import Beat, BootFailed, Broadcast, Connections, Draining, Message, Online, Ready, Recycle, Stop
 from ..supervision import heartbeat_interval
 from .lifespan import Lifespan
-from .limits import Limits, limited_protocol
+from .limits import Guard, Limits
 from .loading import LoadedApp, load_app
+from .uvicorn_seam import Stack
 
 logger = logging.getLogger("clusterrun")
 
@@ -68,11 +69,9 @@ def serve(
 
 def preimport(config: Config) -> None:
     """Import the engine in the primary before forking: workers start faster and share the pages."""
-    import uvicorn.server  # noqa: F401
-
     from . import wsgi  # noqa: F401
 
-    _uvicorn_config(config, _NoApp())
+    _stack(config, _NoApp())  # imports the protocol classes
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401
 
@@ -102,31 +101,15 @@ def _asgi_app(config: Config, info: WorkerInfo, loaded: LoadedApp) -> Any:
     return WSGIBridge(loaded.app, threads=config.threads, extra_environ={"clusterrun.worker": info})
 
 
-def _uvicorn_config(config: Config, app: Any) -> Any:
-    import uvicorn
-
+def _stack(config: Config, app: Any) -> Stack:
     http = config.http
     if http == "httptools":
         try:
             import httptools  # noqa: F401
         except ImportError:
             raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
-    uv = uvicorn.Config(
-        app=lambda: app,  # a factory, so that uvicorn does not probe the app by calling it
-        factory=True,
-        interface="asgi3",
-        http=http,
-        lifespan="off",  # clusterrun runs the lifespan itself (adapters.lifespan)
-        log_config=None,
-        access_log=config.access_log,
-        proxy_headers=False,
-        server_header=False,
-        headers=[("server", "clusterrun")],
-        timeout_keep_alive=int(config.timeout_keep_alive),
-        backlog=config.backlog,
-    )
-    uv.load()
-    return uv
+    return Stack(app, http=http, access_log=config.access_log, timeout_keep_alive=int(config.timeout_keep_alive),
+                 backlog=config.backlog)
 
 
 def _rss_bytes() -> int:
@@ -178,20 +161,6 @@ def _closing_app(app: Any) -> Any:
     return closing
 
 
-def _counting_protocol(base: type[Any], on_close: Any) -> type[Any]:
-    """uvicorn's HTTP or WebSocket protocol, telling the worker when a connection closes (for least-conn).
-
-    Both are wrapped: a connection upgraded to WebSocket closes through the WebSocket protocol only.
-    """
-
-    class Counting(base):  # type: ignore[misc, valid-type]
-        def connection_lost(self, exc: Exception | None) -> None:
-            super().connection_lost(exc)
-            on_close()
-
-    return Counting
-
-
 class WorkerServer:
     def __init__(
         self, config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket],
@@ -217,12 +186,10 @@ class WorkerServer:
         self._linger = False  # on stop, other workers take over: idle keep-alive connections may linger
 
     async def run(self) -> int:
-        from uvicorn.server import ServerState
-
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         messaging.attach(self._deliver_factory(loop))
-        uv = _uvicorn_config(self.config, self.app)
+        stack = _stack(self.config, self.app)
         lifespan = Lifespan(self.app, self.config.lifespan if self.loaded.interface == "asgi" else "off")
         self._watch_channel(loop)
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm, loop)
@@ -235,18 +202,15 @@ class WorkerServer:
             await lifespan.shutdown()
             return EXIT_OK
 
-        self.state = ServerState()
+        self.stack = stack
         app_state = lifespan.state
         app_state["clusterrun.worker"] = self.info
-        protocol_class: Any = limited_protocol(uv.http_protocol_class, Limits.from_config(self.config))
+        limits = Limits.from_config(self.config)
+        stack.guard_requests(lambda conn: Guard(conn, limits), head_limit=limits.head)
         if self._counts_closes:
-            protocol_class = _counting_protocol(protocol_class, self.closes.add)
-            if uv.ws_protocol_class is not None:
-                uv.ws_protocol_class = _counting_protocol(uv.ws_protocol_class, self.closes.add)
-        self.protocol_factory = functools.partial(
-            protocol_class, config=uv, server_state=self.state, app_state=app_state, _loop=loop
-        )
-        self._tick(uv.encoded_headers)
+            stack.notify_close(self.closes.add)
+        self.protocol_factory = stack.protocol_factory(loop, app_state)
+        self._tick(stack.encoded_headers)
         self._beat(heartbeat_interval(self.config.timeout))
         servers = [
             await loop.create_server(self.protocol_factory, sock=sock, backlog=self.config.backlog)
@@ -385,27 +349,25 @@ class WorkerServer:
             await asyncio.gather(*self._adopting, return_exceptions=True)
         deadline = time.monotonic() + (self.config.timeout_keep_alive if self._linger else 0.0)
         closing: set[int] = set()
-        while self.state.connections or self.state.tasks:
+        while self.stack.busy:
             patient = time.monotonic() < deadline
-            for connection in list(self.state.connections):
-                if id(connection) not in closing and hasattr(connection, "app"):
-                    closing.add(id(connection))
-                    connection.app = _closing_app(connection.app)  # uvicorn reads it for each new request
-                cycle = getattr(connection, "cycle", None)
-                if cycle is None or cycle.response_complete:  # idle
+            for connection in self.stack.open_connections():
+                if connection.ident not in closing and connection.wrap_app(_closing_app):
+                    closing.add(connection.ident)
+                if connection.idle:
                     if not patient:
                         connection.shutdown()  # closes it now
-                elif not (patient and cycle.response_started):
+                elif not (patient and connection.response_started):
                     # In flight: close after the response. Only before its headers go out (they then say
                     # Connection: close), or the client would reuse a connection that closes under it.
                     connection.shutdown()
             await asyncio.sleep(_DRAIN_POLL)
 
     def _tick(self, headers: list[tuple[bytes, bytes]]) -> None:
-        """Once a second, on the event loop: the Date header (uvicorn's protocols read it from the server state)."""
+        """Once a second, on the event loop: the Date header, which uvicorn's protocols add to every response."""
         loop = asyncio.get_running_loop()
         now = time.time()
-        self.state.default_headers = [(b"date", formatdate(now, usegmt=True).encode()), *headers]
+        self.stack.set_default_headers([(b"date", formatdate(now, usegmt=True).encode()), *headers])
         loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick, headers)
 
     def _beat(self, interval: float) -> None:
@@ -423,7 +385,7 @@ class WorkerServer:
         if self._recycle_asked:
             return
         reason = ""
-        served = self.state.total_requests
+        served = self.stack.total_requests
         if self.config.max_requests and served >= self._request_limit:
             reason = f"it served {served} requests (--max-requests {self.config.max_requests})"
         elif self.config.max_memory:

@@ -2,8 +2,8 @@
 
 uvicorn's HTTP protocols bound none of these. With httptools, an unterminated header value grows inside the
 parser without end, 1,000 headers or a 4 MB header reach the app, and a connection that never completes its
-head (or never sends a byte) stays open forever. This module is the only place that adds limits to them: it
-subclasses the protocol class uvicorn picked (``limited_protocol``) and
+head (or never sends a byte) stays open forever. This module is the only place that adds limits to them: a
+``Guard`` on every HTTP connection
 
 * counts the bytes of a request head as they arrive, before the parser sees them, so that neither parser
   ever holds more than ``head`` bytes of one (414 for a request line, 431 for headers);
@@ -17,13 +17,9 @@ A rejected connection is answered, its sending side shut, and whatever the clien
 discarded for a moment before closing ("lingering close", as nginx does): closing at once with unread data
 makes the kernel send a reset that can destroy the answer before the client reads it.
 
-uvicorn internals used here, checked against uvicorn 0.30.0 and 0.54.0 (httptools_impl.py and h11_impl.py):
-the attributes ``loop``, ``transport``, ``cycle`` (``response_started``, ``response_complete``,
-``disconnected``, ``message_event``), ``server_state.default_headers``, ``logger``, ``url`` and ``headers``
-(httptools), ``conn`` (h11, built in ``__init__`` with ``h11_max_incomplete_event_size``), the parser
-callbacks ``on_headers_complete`` / ``on_body`` / ``on_message_complete`` (httptools), and
-``send_400_response(msg)``, which both call after a parser error: a limit found inside the parser raises that
-parser's error, and the answer is then ours instead of a 400.
+The limits reach uvicorn's protocols only through adapters.uvicorn_seam: ``Guard`` is the seam's
+``RequestGuard``, one per connection, and sees the connection as the seam's ``HttpConnection``. A limit found
+inside the parser raises ``RequestRefused``; the parser then fails and the answer is ours instead of a 400.
 """
 
 from __future__ import annotations
@@ -32,11 +28,11 @@ import asyncio
 import http
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from ..config import Config
+from .uvicorn_seam import Headers, HttpConnection, RequestRefused
 
-__all__ = ["Limits", "limited_protocol"]
+__all__ = ["Guard", "Limits"]
 
 logger = logging.getLogger("clusterrun")
 
@@ -68,7 +64,7 @@ class Limits:
         )
 
 
-class _Exceeded(Exception):
+class _Exceeded(RequestRefused):
     """A limit a request broke: the status to answer and why (raised inside a parser callback)."""
 
     def __init__(self, status: int, why: str) -> None:
@@ -84,38 +80,16 @@ def _head_end(buf: bytes) -> int:
     return crlf + 3 if lf < 0 or crlf < lf else lf + 2
 
 
-class _QuietLogger:
-    """uvicorn's logger, without its generic "Invalid HTTP request received." for a request that a limit
-    rejected: the rejection logs its own line, naming the limit."""
+class Guard:
+    """The limits on one HTTP connection: head accounting, the head clock, rejection and lingering close.
 
-    def __init__(self, wrapped: logging.Logger, guarded: Any) -> None:
-        self._wrapped, self._guarded = wrapped, guarded
-
-    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        if self._guarded._limit_hit is None:
-            self._wrapped.warning(msg, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._wrapped, name)
-
-
-class _Guarded:
-    """What both protocols share: head accounting, the head clock, rejection and lingering close.
-
-    A mixin placed before uvicorn's protocol class; ``_head_open`` is true from the start of a connection and
-    from the end of each request until the next request's head is parsed.
+    ``_head_open`` is true from the start of a connection and from the end of each request until the next
+    request's head is parsed.
     """
 
-    _limits: Limits
-    # Attributes of uvicorn's protocols, declared for the type checker.
-    loop: asyncio.AbstractEventLoop
-    transport: asyncio.Transport
-    cycle: Any
-    server_state: Any
-    logger: Any
-    client: tuple[str, int] | None
-
-    def _init_guard(self) -> None:
+    def __init__(self, conn: HttpConnection, limits: Limits) -> None:
+        self._conn = conn
+        self._limits = limits
         self._head_open = True
         self._head_size = 0  # bytes of the open head received so far
         self._head_tail = b""  # the open head's last bytes, in case its end straddles two reads
@@ -127,40 +101,40 @@ class _Guarded:
         self._limit_hit: _Exceeded | None = None
         self._rejected = False
         self._discarded = 0
-        self.logger = _QuietLogger(self.logger, self)
 
-    # The protocol interface, in front of uvicorn's (the mixin comes first in the MRO).
+    # The seam's RequestGuard: called by uvicorn's protocol (adapters.uvicorn_seam).
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        super().connection_made(transport)  # type: ignore[misc]
+    def connection_made(self) -> None:
         self._start_head_clock()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        super().connection_lost(exc)  # type: ignore[misc]
 
     def data_received(self, data: bytes) -> None:
         if not (self._head_open or self._rejected):  # a body: the parser's (and the body limit's) business
-            super().data_received(data)  # type: ignore[misc]
+            self._conn.parse(data)
             return
         if self._guard_data(data):
             heads_before = self._heads_done
-            super().data_received(data)  # type: ignore[misc]
+            self._conn.parse(data)
             if self._head_open and self._heads_done == heads_before:  # the same head goes on in the next read
                 self._head_tail = data[-2:]
                 self._line_seen = self._line_seen or b"\n" in data
 
-    def send_400_response(self, msg: str) -> None:
+    def refusing(self) -> bool:
+        return self._limit_hit is not None
+
+    def bad_request(self) -> bool:
         if self._limit_hit is None:
-            super().send_400_response(msg)  # type: ignore[misc]
-        else:
-            self._reject()
+            return False  # the parser's own complaint: uvicorn answers 400
+        self._reject()
+        return True
 
-    # Accounting, called by the parser-specific classes below.
+    # Accounting, called from inside the parser: raising _Exceeded fails the parse.
 
-    def _head_completed(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def head_parsed(self, method: bytes, target: bytes, headers: Headers) -> None:
         """The head was parsed and the app is about to be called: check what only a parsed head tells.
 
         Raises _Exceeded with the head still open: the rejection then answers for this request.
@@ -183,14 +157,14 @@ class _Guarded:
         self._head_since = None
         self._heads_done += 1
 
-    def _body_received(self, size: int) -> None:
+    def body_received(self, size: int) -> None:
         limit = self._limits.body
         if limit:
             self._body_size += size
             if self._body_size > limit:
                 raise self._exceeded(413, f"a body of more than {limit} bytes")
 
-    def _message_completed(self) -> None:
+    def message_completed(self) -> None:
         self._head_open = True
         self._head_size = self._body_size = 0
         self._head_tail = b""
@@ -207,7 +181,7 @@ class _Guarded:
         if self._rejected:  # lingering: read and discard
             self._discarded += len(data)
             if self._discarded > _LINGER_BYTES:
-                self.transport.close()
+                self._conn.transport.close()
             return False
         if self._head_since is None:  # the first bytes of a request head: its clock starts
             self._start_head_clock()
@@ -238,58 +212,59 @@ class _Guarded:
         return None
 
     def _start_head_clock(self) -> None:
-        self._head_since = now = self.loop.time()
+        loop = self._conn.loop
+        self._head_since = now = loop.time()
         if self._head_timer is None:
-            self._head_timer = self.loop.call_at(now + self._limits.head_timeout, self._on_head_clock)
+            self._head_timer = loop.call_at(now + self._limits.head_timeout, self._on_head_clock)
 
     def _on_head_clock(self) -> None:
         # One timer per connection, re-armed lazily: a head that completes in time costs no cancel.
         self._head_timer = None
         since = self._head_since
-        if since is None or self._rejected or self.transport.is_closing():
+        conn = self._conn
+        if since is None or self._rejected or conn.transport.is_closing():
             return
-        now, timeout = self.loop.time(), self._limits.head_timeout
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
+        now, timeout = conn.loop.time(), self._limits.head_timeout
+        if conn.in_flight:
             due = now + timeout  # a pipelined head waits for the request in flight: not the client's fault
         else:
             due = since + timeout
         if now < due:
-            self._head_timer = self.loop.call_at(due, self._on_head_clock)
+            self._head_timer = conn.loop.call_at(due, self._on_head_clock)
             return
         if self._head_size:
             self._limit_hit = _Exceeded(408, f"a request head not complete after {timeout:g} s")
             self._reject()
         else:  # nothing of a request arrived: an idle connection, closed as keep-alive ones are
-            self.transport.close()
+            conn.transport.close()
 
     def _reject(self) -> None:
         """Answer the limit that was hit (unless this request's response already started), then close lingering."""
         hit = self._limit_hit
-        transport = self.transport
+        conn = self._conn
+        transport = conn.transport
         self._rejected = True
         self._head_since = None
         if transport.is_closing():
             return
         if hit is not None:
-            source = f" from {self.client[0]}:{self.client[1]}" if self.client else ""
+            client = conn.client
+            source = f" from {client[0]}:{client[1]}" if client else ""
             logger.warning("refused a request%s: %s (%d %s)", source, hit.why, hit.status,
                            http.HTTPStatus(hit.status).phrase)
-        cycle = self.cycle
-        if not self._head_open and cycle is not None:
+        if not self._head_open and conn.has_request:
             # This request's app was called (its body grew past the limit): it now sees a disconnect and its
             # sends are dropped, so nothing it writes can follow the answer on the wire.
-            if not cycle.response_complete:
-                cycle.disconnected = True
-                cycle.message_event.set()
-            if cycle.response_started:
+            if conn.in_flight:
+                conn.disconnect_app()
+            if conn.response_started:
                 transport.close()
                 return
         if hit is not None:
             status, phrase = hit.status, http.HTTPStatus(hit.status).phrase
             text = f"{phrase}: {hit.why}\n".encode()
             head = [f"HTTP/1.1 {status} {phrase}\r\n".encode()]
-            head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+            head += [name + b": " + value + b"\r\n" for name, value in conn.default_headers]
             head.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
                         b"connection: close\r\n\r\n" % len(text))
             transport.write(b"".join(head) + text)
@@ -301,73 +276,5 @@ class _Guarded:
         except OSError:
             transport.close()
             return
-        self.loop.call_later(_LINGER_SECONDS, transport.close)
+        conn.loop.call_later(_LINGER_SECONDS, transport.close)
 
-
-def limited_protocol(base: type[Any], limits: Limits) -> type[Any]:
-    """uvicorn's HTTP protocol class ``base`` (httptools or h11), with ``limits`` enforced."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    if issubclass(base, H11Protocol):
-        return _h11_protocol(base, limits)
-    return _httptools_protocol(base, limits)
-
-
-def _httptools_protocol(base: type[Any], limits: Limits) -> type[Any]:
-    class Limited(_Guarded, base):  # type: ignore[misc, valid-type]
-        _limits = limits
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._init_guard()
-
-        # httptools calls these by the names it finds on the protocol when uvicorn builds the parser.
-        def on_headers_complete(self) -> None:
-            self._head_completed(self.parser.get_method(), self.url, self.headers)
-            super().on_headers_complete()
-
-        def on_body(self, body: bytes) -> None:
-            self._body_received(len(body))
-            super().on_body(body)
-
-        def on_message_complete(self) -> None:
-            super().on_message_complete()
-            self._message_completed()
-
-    return Limited
-
-
-def _h11_protocol(base: type[Any], limits: Limits) -> type[Any]:
-    import h11
-
-    class LimitedConnection(h11.Connection):  # type: ignore[misc]
-        """h11's connection, showing the protocol each request event before uvicorn acts on it."""
-
-        def __init__(self, protocol: Any, max_incomplete_event_size: int) -> None:
-            super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
-            self._protocol = protocol
-
-        def next_event(self) -> Any:
-            event = super().next_event()
-            try:
-                if isinstance(event, h11.Data):
-                    self._protocol._body_received(len(event.data))
-                elif isinstance(event, h11.Request):
-                    self._protocol._head_completed(event.method, event.target, event.headers.raw_items())
-                elif isinstance(event, h11.EndOfMessage):
-                    self._protocol._message_completed()
-            except _Exceeded as exc:
-                raise h11.RemoteProtocolError(exc.why) from exc  # uvicorn then calls send_400_response
-            return event
-
-    class Limited(_Guarded, base):  # type: ignore[misc, valid-type]
-        _limits = limits
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            # data_received bounds a head first; h11's own bound (on a buffer with no complete event) is a
-            # backstop just above it, so that both parsers answer alike.
-            self.conn = LimitedConnection(self, limits.head + 4096)
-            self._init_guard()
-
-    return Limited

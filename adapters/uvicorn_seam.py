@@ -1,0 +1,386 @@
+"""The one module that touches uvicorn's internals: everything else in clusterrun uses the names below.
+
+clusterrun serves on uvicorn's HTTP and WebSocket protocol classes but runs its own server around them (a
+worker adopts connections the primary passes, drains its own way, recycles itself), so it needs more of
+uvicorn than ``uvicorn.Config`` and ``uvicorn.Server`` publish. What it needs, and where:
+
+* ``Stack`` — a worker's protocols: ``uvicorn.Config(...).load()`` for the protocol classes, one
+  ``uvicorn.server.ServerState`` shared by the worker's connections, the protocol constructor's ``_loop=``,
+  the server state's ``default_headers`` (our Date header), ``total_requests``, ``connections`` and
+  ``tasks``, ``Config.ws_protocol_class`` replaced (uvicorn reads it on each WebSocket upgrade), and
+  ``Config.loaded_app`` wrapped where uvicorn closes a connection without saying so (``_announcing_close``:
+  the request cycle's bound ``send`` and its ``keep_alive``, ``uvicorn.__version__``);
+* ``OpenConnection`` — one open connection as the drain sees it: the protocol's ``app`` (read for each new
+  request), ``cycle.response_started`` / ``cycle.response_complete``, and ``shutdown()``;
+* ``HttpConnection`` and ``RequestGuard`` — the hooks adapters.limits needs to bound request heads and
+  bodies: the HTTP protocol subclassed (httptools or h11), its ``loop``, ``transport``, ``client``,
+  ``logger``, ``cycle`` (``disconnected``, ``message_event``), the httptools parser callbacks
+  (``on_headers_complete`` with ``parser``, ``url``, ``headers``; ``on_body``; ``on_message_complete``), h11's
+  ``conn`` (built in ``__init__``), and ``send_400_response(msg)``, which both protocols call after a parser
+  error.
+
+Every name here was checked against uvicorn 0.30.0 (the oldest the pin in pyproject.toml allows) and 0.54.0
+(the newest on PyPI on 2026-11-29), reading their ``config.py``, ``server.py``,
+``protocols/http/httptools_impl.py``, ``protocols/http/h11_impl.py`` and ``protocols/websockets/*.py``, and
+running the test suite on both (``tox -e uvicorn-oldest,uvicorn-latest``). Before widening the pin, re-read
+those files for the names above and run both envs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+__all__ = ["HttpConnection", "OpenConnection", "RequestGuard", "RequestRefused", "Stack"]
+
+Headers = list[tuple[bytes, bytes]]
+ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+class RequestRefused(Exception):
+    """Raised by a ``RequestGuard`` hook to refuse the request; its text says why (h11 carries it along)."""
+
+
+class RequestGuard(Protocol):
+    """What adapters.limits plugs into every HTTP connection (one guard per connection).
+
+    uvicorn's protocol calls these; the ``*_parsed``/``*_received`` hooks run inside the parser and may raise
+    ``RequestRefused``: the parser then fails, uvicorn calls ``send_400_response``, and the guard's
+    ``bad_request`` answers instead.
+    """
+
+    def connection_made(self) -> None:
+        """After uvicorn's own ``connection_made``."""
+
+    def connection_lost(self) -> None:
+        """Before uvicorn's own ``connection_lost``."""
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the client; the guard passes them on to ``HttpConnection.parse`` (or does not)."""
+
+    def head_parsed(self, method: bytes, target: bytes, headers: Headers) -> None:
+        """A request head is parsed; uvicorn calls the app next."""
+
+    def body_received(self, size: int) -> None:
+        """``size`` bytes of a request body were parsed; uvicorn hands them to the app next."""
+
+    def message_completed(self) -> None:
+        """A request ended (after uvicorn's own handling of its end)."""
+
+    def refusing(self) -> bool:
+        """True while a refusal is being answered: uvicorn's generic warnings are then muted."""
+        ...
+
+    def bad_request(self) -> bool:
+        """uvicorn is about to answer 400 to a request its parser rejected; True if the guard answered it."""
+        ...
+
+
+class HttpConnection:
+    """What a ``RequestGuard`` may see and do of one of uvicorn's HTTP connections."""
+
+    __slots__ = ("_protocol", "parse")
+
+    def __init__(self, protocol: Any, parse: Callable[[bytes], None]) -> None:
+        self._protocol = protocol
+        self.parse = parse  # uvicorn's data_received: feeds the parser
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._protocol.loop  # type: ignore[no-any-return]
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        return self._protocol.transport  # type: ignore[no-any-return]
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        return self._protocol.client  # type: ignore[no-any-return]
+
+    @property
+    def default_headers(self) -> Headers:
+        """The headers uvicorn adds to every response (Server, Date)."""
+        return self._protocol.server_state.default_headers  # type: ignore[no-any-return]
+
+    @property
+    def has_request(self) -> bool:
+        """A request reached the app on this connection (and may still be running)."""
+        return self._protocol.cycle is not None
+
+    @property
+    def in_flight(self) -> bool:
+        """A request's response is not complete yet."""
+        cycle = self._protocol.cycle
+        return cycle is not None and not cycle.response_complete
+
+    @property
+    def response_started(self) -> bool:
+        cycle = self._protocol.cycle
+        return cycle is not None and bool(cycle.response_started)
+
+    def disconnect_app(self) -> None:
+        """The app's request sees the client gone: ``receive()`` says disconnect, its sends are dropped."""
+        cycle = self._protocol.cycle
+        cycle.disconnected = True
+        cycle.message_event.set()
+
+
+class OpenConnection:
+    """One of a worker's open connections (HTTP or WebSocket), as the drain sees it."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    @property
+    def ident(self) -> int:
+        """Stable for the connection's life (views come and go)."""
+        return id(self._protocol)
+
+    def wrap_app(self, wrap: Callable[[Any], Any]) -> bool:
+        """Serve the connection's next requests with ``wrap(app)``; False if it has no app to wrap."""
+        if not hasattr(self._protocol, "app"):
+            return False
+        self._protocol.app = wrap(self._protocol.app)  # uvicorn reads it for each new request
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """No request in flight (a WebSocket has no request cycle: idle)."""
+        cycle = getattr(self._protocol, "cycle", None)
+        return cycle is None or bool(cycle.response_complete)
+
+    @property
+    def response_started(self) -> bool:
+        cycle = getattr(self._protocol, "cycle", None)
+        return cycle is not None and bool(cycle.response_started)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful close: now if idle, else after the response in flight (Connection: close)."""
+        self._protocol.shutdown()
+
+
+class _QuietLogger:
+    """uvicorn's protocol logger, muted for warnings while the guard refuses a request: uvicorn's generic
+    "Invalid HTTP request received." would follow the guard's own line, which names the limit."""
+
+    def __init__(self, wrapped: logging.Logger, guard: RequestGuard) -> None:
+        self._wrapped, self._guard = wrapped, guard
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self._guard.refusing():
+            self._wrapped.warning(msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+
+class Stack:
+    """uvicorn's protocols set up for one worker: the classes to serve with and the state they share."""
+
+    def __init__(self, app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int) -> None:
+        config = uvicorn.Config(
+            app=lambda: app,  # a factory, so that uvicorn does not probe the app by calling it
+            factory=True,
+            interface="asgi3",
+            http=http,  # type: ignore[arg-type]
+            lifespan="off",  # clusterrun runs the lifespan itself (adapters.lifespan)
+            log_config=None,
+            access_log=access_log,
+            proxy_headers=False,
+            server_header=False,
+            headers=[("server", "clusterrun")],
+            timeout_keep_alive=timeout_keep_alive,
+            backlog=backlog,
+        )
+        config.load()  # imports the protocol classes, sets encoded_headers and loaded_app
+        if issubclass(config.http_protocol_class, H11Protocol) or _version(uvicorn.__version__) < (0, 53):
+            config.loaded_app = _announcing_close(config.loaded_app)  # every protocol reads it in __init__
+        self._config = config
+        self._state = ServerState()
+        self._http_protocol: type[Any] = config.http_protocol_class
+        self.encoded_headers: Headers = list(config.encoded_headers)
+
+    # Building the protocol classes (before serving).
+
+    def guard_requests(self, make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int) -> None:
+        """Give every HTTP connection a guard (adapters.limits); ``head_limit`` bounds a request head in bytes."""
+        base = self._http_protocol
+        if issubclass(base, H11Protocol):
+            self._http_protocol = _guarded_h11(base, make_guard, head_limit)
+        else:
+            self._http_protocol = _guarded_httptools(base, make_guard)
+
+    def notify_close(self, on_close: Callable[[], None]) -> None:
+        """Call ``on_close`` whenever a connection closes (for least-conn).
+
+        Both protocols are wrapped: a connection upgraded to WebSocket closes through the WebSocket protocol
+        only, which uvicorn takes from the config on each upgrade.
+        """
+        self._http_protocol = _counting(self._http_protocol, on_close)
+        if self._config.ws_protocol_class is not None:
+            self._config.ws_protocol_class = _counting(self._config.ws_protocol_class, on_close)
+
+    def protocol_factory(self, loop: asyncio.AbstractEventLoop, app_state: dict[str, Any]) -> ProtocolFactory:
+        """What ``loop.create_server`` and ``loop.connect_accepted_socket`` call for each connection."""
+        protocol: Callable[..., asyncio.Protocol] = self._http_protocol
+        return functools.partial(protocol, config=self._config, server_state=self._state, app_state=app_state,
+                                 _loop=loop)
+
+    # The server state the connections share (while serving).
+
+    def set_default_headers(self, headers: Headers) -> None:
+        """The headers every response gets (uvicorn's protocols read them from the server state)."""
+        self._state.default_headers = headers
+
+    @property
+    def total_requests(self) -> int:
+        return self._state.total_requests
+
+    @property
+    def busy(self) -> bool:
+        """A connection is open or a request task still runs."""
+        return bool(self._state.connections or self._state.tasks)
+
+    def open_connections(self) -> list[OpenConnection]:
+        return [OpenConnection(protocol) for protocol in list(self._state.connections)]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [token.strip() for token in value.lower().split(b",")]
+
+
+def _announcing_close(app: Any) -> Any:
+    """``app``, its responses saying ``Connection: close`` when uvicorn closes the connection after them.
+
+    ``shutdown()`` of a connection whose request is in flight makes uvicorn close it after the response
+    (``cycle.keep_alive`` false). Since 0.53.0 uvicorn's httptools protocol then adds ``Connection: close`` to
+    the response; its h11 protocol (0.54.0 included) and its httptools protocol before 0.53.0 (checked: 0.30.0,
+    0.52.0) do not, and a keep-alive client reuses the connection as it closes and fails. This adds the header
+    as 0.53.0 does: only where no ``Connection`` header of the response says close already.
+    """
+
+    async def announcing(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        cycle = getattr(send, "__self__", None)  # uvicorn passes its RequestResponseCycle's bound send
+
+        async def send_announcing(message: Any) -> None:
+            if message["type"] == "http.response.start" and cycle is not None and not cycle.keep_alive:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"connection" and b"close" in _tokens(value) for name, value in headers):
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_announcing)
+
+    return announcing
+
+
+def _counting(base: type[Any], on_close: Callable[[], None]) -> type[Any]:
+    class Counting(base):  # type: ignore[misc, valid-type]
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            on_close()
+
+    return Counting
+
+
+def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard]) -> type[Any]:
+    """``base`` calling a guard around uvicorn's transport-side methods (both parsers)."""
+
+    class Guarded(base):  # type: ignore[misc, valid-type]
+        _guard: RequestGuard
+        logger: Any  # uvicorn's, set in its __init__
+
+        def _init_guard(self) -> None:
+            self._guard = guard = make_guard(HttpConnection(self, super().data_received))
+            self.logger = _QuietLogger(self.logger, guard)
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._guard.connection_made()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._guard.connection_lost()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            self._guard.data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._guard.bad_request():
+                super().send_400_response(msg)
+
+    return Guarded
+
+
+def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard]) -> type[Any]:
+    class GuardedHttptools(_guarded(base, make_guard)):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._init_guard()
+
+        # httptools calls these by the names it finds on the protocol when uvicorn builds the parser; an
+        # exception raised in one makes the parser fail (HttpParserCallbackError, an HttpParserError).
+        def on_headers_complete(self) -> None:
+            self._guard.head_parsed(self.parser.get_method(), self.url, self.headers)
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            self._guard.body_received(len(body))
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._guard.message_completed()
+
+    return GuardedHttptools
+
+
+def _guarded_h11(
+    base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int
+) -> type[Any]:
+    class GuardedConnection(h11.Connection):
+        """h11's connection, showing the guard each request event before uvicorn acts on it."""
+
+        def __init__(self, guard: RequestGuard, max_incomplete_event_size: int) -> None:
+            super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+            self._guard = guard
+
+        def next_event(self) -> Any:
+            event = super().next_event()
+            try:
+                if isinstance(event, h11.Data):
+                    self._guard.body_received(len(event.data))
+                elif isinstance(event, h11.Request):
+                    self._guard.head_parsed(event.method, event.target, event.headers.raw_items())
+                elif isinstance(event, h11.EndOfMessage):
+                    self._guard.message_completed()
+            except RequestRefused as exc:
+                raise h11.RemoteProtocolError(str(exc)) from exc  # uvicorn then calls send_400_response
+            return event
+
+    class GuardedH11(_guarded(base, make_guard)):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._init_guard()
+            # The guard bounds a head as its bytes arrive; h11's own bound (on a buffer with no complete
+            # event) is a backstop just above it, so that both parsers answer alike.
+            self.conn = GuardedConnection(self._guard, head_limit + 4096)
+
+    return GuardedH11
