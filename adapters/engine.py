@@ -29,7 +29,6 @@ from ..config import Config
 from ..counters import SharedCounter
 from ..errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from ..identity import WorkerInfo
-from ..policies import POLICY_CLASSES
 from ..protocol import Beat, BootFailed, Broadcast, Connections, Draining, Message, Online, Ready, Recycle, Stop
 from ..supervision import heartbeat_interval
 from .lifespan import Lifespan
@@ -178,7 +177,7 @@ class WorkerServer:
         # (clusterrun.counters): least-conn orders by it, and every such policy keeps a worker's open connections
         # within its descriptor table.
         self.closes = closes
-        self._counts_closes = POLICY_CLASSES[config.policy].dispatches
+        self._counts_closes = closes.shared
         self._dropped_reported = 0.0  # when dropped descriptors were last logged
         # Recycling limits, fixed per worker; the jitter keeps workers from all being replaced at once.
         self._request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)

@@ -23,9 +23,13 @@ _WRAP = 1 << 64
 
 
 class SharedCounter:
-    def __init__(self) -> None:
-        self._map = mmap.mmap(-1, mmap.PAGESIZE)  # shared and anonymous: the forked worker writes the same page
-        self._cell = memoryview(self._map).cast("Q")
+    """``shared``: False under a kernel-side policy, where the primary never reads it: no page is mapped."""
+
+    def __init__(self, shared: bool = True) -> None:
+        self.shared = shared
+        # Shared and anonymous: the forked worker writes the same page.
+        self._map = mmap.mmap(-1, mmap.PAGESIZE) if shared else None
+        self._cell = memoryview(self._map).cast("Q") if self._map is not None else memoryview(array.array("Q", [0]))
         self._value = 0  # the writer's own copy, so that it never reads the shared page
 
     def add(self, amount: int = 1) -> None:
@@ -39,7 +43,7 @@ class SharedCounter:
 
     def close(self) -> None:
         """In the primary, once the worker is reaped: unmap the page now rather than whenever this is freed."""
-        if self._map.closed:
+        if self._map is None or self._map.closed:
             return
         last = self._cell[0]
         self._cell.release()

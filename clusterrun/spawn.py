@@ -47,7 +47,8 @@ class Forker:
 
     def spawn(self, worker_id: int, index: int, replaces: WorkerHandle | None) -> WorkerHandle:
         parent_end, child_end = Channel.pair()
-        closes = SharedCounter()  # made before the fork: the worker writes it, the primary reads it
+        # Made before the fork: the worker writes it, the primary reads it (primary-side policies only).
+        closes = SharedCounter(shared=self.policy.dispatches)
         sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
         to_close = [*self.primary_fds(), parent_end.fileno()]
         to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]

@@ -282,6 +282,14 @@ def test_a_count_a_forked_worker_keeps_is_read_by_the_primary() -> None:
     assert closes.read() == 3
 
 
+def test_a_count_nobody_reads_is_a_plain_count() -> None:
+    closes = SharedCounter(shared=False)  # kernel-side policies: the primary never reads it, so no page
+    closes.add(2)
+    assert not closes.shared and closes.read() == 2
+    closes.close()
+    assert closes.read() == 2
+
+
 def test_header_layout_is_length_then_descriptor_count() -> None:
     payload = b'{"t":"conn","family":%d}' % socket.AF_INET
     assert connection_frame(2, socket.AF_INET) == struct.pack("!IB", len(payload), 2) + payload
