@@ -94,8 +94,9 @@ class Channel:
         # Set by the owner: told True when bytes wait for the socket to be writable, False when drained.
         self.on_backlog: Callable[[bool], None] = _ignore_backlog
 
-    @classmethod
-    def pair(cls) -> tuple[socket.socket, socket.socket]:
+    @staticmethod
+    def socketpair() -> tuple[socket.socket, socket.socket]:
+        """The two connected sockets a primary and a worker each wrap in a Channel."""
         return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
     def fileno(self) -> int:

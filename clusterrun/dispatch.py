@@ -24,10 +24,10 @@ import selectors
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .channel import MAX_FDS_PER_FRAME, connection_frame
-from .policies import Policy
+from .policies import Dispatching, Policy
 from .supervision import Timers, WorkerHandle
 
 # How long accepting pauses when the primary's own descriptor table is full, and how often that is logged.
@@ -47,6 +47,8 @@ class Dispatcher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
+        # Its ordering, under a dispatching policy; None where workers accept for themselves.
+        self._order = policy.order if isinstance(policy, Dispatching) else None
         self.selector = selector
         self.timers = timers
         self.late_after = late_after  # silence after which a worker gets nothing new
@@ -159,7 +161,8 @@ class Dispatcher:
     def _choose(self, peer: str) -> WorkerHandle | None:
         now = self.clock()
         fallback: WorkerHandle | None = None
-        for handle in self.policy.order(self.ready, peer):
+        candidates: Iterable[WorkerHandle] = self._order(self.ready, peer) if self._order is not None else ()
+        for handle in candidates:
             if not self._can_take(handle, now):
                 continue
             if not handle.channel.backlog:

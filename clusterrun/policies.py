@@ -11,8 +11,9 @@ changes when one is added:
   makes for a slot are its own (``held_sockets``), kept for the slot's life and
   given to each worker that serves it; ``release(index)`` closes them when the
   slot goes away, ``close()`` when the cluster stops.
-- ``order(ready, peer)``: for a dispatching policy, the ready workers in the
-  order to try them; the primary skips one whose channel is backed up.
+- ``order(ready, peer)``: only a ``Dispatching`` policy has it: the ready
+  workers in the order to try them (the dispatcher skips late, full and
+  backed-up ones).
 - ``tracks_connections``: workers count the connections they close where the
   primary reads them (``clusterrun.counters``), so that its count of each
   worker's open connections is exact.
@@ -42,10 +43,12 @@ class Candidate(Protocol):
 W = TypeVar("W", bound=Candidate)
 
 
-class Policy(ABC):
+class Policy:
+    """Where connections arrive: how the primary binds, and which sockets each worker serves."""
+
     name: ClassVar[str]
     summary: ClassVar[str]
-    dispatches: ClassVar[bool] = True
+    dispatches: ClassVar[bool] = False
     tracks_connections: ClassVar[bool] = False
 
     def bind(self, address: BindAddress, backlog: int) -> socket.socket:
@@ -57,18 +60,24 @@ class Policy(ABC):
     def held_sockets(self) -> list[socket.socket]:
         return []
 
-    # Optional hooks, not abstract: only a policy that holds sockets per slot has anything to do in them.
-    def release(self, index: int) -> None:  # noqa: B027
+    # Hooks: only a policy that holds sockets per slot has anything to do in them.
+    def release(self, index: int) -> None:
         """Slot ``index`` is gone (scaled down or given up) and its last worker exited."""
 
-    def close(self) -> None:  # noqa: B027
+    def close(self) -> None:
         """The cluster stops."""
+
+
+class Dispatching(Policy, ABC):
+    """The primary accepts each connection and hands it to the worker this policy puts first."""
+
+    dispatches = True
 
     @abstractmethod
     def order(self, ready: Sequence[W], peer: str) -> Iterator[W]: ...
 
 
-class RoundRobin(Policy):
+class RoundRobin(Dispatching):
     name = "rr"
     summary = ("the primary accepts and hands each connection to the next ready worker (Node's SCHED_RR); "
                "even spread, the default")
@@ -97,7 +106,7 @@ class LeastConnections(RoundRobin):
         return iter(rotated)
 
 
-class Sticky(Policy):
+class Sticky(Dispatching):
     name = "sticky"
     summary = ("the same client address always goes to the same live worker; for per-process sessions or "
                "caches (behind a proxy it sees the proxy's address)")
@@ -113,13 +122,9 @@ class Shared(Policy):
     name = "shared"
     summary = ("every worker accepts on the inherited socket and the kernel picks (what gunicorn and uvicorn "
                "do); no hop through the primary")
-    dispatches = False
 
     def worker_sockets(self, index: int, listeners: Sequence[socket.socket], backlog: int) -> list[socket.socket]:
         return list(listeners)
-
-    def order(self, ready: Sequence[W], peer: str) -> Iterator[W]:
-        raise NotImplementedError("workers accept for themselves under the shared policy")
 
 
 class ReusePort(Shared):

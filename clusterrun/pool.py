@@ -130,7 +130,7 @@ class Pool:
         if respawn and self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
             self.spawn(handle.index)
-        handle.stop(linger=not self.stopping)
+        handle.drain(linger=not self.stopping)
 
     def hang_up(self, handle: WorkerHandle) -> None:
         """Talk to the worker no more (it broke or closed its channel); what it never read stays recoverable."""

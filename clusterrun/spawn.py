@@ -5,7 +5,7 @@ keeps both ends: what the worker never reads outlives it, see channel.py), a
 shared counter page made before the fork, and the listening sockets its policy
 gives its slot. The child closes every descriptor that belongs to the primary
 (the signal inbox, other workers' channels, listeners it does not serve) and
-never returns here: worker.run ends in ``os._exit``.
+never returns here: child.run ends in ``os._exit``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import worker
+from . import child
 from .channel import Channel
 from .config import Config
 from .counters import SharedCounter
@@ -46,7 +46,7 @@ class Forker:
         self.preloaded = preloaded  # the app, imported before forking (--preload)
 
     def spawn(self, worker_id: int, index: int, replaces: WorkerHandle | None) -> WorkerHandle:
-        parent_end, child_end = Channel.pair()
+        parent_end, child_end = Channel.socketpair()
         # Made before the fork: the worker writes it, the primary reads it (primary-side policies only).
         closes = SharedCounter(shared=self.policy.dispatches)
         sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
@@ -58,7 +58,7 @@ class Forker:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            worker.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded)
+            child.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded)
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
                               replaces=replaces, closes=closes)
         handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)

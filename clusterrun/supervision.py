@@ -180,8 +180,10 @@ class WorkerHandle:
         self.interface = interface
         self.ready_at = now
 
-    def stop(self, linger: bool = False) -> None:
-        """Ask the worker to drain. In-band, so that it reads every connection sent before the order.
+    def drain(self, linger: bool = False) -> None:
+        """Ask the worker to drain (finish what it has, take nothing new, exit).
+
+        In-band, so that it reads every connection sent before the order.
 
         ``linger``: other workers take over, so idle keep-alive connections may stay open until their
         client's next request (answered with Connection: close) instead of closing under it.

@@ -67,7 +67,7 @@ class Spawner:
         return self.spawn(len(self.made) + 1, index, replaces)
 
     def spawn(self, worker_id: int, index: int, replaces: WorkerHandle | None) -> FakeWorker:
-        primary_end, worker_end = Channel.pair()
+        primary_end, worker_end = Channel.socketpair()
         handle = FakeWorker(worker_id, index, 900_000 + worker_id, Channel(primary_end), started=self.clock(),
                             replaces=replaces)
         handle.signals = []
@@ -135,14 +135,14 @@ def test_a_move_no_worker_makes_is_refused(spawn: Spawner, path: list[WorkerStat
 def test_a_retired_worker_is_told_to_drain_in_band(spawn: Spawner, clock: Clock) -> None:
     handle = spawn(0)
     handle.mark_ready("wsgi", clock())
-    handle.stop(linger=True)
+    handle.drain(linger=True)
     assert handle.retired and handle.state is S.DRAINING
     assert handle.received() == [(Stop(linger=True), 0)]
     # Its channel hung up (it died): a stop can only be a signal now.
     other = spawn(1)
     other.mark_ready("wsgi", clock())
     other.channel.hang_up()
-    other.stop()
+    other.drain()
     assert other.signals == [str(int(signal.SIGTERM))]
 
 

@@ -150,7 +150,7 @@ def test_throttle_counts_only_unstable_deaths_toward_the_limit() -> None:
 
 
 def test_frames_and_descriptors_cross_the_channel() -> None:
-    left, right = Channel.pair()
+    left, right = Channel.socketpair()
     sender, receiver = Channel(left), Channel(right)
     try:
         a, b = socket.socketpair()
@@ -172,7 +172,7 @@ def test_frames_and_descriptors_cross_the_channel() -> None:
 
 
 def test_descriptors_a_dead_receiver_never_read_are_taken_back_in_order() -> None:
-    left, right = Channel.pair()
+    left, right = Channel.socketpair()
     # The sender keeps the receiver's end too, as the primary keeps each worker's.
     sender = Channel(left, keep=right)
     peers = [socket.socketpair() for _ in range(5)]
@@ -213,7 +213,7 @@ def test_descriptors_the_kernel_drops_for_a_full_table_are_counted_not_fatal() -
     import subprocess
     import sys
 
-    left, right = Channel.pair()
+    left, right = Channel.socketpair()
     sender = Channel(left)
     peers = [socket.socketpair() for _ in range(4)]
     try:
@@ -231,7 +231,7 @@ def test_descriptors_the_kernel_drops_for_a_full_table_are_counted_not_fatal() -
 
 
 def test_a_large_frame_is_written_across_many_sends() -> None:
-    left, right = Channel.pair()
+    left, right = Channel.socketpair()
     sender, receiver = Channel(left), Channel(right)
     try:
         sender.send(Message("x" * (MAX_PAYLOAD - 100)))
