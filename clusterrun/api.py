@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from typing import Any
 
 from . import logs
@@ -141,6 +142,12 @@ def prepare_engine(config: Config) -> Any:
     try:
         from .adapters import engine, loading
     except ImportError as exc:
+        package = os.path.dirname(os.path.abspath(__file__))
+        if os.path.isfile(os.path.join(os.path.dirname(package), "adapters", "__init__.py")):
+            # The source folder of a checkout shadows the installed package (python -m run from its root).
+            raise ConfigError(f"{package} is the source folder of a clusterrun checkout, not the installed "
+                              "package: run from another directory, or install the checkout with pip install -e ."
+                              ) from None
         raise ConfigError(f"the serving engine cannot be imported ({exc}); reinstall with: pip install clusterrun"
                           ) from None
     loading.check_module_exists(config.app, config.app_dir)

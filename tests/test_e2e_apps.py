@@ -75,7 +75,7 @@ def test_app_dir_from_another_cwd(run_cli: Callable[..., Cluster], app: str, tmp
 
 @pytest.mark.parametrize(("spec", "interface"), [("e2e_wsgi_raw:app", "wsgi"), ("e2e_asgi_raw:app", "asgi")])
 def test_relative_app_dir(run_cli: Callable[..., Cluster], spec: str, interface: str) -> None:
-    detected, body = serve_and_ask(run_cli, spec, "--app-dir", "tests/apps", cwd=TEST_APPS.parent.parent)
+    detected, body = serve_and_ask(run_cli, spec, "--app-dir", "apps", cwd=TEST_APPS.parent)
     assert (detected, body["interface"]) == (interface, interface)
 
 

@@ -43,7 +43,7 @@ class FakeWorker(WorkerHandle):
     worker_end: Channel
 
     def _signal(self, signum: int) -> None:
-        self.signals.append(str(signum))
+        self.signals.append(str(int(signum)))
 
     def received(self) -> list[Any]:
         """Every frame the worker was sent, with the number of descriptors each carried (closing them)."""
