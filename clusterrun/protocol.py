@@ -11,8 +11,9 @@ is the channel's business (channel.py).
 Worker to primary: Online, Ready, BootFailed, Beat, Recycle, Draining,
 Message, Broadcast. Primary to worker: Connections, Message, Stop.
 
-A new kind is a dataclass here with its ``KIND`` and ``parse``, a line in
-``_KINDS``, and a ``case`` where it is handled.
+A new kind is a dataclass here with its ``KIND`` (and, if it has fields, a
+``parse`` that checks them), a line in ``_KINDS``, and a ``case`` where it is
+handled.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .errors import ChannelError
 
@@ -45,19 +46,29 @@ def _whole(obj: Mapping[str, Any], key: str, optional: bool = False) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class Online:
-    """The worker is forked and is loading the app (Node's "online")."""
+K = TypeVar("K", bound="_Kind")
 
-    KIND: ClassVar[str] = "online"
+
+@dataclass(frozen=True)
+class _Kind:
+    """A frame kind with no fields; a kind with fields overrides ``parse`` to check each."""
+
+    KIND: ClassVar[str]
 
     @classmethod
-    def parse(cls, obj: Mapping[str, Any]) -> Online:
+    def parse(cls: type[K], obj: Mapping[str, Any]) -> K:
         return cls()
 
 
 @dataclass(frozen=True)
-class Ready:
+class Online(_Kind):
+    """The worker is forked and is loading the app (Node's "online")."""
+
+    KIND: ClassVar[str] = "online"
+
+
+@dataclass(frozen=True)
+class Ready(_Kind):
     """The worker serves. ``connection_room``: connections its descriptor table can hold (None: no limit)."""
 
     KIND: ClassVar[str] = "ready"
@@ -70,7 +81,7 @@ class Ready:
 
 
 @dataclass(frozen=True)
-class BootFailed:
+class BootFailed(_Kind):
     """The app failed to load or start in the worker, which exits next."""
 
     KIND: ClassVar[str] = "boot_error"
@@ -82,18 +93,14 @@ class BootFailed:
 
 
 @dataclass(frozen=True)
-class Beat:
+class Beat(_Kind):
     """The worker's event loop is alive (sent four times per --timeout, at most once a second)."""
 
     KIND: ClassVar[str] = "beat"
 
-    @classmethod
-    def parse(cls, obj: Mapping[str, Any]) -> Beat:
-        return cls()
-
 
 @dataclass(frozen=True)
-class Recycle:
+class Recycle(_Kind):
     """The worker asks to be replaced (--max-requests, --max-memory)."""
 
     KIND: ClassVar[str] = "recycle"
@@ -105,18 +112,14 @@ class Recycle:
 
 
 @dataclass(frozen=True)
-class Draining:
+class Draining(_Kind):
     """The worker was told to stop from outside (SIGTERM): route nothing more to it."""
 
     KIND: ClassVar[str] = "draining"
 
-    @classmethod
-    def parse(cls, obj: Mapping[str, Any]) -> Draining:
-        return cls()
-
 
 @dataclass(frozen=True)
-class Message:
+class Message(_Kind):
     """A user message (any JSON value): to the primary's "message" event, or to a worker's callbacks."""
 
     KIND: ClassVar[str] = "msg"
@@ -128,7 +131,7 @@ class Message:
 
 
 @dataclass(frozen=True)
-class Broadcast:
+class Broadcast(_Kind):
     """A user message from a worker, for the primary to relay to every other live worker."""
 
     KIND: ClassVar[str] = "bcast"
@@ -140,7 +143,7 @@ class Broadcast:
 
 
 @dataclass(frozen=True)
-class Connections:
+class Connections(_Kind):
     """Accepted connections of one address family; their descriptors travel with the frame."""
 
     KIND: ClassVar[str] = "conn"
@@ -152,7 +155,7 @@ class Connections:
 
 
 @dataclass(frozen=True)
-class Stop:
+class Stop(_Kind):
     """Drain and exit. ``linger``: other workers take over, so idle keep-alive connections may stay a while."""
 
     KIND: ClassVar[str] = "stop"
