@@ -176,8 +176,7 @@ class WorkerServer:
         # Under a primary-side policy every closed connection is counted where the primary reads it
         # (clusterrun.counters): least-conn orders by it, and every such policy keeps a worker's open connections
         # within its descriptor table.
-        self.closes = closes
-        self._counts_closes = closes.shared
+        self.closes = closes  # shared only under a primary-side policy: then every close is counted
         self._dropped_reported = 0.0  # when dropped descriptors were last logged
         # Recycling limits, fixed per worker; the jitter keeps workers from all being replaced at once.
         self._request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
@@ -206,7 +205,7 @@ class WorkerServer:
         app_state["clusterrun.worker"] = self.info
         limits = Limits.from_config(self.config)
         stack.guard_requests(lambda conn: Guard(conn, limits), head_limit=limits.head)
-        if self._counts_closes:
+        if self.closes.shared:
             stack.notify_close(self.closes.add)
         self.protocol_factory = stack.protocol_factory(loop, app_state)
         self._tick(stack.encoded_headers)
@@ -289,7 +288,7 @@ class WorkerServer:
 
     def _on_dropped(self, count: int) -> None:
         """The kernel closed passed connections this worker had no descriptor for: count them, say so, go on."""
-        if self._counts_closes:
+        if self.closes.shared:
             self.closes.add(count)  # the primary counted them as open here
         now = time.monotonic()
         if now - self._dropped_reported >= 5.0:
