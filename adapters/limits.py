@@ -29,7 +29,6 @@ import http
 import logging
 from dataclasses import dataclass
 
-from ..config import Config
 from .uvicorn_seam import Headers, HttpConnection, RequestRefused
 
 __all__ = ["Guard", "Limits"]
@@ -43,7 +42,7 @@ _LINGER_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request bounds; the defaults are Config's (clusterrun.config), documented in README "Limits"."""
+    """Per-request bounds; the worker builds them from its Config (clusterrun.serving), README "Limits"."""
 
     request_line: int = 4094  # bytes of "METHOD TARGET HTTP/1.1", as gunicorn's limit_request_line: 414
     header_count: int = 100  # header fields, as gunicorn's limit_request_fields: 431
@@ -51,17 +50,6 @@ class Limits:
     head: int = 64 * 1024  # bytes of the whole head: what a parser may ever hold of one: 414 or 431
     head_timeout: float = 10.0  # seconds to receive a complete head: 408 and close
     body: int = 0  # bytes of a request body, 0 = no limit: 413
-
-    @classmethod
-    def from_config(cls, config: Config) -> Limits:
-        return cls(
-            request_line=config.limit_request_line,
-            header_count=config.limit_request_fields,
-            header_field=config.limit_request_field_size,
-            head=config.limit_request_head,
-            head_timeout=config.timeout_request_head,
-            body=config.limit_request_body,
-        )
 
 
 class _Exceeded(RequestRefused):

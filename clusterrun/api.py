@@ -18,13 +18,16 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .config import OPTIONS, OPTIONS_BY_NAME, Config, build_config
 from .errors import ConfigError
 from .events import Events, Handler
 from .supervision import Worker
+
+if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+    from .adapters.entry import LoadedApp
 
 logger = logging.getLogger("clusterrun")
 
@@ -118,9 +121,9 @@ class Cluster:
         return self._primary
 
     def _load_hooks(self, spec: str) -> None:
-        from .adapters.loading import put_app_dir_first
+        from .adapters import entry
 
-        put_app_dir_first(self.config.app_dir)
+        entry.put_app_dir_first(self.config.app_dir)
         module_name, _, attr = spec.partition(":")
         try:
             hooks: Any = importlib.import_module(module_name)
@@ -134,13 +137,13 @@ class Cluster:
                               "listening, message, disconnect, exit)")
 
 
-def prepare_engine(config: Config) -> Any:
+def prepare_engine(config: Config) -> LoadedApp | None:
     """In the primary, before any fork: check the engine and the app's module, warm the imports.
 
     With --preload the app is imported here; its BootError exits 3 like a worker's would.
     """
     try:
-        from .adapters import engine, loading
+        from .adapters import entry
     except ImportError as exc:
         package = os.path.dirname(os.path.abspath(__file__))
         if os.path.isfile(os.path.join(os.path.dirname(package), "adapters", "__init__.py")):
@@ -150,11 +153,11 @@ def prepare_engine(config: Config) -> Any:
                               ) from None
         raise ConfigError(f"the serving engine cannot be imported ({exc}); reinstall with: pip install clusterrun"
                           ) from None
-    loading.check_module_exists(config.app, config.app_dir)
-    engine.preimport(config)
+    entry.check_module_exists(config.app, config.app_dir)
+    entry.preimport(config.http)
     if not config.preload:
         return None
-    loaded = loading.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
+    loaded = entry.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
     logger.info("preloaded %s (%s) in the primary", config.app, loaded.interface)
     return loaded
 

@@ -1,4 +1,4 @@
-"""The worker side of a fork: become a worker, then hand over to the engine.
+"""The worker side of a fork: become a worker, then hand over to the runtime.
 
 Everything here runs in the child right after ``os.fork()``. It must never
 return into the primary's code: ``run`` always ends in ``os._exit``.
@@ -15,7 +15,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import identity, logs, priority
 from .channel import Channel
@@ -23,6 +23,9 @@ from .config import Config
 from .counters import SharedCounter
 from .errors import EXIT_BOOT, EXIT_ERROR, BootError
 from .supervision import DUMP_SIGNAL
+
+if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+    from .adapters.entry import LoadedApp
 
 logger = logging.getLogger("clusterrun")
 
@@ -32,8 +35,8 @@ _PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTO
 
 
 def run(
-    config: Config, worker_id: int, index: int, channel_sock: socket.socket,
-    sockets: Sequence[socket.socket], inherited_fds: Sequence[int], closes: SharedCounter, preloaded: Any = None,
+    config: Config, worker_id: int, index: int, channel_sock: socket.socket, sockets: Sequence[socket.socket],
+    inherited_fds: Sequence[int], closes: SharedCounter, preloaded: LoadedApp | None = None,
 ) -> NoReturn:
     code = EXIT_ERROR
     try:
@@ -48,7 +51,7 @@ def run(
         _set_title(config, info)
         _die_with_primary()
         channel = Channel(channel_sock)
-        from .adapters.engine import serve  # imported here: the core stays importable without uvicorn
+        from .runtime import serve  # imported here: the core stays importable without uvicorn
 
         code = serve(config, info, channel, sockets, closes, preloaded)
     except BootError as exc:

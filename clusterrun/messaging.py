@@ -23,7 +23,7 @@ logger = logging.getLogger("clusterrun")
 
 MAX_MESSAGE = 1024 * 1024
 
-# Installed by the worker's engine: takes a frame and delivers it from any thread.
+# Installed by the worker's runtime: takes a frame and delivers it from any thread.
 _deliver: Callable[[Message | Broadcast], None] | None = None
 _callbacks: list[Callable[[Any], Any]] = []
 

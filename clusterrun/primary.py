@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, identity, listeners, priority
 from .config import Config
@@ -33,12 +33,15 @@ from .signals import SignalInbox
 from .spawn import Forker
 from .supervision import Timers, Watchdog, WorkerHandle, late_after
 
+if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+    from .adapters.entry import LoadedApp
+
 logger = logging.getLogger("clusterrun")
 
 
 class Primary:
     def __init__(
-        self, config: Config, clock: Callable[[], float] = time.monotonic, preloaded: Any = None,
+        self, config: Config, clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None,
         events: Events | None = None,
     ) -> None:
         self.config = config

@@ -16,7 +16,7 @@ import selectors
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import child
 from .channel import Channel
@@ -26,6 +26,9 @@ from .dispatch import Dispatcher
 from .policies import Policy
 from .supervision import WorkerHandle
 
+if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+    from .adapters.entry import LoadedApp
+
 OnChannel = Callable[[WorkerHandle, int], None]
 
 
@@ -33,7 +36,7 @@ class Forker:
     def __init__(
         self, config: Config, policy: Policy, listeners: Sequence[socket.socket], selector: selectors.BaseSelector,
         primary_fds: Callable[[], list[int]], dispatcher: Dispatcher, on_channel: OnChannel,
-        clock: Callable[[], float], preloaded: Any = None,
+        clock: Callable[[], float], preloaded: LoadedApp | None = None,
     ) -> None:
         self.config = config
         self.policy = policy

@@ -1,0 +1,68 @@
+"""The one door from clusterrun's core into adapters: what a worker needs to load an app and serve it.
+
+Imports between the two run one way. The core (clusterrun.runtime, clusterrun.serving, clusterrun.api)
+reaches adapters through this module only, and imports it lazily, so that the core stays importable without
+uvicorn. Adapters use no more of the core than its small public pieces: clusterrun.errors,
+clusterrun.identity and the version. tests/test_layout.py checks both rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BootError
+from ..identity import WorkerInfo
+from .lifespan import Lifespan
+from .limits import Guard, Limits
+from .loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
+from .uvicorn_seam import OpenConnection, Stack
+
+__all__ = [
+    "Guard", "Lifespan", "Limits", "LoadedApp", "OpenConnection", "Stack", "as_asgi", "check_module_exists",
+    "closing_app", "http_stack", "load_app", "preimport", "put_app_dir_first",
+]
+
+
+def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo) -> Any:
+    """The app as an ASGI callable: an ASGI app as it is, a WSGI app behind the bridge."""
+    if loaded.interface == "asgi":
+        return loaded.app
+    from .wsgi import WSGIBridge
+
+    return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info})
+
+
+def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int) -> Stack:
+    """uvicorn's HTTP protocols set up to serve ``app``; --http httptools without httptools is a BootError."""
+    if http == "httptools":
+        try:
+            import httptools  # noqa: F401
+        except ImportError:
+            raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
+    return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog)
+
+
+def preimport(http: str) -> None:
+    """Import what serving needs in the primary before forking: workers start faster and share the pages."""
+    from . import wsgi  # noqa: F401
+
+    http_stack(_NoApp(), http=http, access_log=False, timeout_keep_alive=5, backlog=1)  # the protocol classes
+
+
+class _NoApp:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("placeholder app")
+
+
+def closing_app(app: Any) -> Any:
+    """The app, with ``Connection: close`` on every response: uvicorn then closes after responding."""
+
+    async def closing(scope: Any, receive: Any, send: Any) -> None:
+        async def send_closing(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_closing)
+
+    return closing

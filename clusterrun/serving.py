@@ -1,0 +1,140 @@
+"""Serving one worker's app on uvicorn's HTTP protocol stack, on an asyncio loop.
+
+The worker's runtime (clusterrun.runtime) decides when to start, what to adopt and when to drain; this
+module does the serving: the app's lifespan, the listeners, connections the primary passed, the Date
+header, and a drain that never races a keep-alive client. It reaches the app and uvicorn's protocols through
+adapters' one entry point (clusterrun.adapters.entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from email.utils import formatdate
+from typing import Any
+
+from .adapters import entry
+from .config import Config
+from .counters import SharedCounter
+from .identity import WorkerInfo
+
+logger = logging.getLogger("clusterrun")
+
+_DRAIN_POLL = 0.02
+
+
+def limits(config: Config) -> entry.Limits:
+    """The request limits a worker enforces, from its Config (README "Limits")."""
+    return entry.Limits(
+        request_line=config.limit_request_line,
+        header_count=config.limit_request_fields,
+        header_field=config.limit_request_field_size,
+        head=config.limit_request_head,
+        head_timeout=config.timeout_request_head,
+        body=config.limit_request_body,
+    )
+
+
+class StackServer:
+    """The app on uvicorn's protocols: ``start`` (lifespan), ``listen``, ``adopt``, ``drain``, ``stop``."""
+
+    def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter) -> None:
+        self.config = config
+        self.info = info
+        self.interface = loaded.interface
+        self.app = entry.as_asgi(loaded, threads=config.threads, info=info)
+        self.stack = entry.http_stack(self.app, http=config.http, access_log=config.access_log,
+                                      timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog)
+        self.lifespan = entry.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
+        # Under a primary-side policy every closed connection is counted where the primary reads it
+        # (clusterrun.counters): least-conn orders by it, and every such policy keeps a worker's open
+        # connections within its descriptor table.
+        self.closes = closes
+        self._servers: list[asyncio.Server] = []
+        self._adopting: set[asyncio.Task[Any]] = set()
+        self._protocol_factory: Any = None
+
+    @property
+    def total_requests(self) -> int:
+        return self.stack.total_requests
+
+    async def start(self) -> None:
+        """Run the app's lifespan startup; a failure is a BootError."""
+        await self.lifespan.startup()
+
+    async def listen(self, sockets: Sequence[socket.socket]) -> None:
+        """Serve on ``sockets`` (none under a primary-side policy: connections then come through ``adopt``)."""
+        loop = asyncio.get_running_loop()
+        app_state = self.lifespan.state
+        app_state["clusterrun.worker"] = self.info
+        request_limits = limits(self.config)
+        self.stack.guard_requests(lambda conn: entry.Guard(conn, request_limits), head_limit=request_limits.head)
+        if self.closes.shared:
+            self.stack.notify_close(self.closes.add)
+        self._protocol_factory = self.stack.protocol_factory(loop, app_state)
+        self._tick(self.stack.encoded_headers)
+        self._servers = [
+            await loop.create_server(self._protocol_factory, sock=sock, backlog=self.config.backlog)
+            for sock in sockets
+        ]
+
+    async def stop(self) -> None:
+        """Run the app's lifespan shutdown."""
+        await self.lifespan.shutdown()
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection the primary accepted, as if this worker's own listener had.
+
+        Nothing is set on the socket here: uvloop's and asyncio's transports both make it non-blocking and
+        set TCP_NODELAY themselves, as for their own accepts.
+        """
+        task = asyncio.get_running_loop().create_task(self._connect(sock))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _connect(self, sock: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self._protocol_factory, sock)
+        except OSError as exc:  # the client left before the hand-over completed
+            logger.debug("dropping a passed connection: %s", exc)
+            sock.close()
+            self.closes.add()  # no protocol saw it, so none counts its close
+
+    async def drain(self, linger: bool) -> None:
+        """Stop listening; finish every request in flight; close each connection only where none can race.
+
+        Closing an idle keep-alive connection races the client's next request on it, which then fails.
+        So when other workers take over (``linger``), idle connections stay open up to --timeout-keep-alive
+        and a request that arrives on one is answered with ``Connection: close``. When the whole server
+        stops, idle connections close at once. A request in flight always completes, then its connection
+        closes.
+        """
+        for server in self._servers:
+            server.close()
+        if self._adopting:
+            await asyncio.gather(*self._adopting, return_exceptions=True)
+        deadline = time.monotonic() + (self.config.timeout_keep_alive if linger else 0.0)
+        closing: set[int] = set()
+        while self.stack.busy:
+            patient = time.monotonic() < deadline
+            for connection in self.stack.open_connections():
+                if connection.ident not in closing and connection.wrap_app(entry.closing_app):
+                    closing.add(connection.ident)
+                if connection.idle:
+                    if not patient:
+                        connection.shutdown()  # closes it now
+                elif not (patient and connection.response_started):
+                    # In flight: close after the response. Only before its headers go out (they then say
+                    # Connection: close), or the client would reuse a connection that closes under it.
+                    connection.shutdown()
+            await asyncio.sleep(_DRAIN_POLL)
+
+    def _tick(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Once a second, on the event loop: the Date header, which uvicorn's protocols add to every response."""
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        self.stack.set_default_headers([(b"date", formatdate(now, usegmt=True).encode()), *headers])
+        loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick, headers)
