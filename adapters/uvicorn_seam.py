@@ -247,6 +247,15 @@ class Stack:
         return self._state.total_requests
 
     @property
+    def connection_count(self) -> int:
+        return len(self._state.connections)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served: uvicorn runs each request's cycle as one task."""
+        return len(self._state.tasks)
+
+    @property
     def busy(self) -> bool:
         """A connection is open or a request task still runs."""
         return bool(self._state.connections or self._state.tasks)

@@ -98,7 +98,7 @@ class Cluster:
 
     def fork(self) -> None:
         """One worker more (a new slot), as Node's ``cluster.fork()``."""
-        self._running().scale(self._running().target + 1)
+        self._running().scale(self._running().pool.target + 1)
 
     def scale(self, workers: int) -> None:
         self._running().scale(workers)

@@ -14,13 +14,21 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__
+from . import __version__, ctl
 from .api import Cluster
 from .config import OPTIONS, build_config
 from .errors import EXIT_CONFIG, ClusterrunError
 from .policies import POLICY_CLASSES
 
 EPILOG = """\
+commands for running clusters (clusterrun COMMAND --help):
+  ls                        this user's running clusters
+  status [NAME] [--json]    a cluster and each worker: state, requests, connections, memory, CPU
+  reload NAME               rolling restart, waits until it completes
+  scale NAME N|+K|-K        set the number of workers
+  stop NAME [--timeout S]   graceful stop
+  restart-worker NAME ID    replace one worker
+
 signals to the primary:
   TERM, INT    stop gracefully (a second INT kills at once)
   HUP, USR2    rolling restart: replace each worker, one at a time, with no failed request
@@ -83,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
+    if raw and raw[0] in ctl.COMMANDS:  # an APP always has a colon: no command name can be one
+        return ctl.main(raw)
     if _asks_policy_help(raw):
         for cls in POLICY_CLASSES.values():
             print(f"{cls.name:<8} {cls.summary}")

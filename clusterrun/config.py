@@ -65,12 +65,19 @@ class Config:
     limit_request_field_size: int = 8190
     limit_request_head: int = 64 * 1024
     timeout_request_head: float = 10.0
+    name: str = ""  # the cluster's name, for the control commands; "" = the app's module (``cluster_name``)
+    control: str = ""  # the control socket's path; "" = the default place (clusterrun.control)
+    no_control: bool = False
     usable_cpus: int = field(default=1, compare=False)
     workers_from: str = field(default="--workers", compare=False)  # the flag, or the variable that set it
 
     @property
     def module(self) -> str:
         return self.app.partition(":")[0]
+
+    @property
+    def cluster_name(self) -> str:
+        return self.name or self.module
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,26 @@ def _directory(value: Any) -> str:
     return path
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def parse_name(value: Any) -> str:
+    """A cluster's name: it becomes a file name (NAME.sock), so letters, digits, dot, dash and underscore."""
+    text = str(value).strip()
+    if not _NAME_RE.fullmatch(text):
+        raise ConfigError(f"bad --name value {value!r}: use up to 64 letters, digits, '.', '-' or '_', starting "
+                          "with a letter or digit, e.g. shop-api")
+    return text
+
+
+def _socket_path(value: Any) -> str:
+    path = str(value)
+    if not path or len(os.fsencode(path)) > 100:
+        raise ConfigError(f"bad --control value {value!r}: give a file path of at most 100 bytes (the limit of a "
+                          "Unix socket's address)")
+    return path
+
+
 def _app_spec(value: Any) -> str:
     text = str(value).strip()
     module, sep, attr = text.partition(":")
@@ -243,6 +270,12 @@ OPTIONS: tuple[Option, ...] = (
            "default auto", _choice("--lifespan", LIFESPANS), "MODE", choices=LIFESPANS),
     Option("timeout_keep_alive", ("--timeout-keep-alive",), "seconds an idle keep-alive connection stays "
            "open; default 5", _seconds("--timeout-keep-alive"), "SECONDS"),
+    Option("name", ("--name",), "the cluster's name, for clusterrun status/reload/scale/stop NAME; default the "
+           "app's module (flask_app for flask_app:app)", parse_name, "NAME"),
+    Option("control", ("--control",), "the control socket's path; default $XDG_RUNTIME_DIR/clusterrun/NAME.sock, "
+           "else a per-user folder in the temp directory", _socket_path, "PATH"),
+    Option("no_control", ("--no-control",), "open no control socket: clusterrun status and the other commands "
+           "then cannot reach this cluster", _switch, switch=True),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "
            "with 413, before the app runs when Content-Length says so, else when a chunked body grows past it; "
            "0 (default) no limit: bodies stream to the app, so the server itself holds at most a few dozen KiB of "

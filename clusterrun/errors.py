@@ -10,6 +10,7 @@ the process exit code carried by its class::
     ├── RestartLimitError (exit 4)    every slot died too often; none is left
     ├── ChannelError (exit 1)         a malformed frame on a worker channel
     ├── StateError (exit 1)           a worker moved between states in a way no worker does (a bug)
+    ├── ControlError (exit 1)         a control command failed: no such cluster, refused, aborted
     └── MessageError (exit 1)         a message that is not JSON, too large, or sent outside a worker
 """
 
@@ -50,6 +51,10 @@ class ChannelError(ClusterrunError):
 
 class StateError(ClusterrunError):
     """A worker was moved between states in a way the state machine does not allow: a bug in the primary."""
+
+
+class ControlError(ClusterrunError):
+    """A control command (clusterrun status, reload, scale, stop, ...) could not be done; the message says why."""
 
 
 class MessageError(ClusterrunError, ValueError):

@@ -17,8 +17,15 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from . import __version__, listeners
 from .identity import WorkerInfo
+
+if TYPE_CHECKING:
+    import socket
+
+    from .config import Config
 
 logger = logging.getLogger("clusterrun")
 
@@ -94,3 +101,17 @@ def _restore(target: logging.Logger, saved: _Saved) -> None:
     target.setLevel(saved.level)
     target.propagate = saved.propagate
     target.disabled = saved.disabled
+
+
+def announce_start(config: Config, policy: str, sockets: list[socket.socket], control: str | None) -> None:
+    """The primary's first lines: what runs, how many workers and why, where it listens and is steered."""
+    spec, source, target = config.workers_spec, config.workers_from, config.workers
+    note = f"{source} {spec}" if source.startswith("--") else f"{source}={spec}"
+    if spec == "auto" or spec.endswith("x"):
+        note += f": {config.usable_cpus} usable CPU{'s' if config.usable_cpus > 1 else ''}"
+    logger.info("clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, config.app, target,
+                "" if target == 1 else "s", note, policy)
+    for sock in sockets:
+        logger.info("listening on %s", listeners.describe(sock))
+    if control:
+        logger.info("control socket %s: clusterrun status %s", control, config.cluster_name)

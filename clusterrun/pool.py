@@ -67,6 +67,7 @@ class Pool:
         self.slots: dict[int, WorkerHandle] = {}  # by index: the worker that serves the slot now
         self.target = config.workers
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
+        self.last_exit: dict[int, str] = {}  # per slot: how its last unplanned exit went (for status)
         self.booted = False  # every slot of the first generation has served
         self.stopping = False
         self.rollout = Rollout(self)
@@ -253,6 +254,7 @@ class Pool:
         return None
 
     def _crashed(self, handle: WorkerHandle, how: str) -> None:
+        self.last_exit[handle.index] = f"worker {handle.id}: {how}"
         now = self.clock()
         served = None if handle.ready_at is None else now - handle.ready_at
         decision = self.throttle.record_death(handle.index, uptime=now - handle.started, served=served)

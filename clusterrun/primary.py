@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, identity, listeners, priority
+from . import identity, listeners, logs, priority
 from .config import Config
+from .control import ControlServer, socket_path
 from .dispatch import Dispatcher
 from .errors import EXIT_ERROR, EXIT_OK, ChannelError, ClusterrunError, MessageError
 from .events import Events
+from .operations import Operations
 from .policies import make_policy
 from .pool import Pool
 from .protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle
@@ -59,14 +61,13 @@ class Primary:
         self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events)
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers)
         self.preloaded = preloaded
+        self.started = clock()
+        self.control = None if config.no_control else ControlServer(
+            socket_path(config.cluster_name, config.control), self.selector, self.timers, Operations(self).answer)
 
     @property
     def workers(self) -> Mapping[int, WorkerHandle]:
         return self.pool.workers
-
-    @property
-    def target(self) -> int:
-        return self.pool.target
 
     @property
     def stopping(self) -> bool:
@@ -82,9 +83,12 @@ class Primary:
         """Serve until stopped; the process exit code. Every child is reaped before this returns."""
         try:
             identity.become_primary()
+            if self.control is not None:
+                self.control.open(self.config.cluster_name)  # first: a second cluster of one name exits 2 here
             self._bind()
             self.signals.install()
-            self._log_start()
+            logs.announce_start(self.config, self.policy.name, self.listeners,
+                                self.control.path if self.control else None)
             if self.preloaded is not None:
                 # Objects the app made at import move to the permanent generation: the collector then never
                 # writes to their pages in a worker, so copy-on-write keeps them shared.
@@ -107,17 +111,6 @@ class Primary:
             return EXIT_ERROR
         finally:
             self._cleanup()
-
-    def _log_start(self) -> None:
-        spec, source, target = self.config.workers_spec, self.config.workers_from, self.pool.target
-        note = f"{source} {spec}" if source.startswith("--") else f"{source}={spec}"
-        if spec == "auto" or spec.endswith("x"):
-            cpus = self.config.usable_cpus
-            note += f": {cpus} usable CPU{'s' if cpus > 1 else ''}"
-        logger.info("clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, self.config.app, target,
-                    "" if target == 1 else "s", note, self.policy.name)
-        for sock in self.listeners:
-            logger.info("listening on %s", listeners.describe(sock))
 
     def _bind(self) -> None:
         for address in self.config.binds:
@@ -188,8 +181,8 @@ class Primary:
                 self.pool.ready(handle, interface)
             case BootFailed(error):
                 handle.boot_error = error
-            case Beat():
-                pass  # last_seen was set above
+            case Beat() as counts:
+                handle.counts = counts  # last_seen was set above
             case Message(data):
                 self.events.emit("message", handle.public, data)
             case Broadcast(data):
@@ -222,24 +215,25 @@ class Primary:
 
     # Stopping.
 
-    def stop(self) -> None:
-        """Stop accepting, let every worker drain within --graceful-timeout, then kill what is left."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let every worker drain within ``timeout`` (--graceful-timeout), then kill what is left."""
         if self.stopping:
             return
         self.dispatcher.close()
         self.pool.stop_all()
-        self.timers.add(self.config.graceful_timeout, self._drain_overdue)
+        limit = f"--graceful-timeout {self.config.graceful_timeout:g}s" if timeout is None else f"{timeout:g}s"
+        self.timers.add(self.config.graceful_timeout if timeout is None else timeout, lambda: self._overdue(limit))
 
-    def _drain_overdue(self) -> None:
-        left = len(self.pool.workers)
-        if left:
-            logger.warning("%d worker%s did not finish within --graceful-timeout %gs: killing", left,
-                           "" if left == 1 else "s", self.config.graceful_timeout)
+    def _overdue(self, limit: str) -> None:
+        if left := len(self.pool.workers):
+            logger.warning("%d worker%s did not finish within %s: killing", left, "" if left == 1 else "s", limit)
             self.pool.kill_all()
 
     def _cleanup(self) -> None:
         """Leave nothing behind: no live child, listener, socket file or CPU policy; the host's signal handlers back."""
         self.pool.close()
+        if self.control is not None:
+            self.control.close()
         self.dispatcher.close()
         self.policy.close()
         listeners.close_all(self.listeners)

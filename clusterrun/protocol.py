@@ -94,9 +94,19 @@ class BootFailed(_Kind):
 
 @dataclass(frozen=True)
 class Beat(_Kind):
-    """The worker's event loop is alive (sent four times per --timeout, at most once a second)."""
+    """The worker's event loop is alive (sent four times per --timeout, at most once a second), and its counts.
+
+    ``requests``: served since it started; ``connections``: open now; ``in_flight``: requests being served now.
+    """
 
     KIND: ClassVar[str] = "beat"
+    requests: int = 0
+    connections: int = 0
+    in_flight: int = 0
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Beat:
+        return cls(_whole(obj, "requests"), _whole(obj, "connections"), _whole(obj, "in_flight"))
 
 
 @dataclass(frozen=True)

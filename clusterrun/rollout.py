@@ -30,6 +30,10 @@ class Rollout:
         self.current: WorkerHandle | None = None  # the replacement a rolling restart waits for
         # Workers a replacement was spawned for (--max-requests, --max-memory). Weak: reaped ones drop out.
         self._recycling: weakref.WeakSet[WorkerHandle] = weakref.WeakSet()
+        # The last rolling restart, for status: how many there were, and how the last one went.
+        self.reloads = 0
+        self.outcome = "none"  # none, running, complete or aborted
+        self.reason = ""  # why it aborted
 
     @property
     def active(self) -> bool:
@@ -40,6 +44,8 @@ class Rollout:
             logger.warning("a rolling restart is already running; this request is ignored")
             return
         self._queue = sorted(self.pool.slots)
+        self.reloads += 1
+        self.outcome, self.reason = "running", ""
         self._next()
 
     def recycle(self, handle: WorkerHandle, reason: str) -> None:
@@ -49,7 +55,9 @@ class Rollout:
         logger.info("recycling %s: %s", handle.info, reason)
         self.pool.spawn(handle.index, handle)
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "the cluster is stopping") -> None:
+        if self.active:
+            self.outcome, self.reason = "aborted", reason
         self._queue = []
         self.current = None
 
@@ -71,7 +79,7 @@ class Rollout:
             return
         logger.error("rolling restart aborted: the new %s failed to boot: %s; the old workers keep serving",
                      new.info, reason)
-        self.cancel()
+        self.cancel(f"the new {new.info} failed to boot: {reason}")
 
     def _next(self) -> None:
         while self._queue:
@@ -81,4 +89,5 @@ class Rollout:
                 self.current = self.pool.spawn(index, old)
                 return
         self.current = None
+        self.outcome = "complete"
         logger.info("rolling restart complete: %d workers replaced", len(self.pool.slots))

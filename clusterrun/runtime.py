@@ -27,7 +27,7 @@ from .config import Config
 from .counters import SharedCounter
 from .errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from .identity import WorkerInfo
-from .protocol import Beat, BootFailed, Broadcast, Connections, Draining, Message, Online, Ready, Recycle, Stop
+from .protocol import BootFailed, Broadcast, Connections, Draining, Message, Online, Ready, Recycle, Stop
 from .serving import StackServer
 from .supervision import heartbeat_interval
 
@@ -249,7 +249,7 @@ class WorkerRuntime:
         passes it nothing new (late) and counts it as hung after --timeout.
         """
         if not self.channel.eof:
-            self.channel.send(Beat())
+            self.channel.send(self.server.counts())
             self._check_recycling()
         asyncio.get_running_loop().call_later(interval, self._beat, interval)
 

@@ -20,6 +20,7 @@ from .adapters import entry
 from .config import Config
 from .counters import SharedCounter
 from .identity import WorkerInfo
+from .protocol import Beat
 
 logger = logging.getLogger("clusterrun")
 
@@ -60,6 +61,10 @@ class StackServer:
     @property
     def total_requests(self) -> int:
         return self.stack.total_requests
+
+    def counts(self) -> Beat:
+        """The heartbeat, with what this worker served and holds now."""
+        return Beat(self.stack.total_requests, self.stack.connection_count, self.stack.in_flight)
 
     async def start(self) -> None:
         """Run the app's lifespan startup; a failure is a BootError."""

@@ -19,7 +19,7 @@ from .channel import Channel
 from .counters import SharedCounter
 from .errors import MessageError, StateError
 from .identity import WorkerInfo
-from .protocol import Message, Stop
+from .protocol import Beat, Message, Stop
 
 logger = logging.getLogger("clusterrun")
 
@@ -130,6 +130,7 @@ class WorkerHandle:
     boot_error: str | None = None
     boot_timer: Timer = field(default=_NO_TIMER)
     last_seen: float = 0.0  # when its last frame (heartbeat or other) arrived
+    counts: Beat = field(default_factory=Beat)  # its counts, as of its last heartbeat
     _public: weakref.ref[Worker] | None = field(default=None, init=False, repr=False)
 
     @property

@@ -70,5 +70,9 @@ class RestartThrottle:
         delay = 0.0 if streak == 1 else min(self.max_delay, self.first_delay * 2 ** (streak - 2))
         return Decision(stable or len(deaths) <= self.max_restarts, delay, len(deaths), stable, crashes)
 
+    def crashes(self, slot: int) -> int:
+        """How often the slot's workers died unplanned, in all: its respawns."""
+        return self._crashes.get(slot, 0)
+
     def deaths(self, slot: int) -> int:
         return len(self._deaths.get(slot, ()))

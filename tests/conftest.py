@@ -74,3 +74,20 @@ def _close_fresh_client() -> Iterator[None]:
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=DEADLINE) as http:
         yield http
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_control_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every cluster the suite starts puts its control socket under a folder of the session's own.
+
+    Not the user's: a cluster of the developer's named like a test app (flask_app) would refuse the test's
+    cluster of the same name, and the tests would see each other's sockets in clusterrun ls otherwise.
+    """
+    runtime = tmp_path_factory.mktemp("xdg-runtime")
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    yield runtime
+    if saved is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = saved

@@ -292,7 +292,9 @@ def test_unix_socket_in_use_is_refused_and_a_stale_one_reused(
     path = tmp_path / "cr.sock"
     first = run_cli(app, "--workers", "1", "--bind", f"unix:{path}")
     url = first.wait_ready()
-    code, output = exit_without_serving(run_cli(app, "--workers", "1", "--bind", f"unix:{path}"))
+    # Another name: a second cluster of one name would be refused before it tries to bind.
+    second = run_cli(app, "--workers", "1", "--bind", f"unix:{path}", "--name", "second")
+    code, output = exit_without_serving(second)
     assert_one_line_error(code, output, 2, f"unix:{path}", "address already in use")
     assert_serves(url)  # the refused second start left the first one's socket alone
     os.killpg(first.pid, signal.SIGKILL)

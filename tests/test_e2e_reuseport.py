@@ -24,7 +24,7 @@ def test_a_second_app_cannot_join_a_served_port_with_reuseport(
     url = first.wait_ready()
     port = urlsplit(url).port
     second = run_cli("sup_app:asgi", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--policy", "reuseport",
-                     cwd=TEST_APPS)
+                     "--name", "second", cwd=TEST_APPS)
     wait_until(lambda: second.proc.poll() is not None or "ready:" in second.output(),
                "the second cluster to fail, or to serve")
     assert second.proc.poll() is not None, f"the second cluster serves the same port:\n{second.output()}"

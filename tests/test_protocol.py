@@ -23,7 +23,8 @@ from clusterrun.protocol import (
 )
 
 EVERY_KIND = [
-    Online(), Ready("wsgi", 200), Ready("asgi", None), BootFailed("ImportError: x"), Beat(), Recycle("it served 10"),
+    Online(), Ready("wsgi", 200), Ready("asgi", None), BootFailed("ImportError: x"), Beat(), Beat(12, 3, 1),
+    Recycle("it served 10"),
     Draining(), Message({"a": [1, None]}), Broadcast("hello"), Connections(socket.AF_INET), Stop(linger=True),
 ]
 
@@ -46,6 +47,7 @@ def test_kinds_are_named_once() -> None:
     ({"t": "boot_error", "error": None}, "'error' must be a string"),
     ({"t": "recycle", "reason": ["a"]}, "'reason' must be a string"),
     ({"t": "conn"}, "'family' must be a whole number"),
+    ({"t": "beat", "requests": 1, "connections": "2", "in_flight": 0}, "'connections' must be a whole number"),
 ])
 def test_a_frame_of_the_wrong_shape_is_refused(obj: dict[str, object], message: str) -> None:
     with pytest.raises(ChannelError, match=message):
