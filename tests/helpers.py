@@ -9,9 +9,11 @@ clusterrun`` subprocess (started by conftest's ``run_cli``) whose output goes to
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +72,38 @@ class Cluster:
 
     def urls(self) -> list[str]:
         return [m.group(1) for m in self.wait_for_line(r"listening on (\S+)")]
+
+    def status(self) -> dict[str, Any]:
+        """``clusterrun status --json``, asked straight on the control socket (the path its log line gives)."""
+        path = self.wait_for_line(r"control socket (\S+): clusterrun status")[0].group(1)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(DEADLINE)
+            sock.connect(path)
+            sock.sendall(b'{"command": "status"}\n')
+            received = b""
+            while not received.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        answer: dict[str, Any] = json.loads(received)
+        assert answer["ok"], answer
+        return answer
+
+    def wait_status(self, predicate: Callable[[dict[str, Any]], object], what: str) -> dict[str, Any]:
+        """Poll the status until ``predicate(status)``; the status that satisfied it."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            status = self.status()
+            if predicate(status):
+                return status
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no status with {what} within {DEADLINE}s; last: {status}\n{self.output()}")
+            time.sleep(0.05)
+
+    def serving(self) -> dict[int, dict[str, Any]]:
+        """The workers serving now, by slot index, as the status reports them."""
+        return {w["index"]: w for w in self.status()["workers"] if w["state"] == "ready"}
 
     def signal(self, signum: int) -> None:
         os.kill(self.proc.pid, signum)

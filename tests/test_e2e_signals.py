@@ -100,7 +100,7 @@ def test_rolling_restart_replaces_every_worker_with_no_failed_request(
         except httpx.HTTPError as exc:
             failures.append(exc)
         served += 1
-    cluster.wait_for_line(r"rolling restart complete: 2 workers replaced")
+    cluster.wait_status(lambda s: s["reload"]["state"] == "complete", "the rolling restart complete")
     assert failures == []
     ids = {who(url + "/")["id"] for _ in range(4)}
     assert ids == {3, 4}
@@ -118,13 +118,15 @@ def test_a_rolling_restart_to_broken_code_keeps_the_old_workers(
     old = sorted(children_of(cluster.pid))
     broken.touch()
     cluster.signal(signal.SIGHUP)
+    status = cluster.wait_status(lambda s: s["reload"]["state"] == "aborted", "the rolling restart aborted")
+    assert "broken on purpose by the test" in status["reload"]["reason"]
     line = cluster.wait_for_line(r"rolling restart aborted: the new worker 3 .* failed to boot: (.*); the old")[0]
-    assert "broken on purpose by the test" in line.group(1)
+    assert "broken on purpose by the test" in line.group(1)  # the log says so too
     assert {who(url + "/")["id"] for _ in range(4)} == {1, 2}
     wait_until(lambda: sorted(children_of(cluster.pid)) == old, "the failed replacement to be reaped")
     broken.unlink()
     cluster.signal(signal.SIGHUP)
-    cluster.wait_for_line(r"rolling restart complete")
+    cluster.wait_status(lambda s: s["reload"] == {"id": 2, "state": "complete", "reason": None}, "reload 2 complete")
     assert {who(url + "/")["id"] for _ in range(4)} == {4, 5}
 
 
@@ -133,10 +135,10 @@ def test_ttin_adds_a_worker_and_ttou_removes_one(run_cli: Callable[..., Cluster]
     cluster = start(run_cli, app, "--workers", "2")
     url = cluster.wait_ready()
     cluster.signal(signal.SIGTTIN)
-    cluster.wait_for_line(r"scaled to 3 workers")
-    cluster.wait_for_line(r"worker 3 \(index 2, pid \d+\) is serving")
+    cluster.wait_status(lambda s: s["target"] == s["ready"] == 3, "3 workers serving")
+    assert cluster.serving()[2]["id"] == 3
     assert {who(url + "/")["index"] for _ in range(6)} == {0, 1, 2}
     cluster.signal(signal.SIGTTOU)
-    cluster.wait_for_line(r"scaled to 2 workers")
+    cluster.wait_status(lambda s: s["target"] == 2, "the target down to 2")
     wait_until(lambda: len(children_of(cluster.pid)) == 2, "the removed worker to exit")
     assert {who(url + "/")["index"] for _ in range(6)} == {0, 1}

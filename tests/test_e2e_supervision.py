@@ -22,11 +22,14 @@ def test_a_killed_worker_is_respawned_into_its_slot(run_cli: Callable[..., Clust
     line = cluster.wait_for_line(rf"worker {victim['id']} \(index {victim['index']}, pid {victim['pid']}\) died "
                                  rf"\(killed by SIGKILL\); respawning slot {victim['index']}")
     assert line
-    respawned = cluster.wait_for_line(rf"worker (\d+) \(index {victim['index']}, pid (\d+)\) is serving")[0]
-    assert int(respawned.group(1)) == 3  # ids count up with every fork, as Node's worker.id
-    assert int(respawned.group(2)) in children_of(cluster.pid)
+    status = cluster.wait_status(lambda s: s["ready"] == 2 and victim["pid"] not in {w["pid"] for w in s["workers"]},
+                                 f"slot {victim['index']} served again")
+    respawned = cluster.serving()[victim["index"]]
+    assert respawned["id"] == 3  # ids count up with every fork, as Node's worker.id
+    assert respawned["pid"] in children_of(cluster.pid)
+    assert respawned["slot_restarts"] == 1 and status["restarts"] == 1
     seen = {who(url + "/")["pid"] for _ in range(4)}
-    assert int(respawned.group(2)) in seen and victim["pid"] not in seen
+    assert respawned["pid"] in seen and victim["pid"] not in seen
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
@@ -41,7 +44,8 @@ def test_a_slot_that_keeps_dying_is_given_up_and_the_primary_exits_4(
         with pytest.raises(httpx.TransportError), httpx.Client(timeout=30) as http:
             http.get(url + "/crash")
         if death < 3:
-            cluster.wait_for_line(r"is serving", count=death)
+            cluster.wait_status(lambda s, n=death: s["restarts"] == n and s["ready"] == 1,
+                                f"slot 0 respawned after death {death}")
     assert cluster.wait_exit() == 4
     output = cluster.output()
     assert "slot 0 died 3 times within 600s" in output
@@ -77,7 +81,7 @@ def test_a_worker_stopped_with_sigterm_drains_and_is_replaced(run_cli: Callable[
         stream = http.send(slow, stream=True)
         try:
             os.kill(first["pid"], signal.SIGTERM)
-            cluster.wait_for_line(r"is serving")
+            cluster.wait_status(lambda s: s["ready"] == 1 and s["workers"][-1]["id"] == 2, "worker 2 serving")
             assert stream.status_code == 200
             stream.read()
         finally:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import clusterrun
-import clusterrun.adapters
+from clusterrun import adapters
 
 PACKAGE = Path(clusterrun.__file__).parent
-ADAPTERS = Path(clusterrun.adapters.__file__).parent  # a folder of its own in a checkout
+ADAPTERS = Path(adapters.__file__).parent  # a folder of its own in a checkout
 CORE_FILES = sorted(PACKAGE.glob("*.py"))
 ADAPTER_FILES = sorted(ADAPTERS.glob("*.py"))
 
