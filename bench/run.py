@@ -5,6 +5,8 @@
     python bench/run.py --no-install --servers clusterrun --apps asgi --duration 1
     python bench/run.py --section policies   # issue 4: the policies side by side, about 3 minutes
     python bench/run.py --section reload     # issue 5: rolling restarts and respawns, 1 to 2.5 minutes
+    python bench/run.py --section least-conn # issue 12: open-loop p99 per policy, 10% slow requests, about 1 minute
+    python bench/run.py --section handover   # issue 12: what one primary hands over per CPU second, under a minute
 
 Each round starts every server once per app (in a rotated order, so that drift of
 the machine spreads over all servers instead of favouring the first), waits for
@@ -33,6 +35,8 @@ from typing import Any
 
 import benchenv
 import ceiling
+import handover
+import leastconn
 import policies
 import procs
 import reload
@@ -45,7 +49,7 @@ from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 APPS_DIR = BENCH / "apps"
-SECTIONS = ("main", "policies", "reload")
+SECTIONS = ("main", "policies", "reload", "least-conn", "handover")
 READY_TIMEOUT = 60.0  # uvicorn and hypercorn spawn fresh interpreters: slow on a loaded 2-core machine
 STOP_TIMEOUT = 15.0
 
@@ -67,7 +71,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--section", choices=SECTIONS, default="main",
                         help="main: throughput, latency, memory (default); policies: fairness, mixed load and new"
                              " connections per policy (issue 4); reload: requests failed during a rolling restart"
-                             " and respawn time after SIGKILL (issue 5)")
+                             " and respawn time after SIGKILL (issue 5); least-conn: p50/p99 per policy under an"
+                             " open-loop load where 10%% of requests sleep 100 ms; handover: connections one"
+                             " primary hands over per CPU second under rr (issue 12)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 1 s runs, 0.5 s warm-up, no re-measuring, instead of 3 rounds of 3 s")
     parser.add_argument("--no-install", action="store_true",
@@ -420,7 +426,8 @@ def run_section(args: argparse.Namespace, began: float) -> int:
     python_version, versions = benchenv.probe(python, benchenv.REPORTED, APPS_DIR)
     # A smaller budget than the main bench's: each section is meant to stay under about 4 minutes.
     patience = Patience(args.patience if args.patience is not None else (0.0 if args.quick else 30.0))
-    section = policies.run if args.section == "policies" else reload.run
+    section = {"policies": policies.run, "reload": reload.run, "least-conn": leastconn.run,
+               "handover": handover.run}[args.section]
     with tempfile.TemporaryDirectory(prefix=f"clusterrun-bench-{args.section}-") as logs:
         ctx = sections.Context(python, versions, args.servers, args.apps, args.workers, args.quick, args.duration,
                                patience, client, client_note, Path(logs))
