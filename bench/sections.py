@@ -42,7 +42,7 @@ POLICIES = ("rr", "least-conn", "sticky", "shared", "reuseport")
 BOTH = frozenset({"asgi", "wsgi"})
 CLUSTERRUN = tuple(Server(f"clusterrun-{p}", "clusterrun", f"clusterrun {p}", BOTH, ("clusterrun",),
                           clusterrun_command(p)) for p in POLICIES)
-_PEER_KEYS = ("uvicorn", "gunicorn-uvicorn", "gunicorn-sync", "gunicorn-gthread", "granian")
+_PEER_KEYS = ("uvicorn", "gunicorn-uvicorn", "gunicorn-sync", "gunicorn-gthread", "granian", "uwsgi")
 PEERS = tuple(s for key in _PEER_KEYS for s in SERVERS if s.key == key)
 
 
