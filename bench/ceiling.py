@@ -1,6 +1,6 @@
 """The in-process ceiling: what the app alone costs, called in a loop in one process, with no server at all.
 
-    python bench/ceiling.py raw_wsgi:app wsgi 1.0    # (run by the bench in the servers' interpreter)
+    python bench/ceiling.py raw_wsgi:app wsgi 1.0 [/,/heavy]   # (the bench runs it in the servers' interpreter)
 
 No server can answer faster than the app it calls, so a row of the app's own rate
 puts every server's req/s in proportion: the server's share of the work is what is
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -65,9 +66,10 @@ class Ceiling:
 
 
 def measure(python: str, target: str, interface: str, duration: float, *, cwd: Path,
-            env: dict[str, str]) -> Ceiling:
-    """Run this file in ``python`` (the servers' interpreter) on ``target``; raises RuntimeError if it fails."""
-    argv = [python, str(Path(__file__).resolve()), target, interface, str(duration)]
+            env: dict[str, str], paths: tuple[str, ...] = ("/",)) -> Ceiling:
+    """Run this file in ``python`` (the servers' interpreter) on ``target``, the calls cycling over ``paths`` (a
+    mix such as 9 x "/" and 1 x "/heavy" is measured as the load sends it); RuntimeError if it fails."""
+    argv = [python, str(Path(__file__).resolve()), target, interface, str(duration), ",".join(paths)]
     out = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=_TIMEOUT_S + duration,
                          check=False, stdin=subprocess.DEVNULL)
     if out.returncode != 0:
@@ -84,12 +86,15 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def wsgi_call(app: Callable[..., Any]) -> Callable[[], None]:
+def wsgi_call(app: Callable[..., Any], paths: tuple[str, ...]) -> Callable[[], None]:
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
         return _discard
 
+    environs = [dict(_ENVIRON, PATH_INFO=path) for path in paths]
+    turn = itertools.cycle(environs)
+
     def call() -> None:
-        environ = dict(_ENVIRON)
+        environ = dict(next(turn))
         environ["wsgi.input"] = io.BytesIO(b"")
         body = app(environ, start_response)
         try:
@@ -107,8 +112,9 @@ def _discard(data: bytes) -> None:
     pass
 
 
-async def _asgi_loop(app: Callable[..., Any], duration: float) -> tuple[int, float]:
+async def _asgi_loop(app: Callable[..., Any], duration: float, paths: tuple[str, ...]) -> tuple[int, float]:
     request = {"type": "http.request", "body": b"", "more_body": False}
+    turn = itertools.cycle([dict(_SCOPE, path=path, raw_path=path.encode()) for path in paths])
 
     async def receive() -> dict[str, Any]:
         return request
@@ -120,7 +126,7 @@ async def _asgi_loop(app: Callable[..., Any], duration: float) -> tuple[int, flo
         calls, cpu, deadline = 0, time.process_time(), time.monotonic() + seconds
         while time.monotonic() < deadline:
             for _ in range(100):  # the clock read every 100 calls: its cost stays out of the rate
-                await app(dict(_SCOPE), receive, send)
+                await app(dict(next(turn)), receive, send)
             calls += 100
         return calls, time.process_time() - cpu
 
@@ -143,11 +149,12 @@ def _wsgi_loop(call: Callable[[], None], duration: float) -> tuple[int, float]:
 
 def main(argv: list[str]) -> int:
     target, interface, duration = argv[0], argv[1], float(argv[2])
+    paths = tuple(argv[3].split(",")) if len(argv) > 3 else ("/",)
     app = _load(target)
     if interface == "wsgi":
-        calls, cpu_s = _wsgi_loop(wsgi_call(app), duration)
+        calls, cpu_s = _wsgi_loop(wsgi_call(app, paths), duration)
     else:
-        calls, cpu_s = asyncio.run(_asgi_loop(app, duration))
+        calls, cpu_s = asyncio.run(_asgi_loop(app, duration, paths))
     print(json.dumps({"calls": calls, "cpu_s": cpu_s}))
     return 0
 
