@@ -1,6 +1,6 @@
 """Benchmark clusterrun against its peers on the same apps, worker count and machine.
 
-    python bench/run.py            # full: 3 rounds of 3 s runs, about 11 minutes on 2 cores (at most 13)
+    python bench/run.py            # full: 3 rounds of 3 s runs, about 12 minutes on 2 cores (at most 14)
     python bench/run.py --quick    # 1 round of 1 s runs, under 2 minutes
     python bench/run.py --no-install --servers clusterrun --apps asgi --duration 1
     python bench/run.py --section policies   # issue 4: the policies side by side, about 3 minutes
@@ -52,6 +52,7 @@ APPS_DIR = BENCH / "apps"
 SECTIONS = ("main", "policies", "reload", "least-conn", "handover")
 READY_TIMEOUT = 60.0  # uvicorn and hypercorn spawn fresh interpreters: slow on a loaded 2-core machine
 STOP_TIMEOUT = 15.0
+CEILING_S = 1.0  # at most, per in-process ceiling: a rate of calls per CPU second settles well within it
 
 
 @dataclass(frozen=True)
@@ -370,10 +371,10 @@ def run_rounds(bench: Bench, pairs: Sequence[tuple[App, Server]],
 
 def measure_ceiling(bench: Bench, app: App, round_index: int, ceilings: dict[str, list[ceiling.Ceiling]],
                     notes: list[str]) -> None:
-    """The app called in a loop in one process of the servers' interpreter, for the measurement's duration."""
+    """The app called in a loop in one process of the servers' interpreter, for up to CEILING_S seconds."""
     try:
-        found = ceiling.measure(bench.python, app.target, app.interface, bench.settings.duration, cwd=APPS_DIR,
-                                env=server_env())
+        found = ceiling.measure(bench.python, app.target, app.interface, min(CEILING_S, bench.settings.duration),
+                                cwd=APPS_DIR, env=server_env())
     except (RuntimeError, ValueError, KeyError, subprocess.SubprocessError) as exc:
         notes.append(f"{app.title}: no in-process ceiling in round {round_index + 1}: {exc}")
         return
