@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-PEERS = ("gunicorn", "uvicorn", "uvicorn-worker", "granian", "hypercorn", "flask", "starlette", "httpx")
+PEERS = ("gunicorn", "uvicorn", "uvicorn-worker", "granian", "hypercorn", "pyuwsgi", "flask", "starlette", "httpx")
 # Distributions whose versions go in the report header (uvloop and httptools decide the event loop and parser).
-REPORTED = ("clusterrun", "uvicorn", "gunicorn", "uvicorn-worker", "granian", "hypercorn", "flask", "starlette",
-            "uvloop", "httptools")
+REPORTED = ("clusterrun", "uvicorn", "gunicorn", "uvicorn-worker", "granian", "hypercorn", "pyuwsgi", "flask",
+            "starlette", "uvloop", "httptools")
 
 
 def venv_python(venv: Path) -> Path:

@@ -31,15 +31,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import ceiling
 import procs
 import tagged
+from ceiling import Ceiling
 from loadgen import LoadResult, LoadSpec, Wrk, parse_wrk
+from report import CEILING_TITLE
 from sections import (
     BENCH,
     CLUSTERRUN,
     DAGGER_NOTE,
     FLASK,
     PEERS,
+    SAMPLES,
     STARLETTE,
     Context,
     Live,
@@ -49,6 +53,7 @@ from sections import (
     command_line,
     dagger,
     fmt,
+    server_env,
     started,
     steady,
 )
@@ -76,6 +81,7 @@ SHARED = "clusterrun-shared"
 # CPU per request of the server's whole process tree, and of its main process alone (clusterrun's primary
 # accepts and hands over every connection under rr, least-conn and sticky; the peers' is a supervisor).
 CPU_COLUMNS = "server CPU µs/req | of which main process"
+CEILING_S = 1.0  # seconds of each in-process ceiling measurement (CPU time per call: 1 s is hundreds of calls)
 
 
 @dataclass(frozen=True)
@@ -154,12 +160,28 @@ def run(ctx: Context) -> Output:
     workers = ctx.workers or 2
     spans = durations(ctx)
     pairs = choose(ctx, (*CLUSTERRUN, *PEERS), (STARLETTE, FLASK))
+    ceilings = {app.key: ceilings_of(ctx, app) for app in dict.fromkeys(a for a, _ in pairs)}
     trials = []
     for app, server in pairs:
         trial = run_trial(ctx, app, server, workers, spans)
         print(progress(trial), flush=True, file=sys.stderr)
         trials.append(trial)
-    return report(ctx, trials, pairs, workers, spans)
+    return report(ctx, trials, pairs, workers, spans, ceilings)
+
+
+def ceilings_of(ctx: Context, app: App) -> dict[str, Ceiling]:
+    """The app's in-process ceiling (bench/ceiling.py) for the mixed load's paths and for ``/`` alone."""
+    found = {}
+    for attr, paths in (("mixed", MIX), ("close", ("/",))):
+        try:
+            found[attr] = ceiling.measure(ctx.python, app.target, app.interface, CEILING_S, cwd=SAMPLES,
+                                          env=server_env(), paths=paths)
+        except (RuntimeError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+            ctx.notes.append(f"{app.title}: no in-process ceiling for the {attr} table: {exc}")
+            continue
+        print(f"[policies] {app.title} / in-process ceiling, {attr}: {found[attr].per_core:,.0f} calls per CPU"
+              " second", flush=True, file=sys.stderr)
+    return found
 
 
 def run_trial(ctx: Context, app: App, server: Server, workers: int, spans: Durations) -> Trial:
@@ -264,7 +286,7 @@ def ratio_text(f: Fairness) -> str:
 
 
 def report(ctx: Context, trials: Sequence[Trial], pairs: Sequence[tuple[App, Server]], workers: int,
-           spans: Durations) -> Output:
+           spans: Durations, ceilings: dict[str, dict[str, Ceiling]]) -> Output:
     mixer = f"wrk + {LUA.relative_to(BENCH.parent)}" if isinstance(ctx.client, Wrk) else "the tagged Python client"
     settings = (f"{workers} workers per server, one run each; fairness {spans.fairness:g} s flat out and"
                 f" {spans.fairness:g} s paced by the tagged Python client, {workers * PER_WORKER} keep-alive"
@@ -278,16 +300,19 @@ def report(ctx: Context, trials: Sequence[Trial], pairs: Sequence[tuple[App, Ser
     for app in dict.fromkeys(a for a, _ in pairs):
         mine = [t for t in trials if t.app is app]
         body += fairness_table(app, mine, workers, spans)
-        body += mixed_table(app, mine, spans, mixer)
+        tops = {attr: (c, workers) for attr, c in ceilings.get(app.key, {}).items()}
+        body += mixed_table(app, mine, spans, mixer, tops.get("mixed"))
         body += paced_mix_table(app, mine, workers, spans)
-        body += close_table(app, mine, spans, ctx.client.name)
+        body += close_table(app, mine, spans, ctx.client.name, tops.get("close"))
         targets += check_targets(app, mine)
     failed = [t for t in trials if t.error]
     if failed:
         body += ["", "## Failures", ""] + [f"- {t.app.title} / {t.server.title}: `{t.error}`" for t in failed]
     body += ["", "## Server commands", ""]
     body += [f"- {s.title} ({a.title}): `{command_line(ctx.python, a, s, workers)}`" for a, s in pairs]
-    data = {"workers": workers, "durations": spans.__dict__, "trials": [t.as_json() for t in trials]}
+    data = {"workers": workers, "durations": spans.__dict__, "trials": [t.as_json() for t in trials],
+            "ceilings": {app: {attr: c.__dict__ | {"per_core": c.per_core} for attr, c in found.items()}
+                         for app, found in ceilings.items()}}
     return Output("clusterrun policies benchmark", settings, body, targets, data)
 
 
@@ -323,37 +348,52 @@ def _connections(f: Fairness) -> str:
     return " / ".join(str(n) for n in f.connections_per_worker)
 
 
-def load_table(heading: str, trials: Sequence[Trial], attr: str, versus: str) -> list[str]:
-    """The mixed or the new-connection table: ``versus`` is the column divided by clusterrun shared's."""
+Top = tuple[Ceiling, int]  # an in-process ceiling and the workers it is multiplied by
+
+
+def load_table(heading: str, trials: Sequence[Trial], attr: str, versus: str, top: Top | None = None) -> list[str]:
+    """The mixed or the new-connection table: ``versus`` is the column divided by clusterrun shared's; ``top``
+    the in-process ceiling of the same paths, its row last and each server's req/s over it."""
     shared = next((t for t in trials if t.server.key == SHARED), None)
     base: Measured[LoadResult] | None = getattr(shared, attr) if shared else None
+    limit = top[0].per_core * top[1] if top and top[0].per_core else None
     lines = ["", heading, "", f"| server | req/s | p50 ms | p99 ms | errors | {versus} vs clusterrun shared"
-                              f" | {CPU_COLUMNS} |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                              f" | req/s vs ceiling | {CPU_COLUMNS} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     measured = [m for t in trials if (m := getattr(t, attr))]
-    lines += [_load_row(t, getattr(t, attr), base.result if base else None, versus) for t in trials]
-    return lines + (["", DAGGER_NOTE] if any(m.disturbed for m in measured) else [])
+    lines += [_load_row(t, getattr(t, attr), base.result if base else None, versus, limit) for t in trials]
+    if top and limit:
+        lines.append(f"| {CEILING_TITLE} (1 core x {top[1]}) | {limit:,.0f} | - | - | - | - | 1.00x"
+                     f" | {1e6 / top[0].per_core:.0f} | - |")
+    lines += ["", DAGGER_NOTE] if any(m.disturbed for m in measured) else []
+    if top and limit:
+        lines += ["", f"{CEILING_TITLE}: the app alone on the same paths, called in a loop in one process"
+                      f" (bench/ceiling.py): {top[0].per_core:,.0f} calls per CPU second, times {top[1]} workers."]
+    return lines
 
 
-def _load_row(t: Trial, m: Measured[LoadResult] | None, base: LoadResult | None, versus: str) -> str:
+def _load_row(t: Trial, m: Measured[LoadResult] | None, base: LoadResult | None, versus: str,
+              limit: float | None) -> str:
     if m is None:
-        return f"| {t.server.title} | failed: {(t.error or '-').splitlines()[0]} | | | | | | |"
+        return f"| {t.server.title} | failed: {(t.error or '-').splitlines()[0]} | | | | | | | |"
     r = m.result
     if versus == "p99":
         ratio = fmt(r.p99_ms / base.p99_ms if base and base.p99_ms else None, ".2f", "x")
     else:
         ratio = fmt(r.rps / base.rps if base and base.rps else None, ".2f", "x")
+    of_top = fmt(r.rps / limit if limit else None, ".2f", "x")
     return (f"| {t.server.title} | {r.rps:,.0f}{dagger(m.disturbed)} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors}"
-            f" | {ratio} | {_per_request(m.cpu.server_s, r)} | {_per_request(m.main_s, r)} |")
+            f" | {ratio} | {of_top} | {_per_request(m.cpu.server_s, r)} | {_per_request(m.main_s, r)} |")
 
 
 def _per_request(seconds: float, result: LoadResult) -> str:
     return fmt(seconds / result.requests * 1e6 if result.requests else None, ".0f")
 
 
-def mixed_table(app: App, trials: Sequence[Trial], spans: Durations, mixer: str) -> list[str]:
+def mixed_table(app: App, trials: Sequence[Trial], spans: Durations, mixer: str, top: Top | None) -> list[str]:
     heading = (f"## {app.title}: mixed load, 90% / and 10% /heavy, {CONNECTIONS} keep-alive connections,"
                f" {spans.mixed:g} s, {mixer}")
-    return load_table(heading, trials, "mixed", "p99")
+    return load_table(heading, trials, "mixed", "p99", top)
 
 
 def paced_mix_table(app: App, trials: Sequence[Trial], workers: int, spans: Durations) -> list[str]:
@@ -377,9 +417,9 @@ def paced_mix_table(app: App, trials: Sequence[Trial], workers: int, spans: Dura
     return lines + (["", DAGGER_NOTE] if any(t.paced_mix and t.paced_mix.disturbed for t in trials) else [])
 
 
-def close_table(app: App, trials: Sequence[Trial], spans: Durations, client: str) -> list[str]:
+def close_table(app: App, trials: Sequence[Trial], spans: Durations, client: str, top: Top | None) -> list[str]:
     heading = f"## {app.title}: a new connection per request, {CONNECTIONS} connections, {spans.close:g} s, {client}"
-    return load_table(heading, trials, "close", "req/s")
+    return load_table(heading, trials, "close", "req/s", top)
 
 
 def check_targets(app: App, trials: Sequence[Trial]) -> list[str]:

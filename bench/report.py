@@ -13,11 +13,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ceiling import Ceiling
 from loadgen import LoadResult
 from procs import DISTURBED_CORES, CpuUse, Memory
 from servers import BASELINE, SERVERS, App, Server
 
 MODES = ("keep-alive", "close")
+CEILING_TITLE = "in-process ceiling"
 
 
 @dataclass
@@ -91,24 +93,42 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def load_table(rows: Sequence[Row]) -> list[str]:
+def load_table(rows: Sequence[Row], ceiling: Ceiling | None = None, workers: int = 1) -> list[str]:
+    """The servers' rows, and the in-process ceiling's (ceiling.py) when measured: its rate per core times the
+    workers; each server's req/s over it is the ``vs ceiling`` column."""
     base = next((r.rps for r in rows if r.server.key == BASELINE), None)
-    lines = ["| server | req/s | p50 ms | p99 ms | errors | vs clusterrun rr | server CPU µs/req |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    top = ceiling.per_core * workers if ceiling and ceiling.per_core else None
+    lines = ["| server | req/s | p50 ms | p99 ms | errors | vs clusterrun rr | vs ceiling | server CPU µs/req |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if r.rps is None:
-            lines.append(f"| {r.server.title} | failed: {r.failed} | | | | | |")
+            lines.append(f"| {r.server.title} | failed: {r.failed} | | | | | | |")
             continue
         ratio = f"{r.rps / base:.2f}x" if base else "-"
         mark = " †" if r.disturbed else ""
         # A median over fewer rounds than planned (the others failed: see Failures) says so.
         partial = f" ({r.rounds} of {r.planned} rounds)" if r.rounds < r.planned else ""
         cells = [f"{r.server.title}{partial}", f"{r.rps:,.0f}{mark}", _fmt(r.p50_ms, ".2f"), _fmt(r.p99_ms, ".2f"),
-                 str(r.errors), ratio, _fmt(r.cpu_us, ".0f")]
+                 str(r.errors), ratio, _share(r.rps / top) if top else "-", _fmt(r.cpu_us, ".0f")]
         lines.append(f"| {' | '.join(cells)} |")
+    if ceiling and top:
+        versus = f"{top / base:.2f}x" if base else "-"
+        lines.append(f"| {CEILING_TITLE} (1 core x {workers}) | {top:,.0f} | - | - | - | {versus} | 1.00x"
+                     f" | {1e6 / ceiling.per_core:.1f} |")
     if any(r.disturbed for r in rows):
         lines += ["", f"† more than {DISTURBED_CORES} cores were busy with other work during at least one round"]
+    if ceiling and top:
+        lines += ["", f"{CEILING_TITLE}: the app alone, called in a loop in one process (bench/ceiling.py), with no"
+                      f" server and no socket: {ceiling.per_core:,.0f} calls per CPU second, times {workers} workers"
+                      " (median over rounds). Its CPU µs/req is the app's own cost. On this machine the load generator"
+                      " shares the cores, so no server can reach it: compare the servers' fractions of it."]
     return lines
+
+
+def _share(ratio: float) -> str:
+    """A ratio to the ceiling: two decimals, or two significant digits below 0.1 (a raw hello app's ceiling is in
+    the millions: its servers get a few thousandths of it, which two decimals would print as 0.00x)."""
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
 
 
 def memory_table(trials: Sequence[Trial], pairs: Pairs) -> list[str]:
@@ -182,8 +202,16 @@ def _goal_line(trials: Sequence[Trial], servers: dict[str, Server], goal: Goal, 
     return f"{verdict}  {text}, target >= {goal.minimum:.1f}x"
 
 
+def median_ceiling(ceilings: Sequence[Ceiling]) -> Ceiling | None:
+    """The round whose rate per core is the median (a median of the rates, kept as one measurement)."""
+    if not ceilings:
+        return None
+    ranked = sorted(ceilings, key=lambda c: c.per_core)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def markdown(meta: dict[str, Any], trials: Sequence[Trial], pairs: Pairs, modes: Sequence[str],
-             goals: Sequence[str]) -> str:
+             goals: Sequence[str], ceilings: dict[str, list[Ceiling]] | None = None, workers: int = 1) -> str:
     out = [f"# clusterrun benchmark ({meta['mode']})", ""]
     out += [f"- {name}: {value}" for name, value in meta["header"].items()]
     out += [f"- note: {note}" for note in meta["notes"]]
@@ -191,7 +219,8 @@ def markdown(meta: dict[str, Any], trials: Sequence[Trial], pairs: Pairs, modes:
         for mode in modes:
             rows = rows_for(trials, pairs, app, mode)
             if rows:
-                out += ["", f"## {app.title}, {mode}", "", *load_table(rows)]
+                top = median_ceiling((ceilings or {}).get(app.key, []))
+                out += ["", f"## {app.title}, {mode}", "", *load_table(rows, top, workers)]
     out += ["", "## Memory after warm-up and start-up time (medians over rounds)", "",
             *memory_table(trials, pairs)]
     out += ["", "## Targets (issue 3)", "", "```", *goals, "```"]
@@ -205,5 +234,8 @@ def markdown(meta: dict[str, Any], trials: Sequence[Trial], pairs: Pairs, modes:
     return "\n".join(out) + "\n"
 
 
-def as_json(meta: dict[str, Any], trials: Sequence[Trial], goals: Sequence[str]) -> dict[str, Any]:
-    return {"meta": meta, "targets": goals, "trials": [asdict(t) for t in trials]}
+def as_json(meta: dict[str, Any], trials: Sequence[Trial], goals: Sequence[str],
+            ceilings: dict[str, list[Ceiling]] | None = None) -> dict[str, Any]:
+    """``ceilings``: per app, each round's in-process measurement (calls, CPU seconds)."""
+    per_app = {app: [asdict(c) | {"per_core": c.per_core} for c in found] for app, found in (ceilings or {}).items()}
+    return {"meta": meta, "targets": goals, "trials": [asdict(t) for t in trials], "ceilings": per_app}

@@ -1,10 +1,12 @@
 """Benchmark clusterrun against its peers on the same apps, worker count and machine.
 
-    python bench/run.py            # full: 3 rounds of 3 s runs, about 11 minutes on 2 cores (at most 13)
+    python bench/run.py            # full: 3 rounds of 3 s runs, about 12 minutes on 2 cores (at most 14)
     python bench/run.py --quick    # 1 round of 1 s runs, under 2 minutes
     python bench/run.py --no-install --servers clusterrun --apps asgi --duration 1
     python bench/run.py --section policies   # issue 4: the policies side by side, about 3 minutes
     python bench/run.py --section reload     # issue 5: rolling restarts and respawns, 1 to 2.5 minutes
+    python bench/run.py --section least-conn # issue 12: open-loop p99 per policy, 10% slow requests, about 1 minute
+    python bench/run.py --section handover   # issue 12: what one primary hands over per CPU second, under a minute
 
 Each round starts every server once per app (in a rotated order, so that drift of
 the machine spreads over all servers instead of favouring the first), waits for
@@ -32,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import benchenv
+import ceiling
+import handover
+import leastconn
 import policies
 import procs
 import reload
@@ -44,9 +49,10 @@ from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 APPS_DIR = BENCH / "apps"
-SECTIONS = ("main", "policies", "reload")
+SECTIONS = ("main", "policies", "reload", "least-conn", "handover")
 READY_TIMEOUT = 60.0  # uvicorn and hypercorn spawn fresh interpreters: slow on a loaded 2-core machine
 STOP_TIMEOUT = 15.0
+CEILING_S = 1.0  # at most, per in-process ceiling: a rate of calls per CPU second settles well within it
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--section", choices=SECTIONS, default="main",
                         help="main: throughput, latency, memory (default); policies: fairness, mixed load and new"
                              " connections per policy (issue 4); reload: requests failed during a rolling restart"
-                             " and respawn time after SIGKILL (issue 5)")
+                             " and respawn time after SIGKILL (issue 5); least-conn: p50/p99 per policy under an"
+                             " open-loop load where 10%% of requests sleep 100 ms; handover: connections one"
+                             " primary hands over per CPU second under rr (issue 12)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 1 s runs, 0.5 s warm-up, no re-measuring, instead of 3 rounds of 3 s")
     parser.add_argument("--no-install", action="store_true",
@@ -332,17 +340,47 @@ def prepare(args: argparse.Namespace) -> Setup:
         else:
             notes.append("clusterrun has no --preload option: memory is measured without it only")
     pairs = plan(select_apps(args.apps), servers, versions, notes)
+    if any(server.key == "uwsgi" for _, server in pairs) and "keep-alive" in args.modes:
+        notes.append(UWSGI_KEEPALIVE)
     return Setup(python, python_version, versions, pairs, notes)
 
 
-def run_rounds(bench: Bench, pairs: Sequence[tuple[App, Server]]) -> list[report.Trial]:
+# Measured on uWSGI 2.0.30, --http11-socket, 2 workers, 64 keep-alive connections: p50 0.07 ms, and the other 62
+# connections' first answers came when the load stopped.
+UWSGI_KEEPALIVE = ("uWSGI keep-alive: each worker process serves one connection at a time and keeps it until the"
+                   " client closes it, so of the keep-alive connections only as many as there are workers are served"
+                   " during the run; the others wait (their first answers come when the load stops, and count in"
+                   " p99 only if they are more than 1% of the requests): its req/s is that of N connections")
+
+
+def run_rounds(bench: Bench, pairs: Sequence[tuple[App, Server]],
+               ceilings: dict[str, list[ceiling.Ceiling]], notes: list[str]) -> list[report.Trial]:
+    """Every pair once per round; before each app's servers, its in-process ceiling (appended to ``ceilings``)."""
     trials = []
     for round_index in range(bench.settings.rounds):
+        measured: set[str] = set()
         for app, server in rotated(pairs, round_index):
+            if app.key not in measured:
+                measured.add(app.key)
+                measure_ceiling(bench, app, round_index, ceilings, notes)
             trial = run_trial(bench, app, server, round_index)
             print(progress(trial, app, server, bench.settings.rounds), file=sys.stderr, flush=True)
             trials.append(trial)
     return trials
+
+
+def measure_ceiling(bench: Bench, app: App, round_index: int, ceilings: dict[str, list[ceiling.Ceiling]],
+                    notes: list[str]) -> None:
+    """The app called in a loop in one process of the servers' interpreter, for up to CEILING_S seconds."""
+    try:
+        found = ceiling.measure(bench.python, app.target, app.interface, min(CEILING_S, bench.settings.duration),
+                                cwd=APPS_DIR, env=server_env())
+    except (RuntimeError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+        notes.append(f"{app.title}: no in-process ceiling in round {round_index + 1}: {exc}")
+        return
+    ceilings.setdefault(app.key, []).append(found)
+    print(f"[round {round_index + 1}/{bench.settings.rounds}] {app.title} / {report.CEILING_TITLE}:"
+          f" {found.per_core:,.0f} calls per CPU second", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -357,8 +395,10 @@ def main(argv: Sequence[str]) -> int:
     print(f"bench: {len(setup.pairs)} server runs x {settings.rounds} round(s), load by {client_note}",
           file=sys.stderr)
     patience = Patience(settings.patience)
+    ceilings: dict[str, list[ceiling.Ceiling]] = {}
     with tempfile.TemporaryDirectory(prefix="clusterrun-bench-") as logs:
-        trials = run_rounds(Bench(setup.python, uvloop, settings, client, Path(logs), patience), setup.pairs)
+        trials = run_rounds(Bench(setup.python, uvloop, settings, client, Path(logs), patience), setup.pairs,
+                            ceilings, setup.notes)
 
     goals = report.check_goals(trials, setup.pairs, settings.modes)
     took = time.monotonic() - began
@@ -369,9 +409,10 @@ def main(argv: Sequence[str]) -> int:
         "commands": command_lines(setup.pairs, setup.python, settings.workers, uvloop),
         "settings": asdict(settings),
     }
-    text = report.markdown(meta, trials, setup.pairs, settings.modes, goals)
+    text = report.markdown(meta, trials, setup.pairs, settings.modes, goals, ceilings, settings.workers)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{settings.mode}"
-    written = write_results(args.out, stamp, text, report.as_json(meta, trials, goals), latest_name(args, settings))
+    written = write_results(args.out, stamp, text, report.as_json(meta, trials, goals, ceilings),
+                            latest_name(args, settings))
     print(text)
     print(f"bench: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 0
@@ -386,7 +427,8 @@ def run_section(args: argparse.Namespace, began: float) -> int:
     python_version, versions = benchenv.probe(python, benchenv.REPORTED, APPS_DIR)
     # A smaller budget than the main bench's: each section is meant to stay under about 4 minutes.
     patience = Patience(args.patience if args.patience is not None else (0.0 if args.quick else 30.0))
-    section = policies.run if args.section == "policies" else reload.run
+    section = {"policies": policies.run, "reload": reload.run, "least-conn": leastconn.run,
+               "handover": handover.run}[args.section]
     with tempfile.TemporaryDirectory(prefix=f"clusterrun-bench-{args.section}-") as logs:
         ctx = sections.Context(python, versions, args.servers, args.apps, args.workers, args.quick, args.duration,
                                patience, client, client_note, Path(logs))

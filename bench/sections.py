@@ -29,6 +29,7 @@ from servers import _clusterrun as clusterrun_command  # the main bench's cluste
 
 BENCH = Path(__file__).resolve().parent
 SAMPLES = BENCH.parent / "sample_apps"
+BENCH_APPS = BENCH / "apps"  # the main bench's apps; the least-conn and hand-over sections run them too
 READY_TIMEOUT = 60.0
 _TICK = os.sysconf("SC_CLK_TCK")
 STOP_TIMEOUT = 15.0
@@ -41,7 +42,7 @@ POLICIES = ("rr", "least-conn", "sticky", "shared", "reuseport")
 BOTH = frozenset({"asgi", "wsgi"})
 CLUSTERRUN = tuple(Server(f"clusterrun-{p}", "clusterrun", f"clusterrun {p}", BOTH, ("clusterrun",),
                           clusterrun_command(p)) for p in POLICIES)
-_PEER_KEYS = ("uvicorn", "gunicorn-uvicorn", "gunicorn-sync", "gunicorn-gthread", "granian")
+_PEER_KEYS = ("uvicorn", "gunicorn-uvicorn", "gunicorn-sync", "gunicorn-gthread", "granian", "uwsgi")
 PEERS = tuple(s for key in _PEER_KEYS for s in SERVERS if s.key == key)
 
 
@@ -104,10 +105,11 @@ def _filter(words: str | None, items: Sequence[T], names: Callable[[T], set[str]
     return [i for i in items if names(i) & wanted]
 
 
-def server_env() -> dict[str, str]:
-    """The sample apps importable; no environment setting that would override a flag."""
+def server_env(apps: Path = SAMPLES) -> dict[str, str]:
+    """The apps of ``apps`` (default: the sample apps) importable; no environment setting that would override a
+    flag."""
     env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "CLUSTERRUN_SCHED_POLICY")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SAMPLES), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(apps), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -145,6 +147,18 @@ def started(ctx: Context, app: App, server: Server, workers: int, name: str) -> 
                        stop_timeout=STOP_TIMEOUT) as running:
         live = Live(running, port)
         live.startup_s = wait_serving(running, port, READY_TIMEOUT)
+        yield live
+
+
+@contextlib.contextmanager
+def started_bench_app(ctx: Context, app: App, server: Server, workers: int, name: str) -> Iterator[Live]:
+    """As ``started``, for an app of bench/apps: serving once ``GET /`` answers 200 with ``app.body``."""
+    port = procs.free_port()
+    argv = command(ctx.python, app, server, workers, port)
+    with procs.running(argv, cwd=BENCH_APPS, env=server_env(BENCH_APPS), log=ctx.logs / f"{name}.log",
+                       stop_timeout=STOP_TIMEOUT) as running:
+        live = Live(running, port)
+        live.startup_s = procs.wait_ready(running, port, app.body, READY_TIMEOUT)
         yield live
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 Interface = Literal["asgi", "wsgi"]
@@ -101,6 +102,19 @@ def _hypercorn(t: Target) -> list[str]:
             "--bind", t.address, *worker]
 
 
+def _uwsgi(t: Target) -> list[str]:
+    # The pyuwsgi wheel has no ``python -m`` entry point: its ``uwsgi`` script sits next to the interpreter.
+    # --http11-socket, not --http-socket: in uWSGI 2.0 a plain http-socket closes the connection after every
+    # answer (--http-keepalive belongs to the --http router, and changes nothing there; checked on 2.0.30), so
+    # a keep-alive client would measure reconnects. http11 keeps the connection when the app sets
+    # Content-Length (every bench app does) and closes it on "Connection: close".
+    # --die-on-term: before 2.1, SIGTERM makes uWSGI reload ("brutal reload"), not exit; the bench stops every
+    # server with SIGTERM. --need-app: exit when the app does not import, instead of serving 500s.
+    # No request log (--disable-logging), as for the other servers.
+    return [str(Path(t.python).with_name("uwsgi")), "--http11-socket", t.address, "--processes", str(t.workers),
+            "--master", "--module", t.app.target, "--need-app", "--die-on-term", "--disable-logging"]
+
+
 BOTH = frozenset({"asgi", "wsgi"})
 ASGI = frozenset({"asgi"})
 WSGI = frozenset({"wsgi"})
@@ -116,6 +130,7 @@ SERVERS: tuple[Server, ...] = (
            _gunicorn("--worker-class", "uvicorn_worker.UvicornWorker")),
     Server("granian", "granian", "granian", BOTH, ("granian",), _granian),
     Server("hypercorn", "hypercorn", "hypercorn", BOTH, ("hypercorn",), _hypercorn),
+    Server("uwsgi", "uwsgi", "uWSGI", WSGI, ("pyuwsgi",), _uwsgi),
 )
 
 # Only when `clusterrun --help` lists --preload: the app imported once in the primary, shared copy-on-write.
