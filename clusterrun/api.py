@@ -21,9 +21,11 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import logs
+from .appmetrics import AppMetricsDir
 from .config import OPTIONS, OPTIONS_BY_NAME, Config, build_config
 from .errors import ConfigError
 from .events import Events, Handler
+from .metrics import require_client
 from .supervision import Worker
 
 if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
@@ -77,14 +79,23 @@ class Cluster:
         from .primary import Primary
 
         restore_logging = logs.setup(self.config.log_level, access_log=self.config.access_log)
+        app_metrics: AppMetricsDir | None = None
         try:
+            # Before prometheus_client is imported anywhere (here, --hooks, --preload): it reads the variable
+            # once, at import, to choose between its single-process and multiprocess modes.
+            app_metrics = AppMetricsDir(self.config)
+            if self.config.metrics is not None:
+                require_client()
             if self.config.hooks:
                 self._load_hooks(self.config.hooks)
             preloaded = prepare_engine(self.config)
-            self._primary = Primary(self.config, preloaded=preloaded, events=self.events)
+            self._primary = Primary(self.config, preloaded=preloaded, events=self.events,
+                                    app_metrics_dir=app_metrics.path)
             return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:
             self._primary = None
+            if app_metrics is not None:
+                app_metrics.close()
             restore_logging()  # the host program's logging, as it was
 
     # Control, from event handlers (they run in the primary's loop).

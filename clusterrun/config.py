@@ -68,6 +68,7 @@ class Config:
     name: str = ""  # the cluster's name, for the control commands; "" = the app's module (``cluster_name``)
     control: str = ""  # the control socket's path; "" = the default place (clusterrun.control)
     no_control: bool = False
+    metrics: BindAddress | None = None  # where the primary serves GET /metrics (Prometheus); None: nowhere
     usable_cpus: int = field(default=1, compare=False)
     workers_from: str = field(default="--workers", compare=False)  # the flag, or the variable that set it
 
@@ -197,6 +198,15 @@ def _socket_path(value: Any) -> str:
     return path
 
 
+def _metrics_address(value: Any) -> BindAddress:
+    if isinstance(value, BindAddress):
+        return value
+    try:
+        return parse_bind(str(value))
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("--bind value", "--metrics value", 1)) from None
+
+
 def _app_spec(value: Any) -> str:
     text = str(value).strip()
     module, sep, attr = text.partition(":")
@@ -276,6 +286,8 @@ OPTIONS: tuple[Option, ...] = (
            "else a per-user folder in the temp directory", _socket_path, "PATH"),
     Option("no_control", ("--no-control",), "open no control socket: clusterrun status and the other commands "
            "then cannot reach this cluster", _switch, switch=True),
+    Option("metrics", ("--metrics",), "serve GET /metrics (the Prometheus text format) from the primary on "
+           "HOST:PORT or unix:PATH; needs pip install 'clusterrun[metrics]'", _metrics_address, "ADDRESS"),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "
            "with 413, before the app runs when Content-Length says so, else when a chunked body grows past it; "
            "0 (default) no limit: bodies stream to the app, so the server itself holds at most a few dozen KiB of "

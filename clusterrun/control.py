@@ -21,16 +21,15 @@ import struct
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .supervision import Timer, Timers
+from .oneshot import OneShotServer
+from .supervision import Timers
 
 logger = logging.getLogger("clusterrun")
 
 MAX_REQUEST = 64 * 1024  # bytes of one request: every command fits in a few hundred
-REQUEST_TIMEOUT = 10.0  # seconds a client gets to send its request
 
 Answer = dict[str, Any]
 Handler = Callable[[dict[str, Any]], Answer]
@@ -76,24 +75,15 @@ def allowed(uid: int | None) -> bool:
     return uid is not None and uid in (os.getuid(), 0)
 
 
-@dataclass(eq=False)
-class _Client:
-    sock: socket.socket
-    received: bytearray = field(default_factory=bytearray)
-    answer: bytes = b""
-    timer: Timer | None = None
+class ControlServer(OneShotServer):
+    """The control socket: one JSON request per connection, answered with ``handler``'s JSON."""
 
-
-class ControlServer:
-    """Accept control connections in the primary's selector and answer each request with ``handler``."""
+    max_request = MAX_REQUEST
 
     def __init__(self, path: str, selector: selectors.BaseSelector, timers: Timers, handler: Handler) -> None:
+        super().__init__(selector, timers)
         self.path = path
-        self.selector = selector
-        self.timers = timers
         self.handler = handler
-        self.sock: socket.socket | None = None
-        self._clients: set[_Client] = set()
         self._inode = 0
 
     def open(self, name: str) -> None:
@@ -112,56 +102,32 @@ class ControlServer:
             sock.close()
             raise ConfigError(f"cannot open the control socket {self.path}: {exc.strerror}; give --control PATH "
                               "elsewhere, or --no-control") from None
-        sock.setblocking(False)
         self._inode = os.stat(self.path).st_ino
-        self.sock = sock
-        self.selector.register(sock, selectors.EVENT_READ, lambda mask: self._on_accept())
+        self.serve(sock)
 
     def close(self) -> None:
-        for client in list(self._clients):
-            self._drop(client)
-        if self.sock is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(self.sock)
-            self.sock.close()
-            self.sock = None
+        was_open = self.sock is not None
+        super().close()
+        if was_open:
             with contextlib.suppress(OSError):
                 if os.stat(self.path).st_ino == self._inode:  # ours still, not a successor's
                     os.unlink(self.path)
 
-    def _on_accept(self) -> None:
-        assert self.sock is not None
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return  # gone before it was accepted, or out of descriptors: the listener stays readable
-        conn.setblocking(False)
-        client = _Client(conn)
-        self._clients.add(client)
+    def refuse(self, conn: socket.socket) -> bytes | None:
         uid = peer_uid(conn)
-        if not allowed(uid):
-            logger.warning("control socket: refused a connection from uid %s", uid)
-            self._answer(client, {"ok": False, "error": f"permission denied: uid {uid} is neither this "
-                                  f"cluster's user ({os.getuid()}) nor root"})
-            return
-        client.timer = self.timers.add(REQUEST_TIMEOUT, lambda: self._drop(client))
-        self.selector.register(conn, selectors.EVENT_READ, lambda mask: self._on_readable(client))
+        if allowed(uid):
+            return None
+        logger.warning("control socket: refused a connection from uid %s", uid)
+        return _encode({"ok": False, "error": f"permission denied: uid {uid} is neither this cluster's user "
+                        f"({os.getuid()}) nor root"})
 
-    def _on_readable(self, client: _Client) -> None:
-        try:
-            data = client.sock.recv(MAX_REQUEST + 1)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(client)
-            return
-        client.received += data
-        if len(client.received) > MAX_REQUEST:
-            self._answer(client, {"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"})
-        elif b"\n" in client.received:
-            self._answer(client, self._handle(bytes(client.received.partition(b"\n")[0])))
+    def answer(self, received: bytes) -> bytes | None:
+        if b"\n" not in received:
+            return None
+        return _encode(self._handle(received.partition(b"\n")[0]))
+
+    def too_large(self) -> bytes:
+        return _encode({"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"})
 
     def _handle(self, line: bytes) -> Answer:
         try:
@@ -176,30 +142,9 @@ class ControlServer:
             logger.error("control command %r failed", request.get("command"), exc_info=True)
             return {"ok": False, "error": f"the command failed: {type(exc).__name__}: {exc}"}
 
-    def _answer(self, client: _Client, answer: Answer) -> None:
-        client.answer = json.dumps(answer, separators=(",", ":")).encode() + b"\n"
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.sock)
-        self.selector.register(client.sock, selectors.EVENT_WRITE, lambda mask: self._on_writable(client))
 
-    def _on_writable(self, client: _Client) -> None:
-        try:
-            sent = client.sock.send(client.answer)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            sent = len(client.answer)
-        client.answer = client.answer[sent:]
-        if not client.answer:
-            self._drop(client)
-
-    def _drop(self, client: _Client) -> None:
-        if client.timer is not None:
-            client.timer.cancel()
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.sock)
-        client.sock.close()
-        self._clients.discard(client)
+def _encode(answer: Answer) -> bytes:
+    return json.dumps(answer, separators=(",", ":")).encode() + b"\n"
 
 
 def _remove_if_stale(path: str, name: str) -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import socket
 
     from .config import Config
+    from .endpoints import Endpoints
 
 logger = logging.getLogger("clusterrun")
 
@@ -103,7 +104,7 @@ def _restore(target: logging.Logger, saved: _Saved) -> None:
     target.disabled = saved.disabled
 
 
-def announce_start(config: Config, policy: str, sockets: list[socket.socket], control: str | None) -> None:
+def announce_start(config: Config, policy: str, sockets: list[socket.socket], endpoints: Endpoints) -> None:
     """The primary's first lines: what runs, how many workers and why, where it listens and is steered."""
     spec, source, target = config.workers_spec, config.workers_from, config.workers
     note = f"{source} {spec}" if source.startswith("--") else f"{source}={spec}"
@@ -113,5 +114,7 @@ def announce_start(config: Config, policy: str, sockets: list[socket.socket], co
                 "" if target == 1 else "s", note, policy)
     for sock in sockets:
         logger.info("listening on %s", listeners.describe(sock))
-    if control:
-        logger.info("control socket %s: clusterrun status %s", control, config.cluster_name)
+    if endpoints.control_path:
+        logger.info("control socket %s: clusterrun status %s", endpoints.control_path, config.cluster_name)
+    if endpoints.metrics_url:
+        logger.info("metrics on %s", endpoints.metrics_url)

@@ -29,6 +29,7 @@ from .policies import Policy
 from .protocol import Message
 from .rollout import Rollout
 from .supervision import Timers, WorkerHandle, WorkerState, describe_status, exit_of
+from .tally import Tally
 from .throttle import RestartThrottle
 
 logger = logging.getLogger("clusterrun")
@@ -68,6 +69,7 @@ class Pool:
         self.target = config.workers
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
         self.last_exit: dict[int, str] = {}  # per slot: how its last unplanned exit went (for status)
+        self.tally = Tally()  # what exited workers did, per slot (for metrics that never go backwards)
         self.booted = False  # every slot of the first generation has served
         self.stopping = False
         self.rollout = Rollout(self)
@@ -218,6 +220,7 @@ class Pool:
         self.hang_up(handle)
         free(handle)
         how = describe_status(status)
+        self.tally.fold(handle)
         self.events.emit("exit", handle.public, *exit_of(status))
         if self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
@@ -255,6 +258,7 @@ class Pool:
 
     def _crashed(self, handle: WorkerHandle, how: str) -> None:
         self.last_exit[handle.index] = f"worker {handle.id}: {how}"
+        self.tally.restarts[handle.index, how] += 1
         now = self.clock()
         served = None if handle.ready_at is None else now - handle.ready_at
         decision = self.throttle.record_death(handle.index, uptime=now - handle.started, served=served)

@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from . import identity, listeners, logs, priority
 from .config import Config
-from .control import ControlServer, socket_path
 from .dispatch import Dispatcher
+from .endpoints import Endpoints
 from .errors import EXIT_ERROR, EXIT_OK, ChannelError, ClusterrunError, MessageError
 from .events import Events
-from .operations import Operations
 from .policies import make_policy
 from .pool import Pool
 from .protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle
 from .signals import SignalInbox
 from .spawn import Forker
+from .status import cpu_seconds
 from .supervision import Timers, Watchdog, WorkerHandle, late_after
 
 if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
@@ -44,7 +44,7 @@ logger = logging.getLogger("clusterrun")
 class Primary:
     def __init__(
         self, config: Config, clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None,
-        events: Events | None = None,
+        events: Events | None = None, app_metrics_dir: str | None = None,
     ) -> None:
         self.config = config
         self.events = events or Events()
@@ -62,8 +62,7 @@ class Primary:
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers)
         self.preloaded = preloaded
         self.started = clock()
-        self.control = None if config.no_control else ControlServer(
-            socket_path(config.cluster_name, config.control), self.selector, self.timers, Operations(self).answer)
+        self.endpoints = Endpoints(self, app_metrics_dir)  # the control socket, /metrics
 
     @property
     def workers(self) -> Mapping[int, WorkerHandle]:
@@ -74,8 +73,9 @@ class Primary:
         return self.pool.stopping
 
     def _own_fds(self) -> list[int]:
-        """What a forked worker must close: the signal inbox, and both ends of every other worker's channel."""
-        return [*self.signals.filenos(), *(fd for w in self.pool.workers.values() for fd in w.channel.filenos())]
+        """What a forked worker must close: the signal inbox, the endpoints, every other worker's channel."""
+        return [*self.signals.filenos(), *self.endpoints.filenos(),
+                *(fd for w in self.pool.workers.values() for fd in w.channel.filenos())]
 
     # The loop.
 
@@ -83,12 +83,10 @@ class Primary:
         """Serve until stopped; the process exit code. Every child is reaped before this returns."""
         try:
             identity.become_primary()
-            if self.control is not None:
-                self.control.open(self.config.cluster_name)  # first: a second cluster of one name exits 2 here
+            self.endpoints.open()
             self._bind()
             self.signals.install()
-            logs.announce_start(self.config, self.policy.name, self.listeners,
-                                self.control.path if self.control else None)
+            logs.announce_start(self.config, self.policy.name, self.listeners, self.endpoints)
             if self.preloaded is not None:
                 # Objects the app made at import move to the permanent generation: the collector then never
                 # writes to their pages in a worker, so copy-on-write keeps them shared.
@@ -183,6 +181,7 @@ class Primary:
                 handle.boot_error = error
             case Beat() as counts:
                 handle.counts = counts  # last_seen was set above
+                handle.cpu_seconds = cpu_seconds(handle.pid) or handle.cpu_seconds
             case Message(data):
                 self.events.emit("message", handle.public, data)
             case Broadcast(data):
@@ -232,8 +231,7 @@ class Primary:
     def _cleanup(self) -> None:
         """Leave nothing behind: no live child, listener, socket file or CPU policy; the host's signal handlers back."""
         self.pool.close()
-        if self.control is not None:
-            self.control.close()
+        self.endpoints.close()
         self.dispatcher.close()
         self.policy.close()
         listeners.close_all(self.listeners)

@@ -46,6 +46,16 @@ def _whole(obj: Mapping[str, Any], key: str, optional: bool = False) -> Any:
     return value
 
 
+def _wholes(obj: Mapping[str, Any], key: str, most: int = 32) -> tuple[int, ...]:
+    """A short list of whole numbers >= 0 (absent: empty)."""
+    values = obj.get(key, [])
+    if not isinstance(values, list) or len(values) > most or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+    ):
+        raise ChannelError(f"{obj.get('t')!r} frame: {key!r} must be a list of at most {most} whole numbers >= 0")
+    return tuple(values)
+
+
 K = TypeVar("K", bound="_Kind")
 
 
@@ -103,10 +113,19 @@ class Beat(_Kind):
     requests: int = 0
     connections: int = 0
     in_flight: int = 0
+    # With --metrics (clusterrun.requeststats): responses by status class, the duration histogram's buckets
+    # (not cumulative) and the durations' sum in seconds, all since the worker started.
+    statuses: tuple[int, ...] = ()
+    buckets: tuple[int, ...] = ()
+    seconds: float = 0.0
 
     @classmethod
     def parse(cls, obj: Mapping[str, Any]) -> Beat:
-        return cls(_whole(obj, "requests"), _whole(obj, "connections"), _whole(obj, "in_flight"))
+        seconds = obj.get("seconds", 0.0)
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+            raise ChannelError("'beat' frame: 'seconds' must be a number >= 0")
+        return cls(_whole(obj, "requests"), _whole(obj, "connections"), _whole(obj, "in_flight"),
+                   _wholes(obj, "statuses"), _wholes(obj, "buckets"), float(seconds))
 
 
 @dataclass(frozen=True)

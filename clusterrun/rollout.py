@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from .supervision import WorkerHandle
@@ -34,6 +35,7 @@ class Rollout:
         self.reloads = 0
         self.outcome = "none"  # none, running, complete or aborted
         self.reason = ""  # why it aborted
+        self.finished: Counter[str] = Counter()  # rolling restarts by how they ended: complete, aborted
 
     @property
     def active(self) -> bool:
@@ -58,6 +60,7 @@ class Rollout:
     def cancel(self, reason: str = "the cluster is stopping") -> None:
         if self.active:
             self.outcome, self.reason = "aborted", reason
+            self.finished["aborted"] += 1
         self._queue = []
         self.current = None
 
@@ -90,4 +93,5 @@ class Rollout:
                 return
         self.current = None
         self.outcome = "complete"
+        self.finished["complete"] += 1
         logger.info("rolling restart complete: %d workers replaced", len(self.pool.slots))

@@ -148,6 +148,8 @@ class WorkerRuntime:
 
         await self.server.drain(self._linger)
         await self.server.stop()
+        if not self.channel.eof:
+            self.channel.send(self.server.counts())  # the last counts: the primary folds them into its totals
         with contextlib.suppress(Exception):
             await self._channel_flushed()
         return EXIT_OK

@@ -21,10 +21,35 @@ from .config import Config
 from .counters import SharedCounter
 from .identity import WorkerInfo
 from .protocol import Beat
+from .requeststats import RequestStats
 
 logger = logging.getLogger("clusterrun")
 
 _DRAIN_POLL = 0.02
+
+
+def timed(app: Any, stats: RequestStats) -> Any:
+    """The ASGI app, each HTTP request recorded in ``stats``: its status and its time until the app returns."""
+
+    async def timed_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets when the app fails before it starts a response
+
+        async def send_noting_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_noting_status)
+        finally:
+            stats.record(status, time.perf_counter() - started)
+
+    return timed_app
 
 
 def limits(config: Config) -> entry.Limits:
@@ -47,6 +72,9 @@ class StackServer:
         self.info = info
         self.interface = loaded.interface
         self.app = entry.as_asgi(loaded, threads=config.threads, info=info)
+        self.stats = RequestStats() if config.metrics is not None else None
+        if self.stats is not None:
+            self.app = timed(self.app, self.stats)
         self.stack = entry.http_stack(self.app, http=config.http, access_log=config.access_log,
                                       timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog)
         self.lifespan = entry.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
@@ -64,7 +92,11 @@ class StackServer:
 
     def counts(self) -> Beat:
         """The heartbeat, with what this worker served and holds now."""
-        return Beat(self.stack.total_requests, self.stack.connection_count, self.stack.in_flight)
+        stats = self.stats
+        if stats is None:
+            return Beat(self.stack.total_requests, self.stack.connection_count, self.stack.in_flight)
+        return Beat(self.stack.total_requests, self.stack.connection_count, self.stack.in_flight,
+                    tuple(stats.by_class), tuple(stats.buckets), stats.seconds)
 
     async def start(self) -> None:
         """Run the app's lifespan startup; a failure is a BootError."""

@@ -33,8 +33,8 @@ class ProcSampler:
 
     def sample(self, pid: int, started: float, now: float) -> tuple[int | None, float | None, float | None]:
         """(RSS bytes, CPU seconds, CPU %) of ``pid``; its first look averages over its life from ``started``."""
-        cpu = _cpu_seconds(pid)
-        rss = _rss_bytes(pid)
+        cpu = cpu_seconds(pid)
+        rss = rss_bytes(pid)
         if cpu is None:
             return rss, None, None
         previous = self._last.get(pid) or _Sample(started, 0.0)
@@ -49,7 +49,7 @@ class ProcSampler:
             del self._last[pid]
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rpartition(b")")[2].split()  # after the command name, which may hold spaces
@@ -58,7 +58,7 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
-def _rss_bytes(pid: int) -> int | None:
+def rss_bytes(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/statm", "rb") as statm:
             return int(statm.read().split()[1]) * _PAGE

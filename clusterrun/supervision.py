@@ -131,6 +131,7 @@ class WorkerHandle:
     boot_timer: Timer = field(default=_NO_TIMER)
     last_seen: float = 0.0  # when its last frame (heartbeat or other) arrived
     counts: Beat = field(default_factory=Beat)  # its counts, as of its last heartbeat
+    cpu_seconds: float = 0.0  # its CPU time, read from /proc at its last heartbeat (folded when it exits)
     _public: weakref.ref[Worker] | None = field(default=None, init=False, repr=False)
 
     @property

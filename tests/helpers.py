@@ -153,9 +153,11 @@ def limit_descriptors(soft: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def run_to_exit(*args: str, cwd: Path = SAMPLE_APPS, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+def run_to_exit(
+    *args: str, cwd: Path = SAMPLE_APPS, timeout: float = DEADLINE, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run clusterrun to completion (for commands that must exit by themselves: errors, --help)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "CLUSTERRUN_SCHED_POLICY")}
+    env = {k: v for k, v in (env or os.environ).items() if k not in ("WEB_CONCURRENCY", "CLUSTERRUN_SCHED_POLICY")}
     return subprocess.run(
         [sys.executable, "-m", "clusterrun", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL, env=env, start_new_session=True,

@@ -23,7 +23,8 @@ from clusterrun.protocol import (
 )
 
 EVERY_KIND = [
-    Online(), Ready("wsgi", 200), Ready("asgi", None), BootFailed("ImportError: x"), Beat(), Beat(12, 3, 1),
+    Online(), Ready("wsgi", 200), Ready("asgi", None), BootFailed("ImportError: x"), Beat(),
+    Beat(12, 3, 1, (0, 12, 0, 0, 0), (3, 9) + (0,) * 14, 0.25),
     Recycle("it served 10"),
     Draining(), Message({"a": [1, None]}), Broadcast("hello"), Connections(socket.AF_INET), Stop(linger=True),
 ]
@@ -48,6 +49,8 @@ def test_kinds_are_named_once() -> None:
     ({"t": "recycle", "reason": ["a"]}, "'reason' must be a string"),
     ({"t": "conn"}, "'family' must be a whole number"),
     ({"t": "beat", "requests": 1, "connections": "2", "in_flight": 0}, "'connections' must be a whole number"),
+    ({"t": "beat", "requests": 1, "connections": 2, "in_flight": 0, "statuses": [1, -1]}, "'statuses' must be a"),
+    ({"t": "beat", "requests": 1, "connections": 2, "in_flight": 0, "seconds": "1"}, "'seconds' must be a number"),
 ])
 def test_a_frame_of_the_wrong_shape_is_refused(obj: dict[str, object], message: str) -> None:
     with pytest.raises(ChannelError, match=message):
