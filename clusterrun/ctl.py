@@ -142,13 +142,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
     path = resolve(args.name, args.control)
     pid = request(path, "stop", **({} if args.timeout is None else {"timeout": args.timeout}))["pid"]
     deadline = time.monotonic() + (args.timeout if args.timeout is not None else 30.0) + 30.0
-    # The primary closes its control socket last, once every worker is reaped. Its pid cannot tell: until its
-    # parent reaps it, an exited process still answers kill(pid, 0).
-    while _answers(path):
+    # The primary closes its control socket last, once every worker is reaped; then its process ends.
+    while _answers(path) or _running(pid):
         if time.monotonic() > deadline:
             raise ControlError(f"the primary (pid {pid}) is still running; it may be waiting for workers to drain")
         time.sleep(_POLL)
-    print(f"stopped (the primary, pid {pid}, has exited or is exiting)")
+    print(f"stopped (the primary, pid {pid}, exited)")
     return 0
 
 
@@ -159,6 +158,24 @@ def cmd_restart_worker(args: argparse.Namespace) -> int:
              f"worker {args.id}'s replacement", args.timeout)
     print(f"worker {args.id} replaced")
     return 0
+
+
+def _running(pid: int) -> bool:
+    """The process runs: it exists and, where /proc tells, is not a zombie (exited, its parent not told yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _answers(path: str) -> bool:
