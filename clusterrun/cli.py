@@ -24,6 +24,7 @@ EPILOG = """\
 commands for running clusters (clusterrun COMMAND --help):
   ls                        this user's running clusters
   status [NAME] [--json]    a cluster and each worker: state, requests, connections, memory, CPU
+  top [NAME]                a live monitor: req/s, latency, connections, CPU, memory per worker
   reload NAME               rolling restart, waits until it completes
   scale NAME N|+K|-K        set the number of workers
   stop NAME [--timeout S]   graceful stop

@@ -24,7 +24,7 @@ from .control import control_dir, socket_path
 from .errors import EXIT_CONFIG, ClusterrunError, ControlError
 from .status_text import cluster_table, status_text
 
-COMMANDS = ("ls", "status", "reload", "scale", "stop", "restart-worker")
+COMMANDS = ("ls", "status", "top", "reload", "scale", "stop", "restart-worker")
 _POLL = 0.1
 
 
@@ -160,6 +160,12 @@ def cmd_restart_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from .top import cmd_top as top  # imported here: top imports this module
+
+    return top(args)
+
+
 def _running(pid: int) -> bool:
     """The process runs: it exists and, where /proc tells, is not a zombie (exited, its parent not told yet)."""
     try:
@@ -205,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help, description=help)
         command.set_defaults(run=run)
         if named:
-            command.add_argument("name", metavar="NAME", nargs="?" if name == "status" else None,
+            command.add_argument("name", metavar="NAME", nargs="?" if name in ("status", "top") else None,
                                  help="the cluster's --name (default: its app's module)")
             command.add_argument("--control", metavar="PATH", help="the control socket, if started with --control")
         return command
@@ -214,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="as JSON")
     add("status", cmd_status, "a cluster and each of its workers").add_argument(
         "--json", action="store_true", help="as JSON (documented in the README, stable)")
+    top = add("top", cmd_top, "a live monitor, redrawn every second (keys: q quit, r reload, + and - scale)")
+    top.add_argument("--count", type=int, metavar="N", help="print N plain text frames, a second apart, and exit")
     add("reload", cmd_reload, "rolling restart; waits until it completes (exit 1 if it aborts)").add_argument(
         "--timeout", type=float, default=600.0, metavar="SECONDS", help="give up waiting after this; default 600")
     scale = add("scale", cmd_scale, "set the number of workers: N, +K or -K; waits until they serve")

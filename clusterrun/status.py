@@ -74,12 +74,15 @@ def worker_row(handle: WorkerHandle, now: float, sampler: ProcSampler, restarts:
     # Under a primary-side policy the primary knows the open connections best (passed, less closed): it also
     # counts those on their way to the worker.
     connections = handle.open_connections if handle.dispatched else counts.connections
-    return {
+    row: dict[str, Any] = {
         "id": handle.id, "index": handle.index, "pid": handle.pid, "state": handle.state.value,
         "uptime": round(now - handle.started, 3), "requests": counts.requests, "connections": connections,
         "in_flight": counts.in_flight, "rss_bytes": rss, "cpu_seconds": cpu_seconds, "cpu_percent": cpu_percent,
         "slot_restarts": restarts, "last_exit": last_exit or None,
     }
+    if counts.buckets:  # with --metrics: the duration histogram (clusterrun top's percentiles)
+        row["latency_buckets"] = list(counts.buckets)
+    return row
 
 
 def started_at(monotonic_start: float, now: float) -> float:
