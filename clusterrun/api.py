@@ -78,7 +78,7 @@ class Cluster:
         """
         from .primary import Primary
 
-        restore_logging = logs.setup(self.config.log_level, access_log=self.config.access_log)
+        restore_logging = logs.setup(self.config)
         app_metrics: AppMetricsDir | None = None
         try:
             # Before prometheus_client is imported anywhere (here, --hooks, --preload): it reads the variable

@@ -47,7 +47,7 @@ def run(
         faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True)
         info = identity.WorkerInfo(worker_id, index, os.getpid())
         identity.become(info)
-        logs.setup(config.log_level, info, config.access_log)
+        logs.setup(config, info)
         _set_title(config, info)
         _die_with_primary()
         channel = Channel(channel_sock)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
+from .accesslog import check_format
 from .cpus import usable_cpus
 from .errors import ConfigError
 from .listeners import BindAddress, parse_bind, parse_port
@@ -27,6 +29,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPS = ("auto", "asyncio", "uvloop")
 HTTP_IMPLS = ("auto", "httptools", "h11")
 LIFESPANS = ("auto", "on", "off")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,11 @@ class Config:
     backlog: int = 2048
     log_level: str = "info"
     access_log: bool = False
+    access_log_format: str = DEFAULT_ACCESS_FORMAT
+    log_format: str = "text"
+    log_config: str = ""
+    log_file: str = ""
+    access_log_file: str = ""
     loop: str = "auto"
     http: str = "auto"
     lifespan: str = "auto"
@@ -207,6 +215,28 @@ def _metrics_address(value: Any) -> BindAddress:
         raise ConfigError(str(exc).replace("--bind value", "--metrics value", 1)) from None
 
 
+def _log_file(flag: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        path = str(value)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"bad {flag} value {path!r}: the folder {folder} does not exist; create it or log "
+                              "elsewhere")
+        return path
+
+    return parse
+
+
+def _existing_file(flag: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        path = str(value)
+        if not os.path.isfile(path):
+            raise ConfigError(f"bad {flag} value {path!r}: no such file")
+        return path
+
+    return parse
+
+
 def _app_spec(value: Any) -> str:
     text = str(value).strip()
     module, sep, attr = text.partition(":")
@@ -272,6 +302,18 @@ OPTIONS: tuple[Option, ...] = (
            "default info", _choice("--log-level", LOG_LEVELS), "LEVEL", choices=LOG_LEVELS),
     Option("access_log", ("--access-log",), "log one line per request (off by default, as in gunicorn)",
            _switch, switch=True),
+    Option("access_log_format", ("--access-log-format",), "the access line, with named fields: {client}, "
+           "{method}, {path}, {query}, {request_line}, {status}, {bytes}, {duration_ms}, {duration_us}, "
+           "{referer}, {user_agent}, {worker_id}, {worker_index}, {pid}; default " + DEFAULT_ACCESS_FORMAT.replace(
+               "%", "%%"), check_format, "FORMAT"),
+    Option("log_format", ("--log-format",), "text (default) or json: one JSON object per line",
+           _choice("--log-format", LOG_FORMATS), "FORMAT", choices=LOG_FORMATS),
+    Option("log_config", ("--log-config",), "configure logging from a file instead: dictConfig (.json, .toml, "
+           ".yaml) or fileConfig (.ini)", _existing_file("--log-config"), "FILE"),
+    Option("log_file", ("--log-file",), "write the log to FILE instead of stderr (SIGUSR1 reopens it)",
+           _log_file("--log-file"), "FILE"),
+    Option("access_log_file", ("--access-log-file",), "write access lines to FILE instead of stdout (SIGUSR1 "
+           "reopens it)", _log_file("--access-log-file"), "FILE"),
     Option("loop", ("--loop",), "event loop: auto (uvloop when installed), asyncio or uvloop; default auto",
            _choice("--loop", LOOPS), "LOOP", choices=LOOPS),
     Option("http", ("--http",), "HTTP parser: auto (httptools when installed), httptools or h11; default auto",

@@ -1,25 +1,33 @@
 """Log set-up: one format for the primary and every worker, each line naming its process.
 
-Only clusterrun's own loggers are configured — the ``clusterrun`` tree, and the
-``uvicorn`` tree that serves the workers (its errors, and its access lines with
-``--access-log``) — each with clusterrun's handler and without propagation. The
-root logger is the app's and the host program's: an app's
-``logging.basicConfig(level=..., format=...)`` takes effect in its workers, and
-a program that embeds ``Cluster.run()`` keeps its handlers. Records that no
-handler takes (an app that configured nothing) fall back to clusterrun's format
-through ``logging.lastResort``, so a worker's stray warnings still say which
-worker wrote them. ``setup`` returns what puts everything back as it was.
+Only clusterrun's own loggers are configured — the ``clusterrun`` tree (``clusterrun.access`` for access
+lines), and the ``uvicorn`` tree that serves the workers — each with clusterrun's handler and without
+propagation. The root logger is the app's and the host program's: an app's
+``logging.basicConfig(level=..., format=...)`` takes effect in its workers, and a program that embeds
+``Cluster.run()`` keeps its handlers. Records that no handler takes (an app that configured nothing) fall back
+to clusterrun's format through ``logging.lastResort``, so a worker's stray warnings still say which worker wrote
+them. ``setup`` returns what puts everything back as it was.
+
+Where lines go: everything on stderr, access lines on stdout (as uvicorn), or into ``--log-file`` and
+``--access-log-file``, which SIGUSR1 to the primary reopens everywhere (logrotate's ``postrotate``). In
+``--log-format json`` each line is one JSON object. ``--log-config FILE`` hands all of it to the standard
+library's dictConfig (.json, .toml, .yaml) or fileConfig (.ini and others) instead.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import logging.config
+import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from . import __version__, listeners
+from .errors import ConfigError
 from .identity import WorkerInfo
 
 if TYPE_CHECKING:
@@ -33,7 +41,150 @@ logger = logging.getLogger("clusterrun")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 # The loggers clusterrun configures; nothing else is touched.
-_OWN = ("clusterrun", "uvicorn", "uvicorn.error", "uvicorn.access")
+_OWN = ("clusterrun", "clusterrun.access", "uvicorn", "uvicorn.error", "uvicorn.access")
+ACCESS = "clusterrun.access"
+
+# The files this process writes logs to: SIGUSR1 (in the primary; a frame in the workers) reopens them.
+_files: list[ReopeningFileHandler] = []
+
+
+class ReopeningFileHandler(logging.FileHandler):
+    """A log file that ``reopen()`` closes and opens again by name: after logrotate moved it away."""
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+        finally:
+            self.release()
+
+
+def reopen() -> int:
+    """Reopen every log file of this process; how many."""
+    for handler in _files:
+        handler.reopen()
+    return len(_files)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the process, an access line's fields."""
+
+    def __init__(self, worker: WorkerInfo | None) -> None:
+        super().__init__()
+        self.process = {"worker": worker.as_dict()} if worker else {"primary": os.getpid()}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage(),
+            **self.process,
+        }
+        fields = getattr(record, "access", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _formatter(config: Config, worker: WorkerInfo | None) -> logging.Formatter:
+    if config.log_format == "json":
+        return JsonFormatter(worker)
+    who = f"worker {worker.id} index {worker.index} pid {worker.pid}" if worker else "primary pid %(process)d"
+    return logging.Formatter(f"%(asctime)s [{who}] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+def _handler(path: str, stream: IO[str], formatter: logging.Formatter) -> logging.Handler:
+    handler: logging.Handler
+    if path:
+        handler = ReopeningFileHandler(path, encoding="utf-8")
+        _files.append(handler)  # type: ignore[arg-type]
+    else:
+        handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    return handler
+
+
+def setup(config: Config, worker: WorkerInfo | None = None) -> Callable[[], None]:
+    """Set up clusterrun's and uvicorn's loggers as the options say; the function that puts them back."""
+    saved = {name: _save(logging.getLogger(name)) for name in _OWN}
+    saved_last_resort = logging.lastResort
+    if config.log_config:
+        apply_log_config(config.log_config)
+        return lambda: None  # the file rules: nothing of ours to put back
+    formatter = _formatter(config, worker)
+    handler = _handler(config.log_file, sys.stderr, formatter)
+    access_handler = _handler(config.access_log_file, sys.stdout, formatter)
+    _own(logging.getLogger("clusterrun"), handler, _LEVELS[config.log_level])
+    _own(logging.getLogger(ACCESS), access_handler, logging.INFO if config.access_log else logging.CRITICAL + 1)
+    # uvicorn chats at INFO about lifespan and shutdown in every worker; the primary says what matters.
+    # (Set on the tree's top too: a level left unset would follow the root's, the app's choice.) Its access
+    # lines are off: clusterrun writes its own (clusterrun.accesslog), in the same way for every engine.
+    uvicorn_level = logging.DEBUG if config.log_level == "debug" else logging.WARNING
+    _own(logging.getLogger("uvicorn"), handler, uvicorn_level)
+    logging.getLogger("uvicorn.error").setLevel(uvicorn_level)
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers, uvicorn_access.propagate, uvicorn_access.disabled = [], False, True
+
+    # What nobody handles (an app that configured no logging) still names its process. As Python's own
+    # last resort: warnings and errors only.
+    fallback = _handler("", sys.stderr, formatter)
+    fallback.setLevel(logging.WARNING)
+    logging.lastResort = fallback
+
+    def restore() -> None:
+        for name, was in saved.items():
+            _restore(logging.getLogger(name), was)
+        logging.lastResort = saved_last_resort
+        for made in (handler, access_handler, fallback):
+            made.flush()
+            made.close()
+            if made in _files:
+                _files.remove(made)  # type: ignore[arg-type]
+
+    return restore
+
+
+def apply_log_config(path: str) -> None:
+    """--log-config: dictConfig from .json, .toml or .yaml/.yml; fileConfig from anything else (.ini)."""
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if suffix in (".json", ".toml", ".yaml", ".yml"):
+            logging.config.dictConfig(_read_dict(path, suffix))
+        else:
+            logging.config.fileConfig(path, disable_existing_loggers=False)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"bad --log-config {path!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _read_dict(path: str, suffix: str) -> Any:
+    with open(path, "rb") as file:
+        data = file.read()
+    if suffix == ".json":
+        return json.loads(data)
+    if suffix == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:
+            import tomli as tomllib
+        return tomllib.loads(data.decode())
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(f"--log-config {path!r} is YAML, which needs PyYAML: pip install pyyaml (or give "
+                          "the same as .json or .toml)") from None
+    return yaml.safe_load(data)
+
+
+def _own(target: logging.Logger, handler: logging.Handler, level: int) -> None:
+    target.handlers = [handler]
+    target.setLevel(level)
+    target.propagate = False
+    target.disabled = False
 
 
 @dataclass(frozen=True)
@@ -42,55 +193,6 @@ class _Saved:
     level: int
     propagate: bool
     disabled: bool
-
-
-def setup(level: str, worker: WorkerInfo | None = None, access_log: bool = False) -> Callable[[], None]:
-    """Route clusterrun's and uvicorn's records to stderr, tagged with the primary or the worker's id, index and
-    pid; the function that restores the loggers (and the last-resort handler) as they were."""
-    saved = {name: _save(logging.getLogger(name)) for name in _OWN}
-    saved_last_resort = logging.lastResort
-    who = f"worker {worker.id} index {worker.index} pid {worker.pid}" if worker else "primary pid %(process)d"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [{who}] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-
-    own = logging.getLogger("clusterrun")
-    _own(own, handler, _LEVELS[level])
-    # uvicorn chats at INFO about lifespan and shutdown in every worker; the primary says what matters.
-    # (Set on the tree's top too: a level left unset would follow the root's, the app's choice.)
-    uvicorn_level = logging.DEBUG if level == "debug" else logging.WARNING
-    _own(logging.getLogger("uvicorn"), handler, uvicorn_level)
-    logging.getLogger("uvicorn.error").setLevel(uvicorn_level)
-    access = logging.getLogger("uvicorn.access")
-    access.handlers = []
-    access.setLevel(logging.INFO)
-    # uvicorn's protocol logs access lines only when this logger has handlers (hasHandlers() looks up the
-    # propagation chain, to the "uvicorn" logger's): cut it off when not wanted.
-    access.propagate = access_log
-    access.disabled = not access_log
-
-    # What nobody handles (an app that configured no logging) still names its process. As Python's own
-    # last resort: warnings and errors only.
-    fallback = logging.StreamHandler(sys.stderr)
-    fallback.setFormatter(handler.formatter)
-    fallback.setLevel(logging.WARNING)
-    logging.lastResort = fallback
-
-    def restore() -> None:
-        for name, was in saved.items():
-            _restore(logging.getLogger(name), was)
-        logging.lastResort = saved_last_resort
-        for made in (handler, fallback):
-            made.flush()
-            made.close()
-
-    return restore
-
-
-def _own(target: logging.Logger, handler: logging.Handler, level: int) -> None:
-    target.handlers = [handler]
-    target.setLevel(level)
-    target.propagate = False
-    target.disabled = False
 
 
 def _save(target: logging.Logger) -> _Saved:

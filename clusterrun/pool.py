@@ -26,7 +26,7 @@ from .config import Config
 from .dispatch import Dispatcher
 from .events import Events
 from .policies import Policy
-from .protocol import Message
+from .protocol import Frame, Message
 from .rollout import Rollout
 from .supervision import Timers, WorkerHandle, WorkerState, describe_status, exit_of
 from .tally import Tally
@@ -184,10 +184,14 @@ class Pool:
     def broadcast(self, message: Any, sender: WorkerHandle | None = None) -> None:
         """Send ``message`` to every live worker but ``sender``: once each, checked and encoded once."""
         messaging.check(message)
-        frame = encode(Message(message))
+        self.broadcast_frame(Message(message), sender)
+
+    def broadcast_frame(self, frame: Frame, sender: WorkerHandle | None = None) -> None:
+        """Send ``frame`` to every live worker but ``sender``, encoded once."""
+        encoded = encode(frame)
         for handle in list(self.workers.values()):
             if handle is not sender and handle.channel.is_open:
-                handle.channel.send_bytes(frame)
+                handle.channel.send_bytes(encoded)
 
     # Exits.
 

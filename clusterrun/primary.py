@@ -29,7 +29,7 @@ from .errors import EXIT_ERROR, EXIT_OK, ChannelError, ClusterrunError, MessageE
 from .events import Events
 from .policies import make_policy
 from .pool import Pool
-from .protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle
+from .protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle, ReopenLogs
 from .signals import SignalInbox
 from .spawn import Forker
 from .status import cpu_seconds
@@ -132,10 +132,10 @@ class Primary:
             logger.warning("received SIGQUIT: quick stop, killing every worker now")
             self.stop()
             self.pool.kill_all()
-        elif signum == signal.SIGUSR1:
-            # Reserved for reopening log files (logrotate), as in gunicorn and nginx; nothing to reopen yet.
-            logger.info("received SIGUSR1: clusterrun logs to stderr only, so there is no log file to reopen; "
-                        "ignored")
+        elif signum == signal.SIGUSR1:  # logrotate's postrotate, as in gunicorn and nginx
+            logger.info("received SIGUSR1: reopening %d log file%s here and in every worker", count := logs.reopen(),
+                        "" if count == 1 else "s")
+            self.pool.broadcast_frame(ReopenLogs())
         elif signum in (signal.SIGHUP, signal.SIGUSR2):
             logger.info("received %s: rolling restart", name)
             self.reload()

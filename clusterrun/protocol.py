@@ -9,7 +9,7 @@ receiver (the primary). How frames travel — length prefix, passed descriptors 
 is the channel's business (channel.py).
 
 Worker to primary: Online, Ready, BootFailed, Beat, Recycle, Draining,
-Message, Broadcast. Primary to worker: Connections, Message, Stop.
+Message, Broadcast. Primary to worker: Connections, Message, Stop, ReopenLogs.
 
 A new kind is a dataclass here with its ``KIND`` (and, if it has fields, a
 ``parse`` that checks them), a line in ``_KINDS``, and a ``case`` where it is
@@ -195,11 +195,20 @@ class Stop(_Kind):
         return cls(bool(obj.get("linger", False)))
 
 
-Frame = Online | Ready | BootFailed | Beat | Recycle | Draining | Message | Broadcast | Connections | Stop
+@dataclass(frozen=True)
+class ReopenLogs(_Kind):
+    """Reopen the log files (the primary got SIGUSR1: logrotate moved them)."""
+
+    KIND: ClassVar[str] = "reopen_logs"
+
+
+Frame = (Online | Ready | BootFailed | Beat | Recycle | Draining | Message | Broadcast | Connections | Stop
+         | ReopenLogs)
 
 _KINDS: dict[str, Callable[[Mapping[str, Any]], Frame]] = {
     kind.KIND: kind.parse
-    for kind in (Online, Ready, BootFailed, Beat, Recycle, Draining, Message, Broadcast, Connections, Stop)
+    for kind in (Online, Ready, BootFailed, Beat, Recycle, Draining, Message, Broadcast, Connections, Stop,
+                 ReopenLogs)
 }
 
 

@@ -20,14 +20,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import messaging
+from . import logs, messaging
 from .adapters import entry
 from .channel import Channel
 from .config import Config
 from .counters import SharedCounter
 from .errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from .identity import WorkerInfo
-from .protocol import BootFailed, Broadcast, Connections, Draining, Message, Online, Ready, Recycle, Stop
+from .protocol import BootFailed, Broadcast, Connections, Draining, Message, Online, Ready, Recycle, ReopenLogs, Stop
 from .serving import StackServer
 from .supervision import heartbeat_interval
 
@@ -206,6 +206,8 @@ class WorkerRuntime:
                 case Stop(linger):
                     self._linger = linger
                     self.stop()
+                case ReopenLogs():
+                    logs.reopen()
                 case _:
                     logger.debug("ignoring %s from the primary: not a frame for a worker", type(frame).__name__)
                     for fd in fds:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from email.utils import formatdate
 from typing import Any
 
+from .accesslog import AccessLog
 from .adapters import entry
 from .config import Config
 from .counters import SharedCounter
@@ -28,28 +29,43 @@ logger = logging.getLogger("clusterrun")
 _DRAIN_POLL = 0.02
 
 
-def timed(app: Any, stats: RequestStats) -> Any:
-    """The ASGI app, each HTTP request recorded in ``stats``: its status and its time until the app returns."""
+def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> Any:
+    """The ASGI app, each HTTP response recorded in ``stats`` (--metrics) and written to the access log."""
 
-    async def timed_app(scope: Any, receive: Any, send: Any) -> None:
+    async def observed_app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         started = time.perf_counter()
         status = 500  # what the client gets when the app fails before it starts a response
+        size = 0
 
-        async def send_noting_status(message: Any) -> None:
-            nonlocal status
+        async def send_observed(message: Any) -> None:
+            nonlocal status, size
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
             await send(message)
 
         try:
-            await app(scope, receive, send_noting_status)
+            await app(scope, receive, send_observed)
         finally:
-            stats.record(status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            if stats is not None:
+                stats.record(status, seconds)
+            if access is not None:
+                _log_access(access, scope, status, size, seconds)
 
-    return timed_app
+    return observed_app
+
+
+def _log_access(access: AccessLog, scope: Any, status: int, size: int, seconds: float) -> None:
+    client = scope.get("client")
+    headers = dict(scope.get("headers") or ())
+    access.log(f"{client[0]}:{client[1]}" if client else "-", scope["method"], scope["path"],
+               scope["query_string"].decode("latin-1"), scope["http_version"], status, size, seconds,
+               headers.get(b"referer", b"").decode("latin-1"), headers.get(b"user-agent", b"").decode("latin-1"))
 
 
 def limits(config: Config) -> entry.Limits:
@@ -73,9 +89,10 @@ class StackServer:
         self.interface = loaded.interface
         self.app = entry.as_asgi(loaded, threads=config.threads, info=info)
         self.stats = RequestStats() if config.metrics is not None else None
-        if self.stats is not None:
-            self.app = timed(self.app, self.stats)
-        self.stack = entry.http_stack(self.app, http=config.http, access_log=config.access_log,
+        access = AccessLog(config.access_log_format, info) if config.access_log else None
+        if self.stats is not None or access is not None:
+            self.app = observed(self.app, self.stats, access)
+        self.stack = entry.http_stack(self.app, http=config.http, access_log=False,
                                       timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog)
         self.lifespan = entry.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
         # Under a primary-side policy every closed connection is counted where the primary reads it

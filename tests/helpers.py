@@ -71,7 +71,7 @@ class Cluster:
         return self.urls()[0]
 
     def urls(self) -> list[str]:
-        return [m.group(1) for m in self.wait_for_line(r"listening on (\S+)")]
+        return [m.group(1) for m in self.wait_for_line(r'listening on ([^\s"]+)')]
 
     def status(self) -> dict[str, Any]:
         """``clusterrun status --json``, asked straight on the control socket (the path its log line gives)."""
