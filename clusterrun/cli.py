@@ -16,11 +16,17 @@ from typing import NoReturn
 
 from . import __version__, ctl
 from .api import Cluster
-from .config import OPTIONS, build_config
+from .config import OPTIONS, build_config, describe_config
 from .errors import EXIT_CONFIG, ClusterrunError
 from .policies import POLICY_CLASSES
+from .sources import find_file
 
 EPILOG = """\
+configuration: every option also comes from CLUSTERRUN_<FLAG> (e.g. CLUSTERRUN_MAX_REQUESTS) or from a TOML
+file (--config FILE, else [tool.clusterrun] in ./pyproject.toml, else ./clusterrun.toml); the command line wins
+over the environment, the environment over the file. clusterrun config [--json] [APP] [options] shows every
+effective value and where it came from.
+
 commands for running clusters (clusterrun COMMAND --help):
   ls                        this user's running clusters
   status [NAME] [--json]    a cluster and each worker: state, requests, connections, memory, CPU
@@ -39,7 +45,7 @@ exit codes:
   0 clean stop  1 unexpected error  2 bad command line or configuration
   3 the app failed to boot  4 every worker slot hit its restart limit
 
-environment: WEB_CONCURRENCY sets --workers, CLUSTERRUN_SCHED_POLICY sets --policy.
+environment: also WEB_CONCURRENCY for --workers and CLUSTERRUN_SCHED_POLICY for --policy.
 """
 
 
@@ -76,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("app", metavar="APP", help="the app as module:attribute, e.g. flask_app:app")
+    parser.add_argument("app", metavar="APP", nargs="?", help="the app as module:attribute, e.g. flask_app:app; "
+                        "may come from the configuration file (app = ...) or CLUSTERRUN_APP instead")
+    parser.add_argument("--config", metavar="FILE", help="read options from this TOML file; default: "
+                        "[tool.clusterrun] in ./pyproject.toml, else ./clusterrun.toml")
     for option in OPTIONS:
         kwargs: dict[str, object] = {"dest": option.name, "help": option.help, "default": None}
         if option.switch:
@@ -98,11 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cls in POLICY_CLASSES.values():
             print(f"{cls.name:<8} {cls.summary}")
         return 0
-    args = build_parser().parse_args(raw)
+    show_config = bool(raw) and raw[0] == "config"
+    if show_config:
+        raw = raw[1:]
+    args = build_parser().parse_args([arg for arg in raw if arg != "--json"] if show_config else raw)
     values = {option.name: getattr(args, option.name) for option in OPTIONS}
     debug = values.get("log_level") == "debug"
     try:
-        return Cluster.from_config(build_config(args.app, values)).run()
+        config = build_config(args.app, values, file=find_file(args.config))
+        if show_config:
+            print(describe_config(config, as_json="--json" in raw))
+            return 0
+        return Cluster.from_config(config).run()
     except ClusterrunError as exc:
         if debug:  # the traceback behind the one line (logging is the host's again once run() returns)
             traceback.print_exc(file=sys.stderr)

@@ -21,6 +21,7 @@ from .accesslog import check_format
 from .cpus import usable_cpus
 from .errors import ConfigError
 from .listeners import BindAddress, parse_bind, parse_port
+from .sources import FileValues, env_names, flag_name
 from .supervision import MIN_TIMEOUT
 
 POLICIES = ("rr", "least-conn", "sticky", "shared", "reuseport")
@@ -79,6 +80,7 @@ class Config:
     metrics: BindAddress | None = None  # where the primary serves GET /metrics (Prometheus); None: nowhere
     usable_cpus: int = field(default=1, compare=False)
     workers_from: str = field(default="--workers", compare=False)  # the flag, or the variable that set it
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # option -> where its value came from
 
     @property
     def module(self) -> str:
@@ -340,35 +342,53 @@ OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIO
 
 
 @contextlib.contextmanager
-def _blaming(variable: str | None) -> Iterator[None]:
-    """A bad value that came from the environment names its variable: the user never typed the flag."""
+def _blaming(source: str) -> Iterator[None]:
+    """A bad value that did not come from the command line names where it came from: the user never typed it."""
     try:
         yield
     except ConfigError as exc:
-        if variable is None:
+        if source.startswith("-") or source == "APP":
             raise
-        raise ConfigError(f"{exc} (this value comes from the environment variable {variable}: fix or unset it)"
-                          ) from None
+        where = f"the environment variable {source}" if ":" not in source else source
+        raise ConfigError(f"{exc} (this value comes from {where}: fix or unset it)") from None
+
+
+def _raw_value(
+    option: Option, values: Mapping[str, Any], environ: Mapping[str, str], file: FileValues | None
+) -> tuple[Any, str]:
+    """The option's raw value and where it came from: the command line (or API), the environment, the file."""
+    raw = values.get(option.name)
+    if not (raw is None or raw == [] or raw is False):
+        return raw, option.flags[-1]
+    for variable in env_names(option):
+        if environ.get(variable):
+            text = environ[variable]
+            return (text.replace(",", " ").split() if option.repeat else text), variable
+    if file is not None and option.name in file.values:
+        return file.values[option.name], f"{file.label}: {flag_name(option).replace('_', '-')}"
+    return None, "default"
 
 
 def build_config(
-    app: str, values: Mapping[str, Any], environ: Mapping[str, str] | None = None, cpus: int | None = None
+    app: str | None, values: Mapping[str, Any], environ: Mapping[str, str] | None = None, cpus: int | None = None,
+    file: FileValues | None = None,
 ) -> Config:
-    """Parse raw option values (None or absent: not given) into a Config; unknown names are errors."""
+    """Parse raw option values (None or absent: not given) into a Config; unknown names are errors.
+
+    Each option comes from ``values`` (the command line, the API), else the environment, else ``file``.
+    """
     environ = os.environ if environ is None else environ
     unknown = sorted(set(values) - set(OPTIONS_BY_NAME))
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}: known options are {', '.join(OPTIONS_BY_NAME)}")
     given: dict[str, Any] = {}
-    from_env: dict[str, str] = {}  # option name -> the variable that set it
+    sources: dict[str, str] = {}  # option name -> where its value came from
     for option in OPTIONS:
-        raw = values.get(option.name)
-        if (raw is None or raw == [] or raw is False) and option.env and environ.get(option.env):
-            raw = environ[option.env]
-            from_env[option.name] = option.env
+        raw, source = _raw_value(option, values, environ, file)
         if raw is None or raw == []:
             continue
-        with _blaming(from_env.get(option.name)):
+        sources[option.name] = source
+        with _blaming(source):
             if option.repeat:
                 items = [raw] if isinstance(raw, (str, BindAddress)) else list(raw)
                 given[option.name] = tuple(
@@ -376,10 +396,11 @@ def build_config(
                 )
             else:
                 given[option.name] = option.parse(raw)
+    app, sources["app"] = _app_source(app, environ, file)
 
     cpus = usable_cpus() if cpus is None else cpus
     workers_spec = str(given.pop("workers", "auto")).strip().lower()
-    with _blaming(from_env.get("workers")):
+    with _blaming(sources.get("workers", "-")):
         workers = resolve_workers(workers_spec, cpus)
     binds = given.pop("binds", ())
     host, port = given.pop("host", None), given.pop("port", None)
@@ -388,11 +409,51 @@ def build_config(
     if not binds:
         binds = (BindAddress(host=host or "127.0.0.1", port=8000 if port is None else port),)
     return Config(
-        app=_app_spec(app),
+        app=_checked_app(app, sources["app"]),
         workers=workers,
         workers_spec=workers_spec,
-        workers_from=from_env.get("workers", "--workers"),
+        workers_from=sources.get("workers", "--workers"),
         binds=binds,
         usable_cpus=cpus,
+        sources=sources,
         **given,
     )
+
+
+def _checked_app(app: str, source: str) -> str:
+    with _blaming(source):
+        return _app_spec(app)
+
+
+def _app_source(app: str | None, environ: Mapping[str, str], file: FileValues | None) -> tuple[str, str]:
+    if app:
+        return app, "APP"
+    if environ.get("CLUSTERRUN_APP"):
+        return environ["CLUSTERRUN_APP"], "CLUSTERRUN_APP"
+    if file is not None and file.app:
+        return file.app, f"{file.label}: app"
+    raise ConfigError("no APP given: run clusterrun module:attribute (e.g. flask_app:app), or set app = "
+                      "\"module:attribute\" in pyproject.toml [tool.clusterrun] or clusterrun.toml; see clusterrun "
+                      "--help")
+
+
+def describe_config(config: Config, as_json: bool = False) -> str:
+    """Every effective value and where it came from (``clusterrun config``)."""
+    import json
+
+    rows = [("app", config.app, config.sources.get("app", "APP"))]
+    for option in OPTIONS:
+        if option.name in ("host", "port"):
+            continue  # folded into binds
+        value = getattr(config, option.name, None)
+        if option.name == "workers":
+            value = f"{config.workers_spec} ({config.workers})"
+        elif option.name == "binds":
+            value = [str(bind) for bind in config.binds]
+        elif isinstance(value, BindAddress):
+            value = str(value)
+        rows.append((option.flags[-1].lstrip("-"), value, config.sources.get(option.name, "default")))
+    if as_json:
+        return json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2)
+    width = max(len(name) for name, _value, _source in rows)
+    return "\n".join(f"{name.ljust(width)}  {value!s:<32}  {source}" for name, value, source in rows)
