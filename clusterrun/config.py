@@ -441,7 +441,7 @@ def describe_config(config: Config, as_json: bool = False) -> str:
     """Every effective value and where it came from (``clusterrun config``)."""
     import json
 
-    rows = [("app", config.app, config.sources.get("app", "APP"))]
+    rows: list[tuple[str, Any, str]] = [("app", config.app, config.sources.get("app", "APP"))]
     for option in OPTIONS:
         if option.name in ("host", "port"):
             continue  # folded into binds
