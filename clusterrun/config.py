@@ -9,6 +9,7 @@ with the option's own parser and returns a frozen ``Config``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -68,6 +69,7 @@ class Config:
     lifespan: str = "auto"
     timeout_keep_alive: float = 5.0
     limit_request_body: int = 0
+    uds_mode: int = 0o666
     # Request head limits (README "Limits"): defined once here, for a later issue's --limit-* flags to expose.
     limit_request_line: int = 4094
     limit_request_fields: int = 100
@@ -239,6 +241,19 @@ def _existing_file(flag: str) -> Callable[[Any], str]:
     return parse
 
 
+def _octal_mode(value: Any) -> int:
+    text = str(value).strip()
+    try:
+        # A TOML integer may be written 0o660 (a number up to 0o777) or 660 (octal digits, as chmod takes them).
+        mode = value if isinstance(value, int) and 0 <= value <= 0o777 else int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"bad --uds-mode value {value!r}: give octal permissions like 666 (everyone may connect) "
+                          "or 660 (the group)")
+    return mode
+
+
 def _app_spec(value: Any) -> str:
     text = str(value).strip()
     module, sep, attr = text.partition(":")
@@ -324,6 +339,8 @@ OPTIONS: tuple[Option, ...] = (
            "default auto", _choice("--lifespan", LIFESPANS), "MODE", choices=LIFESPANS),
     Option("timeout_keep_alive", ("--timeout-keep-alive",), "seconds an idle keep-alive connection stays "
            "open; default 5", _seconds("--timeout-keep-alive"), "SECONDS"),
+    Option("uds_mode", ("--uds-mode",), "permissions of unix: socket files, in octal; default 666, so that a "
+           "proxy running as another user can connect (660 for the group only)", _octal_mode, "OCTAL"),
     Option("name", ("--name",), "the cluster's name, for clusterrun status/reload/scale/stop NAME; default the "
            "app's module (flask_app for flask_app:app)", parse_name, "NAME"),
     Option("control", ("--control",), "the control socket's path; default $XDG_RUNTIME_DIR/clusterrun/NAME.sock, "
@@ -408,6 +425,8 @@ def build_config(
         raise ConfigError("--bind cannot be combined with --host/--port: use one or the other")
     if not binds:
         binds = (BindAddress(host=host or "127.0.0.1", port=8000 if port is None else port),)
+    uds_mode = given.get("uds_mode", Config.uds_mode)
+    binds = tuple(dataclasses.replace(bind, mode=uds_mode) if bind.is_unix else bind for bind in binds)
     return Config(
         app=_checked_app(app, sources["app"]),
         workers=workers,

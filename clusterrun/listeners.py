@@ -20,6 +20,7 @@ class BindAddress:
     host: str = ""
     port: int = 0
     path: str = ""
+    mode: int = 0o666  # a unix socket file's permissions (--uds-mode): who may connect
 
     @property
     def is_unix(self) -> bool:
@@ -73,7 +74,7 @@ def bind(address: BindAddress, backlog: int, reuse_port: bool = False, listen: b
     """Open one listening socket, or raise BindError naming the address and the fix."""
     try:
         if address.is_unix:
-            return _bind_unix(address.path, backlog)
+            return _bind_unix(address.path, backlog, address.mode)
         return _bind_tcp(address, backlog, reuse_port, listen)
     except OSError as exc:
         raise BindError(_bind_failure(address, exc)) from exc
@@ -100,11 +101,13 @@ def _bind_tcp(address: BindAddress, backlog: int, reuse_port: bool, listen: bool
     return sock
 
 
-def _bind_unix(path: str, backlog: int) -> socket.socket:
+def _bind_unix(path: str, backlog: int, mode: int) -> socket.socket:
     _unlink_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        # The umask made it 0755 or so: a proxy running as another user (nginx as www-data) could not connect.
+        os.chmod(path, mode)
         sock.listen(backlog)
     except BaseException:
         sock.close()
