@@ -20,13 +20,14 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import logs
+from . import logs, workerhooks
 from .appmetrics import AppMetricsDir
 from .config import OPTIONS, OPTIONS_BY_NAME, Config, build_config
 from .errors import ConfigError
-from .events import Events, Handler
+from .events import EVENTS, Events, Handler
 from .metrics import require_client
 from .supervision import Worker
+from .workerhooks import WORKER_EVENTS
 
 if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
     from .adapters.entry import LoadedApp
@@ -96,6 +97,7 @@ class Cluster:
             self._primary = None
             if app_metrics is not None:
                 app_metrics.close()
+            workerhooks.clear()  # this cluster's; an embedding program may run another
             restore_logging()  # the host program's logging, as it was
 
     # Control, from event handlers (they run in the primary's loop).
@@ -144,8 +146,8 @@ class Cluster:
             raise ConfigError(f"cannot load --hooks {spec!r}: {type(exc).__name__}: {exc}; give an importable "
                               "module (or module:object) whose functions are named after cluster events") from None
         if not self.events.register_hooks(hooks):
-            raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event (fork, online, "
-                              "listening, message, disconnect, exit)")
+            raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event: "
+                              f"{', '.join(EVENTS + WORKER_EVENTS)}")
 
 
 def prepare_engine(config: Config) -> LoadedApp | None:

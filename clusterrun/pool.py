@@ -107,6 +107,7 @@ class Pool:
         if not self.booted and len(self.slots) == self.target and all(w.is_ready for w in self.slots.values()):
             self.booted = True
             self._log_ready(interface)
+            self.events.emit("when_ready", self.config)
             return True
         return False
 

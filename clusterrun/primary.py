@@ -83,6 +83,7 @@ class Primary:
         """Serve until stopped; the process exit code. Every child is reaped before this returns."""
         try:
             identity.become_primary()
+            self.events.emit("on_starting", self.config)
             self.endpoints.open()
             self._bind()
             self.signals.install()
@@ -109,6 +110,7 @@ class Primary:
             return EXIT_ERROR
         finally:
             self._cleanup()
+            self.events.emit("on_exit", self.config)
 
     def _bind(self) -> None:
         for address in self.config.binds:

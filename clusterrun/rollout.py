@@ -45,6 +45,7 @@ class Rollout:
         if self.active:
             logger.warning("a rolling restart is already running; this request is ignored")
             return
+        self.pool.events.emit("on_reload", self.pool.config)
         self._queue = sorted(self.pool.slots)
         self.reloads += 1
         self.outcome, self.reason = "running", ""

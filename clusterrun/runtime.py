@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import logs, messaging
+from . import logs, messaging, workerhooks
 from .adapters import entry
 from .channel import Channel
 from .config import Config
@@ -50,12 +50,15 @@ def serve(
         )
         server = StackServer(config, info, loaded, closes)
         loop = _new_loop(config.loop)
+        workerhooks.init(info)  # after the app is loaded (or inherited with --preload), before serving
     except BootError as exc:
         channel.send_blocking(BootFailed(str(exc)))
         return EXIT_BOOT
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes).run())
+        code = loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes).run())
+        workerhooks.exit(info)
+        return code
     finally:
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
