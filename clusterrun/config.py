@@ -419,24 +419,23 @@ def build_config(
     workers_spec = str(given.pop("workers", "auto")).strip().lower()
     with _blaming(sources.get("workers", "-")):
         workers = resolve_workers(workers_spec, cpus)
-    binds = given.pop("binds", ())
+    return Config(
+        app=_checked_app(app, sources["app"]), workers=workers, workers_spec=workers_spec,
+        workers_from=sources.get("workers", "--workers"), binds=_binds(given), usable_cpus=cpus, sources=sources,
+        **given,
+    )
+
+
+def _binds(given: dict[str, Any]) -> tuple[BindAddress, ...]:
+    """--bind (each unix socket with --uds-mode), or --host/--port, or 127.0.0.1:8000; takes them from ``given``."""
+    binds: tuple[BindAddress, ...] = given.pop("binds", ())
     host, port = given.pop("host", None), given.pop("port", None)
     if binds and (host is not None or port is not None):
         raise ConfigError("--bind cannot be combined with --host/--port: use one or the other")
     if not binds:
         binds = (BindAddress(host=host or "127.0.0.1", port=8000 if port is None else port),)
     uds_mode = given.get("uds_mode", Config.uds_mode)
-    binds = tuple(dataclasses.replace(bind, mode=uds_mode) if bind.is_unix else bind for bind in binds)
-    return Config(
-        app=_checked_app(app, sources["app"]),
-        workers=workers,
-        workers_spec=workers_spec,
-        workers_from=sources.get("workers", "--workers"),
-        binds=binds,
-        usable_cpus=cpus,
-        sources=sources,
-        **given,
-    )
+    return tuple(dataclasses.replace(bind, mode=uds_mode) if bind.is_unix else bind for bind in binds)
 
 
 def _checked_app(app: str, source: str) -> str:
