@@ -26,6 +26,7 @@ from .config import OPTIONS, OPTIONS_BY_NAME, Config, build_config
 from .errors import ConfigError
 from .events import EVENTS, Events, Handler
 from .metrics import require_client
+from .reloader import require_watchfiles
 from .supervision import Worker
 from .workerhooks import WORKER_EVENTS
 
@@ -87,6 +88,8 @@ class Cluster:
             app_metrics = AppMetricsDir(self.config)
             if self.config.metrics is not None:
                 require_client()
+            if self.config.reload:
+                require_watchfiles()
             if self.config.hooks:
                 self._load_hooks(self.config.hooks)
             preloaded = prepare_engine(self.config)

@@ -49,15 +49,6 @@ environment: also WEB_CONCURRENCY for --workers and CLUSTERRUN_SCHED_POLICY for 
 """
 
 
-# Flags of other servers that clusterrun lacks, with what to do instead: a close match would answer them
-# wrongly (--reload is not a typo of --preload, which does nearly the opposite).
-ELSEWHERE = {
-    "--reload": "clusterrun has no --reload (restart when the code changes) yet: in development, run the app "
-                "under its framework's reloader (flask run --debug, uvicorn --reload); to deploy new code to a "
-                "running cluster, send the primary SIGHUP (a rolling restart imports the app anew)",
-}
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors on one line and a hint for a mistyped flag."""
 
@@ -67,12 +58,15 @@ class _Parser(argparse.ArgumentParser):
             bad = message.split(":", 1)[1].split()
             flag = bad[0].split("=")[0] if bad else ""
             flags = [flag for option in OPTIONS for flag in option.flags] + ["--help", "--version"]
-            close = difflib.get_close_matches(flag, flags, n=1) if flag else []
-            if flag in ELSEWHERE:
-                hint = f"{ELSEWHERE[flag]}; {hint}"
-            elif close:
+            close = [c for c in difflib.get_close_matches(flag, flags, n=3) if _same_start(c, flag)][:1]
+            if close:
                 hint = f"did you mean {close[0]}? {hint}"
         self.exit(EXIT_CONFIG, f"clusterrun: error: {message}; {hint}\n")
+
+
+def _same_start(candidate: str, typed: str) -> bool:
+    """A suggestion must begin as the typed flag does: --relaod is --reload, never --preload (the opposite)."""
+    return candidate.lstrip("-")[:1] == typed.lstrip("-")[:1]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,6 +70,10 @@ class Config:
     timeout_keep_alive: float = 5.0
     limit_request_body: int = 0
     uds_mode: int = 0o666
+    reload: bool = False
+    reload_dirs: tuple[str, ...] = ()
+    reload_include: tuple[str, ...] = ()
+    reload_exclude: tuple[str, ...] = ()
     # Request head limits (README "Limits"): defined once here, for a later issue's --limit-* flags to expose.
     limit_request_line: int = 4094
     limit_request_fields: int = 100
@@ -188,6 +192,16 @@ def _directory(value: Any) -> str:
         raise ConfigError(f"bad --app-dir value {path!r}: no such directory; give the folder that holds the app's "
                           "module")
     return path
+
+
+def _directory_for(flag: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        path = str(value)
+        if not os.path.isdir(path):
+            raise ConfigError(f"bad {flag} value {path!r}: no such directory")
+        return path
+
+    return parse
 
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -339,6 +353,15 @@ OPTIONS: tuple[Option, ...] = (
            "default auto", _choice("--lifespan", LIFESPANS), "MODE", choices=LIFESPANS),
     Option("timeout_keep_alive", ("--timeout-keep-alive",), "seconds an idle keep-alive connection stays "
            "open; default 5", _seconds("--timeout-keep-alive"), "SECONDS"),
+    Option("reload", ("--reload",), "development: a rolling restart whenever a watched file changes (needs pip "
+           "install 'clusterrun[reload]'); old workers keep serving while new code fails to import", _switch,
+           switch=True),
+    Option("reload_dirs", ("--reload-dir",), "a folder to watch with --reload (repeat; default the current one)",
+           _directory_for("--reload-dir"), "DIR", repeat=True),
+    Option("reload_include", ("--reload-include",), "a file name pattern that triggers --reload (repeat; default "
+           "*.py)", str, "GLOB", repeat=True),
+    Option("reload_exclude", ("--reload-exclude",), "a file name or path pattern --reload ignores (repeat)", str,
+           "GLOB", repeat=True),
     Option("uds_mode", ("--uds-mode",), "permissions of unix: socket files, in octal; default 666, so that a "
            "proxy running as another user can connect (660 for the group only)", _octal_mode, "OCTAL"),
     Option("name", ("--name",), "the cluster's name, for clusterrun status/reload/scale/stop NAME; default the "
@@ -419,6 +442,9 @@ def build_config(
     workers_spec = str(given.pop("workers", "auto")).strip().lower()
     with _blaming(sources.get("workers", "-")):
         workers = resolve_workers(workers_spec, cpus)
+    if given.get("reload") and given.get("preload"):
+        raise ConfigError("--reload cannot work with --preload: new workers would fork from the code loaded at "
+                          "start; drop --preload in development")
     return Config(
         app=_checked_app(app, sources["app"]), workers=workers, workers_spec=workers_spec,
         workers_from=sources.get("workers", "--workers"), binds=_binds(given), usable_cpus=cpus, sources=sources,

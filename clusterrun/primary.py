@@ -30,6 +30,7 @@ from .events import Events
 from .policies import make_policy
 from .pool import Pool
 from .protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle, ReopenLogs
+from .reloader import make_reloader
 from .signals import SignalInbox
 from .spawn import Forker
 from .status import cpu_seconds
@@ -63,6 +64,7 @@ class Primary:
         self.preloaded = preloaded
         self.started = clock()
         self.endpoints = Endpoints(self, app_metrics_dir)  # the control socket, /metrics
+        self.reloader = make_reloader(config, self.selector, self.timers, lambda: self.pool.rollout.active, self.reload)
 
     @property
     def workers(self) -> Mapping[int, WorkerHandle]:
@@ -74,7 +76,8 @@ class Primary:
 
     def _own_fds(self) -> list[int]:
         """What a forked worker must close: the signal inbox, the endpoints, every other worker's channel."""
-        return [*self.signals.filenos(), *self.endpoints.filenos(),
+        reloader = self.reloader.filenos() if self.reloader else []
+        return [*self.signals.filenos(), *self.endpoints.filenos(), *reloader,
                 *(fd for w in self.pool.workers.values() for fd in w.channel.filenos())]
 
     # The loop.
@@ -92,6 +95,8 @@ class Primary:
                 # Objects the app made at import move to the permanent generation: the collector then never
                 # writes to their pages in a worker, so copy-on-write keeps them shared.
                 gc.freeze()
+            if self.reloader is not None:
+                self.reloader.start()
             if self.policy.dispatches:
                 priority.give_way()
             for index in range(self.pool.target):
@@ -234,6 +239,8 @@ class Primary:
         """Leave nothing behind: no live child, listener, socket file or CPU policy; the host's signal handlers back."""
         self.pool.close()
         self.endpoints.close()
+        if self.reloader is not None:
+            self.reloader.stop()
         self.dispatcher.close()
         self.policy.close()
         listeners.close_all(self.listeners)

@@ -11,11 +11,12 @@ import pytest
 from helpers import SAMPLE_APP_PAIR, TEST_APPS, Cluster, assert_config_error, run_to_exit
 
 
-@pytest.mark.parametrize("flag", ["--reload", "--reload=true"])
-def test_reload_says_it_is_not_available_and_never_suggests_preload(flag: str) -> None:
-    line = assert_config_error(run_to_exit("flask_app:app", flag), 2, "no --reload", "flask run --debug",
-                               "uvicorn --reload", "SIGHUP")
-    assert "--preload" not in line  # the opposite: it freezes the code that a rolling restart would reload
+@pytest.mark.parametrize("typed, meant", [("--relaod", "--reload"), ("--reloda", "--reload"),
+                                          ("--prelaod", "--preload")])
+def test_a_mistyped_reload_never_suggests_preload(typed: str, meant: str) -> None:
+    line = assert_config_error(run_to_exit("flask_app:app", typed), 2, "did you mean")
+    # Exactly the one meant: --preload freezes the code that --reload reloads, the opposite is never offered.
+    assert line.split("did you mean ")[1].split("?")[0] == meant
 
 
 @pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
