@@ -1,7 +1,7 @@
 """The metrics section (issue 13, item 6): what ``--metrics`` costs, and whether status and scrapes stall dispatch.
 
     python bench/run.py --section metrics --quick   # under a minute on 2 cores
-    python bench/run.py --section metrics           # about 3 minutes: 5 rounds of 2 s, rr and shared
+    python bench/run.py --section metrics           # 4 to 6 minutes (not run yet): 5 rounds of 2 s, rr and shared
 
 1. Cost. Flask hello and Starlette hello (bench/apps), clusterrun with 2 workers,
    ``--policy rr`` (and ``shared`` in the full run), each twice: metrics off, and
