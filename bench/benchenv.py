@@ -17,7 +17,7 @@ from pathlib import Path
 PEERS = ("gunicorn", "uvicorn", "uvicorn-worker", "granian", "hypercorn", "pyuwsgi", "flask", "starlette", "httpx")
 # Distributions whose versions go in the report header (uvloop and httptools decide the event loop and parser).
 REPORTED = ("clusterrun", "uvicorn", "gunicorn", "uvicorn-worker", "granian", "hypercorn", "pyuwsgi", "flask",
-            "starlette", "uvloop", "httptools")
+            "starlette", "uvloop", "httptools", "prometheus_client")
 
 
 def venv_python(venv: Path) -> Path:
@@ -30,7 +30,7 @@ def ensure_venv(venv: Path, repo: Path) -> Path:
     if not python.exists():
         print(f"bench: creating {venv} with {sys.executable}", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    wanted = [*PEERS, "-e", f"{repo}[standard]"]
+    wanted = [*PEERS, "-e", f"{repo}[standard,metrics]"]  # metrics: the metrics section runs --metrics
     stamp = venv / ".bench-installed"
     digest = hashlib.sha256(json.dumps(wanted).encode() + (repo / "pyproject.toml").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text().strip() == digest:

@@ -58,7 +58,7 @@ def main() -> int:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "clusterrun", "raw_wsgi:app", "--bind", "127.0.0.1:0", "--workers",
-                 str(args.workers), "--policy", args.policy, "--max-restarts", "1000"],
+                 str(args.workers), "--policy", args.policy, "--max-restarts", "1000", "--no-control"],
                 cwd=HERE / "apps", stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )

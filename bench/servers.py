@@ -63,10 +63,13 @@ class Server:
     load: bool = True  # False: started for memory and start-up time only
 
 
-def _clusterrun(policy: str, *extra: str) -> Command:
+def _clusterrun(policy: str, *extra: str, control: bool = False) -> Command:
+    """``control=False`` adds ``--no-control``: the cluster's name defaults to the app's module, and a second
+    cluster of one name (another bench or test run on the machine, by the same user) would exit 2."""
+
     def command(t: Target) -> list[str]:
         argv = [t.python, "-m", "clusterrun", t.app.target, "--workers", str(t.workers), "--bind", t.address,
-                "--policy", policy, "--interface", t.app.interface]
+                "--policy", policy, "--interface", t.app.interface, *([] if control else ["--no-control"])]
         if t.app.interface == "wsgi":
             argv += ["--threads", "1"]  # inline: the app on the event loop, gunicorn-sync semantics
         return [*argv, *extra]
