@@ -21,7 +21,7 @@ from .accesslog import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
 from .accesslog import check_format
 from .cpus import usable_cpus
 from .errors import ConfigError
-from .listeners import BindAddress, parse_bind, parse_port
+from .listeners import BindAddress, activated, parse_bind, parse_port
 from .sources import FileValues, env_names, flag_name
 from .supervision import MIN_TIMEOUT
 
@@ -70,6 +70,8 @@ class Config:
     timeout_keep_alive: float = 5.0
     limit_request_body: int = 0
     uds_mode: int = 0o666
+    fds: tuple[int, ...] = ()
+    pid_file: str = ""
     reload: bool = False
     reload_dirs: tuple[str, ...] = ()
     reload_include: tuple[str, ...] = ()
@@ -362,6 +364,11 @@ OPTIONS: tuple[Option, ...] = (
            "*.py)", str, "GLOB", repeat=True),
     Option("reload_exclude", ("--reload-exclude",), "a file name or path pattern --reload ignores (repeat)", str,
            "GLOB", repeat=True),
+    Option("fds", ("--fd",), "serve on an inherited listening descriptor N (repeat); the same as --bind fd://N. "
+           "Without any --bind/--fd, the listeners systemd passes (socket activation) are used",
+           _int_at_least(0, "--fd"), "N", repeat=True),
+    Option("pid_file", ("--pid-file",), "write the primary's pid to FILE once bound, remove it on exit; a live pid "
+           "in it refuses the start", _log_file("--pid-file"), "FILE"),
     Option("uds_mode", ("--uds-mode",), "permissions of unix: socket files, in octal; default 666, so that a "
            "proxy running as another user can connect (660 for the group only)", _octal_mode, "OCTAL"),
     Option("name", ("--name",), "the cluster's name, for clusterrun status/reload/scale/stop NAME; default the "
@@ -447,17 +454,19 @@ def build_config(
                           "start; drop --preload in development")
     return Config(
         app=_checked_app(app, sources["app"]), workers=workers, workers_spec=workers_spec,
-        workers_from=sources.get("workers", "--workers"), binds=_binds(given), usable_cpus=cpus, sources=sources,
-        **given,
+        workers_from=sources.get("workers", "--workers"), binds=_binds(given, environ), usable_cpus=cpus,
+        sources=sources, **given,
     )
 
 
-def _binds(given: dict[str, Any]) -> tuple[BindAddress, ...]:
+def _binds(given: dict[str, Any], environ: Mapping[str, str]) -> tuple[BindAddress, ...]:
     """--bind (each unix socket with --uds-mode), or --host/--port, or 127.0.0.1:8000; takes them from ``given``."""
-    binds: tuple[BindAddress, ...] = given.pop("binds", ())
+    binds: tuple[BindAddress, ...] = given.pop("binds", ()) + tuple(BindAddress(fd=fd) for fd in given.pop("fds", ()))
     host, port = given.pop("host", None), given.pop("port", None)
     if binds and (host is not None or port is not None):
         raise ConfigError("--bind cannot be combined with --host/--port: use one or the other")
+    if not binds and host is None and port is None:
+        binds = activated(environ)  # systemd socket activation
     if not binds:
         binds = (BindAddress(host=host or "127.0.0.1", port=8000 if port is None else port),)
     uds_mode = given.get("uds_mode", Config.uds_mode)

@@ -1,4 +1,10 @@
-"""Listener addresses: parsing ``--bind`` values and binding them once, in the primary."""
+"""Listener addresses: parsing ``--bind`` values and binding them once, in the primary.
+
+Besides addresses to bind, a listener may be a descriptor this process inherited already listening:
+``fd://N`` (``--fd N``), or those systemd passes with socket activation (``LISTEN_FDS``, ``LISTEN_PID``,
+``LISTEN_FDNAMES``; used when no address is given). Those are never unlinked on exit: the socket file is
+whoever made it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import BindError, ConfigError
@@ -21,12 +28,20 @@ class BindAddress:
     port: int = 0
     path: str = ""
     mode: int = 0o666  # a unix socket file's permissions (--uds-mode): who may connect
+    fd: int = -1  # an inherited listening descriptor (fd://N, --fd N, socket activation) instead of an address
+    origin: str = ""  # where that descriptor came from, for the log ("web, from systemd")
 
     @property
     def is_unix(self) -> bool:
         return bool(self.path)
 
+    @property
+    def is_inherited(self) -> bool:
+        return self.fd >= 0
+
     def __str__(self) -> str:
+        if self.is_inherited:
+            return f"fd://{self.fd}"
         if self.is_unix:
             return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -36,6 +51,11 @@ def parse_bind(value: str) -> BindAddress:
     """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` (all interfaces), ``PORT`` or ``unix:PATH``."""
     text = value.strip()
     fix = "use HOST:PORT, [IPV6]:PORT or unix:/path"
+    if text.startswith("fd://"):
+        number = text[len("fd://"):]
+        if not number.isdigit():
+            raise ConfigError(f"bad --bind value {value!r}: write an inherited descriptor as fd://N, e.g. fd://3")
+        return BindAddress(fd=int(number))
     if text.startswith("unix:"):
         path = text[len("unix:"):]
         if not path:
@@ -73,11 +93,55 @@ def parse_port(text: str | int, what: str = "--port") -> int:
 def bind(address: BindAddress, backlog: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
     """Open one listening socket, or raise BindError naming the address and the fix."""
     try:
+        if address.is_inherited:
+            return _adopt_listener(address)
         if address.is_unix:
             return _bind_unix(address.path, backlog, address.mode)
         return _bind_tcp(address, backlog, reuse_port, listen)
     except OSError as exc:
         raise BindError(_bind_failure(address, exc)) from exc
+
+
+# Listeners this process inherited: closed on exit, never unlinked; and how the log names them.
+_inherited: weakref.WeakKeyDictionary[socket.socket, str] = weakref.WeakKeyDictionary()
+
+
+def _adopt_listener(address: BindAddress) -> socket.socket:
+    try:
+        sock = socket.socket(fileno=address.fd)
+    except OSError as exc:
+        raise OSError(exc.errno, "no such open socket descriptor") from None
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()  # not ours to close
+        raise OSError(errno.EINVAL, "not a listening socket")
+    sock.set_inheritable(True)
+    _inherited[sock] = ", ".join(filter(None, [f"fd {address.fd}", address.origin]))
+    return sock
+
+
+def activated(environ: Mapping[str, str]) -> tuple[BindAddress, ...]:
+    """The listeners systemd passed to this very process (socket activation), as fd:// addresses."""
+    count, pid = environ.get("LISTEN_FDS", ""), environ.get("LISTEN_PID", "")
+    if not count.isdigit() or pid != str(os.getpid()):
+        return ()
+    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    first = 3  # SD_LISTEN_FDS_START
+    return tuple(
+        BindAddress(fd=first + i, origin=", ".join(filter(None, [names[i] if i < len(names) else "", "from systemd"])))
+        for i in range(int(count))
+    )
+
+
+def forget_activation() -> None:
+    """Children must not take the listeners as passed to them (sd_listen_fds' unset_environment)."""
+    for variable in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        os.environ.pop(variable, None)
+
+
+def origin(sock: socket.socket) -> str:
+    """" (fd 3, web, from systemd)" for an inherited listener, else nothing."""
+    found = _inherited.get(sock)
+    return f" ({found})" if found else ""
 
 
 def _bind_tcp(address: BindAddress, backlog: int, reuse_port: bool, listen: bool) -> socket.socket:
@@ -161,7 +225,7 @@ def close_quietly(sock: socket.socket) -> None:
 def close_all(listeners: Sequence[socket.socket]) -> None:
     """Close every listener, and remove the socket file of a unix one: nothing is left behind."""
     for sock in listeners:
-        path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        path = sock.getsockname() if sock.family == socket.AF_UNIX and sock not in _inherited else None
         close_quietly(sock)
         if path:
             with contextlib.suppress(OSError):

@@ -215,7 +215,7 @@ def announce_start(config: Config, policy: str, sockets: list[socket.socket], en
     logger.info("clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, config.app, target,
                 "" if target == 1 else "s", note, policy)
     for sock in sockets:
-        logger.info("listening on %s", listeners.describe(sock))
+        logger.info("listening on %s%s", listeners.describe(sock), listeners.origin(sock))
     if endpoints.control_path:
         logger.info("control socket %s: clusterrun status %s", endpoints.control_path, config.cluster_name)
     if endpoints.metrics_url:

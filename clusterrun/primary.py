@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import selectors
 import signal
 import socket
@@ -25,15 +24,18 @@ from . import identity, listeners, logs, priority
 from .config import Config
 from .dispatch import Dispatcher
 from .endpoints import Endpoints
-from .errors import EXIT_ERROR, EXIT_OK, ChannelError, ClusterrunError, MessageError
+from .errors import EXIT_ERROR, EXIT_OK, ClusterrunError
 from .events import Events
+from .frames import WorkerFrames
+from .pidfile import PidFile
 from .policies import make_policy
 from .pool import Pool
-from .protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle, ReopenLogs
+from .protocol import ReopenLogs
 from .reloader import make_reloader
+from .sdnotify import Notifier
 from .signals import SignalInbox
 from .spawn import Forker
-from .status import cpu_seconds
+from .status import StatusLine
 from .supervision import Timers, Watchdog, WorkerHandle, late_after
 
 if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
@@ -57,14 +59,20 @@ class Primary:
         self.exit_code = EXIT_OK
         self.signals = SignalInbox(self.selector, self._on_signal)
         self.dispatcher = Dispatcher(self.policy, self.selector, self.timers, late_after(config.timeout), clock)
+        self.frames = WorkerFrames(self)  # what each frame a worker sends does
         forker = Forker(config, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
-                        self._on_channel, clock, preloaded)
+                        self.frames.on_channel, clock, preloaded)
         self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events)
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers)
         self.preloaded = preloaded
         self.started = clock()
         self.endpoints = Endpoints(self, app_metrics_dir)  # the control socket, /metrics
         self.reloader = make_reloader(config, self.selector, self.timers, lambda: self.pool.rollout.active, self.reload)
+        self.notifier = Notifier(self.timers, StatusLine(self))  # systemd, when it started us
+        self.events.on("when_ready", lambda config: self.notifier.ready())
+        self.events.on("on_reload", lambda config: self.notifier.reloading())
+        self.pool.rollout.on_end.append(self.notifier.reload_finished)
+        self.pid_file = PidFile(config.pid_file) if config.pid_file else None
 
     @property
     def workers(self) -> Mapping[int, WorkerHandle]:
@@ -77,7 +85,7 @@ class Primary:
     def _own_fds(self) -> list[int]:
         """What a forked worker must close: the signal inbox, the endpoints, every other worker's channel."""
         reloader = self.reloader.filenos() if self.reloader else []
-        return [*self.signals.filenos(), *self.endpoints.filenos(), *reloader,
+        return [*self.signals.filenos(), *self.endpoints.filenos(), *reloader, *self.notifier.filenos(),
                 *(fd for w in self.pool.workers.values() for fd in w.channel.filenos())]
 
     # The loop.
@@ -89,6 +97,8 @@ class Primary:
             self.events.emit("on_starting", self.config)
             self.endpoints.open()
             self._bind()
+            if self.pid_file is not None:
+                self.pid_file.write()
             self.signals.install()
             logs.announce_start(self.config, self.policy.name, self.listeners, self.endpoints)
             if self.preloaded is not None:
@@ -102,6 +112,7 @@ class Primary:
             for index in range(self.pool.target):
                 self.pool.spawn(index)
             self.watchdog.start()
+            self.notifier.start()
             while self.pool.workers or not self.stopping:
                 for key, mask in self.selector.select(self.timers.wait_time()):
                     key.data(mask)
@@ -120,6 +131,7 @@ class Primary:
     def _bind(self) -> None:
         for address in self.config.binds:
             self.listeners.append(self.policy.bind(address, self.config.backlog))
+        listeners.forget_activation()
         self.dispatcher.listen(self.listeners)
 
     # Signals.
@@ -156,57 +168,6 @@ class Primary:
             self.exit_code = self.exit_code or verdict.value
             self.stop()
 
-    # Frames from workers.
-
-    def _on_channel(self, handle: WorkerHandle, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            handle.channel.flush()
-        if not mask & selectors.EVENT_READ:
-            return
-        try:
-            frames = handle.channel.receive()
-        except ChannelError as exc:
-            logger.error("%s sent a malformed frame (%s): killing it", handle.info, exc)
-            self.pool.hang_up(handle)
-            handle.kill()
-            return
-        handle.last_seen = self.clock()
-        for frame, fds in frames:
-            for fd in fds:
-                os.close(fd)  # workers have no business sending descriptors
-            self._on_frame(handle, frame)
-        self.dispatcher.heard_from(handle)
-        if handle.channel.eof:
-            self.pool.hang_up(handle)
-
-    def _on_frame(self, handle: WorkerHandle, frame: Frame) -> None:
-        match frame:
-            case Ready(interface, room):
-                handle.connection_room = room
-                self.pool.ready(handle, interface)
-            case BootFailed(error):
-                handle.boot_error = error
-            case Beat() as counts:
-                handle.counts = counts  # last_seen was set above
-                handle.cpu_seconds = cpu_seconds(handle.pid) or handle.cpu_seconds
-            case Message(data):
-                self.events.emit("message", handle.public, data)
-            case Broadcast(data):
-                try:
-                    self.broadcast(data, sender=handle)
-                except MessageError as exc:
-                    logger.error("cannot relay a broadcast from %s: %s", handle.info, exc)
-            case Online():
-                self.events.emit("online", handle.public)
-            case Recycle(reason):
-                if not self.stopping:
-                    self.pool.rollout.recycle(handle, reason)
-            case Draining():
-                # The worker was told to stop by someone else (SIGTERM): route nothing more to it, let it drain.
-                self.pool.retire(handle, respawn=not self.stopping)
-            case _:
-                logger.debug("ignoring %s from %s: not a frame for the primary", type(frame).__name__, handle.info)
-
     # Steering: the signals' actions and the Cluster API's.
 
     def reload(self) -> None:
@@ -225,6 +186,7 @@ class Primary:
         """Stop accepting, let every worker drain within ``timeout`` (--graceful-timeout), then kill what is left."""
         if self.stopping:
             return
+        self.notifier.stopping()
         self.dispatcher.close()
         self.pool.stop_all()
         limit = f"--graceful-timeout {self.config.graceful_timeout:g}s" if timeout is None else f"{timeout:g}s"
@@ -241,6 +203,9 @@ class Primary:
         self.endpoints.close()
         if self.reloader is not None:
             self.reloader.stop()
+        if self.pid_file is not None:
+            self.pid_file.remove()
+        self.notifier.close()
         self.dispatcher.close()
         self.policy.close()
         listeners.close_all(self.listeners)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .supervision import WorkerHandle
@@ -36,6 +37,7 @@ class Rollout:
         self.outcome = "none"  # none, running, complete or aborted
         self.reason = ""  # why it aborted
         self.finished: Counter[str] = Counter()  # rolling restarts by how they ended: complete, aborted
+        self.on_end: list[Callable[[], None]] = []  # called when a rolling restart completes or aborts
 
     @property
     def active(self) -> bool:
@@ -62,6 +64,7 @@ class Rollout:
         if self.active:
             self.outcome, self.reason = "aborted", reason
             self.finished["aborted"] += 1
+            self._ended()
         self._queue = []
         self.current = None
 
@@ -85,6 +88,10 @@ class Rollout:
                      new.info, reason)
         self.cancel(f"the new {new.info} failed to boot: {reason}")
 
+    def _ended(self) -> None:
+        for callback in self.on_end:
+            callback()
+
     def _next(self) -> None:
         while self._queue:
             index = self._queue.pop(0)
@@ -95,4 +102,5 @@ class Rollout:
         self.current = None
         self.outcome = "complete"
         self.finished["complete"] += 1
+        self._ended()
         logger.info("rolling restart complete: %d workers replaced", len(self.pool.slots))

@@ -11,9 +11,12 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .supervision import WorkerHandle
+
+if TYPE_CHECKING:
+    from .primary import Primary
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -88,3 +91,23 @@ def worker_row(handle: WorkerHandle, now: float, sampler: ProcSampler, restarts:
 def started_at(monotonic_start: float, now: float) -> float:
     """A moment of the monotonic clock as wall-clock seconds since the epoch (for people, not for timing)."""
     return round(time.time() - (now - monotonic_start), 3)
+
+
+class StatusLine:
+    """One line for people (systemctl status): "4/4 workers ready, policy rr, 1,234 req/s"."""
+
+    def __init__(self, primary: Primary) -> None:
+        self.primary = primary
+        self._previous: tuple[float, int] | None = None  # (when, requests served in all) at the last call
+
+    def __call__(self) -> str:
+        pool = self.primary.pool
+        now = self.primary.clock()
+        served = (sum(w.counts.requests for w in pool.workers.values())
+                  + sum(t.requests for t in pool.tally.slots.values()))
+        previous, self._previous = self._previous, (now, served)
+        rate = (served - previous[1]) / (now - previous[0]) if previous and now > previous[0] else 0.0
+        ready = sum(1 for w in pool.slots.values() if w.is_ready)
+        state = ("stopping" if pool.stopping else "reloading" if pool.rollout.active
+                 else f"{ready}/{pool.target} workers ready")
+        return f"{state}, policy {self.primary.policy.name}, {rate:,.0f} req/s"
