@@ -86,6 +86,8 @@ class Config:
     control: str = ""  # the control socket's path; "" = the default place (clusterrun.control)
     no_control: bool = False
     metrics: BindAddress | None = None  # where the primary serves GET /metrics (Prometheus); None: nowhere
+    health: BindAddress | None = None  # where the primary serves /livez and /readyz alone
+    shutdown_delay: float = 0.0
     usable_cpus: int = field(default=1, compare=False)
     workers_from: str = field(default="--workers", compare=False)  # the flag, or the variable that set it
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # option -> where its value came from
@@ -226,13 +228,19 @@ def _socket_path(value: Any) -> str:
     return path
 
 
-def _metrics_address(value: Any) -> BindAddress:
-    if isinstance(value, BindAddress):
-        return value
-    try:
-        return parse_bind(str(value))
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("--bind value", "--metrics value", 1)) from None
+def _address_for(flag: str) -> Callable[[Any], BindAddress]:
+    def parse(value: Any) -> BindAddress:
+        if isinstance(value, BindAddress):
+            return value
+        try:
+            return parse_bind(str(value))
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("--bind value", f"{flag} value", 1)) from None
+
+    return parse
+
+
+_metrics_address = _address_for("--metrics")
 
 
 def _log_file(flag: str) -> Callable[[Any], str]:
@@ -377,6 +385,11 @@ OPTIONS: tuple[Option, ...] = (
            "else a per-user folder in the temp directory", _socket_path, "PATH"),
     Option("no_control", ("--no-control",), "open no control socket: clusterrun status and the other commands "
            "then cannot reach this cluster", _switch, switch=True),
+    Option("health", ("--health",), "serve /livez and /readyz from the primary on HOST:PORT or unix:PATH (also "
+           "served with --metrics); for Kubernetes probes", _address_for("--health"), "ADDRESS"),
+    Option("shutdown_delay", ("--shutdown-delay",), "on SIGTERM, turn /readyz to 503 at once but keep serving "
+           "this many seconds before draining (Kubernetes' preStop pause, without a sleep binary); default 0",
+           _seconds("--shutdown-delay"), "SECONDS"),
     Option("metrics", ("--metrics",), "serve GET /metrics (the Prometheus text format) from the primary on "
            "HOST:PORT or unix:PATH; needs pip install 'clusterrun[metrics]'", _metrics_address, "ADDRESS"),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "

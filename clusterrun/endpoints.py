@@ -17,11 +17,14 @@ class Endpoints:
         config = primary.config
         self.name = config.cluster_name
         self.metrics_url = ""
+        self.health_url = ""
         self.control = None if config.no_control else ControlServer(
             socket_path(config.cluster_name, config.control), primary.selector, primary.timers,
             Operations(primary).answer)
         self.metrics = None if config.metrics is None else MetricsServer(
             config.metrics, primary.selector, primary.timers, primary, app_metrics_dir)
+        self.health = None if config.health is None else MetricsServer(
+            config.health, primary.selector, primary.timers, primary, None, metrics=False)
 
     @property
     def control_path(self) -> str | None:
@@ -33,12 +36,15 @@ class Endpoints:
             self.control.open(self.name)
         if self.metrics is not None:
             self.metrics_url = self.metrics.open()
+        if self.health is not None:
+            self.health_url = self.health.open()
 
     def close(self) -> None:
-        for server in (self.control, self.metrics):
+        for server in (self.control, self.metrics, self.health):
             if server is not None:
                 server.close()
 
     def filenos(self) -> list[int]:
         """What a forked worker must close: a worker holding them would keep them answering after the primary."""
-        return [fd for server in (self.control, self.metrics) if server is not None for fd in server.filenos()]
+        servers = (self.control, self.metrics, self.health)
+        return [fd for server in servers if server is not None for fd in server.filenos()]

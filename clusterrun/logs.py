@@ -219,4 +219,6 @@ def announce_start(config: Config, policy: str, sockets: list[socket.socket], en
     if endpoints.control_path:
         logger.info("control socket %s: clusterrun status %s", endpoints.control_path, config.cluster_name)
     if endpoints.metrics_url:
-        logger.info("metrics on %s", endpoints.metrics_url)
+        logger.info("metrics on %s/metrics (and /livez, /readyz)", endpoints.metrics_url)
+    if endpoints.health_url:
+        logger.info("health on %s/livez and /readyz", endpoints.health_url)

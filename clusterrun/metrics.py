@@ -39,31 +39,51 @@ def require_client() -> None:
 
 
 class MetricsServer(OneShotServer):
-    """HTTP/1.x, one request per connection: GET /metrics, else 404."""
+    """HTTP/1.x, one request per connection: GET /metrics (with --metrics), /livez and /readyz; else 404.
+
+    /livez answers 200 whenever the primary's loop turns. /readyz answers 200 while a worker serves and the
+    cluster is not stopping: on SIGTERM it turns 503 at once, while --shutdown-delay keeps serving, so that a
+    load balancer (Kubernetes' endpoints) stops sending traffic before the workers drain.
+    """
 
     def __init__(self, address: BindAddress, selector: selectors.BaseSelector, timers: Timers, primary: Primary,
-                 app_metrics_dir: str | None) -> None:
+                 app_metrics_dir: str | None, metrics: bool = True) -> None:
         super().__init__(selector, timers)
         self.address = address
         self.primary = primary
         self.app_metrics_dir = app_metrics_dir
+        self.metrics = metrics
 
     def open(self) -> str:
         """Bind the endpoint (BindError, exit 2, if it cannot be); its URL."""
         sock = listeners.bind(self.address, backlog=64)
         self.serve(sock)
-        return listeners.describe(sock) + "/metrics"
+        return listeners.describe(sock)
 
     def answer(self, received: bytes) -> bytes | None:
         if b"\r\n\r\n" not in received and b"\n\n" not in received:
             return None
         method, _, rest = received.partition(b" ")
         target = rest.partition(b" ")[0].partition(b"?")[0]
-        if method not in (b"GET", b"HEAD") or target != b"/metrics":
-            return _response(b"404 Not Found", b"text/plain", b"clusterrun serves GET /metrics only\n", method)
+        if method not in (b"GET", b"HEAD"):
+            return _response(b"405 Method Not Allowed", b"text/plain", b"GET or HEAD\n", method)
+        if target == b"/livez":
+            return _response(b"200 OK", b"text/plain", b"ok\n", method)
+        if target == b"/readyz":
+            ready, why = self._readiness()
+            return _response(b"200 OK" if ready else b"503 Service Unavailable", b"text/plain", why, method)
+        if target != b"/metrics" or not self.metrics:
+            paths = b"/metrics, /livez and /readyz" if self.metrics else b"/livez and /readyz"
+            return _response(b"404 Not Found", b"text/plain", b"clusterrun serves " + paths + b"\n", method)
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return _response(b"200 OK", CONTENT_TYPE_LATEST.encode(), generate_latest(self._registry()), method)
+
+    def _readiness(self) -> tuple[bool, bytes]:
+        if self.primary.shutting_down:
+            return False, b"stopping\n"
+        serving = sum(1 for w in self.primary.pool.slots.values() if w.is_ready)
+        return serving > 0, f"{serving}/{self.primary.pool.target} workers serving\n".encode()
 
     def too_large(self) -> bytes:
         return _response(b"431 Request Header Fields Too Large", b"text/plain", b"request head too large\n", b"GET")

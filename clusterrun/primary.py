@@ -66,6 +66,7 @@ class Primary:
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers)
         self.preloaded = preloaded
         self.started = clock()
+        self.shutting_down = False  # told to stop: /readyz answers 503 (during --shutdown-delay, still serving)
         self.endpoints = Endpoints(self, app_metrics_dir)  # the control socket, /metrics
         self.reloader = make_reloader(config, self.selector, self.timers, lambda: self.pool.rollout.active, self.reload)
         self.notifier = Notifier(self.timers, StatusLine(self))  # systemd, when it started us
@@ -140,8 +141,9 @@ class Primary:
         name = signal.Signals(signum).name
         if signum == signal.SIGCHLD:
             self._reap()
-        elif signum == signal.SIGINT and self.stopping:
+        elif signum == signal.SIGINT and self.shutting_down:
             logger.warning("second interrupt: killing every worker now")
+            self.stop(delay=0.0)
             self.pool.kill_all()
         elif signum in (signal.SIGTERM, signal.SIGINT):
             logger.info("received %s: stopping gracefully (up to %gs)", name, self.config.graceful_timeout)
@@ -149,7 +151,7 @@ class Primary:
         elif signum == signal.SIGQUIT:
             # gunicorn's quick stop: no drain; requests in flight are cut off.
             logger.warning("received SIGQUIT: quick stop, killing every worker now")
-            self.stop()
+            self.stop(delay=0.0)
             self.pool.kill_all()
         elif signum == signal.SIGUSR1:  # logrotate's postrotate, as in gunicorn and nginx
             logger.info("received SIGUSR1: reopening %d log file%s here and in every worker", count := logs.reopen(),
@@ -166,7 +168,7 @@ class Primary:
     def _reap(self) -> None:
         while (verdict := self.pool.reap()) is not None:
             self.exit_code = self.exit_code or verdict.value
-            self.stop()
+            self.stop(delay=0.0)
 
     # Steering: the signals' actions and the Cluster API's.
 
@@ -182,11 +184,24 @@ class Primary:
 
     # Stopping.
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting, let every worker drain within ``timeout`` (--graceful-timeout), then kill what is left."""
+    def stop(self, timeout: float | None = None, delay: float | None = None) -> None:
+        """Stop accepting, let every worker drain within ``timeout`` (--graceful-timeout), then kill what is left.
+
+        First, for ``delay`` (--shutdown-delay), only /readyz says so: serving goes on while load balancers
+        take the cluster out of rotation.
+        """
         if self.stopping:
             return
-        self.notifier.stopping()
+        delay = self.config.shutdown_delay if delay is None else delay
+        if not self.shutting_down:
+            self.shutting_down = True
+            self.notifier.stopping()
+            if delay > 0:
+                logger.info("/readyz now answers 503; serving %gs more (--shutdown-delay) before draining", delay)
+                self.timers.add(delay, lambda: self.stop(timeout, delay=0.0))
+                return
+        elif delay > 0:
+            return  # already waiting out the delay
         self.dispatcher.close()
         self.pool.stop_all()
         limit = f"--graceful-timeout {self.config.graceful_timeout:g}s" if timeout is None else f"{timeout:g}s"

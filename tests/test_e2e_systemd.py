@@ -138,3 +138,29 @@ def test_the_pid_file_lives_as_long_as_the_primary(run_cli: Any, tmp_path: Path)
     cluster.signal(signal.SIGTERM)
     assert cluster.wait_exit() == 0
     assert not path.exists()
+
+
+@pytest.mark.parametrize("app", ["sup_app:wsgi", "sup_app:asgi"])
+def test_readyz_turns_503_at_sigterm_while_the_delay_keeps_serving(run_cli: Any, app: str) -> None:
+    cluster = start(run_cli, app, "--workers", "2", "--health", "127.0.0.1:0", "--shutdown-delay", "1.5")
+    url = cluster.wait_ready()
+    health = cluster.wait_for_line(r"health on (\S+)/livez")[0].group(1)
+    assert FRESH.get(health + "/livez").status_code == 200
+    wait_until(lambda: FRESH.get(health + "/readyz").status_code == 200, "/readyz to answer 200")
+    cluster.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    wait_until(lambda: FRESH.get(health + "/readyz").status_code == 503, "/readyz to answer 503")
+    print(f"/readyz turned 503 {1000 * (time.monotonic() - signalled):.0f} ms after SIGTERM")  # measured only
+    for _ in range(4):  # the delay: still serving, on new connections too
+        assert FRESH.get(url).status_code == 200
+    assert cluster.proc.poll() is None
+    assert cluster.wait_exit() == 0
+    assert "serving 1.5s more (--shutdown-delay) before draining" in cluster.output()
+
+
+def test_the_metrics_endpoint_answers_the_probes_too(run_cli: Any) -> None:
+    cluster = start(run_cli, "sup_app:wsgi", "--workers", "1", "--metrics", "127.0.0.1:0")
+    cluster.wait_ready()
+    base = cluster.wait_for_line(r"metrics on (\S+)/metrics")[0].group(1)
+    assert FRESH.get(base + "/readyz").text == "1/1 workers serving\n"
+    assert FRESH.get(base + "/nothing").status_code == 404
