@@ -85,6 +85,7 @@ class Cluster:
         try:
             # Before prometheus_client is imported anywhere (here, --hooks, --preload): it reads the variable
             # once, at import, to choose between its single-process and multiprocess modes.
+            prepare_process(self.config)  # --chdir, --env-file: before anything is imported from the app
             app_metrics = AppMetricsDir(self.config)
             if self.config.metrics is not None:
                 require_client()
@@ -151,6 +152,18 @@ class Cluster:
         if not self.events.register_hooks(hooks):
             raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event: "
                               f"{', '.join(EVENTS + WORKER_EVENTS)}")
+
+
+def prepare_process(config: Config) -> None:
+    """The process the app will see: its folder (--chdir) and its environment (--env-file)."""
+    if config.chdir:
+        os.chdir(config.chdir)
+    if config.env_file:
+        try:
+            from dotenv import load_dotenv
+        except ImportError:
+            raise ConfigError("--env-file needs python-dotenv: pip install 'clusterrun[dotenv]'") from None
+        load_dotenv(config.env_file, override=False)
 
 
 def prepare_engine(config: Config) -> LoadedApp | None:

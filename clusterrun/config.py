@@ -71,6 +71,8 @@ class Config:
     limit_request_body: int = 0
     uds_mode: int = 0o666
     fds: tuple[int, ...] = ()
+    chdir: str = ""
+    env_file: str = ""
     pid_file: str = ""
     reload: bool = False
     reload_dirs: tuple[str, ...] = ()
@@ -190,11 +192,12 @@ def resolve_workers(value: Any, cpus: int) -> int:
     return cpus
 
 
-def _directory(value: Any) -> str:
-    path = str(value)
+def _app_dir(value: str, chdir: str) -> str:
+    """--app-dir, taken from --chdir's folder when relative; it must exist."""
+    path = os.path.join(chdir, value) if chdir else value
     if not os.path.isdir(path):
-        raise ConfigError(f"bad --app-dir value {path!r}: no such directory; give the folder that holds the app's "
-                          "module")
+        raise ConfigError(f"bad --app-dir value {value!r}: no such directory{' in ' + chdir if chdir else ''}; give "
+                          "the folder that holds the app's module")
     return path
 
 
@@ -308,7 +311,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("factory", ("--factory",), "APP names a zero-argument factory that returns the app", _switch,
            switch=True),
     Option("app_dir", ("--app-dir",), "directory put first on sys.path to import APP; default the current "
-           "directory", _directory, "DIR"),
+           "directory", str, "DIR"),
     Option("max_restarts", ("--max-restarts",), "a slot whose workers die unstable (before ready or within "
            "--min-uptime of it) more than N times within --restart-window is not respawned again; default 5",
            _int_at_least(0, "--max-restarts"), "N"),
@@ -375,6 +378,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("fds", ("--fd",), "serve on an inherited listening descriptor N (repeat); the same as --bind fd://N. "
            "Without any --bind/--fd, the listeners systemd passes (socket activation) are used",
            _int_at_least(0, "--fd"), "N", repeat=True),
+    Option("chdir", ("--chdir",), "change to this folder before loading the app (a relative --app-dir is then "
+           "taken from it)", lambda value: os.path.abspath(_directory_for("--chdir")(value)), "DIR"),
+    Option("env_file", ("--env-file",), "load environment variables for the app from this dotenv file before it is "
+           "imported (needs pip install 'clusterrun[dotenv]'); variables already set win",
+           _existing_file("--env-file"), "FILE"),
     Option("pid_file", ("--pid-file",), "write the primary's pid to FILE once bound, remove it on exit; a live pid "
            "in it refuses the start", _log_file("--pid-file"), "FILE"),
     Option("uds_mode", ("--uds-mode",), "permissions of unix: socket files, in octal; default 666, so that a "
@@ -462,6 +470,9 @@ def build_config(
     workers_spec = str(given.pop("workers", "auto")).strip().lower()
     with _blaming(sources.get("workers", "-")):
         workers = resolve_workers(workers_spec, cpus)
+    if "app_dir" in given or "chdir" in given:
+        with _blaming(sources.get("app_dir", "-")):
+            given["app_dir"] = _app_dir(given.get("app_dir", "."), given.get("chdir", ""))
     if given.get("reload") and given.get("preload"):
         raise ConfigError("--reload cannot work with --preload: new workers would fork from the code loaded at "
                           "start; drop --preload in development")
