@@ -16,3 +16,21 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     body = json.dumps({"cwd": os.getcwd(), "env": {name: os.environ.get(name) for name in names if name}})
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body.encode()]
+
+
+def orphan(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Leaves an orphan behind: a child forks a grandchild and exits at once; the grandchild exits 0.2 s later.
+
+    The grandchild is reparented to the nearest subreaper or to PID 1, which must reap it.
+    """
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            import time
+
+            time.sleep(0.2)
+            os._exit(0)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"left an orphan\n"]
