@@ -22,6 +22,7 @@ from .accesslog import check_format
 from .cpus import usable_cpus
 from .errors import ConfigError
 from .listeners import BindAddress, activated, parse_bind, parse_port
+from .memlimit import MIB, cgroup_memory_limit, per_worker_mib
 from .sources import FileValues, env_names, flag_name
 from .supervision import MIN_TIMEOUT
 
@@ -439,7 +440,7 @@ def _raw_value(
 
 def build_config(
     app: str | None, values: Mapping[str, Any], environ: Mapping[str, str] | None = None, cpus: int | None = None,
-    file: FileValues | None = None,
+    file: FileValues | None = None, memory_limit: Callable[[], int | None] = cgroup_memory_limit,
 ) -> Config:
     """Parse raw option values (None or absent: not given) into a Config; unknown names are errors.
 
@@ -473,6 +474,11 @@ def build_config(
     if "app_dir" in given or "chdir" in given:
         with _blaming(sources.get("app_dir", "-")):
             given["app_dir"] = _app_dir(given.get("app_dir", "."), given.get("chdir", ""))
+    if not given.get("max_memory"):
+        limit = memory_limit()
+        if limit:  # a container's limit: recycle a growing worker before the OOM killer ends them all
+            given["max_memory"] = per_worker_mib(limit, workers)
+            sources["max_memory"] = f"cgroup memory limit {limit / MIB:.0f} MiB"
     if given.get("reload") and given.get("preload"):
         raise ConfigError("--reload cannot work with --preload: new workers would fork from the code loaded at "
                           "start; drop --preload in development")

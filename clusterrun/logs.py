@@ -214,6 +214,9 @@ def announce_start(config: Config, policy: str, sockets: list[socket.socket], en
         note += f": {config.usable_cpus} usable CPU{'s' if config.usable_cpus > 1 else ''}"
     logger.info("clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, config.app, target,
                 "" if target == 1 else "s", note, policy)
+    if config.sources.get("max_memory", "").startswith("cgroup"):
+        logger.info("%s -> --max-memory %d MiB per worker (a worker above it is replaced; give --max-memory to "
+                    "choose)", config.sources["max_memory"], config.max_memory)
     for sock in sockets:
         logger.info("listening on %s%s", listeners.describe(sock), listeners.origin(sock))
     if endpoints.control_path:
