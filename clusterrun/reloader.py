@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib.util
 import logging
 import os
 import selectors
@@ -27,6 +28,7 @@ from .supervision import Timers
 logger = logging.getLogger("clusterrun")
 
 DEFAULT_INCLUDE = ("*.py",)
+_WATCHING = "\0watching"  # what the watcher sends once it watches (no path can be this line)
 _RETRY = 0.5  # seconds between looks while a rolling restart is still running
 
 
@@ -72,8 +74,6 @@ class Reloader:
         self.pid, self._read_end = pid, read_end
         os.set_blocking(read_end, False)
         self.selector.register(read_end, selectors.EVENT_READ, lambda mask: self._on_change())
-        logger.info("--reload: watching %s for %s%s", ", ".join(self.dirs), " ".join(self.include),
-                    f" (except {' '.join(self.exclude)})" if self.exclude else "")
 
     def filenos(self) -> list[int]:
         return [self._read_end] if self._read_end >= 0 else []
@@ -100,7 +100,11 @@ class Reloader:
             logger.error("--reload: the file watcher exited; changes are no longer picked up")
             self.selector.unregister(self._read_end)
             return
-        self._pending.update(line for line in data.decode(errors="replace").splitlines() if line)
+        lines = data.decode(errors="replace").splitlines()
+        if _WATCHING in lines:  # the watcher's first word: from now on, no change goes unseen
+            logger.info("--reload: watching %s for %s%s", ", ".join(self.dirs), " ".join(self.include),
+                        f" (except {' '.join(self.exclude)})" if self.exclude else "")
+        self._pending.update(line for line in lines if line and line != _WATCHING)
         self._restart_when_idle()
 
     def _restart_when_idle(self) -> None:
@@ -111,9 +115,19 @@ class Reloader:
             return
         changed = sorted(self._pending)
         self._pending.clear()
+        for path in changed:
+            _forget_bytecode(path)
         shown = ", ".join(os.path.relpath(path) for path in changed[:3]) + (" ..." if len(changed) > 3 else "")
         logger.info("--reload: %s changed; rolling restart", shown)
         self.reload()
+
+
+def _forget_bytecode(path: str) -> None:
+    """Remove the cached bytecode of a changed source: Python trusts a .pyc whose source has the same size and
+    the same mtime second, so an edit of equal length within a second of the last import would go unseen."""
+    if path.endswith(".py"):
+        with contextlib.suppress(OSError, ValueError):
+            os.unlink(importlib.util.cache_from_source(path))
 
 
 def _watch(dirs: list[str], include: tuple[str, ...], exclude: tuple[str, ...], out: int, primary: int) -> Any:
@@ -134,10 +148,16 @@ def _watch(dirs: list[str], include: tuple[str, ...], exclude: tuple[str, ...], 
                 return (super().__call__(change, path) and any(fnmatch.fnmatch(name, p) for p in include)
                         and not any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in exclude))
 
-        for changes in watchfiles.watch(*dirs, watch_filter=Wanted(), debounce=300, step=50, rust_timeout=1000,
+        announced = False
+        # watch() sets up its watches before its first wait, and with yield_on_timeout it yields at the latest
+        # after rust_timeout: the first yield is the moment from which no change is missed.
+        for changes in watchfiles.watch(*dirs, watch_filter=Wanted(), debounce=300, step=50, rust_timeout=300,
                                         yield_on_timeout=True, raise_interrupt=False):
             if os.getppid() != primary:
                 break  # the primary is gone
+            if not announced:
+                os.write(out, f"{_WATCHING}\n".encode())
+                announced = True
             if changes:
                 os.write(out, "".join(f"{path}\n" for _change, path in changes).encode())
     except BrokenPipeError:

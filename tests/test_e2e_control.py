@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -94,7 +95,8 @@ def test_ls_lists_running_clusters_and_forgets_dead_ones(run_cli: Any) -> None:
     assert "first" in out and str(second.pid) in out
 
     socket_file = Path(os.environ["XDG_RUNTIME_DIR"], "clusterrun", "first.sock")
-    assert socket_file.exists()
+    assert stat.S_IMODE(socket_file.stat().st_mode) == 0o600  # only its user may connect
+    assert stat.S_IMODE(socket_file.parent.stat().st_mode) == 0o700
     os.killpg(first.pid, signal.SIGKILL)  # no cleanup: its socket file stays behind
     first.wait_exit()
     assert socket_file.exists()

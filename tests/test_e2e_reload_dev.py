@@ -25,6 +25,12 @@ async def asgi(scope, receive, send):
 '''
 
 
+def version(number: int) -> str:
+    """The same length each time, as a one-character fix is: Python trusts a cached .pyc whose source has the
+    same size and mtime second, so the reloader must drop the stale one (this failed in CI before it did)."""
+    return f"v{number}"
+
+
 def answers(url: str) -> set[str]:
     """What four new connections get: under rr, both workers answer."""
     return {FRESH.get(url).text for _ in range(4)}
@@ -34,21 +40,24 @@ def answers(url: str) -> set[str]:
 def test_an_edit_is_served_and_broken_code_never_replaces_the_old(run_cli: Any, tmp_path: Path,
                                                                  interface: str) -> None:
     module = tmp_path / "devapp.py"
-    module.write_text(APP.format(version="v1"))
+    module.write_text(APP.format(version=version(1)))
     cluster = run_cli(f"devapp:{interface}", "--port", "0", "--workers", "2", "--reload", cwd=tmp_path)
     url = cluster.wait_ready()
     cluster.wait_for_line(r"--reload: watching")
-    assert answers(url) == {"v1"}
+    assert answers(url) == {version(1)}
 
     edited = time.monotonic()
-    module.write_text(APP.format(version="v2"))
-    wait_until(lambda: answers(url) == {"v2"}, "both workers serving v2")
+    module.write_text(APP.format(version=version(2)))
+    try:
+        wait_until(lambda: answers(url) == {version(2)}, "both workers serving the edit")
+    finally:
+        print(cluster.output())  # shown by pytest only when the test fails
     print(f"edit served after {time.monotonic() - edited:.2f}s")  # measured, not asserted (see the README)
 
-    module.write_text(APP.format(version="v3").replace("VERSION =", "VERSION ="[:-1]))  # a syntax error
+    module.write_text(APP.format(version=version(3)).replace("VERSION =", "VERSION ="[:-1]))  # a syntax error
     cluster.wait_for_line(r"rolling restart aborted: .* failed to boot: .*SyntaxError")
-    assert answers(url) == {"v2"}  # the old workers keep serving
+    assert answers(url) == {version(2)}  # the old workers keep serving
     assert cluster.output().count("rolling restart aborted") == 1
 
-    module.write_text(APP.format(version="v3"))
-    wait_until(lambda: answers(url) == {"v3"}, "both workers serving v3 once the code imports again")
+    module.write_text(APP.format(version=version(4)))
+    wait_until(lambda: answers(url) == {version(4)}, "both workers serving the fix once the code imports again")
