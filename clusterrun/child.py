@@ -37,6 +37,7 @@ _PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTO
 def run(
     config: Config, worker_id: int, index: int, channel_sock: socket.socket, sockets: Sequence[socket.socket],
     inherited_fds: Sequence[int], closes: SharedCounter, preloaded: LoadedApp | None = None,
+    signal_mask: set[int | signal.Signals] | None = None,
 ) -> NoReturn:
     code = EXIT_ERROR
     try:
@@ -45,6 +46,8 @@ def run(
         # On SIGUSR1 (sent by the primary to a hung worker before killing it), every thread's Python
         # traceback goes to the log: at C level, so it works while Python code is stuck.
         faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True)
+        if signal_mask is not None:  # held since the fork (signals.fork_holding_signals): now they are ours
+            signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
         info = identity.WorkerInfo(worker_id, index, os.getpid())
         identity.become(info)
         logs.setup(config, info)

@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import Config
 from .errors import ConfigError
+from .signals import fork_holding_signals
 from .supervision import Timers
 
 logger = logging.getLogger("clusterrun")
@@ -66,10 +67,10 @@ class Reloader:
     def start(self) -> None:
         """Fork the watcher; from now on a change reaches ``reload``."""
         read_end, write_end = os.pipe()
-        pid = os.fork()
+        pid, signal_mask = fork_holding_signals()
         if pid == 0:
             os.close(read_end)
-            _watch(self.dirs, self.include, self.exclude, write_end, os.getppid())  # never returns
+            _watch(self.dirs, self.include, self.exclude, write_end, os.getppid(), signal_mask)  # never returns
         os.close(write_end)
         self.pid, self._read_end = pid, read_end
         os.set_blocking(read_end, False)
@@ -130,13 +131,15 @@ def _forget_bytecode(path: str) -> None:
             os.unlink(importlib.util.cache_from_source(path))
 
 
-def _watch(dirs: list[str], include: tuple[str, ...], exclude: tuple[str, ...], out: int, primary: int) -> Any:
+def _watch(dirs: list[str], include: tuple[str, ...], exclude: tuple[str, ...], out: int, primary: int,
+           signal_mask: set[int | signal.Signals]) -> Any:
     """The watcher child: report every batch of changed files, one path per line; exit with the primary."""
     code = 0
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the primary's to handle
         signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
         # Nothing of the primary's stays open here: its listeners, channels and control socket are its own.
         os.closerange(3, out)
         os.closerange(out + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)

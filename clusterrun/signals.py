@@ -74,3 +74,21 @@ class SignalInbox:
 
 def _note(signum: int, frame: Any) -> None:
     """Nothing to do here: the wake-up fd already carries the signal number to the loop."""
+
+
+def fork_holding_signals() -> tuple[int, set[int | signal.Signals]]:
+    """``os.fork()`` with every signal held; the child gets ``(0, mask)`` and must restore ``mask`` itself.
+
+    A child starts with the primary's handlers, whose only effect is a note in the primary's inbox (the
+    wake-up socket is shared). A signal that reaches the child before it has reset them — the primary's
+    SIGTERM to a worker that is still starting, when a stop follows a spawn at once — would be swallowed,
+    and the worker would serve on until it is killed. Held, it waits until the child has reset its
+    handlers and restored ``mask``, and then acts as the child's own.
+    """
+    import os
+
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    pid = os.fork()
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+    return pid, saved

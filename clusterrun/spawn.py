@@ -11,7 +11,6 @@ never returns here: child.run ends in ``os._exit``.
 from __future__ import annotations
 
 import contextlib
-import os
 import selectors
 import socket
 import sys
@@ -24,6 +23,7 @@ from .config import Config
 from .counters import SharedCounter
 from .dispatch import Dispatcher
 from .policies import Policy
+from .signals import fork_holding_signals
 from .supervision import WorkerHandle
 
 if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
@@ -59,9 +59,10 @@ class Forker:
             to_close.append(self.selector.fileno())  # type: ignore[attr-defined]
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        pid, signal_mask = fork_holding_signals()
         if pid == 0:
-            child.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded)
+            child.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded,
+                      signal_mask)
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
                               replaces=replaces, closes=closes)
         handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)

@@ -112,7 +112,13 @@ def test_socket_activation_serves_on_the_passed_listener(tmp_path: Path) -> None
         assert len(pids) == 2
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(DEADLINE) == 0, log.read_text()
+        try:
+            code = proc.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(DEADLINE)
+            pytest.fail(f"the activated cluster did not stop on SIGTERM:\n{log.read_text()}")
+    assert code == 0, log.read_text()
 
 
 def test_fd_bind_form_and_a_descriptor_that_is_no_listener(tmp_path: Path) -> None:
