@@ -1,0 +1,189 @@
+"""A request whose body is still arriving, served by an upload thread that owns its connection meanwhile.
+
+The inline engine answers a request on its loop when the body came whole; a larger body, or one the client
+sends only after ``100 Continue``, streams to the app instead: the app runs in one of a few upload threads
+and its reads of ``wsgi.input`` take the body from the socket as it comes, so that an app that rejects an
+upload answers before the rest of it is read, nothing is buffered beyond one read, and ``100 Continue`` goes
+out only when the app first reads. The loop leaves the connection alone until the thread gives it back.
+
+``wsgi.multithread`` stays False: app code runs only while holding the engine's gate, which the loop takes
+too, and the thread lets go of it whenever it waits for the network (a read, a write). The loop keeps
+serving other connections meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from .http_conn import Connection, Refused, Request
+from .wsgi_input import ClientDisconnected
+from .wsgi_respond import Framing, SendFile, respond
+
+if TYPE_CHECKING:
+    from .wsgi_engine import WSGIEngine
+
+__all__ = ["SocketInput", "serve_upload"]
+
+logger = logging.getLogger("clusterrun")
+
+_READ = 65536
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class SocketInput:
+    """``wsgi.input`` of a body still arriving: reads pull it from the (blocking) socket through the parser.
+
+    Reads past the end return b""; a client gone (or refused) before the end raises ClientDisconnected rather
+    than passing a truncated body off as complete.
+    """
+
+    def __init__(self, conn: Connection, request: Request, gate: threading.Lock) -> None:
+        self._conn, self._request, self._gate = conn, request, gate
+        self._buffer = bytearray()
+        self.refused: Refused | None = None
+        self.closed = False
+
+    def _fill(self, size: int) -> None:
+        """Read until the buffer holds ``size`` bytes (< 0: all) or the body ended."""
+        request, buffer = self._request, self._buffer
+        while True:
+            if request.body:
+                for piece in request.body:
+                    buffer += piece
+                request.body.clear()
+            if request.complete or 0 <= size <= len(buffer):
+                return
+            self._receive()
+
+    def _receive(self) -> None:
+        conn, request = self._conn, self._request
+        if self.refused is not None:
+            raise ClientDisconnected("the request was refused")
+        self._gate.release()  # waiting for the network is no app code: the loop may run some meanwhile
+        try:
+            if request.continue_:
+                request.continue_ = False
+                conn.sock.sendall(_CONTINUE)
+            data = conn.sock.recv(_READ)
+        except OSError:
+            data = b""
+        finally:
+            self._gate.acquire()
+        if not data:
+            raise ClientDisconnected("the client disconnected before sending the whole request body")
+        try:
+            conn.feed(data)
+        except Refused as refused:
+            self.refused = refused
+            raise ClientDisconnected("the request was refused") from refused
+
+    def _take(self, size: int) -> bytes:
+        buffer = self._buffer
+        if size < 0 or size >= len(buffer):
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:size])
+            del buffer[:size]
+        return data
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        size = -1 if size is None else size
+        self._fill(size)
+        return self._take(size)
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        size = -1 if size is None else size
+        buffer, start = self._buffer, 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end >= 0:
+                return self._take(end + 1 if size < 0 else min(end + 1, size))
+            if (self._request.complete and not self._request.body) or 0 <= size <= len(buffer):
+                return self._take(size)
+            start = len(buffer)
+            self._fill(len(buffer) + 1)
+
+    def readlines(self, hint: int = -1, /) -> list[bytes]:
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def serve_upload(engine: WSGIEngine, conn: Connection, request: Request) -> None:
+    """In an upload thread: answer ``request`` on ``conn`` with blocking I/O, then give the connection back."""
+    stream = SocketInput(conn, request, engine.gate)
+    framing = Framing(engine.server_head, request.method == b"HEAD", request.version == "1.1",
+                      request.keep_alive and not engine.closing_all)
+    started = False
+    try:
+        conn.sock.setblocking(True)
+        started = _answer(engine, conn, request, stream, framing)
+    except Exception:
+        logger.exception("serving an upload failed")
+        framing.keep_alive = False
+    finally:
+        with contextlib.suppress(OSError):
+            conn.sock.setblocking(False)
+        refused = stream.refused
+        engine.loop.call_soon_threadsafe(
+            conn.handed_back, refused.hit if refused is not None else None, refused is not None and not started,
+            framing.keep_alive)
+
+
+def _answer(engine: WSGIEngine, conn: Connection, request: Request, stream: SocketInput, framing: Framing) -> bool:
+    """Call the app and write its response; True once some of it went out. Broken: ``framing.keep_alive`` off."""
+    gate, started = engine.gate, False
+    with gate:
+        environ = engine.environ(conn, request, stream, 0)
+        engine.total_requests += 1
+        response = respond(engine.app, environ, framing)
+        try:
+            while True:
+                if not request.complete:
+                    framing.keep_alive = False  # the rest of the body is unread: the connection cannot go on
+                piece = next(response, None)
+                if piece is None:
+                    return started
+                started = True
+                gate.release()
+                try:
+                    _send(conn, piece)
+                except OSError:
+                    framing.keep_alive = False
+                    return started
+                finally:
+                    gate.acquire()
+        finally:
+            response.close()
+
+
+def _send(conn: Connection, piece: bytes | SendFile) -> None:
+    if type(piece) is not SendFile:
+        conn.sock.sendall(piece)  # type: ignore[arg-type]
+        return
+    while piece.count:
+        sent = os.sendfile(conn.fd, piece.fd, piece.offset, piece.count)
+        if not sent:
+            raise OSError("the file shrank while it was sent")
+        piece.offset += sent
+        piece.count -= sent
