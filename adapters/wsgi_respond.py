@@ -16,7 +16,7 @@ from __future__ import annotations
 import http
 import os
 import stat
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from itertools import chain
 from typing import Any
 
@@ -36,7 +36,7 @@ _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 class Framing:
     """How one response is framed on its connection, and whether the connection stays open after it."""
 
-    __slots__ = ("chunked", "head_only", "http11", "keep_alive", "server_head")
+    __slots__ = ("body_unread", "chunked", "head_only", "http11", "keep_alive", "server_head")
 
     def __init__(self, server_head: bytes, head_only: bool, http11: bool, keep_alive: bool) -> None:
         self.server_head = server_head  # the Server and Date lines every response carries
@@ -44,12 +44,15 @@ class Framing:
         self.http11 = http11
         self.keep_alive = keep_alive  # in: the client's and the drain's wish; out: the connection stays open
         self.chunked = False
+        # Asked when the head goes out: true while the request's body is not all read (the connection then
+        # cannot carry another request, and the head says so).
+        self.body_unread: Callable[[], bool] | None = None
 
     def head(self, exchange: Exchange, length: int | None) -> bytes:
         """The status line and headers; decides the body's framing and the connection's fate."""
         status, headers = exchange.status, exchange.headers
         assert headers is not None
-        keep = self.keep_alive
+        keep = self.keep_alive and not (self.body_unread is not None and self.body_unread())
         for name, value in headers:
             if len(name) == 10 and name.lower() == b"connection" and b"close" in value.lower():
                 keep = False

@@ -153,16 +153,17 @@ def serve_upload(engine: WSGIEngine, conn: Connection, request: Request) -> None
 def _answer(engine: WSGIEngine, conn: Connection, request: Request, stream: SocketInput, framing: Framing) -> bool:
     """Call the app and write its response; True once some of it went out. Broken: ``framing.keep_alive`` off."""
     gate, started = engine.gate, False
+    framing.body_unread = lambda: not request.complete
     with gate:
         environ = engine.environ(conn, request, stream, 0)
         engine.total_requests += 1
         response = respond(engine.app, environ, framing)
         try:
             while True:
-                if not request.complete:
-                    framing.keep_alive = False  # the rest of the body is unread: the connection cannot go on
                 piece = next(response, None)
                 if piece is None:
+                    if not request.complete:
+                        framing.keep_alive = False  # the rest of the body is unread: the connection cannot go on
                     return started
                 started = True
                 gate.release()
