@@ -82,6 +82,7 @@ class Connection:
         self.out = bytearray()  # written, not yet taken by the socket
         self.response: Response | None = None  # a response being written
         self.framing: Framing | None = None
+        self.request: Request | None = None  # the request being answered on the loop
         self.file: SendFile | None = None  # a file being sent with sendfile
         self.reading = False  # registered for reading
         self.handed = False  # an upload thread owns the connection
@@ -255,6 +256,7 @@ class Connection:
         self.framing = framing = Framing(engine.server_head, request.method == b"HEAD", request.version == "1.1",
                                          request.keep_alive and not self.closing and not engine.closing_all)
         engine.total_requests += 1
+        self.request = request
         self.response = respond(engine.app, environ, framing)
         self.pump()
 
@@ -346,8 +348,10 @@ class Connection:
 
     def finish(self) -> None:
         """The response is all produced (maybe not all written): close the connection or take the next one."""
-        framing = self.framing
-        self.response = self.framing = None
+        framing, request = self.framing, self.request
+        self.response = self.framing = self.request = None
+        if request is not None and framing is not None and self.engine.access_log:
+            self.engine.log_access(self, request, framing.status)
         if framing is None or not framing.keep_alive:
             self.closing = True
         if self.out:
@@ -421,6 +425,11 @@ class Connection:
             except OSError:
                 self.local = ""
         return self.local
+
+    @property
+    def in_flight(self) -> bool:
+        """A request is being answered here (on the loop or by an upload thread)."""
+        return self.response is not None or self.handed or bool(self.out) or self.file is not None
 
     @property
     def idle(self) -> bool:

@@ -42,6 +42,7 @@ from .wsgi_upload import serve_upload
 __all__ = ["WSGIEngine"]
 
 logger = logging.getLogger("clusterrun")
+_access = logging.getLogger("uvicorn.access")  # where the uvicorn-served workers' access lines go too
 
 # Header names are client-controlled: an unbounded cache would let a client grow worker memory at will.
 _KEY_CACHE_LIMIT = 512
@@ -57,11 +58,13 @@ class WSGIEngine:
     def __init__(
         self, loop: SelectorLoop, app: WSGIApp, *, limits: Limits | None = None, keep_alive: float = 5.0,
         extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
+        access_log: bool = False,
     ) -> None:
         self.loop, self.app = loop, app
         self.limits = limits or Limits()
         self.keep_alive = keep_alive
         self.on_close = on_close
+        self.access_log = access_log  # one line per response on "uvicorn.access", in uvicorn's words
         self.gate = threading.Lock()  # held while app code runs: never in two places at once (inline mode)
         self.total_requests = 0
         self.connections: set[Connection] = set()
@@ -137,6 +140,11 @@ class WSGIEngine:
     def busy(self) -> bool:
         return bool(self.connections)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now."""
+        return sum(1 for conn in self.connections if conn.in_flight)
+
     # Requests.
 
     def environ(self, conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
@@ -189,6 +197,12 @@ class WSGIEngine:
         if self._uploads is None:
             self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
         self._uploads.submit(serve_upload, self, conn, request)
+
+    def log_access(self, conn: Connection, request: Request, status: int) -> None:
+        peer = conn.peer_address()
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
+        _access.info('%s - "%s %s HTTP/%s" %d', client, request.method.decode("ascii"),
+                     request.url.decode("latin-1"), request.version, status)
 
     def log_refusal(self, peer: Any, hit: Exceeded) -> None:
         source = f" from {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""

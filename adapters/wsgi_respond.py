@@ -36,7 +36,7 @@ _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 class Framing:
     """How one response is framed on its connection, and whether the connection stays open after it."""
 
-    __slots__ = ("body_unread", "chunked", "head_only", "http11", "keep_alive", "server_head")
+    __slots__ = ("body_unread", "chunked", "head_only", "http11", "keep_alive", "server_head", "status")
 
     def __init__(self, server_head: bytes, head_only: bool, http11: bool, keep_alive: bool) -> None:
         self.server_head = server_head  # the Server and Date lines every response carries
@@ -44,6 +44,7 @@ class Framing:
         self.http11 = http11
         self.keep_alive = keep_alive  # in: the client's and the drain's wish; out: the connection stays open
         self.chunked = False
+        self.status = 0  # the status sent, once the head went out
         # Asked when the head goes out: true while the request's body is not all read (the connection then
         # cannot carry another request, and the head says so).
         self.body_unread: Callable[[], bool] | None = None
@@ -52,6 +53,7 @@ class Framing:
         """The status line and headers; decides the body's framing and the connection's fate."""
         status, headers = exchange.status, exchange.headers
         assert headers is not None
+        self.status = status
         keep = self.keep_alive and not (self.body_unread is not None and self.body_unread())
         for name, value in headers:
             if len(name) == 10 and name.lower() == b"connection" and b"close" in value.lower():
@@ -83,8 +85,10 @@ class Framing:
         return b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunked else chunk
 
 
-def error_head(server_head: bytes, status: int, text: bytes) -> bytes:
+def error_head(server_head: bytes, status: int, text: bytes, framing: Framing | None = None) -> bytes:
     """A whole plain-text answer that closes the connection (500 from a failed app, a refused request)."""
+    if framing is not None:
+        framing.status = status
     return (b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, _PHRASES[status], server_head, len(text), text))
 
@@ -111,7 +115,7 @@ def respond(app: WSGIApp, environ: Environ, framing: Framing) -> Response:
         log_app_error(environ, exc)
         framing.keep_alive = False
         if not exchange.started:
-            yield error_head(framing.server_head, 500, b"Internal Server Error")
+            yield error_head(framing.server_head, 500, b"Internal Server Error", framing)
 
 
 def _whole(exchange: Exchange, result: list[bytes] | tuple[bytes, ...], framing: Framing) -> bytes:

@@ -138,6 +138,8 @@ def serve_upload(engine: WSGIEngine, conn: Connection, request: Request) -> None
     try:
         conn.sock.setblocking(True)
         started = _answer(engine, conn, request, stream, framing)
+        if engine.access_log and framing.status:
+            engine.log_access(conn, request, framing.status)
     except Exception:
         logger.exception("serving an upload failed")
         framing.keep_alive = False

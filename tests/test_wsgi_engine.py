@@ -55,7 +55,8 @@ def read_response(sock: socket.socket, buffered: bytes = b"") -> tuple[bytes, by
         assert chunk, f"closed before a whole head: {data!r}"
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+    lines = head.lower().split(b"\r\n")
+    length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:"))
     while len(rest) < length:
         chunk = sock.recv(65536)
         assert chunk, "closed before the whole body"
@@ -308,7 +309,8 @@ def test_adopted_connections_are_served(run_cli: Callable[..., Cluster], tmp_pat
                 client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
                 clients.append(client)
             accepted = [listener.accept()[0] for _ in clients]
-            channel.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [s.fileno() for s in accepted]))])
+            fds = array.array("i", [sock.fileno() for sock in accepted])
+            channel.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
             for sock in accepted:
                 sock.close()
             for client in clients:

@@ -48,8 +48,7 @@ def _endless() -> Iterator[bytes]:
 
 
 def _stream() -> Iterator[bytes]:
-    for part in (b"one,", b"two,", b"three"):
-        yield part
+    yield from (b"one,", b"two,", b"three")
 
 
 def _loop_running() -> bool:
