@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "Refused", "Request"]
 
-_READ = 65536
+_READ = 256 * 1024  # as asyncio and uvloop read: a head past its limit is then seen whole in one read
 _PREREAD_LIMIT = 64 * 1024  # a body up to this is read on the loop before the app is called (uvicorn's window)
 _STEPS_PER_TURN = 16  # chunks of one streamed response written before other connections get a turn
 _LINGER_SECONDS = 2.0
