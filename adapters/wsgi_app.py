@@ -64,6 +64,22 @@ class FileWrapper:
             close()
 
 
+# An app sends the same few header names on every response: each is checked and encoded once. Bounded, since
+# an app may build names from request data.
+_NAMES: dict[str, bytes] = {}
+_NAME_CACHE_LIMIT = 512
+
+
+def _check_name(name: str, value: str) -> bytes:
+    """``name`` encoded, after checking that it is an HTTP token (ValueError, naming it, if not)."""
+    if TOKEN.fullmatch(name) is None:
+        raise ValueError(f"invalid WSGI response header name {name!r} (value {value!r})")
+    encoded = name.encode("latin-1")
+    if len(_NAMES) < _NAME_CACHE_LIMIT and type(name) is str:
+        _NAMES[name] = encoded
+    return encoded
+
+
 class Exchange:
     """start_response()/write() state of one request; bound methods avoid building closures per request.
 
@@ -111,17 +127,16 @@ class Exchange:
             ):
                 raise TypeError(f"each WSGI response header must be a (str, str) tuple, got {item!r}")
             name, value = item
-            if TOKEN.fullmatch(name) is None:
-                raise ValueError(f"invalid WSGI response header name {name!r} (value {value!r})")
+            raw_name = _NAMES.get(name) or _check_name(name, value)
             # isprintable() is the fast path: true means no control character at all.
             if not value.isprintable() and BAD_VALUE.search(value) is not None:
                 raise ValueError(f"WSGI response header {name!r} has a control character in its value {value!r}")
-            if name.lower() == "content-length":
+            if len(name) == 14 and name.lower() == "content-length":
                 if not value.strip().isdecimal():
                     raise ValueError(f"invalid Content-Length response header {value!r}")
                 length = int(value)
             # Encoding here rather than when sending makes a non-latin-1 header fail inside the app's frame.
-            encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+            encoded.append((raw_name, value.encode("latin-1")))
         self.status, self.headers, self.length = int(status[:3]), encoded, length
         self.reason = status[4:]
         return self.write

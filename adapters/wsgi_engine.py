@@ -71,6 +71,7 @@ class WSGIEngine:
         self.listeners: list[socket.socket] = []
         self.closing_all = False  # draining: every response says Connection: close
         self.server_head = b""
+        self.read_buffer = bytearray(256 * 1024)  # every recv() on the loop's thread lands here first
         self._uploads: ThreadPoolExecutor | None = None
         self._keys: dict[bytes, str] = {}
         self._base: Environ = {
@@ -112,11 +113,6 @@ class WSGIEngine:
 
     def _open(self, sock: socket.socket, peer: Any, local: Any) -> None:
         sock.setblocking(False)
-        if sock.family != socket.AF_UNIX:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # the client already left: start() finds out and closes
-                pass
         conn = Connection(self, sock, peer, local)
         self.connections.add(conn)
         conn.start()

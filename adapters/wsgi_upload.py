@@ -69,7 +69,7 @@ class SocketInput:
             if request.continue_:
                 request.continue_ = False
                 conn.sock.sendall(_CONTINUE)
-            data = conn.sock.recv(_READ)
+            data = conn.sock.recv(_READ)  # this thread's own: the loop's buffer is the loop's
         except OSError:
             data = b""
         finally:
@@ -181,6 +181,8 @@ def _answer(engine: WSGIEngine, conn: Connection, request: Request, stream: Sock
 
 
 def _send(conn: Connection, piece: bytes | SendFile) -> None:
+    if not conn.nodelay:
+        conn.no_delay()  # an upload's answer may take several writes
     if type(piece) is not SendFile:
         conn.sock.sendall(piece)  # type: ignore[arg-type]
         return
