@@ -70,6 +70,14 @@ _NAMES: dict[str, bytes] = {}
 _NAME_CACHE_LIMIT = 512
 
 
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_name(name: str, value: str) -> bytes:
     """``name`` encoded, after checking that it is an HTTP token (ValueError, naming it, if not)."""
     if TOKEN.fullmatch(name) is None:
@@ -112,8 +120,8 @@ class Exchange:
             raise TypeError(f"WSGI status must be a str, got {type(status).__name__}")
         if not (status[:3].isascii() and status[:3].isdigit() and len(status) >= 3 and status[0] in "12345"):
             raise ValueError(f"WSGI status must start with a 3-digit code from 100 to 599, got {status!r}")
-        if not status.isprintable():  # a CR or LF here would end the status line early: response splitting
-            raise ValueError(f"WSGI status has a control character in it: {status!r}")
+        if not (status.isprintable() and (status.isascii() or _latin1(status))):  # a CR or LF would end it early
+            raise ValueError(f"WSGI status must be printable latin-1 text, got {status!r}")
         if not isinstance(headers, list):
             raise TypeError(f"WSGI response headers must be a list, got {type(headers).__name__}")
         encoded: list[tuple[bytes, bytes]] = []

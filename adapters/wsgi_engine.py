@@ -147,8 +147,12 @@ class WSGIEngine:
         environ = self._base.copy()
         url = request.url
         if url[:1] != b"/" and url != b"*":  # absolute form (a proxy's): the path is what counts here
-            parsed = httptools.parse_url(url)
-            url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                pass  # authority form (CONNECT host:port): passed on as it came
+            else:
+                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
         raw_path, _, query = url.partition(b"?")
         environ["REQUEST_METHOD"] = request.method.decode("ascii")
         # PEP 3333: the path's bytes, percent-decoded, seen as latin-1.

@@ -36,11 +36,12 @@ _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 class Framing:
     """How one response is framed on its connection, and whether the connection stays open after it."""
 
-    __slots__ = ("body_unread", "chunked", "head_only", "http11", "keep_alive", "server_head", "status")
+    __slots__ = ("bodiless", "body_unread", "chunked", "head_only", "http11", "keep_alive", "server_head", "status")
 
     def __init__(self, server_head: bytes, head_only: bool, http11: bool, keep_alive: bool) -> None:
         self.server_head = server_head  # the Server and Date lines every response carries
         self.head_only = head_only  # HEAD: no body goes out
+        self.bodiless = head_only  # no body goes out: HEAD, or a status that has none (1xx, 204, 304)
         self.http11 = http11
         self.keep_alive = keep_alive  # in: the client's and the drain's wish; out: the connection stays open
         self.chunked = False
@@ -54,6 +55,7 @@ class Framing:
         status, headers = exchange.status, exchange.headers
         assert headers is not None
         self.status = status
+        self.bodiless = self.head_only or status < 200 or status in _NO_BODY
         keep = self.keep_alive and not (self.body_unread is not None and self.body_unread())
         for name, value in headers:
             if len(name) == 10 and name.lower() == b"connection" and b"close" in value.lower():
@@ -64,7 +66,7 @@ class Framing:
         if exchange.length is None:
             if length is not None and status >= 200 and status not in _NO_BODY:
                 lines.append(b"content-length: %d\r\n" % length)
-            elif self.head_only or status < 200 or status in _NO_BODY:
+            elif self.bodiless:
                 pass  # no body follows, so no framing is needed
             elif self.http11:
                 self.chunked = True
@@ -80,9 +82,13 @@ class Framing:
         return b"".join(lines)
 
     def body(self, chunk: bytes) -> bytes:
-        if self.head_only:
+        if self.bodiless:
             return b""
         return b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunked else chunk
+
+
+def status_has_body(status: int) -> bool:
+    return status >= 200 and status not in _NO_BODY
 
 
 def error_head(server_head: bytes, status: int, text: bytes, framing: Framing | None = None) -> bytes:
@@ -125,11 +131,12 @@ def _whole(exchange: Exchange, result: list[bytes] | tuple[bytes, ...], framing:
         raise RuntimeError("the WSGI app returned its body before calling start_response()")
     exchange.started = True
     length = exchange.length
-    if length is not None and len(body) != length:
+    if length is not None and len(body) != length and status_has_body(exchange.status):
         if len(body) < length:
             framing.keep_alive = False  # fewer bytes than announced: only closing tells the client
         body = body[:length]
-    return framing.head(exchange, len(body)) + body
+    head = framing.head(exchange, len(body))
+    return head if framing.bodiless else head + body
 
 
 def _stream(exchange: Exchange, result: Iterable[bytes], framing: Framing) -> Response:
@@ -166,11 +173,11 @@ def _end(exchange: Exchange, framing: Framing, remaining: int | None) -> Respons
         exchange.started = True
         head = framing.head(exchange, None if framing.head_only else 0)
         remaining = exchange.length
-        if remaining and not framing.head_only:
+        if remaining and not framing.bodiless:
             framing.keep_alive = False
         yield head
         return
-    if remaining and not framing.head_only:
+    if remaining and not framing.bodiless:
         framing.keep_alive = False  # the body fell short of its Content-Length: close, so that it shows
     if framing.chunked:
         yield b"0\r\n\r\n"
@@ -203,7 +210,7 @@ def _file_part(result: FileWrapper, exchange: Exchange) -> SendFile | None:
 
 def _send_file(exchange: Exchange, result: FileWrapper, framing: Framing) -> Generator[bytes | SendFile, None, bool]:
     """The head, then the file through sendfile; False (nothing yielded) when the file cannot go that way."""
-    if exchange.headers is None or framing.head_only:
+    if exchange.headers is None or framing.head_only or not status_has_body(exchange.status):
         return False
     part = _file_part(result, exchange)
     if part is None:

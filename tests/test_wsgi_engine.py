@@ -15,7 +15,6 @@ import hashlib
 import json
 import signal
 import socket
-import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -85,6 +84,12 @@ def test_keep_alive_pipelining_and_http10(run_cli: Callable[..., Cluster]) -> No
                      b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         answer = read_all(sock)
     assert answer.count(b"HTTP/1.1 200 OK") == 3 and answer.index(b"\r\n\r\nok") < answer.index(b"w1,w2,end")
+    with socket.create_connection((host, port), timeout=DEADLINE) as sock:  # 204: no body, whatever the app said
+        sock.sendall(b"GET /no-content HTTP/1.1\r\nHost: t\r\n\r\n"
+                     b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 204 No Content\r\n") and b"must not" not in answer
+    assert answer.count(b"HTTP/1.1 200 OK") == 1 and b"content-length" not in answer.split(b"HTTP/1.1 200")[0]
     answer = exchange(host, port, b"GET / HTTP/1.0\r\n\r\n")  # 1.0: closed after the answer
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\nok")
     answer = exchange(host, port, b"GET /stream HTTP/1.0\r\n\r\n")  # no length: no chunks on 1.0, the close ends it
@@ -273,7 +278,7 @@ def test_drain_finishes_in_flight_and_closes_idle(run_cli: Callable[..., Cluster
         idle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         read_response(idle)
         busy.sendall(b"GET /slow?1 HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.2)  # lets the request reach the app (not a wait for a state: the answer is checked below)
+        cluster.wait_for_line(r"slow request started")
         cluster.signal(signal.SIGTERM)
         answer = read_all(busy)  # whole, then closed (its head may have gone out before the drain began)
         assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\nslow")
@@ -288,7 +293,7 @@ def test_drain_with_linger_answers_with_connection_close(run_cli: Callable[..., 
         idle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         read_response(idle)
         cluster.signal(signal.SIGTERM)
-        cluster.wait_for_line(r"listening on")  # (already there) the drain runs; the connection stays open
+        cluster.wait_for_line(r"^draining$")  # the drain runs; the idle connection stays open (linger)
         idle.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         answer = read_all(idle)
     assert answer.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in answer.lower()

@@ -10,7 +10,8 @@ GET  /file?N           a temporary file of N bytes through wsgi.file_wrapper, wi
 GET  /endless          chunks until the client leaves; its close() is counted
 GET  /closes           how many times an iterable's close() ran
 GET  /exc-info         start_response, then an error reported with exc_info before any body: a 500
-GET  /slow?S           sleeps S seconds, then "slow"
+GET  /no-content      204 with a body the server must not send
+GET  /slow?S           says so on stderr, sleeps S seconds, then "slow"
 POST /sha              reads the body in 64 KiB reads: {"length": N, "sha256": HEX}
 """
 
@@ -117,7 +118,11 @@ def app(environ: dict[str, Any], start_response: Any) -> Any:
         except KeyError:
             start_response("500 Internal Server Error", TEXT, sys.exc_info())
         return [b"reported"]
+    if path == "/no-content":
+        start_response("204 No Content", [])
+        return [b"must not be sent"]
     if path == "/slow":
+        print("slow request started", file=sys.stderr, flush=True)
         time.sleep(float(query or "0.5"))
         start_response("200 OK", TEXT)
         return [b"slow"]

@@ -1,8 +1,8 @@
 """Serve a WSGI app on the inline engine alone (no primary): ``python engine_runner.py MODULE:APP [OPTIONS]``.
 
 For tests/test_wsgi_engine.py: binds 127.0.0.1:0 (or takes connections passed over a Unix socket with
-``--adopt``), prints ``listening on http://HOST:PORT`` and serves until SIGTERM, which drains with
-``--linger`` seconds and prints ``drained`` before exiting. ``--limit-request-body N`` and
+``--adopt``), prints ``listening on http://HOST:PORT`` and serves until SIGTERM, which prints ``draining``, drains
+with ``--linger`` seconds and prints ``drained`` before exiting. ``--limit-request-body N`` and
 ``--timeout-keep-alive S`` as the CLI's.
 """
 
@@ -53,6 +53,7 @@ def main() -> int:
     def stop() -> None:
         if not stopping:
             stopping.append(True)
+            print("draining", flush=True)
             engine.drain(args.linger, lambda: done.append(True))
 
     loop.add_signal_handler(signal.SIGTERM, stop)
