@@ -71,13 +71,13 @@ def selector_loop() -> SelectorLoop:
 
 def inline_engine(
     loop: SelectorLoop, loaded: LoadedApp, *, info: WorkerInfo, limits: Limits, keep_alive: float,
-    on_close: Callable[[int], object] | None, access_log: bool,
+    on_close: Callable[[int], object] | None, on_response: Callable[..., object] | None,
 ) -> Any:
     """The inline WSGI engine (adapters.wsgi_engine.WSGIEngine) serving ``loaded`` on ``loop``."""
     from .wsgi_engine import WSGIEngine
 
     return WSGIEngine(loop, loaded.app, limits=limits, keep_alive=keep_alive,
-                      extra_environ={"clusterrun.worker": info}, on_close=on_close, access_log=access_log)
+                      extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response)
 
 
 def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int) -> Stack:

@@ -23,6 +23,7 @@ import contextlib
 import io
 import os
 import socket
+import time
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,7 @@ class Connection:
         self.response: Response | None = None  # a response being written
         self.framing: Framing | None = None
         self.request: Request | None = None  # the request being answered on the loop
+        self.began = 0.0  # when its answer began (only measured for on_response)
         self.file: SendFile | None = None  # a file being sent with sendfile
         self.reading = False  # registered for reading
         self.sent_before = self.nodelay = False  # a write happened; TCP_NODELAY is set
@@ -265,6 +267,8 @@ class Connection:
                                          request.keep_alive and not self.closing and not engine.closing_all)
         engine.total_requests += 1
         self.request = request
+        if engine.on_response is not None:
+            self.began = time.perf_counter()
         self.response = respond(engine.app, environ, framing)
         self.pump()
 
@@ -371,8 +375,8 @@ class Connection:
         """The response is all produced (maybe not all written): close the connection or take the next one."""
         framing, request = self.framing, self.request
         self.response = self.framing = self.request = None
-        if request is not None and framing is not None and self.engine.access_log:
-            self.engine.log_access(self, request, framing.status)
+        if request is not None and framing is not None and self.engine.on_response is not None:
+            self.engine.served(self, request, framing, self.began)
         if framing is None or not framing.keep_alive:
             self.closing = True
         if self.out:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import IO, Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 import httptools
 
@@ -37,12 +37,12 @@ from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
 from .reactor import SelectorLoop
 from .wsgi_app import Environ, FileWrapper, WSGIApp, environ_key, split_host
+from .wsgi_respond import Framing
 from .wsgi_upload import serve_upload
 
 __all__ = ["WSGIEngine"]
 
 logger = logging.getLogger("clusterrun")
-_access = logging.getLogger("uvicorn.access")  # where the uvicorn-served workers' access lines go too
 
 # Header names are client-controlled: an unbounded cache would let a client grow worker memory at will.
 _KEY_CACHE_LIMIT = 512
@@ -58,13 +58,15 @@ class WSGIEngine:
     def __init__(
         self, loop: SelectorLoop, app: WSGIApp, *, limits: Limits | None = None, keep_alive: float = 5.0,
         extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
-        access_log: bool = False,
+        on_response: Callable[..., object] | None = None,
     ) -> None:
         self.loop, self.app = loop, app
         self.limits = limits or Limits()
         self.keep_alive = keep_alive
         self.on_close = on_close
-        self.access_log = access_log  # one line per response on "uvicorn.access", in uvicorn's words
+        # Called after each response (access log, --metrics) with: client, method, path, query, HTTP version,
+        # status, body bytes, seconds from the request's head to its last byte, referer, user agent.
+        self.on_response = on_response
         self.gate = threading.Lock()  # held while app code runs: never in two places at once (inline mode)
         self.total_requests = 0
         self.connections: set[Connection] = set()
@@ -198,11 +200,23 @@ class WSGIEngine:
             self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
         self._uploads.submit(serve_upload, self, conn, request)
 
-    def log_access(self, conn: Connection, request: Request, status: int) -> None:
+    def served(self, conn: Connection, request: Request, framing: Framing, began: float) -> None:
+        """Report one response to ``on_response``."""
+        assert self.on_response is not None
+        seconds = time.perf_counter() - began
         peer = conn.peer_address()
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
-        _access.info('%s - "%s %s HTTP/%s" %d', client, request.method.decode("ascii"),
-                     request.url.decode("latin-1"), request.version, status)
+        raw_path, _, query = request.url.partition(b"?")
+        path = raw_path.decode("latin-1")
+        referer = user_agent = ""
+        for name, value in request.headers:
+            if name == b"referer":
+                referer = value.decode("latin-1")
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+        self.on_response(client, request.method.decode("ascii"), unquote(path) if "%" in path else path,
+                         query.decode("latin-1"), request.version, framing.status or 500, framing.size, seconds,
+                         referer, user_agent)
 
     def log_refusal(self, peer: Any, hit: Exceeded) -> None:
         source = f" from {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""

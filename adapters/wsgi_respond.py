@@ -36,7 +36,9 @@ _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 class Framing:
     """How one response is framed on its connection, and whether the connection stays open after it."""
 
-    __slots__ = ("bodiless", "body_unread", "chunked", "head_only", "http11", "keep_alive", "server_head", "status")
+    __slots__ = (
+        "bodiless", "body_unread", "chunked", "head_only", "http11", "keep_alive", "server_head", "size", "status",
+    )
 
     def __init__(self, server_head: bytes, head_only: bool, http11: bool, keep_alive: bool) -> None:
         self.server_head = server_head  # the Server and Date lines every response carries
@@ -46,6 +48,7 @@ class Framing:
         self.keep_alive = keep_alive  # in: the client's and the drain's wish; out: the connection stays open
         self.chunked = False
         self.status = 0  # the status sent, once the head went out
+        self.size = 0  # body bytes sent (before chunked framing)
         # Asked when the head goes out: true while the request's body is not all read (the connection then
         # cannot carry another request, and the head says so).
         self.body_unread: Callable[[], bool] | None = None
@@ -84,6 +87,7 @@ class Framing:
     def body(self, chunk: bytes) -> bytes:
         if self.bodiless:
             return b""
+        self.size += len(chunk)
         return b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunked else chunk
 
 
@@ -94,7 +98,7 @@ def status_has_body(status: int) -> bool:
 def error_head(server_head: bytes, status: int, text: bytes, framing: Framing | None = None) -> bytes:
     """A whole plain-text answer that closes the connection (500 from a failed app, a refused request)."""
     if framing is not None:
-        framing.status = status
+        framing.status, framing.size = status, len(text)
     return (b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, _PHRASES[status], server_head, len(text), text))
 
@@ -136,7 +140,10 @@ def _whole(exchange: Exchange, result: list[bytes] | tuple[bytes, ...], framing:
             framing.keep_alive = False  # fewer bytes than announced: only closing tells the client
         body = body[:length]
     head = framing.head(exchange, len(body))
-    return head if framing.bodiless else head + body
+    if framing.bodiless:
+        return head
+    framing.size = len(body)
+    return head + body
 
 
 def _stream(exchange: Exchange, result: Iterable[bytes], framing: Framing) -> Response:
@@ -219,6 +226,7 @@ def _send_file(exchange: Exchange, result: FileWrapper, framing: Framing) -> Gen
     yield framing.head(exchange, part.count)
     if exchange.length is not None and part.count < exchange.length:
         framing.keep_alive = False
+    framing.size = part.count
     if part.count:
         yield part
     return True

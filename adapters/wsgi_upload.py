@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -134,12 +135,12 @@ def serve_upload(engine: WSGIEngine, conn: Connection, request: Request) -> None
     stream = SocketInput(conn, request, engine.gate)
     framing = Framing(engine.server_head, request.method == b"HEAD", request.version == "1.1",
                       request.keep_alive and not engine.closing_all)
-    started = False
+    started, began = False, time.perf_counter()
     try:
         conn.sock.setblocking(True)
         started = _answer(engine, conn, request, stream, framing)
-        if engine.access_log and framing.status:
-            engine.log_access(conn, request, framing.status)
+        if engine.on_response is not None and (started or stream.refused is None):
+            engine.served(conn, request, framing, began)
     except Exception:
         logger.exception("serving an upload failed")
         framing.keep_alive = False

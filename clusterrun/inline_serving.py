@@ -11,11 +11,13 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .accesslog import AccessLog
 from .adapters import entry
 from .config import Config
 from .counters import SharedCounter
 from .identity import WorkerInfo
 from .protocol import Beat
+from .requeststats import RequestStats
 from .serving import limits
 
 
@@ -27,17 +29,24 @@ class InlineServer:
     def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
                  loop: entry.SelectorLoop) -> None:
         self.config = config
+        self.stats = RequestStats() if config.metrics is not None else None
+        access = AccessLog(config.access_log_format, info) if config.access_log else None
         # Under a primary-side policy every closed connection is counted where the primary reads it
         # (clusterrun.counters): least-conn orders by it, and the policies keep each worker within its
         # descriptor table.
         self.engine: Any = entry.inline_engine(
             loop, loaded, info=info, limits=limits(config), keep_alive=config.timeout_keep_alive,
-            on_close=closes.add if closes.shared else None, access_log=config.access_log,
+            on_close=closes.add if closes.shared else None,
+            on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
         )
 
     def counts(self) -> Beat:
         """The heartbeat, with what this worker served and holds now."""
-        return Beat(self.engine.total_requests, self.engine.open_connections, self.engine.in_flight)
+        engine, stats = self.engine, self.stats
+        if stats is None:
+            return Beat(engine.total_requests, engine.open_connections, engine.in_flight)
+        return Beat(engine.total_requests, engine.open_connections, engine.in_flight,
+                    tuple(stats.by_class), tuple(stats.buckets), stats.seconds)
 
     @property
     def total_requests(self) -> int:
@@ -54,3 +63,16 @@ class InlineServer:
         """Stop listening, finish what is in flight, then call ``done`` (adapters.wsgi_engine: never racing a
         keep-alive client; idle connections linger up to --timeout-keep-alive when other workers take over)."""
         self.engine.drain(self.config.timeout_keep_alive if linger else 0.0, done)
+
+
+def _observer(stats: RequestStats | None, access: AccessLog | None) -> Callable[..., None]:
+    """What the engine calls after each response: --metrics counts it, the access log writes its line."""
+
+    def served(client: str, method: str, path: str, query: str, http_version: str, status: int, size: int,
+               seconds: float, referer: str, user_agent: str) -> None:
+        if stats is not None:
+            stats.record(status, seconds)
+        if access is not None:
+            access.log(client, method, path, query, http_version, status, size, seconds, referer, user_agent)
+
+    return served
