@@ -267,6 +267,7 @@ class Connection:
                                          request.keep_alive and not self.closing and not engine.closing_all)
         engine.total_requests += 1
         self.request = request
+        engine.began()
         if engine.on_response is not None:
             self.began = time.perf_counter()
         self.response = respond(engine.app, environ, framing)
@@ -277,6 +278,8 @@ class Connection:
         response, gate = self.response, self.engine.gate
         assert response is not None
         for _ in range(_STEPS_PER_TURN):
+            if self.closed:  # the client left
+                return
             if self.out or self.file is not None:
                 self.wait_writable()
                 return
@@ -375,6 +378,7 @@ class Connection:
         """The response is all produced (maybe not all written): close the connection or take the next one."""
         framing, request = self.framing, self.request
         self.response = self.framing = self.request = None
+        self.engine.ended()
         if request is not None and framing is not None and self.engine.on_response is not None:
             self.engine.served(self, request, framing, self.began)
         if framing is None or not framing.keep_alive:
@@ -398,6 +402,7 @@ class Connection:
     def handed_back(self, hit: Exceeded | None, refuse: bool, keep_alive: bool) -> None:
         """An upload thread is done with the connection: answer a refusal, close, or serve what came next."""
         self.handed = False
+        self.engine.ended()
         if self.closed:
             return
         if refuse:
@@ -417,10 +422,7 @@ class Connection:
         status, why = (hit.status, hit.why) if hit is not None else (400, "")
         if hit is not None:
             self.engine.log_refusal(self.peer_address(), hit)
-        response = self.response
-        if response is not None:  # the app was called for this request: its answer is cut short
-            self.response = None
-            response.close()
+        if self.response is not None:  # the app was called for this request: its answer is cut short
             self.close()
             return
         text = f"{HTTPStatus(status).phrase}: {why}\n".encode() if why else b"Invalid HTTP request received.\n"
@@ -452,11 +454,6 @@ class Connection:
         return self.local
 
     @property
-    def in_flight(self) -> bool:
-        """A request is being answered here (on the loop or by an upload thread)."""
-        return self.response is not None or self.handed or bool(self.out) or self.file is not None
-
-    @property
     def idle(self) -> bool:
         """Nothing of a request here: closing now races nothing but a request not yet sent."""
         return (not self.queue and self.response is None and not self.out and self.file is None
@@ -468,6 +465,7 @@ class Connection:
         self.closed = True
         response, self.response = self.response, None
         if response is not None:
+            self.engine.ended()
             with self.engine.gate:
                 response.close()  # closes the app's iterable: app code
         loop = self.engine.loop

@@ -69,6 +69,8 @@ class WSGIEngine:
         self.on_response = on_response
         self.gate = threading.Lock()  # held while app code runs: never in two places at once (inline mode)
         self.total_requests = 0
+        self.active = 0  # requests being answered now
+        self._in_flight_peak = 0
         self.connections: set[Connection] = set()
         self.listeners: list[socket.socket] = []
         self.closing_all = False  # draining: every response says Connection: close
@@ -138,10 +140,23 @@ class WSGIEngine:
     def busy(self) -> bool:
         return bool(self.connections)
 
-    @property
-    def in_flight(self) -> int:
-        """Requests being answered now."""
-        return sum(1 for conn in self.connections if conn.in_flight)
+    def take_in_flight(self) -> int:
+        """The most requests in flight at once since the last call (the heartbeat's count).
+
+        The loop turns only between requests (an inline app call blocks it), so at the moment a heartbeat
+        goes out the count is nearly always 0; the most since the previous heartbeat says what the worker did.
+        """
+        peak = max(self._in_flight_peak, self.active)
+        self._in_flight_peak = self.active
+        return peak
+
+    def began(self) -> None:
+        """A request is being answered (on the loop or by an upload thread)."""
+        self.active += 1
+        self._in_flight_peak = max(self._in_flight_peak, self.active)
+
+    def ended(self) -> None:
+        self.active -= 1
 
     # Requests.
 
@@ -195,6 +210,7 @@ class WSGIEngine:
     def hand_over(self, conn: Connection, request: Request) -> None:
         """A request whose body is still coming: an upload thread owns the connection until it answered."""
         conn.handed = True
+        self.began()
         conn.pause_reading()
         if self._uploads is None:
             self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")

@@ -43,9 +43,10 @@ class InlineServer:
     def counts(self) -> Beat:
         """The heartbeat, with what this worker served and holds now."""
         engine, stats = self.engine, self.stats
+        in_flight = engine.take_in_flight()  # the most since the last heartbeat: the loop turns between requests
         if stats is None:
-            return Beat(engine.total_requests, engine.open_connections, engine.in_flight)
-        return Beat(engine.total_requests, engine.open_connections, engine.in_flight,
+            return Beat(engine.total_requests, engine.open_connections, in_flight)
+        return Beat(engine.total_requests, engine.open_connections, in_flight,
                     tuple(stats.by_class), tuple(stats.buckets), stats.seconds)
 
     @property
