@@ -18,11 +18,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .http_conn import Connection, Refused, Request
-from .wsgi_input import ClientDisconnected
+from .wsgi_input import BodyReader, ClientDisconnected
 from .wsgi_respond import Framing, SendFile, respond
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ _READ = 65536
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class SocketInput:
+class SocketInput(BodyReader):
     """``wsgi.input`` of a body still arriving: reads pull it from the (blocking) socket through the parser.
 
     Reads past the end return b""; a client gone (or refused) before the end raises ClientDisconnected rather
@@ -44,13 +43,11 @@ class SocketInput:
     """
 
     def __init__(self, conn: Connection, request: Request, gate: threading.Lock) -> None:
+        super().__init__()
         self._conn, self._request, self._gate = conn, request, gate
-        self._buffer = bytearray()
         self.refused: Refused | None = None
-        self.closed = False
 
     def _fill(self, size: int) -> None:
-        """Read until the buffer holds ``size`` bytes (< 0: all) or the body ended."""
         request, buffer = self._request, self._buffer
         while True:
             if request.body:
@@ -58,6 +55,7 @@ class SocketInput:
                     buffer += piece
                 request.body.clear()
             if request.complete or 0 <= size <= len(buffer):
+                self._more = not request.complete
                 return
             self._receive()
 
@@ -82,52 +80,6 @@ class SocketInput:
         except Refused as refused:
             self.refused = refused
             raise ClientDisconnected("the request was refused") from refused
-
-    def _take(self, size: int) -> bytes:
-        buffer = self._buffer
-        if size < 0 or size >= len(buffer):
-            data = bytes(buffer)
-            buffer.clear()
-        else:
-            data = bytes(buffer[:size])
-            del buffer[:size]
-        return data
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        size = -1 if size is None else size
-        self._fill(size)
-        return self._take(size)
-
-    def readline(self, size: int | None = -1, /) -> bytes:
-        size = -1 if size is None else size
-        buffer, start = self._buffer, 0
-        while True:
-            end = buffer.find(b"\n", start)
-            if end >= 0:
-                return self._take(end + 1 if size < 0 else min(end + 1, size))
-            if (self._request.complete and not self._request.body) or 0 <= size <= len(buffer):
-                return self._take(size)
-            start = len(buffer)
-            self._fill(len(buffer) + 1)
-
-    def readlines(self, hint: int = -1, /) -> list[bytes]:
-        lines, total = [], 0
-        while line := self.readline():
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        while line := self.readline():
-            yield line
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self.closed = True
 
 
 def serve_upload(engine: WSGIEngine, conn: Connection, request: Request) -> None:

@@ -160,6 +160,24 @@ def test_chunked_and_large_uploads_and_expect_continue(run_cli: Callable[..., Cl
         assert read_all(sock).endswith(b"\r\n\r\nok")
 
 
+def test_streamed_body_by_lines(run_cli: Callable[..., Cluster]) -> None:
+    """readline(), readline(size) and iteration over a body that streams (sent only after 100 Continue, so
+    that it cannot come with the head), with a Content-Length and chunked."""
+    _, host, port = serve(run_cli, "engine_app:app")
+    body = b"".join(b"line %d\n" % i for i in range(20000)) + b"no newline at the end"
+    framings = [(b"Content-Length: %d\r\n" % len(body), body),
+                (b"Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))]
+    for framing, payload in framings:
+        with socket.create_connection((host, port), timeout=DEADLINE) as sock:
+            sock.sendall(b"POST /lines HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n%s"
+                         b"Connection: close\r\n\r\n" % framing)
+            assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(payload)
+            answer = read_all(sock)
+        assert json.loads(answer.partition(b"\r\n\r\n")[2]) == {
+            "first": "line 0\n", "short": ["line ", "1\n"], "rest": 19999, "last": "no newline at the end"}
+
+
 def test_file_wrapper(run_cli: Callable[..., Cluster]) -> None:
     _, host, port = serve(run_cli, "engine_app:app")
     size = 3 * MiB + 17

@@ -13,6 +13,8 @@ GET  /exc-info         start_response, then an error reported with exc_info befo
 GET  /no-content      204 with a body the server must not send
 GET  /slow?S           says so on stderr, sleeps S seconds, then "slow"
 POST /sha              reads the body in 64 KiB reads: {"length": N, "sha256": HEX}
+POST /lines            reads one line with readline(), the next two with readline(5), the rest by iterating:
+                       {"first": LINE, "short": [PART, PART], "rest": N, "last": LINE}
 """
 
 from __future__ import annotations
@@ -126,6 +128,14 @@ def app(environ: dict[str, Any], start_response: Any) -> Any:
         time.sleep(float(query or "0.5"))
         start_response("200 OK", TEXT)
         return [b"slow"]
+    if path == "/lines":
+        stream = environ["wsgi.input"]
+        first, short = stream.readline(), [stream.readline(5), stream.readline(5)]
+        rest = list(stream)
+        body = json.dumps({"first": first.decode(), "short": [part.decode() for part in short], "rest": len(rest),
+                           "last": rest[-1].decode()}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
     if path == "/sha":
         body = _sha(environ)
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
