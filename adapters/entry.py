@@ -8,6 +8,8 @@ clusterrun.identity and the version. tests/test_layout.py checks both rules.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import BootError
@@ -15,11 +17,27 @@ from ..identity import WorkerInfo
 from .lifespan import Lifespan
 from .limits import Guard, Limits
 from .loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
+from .reactor import SelectorLoop
 from .uvicorn_seam import OpenConnection, Stack
 
 __all__ = [
-    "Guard", "Lifespan", "Limits", "LoadedApp", "OpenConnection", "Stack", "as_asgi", "check_module_exists",
-    "closing_app", "http_stack", "load_app", "preimport", "put_app_dir_first",
+    "Guard",
+    "Lifespan",
+    "Limits",
+    "LoadedApp",
+    "OpenConnection",
+    "SelectorLoop",
+    "Stack",
+    "as_asgi",
+    "check_module_exists",
+    "closing_app",
+    "http_stack",
+    "inline_engine",
+    "inline_engine_available",
+    "load_app",
+    "preimport",
+    "put_app_dir_first",
+    "selector_loop",
 ]
 
 
@@ -30,6 +48,36 @@ def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo) -> Any:
     from .wsgi import WSGIBridge
 
     return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info})
+
+
+def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bool:
+    """Whether a worker serves ``loaded`` on the inline engine: a WSGI app called on the worker's thread
+    (``--threads 1``), parsed by httptools (``--http h11`` keeps uvicorn's stack)."""
+    if loaded.interface != "wsgi" or threads != 1 or http == "h11":
+        return False
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        if http == "httptools":
+            raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
+        return False
+    return True
+
+
+def selector_loop() -> SelectorLoop:
+    """The inline engine's loop: a selectors loop with asyncio's loop API, and no asyncio."""
+    return SelectorLoop()
+
+
+def inline_engine(
+    loop: SelectorLoop, loaded: LoadedApp, *, info: WorkerInfo, limits: Limits, keep_alive: float,
+    on_close: Callable[[int], object] | None, on_response: Callable[..., object] | None,
+) -> Any:
+    """The inline WSGI engine (adapters.wsgi_engine.WSGIEngine) serving ``loaded`` on ``loop``."""
+    from .wsgi_engine import WSGIEngine
+
+    return WSGIEngine(loop, loaded.app, limits=limits, keep_alive=keep_alive,
+                      extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response)
 
 
 def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int) -> Stack:
@@ -45,6 +93,9 @@ def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int
 def preimport(http: str) -> None:
     """Import what serving needs in the primary before forking: workers start faster and share the pages."""
     from . import wsgi  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        from . import wsgi_engine  # noqa: F401
 
     http_stack(_NoApp(), http=http, access_log=False, timeout_keep_alive=5, backlog=1)  # the protocol classes
 

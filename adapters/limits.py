@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from .uvicorn_seam import Headers, HttpConnection, RequestRefused
 
-__all__ = ["Guard", "Limits"]
+__all__ = ["Exceeded", "Guard", "Limits", "check_head", "head_end"]
 
 logger = logging.getLogger("clusterrun")
 
@@ -52,7 +52,7 @@ class Limits:
     body: int = 0  # bytes of a request body, 0 = no limit: 413
 
 
-class _Exceeded(RequestRefused):
+class Exceeded(RequestRefused):
     """A limit a request broke: the status to answer and why (raised inside a parser callback)."""
 
     def __init__(self, status: int, why: str) -> None:
@@ -60,12 +60,30 @@ class _Exceeded(RequestRefused):
         self.status, self.why = status, why
 
 
-def _head_end(buf: bytes) -> int:
+def head_end(buf: bytes) -> int:
     """The offset just past the blank line that ends a head in ``buf``, or -1 (both parsers accept bare LF)."""
     crlf, lf = buf.find(b"\n\r\n"), buf.find(b"\n\n")
     if crlf < 0:
         return lf + 2 if lf >= 0 else -1
     return crlf + 3 if lf < 0 or crlf < lf else lf + 2
+
+
+def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers) -> Exceeded | None:
+    """What a parsed head breaks of ``limits`` (request line 414, header count and size 431, Content-Length 413)."""
+    if len(method) + len(target) + 10 > limits.request_line:  # 10: the two spaces and " HTTP/1.1"
+        return Exceeded(414, f"a request line longer than {limits.request_line} bytes")
+    if len(headers) > limits.header_count:
+        return Exceeded(431, f"{len(headers)} header fields (the limit is {limits.header_count})")
+    field_limit = limits.header_field
+    for name, value in headers:
+        if len(name) + len(value) > field_limit:
+            size = len(name) + len(value)
+            return Exceeded(431, f"a header field of {size} bytes (the limit is {field_limit})")
+    if limits.body:
+        for name, value in headers:
+            if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limits.body:
+                return Exceeded(413, f"a body of {int(value)} bytes (the limit is {limits.body})")
+    return None
 
 
 class Guard:
@@ -86,7 +104,7 @@ class Guard:
         self._head_since: float | None = None  # when the open head's first byte came (loop time)
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_size = 0
-        self._limit_hit: _Exceeded | None = None
+        self._limit_hit: Exceeded | None = None
         self._rejected = False
         self._discarded = 0
 
@@ -120,27 +138,17 @@ class Guard:
         self._reject()
         return True
 
-    # Accounting, called from inside the parser: raising _Exceeded fails the parse.
+    # Accounting, called from inside the parser: raising Exceeded fails the parse.
 
     def head_parsed(self, method: bytes, target: bytes, headers: Headers) -> None:
         """The head was parsed and the app is about to be called: check what only a parsed head tells.
 
-        Raises _Exceeded with the head still open: the rejection then answers for this request.
+        Raises Exceeded with the head still open: the rejection then answers for this request.
         """
-        limits = self._limits
-        if len(method) + len(target) + 10 > limits.request_line:  # 10: the two spaces and " HTTP/1.1"
-            raise self._exceeded(414, f"a request line longer than {limits.request_line} bytes")
-        if len(headers) > limits.header_count:
-            raise self._exceeded(431, f"{len(headers)} header fields (the limit is {limits.header_count})")
-        field_limit = limits.header_field
-        for name, value in headers:
-            if len(name) + len(value) > field_limit:
-                size = len(name) + len(value)
-                raise self._exceeded(431, f"a header field of {size} bytes (the limit is {field_limit})")
-        if limits.body:
-            for name, value in headers:
-                if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limits.body:
-                    raise self._exceeded(413, f"a body of {int(value)} bytes (the limit is {limits.body})")
+        hit = check_head(self._limits, method, target, headers)
+        if hit is not None:
+            self._limit_hit = hit
+            raise hit
         self._head_open = False
         self._head_since = None
         self._heads_done += 1
@@ -158,8 +166,8 @@ class Guard:
         self._head_tail = b""
         self._line_seen = False
 
-    def _exceeded(self, status: int, why: str) -> _Exceeded:
-        self._limit_hit = hit = _Exceeded(status, why)
+    def _exceeded(self, status: int, why: str) -> Exceeded:
+        self._limit_hit = hit = Exceeded(status, why)
         return hit
 
     # The transport side.
@@ -184,7 +192,7 @@ class Guard:
         self._head_size = size  # may count body bytes too; reset once the head is parsed
         return True
 
-    def _measure_head(self, data: bytes) -> _Exceeded | None:
+    def _measure_head(self, data: bytes) -> Exceeded | None:
         limits = self._limits
         buf = self._head_tail + data
         base = self._head_size - len(self._head_tail)  # the head offset of buf[0]
@@ -192,11 +200,11 @@ class Guard:
             newline = buf.find(b"\n")
             line = base + (newline if newline >= 0 else len(buf))
             if line > limits.request_line + 1:  # + 1: the CR before the LF
-                return _Exceeded(414, f"a request line longer than {limits.request_line} bytes")
-        end = _head_end(buf)
+                return Exceeded(414, f"a request line longer than {limits.request_line} bytes")
+        end = head_end(buf)
         head = base + (end if end >= 0 else len(buf))
         if head > limits.head:
-            return _Exceeded(431, f"a request head longer than {limits.head} bytes")
+            return Exceeded(431, f"a request head longer than {limits.head} bytes")
         return None
 
     def _start_head_clock(self) -> None:
@@ -221,7 +229,7 @@ class Guard:
             self._head_timer = conn.loop.call_at(due, self._on_head_clock)
             return
         if self._head_size:
-            self._limit_hit = _Exceeded(408, f"a request head not complete after {timeout:g} s")
+            self._limit_hit = Exceeded(408, f"a request head not complete after {timeout:g} s")
             self._reject()
         else:  # nothing of a request arrived: an idle connection, closed as keep-alive ones are
             conn.transport.close()

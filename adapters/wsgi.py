@@ -29,41 +29,24 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
-import re
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
-from types import TracebackType
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, TypeVar
 
 from .. import __version__
+from .wsgi_app import Environ, Exchange, FileWrapper, StartResponse, WSGIApp, environ_key, log_app_error, split_host
 from .wsgi_input import AppGate, ClientDisconnected, InputStream
 
 __all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
 
-Environ = dict[str, Any]
 Message = dict[str, Any]
 Batch = tuple[Message, ...]  # messages produced by one step of app code, sent in order
 Messages = Generator[Batch, None, None]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
-
-
-class StartResponse(Protocol):
-    def __call__(
-        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = ..., /
-    ) -> Callable[[bytes], object]: ...
-
-
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-
-class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
 
 
 # Header names are client-controlled: an unbounded cache would let a client grow worker memory at will.
@@ -76,14 +59,6 @@ _PREREAD_LIMIT = 64 * 1024
 # Inline mode: threads for app calls whose body streams. They take turns at the AppGate (one runs app code at
 # a time); more than one lets a slow upload wait for the network without holding up the next one.
 _UPLOAD_THREADS = 8
-
-logger = logging.getLogger("clusterrun.wsgi")
-
-# What HTTP allows in a header name (RFC 9110 token) and forbids in a value (controls other than HTAB). Checked
-# in start_response, in the app's frame: uvicorn would otherwise refuse the header only while writing it, after
-# marking the response started, and drop the connection with no answer at all.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _error_messages() -> Batch:
@@ -98,89 +73,10 @@ def _error_messages() -> Batch:
     )
 
 
-class FileWrapper:
-    """``wsgi.file_wrapper``: iterates a file in blocks; ``close()`` closes the file."""
+class _Exchange(Exchange):
+    """start_response()/write() state of one request, and the ASGI messages that carry its response."""
 
-    __slots__ = ("blksize", "filelike")
-
-    def __init__(self, filelike: _Readable, blksize: int = 8192) -> None:
-        self.filelike = filelike
-        self.blksize = blksize
-
-    def __iter__(self) -> Iterator[bytes]:
-        read, size = self.filelike.read, self.blksize
-        while block := read(size):
-            yield block
-
-    def close(self) -> None:
-        close = getattr(self.filelike, "close", None)
-        if close is not None:
-            close()
-
-
-class _Exchange:
-    """start_response()/write() state of one request; bound methods avoid building closures per request."""
-
-    __slots__ = ("done", "headers", "length", "pending", "sent", "size_hint", "started", "status")
-
-    def __init__(self) -> None:
-        self.status = self.sent = 0  # sent: body bytes sent, only counted when length is known
-        self.started = self.done = False
-        self.headers: list[tuple[bytes, bytes]] | None = None
-        self.length: int | None = None  # the app's Content-Length, if any
-        self.size_hint: int | None = None  # body size when known up front (list/tuple result)
-        self.pending: list[bytes] = []  # write() data not sent yet
-
-    def start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
-    ) -> Callable[[bytes], None]:
-        if exc_info is not None and exc_info[1] is not None:
-            try:
-                if self.started:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None  # PEP 3333: drop the traceback reference to avoid a frame cycle
-        elif self.headers is not None:
-            raise RuntimeError("start_response() called a second time without exc_info")
-        if not isinstance(status, str):
-            raise TypeError(f"WSGI status must be a str, got {type(status).__name__}")
-        if not (status[:3].isascii() and status[:3].isdigit() and len(status) >= 3 and status[0] in "12345"):
-            raise ValueError(f"WSGI status must start with a 3-digit code from 100 to 599, got {status!r}")
-        if not isinstance(headers, list):
-            raise TypeError(f"WSGI response headers must be a list, got {type(headers).__name__}")
-        encoded: list[tuple[bytes, bytes]] = []
-        length = None
-        for item in headers:
-            if (
-                type(item) is not tuple
-                or len(item) != 2
-                or not isinstance(item[0], str)
-                or not isinstance(item[1], str)
-            ):
-                raise TypeError(f"each WSGI response header must be a (str, str) tuple, got {item!r}")
-            name, value = item
-            if _TOKEN.fullmatch(name) is None:
-                raise ValueError(f"invalid WSGI response header name {name!r} (value {value!r})")
-            # isprintable() is the fast path: true means no control character at all.
-            if not value.isprintable() and _BAD_VALUE.search(value) is not None:
-                raise ValueError(f"WSGI response header {name!r} has a control character in its value {value!r}")
-            if name.lower() == "content-length":
-                if not value.strip().isdecimal():
-                    raise ValueError(f"invalid Content-Length response header {value!r}")
-                length = int(value)
-            # Encoding here rather than when sending makes a non-latin-1 header fail inside the app's frame.
-            encoded.append((name.encode("latin-1"), value.encode("latin-1")))
-        self.status, self.headers, self.length = int(status[:3]), encoded, length
-        return self.write
-
-    def write(self, data: bytes) -> None:
-        if self.headers is None:
-            raise RuntimeError("write() called before start_response()")
-        if not isinstance(data, bytes):
-            raise TypeError(f"write() takes bytes, got {type(data).__name__}")
-        # Buffered until the generator next runs (PEP 3333 allows it): write() cannot yield a message itself.
-        if data:
-            self.pending.append(data)
+    __slots__ = ()
 
     def start_message(self) -> Message:
         headers = self.headers
@@ -234,20 +130,6 @@ class _Channel:
         watch = self._watch
         if watch is not None and not watch.cancel() and not watch.cancelled():
             watch.exception()  # mark a failed receive() as retrieved so asyncio does not log it
-
-
-def _environ_key(name: bytes) -> str:
-    if b"_" in name:
-        return ""  # "X_User" would alias "X-User" in the environ; gunicorn drops these to prevent spoofing
-    key = name.decode("latin-1").upper().replace("-", "_")
-    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
-
-
-def _split_host(host: str, scheme: str) -> tuple[str, str]:
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit():  # also rejects the tail of a bare IPv6 literal such as "[::1]"
-        return name, port
-    return host or "localhost", "443" if scheme in ("https", "wss") else "80"
 
 
 class WSGIBridge:
@@ -386,7 +268,7 @@ class WSGIBridge:
         for name, value in scope["headers"]:
             key = keys.get(name)
             if key is None:
-                key = _environ_key(name)
+                key = environ_key(name)
                 if len(keys) < _KEY_CACHE_LIMIT:
                     keys[name] = key
             if not key:
@@ -403,7 +285,7 @@ class WSGIBridge:
         if server is not None and server[1] is not None:
             environ["SERVER_NAME"], environ["SERVER_PORT"] = server[0], str(server[1])
         else:  # unix socket: the socket path is no server name, the Host header is the best we have
-            environ["SERVER_NAME"], environ["SERVER_PORT"] = _split_host(environ.get("HTTP_HOST", ""), scheme)
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = split_host(environ.get("HTTP_HOST", ""), scheme)
         return environ
 
     def _respond(self, environ: Environ) -> Messages:
@@ -440,7 +322,7 @@ class WSGIBridge:
         except Exception as exc:
             # Only app code raises in here: sends happen outside this generator, and a close() of it on a
             # disconnect raises GeneratorExit, which is no Exception (and always comes after the head went out).
-            _log_app_error(environ, exc)
+            log_app_error(environ, exc)
             if not exchange.started:
                 yield _error_messages()
 
@@ -460,15 +342,6 @@ class WSGIBridge:
             await send({"type": "websocket.close", "code": 1000})
         else:
             raise ValueError(f"unsupported ASGI scope type {kind!r}")
-
-
-def _log_app_error(environ: Environ, exc: Exception) -> None:
-    # The path without the query string, which may carry secrets; as the client sent it (RAW_URI).
-    path = str(environ.get("RAW_URI", "")).partition("?")[0]
-    logger.error(
-        "Exception in WSGI application, %s %s: %s: %s",
-        environ.get("REQUEST_METHOD"), path, type(exc).__name__, exc, exc_info=exc,
-    )
 
 
 def _advance_unseen(messages: Messages, loop: asyncio.AbstractEventLoop) -> Batch | None:

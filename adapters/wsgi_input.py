@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["AppGate", "ClientDisconnected", "InputStream"]
+__all__ = ["AppGate", "BodyReader", "ClientDisconnected", "InputStream"]
 
 Message = dict[str, Any]
 T = TypeVar("T")
@@ -63,56 +63,19 @@ class AppGate:
             await self.acquire()
 
 
-class InputStream:
-    """A blocking, file-like request body whose reads pull ASGI ``http.request`` messages through the loop.
+class BodyReader:
+    """The file-like half of a streamed ``wsgi.input``: a buffer that ``_fill`` tops up, read in any way PEP 3333
+    allows. Subclasses say where the bytes come from (``_fill``) and whether more can come (``_more``)."""
 
-    Read only from a thread other than the loop's (a read on the loop thread would wait on itself). Reads
-    past the end return b"" (so ``wsgi.input_terminated`` holds); a client gone before the end raises
-    ClientDisconnected rather than passing a truncated body off as complete.
-    """
+    _more = True
 
-    def __init__(
-        self, receive: Callable[[], Awaitable[Message]], loop: asyncio.AbstractEventLoop, first: bytes = b"",
-        gate: AppGate | None = None,
-    ) -> None:
-        self._receive, self._loop, self._gate = receive, loop, gate
+    def __init__(self, first: bytes = b"") -> None:
         self._buffer = bytearray(first)
-        self._more = True
-        self._gone: Message | None = None
-        self._finished = asyncio.Event()  # set on the loop once the last body message (or a disconnect) came
         self.closed = False
 
-    # The loop side.
-
-    async def _pull(self) -> Message:
-        gate = self._gate
-        message = await (gate.released(self._receive()) if gate is not None else self._receive())
-        if message["type"] != "http.request":
-            self._gone = message
-            self._finished.set()
-        elif not message.get("more_body", False):
-            self._finished.set()
-        return message
-
-    async def receive_after_body(self) -> Message:
-        """``receive()`` for the bridge's disconnect watcher: it must not take body messages from the app."""
-        await self._finished.wait()
-        if self._gone is not None:
-            return self._gone
-        return await self._receive()
-
-    # The app side (a thread).
-
     def _fill(self, size: int) -> None:
-        """Pull messages until the buffer holds ``size`` bytes (< 0: all) or the body ended."""
-        buffer = self._buffer
-        while self._more and (size < 0 or len(buffer) < size):
-            message = asyncio.run_coroutine_threadsafe(self._pull(), self._loop).result()
-            if message["type"] != "http.request":
-                self._more = False
-                raise ClientDisconnected("the client disconnected before sending the whole request body")
-            buffer += message.get("body", b"")
-            self._more = bool(message.get("more_body", False))
+        """Get bytes until the buffer holds ``size`` (< 0: all) or the body ended."""
+        raise NotImplementedError
 
     def _take(self, size: int) -> bytes:
         buffer = self._buffer
@@ -159,3 +122,53 @@ class InputStream:
 
     def close(self) -> None:
         self.closed = True
+
+
+class InputStream(BodyReader):
+    """A blocking, file-like request body whose reads pull ASGI ``http.request`` messages through the loop.
+
+    Read only from a thread other than the loop's (a read on the loop thread would wait on itself). Reads
+    past the end return b"" (so ``wsgi.input_terminated`` holds); a client gone before the end raises
+    ClientDisconnected rather than passing a truncated body off as complete.
+    """
+
+    def __init__(
+        self, receive: Callable[[], Awaitable[Message]], loop: asyncio.AbstractEventLoop, first: bytes = b"",
+        gate: AppGate | None = None,
+    ) -> None:
+        super().__init__(first)
+        self._receive, self._loop, self._gate = receive, loop, gate
+        self._gone: Message | None = None
+        self._finished = asyncio.Event()  # set on the loop once the last body message (or a disconnect) came
+
+    # The loop side.
+
+    async def _pull(self) -> Message:
+        gate = self._gate
+        message = await (gate.released(self._receive()) if gate is not None else self._receive())
+        if message["type"] != "http.request":
+            self._gone = message
+            self._finished.set()
+        elif not message.get("more_body", False):
+            self._finished.set()
+        return message
+
+    async def receive_after_body(self) -> Message:
+        """``receive()`` for the bridge's disconnect watcher: it must not take body messages from the app."""
+        await self._finished.wait()
+        if self._gone is not None:
+            return self._gone
+        return await self._receive()
+
+    # The app side (a thread).
+
+    def _fill(self, size: int) -> None:
+        """Pull messages until the buffer holds ``size`` bytes (< 0: all) or the body ended."""
+        buffer = self._buffer
+        while self._more and (size < 0 or len(buffer) < size):
+            message = asyncio.run_coroutine_threadsafe(self._pull(), self._loop).result()
+            if message["type"] != "http.request":
+                self._more = False
+                raise ClientDisconnected("the client disconnected before sending the whole request body")
+            buffer += message.get("body", b"")
+            self._more = bool(message.get("more_body", False))

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from . import logs, messaging, workerhooks
@@ -27,11 +27,15 @@ from .config import Config
 from .counters import SharedCounter
 from .errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from .identity import WorkerInfo
+from .inline_serving import InlineServer
 from .protocol import BootFailed, Broadcast, Connections, Draining, Message, Online, Ready, Recycle, ReopenLogs, Stop
 from .serving import StackServer
 from .supervision import heartbeat_interval
 
 logger = logging.getLogger("clusterrun")
+
+# The part of asyncio's loop API this runtime uses is also what the inline engine's SelectorLoop offers.
+Loop = asyncio.AbstractEventLoop | entry.SelectorLoop
 
 _FLUSH_POLL = 0.02
 # A worker stopped by SIGTERM waits this long for the primary's stop frame before draining anyway.
@@ -42,26 +46,48 @@ def serve(
     config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
     preloaded: entry.LoadedApp | None = None,
 ) -> int:
-    """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code."""
+    """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code.
+
+    A WSGI app called inline (``--threads 1``) is served by clusterrun's own engine on a loop with no asyncio;
+    anything else by uvicorn's stack on an asyncio loop.
+    """
     channel.send(Online())
     try:
         loaded = preloaded or entry.load_app(
             config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface
         )
-        server = StackServer(config, info, loaded, closes)
-        loop = _new_loop(config.loop)
+        inline = entry.inline_engine_available(loaded, threads=config.threads, http=config.http)
+        if not inline:
+            server = StackServer(config, info, loaded, closes)
+            loop = _new_loop(config.loop)
         workerhooks.init(info)  # after the app is loaded (or inherited with --preload), before serving
     except BootError as exc:
         channel.send_blocking(BootFailed(str(exc)))
         return EXIT_BOOT
+    if inline:
+        return _serve_inline(config, info, channel, sockets, closes, loaded)
     try:
         asyncio.set_event_loop(loop)
-        code = loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes).run())
+        code = loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes, loop).run())
         workerhooks.exit(info)
         return code
     finally:
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _serve_inline(
+    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
+    loaded: entry.LoadedApp,
+) -> int:
+    loop = entry.selector_loop()
+    try:
+        server = InlineServer(config, info, loaded, closes, loop)
+        code = WorkerRuntime(config, channel, server, sockets, closes, loop).run_inline()
+        workerhooks.exit(info)
+        return code
+    finally:
         loop.close()
 
 
@@ -113,51 +139,86 @@ def connection_room() -> int | None:
 
 
 class WorkerRuntime:
-    """One worker between its fork and its exit, on the running asyncio loop."""
+    """One worker between its fork and its exit, on its loop: asyncio's (``run``) or the inline engine's
+    SelectorLoop (``run_inline``), driven through the same part of asyncio's loop API."""
 
     def __init__(
-        self, config: Config, channel: Channel, server: StackServer, sockets: Sequence[socket.socket],
-        closes: SharedCounter,
+        self, config: Config, channel: Channel, server: StackServer | InlineServer, sockets: Sequence[socket.socket],
+        closes: SharedCounter, loop: Loop,
     ) -> None:
         self.config = config
+        self.loop = loop
         self.channel = channel
         self.server = server
         self.sockets = sockets
         self.closes = closes  # shared only under a primary-side policy: then every close is counted
-        self._stopping = asyncio.Event()
+        self._stop_asked = False
+        self._on_stop: Callable[[], object] = lambda: None  # wakes the run waiting for the stop
         self._dropped_reported = 0.0  # when dropped descriptors were last logged
         # Recycling limits, fixed per worker; the jitter keeps workers from all being replaced at once.
         self._request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
         self._recycle_asked = False
         self._linger = False  # on stop, other workers take over: idle keep-alive connections may linger
 
+    def _attach(self) -> None:
+        """Messages, the channel and SIGTERM reach this runtime from now on."""
+        messaging.attach(self._deliver_factory(self.loop))
+        self._watch_channel(self.loop)
+        self.loop.add_signal_handler(signal.SIGTERM, self._on_sigterm, self.loop)
+
+    def _serving(self) -> None:
+        self._beat(heartbeat_interval(self.config.timeout))
+        self.channel.send(Ready(self.server.interface, connection_room()))
+
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        messaging.attach(self._deliver_factory(loop))
-        self._watch_channel(loop)
-        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm, loop)
+        """On the running asyncio loop, with uvicorn's stack (which runs an ASGI app's lifespan)."""
+        server = self.server
+        assert isinstance(server, StackServer)
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        self._on_stop = wake
+        self._attach()
         try:
-            await self.server.start()
+            await server.start()
         except BootError as exc:
             self.channel.send_blocking(BootFailed(str(exc)))
             return EXIT_BOOT
-        if self._stopping.is_set():  # told to stop while starting up
-            await self.server.stop()
+        if self._stop_asked:  # told to stop while starting up
+            await server.stop()
             return EXIT_OK
-        await self.server.listen(self.sockets)
-        self._beat(heartbeat_interval(self.config.timeout))
-        self.channel.send(Ready(self.server.interface, connection_room()))
-        await self._stopping.wait()
+        await server.listen(self.sockets)
+        self._serving()
+        if not self._stop_asked:
+            await stopped
 
-        await self.server.drain(self._linger)
-        await self.server.stop()
-        if not self.channel.eof:
-            self.channel.send(self.server.counts())  # the last counts: the primary folds them into its totals
+        await server.drain(self._linger)
+        await server.stop()
+        self._send_last_counts()
         with contextlib.suppress(Exception):
             await self._channel_flushed()
         return EXIT_OK
 
-    def _on_sigterm(self, loop: asyncio.AbstractEventLoop) -> None:
+    def run_inline(self) -> int:
+        """On the inline engine's SelectorLoop (a WSGI app has no lifespan: nothing to start or stop)."""
+        server, loop = self.server, self.loop
+        assert isinstance(server, InlineServer) and not isinstance(loop, asyncio.AbstractEventLoop)
+        self._attach()
+        server.listen(self.sockets)
+        self._serving()
+        loop.run_until(lambda: self._stop_asked)
+        drained: list[bool] = []
+        server.drain(self._linger, lambda: drained.append(True))
+        loop.run_until(lambda: bool(drained))
+        self._send_last_counts()
+        self._poll_channel_flushed(loop)
+        loop.run_until(lambda: not self._channel_waiting())
+        return EXIT_OK
+
+    def _on_sigterm(self, loop: Loop) -> None:
         """Stopped from outside: tell the primary first, so that it routes nothing more here, then drain.
 
         The primary answers with a stop frame, which arrives after every connection it already sent.
@@ -169,13 +230,14 @@ class WorkerRuntime:
         loop.call_later(_PRIMARY_ANSWER_WAIT, self.stop)
 
     def stop(self) -> None:
-        if not self._stopping.is_set():
+        if not self._stop_asked:
             logger.debug("stopping: draining open connections")
-            self._stopping.set()
+            self._stop_asked = True
+            self._on_stop()
 
     # The channel: connections and orders from the primary.
 
-    def _watch_channel(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _watch_channel(self, loop: Loop) -> None:
         fd = self.channel.fileno()
         loop.add_reader(fd, self._on_channel_readable, loop)
 
@@ -187,7 +249,7 @@ class WorkerRuntime:
 
         self.channel.on_backlog = backlog
 
-    def _on_channel_readable(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _on_channel_readable(self, loop: Loop) -> None:
         try:
             frames = self.channel.receive()
         except ChannelError as exc:
@@ -205,7 +267,7 @@ class WorkerRuntime:
                     for fd in fds:
                         self.server.adopt(socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd))
                 case Message(data):
-                    messaging.dispatch(data, loop.create_task)
+                    messaging.dispatch(data, _scheduler(loop))
                 case Stop(linger):
                     self._linger = linger
                     self.stop()
@@ -231,7 +293,7 @@ class WorkerRuntime:
             logger.error("%d passed connection%s dropped: this worker's descriptor table is full (ulimit -n %s); "
                          "raise it", count, "" if count == 1 else "s", _nofile_limit() or "unlimited")
 
-    def _deliver_factory(self, loop: asyncio.AbstractEventLoop) -> Any:
+    def _deliver_factory(self, loop: Loop) -> Any:
         """How clusterrun.send() reaches the channel: directly on the loop's thread, else through the loop."""
         loop_thread = threading.get_ident()
 
@@ -243,9 +305,22 @@ class WorkerRuntime:
 
         return deliver
 
+    def _send_last_counts(self) -> None:
+        if not self.channel.eof:
+            self.channel.send(self.server.counts())  # the last counts: the primary folds them into its totals
+
+    def _channel_waiting(self) -> bool:
+        """Frames wait to go up a channel that can still take them."""
+        return bool(self.channel.backlog) and not (self.channel.eof or self.channel.broken)
+
     async def _channel_flushed(self) -> None:
-        while self.channel.backlog and not (self.channel.eof or self.channel.broken):
+        while self._channel_waiting():
             await asyncio.sleep(_FLUSH_POLL)
+
+    def _poll_channel_flushed(self, loop: Loop) -> None:
+        """Wake the inline loop every poll while the channel flushes (it may also end by breaking)."""
+        if self._channel_waiting():
+            loop.call_later(_FLUSH_POLL, self._poll_channel_flushed, loop)
 
     # The heartbeat and recycling.
 
@@ -258,7 +333,7 @@ class WorkerRuntime:
         if not self.channel.eof:
             self.channel.send(self.server.counts())
             self._check_recycling()
-        asyncio.get_running_loop().call_later(interval, self._beat, interval)
+        self.loop.call_later(interval, self._beat, interval)
 
     def _check_recycling(self) -> None:
         if self._recycle_asked:
@@ -275,3 +350,10 @@ class WorkerRuntime:
             # The primary replaces this worker the no-drop way: a new one first, then this one drains.
             self._recycle_asked = True
             self.channel.send(Recycle(reason))
+
+
+def _scheduler(loop: Loop) -> Callable[[Coroutine[Any, Any, Any]], object]:
+    """How an async on_message callback runs: a task on an asyncio loop; to its end where no asyncio loop runs."""
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return loop.create_task
+    return asyncio.run

@@ -1,0 +1,283 @@
+"""The inline WSGI engine (``--threads 1``): a worker serves HTTP/1.x straight from a ``SelectorLoop``.
+
+Per worker one thread runs one ``selectors`` loop (adapters.reactor) over its listeners and connections; the
+app is called on that thread, where no asyncio loop exists (Django's ORM, Flask ``async def`` views and
+``asyncio.run()`` in a view just work). Measured: asyncio's transports, protocols and tasks plus the ASGI
+messages cost WSGI serving 2-3x (DESIGN.md, "Where WSGI speed comes from").
+
+* ``listen(sock)``: one ``accept`` per wake-up, so that workers sharing a listener share its clients;
+  ``adopt(sock)``: a connection the primary accepted and passed. Either way the new connection's request
+  is read and answered at once when it already came with it, before the connection is ever registered in
+  the selector (the common case with a new connection per request costs no epoll_ctl at all).
+* ``drain(linger, done)``: finish what is in flight; close idle keep-alive connections at once (linger 0) or
+  keep them up to ``linger`` seconds, answering a request that arrives on one with ``Connection: close``:
+  closing an idle keep-alive connection races the client's next request on it.
+* Once a second, on the loop: the Date header, and the sweep that closes connections idle past
+  --timeout-keep-alive and heads not complete within the head timeout (408).
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
+from typing import IO, Any
+from urllib.parse import unquote, unquote_to_bytes
+
+import httptools
+
+from .. import __version__
+from .http_conn import Connection, Request
+from .limits import Exceeded, Limits
+from .reactor import SelectorLoop
+from .wsgi_app import Environ, FileWrapper, WSGIApp, environ_key, split_host
+from .wsgi_respond import Framing
+from .wsgi_upload import serve_upload
+
+__all__ = ["WSGIEngine"]
+
+logger = logging.getLogger("clusterrun")
+
+# Header names are client-controlled: an unbounded cache would let a client grow worker memory at will.
+_KEY_CACHE_LIMIT = 512
+# Uploads (bodies still arriving) run in these threads, one app call at a time (the gate): more than one lets
+# a slow upload wait for the network without holding up the next.
+_UPLOAD_THREADS = 8
+_DRAIN_CHECK = 0.02
+
+
+class WSGIEngine:
+    """A worker's HTTP server for a WSGI app, on ``loop``; connections come from ``listen`` and ``adopt``."""
+
+    def __init__(
+        self, loop: SelectorLoop, app: WSGIApp, *, limits: Limits | None = None, keep_alive: float = 5.0,
+        extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
+        on_response: Callable[..., object] | None = None,
+    ) -> None:
+        self.loop, self.app = loop, app
+        self.limits = limits or Limits()
+        self.keep_alive = keep_alive
+        self.on_close = on_close
+        # Called after each response (access log, --metrics) with: client, method, path, query, HTTP version,
+        # status, body bytes, seconds from the request's head to its last byte, referer, user agent.
+        self.on_response = on_response
+        self.gate = threading.Lock()  # held while app code runs: never in two places at once (inline mode)
+        self.total_requests = 0
+        self.active = 0  # requests being answered now
+        self._in_flight_peak = 0
+        self.connections: set[Connection] = set()
+        self.listeners: list[socket.socket] = []
+        self.closing_all = False  # draining: every response says Connection: close
+        self.server_head = b""
+        self.read_buffer = bytearray(256 * 1024)  # every recv() on the loop's thread lands here first
+        self._uploads: ThreadPoolExecutor | None = None
+        self._keys: dict[bytes, str] = {}
+        self._base: Environ = {
+            "SCRIPT_NAME": "",
+            "SERVER_SOFTWARE": f"clusterrun/{__version__}",
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,  # wsgi.input returns b"" at the end of the body: reading to EOF is safe
+            **(extra_environ or {}),
+        }
+        self._tick()
+
+    # Connections in.
+
+    def listen(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.listeners.append(sock)
+        local = sock.getsockname()
+        self.loop.add_reader(sock.fileno(), self._accept, sock, local)
+
+    def _accept(self, listener: socket.socket, local: Any) -> None:
+        try:
+            sock, peer = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another worker took it, or the client left before the accept
+        except OSError as exc:  # EMFILE and the like: keep serving what is open, try again on the next wake-up
+            logger.warning("accept failed: %s", exc)
+            return
+        self._open(sock, peer, local)
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection the primary accepted, as if this worker's own listener had."""
+        self._open(sock, None, None)
+
+    def _open(self, sock: socket.socket, peer: Any, local: Any) -> None:
+        sock.setblocking(False)
+        conn = Connection(self, sock, peer, local)
+        self.connections.add(conn)
+        conn.start()
+
+    def closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self.on_close is not None:
+            self.on_close(1)
+
+    def close_listeners(self) -> None:
+        for sock in self.listeners:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self.listeners.clear()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.connections)
+
+    def take_in_flight(self) -> int:
+        """The most requests in flight at once since the last call (the heartbeat's count).
+
+        The loop turns only between requests (an inline app call blocks it), so at the moment a heartbeat
+        goes out the count is nearly always 0; the most since the previous heartbeat says what the worker did.
+        """
+        peak = max(self._in_flight_peak, self.active)
+        self._in_flight_peak = self.active
+        return peak
+
+    def began(self) -> None:
+        """A request is being answered (on the loop or by an upload thread)."""
+        self.active += 1
+        self._in_flight_peak = max(self._in_flight_peak, self.active)
+
+    def ended(self) -> None:
+        self.active -= 1
+
+    # Requests.
+
+    def environ(self, conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
+        environ = self._base.copy()
+        url = request.url
+        if url[:1] != b"/" and url != b"*":  # absolute form (a proxy's): the path is what counts here
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                pass  # authority form (CONNECT host:port): passed on as it came
+            else:
+                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+        raw_path, _, query = url.partition(b"?")
+        environ["REQUEST_METHOD"] = request.method.decode("ascii")
+        # PEP 3333: the path's bytes, percent-decoded, seen as latin-1.
+        environ["PATH_INFO"] = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["RAW_URI"] = url.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        environ["wsgi.input"] = stream
+        environ["wsgi.errors"] = sys.stderr  # looked up per request: the worker may redirect stderr later
+        self._headers(environ, request.headers)
+        if size and "CONTENT_LENGTH" not in environ:
+            environ["CONTENT_LENGTH"] = str(size)  # chunked upload: the real length is known by now
+        peer, local = conn.peer_address(), conn.local_address()
+        if isinstance(peer, tuple):
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = peer[0], str(peer[1])
+        if isinstance(local, tuple):
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = local[0], str(local[1])
+        else:  # unix socket: the socket path is no server name, the Host header is the best we have
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = split_host(environ.get("HTTP_HOST", ""), "http")
+        return environ
+
+    def _headers(self, environ: Environ, headers: list[tuple[bytes, bytes]]) -> None:
+        keys = self._keys
+        for name, value in headers:
+            key = keys.get(name)
+            if key is None:
+                key = environ_key(name)
+                if len(keys) < _KEY_CACHE_LIMIT:
+                    keys[name] = key
+            if not key:
+                continue
+            text = value.decode("latin-1")
+            if key in environ:
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
+            else:
+                environ[key] = text
+
+    def hand_over(self, conn: Connection, request: Request) -> None:
+        """A request whose body is still coming: an upload thread owns the connection until it answered."""
+        conn.handed = True
+        self.began()
+        conn.pause_reading()
+        if self._uploads is None:
+            self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
+        self._uploads.submit(serve_upload, self, conn, request)
+
+    def served(self, conn: Connection, request: Request, framing: Framing, began: float) -> None:
+        """Report one response to ``on_response``."""
+        assert self.on_response is not None
+        seconds = time.perf_counter() - began
+        peer = conn.peer_address()
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
+        raw_path, _, query = request.url.partition(b"?")
+        path = raw_path.decode("latin-1")
+        referer = user_agent = ""
+        for name, value in request.headers:
+            if name == b"referer":
+                referer = value.decode("latin-1")
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+        self.on_response(client, request.method.decode("ascii"), unquote(path) if "%" in path else path,
+                         query.decode("latin-1"), request.version, framing.status or 500, framing.size, seconds,
+                         referer, user_agent)
+
+    def log_refusal(self, peer: Any, hit: Exceeded) -> None:
+        source = f" from {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        logger.warning("refused a request%s: %s (%d %s)", source, hit.why, hit.status,
+                       http.HTTPStatus(hit.status).phrase)
+
+    # Once a second: the Date header and the sweep.
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        self.server_head = b"server: clusterrun\r\ndate: %s\r\n" % formatdate(usegmt=True).encode()
+        self._sweep(now)
+        self.loop.call_later(1.0 - time.time() % 1.0, self._tick)  # just after the wall clock's next second
+
+    def _sweep(self, now: float) -> None:
+        keep_alive, head_timeout = self.keep_alive, self.limits.head_timeout
+        for conn in list(self.connections):
+            if conn.handed or conn.rejected:
+                continue
+            if conn.idle_since is not None and now - conn.idle_since >= keep_alive:
+                conn.close()
+            elif conn.head_since is not None and conn.response is None and not conn.out:
+                if now - conn.head_since >= head_timeout:
+                    if conn.head_size:
+                        conn.reject(Exceeded(408, f"a request head not complete after {head_timeout:g} s"))
+                    else:
+                        conn.close()  # nothing of a request came: closed as an idle keep-alive one
+
+    # Draining.
+
+    def drain(self, linger: float, done: Callable[[], object]) -> None:
+        """Finish every request in flight, then call ``done``; idle connections close at once, or after
+        ``linger`` seconds when other workers take over (a request arriving meanwhile gets Connection: close)."""
+        self.close_listeners()
+        self.closing_all = True
+        self._drain_step(self.loop.time() + linger, done)
+
+    def _drain_step(self, deadline: float, done: Callable[[], object]) -> None:
+        patient = self.loop.time() < deadline
+        for conn in list(self.connections):
+            if conn.idle and not patient:
+                conn.close()
+        if not self.connections:
+            if self._uploads is not None:
+                self._uploads.shutdown(wait=False)
+            done()
+            return
+        self.loop.call_later(_DRAIN_CHECK, self._drain_step, deadline, done)

@@ -1,0 +1,147 @@
+"""A request whose body is still arriving, served by an upload thread that owns its connection meanwhile.
+
+The inline engine answers a request on its loop when the body came whole; a larger body, or one the client
+sends only after ``100 Continue``, streams to the app instead: the app runs in one of a few upload threads
+and its reads of ``wsgi.input`` take the body from the socket as it comes, so that an app that rejects an
+upload answers before the rest of it is read, nothing is buffered beyond one read, and ``100 Continue`` goes
+out only when the app first reads. The loop leaves the connection alone until the thread gives it back.
+
+``wsgi.multithread`` stays False: app code runs only while holding the engine's gate, which the loop takes
+too, and the thread lets go of it whenever it waits for the network (a read, a write). The loop keeps
+serving other connections meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from .http_conn import Connection, Refused, Request
+from .wsgi_input import BodyReader, ClientDisconnected
+from .wsgi_respond import Framing, SendFile, respond
+
+if TYPE_CHECKING:
+    from .wsgi_engine import WSGIEngine
+
+__all__ = ["SocketInput", "serve_upload"]
+
+logger = logging.getLogger("clusterrun")
+
+_READ = 65536
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class SocketInput(BodyReader):
+    """``wsgi.input`` of a body still arriving: reads pull it from the (blocking) socket through the parser.
+
+    Reads past the end return b""; a client gone (or refused) before the end raises ClientDisconnected rather
+    than passing a truncated body off as complete.
+    """
+
+    def __init__(self, conn: Connection, request: Request, gate: threading.Lock) -> None:
+        super().__init__()
+        self._conn, self._request, self._gate = conn, request, gate
+        self.refused: Refused | None = None
+
+    def _fill(self, size: int) -> None:
+        request, buffer = self._request, self._buffer
+        while True:
+            if request.body:
+                for piece in request.body:
+                    buffer += piece
+                request.body.clear()
+            if request.complete or 0 <= size <= len(buffer):
+                self._more = not request.complete
+                return
+            self._receive()
+
+    def _receive(self) -> None:
+        conn, request = self._conn, self._request
+        if self.refused is not None:
+            raise ClientDisconnected("the request was refused")
+        self._gate.release()  # waiting for the network is no app code: the loop may run some meanwhile
+        try:
+            if request.continue_:
+                request.continue_ = False
+                conn.sock.sendall(_CONTINUE)
+            data = conn.sock.recv(_READ)  # this thread's own: the loop's buffer is the loop's
+        except OSError:
+            data = b""
+        finally:
+            self._gate.acquire()
+        if not data:
+            raise ClientDisconnected("the client disconnected before sending the whole request body")
+        try:
+            conn.feed(data)
+        except Refused as refused:
+            self.refused = refused
+            raise ClientDisconnected("the request was refused") from refused
+
+
+def serve_upload(engine: WSGIEngine, conn: Connection, request: Request) -> None:
+    """In an upload thread: answer ``request`` on ``conn`` with blocking I/O, then give the connection back."""
+    stream = SocketInput(conn, request, engine.gate)
+    framing = Framing(engine.server_head, request.method == b"HEAD", request.version == "1.1",
+                      request.keep_alive and not engine.closing_all)
+    started, began = False, time.perf_counter()
+    try:
+        conn.sock.setblocking(True)
+        started = _answer(engine, conn, request, stream, framing)
+        if engine.on_response is not None and (started or stream.refused is None):
+            engine.served(conn, request, framing, began)
+    except Exception:
+        logger.exception("serving an upload failed")
+        framing.keep_alive = False
+    finally:
+        with contextlib.suppress(OSError):
+            conn.sock.setblocking(False)
+        refused = stream.refused
+        engine.loop.call_soon_threadsafe(
+            conn.handed_back, refused.hit if refused is not None else None, refused is not None and not started,
+            framing.keep_alive)
+
+
+def _answer(engine: WSGIEngine, conn: Connection, request: Request, stream: SocketInput, framing: Framing) -> bool:
+    """Call the app and write its response; True once some of it went out. Broken: ``framing.keep_alive`` off."""
+    gate, started = engine.gate, False
+    framing.body_unread = lambda: not request.complete
+    with gate:
+        environ = engine.environ(conn, request, stream, 0)
+        engine.total_requests += 1
+        response = respond(engine.app, environ, framing)
+        try:
+            while True:
+                piece = next(response, None)
+                if piece is None:
+                    if not request.complete:
+                        framing.keep_alive = False  # the rest of the body is unread: the connection cannot go on
+                    return started
+                started = True
+                gate.release()
+                try:
+                    _send(conn, piece)
+                except OSError:
+                    framing.keep_alive = False
+                    return started
+                finally:
+                    gate.acquire()
+        finally:
+            response.close()
+
+
+def _send(conn: Connection, piece: bytes | SendFile) -> None:
+    if not conn.nodelay:
+        conn.no_delay()  # an upload's answer may take several writes
+    if type(piece) is not SendFile:
+        conn.sock.sendall(piece)  # type: ignore[arg-type]
+        return
+    while piece.count:
+        sent = os.sendfile(conn.fd, piece.fd, piece.offset, piece.count)
+        if not sent:
+            raise OSError("the file shrank while it was sent")
+        piece.offset += sent
+        piece.count -= sent
