@@ -36,7 +36,7 @@ from itertools import chain
 from typing import IO, Any, TypeVar
 
 from .. import __version__
-from .wsgi_app import Environ, Exchange, FileWrapper, StartResponse, WSGIApp, environ_key, log_app_error, split_host
+from .wsgi_app import Environ, Exchange, FileWrapper, HeaderKeys, StartResponse, WSGIApp, log_app_error, split_host
 from .wsgi_input import AppGate, ClientDisconnected, InputStream
 
 __all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
@@ -49,8 +49,6 @@ Send = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
 
 
-# Header names are client-controlled: an unbounded cache would let a client grow worker memory at will.
-_KEY_CACHE_LIMIT = 512
 # Appended to the app iterable so write() calls made during the last iteration step still get flushed.
 _TAIL = (b"",)
 # A body is read on the loop before the app is called while it stays below this (uvicorn's own flow-control
@@ -148,7 +146,7 @@ class WSGIBridge:
         # Created on first use: the bridge is built before the worker forks and before any event loop exists.
         self._executor: ThreadPoolExecutor | None = None
         self._gate = AppGate() if threads == 1 else None
-        self._keys: dict[bytes, str] = {}
+        self._keys = HeaderKeys()
         self._base: Environ = {
             "SCRIPT_NAME": "",
             "SERVER_SOFTWARE": f"clusterrun/{__version__}",
@@ -264,20 +262,7 @@ class WSGIBridge:
         if client is not None:
             environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
 
-        keys = self._keys
-        for name, value in scope["headers"]:
-            key = keys.get(name)
-            if key is None:
-                key = environ_key(name)
-                if len(keys) < _KEY_CACHE_LIMIT:
-                    keys[name] = key
-            if not key:
-                continue
-            text = value.decode("latin-1")
-            if key in environ:
-                environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
-            else:
-                environ[key] = text
+        self._keys.add_to(environ, scope["headers"])
 
         if size and "CONTENT_LENGTH" not in environ:
             environ["CONTENT_LENGTH"] = str(size)  # chunked upload: the real length is known by now

@@ -159,6 +159,33 @@ class Exchange:
             self.pending.append(data)
 
 
+_KEY_CACHE_LIMIT = 512
+
+
+class HeaderKeys:
+    """Request headers into the environ, their names' keys remembered: a server sees the same names again and
+    again. The memory stops growing at 512 names, so that clients cannot grow it without end."""
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, str] = {}
+
+    def add_to(self, environ: Environ, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        keys = self._keys
+        for name, value in headers:
+            key = keys.get(name)
+            if key is None:
+                key = environ_key(name)
+                if len(keys) < _KEY_CACHE_LIMIT:
+                    keys[name] = key
+            if not key:
+                continue
+            text = value.decode("latin-1")
+            if key in environ:  # a repeated header: one value, joined as RFC 9110 says (cookies with "; ")
+                environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
+            else:
+                environ[key] = text
+
+
 def environ_key(name: bytes) -> str:
     if b"_" in name:
         return ""  # "X_User" would alias "X-User" in the environ; gunicorn drops these to prevent spoofing

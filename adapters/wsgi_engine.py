@@ -36,7 +36,7 @@ from .. import __version__
 from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
 from .reactor import SelectorLoop
-from .wsgi_app import Environ, FileWrapper, WSGIApp, environ_key, split_host
+from .wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, split_host
 from .wsgi_respond import Framing
 from .wsgi_upload import serve_upload
 
@@ -44,8 +44,6 @@ __all__ = ["WSGIEngine"]
 
 logger = logging.getLogger("clusterrun")
 
-# Header names are client-controlled: an unbounded cache would let a client grow worker memory at will.
-_KEY_CACHE_LIMIT = 512
 # Uploads (bodies still arriving) run in these threads, one app call at a time (the gate): more than one lets
 # a slow upload wait for the network without holding up the next.
 _UPLOAD_THREADS = 8
@@ -77,7 +75,7 @@ class WSGIEngine:
         self.server_head = b""
         self.read_buffer = bytearray(256 * 1024)  # every recv() on the loop's thread lands here first
         self._uploads: ThreadPoolExecutor | None = None
-        self._keys: dict[bytes, str] = {}
+        self._keys = HeaderKeys()
         self._base: Environ = {
             "SCRIPT_NAME": "",
             "SERVER_SOFTWARE": f"clusterrun/{__version__}",
@@ -179,7 +177,7 @@ class WSGIEngine:
         environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
         environ["wsgi.input"] = stream
         environ["wsgi.errors"] = sys.stderr  # looked up per request: the worker may redirect stderr later
-        self._headers(environ, request.headers)
+        self._keys.add_to(environ, request.headers)
         if size and "CONTENT_LENGTH" not in environ:
             environ["CONTENT_LENGTH"] = str(size)  # chunked upload: the real length is known by now
         peer, local = conn.peer_address(), conn.local_address()
@@ -190,22 +188,6 @@ class WSGIEngine:
         else:  # unix socket: the socket path is no server name, the Host header is the best we have
             environ["SERVER_NAME"], environ["SERVER_PORT"] = split_host(environ.get("HTTP_HOST", ""), "http")
         return environ
-
-    def _headers(self, environ: Environ, headers: list[tuple[bytes, bytes]]) -> None:
-        keys = self._keys
-        for name, value in headers:
-            key = keys.get(name)
-            if key is None:
-                key = environ_key(name)
-                if len(keys) < _KEY_CACHE_LIMIT:
-                    keys[name] = key
-            if not key:
-                continue
-            text = value.decode("latin-1")
-            if key in environ:
-                environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
-            else:
-                environ[key] = text
 
     def hand_over(self, conn: Connection, request: Request) -> None:
         """A request whose body is still coming: an upload thread owns the connection until it answered."""

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from .control import control_dir, socket_path
 from .errors import EXIT_CONFIG, ClusterrunError, ControlError
+from .pidfile import running
 from .status_text import cluster_table, status_text
 
 COMMANDS = ("ls", "status", "top", "reload", "scale", "stop", "restart-worker")
@@ -143,7 +144,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     pid = request(path, "stop", **({} if args.timeout is None else {"timeout": args.timeout}))["pid"]
     deadline = time.monotonic() + (args.timeout if args.timeout is not None else 30.0) + 30.0
     # The primary closes its control socket last, once every worker is reaped; then its process ends.
-    while _answers(path) or _running(pid):
+    while _answers(path) or running(pid):
         if time.monotonic() > deadline:
             raise ControlError(f"the primary (pid {pid}) is still running; it may be waiting for workers to drain")
         time.sleep(_POLL)
@@ -164,24 +165,6 @@ def cmd_top(args: argparse.Namespace) -> int:
     from .top import cmd_top as top  # imported here: top imports this module
 
     return top(args)
-
-
-def _running(pid: int) -> bool:
-    """The process runs: it exists and, where /proc tells, is not a zombie (exited, its parent not told yet)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _answers(path: str) -> bool:

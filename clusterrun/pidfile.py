@@ -20,7 +20,7 @@ class PidFile:
 
     def write(self) -> None:
         other = _pid_in(self.path)
-        if other is not None and other != os.getpid() and _alive(other):
+        if other is not None and other != os.getpid() and running(other):
             raise ConfigError(f"the pid file {self.path} names a running process ({other}): is another clusterrun "
                               "running? stop it, or give another --pid-file")
         temporary = f"{self.path}.{os.getpid()}.tmp"
@@ -45,7 +45,15 @@ def _pid_in(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """The process runs: it exists and, where /proc tells, is not a zombie (exited, its parent not told yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -76,17 +76,7 @@ class Cluster:
     def status(self) -> dict[str, Any]:
         """``clusterrun status --json``, asked straight on the control socket (the path its log line gives)."""
         path = self.wait_for_line(r"control socket (\S+): clusterrun status")[0].group(1)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(DEADLINE)
-            sock.connect(path)
-            sock.sendall(b'{"command": "status"}\n')
-            received = b""
-            while not received.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
-        answer: dict[str, Any] = json.loads(received)
+        answer = ask_control(path, b'{"command": "status"}\n')
         assert answer["ok"], answer
         return answer
 
@@ -117,6 +107,22 @@ class Cluster:
     def worker_pids(self) -> list[int]:
         """Live children of the primary, from /proc (Linux), so tests can check for leftovers."""
         return children_of(self.proc.pid)
+
+
+def ask_control(path: str, request: bytes) -> dict[str, Any]:
+    """Send ``request`` (raw bytes, valid or not) to a control socket; its one JSON answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(DEADLINE)
+        sock.connect(path)
+        sock.sendall(request)
+        received = b""
+        while not received.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    answer: dict[str, Any] = json.loads(received)
+    return answer
 
 
 def children_of(pid: int) -> list[int]:

@@ -23,7 +23,7 @@ import pytest
 
 from clusterrun import control
 
-from helpers import DEADLINE, FRESH, SUP_APP_PAIR, alive, run_to_exit, start, wait_until, who
+from helpers import DEADLINE, FRESH, SUP_APP_PAIR, alive, ask_control, run_to_exit, start, wait_until, who
 
 
 def command(*args: str) -> tuple[int, str, str]:
@@ -200,33 +200,18 @@ def test_a_killed_worker_shows_in_its_slots_restarts(run_cli: Any, app: str) -> 
     assert report["restarts"] == 1
 
 
-def _ask(path: str, data: bytes) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(DEADLINE)
-        sock.connect(path)
-        sock.sendall(data)
-        received = b""
-        while not received.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
-    answer: dict[str, Any] = json.loads(received)
-    return answer
-
-
 def test_bad_requests_get_an_error_and_never_disturb_the_primary(run_cli: Any) -> None:
     cluster = start(run_cli, "sup_app:wsgi", "--workers", "1", "--name", "sturdy")
     url = cluster.wait_ready()
     path = str(Path(os.environ["XDG_RUNTIME_DIR"], "clusterrun", "sturdy.sock"))
-    assert "not JSON" in _ask(path, b"status please\n")["error"]
-    assert '"command"' in _ask(path, b"[1, 2]\n")["error"]
-    assert "unknown command 'explode'" in _ask(path, b'{"command": "explode"}\n')["error"]
-    assert "larger than" in _ask(path, b"{" + b" " * (control.MAX_REQUEST + 10))["error"]
-    assert "bad timeout" in _ask(path, b'{"command": "stop", "timeout": "never"}\n')["error"]
+    assert "not JSON" in ask_control(path, b"status please\n")["error"]
+    assert '"command"' in ask_control(path, b"[1, 2]\n")["error"]
+    assert "unknown command 'explode'" in ask_control(path, b'{"command": "explode"}\n')["error"]
+    assert "larger than" in ask_control(path, b"{" + b" " * (control.MAX_REQUEST + 10))["error"]
+    assert "bad timeout" in ask_control(path, b'{"command": "stop", "timeout": "never"}\n')["error"]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
         silent.connect(path)  # says nothing: the primary must go on answering others meanwhile
-        assert _ask(path, b'{"command": "info"}\n')["name"] == "sturdy"
+        assert ask_control(path, b'{"command": "info"}\n')["name"] == "sturdy"
     assert FRESH.get(url).status_code == 200
     assert cluster.proc.poll() is None
 
@@ -259,7 +244,7 @@ def test_another_users_connection_is_refused(run_cli: Any) -> None:
             os.chmod(part, mode)
         answer = _ask_as(65534, str(path))
         assert answer.get("ok") is False and "permission denied: uid 65534" in answer.get("error", ""), answer
-        assert _ask(str(path), b'{"command": "status"}\n')["ok"] is True  # its own user is still served
+        assert ask_control(str(path), b'{"command": "status"}\n')["ok"] is True  # its own user is still served
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -273,7 +258,7 @@ def _ask_as(uid: int, path: str) -> dict[str, Any]:
             os.close(reading)
             os.setgid(uid)
             os.setuid(uid)
-            os.write(writing, json.dumps(_ask(path, b'{"command": "status"}\n')).encode())
+            os.write(writing, json.dumps(ask_control(path, b'{"command": "status"}\n')).encode())
         finally:
             os._exit(0)
     os.close(writing)
