@@ -32,11 +32,20 @@ import io
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from itertools import chain
 from typing import IO, Any, TypeVar
 
 from .. import __version__
-from .wsgi_app import Environ, Exchange, FileWrapper, HeaderKeys, StartResponse, WSGIApp, log_app_error, split_host
+from .wsgi_app import (
+    Environ,
+    Exchange,
+    FileWrapper,
+    HeaderKeys,
+    StartResponse,
+    WSGIApp,
+    body_chunks,
+    log_app_error,
+    split_host,
+)
 from .wsgi_input import AppGate, ClientDisconnected, InputStream
 
 __all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
@@ -49,8 +58,6 @@ Send = Callable[[Message], Awaitable[None]]
 T = TypeVar("T")
 
 
-# Appended to the app iterable so write() calls made during the last iteration step still get flushed.
-_TAIL = (b"",)
 # A body is read on the loop before the app is called while it stays below this (uvicorn's own flow-control
 # window): past it, or with Expect: 100-continue, it streams to the app instead.
 _PREREAD_LIMIT = 64 * 1024
@@ -281,15 +288,7 @@ class WSGIBridge:
                 # Not for HEAD: an app may answer it with an empty body that does not reflect the GET length.
                 if type(result) in (list, tuple) and environ["REQUEST_METHOD"] != "HEAD":
                     exchange.size_hint = sum(map(len, exchange.pending)) + sum(map(len, result))
-                pending = exchange.pending
-                for chunk in chain(result, _TAIL):
-                    if pending:  # write() data goes out before the chunk produced after it
-                        chunk = b"".join(pending) + chunk
-                        pending.clear()
-                    elif not chunk:
-                        continue
-                    elif not isinstance(chunk, bytes):
-                        raise TypeError(f"WSGI app iterable yielded {type(chunk).__name__}, expected bytes")
+                for chunk in body_chunks(result, exchange.pending):
                     # Left to right: start_message() may add the Content-Length that body_message() counts.
                     yield (exchange.body_message(chunk),) if exchange.started else (
                         exchange.start_message(), exchange.body_message(chunk)

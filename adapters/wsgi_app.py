@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -160,6 +161,22 @@ class Exchange:
 
 
 _KEY_CACHE_LIMIT = 512
+# Appended to the app iterable so write() calls made during the last iteration step still get flushed.
+_TAIL = (b"",)
+
+
+def body_chunks(result: Iterable[bytes], pending: list[bytes]) -> Iterator[bytes]:
+    """The app's body as its iterable makes it: write() data goes out before the chunk produced after it,
+    empty chunks are skipped, anything but bytes is a TypeError (PEP 3333)."""
+    for chunk in chain(result, _TAIL):
+        if pending:
+            chunk = b"".join(pending) + chunk
+            pending.clear()
+        elif not chunk:
+            continue
+        elif not isinstance(chunk, bytes):
+            raise TypeError(f"WSGI app iterable yielded {type(chunk).__name__}, expected bytes")
+        yield chunk
 
 
 class HeaderKeys:

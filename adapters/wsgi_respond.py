@@ -20,15 +20,13 @@ from collections.abc import Callable, Generator, Iterable
 from itertools import chain
 from typing import Any
 
-from .wsgi_app import Environ, Exchange, FileWrapper, WSGIApp, log_app_error
+from .wsgi_app import Environ, Exchange, FileWrapper, WSGIApp, body_chunks, log_app_error
 from .wsgi_input import ClientDisconnected
 
 __all__ = ["Framing", "Response", "SendFile", "error_head", "respond"]
 
 Response = Generator["bytes | SendFile", None, None]
 
-# Appended to the app iterable so write() calls made during the last iteration step still get flushed.
-_TAIL = (b"",)
 _NO_BODY = frozenset((204, 304))
 _PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
@@ -148,15 +146,8 @@ def _whole(exchange: Exchange, result: list[bytes] | tuple[bytes, ...], framing:
 
 def _stream(exchange: Exchange, result: Iterable[bytes], framing: Framing) -> Response:
     """Any other iterable: the head waits for the first non-empty chunk (PEP 3333), each chunk goes as made."""
-    pending, remaining = exchange.pending, None
-    for chunk in chain(result, _TAIL):
-        if pending:  # write() data goes out before the chunk produced after it
-            chunk = b"".join(pending) + chunk
-            pending.clear()
-        elif not chunk:
-            continue
-        elif not isinstance(chunk, bytes):
-            raise TypeError(f"WSGI app iterable yielded {type(chunk).__name__}, expected bytes")
+    remaining = None
+    for chunk in body_chunks(result, exchange.pending):
         head = b""
         if not exchange.started:
             if exchange.headers is None:
