@@ -79,7 +79,7 @@ class Config:
     reload_dirs: tuple[str, ...] = ()
     reload_include: tuple[str, ...] = ()
     reload_exclude: tuple[str, ...] = ()
-    # Request head limits (README "Limits"): defined once here, for a later issue's --limit-* flags to expose.
+    # Request head limits (README "Limits"): as gunicorn's defaults, where it has one.
     limit_request_line: int = 4094
     limit_request_fields: int = 100
     limit_request_field_size: int = 8190
@@ -140,6 +140,16 @@ def _seconds(flag: str) -> Callable[[Any], float]:
             raise ConfigError(f"bad {flag} value {value!r}: give a number of seconds >= 0") from None
         if not number >= 0 or math.isinf(number):
             raise ConfigError(f"bad {flag} value {value!r}: give a number of seconds >= 0")
+        return number
+
+    return parse
+
+
+def _positive_seconds(flag: str) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        number = _seconds(flag)(value)
+        if number == 0:
+            raise ConfigError(f"bad {flag} value {value!r}: give a number of seconds above 0")
         return number
 
     return parse
@@ -401,6 +411,20 @@ OPTIONS: tuple[Option, ...] = (
            _seconds("--shutdown-delay"), "SECONDS"),
     Option("metrics", ("--metrics",), "serve GET /metrics (the Prometheus text format) from the primary on "
            "HOST:PORT or unix:PATH; needs pip install 'clusterrun[metrics]'", _metrics_address, "ADDRESS"),
+    Option("limit_request_line", ("--limit-request-line",), "refuse a request line (method, target, version) "
+           "longer than this many bytes with 414; default 4094, as gunicorn", _int_at_least(16, "--limit-request-line"),
+           "BYTES"),
+    Option("limit_request_fields", ("--limit-request-fields",), "refuse a request with more header fields than "
+           "this with 431; default 100, as gunicorn", _int_at_least(1, "--limit-request-fields"), "N"),
+    Option("limit_request_field_size", ("--limit-request-field-size",), "refuse a header field (name and value) "
+           "longer than this many bytes with 431; default 8190, as gunicorn",
+           _int_at_least(16, "--limit-request-field-size"), "BYTES"),
+    Option("limit_request_head", ("--limit-request-head",), "refuse a request head larger than this many bytes "
+           "in all with 431 (414 while still in its request line); default 65536",
+           _int_at_least(256, "--limit-request-head"), "BYTES"),
+    Option("timeout_request_head", ("--timeout-request-head",), "close a connection whose request head is not "
+           "complete within this many seconds (408 if part of one came); default 10",
+           _positive_seconds("--timeout-request-head"), "SECONDS"),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "
            "with 413, before the app runs when Content-Length says so, else when a chunked body grows past it; "
            "0 (default) no limit: bodies stream to the app, so the server itself holds at most a few dozen KiB of "

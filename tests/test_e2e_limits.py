@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import DEADLINE, TEST_APPS, Cluster, run_to_exit
+from helpers import DEADLINE, TEST_APPS, Cluster, assert_config_error, run_to_exit
 
 MiB = 1024 * 1024
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
@@ -293,6 +293,27 @@ def test_head_limits(run_cli: Callable[..., Cluster], http: str, app: str) -> No
     assert status_of(answer) == 431
     get_ok(host, port)
     assert "refused a request" in cluster.output() and "Invalid HTTP request" not in cluster.output()
+
+
+@pytest.mark.parametrize("app", ["wsgi", "asgi"])  # the inline engine, and uvicorn's stack
+def test_head_limit_flags_take_effect(run_cli: Callable[..., Cluster], app: str) -> None:
+    _cluster, host, port = start(run_cli, f"limits_app:{app}", "--limit-request-line", "100",
+                                 "--limit-request-fields", "5", "--limit-request-field-size", "64")
+    ok = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+    assert status_of(exchange(host, port, b"GET /" + b"a" * 70 + b" HTTP/1.1\r\nHost: t\r\n\r\n")) == 200
+    assert status_of(exchange(host, port, b"GET /" + b"a" * 150 + b" HTTP/1.1\r\nHost: t\r\n\r\n")) == 414
+    assert status_of(exchange(host, port, ok + b"X-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\n")) == 200  # 5 fields
+    assert status_of(exchange(host, port, ok + b"X-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\n\r\n")) == 431
+    assert status_of(exchange(host, port, ok + b"X-Big: " + b"v" * 50 + b"\r\n\r\n")) == 200
+    assert status_of(exchange(host, port, ok + b"X-Big: " + b"v" * 100 + b"\r\n\r\n")) == 431
+    get_ok(host, port)
+
+
+def test_limit_flag_values_are_checked() -> None:
+    result = run_to_exit("limits_app:wsgi", "--limit-request-fields", "0", cwd=TEST_APPS)
+    assert_config_error(result, 2, "bad --limit-request-fields value '0'", ">= 1")
+    result = run_to_exit("limits_app:wsgi", "--timeout-request-head", "0", cwd=TEST_APPS)
+    assert_config_error(result, 2, "bad --timeout-request-head value '0'", "above 0")
 
 
 @PARSERS
