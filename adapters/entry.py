@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import BootError
 from ..identity import WorkerInfo
+from .headers import ResponseHeaders
 from .lifespan import Lifespan
 from .limits import Guard, Limits
 from .loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
@@ -25,7 +26,7 @@ __all__ = [
     "Lifespan",
     "Limits",
     "LoadedApp",
-    "OpenConnection",
+    "OpenConnection", "ResponseHeaders",
     "SelectorLoop",
     "Stack",
     "as_asgi",
@@ -72,22 +73,27 @@ def selector_loop() -> SelectorLoop:
 def inline_engine(
     loop: SelectorLoop, loaded: LoadedApp, *, info: WorkerInfo, limits: Limits, keep_alive: float,
     on_close: Callable[[int], object] | None, on_response: Callable[..., object] | None,
+    headers: ResponseHeaders,
 ) -> Any:
     """The inline WSGI engine (adapters.wsgi_engine.WSGIEngine) serving ``loaded`` on ``loop``."""
     from .wsgi_engine import WSGIEngine
 
     return WSGIEngine(loop, loaded.app, limits=limits, keep_alive=keep_alive,
-                      extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response)
+                      extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response,
+                      headers=headers)
 
 
-def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int) -> Stack:
+def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
+               headers: ResponseHeaders | None = None) -> Stack:
     """uvicorn's HTTP protocols set up to serve ``app``; --http httptools without httptools is a BootError."""
     if http == "httptools":
         try:
             import httptools  # noqa: F401
         except ImportError:
             raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
-    return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog)
+    fixed = (headers or ResponseHeaders()).fixed()
+    return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
+                 headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed])
 
 
 def preimport(http: str) -> None:

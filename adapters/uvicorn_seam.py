@@ -187,7 +187,8 @@ class _QuietLogger:
 class Stack:
     """uvicorn's protocols set up for one worker: the classes to serve with and the state they share."""
 
-    def __init__(self, app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int) -> None:
+    def __init__(self, app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
+                 headers: list[tuple[str, str]] | None = None) -> None:
         config = uvicorn.Config(
             app=lambda: app,  # a factory, so that uvicorn does not probe the app by calling it
             factory=True,
@@ -198,7 +199,7 @@ class Stack:
             access_log=access_log,
             proxy_headers=False,
             server_header=False,
-            headers=[("server", "clusterrun")],
+            headers=headers if headers is not None else [("server", "clusterrun")],
             timeout_keep_alive=timeout_keep_alive,
             backlog=backlog,
         )

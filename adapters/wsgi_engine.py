@@ -33,6 +33,7 @@ from urllib.parse import unquote, unquote_to_bytes
 import httptools
 
 from .. import __version__
+from .headers import ResponseHeaders
 from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
 from .reactor import SelectorLoop
@@ -56,9 +57,11 @@ class WSGIEngine:
     def __init__(
         self, loop: SelectorLoop, app: WSGIApp, *, limits: Limits | None = None, keep_alive: float = 5.0,
         extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
-        on_response: Callable[..., object] | None = None,
+        on_response: Callable[..., object] | None = None, headers: ResponseHeaders | None = None,
     ) -> None:
         self.loop, self.app = loop, app
+        self.headers = headers or ResponseHeaders()
+        self._fixed_head = b"".join(name + b": " + value + b"\r\n" for name, value in self.headers.fixed())
         self.limits = limits or Limits()
         self.keep_alive = keep_alive
         self.on_close = on_close
@@ -225,7 +228,8 @@ class WSGIEngine:
 
     def _tick(self) -> None:
         now = self.loop.time()
-        self.server_head = b"server: clusterrun\r\ndate: %s\r\n" % formatdate(usegmt=True).encode()
+        date = b"date: %s\r\n" % formatdate(usegmt=True).encode() if self.headers.date else b""
+        self.server_head = self._fixed_head + date
         self._sweep(now)
         self.loop.call_later(1.0 - time.time() % 1.0, self._tick)  # just after the wall clock's next second
 

@@ -70,6 +70,9 @@ class Config:
     lifespan: str = "auto"
     timeout_keep_alive: float = 5.0
     limit_request_body: int = 0
+    no_server_header: bool = False
+    no_date_header: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
     uds_mode: int = 0o666
     fds: tuple[int, ...] = ()
     chdir: str = ""
@@ -143,6 +146,22 @@ def _seconds(flag: str) -> Callable[[Any], float]:
         return number
 
     return parse
+
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _response_header(value: Any) -> tuple[str, str]:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        name, text = str(value[0]), str(value[1])
+    else:
+        name, _, text = str(value).partition(":")
+    name, text = name.strip(), text.strip()
+    controls = any((ord(c) < 32 and c != "\t") or c == "\x7f" for c in text)
+    if not _TOKEN_RE.fullmatch(name) or controls or not text or not text.isascii():
+        raise ConfigError(f"bad --header value {value!r}: write NAME:VALUE, a name of letters, digits and -, a value "
+                          "in ASCII without line breaks, e.g. 'X-Frame-Options: DENY'")
+    return name, text
 
 
 def _positive_seconds(flag: str) -> Callable[[Any], float]:
@@ -425,6 +444,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout_request_head", ("--timeout-request-head",), "close a connection whose request head is not "
            "complete within this many seconds (408 if part of one came); default 10",
            _positive_seconds("--timeout-request-head"), "SECONDS"),
+    Option("no_server_header", ("--no-server-header",), "send no 'server: clusterrun' header", _switch,
+           switch=True),
+    Option("no_date_header", ("--no-date-header",), "send no Date header (a proxy in front adds its own)", _switch,
+           switch=True),
+    Option("headers", ("--header",), "add NAME:VALUE to every response (repeat), e.g. 'X-Frame-Options: DENY'",
+           _response_header, "NAME:VALUE", repeat=True),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "
            "with 413, before the app runs when Content-Length says so, else when a chunked body grows past it; "
            "0 (default) no limit: bodies stream to the app, so the server itself holds at most a few dozen KiB of "

@@ -18,7 +18,7 @@ from .counters import SharedCounter
 from .identity import WorkerInfo
 from .protocol import Beat
 from .requeststats import RequestStats
-from .serving import limits
+from .serving import limits, response_headers
 
 
 class InlineServer:
@@ -38,6 +38,7 @@ class InlineServer:
             loop, loaded, info=info, limits=limits(config), keep_alive=config.timeout_keep_alive,
             on_close=closes.add if closes.shared else None,
             on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
+            headers=response_headers(config),
         )
 
     def counts(self) -> Beat:

@@ -68,6 +68,12 @@ def _log_access(access: AccessLog, scope: Any, status: int, size: int, seconds: 
                headers.get(b"referer", b"").decode("latin-1"), headers.get(b"user-agent", b"").decode("latin-1"))
 
 
+def response_headers(config: Config) -> entry.ResponseHeaders:
+    """The headers every response gets, from --no-server-header, --no-date-header and --header."""
+    return entry.ResponseHeaders(server=not config.no_server_header, date=not config.no_date_header,
+                                 extra=config.headers)
+
+
 def limits(config: Config) -> entry.Limits:
     """The request limits a worker enforces, from its Config (README "Limits")."""
     return entry.Limits(
@@ -92,7 +98,8 @@ class StackServer:
         access = AccessLog(config.access_log_format, info) if config.access_log else None
         if self.stats is not None or access is not None:
             self.app = observed(self.app, self.stats, access)
-        self.stack = entry.http_stack(self.app, http=config.http, access_log=False,
+        self.date_header = not config.no_date_header
+        self.stack = entry.http_stack(self.app, http=config.http, access_log=False, headers=response_headers(config),
                                       timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog)
         self.lifespan = entry.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
         # Under a primary-side policy every closed connection is counted where the primary reads it
@@ -190,5 +197,6 @@ class StackServer:
         """Once a second, on the event loop: the Date header, which uvicorn's protocols add to every response."""
         loop = asyncio.get_running_loop()
         now = time.time()
-        self.stack.set_default_headers([(b"date", formatdate(now, usegmt=True).encode()), *headers])
+        date = [(b"date", formatdate(now, usegmt=True).encode())] if self.date_header else []
+        self.stack.set_default_headers([*date, *headers])
         loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick, headers)
