@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from .limits import Exceeded, check_head, head_end
+from .limits import Exceeded, check_head, measure_head
 from .wsgi_respond import Framing, Response, SendFile, error_head, respond
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class Connection:
                 self.head_since = self.engine.loop.time()
             size = self.head_size + len(data)
             if size > self.engine.limits.request_line:  # below it, a head can have broken no limit
-                hit = self.measure_head(data)
+                hit = measure_head(self.engine.limits, self.head_tail, data, self.head_size, self.line_seen)
                 if hit is not None:
                     raise Refused(hit)
             self.head_size = size
@@ -226,20 +226,6 @@ class Connection:
             raise Refused(cause if isinstance(cause, Exceeded) else None) from exc
         except httptools.HttpParserError as exc:
             raise Refused(None) from exc
-
-    def measure_head(self, data: bytes) -> Exceeded | None:
-        limits = self.engine.limits
-        buf = self.head_tail + data
-        base = self.head_size - len(self.head_tail)  # the head offset of buf[0]
-        if not self.line_seen:
-            newline = buf.find(b"\n")
-            line = base + (newline if newline >= 0 else len(buf))
-            if line > limits.request_line + 1:  # + 1: the CR before the LF
-                return Exceeded(414, f"a request line longer than {limits.request_line} bytes")
-        end = head_end(buf)
-        if base + (end if end >= 0 else len(buf)) > limits.head:
-            return Exceeded(431, f"a request head longer than {limits.head} bytes")
-        return None
 
     # Answering, one request at a time, in order.
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from .uvicorn_seam import Headers, HttpConnection, RequestRefused
 
-__all__ = ["Exceeded", "Guard", "Limits", "check_head", "head_end"]
+__all__ = ["Exceeded", "Guard", "Limits", "check_head", "head_end", "measure_head"]
 
 logger = logging.getLogger("clusterrun")
 
@@ -58,6 +58,26 @@ class Exceeded(RequestRefused):
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status, self.why = status, why
+
+
+def measure_head(limits: Limits, tail: bytes, data: bytes, before: int, line_seen: bool) -> Exceeded | None:
+    """The limit a head breaks once ``data`` arrived, counted before any parser sees it; None if none.
+
+    ``before``: the head's bytes before ``data``, of which ``tail`` are the last (a line end may straddle two
+    reads); ``line_seen``: the request line is complete already. Shared by uvicorn's protocols (``Guard``)
+    and the inline engine (adapters.http_conn).
+    """
+    buf = tail + data
+    base = before - len(tail)  # the head offset of buf[0]
+    if not line_seen:
+        newline = buf.find(b"\n")
+        line = base + (newline if newline >= 0 else len(buf))
+        if line > limits.request_line + 1:  # + 1: the CR before the LF
+            return Exceeded(414, f"a request line longer than {limits.request_line} bytes")
+    end = head_end(buf)
+    if base + (end if end >= 0 else len(buf)) > limits.head:
+        return Exceeded(431, f"a request head longer than {limits.head} bytes")
+    return None
 
 
 def head_end(buf: bytes) -> int:
@@ -193,19 +213,7 @@ class Guard:
         return True
 
     def _measure_head(self, data: bytes) -> Exceeded | None:
-        limits = self._limits
-        buf = self._head_tail + data
-        base = self._head_size - len(self._head_tail)  # the head offset of buf[0]
-        if not self._line_seen:
-            newline = buf.find(b"\n")
-            line = base + (newline if newline >= 0 else len(buf))
-            if line > limits.request_line + 1:  # + 1: the CR before the LF
-                return Exceeded(414, f"a request line longer than {limits.request_line} bytes")
-        end = head_end(buf)
-        head = base + (end if end >= 0 else len(buf))
-        if head > limits.head:
-            return Exceeded(431, f"a request head longer than {limits.head} bytes")
-        return None
+        return measure_head(self._limits, self._head_tail, data, self._head_size, self._line_seen)
 
     def _start_head_clock(self) -> None:
         loop = self._conn.loop

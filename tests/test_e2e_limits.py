@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import DEADLINE, TEST_APPS, Cluster, assert_config_error, run_to_exit
+from helpers import DEADLINE, TEST_APPS, Cluster, assert_config_error, read_all, run_to_exit
 
 MiB = 1024 * 1024
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
@@ -107,16 +107,6 @@ def read_answer(sock: socket.socket) -> bytes:
             break
         answer += data
     return answer
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    sock.settimeout(DEADLINE)
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
 
 
 def status_of(answer: bytes) -> int:

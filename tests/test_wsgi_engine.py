@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import DEADLINE, TEST_APPS, Cluster, wait_until
+from helpers import DEADLINE, TEST_APPS, Cluster, read_all, wait_until
 
 RUNNER = str(TEST_APPS / "engine_runner.py")
 MiB = 1024 * 1024
@@ -33,16 +33,6 @@ def serve(run_cli: Callable[..., Cluster], app: str, *args: str) -> tuple[Cluste
     url = cluster.urls()[0]
     host, port = url.removeprefix("http://").rsplit(":", 1)
     return cluster, host, int(port)
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    sock.settimeout(DEADLINE)
-    data = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
 
 
 def read_response(sock: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes]:
