@@ -9,6 +9,7 @@ clusterrun.identity and the version. tests/test_layout.py checks both rules.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -73,14 +74,15 @@ def selector_loop() -> SelectorLoop:
 def inline_engine(
     loop: SelectorLoop, loaded: LoadedApp, *, info: WorkerInfo, limits: Limits, keep_alive: float,
     on_close: Callable[[int], object] | None, on_response: Callable[..., object] | None,
-    headers: ResponseHeaders,
+    headers: ResponseHeaders, ssl_context: ssl.SSLContext | None = None,
 ) -> Any:
-    """The inline WSGI engine (adapters.wsgi_engine.WSGIEngine) serving ``loaded`` on ``loop``."""
+    """The inline WSGI engine (adapters.wsgi_engine.WSGIEngine) serving ``loaded`` on ``loop``; with
+    ``ssl_context``, HTTPS (the handshake in this worker, adapters.tls_conn)."""
     from .wsgi_engine import WSGIEngine
 
     return WSGIEngine(loop, loaded.app, limits=limits, keep_alive=keep_alive,
                       extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response,
-                      headers=headers)
+                      headers=headers, ssl_context=ssl_context)
 
 
 def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,

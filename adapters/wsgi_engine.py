@@ -21,6 +21,7 @@ from __future__ import annotations
 import http
 import logging
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from .headers import ResponseHeaders
 from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
 from .reactor import SelectorLoop
+from .tls_conn import TLSConnection, TLSFileWrapper, prepare, wrap
 from .wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, split_host
 from .wsgi_respond import Framing
 from .wsgi_upload import serve_upload
@@ -58,6 +60,7 @@ class WSGIEngine:
         self, loop: SelectorLoop, app: WSGIApp, *, limits: Limits | None = None, keep_alive: float = 5.0,
         extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
         on_response: Callable[..., object] | None = None, headers: ResponseHeaders | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.loop, self.app = loop, app
         self.headers = headers or ResponseHeaders()
@@ -92,6 +95,11 @@ class WSGIEngine:
             "wsgi.input_terminated": True,  # wsgi.input returns b"" at the end of the body: reading to EOF is safe
             **(extra_environ or {}),
         }
+        self.tls = ssl_context  # None: plain HTTP, and nothing of adapters.tls_conn runs
+        if ssl_context is not None:
+            prepare(ssl_context)
+            self._base["wsgi.url_scheme"] = "https"
+            self._base["wsgi.file_wrapper"] = TLSFileWrapper  # no sendfile through TLS
         self._tick()
 
     # Connections in.
@@ -118,7 +126,17 @@ class WSGIEngine:
 
     def _open(self, sock: socket.socket, peer: Any, local: Any) -> None:
         sock.setblocking(False)
-        conn = Connection(self, sock, peer, local)
+        if self.tls is None:
+            conn = Connection(self, sock, peer, local)
+        else:
+            try:
+                conn = TLSConnection(self, wrap(self.tls, sock), peer, local)
+            except OSError as exc:  # the client left before the connection could be wrapped
+                logger.debug("dropping a connection before its TLS handshake: %s", exc)
+                sock.close()
+                if self.on_close is not None:
+                    self.on_close(1)
+                return
         self.connections.add(conn)
         conn.start()
 
@@ -189,7 +207,8 @@ class WSGIEngine:
         if isinstance(local, tuple):
             environ["SERVER_NAME"], environ["SERVER_PORT"] = local[0], str(local[1])
         else:  # unix socket: the socket path is no server name, the Host header is the best we have
-            environ["SERVER_NAME"], environ["SERVER_PORT"] = split_host(environ.get("HTTP_HOST", ""), "http")
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = split_host(environ.get("HTTP_HOST", ""),
+                                                                        environ["wsgi.url_scheme"])
         return environ
 
     def hand_over(self, conn: Connection, request: Request) -> None:

@@ -25,6 +25,7 @@ from .listeners import BindAddress, activated, parse_bind, parse_port
 from .memlimit import MIB, cgroup_memory_limit, per_worker_mib
 from .sources import FileValues, env_names, flag_name
 from .supervision import MIN_TIMEOUT
+from .tls import TLSSettings, parse_cert_reqs, server_context
 
 POLICIES = ("rr", "least-conn", "sticky", "shared", "reuseport")
 INTERFACES = ("auto", "wsgi", "asgi")
@@ -88,6 +89,13 @@ class Config:
     limit_request_field_size: int = 8190
     limit_request_head: int = 64 * 1024
     timeout_request_head: float = 10.0
+    # TLS (README "TLS"): each worker builds its SSLContext from these files when it starts (clusterrun.tls).
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_keyfile_password: str = field(default="", repr=False)
+    ssl_ca_certs: str = ""
+    ssl_cert_reqs: int = 0  # ssl.CERT_NONE
+    ssl_ciphers: str = ""  # "": Python's defaults
     name: str = ""  # the cluster's name, for the control commands; "" = the app's module (``cluster_name``)
     control: str = ""  # the control socket's path; "" = the default place (clusterrun.control)
     no_control: bool = False
@@ -105,6 +113,14 @@ class Config:
     @property
     def cluster_name(self) -> str:
         return self.name or self.module
+
+    @property
+    def tls(self) -> TLSSettings | None:
+        """The --ssl-* options, or None when the workers serve plain HTTP (no --ssl-certfile)."""
+        if not self.ssl_certfile:
+            return None
+        return TLSSettings(self.ssl_certfile, self.ssl_keyfile, self.ssl_keyfile_password, self.ssl_ca_certs,
+                           self.ssl_cert_reqs, self.ssl_ciphers)
 
 
 @dataclass(frozen=True)
@@ -450,6 +466,20 @@ OPTIONS: tuple[Option, ...] = (
            switch=True),
     Option("headers", ("--header",), "add NAME:VALUE to every response (repeat), e.g. 'X-Frame-Options: DENY'",
            _response_header, "NAME:VALUE", repeat=True),
+    Option("ssl_certfile", ("--ssl-certfile",), "serve HTTPS with this certificate (PEM, with its chain); each "
+           "worker reads it when it starts, so a rolling restart (SIGHUP) serves a renewed one",
+           _existing_file("--ssl-certfile"), "FILE"),
+    Option("ssl_keyfile", ("--ssl-keyfile",), "the certificate's private key (PEM); default: in --ssl-certfile",
+           _existing_file("--ssl-keyfile"), "FILE"),
+    Option("ssl_keyfile_password", ("--ssl-keyfile-password",), "the password of an encrypted --ssl-keyfile "
+           "(better from the environment or a config file than the command line, which ps shows)", str,
+           "PASSWORD"),
+    Option("ssl_ca_certs", ("--ssl-ca-certs",), "CA certificates (PEM) that client certificates are checked "
+           "against, with --ssl-cert-reqs", _existing_file("--ssl-ca-certs"), "FILE"),
+    Option("ssl_cert_reqs", ("--ssl-cert-reqs",), "client certificates: none (0, default), optional (1) or "
+           "required (2), as the ssl module's CERT_*", parse_cert_reqs, "none|optional|required"),
+    Option("ssl_ciphers", ("--ssl-ciphers",), "the OpenSSL cipher list for TLS 1.2 and older; default Python's "
+           "safe defaults (as uvicorn and gunicorn)", str, "CIPHERS"),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "
            "with 413, before the app runs when Content-Length says so, else when a chunked body grows past it; "
            "0 (default) no limit: bodies stream to the app, so the server itself holds at most a few dozen KiB of "
@@ -531,11 +561,27 @@ def build_config(
     if given.get("reload") and given.get("preload"):
         raise ConfigError("--reload cannot work with --preload: new workers would fork from the code loaded at "
                           "start; drop --preload in development")
-    return Config(
+    config = Config(
         app=_checked_app(app, sources["app"]), workers=workers, workers_spec=workers_spec,
         workers_from=sources.get("workers", "--workers"), binds=_binds(given, environ), usable_cpus=cpus,
         sources=sources, **given,
     )
+    _check_tls(config)
+    return config
+
+
+def _check_tls(config: Config) -> None:
+    """Build the TLS context once here, only to check the files: a bad one is a config error, not a boot loop."""
+    tls = config.tls
+    if tls is None:
+        alone = [OPTIONS_BY_NAME[name].flags[-1] for name in _TLS_DETAILS if getattr(config, name)]
+        if alone:
+            raise ConfigError(f"{alone[0]} needs --ssl-certfile: give the server's certificate to serve HTTPS")
+        return
+    server_context(tls)
+
+
+_TLS_DETAILS = ("ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs", "ssl_cert_reqs", "ssl_ciphers")
 
 
 def _binds(given: dict[str, Any], environ: Mapping[str, str]) -> tuple[BindAddress, ...]:
@@ -584,6 +630,8 @@ def describe_config(config: Config, as_json: bool = False) -> str:
             value = [str(bind) for bind in config.binds]
         elif isinstance(value, BindAddress):
             value = str(value)
+        elif option.name == "ssl_keyfile_password" and value:
+            value = "(hidden)"
         rows.append((option.flags[-1].lstrip("-"), value, config.sources.get(option.name, "default")))
     if as_json:
         return json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2)

@@ -8,6 +8,7 @@ through adapters' one entry point. A WSGI app has no lifespan, so there is nothi
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ class InlineServer:
     interface = "wsgi"
 
     def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
-                 loop: entry.SelectorLoop) -> None:
+                 loop: entry.SelectorLoop, ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
@@ -38,7 +39,7 @@ class InlineServer:
             loop, loaded, info=info, limits=limits(config), keep_alive=config.timeout_keep_alive,
             on_close=closes.add if closes.shared else None,
             on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
-            headers=response_headers(config),
+            headers=response_headers(config), ssl_context=ssl_context,
         )
 
     def counts(self) -> Beat:

@@ -209,12 +209,12 @@ def _bind_failure(address: BindAddress, exc: OSError) -> str:
     return f"cannot bind {address}: {exc.strerror or exc}; check the --bind value"
 
 
-def describe(sock: socket.socket) -> str:
-    """The URL a user can open for a bound listener, with the real port."""
+def describe(sock: socket.socket, scheme: str = "http") -> str:
+    """The URL a user can open for a bound listener, with the real port (``scheme`` https with TLS)."""
     if sock.family == socket.AF_UNIX:
         return f"unix:{sock.getsockname()}"
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{scheme}://{host}:{port}"
 
 
 def close_quietly(sock: socket.socket) -> None:

@@ -218,7 +218,8 @@ def announce_start(config: Config, policy: str, sockets: list[socket.socket], en
         logger.info("%s -> --max-memory %d MiB per worker (a worker above it is replaced; give --max-memory to "
                     "choose)", config.sources["max_memory"], config.max_memory)
     for sock in sockets:
-        logger.info("listening on %s%s", listeners.describe(sock), listeners.origin(sock))
+        logger.info("listening on %s%s", listeners.describe(sock, "https" if config.tls else "http"),
+                    listeners.origin(sock))
     if endpoints.control_path:
         logger.info("control socket %s: clusterrun status %s", endpoints.control_path, config.cluster_name)
     if endpoints.metrics_url:

@@ -45,10 +45,11 @@ class Operations:
         """The cluster in one line (clusterrun ls)."""
         primary, pool = self.primary, self.primary.pool
         now = primary.clock()
+        scheme = "https" if primary.config.tls else "http"
         return {
             "ok": True, "name": primary.config.cluster_name, "pid": os.getpid(), "app": primary.config.app,
             "version": __version__, "policy": primary.policy.name,
-            "binds": [listeners.describe(sock) for sock in primary.listeners],
+            "binds": [listeners.describe(sock, scheme) for sock in primary.listeners],
             "started": started_at(primary.started, now), "uptime": round(now - primary.started, 3),
             "target": pool.target, "ready": sum(1 for w in pool.slots.values() if w.is_ready),
             "stopping": pool.stopping,

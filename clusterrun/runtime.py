@@ -14,13 +14,14 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from . import logs, messaging, workerhooks
+from . import logs, messaging, tls, workerhooks
 from .adapters import entry
 from .channel import Channel
 from .config import Config
@@ -53,19 +54,20 @@ def serve(
     """
     channel.send(Online())
     try:
+        ssl_context = tls.worker_context(config.tls)  # the certificate files as they are now
         loaded = preloaded or entry.load_app(
             config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface
         )
         inline = entry.inline_engine_available(loaded, threads=config.threads, http=config.http)
         if not inline:
-            server = StackServer(config, info, loaded, closes)
+            server = StackServer(config, info, loaded, closes, ssl_context)
             loop = _new_loop(config.loop)
         workerhooks.init(info)  # after the app is loaded (or inherited with --preload), before serving
     except BootError as exc:
         channel.send_blocking(BootFailed(str(exc)))
         return EXIT_BOOT
     if inline:
-        return _serve_inline(config, info, channel, sockets, closes, loaded)
+        return _serve_inline(config, info, channel, sockets, closes, loaded, ssl_context)
     try:
         asyncio.set_event_loop(loop)
         code = loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes, loop).run())
@@ -79,11 +81,11 @@ def serve(
 
 def _serve_inline(
     config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
-    loaded: entry.LoadedApp,
+    loaded: entry.LoadedApp, ssl_context: ssl.SSLContext | None,
 ) -> int:
     loop = entry.selector_loop()
     try:
-        server = InlineServer(config, info, loaded, closes, loop)
+        server = InlineServer(config, info, loaded, closes, loop, ssl_context)
         code = WorkerRuntime(config, channel, server, sockets, closes, loop).run_inline()
         workerhooks.exit(info)
         return code

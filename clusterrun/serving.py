@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from email.utils import formatdate
@@ -89,8 +90,14 @@ def limits(config: Config) -> entry.Limits:
 class StackServer:
     """The app on uvicorn's protocols: ``start`` (lifespan), ``listen``, ``adopt``, ``drain``, ``stop``."""
 
-    def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter) -> None:
+    def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config
+        # With TLS, asyncio's (or uvloop's) transports do the handshake, on listeners and passed connections
+        # alike, and uvicorn's protocols then report the scheme https; a handshake not done within the head
+        # timeout is dropped, like a request head that does not come.
+        self._tls: dict[str, Any] = {} if ssl_context is None else {
+            "ssl": ssl_context, "ssl_handshake_timeout": config.timeout_request_head}
         self.info = info
         self.interface = loaded.interface
         self.app = entry.as_asgi(loaded, threads=config.threads, info=info)
@@ -138,7 +145,7 @@ class StackServer:
         self._protocol_factory = self.stack.protocol_factory(loop, app_state)
         self._tick(self.stack.encoded_headers)
         self._servers = [
-            await loop.create_server(self._protocol_factory, sock=sock, backlog=self.config.backlog)
+            await loop.create_server(self._protocol_factory, sock=sock, backlog=self.config.backlog, **self._tls)
             for sock in sockets
         ]
 
@@ -158,8 +165,8 @@ class StackServer:
 
     async def _connect(self, sock: socket.socket) -> None:
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(self._protocol_factory, sock)
-        except OSError as exc:  # the client left before the hand-over completed
+            await asyncio.get_running_loop().connect_accepted_socket(self._protocol_factory, sock, **self._tls)
+        except (OSError, asyncio.TimeoutError) as exc:  # the client left, or its TLS handshake failed or timed out
             logger.debug("dropping a passed connection: %s", exc)
             sock.close()
             self.closes.add()  # no protocol saw it, so none counts its close
