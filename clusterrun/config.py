@@ -561,24 +561,23 @@ def build_config(
     if given.get("reload") and given.get("preload"):
         raise ConfigError("--reload cannot work with --preload: new workers would fork from the code loaded at "
                           "start; drop --preload in development")
-    config = Config(
+    return _checked_tls(Config(
         app=_checked_app(app, sources["app"]), workers=workers, workers_spec=workers_spec,
         workers_from=sources.get("workers", "--workers"), binds=_binds(given, environ), usable_cpus=cpus,
         sources=sources, **given,
-    )
-    _check_tls(config)
-    return config
+    ))
 
 
-def _check_tls(config: Config) -> None:
+def _checked_tls(config: Config) -> Config:
     """Build the TLS context once here, only to check the files: a bad one is a config error, not a boot loop."""
     tls = config.tls
-    if tls is None:
-        alone = [OPTIONS_BY_NAME[name].flags[-1] for name in _TLS_DETAILS if getattr(config, name)]
-        if alone:
-            raise ConfigError(f"{alone[0]} needs --ssl-certfile: give the server's certificate to serve HTTPS")
-        return
-    server_context(tls)
+    if tls is not None:
+        server_context(tls)
+        return config
+    alone = [OPTIONS_BY_NAME[name].flags[-1] for name in _TLS_DETAILS if getattr(config, name)]
+    if alone:
+        raise ConfigError(f"{alone[0]} needs --ssl-certfile: give the server's certificate to serve HTTPS")
+    return config
 
 
 _TLS_DETAILS = ("ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs", "ssl_cert_reqs", "ssl_ciphers")
