@@ -104,13 +104,13 @@ def _load_pair(context: ssl.SSLContext, tls: TLSSettings) -> None:
     try:
         context.load_cert_chain(tls.certfile, tls.keyfile or None, password)
     except ssl.SSLError as exc:
-        if asked:
-            raise ConfigError(f"bad --ssl-keyfile-password: it does not decrypt the private key in {flag} "
-                              f"{keyfile!r}; give the password the key was encrypted with") from None
-        if exc.reason == "KEY_VALUES_MISMATCH":
+        if exc.reason == "KEY_VALUES_MISMATCH":  # the key was read (and decrypted, if it asked for a password)
             raise ConfigError(f"bad {flag} value {keyfile!r}: this private key does not belong to the certificate "
                               f"in --ssl-certfile {tls.certfile!r}; give the key the certificate was made "
                               "for") from None
+        if asked:
+            raise ConfigError(f"bad --ssl-keyfile-password: it does not decrypt the private key in {flag} "
+                              f"{keyfile!r}; give the password the key was encrypted with") from None
         fix = "give the certificate's private key in PEM format" if tls.keyfile else (
             "give the key with --ssl-keyfile, or put it in this file after the certificate")
         raise ConfigError(f"bad {flag} value {keyfile!r}: no PEM private key could be read from it; {fix}") from None
