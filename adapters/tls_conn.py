@@ -38,18 +38,15 @@ class TLSSocket(ssl.SSLSocket):
     """An SSLSocket that the engine drives like a plain non-blocking socket: "not now" is BlockingIOError."""
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        # No decrypted bytes stay behind in OpenSSL, where the selector would not see them (``pending()``):
+        # with read-ahead off (Python's default) one read takes one record from the kernel and no more, and
+        # every read of the engine and of an upload thread asks for more than a record holds (16 KiB).
+        # Checked on OpenSSL 3.0: records of 100 B to 40 KB sent at once came one read each, pending() 0.
         try:
-            got = super().recv_into(buffer, nbytes, flags)
+            return super().recv_into(buffer, nbytes, flags)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # Not a whole record yet (or only a handshake message): no data for the engine yet.
             raise BlockingIOError(errno.EAGAIN, "no complete TLS record yet") from None
-        size = nbytes or len(buffer)
-        if got and got < size and self.pending():
-            # Bytes OpenSSL already decrypted are no longer in the kernel: the loop would not wake for them.
-            with memoryview(buffer) as view:
-                while got < size and self.pending():
-                    got += super().recv_into(view[got:size], size - got)
-        return got
 
     def send(self, data: Any, flags: int = 0) -> int:
         try:
