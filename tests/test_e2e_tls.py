@@ -27,7 +27,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from helpers import DEADLINE, TEST_APPS, Cluster, assert_config_error, read_all, run_to_exit, wait_until
 
@@ -47,6 +47,7 @@ class PKI:
     first: Pair
     renewed: Pair  # the same names, a new certificate and key from the same CA
     encrypted_key: Path  # first's key, encrypted with PASSWORD
+    client: Pair  # a client certificate from the same CA
 
 
 def _name(text: str) -> x509.Name:
@@ -54,7 +55,7 @@ def _name(text: str) -> x509.Name:
 
 
 def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
-                 ca: bool) -> x509.Certificate:
+                 ca: bool, usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH) -> x509.Certificate:
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (
         x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
@@ -72,8 +73,7 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, sig
     else:
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                                        critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         builder = builder.add_extension(x509.KeyUsage(
             digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
             key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
@@ -98,16 +98,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _certificate("clusterrun test CA", ca_key, "clusterrun test CA", ca_key, ca=True)
     pairs = []
-    for name in ("first", "renewed"):
+    for name in ("first", "renewed", "client"):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate("localhost", key, "clusterrun test CA", ca_key, ca=False)
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if name == "client" else ExtendedKeyUsageOID.SERVER_AUTH
+        cert = _certificate("localhost", key, "clusterrun test CA", ca_key, ca=False, usage=usage)
         pairs.append(Pair(_write(folder / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM)),
                           _write(folder / f"{name}.key", _key_pem(key)),
                           cert.fingerprint(hashes.SHA256()).hex()))
         if name == "first":
             encrypted = _write(folder / "first-encrypted.key", _key_pem(key, PASSWORD))
     return PKI(_write(folder / "ca.crt", ca.public_bytes(serialization.Encoding.PEM)), pairs[0], pairs[1],
-               encrypted)
+               encrypted, pairs[2])
 
 
 def client_context(pki: PKI) -> ssl.SSLContext:
@@ -170,7 +171,8 @@ def test_https_survives_plain_http_and_the_app_sees_https(
     run_cli: Callable[..., Cluster], pki: PKI, app: str, policy: str, extra: tuple[str, ...]
 ) -> None:
     cluster, url = start_tls(run_cli, app, "--workers", "1", "--policy", policy, "--ssl-certfile",
-                             str(pki.first.cert), "--ssl-keyfile", str(pki.first.key), *extra)
+                             str(pki.first.cert), "--ssl-keyfile", str(pki.first.key), "--timeout-request-head",
+                             "1", *extra)
     first = get_json(pki, url)
     assert first["scheme"] == "https", first
     if app.endswith("wsgi"):
@@ -178,6 +180,12 @@ def test_https_survives_plain_http_and_the_app_sees_https(
     # Plain HTTP to the TLS port fails that connection only: the same worker answers HTTPS next.
     assert not plain_http_to(url).startswith(b"HTTP/"), "a plain HTTP answer from the TLS port"
     assert get_json(pki, url)["pid"] == first["pid"]
+    if app.endswith("asgi") and policy == "rr":
+        # A passed connection that never starts its handshake is closed after --timeout-request-head (the
+        # inline engine's own sweep: test_inline_engine_over_tls).
+        with socket.create_connection(address(url), timeout=DEADLINE) as silent:
+            assert read_all(silent) == b""
+        assert get_json(pki, url)["pid"] == first["pid"]
     assert "Traceback" not in cluster.output()
 
 
@@ -216,6 +224,19 @@ def test_inline_engine_over_tls(run_cli: Callable[..., Cluster], pki: PKI) -> No
     with socket.create_connection(address(url), timeout=DEADLINE) as silent:
         assert read_all(silent) == b""
     assert get_json(pki, url + "/environ")["wsgi.url_scheme"] == "https"
+    assert "Traceback" not in cluster.output()
+
+
+@pytest.mark.parametrize("app", ["tls_app:wsgi", "tls_app:asgi"])
+def test_client_certificates_required(run_cli: Callable[..., Cluster], pki: PKI, app: str) -> None:
+    cluster, url = start_tls(run_cli, app, "--workers", "1", "--ssl-certfile", str(pki.first.cert), "--ssl-keyfile",
+                             str(pki.first.key), "--ssl-cert-reqs", "required", "--ssl-ca-certs", str(pki.ca))
+    with pytest.raises(httpx.TransportError):  # no client certificate: the handshake fails
+        get_json(pki, url)
+    with_certificate = client_context(pki)
+    with_certificate.load_cert_chain(pki.client.cert, pki.client.key)
+    with httpx.Client(verify=with_certificate, timeout=DEADLINE) as http:
+        assert http.get(url).json()["scheme"] == "https"
     assert "Traceback" not in cluster.output()
 
 
