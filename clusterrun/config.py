@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -72,6 +73,11 @@ class Config:
     limit_request_body: int = 0
     no_server_header: bool = False
     no_date_header: bool = False
+    # Behind a reverse proxy (README "Behind a proxy"): as uvicorn's defaults, plus ::1 and Unix-socket peers.
+    proxy_headers: bool = True
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1", "unix")
+    proxy_host: bool = False
+    root_path: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     uds_mode: int = 0o666
     fds: tuple[int, ...] = ()
@@ -119,6 +125,7 @@ class Option:
     env: str | None = None
     repeat: bool = False
     switch: bool = False
+    negatable: bool = False  # a switch that is on by default: --NAME and --no-NAME, False is a given value
     choices: tuple[str, ...] | None = None
 
 
@@ -311,6 +318,31 @@ def _octal_mode(value: Any) -> int:
     return mode
 
 
+def _forwarded_ips(value: Any) -> tuple[str, ...]:
+    """--forwarded-allow-ips: addresses and networks (CIDR), "unix" for Unix-socket peers, "*" for anyone."""
+    items = [str(item) for item in value] if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+    for item in items:
+        if item in ("*", "unix"):
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"bad --forwarded-allow-ips value {item!r}: give IP addresses or networks like "
+                              "10.0.0.0/8, 'unix' for Unix-socket peers or '*' for any peer, separated by commas"
+                              ) from None
+    return tuple(items)
+
+
+def _root_path(value: Any) -> str:
+    text = str(value).strip()
+    if text in ("", "/"):
+        return ""
+    if not text.startswith("/") or any(c in text for c in "?#% ") or not text.isascii():
+        raise ConfigError(f"bad --root-path value {value!r}: give the path prefix the app is mounted under, "
+                          "starting with /, e.g. /api")
+    return text.rstrip("/")
+
+
 def _app_spec(value: Any) -> str:
     text = str(value).strip()
     module, sep, attr = text.partition(":")
@@ -450,6 +482,17 @@ OPTIONS: tuple[Option, ...] = (
            switch=True),
     Option("headers", ("--header",), "add NAME:VALUE to every response (repeat), e.g. 'X-Frame-Options: DENY'",
            _response_header, "NAME:VALUE", repeat=True),
+    Option("proxy_headers", ("--proxy-headers",), "take the client's address and scheme from X-Forwarded-For, "
+           "X-Forwarded-Proto and Forwarded when the peer is in --forwarded-allow-ips; on by default "
+           "(--no-proxy-headers: never)", _switch, switch=True, negatable=True),
+    Option("forwarded_allow_ips", ("--forwarded-allow-ips",), "the proxies whose forwarding headers are trusted: "
+           "IP addresses and networks (CIDR), 'unix' for Unix-socket peers, '*' for any peer, comma-separated; "
+           "default 127.0.0.1,::1,unix", _forwarded_ips, "IPS", env="FORWARDED_ALLOW_IPS"),
+    Option("proxy_host", ("--proxy-host",), "also take the Host from a trusted proxy's X-Forwarded-Host or "
+           "Forwarded host= (off by default: a proxy that passes a client's header on would let it choose the "
+           "host your app builds URLs with)", _switch, switch=True),
+    Option("root_path", ("--root-path",), "the path prefix the app is mounted under behind a proxy, e.g. /api: "
+           "ASGI root_path and WSGI SCRIPT_NAME", _root_path, "PATH"),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "
            "with 413, before the app runs when Content-Length says so, else when a chunked body grows past it; "
            "0 (default) no limit: bodies stream to the app, so the server itself holds at most a few dozen KiB of "
@@ -476,7 +519,7 @@ def _raw_value(
 ) -> tuple[Any, str]:
     """The option's raw value and where it came from: the command line (or API), the environment, the file."""
     raw = values.get(option.name)
-    if not (raw is None or raw == [] or raw is False):
+    if not (raw is None or raw == [] or (raw is False and not option.negatable)):
         return raw, option.flags[-1]
     for variable in env_names(option):
         if environ.get(variable):
