@@ -541,9 +541,9 @@ def build_config(
         raise ConfigError("--reload cannot work with --preload: new workers would fork from the code loaded at "
                           "start; drop --preload in development")
     return Config(
-        app=_checked_app(app, sources["app"]), run_as=_run_as(given, sources), workers=workers, workers_spec=workers_spec,
+        app=_checked_app(app, sources["app"]), workers=workers, workers_spec=workers_spec,
         workers_from=sources.get("workers", "--workers"), binds=_binds(given, environ), usable_cpus=cpus,
-        sources=sources, **given,
+        run_as=_run_as(given, sources), sources=sources, **given,
     )
 
 

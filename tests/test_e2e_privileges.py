@@ -8,6 +8,7 @@ skipped with the reason, and the check is the one in the README's "Deploying" se
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -35,6 +36,7 @@ def _nobody() -> tuple[pwd.struct_passwd, str]:
     return user, grp.getgrgid(user.pw_gid).gr_name  # nogroup on Debian, nobody on Fedora
 
 
+@functools.cache
 def _readable_python(user: pwd.struct_passwd) -> tuple[str, dict[str, str]] | None:
     """An interpreter and environment with which ``user`` can import clusterrun and the test apps; None: none."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -72,7 +74,8 @@ def _status_ids(pid: int) -> dict[str, list[int]]:
 
 
 @ROOT_ONLY
-def test_workers_run_as_the_user_while_the_primary_stays_root(public_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("app", ["whoami_app:app", "whoami_app:asgi"])
+def test_workers_run_as_the_user_while_the_primary_stays_root(app: str, public_dir: Path, tmp_path: Path) -> None:
     user, group = _nobody()
     found = _readable_python(user)
     if found is None:
@@ -83,7 +86,7 @@ def test_workers_run_as_the_user_while_the_primary_stays_root(public_dir: Path, 
     log = tmp_path / "clusterrun.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [python, "-m", "clusterrun", "whoami_app:app", "--port", "0", "--workers", "1", "--user", user.pw_name,
+            [python, "-m", "clusterrun", app, "--port", "0", "--workers", "1", "--user", user.pw_name,
              "--group", group, "--access-log", "--access-log-file", str(access), "--metrics", "127.0.0.1:0"],
             cwd=TEST_APPS, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
