@@ -20,6 +20,7 @@ import json
 import logging
 import logging.config
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -62,7 +63,8 @@ class ReopeningFileHandler(logging.FileHandler):
 
     def _open(self) -> Any:
         stream = super()._open()
-        if self.owner is not None and os.geteuid() == 0:
+        # Regular files only: --log-file /dev/null or /dev/stdout must not hand a device or a pipe over.
+        if self.owner is not None and os.geteuid() == 0 and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
             os.fchown(stream.fileno(), *self.owner)
         return stream
 
