@@ -115,6 +115,8 @@ def test_workers_run_as_the_user_while_the_primary_stays_root(app: str, public_d
                    and "/after-rotation" in access.read_text(), "an access line in the reopened file")
         assert "cannot reopen" not in cluster.output()
         assert access.stat().st_uid == user.pw_uid
+        cluster.signal(signal.SIGTERM)  # the primary stops the user's workers and cleans up as usual
+        assert cluster.wait_exit() == 0, cluster.output()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
