@@ -24,6 +24,7 @@ from .cpus import usable_cpus
 from .errors import ConfigError
 from .listeners import BindAddress, activated, parse_bind, parse_port
 from .memlimit import MIB, cgroup_memory_limit, per_worker_mib
+from .privileges import Target, parse_group, parse_user, resolve
 from .sources import FileValues, env_names, flag_name
 from .supervision import MIN_TIMEOUT
 
@@ -84,6 +85,8 @@ class Config:
     chdir: str = ""
     env_file: str = ""
     pid_file: str = ""
+    user: str = ""
+    group: str = ""
     reload: bool = False
     reload_dirs: tuple[str, ...] = ()
     reload_include: tuple[str, ...] = ()
@@ -100,6 +103,7 @@ class Config:
     metrics: BindAddress | None = None  # where the primary serves GET /metrics (Prometheus); None: nowhere
     health: BindAddress | None = None  # where the primary serves /livez and /readyz alone
     shutdown_delay: float = 0.0
+    run_as: Target | None = None  # the workers' ids, from --user and --group (privileges.resolve)
     usable_cpus: int = field(default=1, compare=False)
     workers_from: str = field(default="--workers", compare=False)  # the flag, or the variable that set it
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # option -> where its value came from
@@ -447,6 +451,11 @@ OPTIONS: tuple[Option, ...] = (
            _existing_file("--env-file"), "FILE"),
     Option("pid_file", ("--pid-file",), "write the primary's pid to FILE once bound, remove it on exit; a live pid "
            "in it refuses the start", _log_file("--pid-file"), "FILE"),
+    Option("user", ("--user",), "workers run as this user (a name or a numeric uid): the primary binds as root, "
+           "then each worker drops to the user before it imports the app; the primary stays root", parse_user,
+           "USER"),
+    Option("group", ("--group",), "with --user: the workers' group (a name or a numeric gid); default the user's "
+           "own group", parse_group, "GROUP"),
     Option("uds_mode", ("--uds-mode",), "permissions of unix: socket files, in octal; default 666, so that a "
            "proxy running as another user can connect (660 for the group only)", _octal_mode, "OCTAL"),
     Option("name", ("--name",), "the cluster's name, for clusterrun status/reload/scale/stop NAME; default the "
@@ -577,7 +586,7 @@ def build_config(
     return Config(
         app=_checked_app(app, sources["app"]), workers=workers, workers_spec=workers_spec,
         workers_from=sources.get("workers", "--workers"), binds=_binds(given, environ), usable_cpus=cpus,
-        sources=sources, **given,
+        run_as=_run_as(given, sources), sources=sources, **given,
     )
 
 
@@ -593,6 +602,12 @@ def _binds(given: dict[str, Any], environ: Mapping[str, str]) -> tuple[BindAddre
         binds = (BindAddress(host=host or "127.0.0.1", port=8000 if port is None else port),)
     uds_mode = given.get("uds_mode", Config.uds_mode)
     return tuple(dataclasses.replace(bind, mode=uds_mode) if bind.is_unix else bind for bind in binds)
+
+
+def _run_as(given: dict[str, Any], sources: Mapping[str, str]) -> Target | None:
+    """The workers' ids (--user, --group), named where they came from when they do not fit together."""
+    with _blaming(sources.get("user", sources.get("group", "-"))):
+        return resolve(given.get("user", ""), given.get("group", ""))
 
 
 def _checked_app(app: str, source: str) -> str:
