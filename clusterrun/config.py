@@ -642,8 +642,19 @@ def describe_config(config: Config, as_json: bool = False) -> str:
             value = [str(bind) for bind in config.binds]
         elif isinstance(value, BindAddress):
             value = str(value)
+        elif option.name == "uds_mode":
+            value = f"{value:03o}"  # as chmod and --uds-mode take it
+        elif isinstance(value, tuple):
+            value = [list(item) if isinstance(item, tuple) else item for item in value]
         rows.append((option.flags[-1].lstrip("-"), value, config.sources.get(option.name, "default")))
     if as_json:
         return json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2)
     width = max(len(name) for name, _value, _source in rows)
-    return "\n".join(f"{name.ljust(width)}  {value!s:<32}  {source}" for name, value, source in rows)
+    return "\n".join(f"{name.ljust(width)}  {_shown(value):<32}  {source}" for name, value, source in rows)
+
+
+def _shown(value: Any) -> str:
+    """A value as a person reads it: lists comma-separated, none as nothing."""
+    if isinstance(value, list):
+        return ", ".join(":".join(item) if isinstance(item, list) else str(item) for item in value)
+    return "" if value is None else str(value)
