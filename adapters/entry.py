@@ -19,10 +19,13 @@ from .headers import ResponseHeaders
 from .lifespan import Lifespan
 from .limits import Guard, Limits
 from .loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
+from .proxy import ForwardedApp, Forwarding
 from .reactor import SelectorLoop
 from .uvicorn_seam import OpenConnection, Stack
 
 __all__ = [
+    "ForwardedApp",
+    "Forwarding",
     "Guard",
     "Lifespan",
     "Limits",
@@ -74,7 +77,8 @@ def selector_loop() -> SelectorLoop:
 def inline_engine(
     loop: SelectorLoop, loaded: LoadedApp, *, info: WorkerInfo, limits: Limits, keep_alive: float,
     on_close: Callable[[int], object] | None, on_response: Callable[..., object] | None,
-    headers: ResponseHeaders, ssl_context: ssl.SSLContext | None = None,
+    headers: ResponseHeaders, forwarding: Forwarding | None, root_path: str,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Any:
     """The inline WSGI engine (adapters.wsgi_engine.WSGIEngine) serving ``loaded`` on ``loop``; with
     ``ssl_context``, HTTPS (the handshake in this worker, adapters.tls_conn)."""
@@ -82,11 +86,11 @@ def inline_engine(
 
     return WSGIEngine(loop, loaded.app, limits=limits, keep_alive=keep_alive,
                       extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response,
-                      headers=headers, ssl_context=ssl_context)
+                      headers=headers, forwarding=forwarding, root_path=root_path, ssl_context=ssl_context)
 
 
 def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
-               headers: ResponseHeaders | None = None) -> Stack:
+               headers: ResponseHeaders | None = None, root_path: str = "") -> Stack:
     """uvicorn's HTTP protocols set up to serve ``app``; --http httptools without httptools is a BootError."""
     if http == "httptools":
         try:
@@ -95,7 +99,8 @@ def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int
             raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
     fixed = (headers or ResponseHeaders()).fixed()
     return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
-                 headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed])
+                 headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed],
+                 root_path=root_path)
 
 
 def preimport(http: str) -> None:

@@ -58,7 +58,8 @@ class Refused(Exception):
 class Request:
     """One parsed request head and its body as it arrives."""
 
-    __slots__ = ("body", "body_size", "complete", "continue_", "headers", "keep_alive", "method", "url", "version")
+    __slots__ = ("body", "body_size", "client", "complete", "continue_", "headers", "keep_alive", "method", "url",
+                 "version")
 
     def __init__(self, method: bytes, url: bytes, version: str, headers: list[tuple[bytes, bytes]],
                  keep_alive: bool) -> None:
@@ -68,6 +69,7 @@ class Request:
         self.body_size = 0
         self.complete = False
         self.continue_ = False  # Expect: 100-continue, not answered yet
+        self.client: tuple[str, int] | None = None  # the client a trusted proxy named (adapters.proxy)
 
 
 class Connection:

@@ -188,7 +188,7 @@ class Stack:
     """uvicorn's protocols set up for one worker: the classes to serve with and the state they share."""
 
     def __init__(self, app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
-                 headers: list[tuple[str, str]] | None = None) -> None:
+                 headers: list[tuple[str, str]] | None = None, root_path: str = "") -> None:
         config = uvicorn.Config(
             app=lambda: app,  # a factory, so that uvicorn does not probe the app by calling it
             factory=True,
@@ -197,7 +197,8 @@ class Stack:
             lifespan="off",  # clusterrun runs the lifespan itself (adapters.lifespan)
             log_config=None,
             access_log=access_log,
-            proxy_headers=False,
+            proxy_headers=False,  # clusterrun applies them itself (adapters.proxy), the same for both engines
+            root_path=root_path,
             server_header=False,
             headers=headers if headers is not None else [("server", "clusterrun")],
             timeout_keep_alive=timeout_keep_alive,

@@ -44,6 +44,7 @@ from .wsgi_app import (
     WSGIApp,
     body_chunks,
     log_app_error,
+    path_info,
     split_host,
 )
 from .wsgi_input import AppGate, ClientDisconnected, InputStream
@@ -251,7 +252,9 @@ class WSGIBridge:
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
         if root:
-            path = path.removeprefix(root)
+            # uvicorn put the prefix in front of the path it received; past that, the path is what the
+            # inline engine would make of it (wsgi_app.path_info).
+            path = path_info(root, path.removeprefix(root))
             environ["SCRIPT_NAME"] = root.encode().decode("latin-1")
         query: bytes = scope.get("query_string", b"")
         raw: bytes = scope.get("raw_path") or scope["path"].encode()

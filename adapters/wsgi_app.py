@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "BAD_VALUE", "TOKEN", "Environ", "ExcInfo", "Exchange", "FileWrapper", "Readable", "StartResponse", "WSGIApp",
-    "environ_key", "log_app_error", "split_host",
+    "environ_key", "log_app_error", "path_info", "split_host",
 ]
 
 Environ = dict[str, Any]
@@ -208,6 +208,14 @@ def environ_key(name: bytes) -> str:
         return ""  # "X_User" would alias "X-User" in the environ; gunicorn drops these to prevent spoofing
     key = name.decode("latin-1").upper().replace("-", "_")
     return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+
+
+def path_info(root_path: str, path: str) -> str:
+    """PATH_INFO under --root-path: the path past the prefix when the proxy kept it, else the path as it came
+    (a proxy that strips the prefix)."""
+    if path == root_path or path.startswith(root_path + "/"):
+        return path[len(root_path):]
+    return path
 
 
 def split_host(host: str, scheme: str) -> tuple[str, str]:

@@ -37,9 +37,10 @@ from .. import __version__
 from .headers import ResponseHeaders
 from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
+from .proxy import Forwarding, apply_to_environ
 from .reactor import SelectorLoop
 from .tls_conn import TLSConnection, TLSFileWrapper, prepare, wrap
-from .wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, split_host
+from .wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, path_info, split_host
 from .wsgi_respond import Framing
 from .wsgi_upload import serve_upload
 
@@ -60,13 +61,15 @@ class WSGIEngine:
         self, loop: SelectorLoop, app: WSGIApp, *, limits: Limits | None = None, keep_alive: float = 5.0,
         extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
         on_response: Callable[..., object] | None = None, headers: ResponseHeaders | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        forwarding: Forwarding | None = None, root_path: str = "", ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.loop, self.app = loop, app
         self.headers = headers or ResponseHeaders()
         self._fixed_head = b"".join(name + b": " + value + b"\r\n" for name, value in self.headers.fixed())
         self.limits = limits or Limits()
         self.keep_alive = keep_alive
+        self.forwarding = forwarding  # None: --no-proxy-headers
+        self.root_path = root_path
         self.on_close = on_close
         # Called after each response (access log, --metrics) with: client, method, path, query, HTTP version,
         # status, body bytes, seconds from the request's head to its last byte, referer, user agent.
@@ -83,7 +86,7 @@ class WSGIEngine:
         self._uploads: ThreadPoolExecutor | None = None
         self._keys = HeaderKeys()
         self._base: Environ = {
-            "SCRIPT_NAME": "",
+            "SCRIPT_NAME": root_path,
             "SERVER_SOFTWARE": f"clusterrun/{__version__}",
             "GATEWAY_INTERFACE": "CGI/1.1",
             "wsgi.version": (1, 0),
@@ -192,7 +195,8 @@ class WSGIEngine:
         raw_path, _, query = url.partition(b"?")
         environ["REQUEST_METHOD"] = request.method.decode("ascii")
         # PEP 3333: the path's bytes, percent-decoded, seen as latin-1.
-        environ["PATH_INFO"] = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
+        path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
+        environ["PATH_INFO"] = path_info(self.root_path, path) if self.root_path else path
         environ["QUERY_STRING"] = query.decode("latin-1")
         environ["RAW_URI"] = url.decode("latin-1")
         environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
@@ -209,6 +213,11 @@ class WSGIEngine:
         else:  # unix socket: the socket path is no server name, the Host header is the best we have
             environ["SERVER_NAME"], environ["SERVER_PORT"] = split_host(environ.get("HTTP_HOST", ""),
                                                                         environ["wsgi.url_scheme"])
+        forwarding = self.forwarding
+        if forwarding is not None and forwarding.trusts(peer[0] if isinstance(peer, tuple) else None):
+            origin = apply_to_environ(environ, forwarding)
+            if origin is not None and origin.client is not None:
+                request.client = origin.client  # for the access log
         return environ
 
     def hand_over(self, conn: Connection, request: Request) -> None:
@@ -224,7 +233,7 @@ class WSGIEngine:
         """Report one response to ``on_response``."""
         assert self.on_response is not None
         seconds = time.perf_counter() - began
-        peer = conn.peer_address()
+        peer = request.client or conn.peer_address()
         client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
         raw_path, _, query = request.url.partition(b"?")
         path = raw_path.decode("latin-1")

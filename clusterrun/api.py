@@ -20,7 +20,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import logs, workerhooks
+from . import logs, privileges, workerhooks
 from .appmetrics import AppMetricsDir
 from .config import OPTIONS, OPTIONS_BY_NAME, Config, build_config
 from .errors import ConfigError
@@ -80,6 +80,7 @@ class Cluster:
         """
         from .primary import Primary
 
+        run_as = privileges.check(self.config.run_as)  # --user while not root: a ConfigError, before anything
         restore_logging = logs.setup(self.config)
         app_metrics: AppMetricsDir | None = None
         try:
@@ -87,6 +88,8 @@ class Cluster:
             # once, at import, to choose between its single-process and multiprocess modes.
             prepare_process(self.config)  # --chdir, --env-file: before anything is imported from the app
             app_metrics = AppMetricsDir(self.config)
+            if app_metrics.created and app_metrics.path is not None:
+                privileges.give(app_metrics.path, run_as)  # the workers' prometheus_client writes there
             if self.config.metrics is not None:
                 require_client()
             if self.config.reload:

@@ -23,7 +23,7 @@ VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 class AppMetricsDir:
     def __init__(self, config: Config) -> None:
         self.path: str | None = None
-        self._created = False
+        self.created = False
         if config.metrics is None:
             return
         given = os.environ.get(VARIABLE) or os.environ.get(VARIABLE.lower())
@@ -31,11 +31,11 @@ class AppMetricsDir:
             self.path = given
             return
         self.path = tempfile.mkdtemp(prefix="clusterrun-metrics-")
-        self._created = True
+        self.created = True
         os.environ[VARIABLE] = self.path
 
     def close(self) -> None:
-        if self._created and self.path is not None:
+        if self.created and self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             if os.environ.get(VARIABLE) == self.path:
                 del os.environ[VARIABLE]

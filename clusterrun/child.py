@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from . import identity, logs, priority
+from . import identity, logs, priority, privileges
 from .channel import Channel
 from .config import Config
 from .counters import SharedCounter
@@ -50,9 +50,11 @@ def run(
             signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
         info = identity.WorkerInfo(worker_id, index, os.getpid())
         identity.become(info)
-        logs.setup(config, info)
+        logs.setup(config, info)  # as root still: the log files open whatever folder they are in
+        # --user: right after the fork, before the serving modules and the app are imported (privileges.py).
+        privileges.drop(privileges.check(config.run_as))
         _set_title(config, info)
-        _die_with_primary()
+        _die_with_primary()  # after the drop: a change of credentials clears the parent-death signal
         channel = Channel(channel_sock)
         from .runtime import serve  # imported here: the core stays importable without uvicorn
 

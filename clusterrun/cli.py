@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "[tool.clusterrun] in ./pyproject.toml, else ./clusterrun.toml")
     for option in OPTIONS:
         kwargs: dict[str, object] = {"dest": option.name, "help": option.help, "default": None}
-        if option.switch:
+        if option.negatable:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif option.switch:
             kwargs["action"] = "store_true"
         else:
             kwargs["metavar"] = option.metavar

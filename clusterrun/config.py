@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from .cpus import usable_cpus
 from .errors import ConfigError
 from .listeners import BindAddress, activated, parse_bind, parse_port
 from .memlimit import MIB, cgroup_memory_limit, per_worker_mib
+from .privileges import Target, parse_group, parse_user, resolve
 from .sources import FileValues, env_names, flag_name
 from .supervision import MIN_TIMEOUT
 from .tls import TLSSettings, parse_cert_reqs, server_context
@@ -73,12 +75,19 @@ class Config:
     limit_request_body: int = 0
     no_server_header: bool = False
     no_date_header: bool = False
+    # Behind a reverse proxy (README "Behind a proxy"): as uvicorn's defaults, plus ::1 and Unix-socket peers.
+    proxy_headers: bool = True
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1", "unix")
+    proxy_host: bool = False
+    root_path: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     uds_mode: int = 0o666
     fds: tuple[int, ...] = ()
     chdir: str = ""
     env_file: str = ""
     pid_file: str = ""
+    user: str = ""
+    group: str = ""
     reload: bool = False
     reload_dirs: tuple[str, ...] = ()
     reload_include: tuple[str, ...] = ()
@@ -102,6 +111,7 @@ class Config:
     metrics: BindAddress | None = None  # where the primary serves GET /metrics (Prometheus); None: nowhere
     health: BindAddress | None = None  # where the primary serves /livez and /readyz alone
     shutdown_delay: float = 0.0
+    run_as: Target | None = None  # the workers' ids, from --user and --group (privileges.resolve)
     usable_cpus: int = field(default=1, compare=False)
     workers_from: str = field(default="--workers", compare=False)  # the flag, or the variable that set it
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # option -> where its value came from
@@ -135,6 +145,7 @@ class Option:
     env: str | None = None
     repeat: bool = False
     switch: bool = False
+    negatable: bool = False  # a switch that is on by default: --NAME and --no-NAME, False is a given value
     choices: tuple[str, ...] | None = None
 
 
@@ -327,6 +338,31 @@ def _octal_mode(value: Any) -> int:
     return mode
 
 
+def _forwarded_ips(value: Any) -> tuple[str, ...]:
+    """--forwarded-allow-ips: addresses and networks (CIDR), "unix" for Unix-socket peers, "*" for anyone."""
+    items = [str(item) for item in value] if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
+    for item in items:
+        if item in ("*", "unix"):
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"bad --forwarded-allow-ips value {item!r}: give IP addresses or networks like "
+                              "10.0.0.0/8, 'unix' for Unix-socket peers or '*' for any peer, separated by commas"
+                              ) from None
+    return tuple(items)
+
+
+def _root_path(value: Any) -> str:
+    text = str(value).strip()
+    if text in ("", "/"):
+        return ""
+    if not text.startswith("/") or any(c in text for c in "?#% ") or not text.isascii():
+        raise ConfigError(f"bad --root-path value {value!r}: give the path prefix the app is mounted under, "
+                          "starting with /, e.g. /api")
+    return text.rstrip("/")
+
+
 def _app_spec(value: Any) -> str:
     text = str(value).strip()
     module, sep, attr = text.partition(":")
@@ -431,6 +467,11 @@ OPTIONS: tuple[Option, ...] = (
            _existing_file("--env-file"), "FILE"),
     Option("pid_file", ("--pid-file",), "write the primary's pid to FILE once bound, remove it on exit; a live pid "
            "in it refuses the start", _log_file("--pid-file"), "FILE"),
+    Option("user", ("--user",), "workers run as this user (a name or a numeric uid): the primary binds as root, "
+           "then each worker drops to the user before it imports the app; the primary stays root", parse_user,
+           "USER"),
+    Option("group", ("--group",), "with --user: the workers' group (a name or a numeric gid); default the user's "
+           "own group", parse_group, "GROUP"),
     Option("uds_mode", ("--uds-mode",), "permissions of unix: socket files, in octal; default 666, so that a "
            "proxy running as another user can connect (660 for the group only)", _octal_mode, "OCTAL"),
     Option("name", ("--name",), "the cluster's name, for clusterrun status/reload/scale/stop NAME; default the "
@@ -480,6 +521,17 @@ OPTIONS: tuple[Option, ...] = (
            "required (2), as the ssl module's CERT_*", parse_cert_reqs, "none|optional|required"),
     Option("ssl_ciphers", ("--ssl-ciphers",), "the OpenSSL cipher list for TLS 1.2 and older; default Python's "
            "safe defaults (as uvicorn and gunicorn)", str, "CIPHERS"),
+    Option("proxy_headers", ("--proxy-headers",), "take the client's address and scheme from X-Forwarded-For, "
+           "X-Forwarded-Proto and Forwarded when the peer is in --forwarded-allow-ips; on by default "
+           "(--no-proxy-headers: never)", _switch, switch=True, negatable=True),
+    Option("forwarded_allow_ips", ("--forwarded-allow-ips",), "the proxies whose forwarding headers are trusted: "
+           "IP addresses and networks (CIDR), 'unix' for Unix-socket peers, '*' for any peer, comma-separated; "
+           "default 127.0.0.1,::1,unix", _forwarded_ips, "IPS", env="FORWARDED_ALLOW_IPS"),
+    Option("proxy_host", ("--proxy-host",), "also take the Host from a trusted proxy's X-Forwarded-Host or "
+           "Forwarded host= (off by default: a proxy that passes a client's header on would let it choose the "
+           "host your app builds URLs with)", _switch, switch=True),
+    Option("root_path", ("--root-path",), "the path prefix the app is mounted under behind a proxy, e.g. /api: "
+           "ASGI root_path and WSGI SCRIPT_NAME", _root_path, "PATH"),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "
            "with 413, before the app runs when Content-Length says so, else when a chunked body grows past it; "
            "0 (default) no limit: bodies stream to the app, so the server itself holds at most a few dozen KiB of "
@@ -506,7 +558,7 @@ def _raw_value(
 ) -> tuple[Any, str]:
     """The option's raw value and where it came from: the command line (or API), the environment, the file."""
     raw = values.get(option.name)
-    if not (raw is None or raw == [] or raw is False):
+    if not (raw is None or raw == [] or (raw is False and not option.negatable)):
         return raw, option.flags[-1]
     for variable in env_names(option):
         if environ.get(variable):
@@ -564,7 +616,7 @@ def build_config(
     return _checked_tls(Config(
         app=_checked_app(app, sources["app"]), workers=workers, workers_spec=workers_spec,
         workers_from=sources.get("workers", "--workers"), binds=_binds(given, environ), usable_cpus=cpus,
-        sources=sources, **given,
+        run_as=_run_as(given, sources), sources=sources, **given,
     ))
 
 
@@ -595,6 +647,12 @@ def _binds(given: dict[str, Any], environ: Mapping[str, str]) -> tuple[BindAddre
         binds = (BindAddress(host=host or "127.0.0.1", port=8000 if port is None else port),)
     uds_mode = given.get("uds_mode", Config.uds_mode)
     return tuple(dataclasses.replace(bind, mode=uds_mode) if bind.is_unix else bind for bind in binds)
+
+
+def _run_as(given: dict[str, Any], sources: Mapping[str, str]) -> Target | None:
+    """The workers' ids (--user, --group), named where they came from when they do not fit together."""
+    with _blaming(sources.get("user", sources.get("group", "-"))):
+        return resolve(given.get("user", ""), given.get("group", ""))
 
 
 def _checked_app(app: str, source: str) -> str:
@@ -631,8 +689,19 @@ def describe_config(config: Config, as_json: bool = False) -> str:
             value = str(value)
         elif option.name == "ssl_keyfile_password" and value:
             value = "(hidden)"
+        elif option.name == "uds_mode":
+            value = f"{value:03o}"  # as chmod and --uds-mode take it
+        elif isinstance(value, tuple):
+            value = [list(item) if isinstance(item, tuple) else item for item in value]
         rows.append((option.flags[-1].lstrip("-"), value, config.sources.get(option.name, "default")))
     if as_json:
         return json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2)
     width = max(len(name) for name, _value, _source in rows)
-    return "\n".join(f"{name.ljust(width)}  {value!s:<32}  {source}" for name, value, source in rows)
+    return "\n".join(f"{name.ljust(width)}  {_shown(value):<32}  {source}" for name, value, source in rows)
+
+
+def _shown(value: Any) -> str:
+    """A value as a person reads it: lists comma-separated, none as nothing."""
+    if isinstance(value, list):
+        return ", ".join(":".join(item) if isinstance(item, list) else str(item) for item in value)
+    return "" if value is None else str(value)

@@ -19,7 +19,7 @@ from .counters import SharedCounter
 from .identity import WorkerInfo
 from .protocol import Beat
 from .requeststats import RequestStats
-from .serving import limits, response_headers
+from .serving import forwarding, limits, response_headers
 
 
 class InlineServer:
@@ -39,7 +39,8 @@ class InlineServer:
             loop, loaded, info=info, limits=limits(config), keep_alive=config.timeout_keep_alive,
             on_close=closes.add if closes.shared else None,
             on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
-            headers=response_headers(config), ssl_context=ssl_context,
+            headers=response_headers(config), forwarding=forwarding(config), root_path=config.root_path,
+            ssl_context=ssl_context,
         )
 
     def counts(self) -> Beat:

@@ -20,6 +20,7 @@ import json
 import logging
 import logging.config
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -49,23 +50,48 @@ _files: list[ReopeningFileHandler] = []
 
 
 class ReopeningFileHandler(logging.FileHandler):
-    """A log file that ``reopen()`` closes and opens again by name: after logrotate moved it away."""
+    """A log file that ``reopen()`` opens again by name (after logrotate moved it away), then closes the old one.
+
+    ``owner``: with --user, the (uid, gid) of the workers. The primary, as root, gives them every log file it
+    opens or creates, so that a worker (no longer root) can open it again on SIGUSR1, and so that logrotate's
+    ``create`` (which copies the old file's owner) makes the next one theirs too.
+    """
+
+    def __init__(self, path: str, owner: tuple[int, int] | None = None) -> None:
+        self.owner = owner
+        super().__init__(path, encoding="utf-8")
+
+    def _open(self) -> Any:
+        stream = super()._open()
+        # Regular files only: --log-file /dev/null or /dev/stdout must not hand a device or a pipe over.
+        if self.owner is not None and os.geteuid() == 0 and stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            os.fchown(stream.fileno(), *self.owner)
+        return stream
 
     def reopen(self) -> None:
+        """Open the file again; if that fails (OSError) the old one stays open and in use."""
+        stream = self._open()
         self.acquire()
         try:
-            if self.stream is not None:
-                self.stream.close()
-            self.stream = self._open()
+            old, self.stream = self.stream, stream
         finally:
             self.release()
+        if old is not None:
+            old.close()
 
 
 def reopen() -> int:
-    """Reopen every log file of this process; how many."""
+    """Reopen every log file of this process; how many could be. One that cannot keeps its old file, logged."""
+    reopened = 0
     for handler in _files:
-        handler.reopen()
-    return len(_files)
+        try:
+            handler.reopen()
+        except OSError as exc:
+            logger.error("cannot reopen the log file %s (%s): still writing to the file open before; make it "
+                         "writable by uid %d", handler.baseFilename, exc, os.geteuid())
+        else:
+            reopened += 1
+    return reopened
 
 
 class JsonFormatter(logging.Formatter):
@@ -96,10 +122,12 @@ def _formatter(config: Config, worker: WorkerInfo | None) -> logging.Formatter:
     return logging.Formatter(f"%(asctime)s [{who}] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
 
 
-def _handler(path: str, stream: IO[str], formatter: logging.Formatter) -> logging.Handler:
+def _handler(
+    path: str, stream: IO[str], formatter: logging.Formatter, owner: tuple[int, int] | None = None
+) -> logging.Handler:
     handler: logging.Handler
     if path:
-        handler = ReopeningFileHandler(path, encoding="utf-8")
+        handler = ReopeningFileHandler(path, owner)
         _files.append(handler)  # type: ignore[arg-type]
     else:
         handler = logging.StreamHandler(stream)
@@ -115,8 +143,9 @@ def setup(config: Config, worker: WorkerInfo | None = None) -> Callable[[], None
         apply_log_config(config.log_config)
         return lambda: None  # the file rules: nothing of ours to put back
     formatter = _formatter(config, worker)
-    handler = _handler(config.log_file, sys.stderr, formatter)
-    access_handler = _handler(config.access_log_file, sys.stdout, formatter)
+    owner = (config.run_as.uid, config.run_as.gid) if config.run_as is not None else None  # --user
+    handler = _handler(config.log_file, sys.stderr, formatter, owner)
+    access_handler = _handler(config.access_log_file, sys.stdout, formatter, owner)
     _own(logging.getLogger("clusterrun"), handler, _LEVELS[config.log_level])
     _own(logging.getLogger(ACCESS), access_handler, logging.INFO if config.access_log else logging.CRITICAL + 1)
     # uvicorn chats at INFO about lifespan and shutdown in every worker; the primary says what matters.

@@ -75,6 +75,13 @@ def response_headers(config: Config) -> entry.ResponseHeaders:
                                  extra=config.headers)
 
 
+def forwarding(config: Config) -> entry.Forwarding | None:
+    """Which proxies' forwarding headers count (README "Behind a proxy"); None with --no-proxy-headers."""
+    if not config.proxy_headers:
+        return None
+    return entry.Forwarding(config.forwarded_allow_ips, host=config.proxy_host)
+
+
 def limits(config: Config) -> entry.Limits:
     """The request limits a worker enforces, from its Config (README "Limits")."""
     return entry.Limits(
@@ -105,9 +112,13 @@ class StackServer:
         access = AccessLog(config.access_log_format, info) if config.access_log else None
         if self.stats is not None or access is not None:
             self.app = observed(self.app, self.stats, access)
+        proxies = forwarding(config)
+        if proxies is not None:  # outermost: the access log and the app both see the client the proxy names
+            self.app = entry.ForwardedApp(self.app, proxies)
         self.date_header = not config.no_date_header
         self.stack = entry.http_stack(self.app, http=config.http, access_log=False, headers=response_headers(config),
-                                      timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog)
+                                      timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog,
+                                      root_path=config.root_path)
         self.lifespan = entry.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
         # Under a primary-side policy every closed connection is counted where the primary reads it
         # (clusterrun.counters): least-conn orders by it, and every such policy keeps a worker's open

@@ -90,3 +90,17 @@ def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
 
 def test_no_app_anywhere_says_where_one_may_go(tmp_path: Path) -> None:
     assert_config_error(run_to_exit(cwd=tmp_path), 2, "no APP given", "[tool.clusterrun]", "clusterrun.toml")
+
+
+def test_a_switch_on_by_default_can_be_turned_off_anywhere_and_values_read_as_written(tmp_path: Path) -> None:
+    write_pyproject(tmp_path, 'app = "flask_app:app"\nproxy-headers = false\nuds-mode = "660"\n'
+                              'forwarded-allow-ips = ["10.0.0.0/8", "unix"]\n')
+    shown = config_json(tmp_path)
+    assert shown["proxy-headers"] == {"value": False, "source": "pyproject.toml [tool.clusterrun]: proxy-headers"}
+    assert config_json(tmp_path, "--proxy-headers")["proxy-headers"] == {"value": True, "source": "--proxy-headers"}
+    env = {"CLUSTERRUN_PROXY_HEADERS": "0"}
+    assert config_json(tmp_path, env=env)["proxy-headers"] == {"value": False, "source": "CLUSTERRUN_PROXY_HEADERS"}
+    text = run_to_exit("config", cwd=tmp_path).stdout
+    lines = {line.split()[0]: line for line in text.splitlines()}
+    assert lines["uds-mode"].split()[1] == "660"  # octal, as written, not 432
+    assert "10.0.0.0/8, unix" in lines["forwarded-allow-ips"]

@@ -3,7 +3,9 @@ with LISTEN_FDS, and the pid file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from helpers import DEADLINE, FRESH, TEST_APPS, assert_config_error, run_to_exit, start, wait_until
@@ -119,6 +122,36 @@ def test_socket_activation_serves_on_the_passed_listener(tmp_path: Path) -> None
             proc.wait(DEADLINE)
             pytest.fail(f"the activated cluster did not stop on SIGTERM:\n{log.read_text()}")
     assert code == 0, log.read_text()
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate (Debian's systemd package) is not installed here")
+def test_socket_activation_through_systemd_socket_activate(tmp_path: Path) -> None:
+    # systemd's own tool: it listens, and on the first connection execs clusterrun with the listener as fd 3.
+    path = tmp_path / "web.sock"
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["systemd-socket-activate", "--listen", str(path), "--fdname=web", "-E", "PYTHONUNBUFFERED=1",
+             sys.executable, "-m", "clusterrun", "sup_app:wsgi", "--workers", "2", "--no-control"],
+            cwd=TEST_APPS, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_until(lambda: f"Listening on {path}" in log.read_text(), "systemd-socket-activate to listen")
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=DEADLINE) as http:
+            # The first connection starts the cluster and is served by it; later ones spread over both workers.
+            assert http.get("http://localhost/", headers={"Connection": "close"}).status_code == 200
+            wait_until(lambda: "ready: 2 workers serving" in log.read_text(), "the activated cluster to serve")
+            pids = {http.get("http://localhost/", headers={"Connection": "close"}).json()["pid"] for _ in range(4)}
+        assert len(pids) == 2
+        assert f"listening on unix:{path} (fd 3, web, from systemd)" in log.read_text()
+        os.kill(proc.pid, signal.SIGTERM)  # the same process: systemd-socket-activate exec'd clusterrun
+        assert proc.wait(DEADLINE) == 0, log.read_text()
+        assert path.exists()  # the listener is systemd's: never unlinked by clusterrun
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(DEADLINE)
 
 
 def test_fd_bind_form_and_a_descriptor_that_is_no_listener(tmp_path: Path) -> None:
