@@ -14,14 +14,16 @@ from typing import Any
 
 from ..errors import BootError
 from ..identity import WorkerInfo
+from .admission import Admission
 from .headers import ResponseHeaders
 from .lifespan import Lifespan
 from .limits import Guard, Limits
 from .loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from .reactor import SelectorLoop
-from .uvicorn_seam import OpenConnection, Stack
+from .uvicorn_seam import OpenConnection, Stack, WebSocketLimits
 
 __all__ = [
+    "Admission",
     "Guard",
     "Lifespan",
     "Limits",
@@ -29,6 +31,7 @@ __all__ = [
     "OpenConnection", "ResponseHeaders",
     "SelectorLoop",
     "Stack",
+    "WebSocketLimits",
     "as_asgi",
     "check_module_exists",
     "closing_app",
@@ -84,7 +87,7 @@ def inline_engine(
 
 
 def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
-               headers: ResponseHeaders | None = None) -> Stack:
+               headers: ResponseHeaders | None = None, ws: WebSocketLimits | None = None) -> Stack:
     """uvicorn's HTTP protocols set up to serve ``app``; --http httptools without httptools is a BootError."""
     if http == "httptools":
         try:
@@ -93,7 +96,7 @@ def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int
             raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
     fixed = (headers or ResponseHeaders()).fixed()
     return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
-                 headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed])
+                 headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed], ws=ws)
 
 
 def preimport(http: str) -> None:
