@@ -144,6 +144,8 @@ def _uvicorn_enforces_ws_limits() -> bool:
     return version >= (0, 46)
 
 
+PING_DEADLINE = 10.0  # seconds: half of uvicorn's default ping interval, many times the 0.2 s the test sets
+
 WS = pytest.mark.skipif(importlib.util.find_spec("wsproto") is None or not _uvicorn_enforces_ws_limits(),
                         reason="the client is wsproto; uvicorn < 0.46 with wsproto ignores the WebSocket limits")
 
@@ -229,6 +231,10 @@ def test_ws_pings(run_cli: Callable[..., Cluster]) -> None:
 
     _, port = start(run_cli, "e2e_ws:app", "--ws-ping-interval", "0.2", "--ws-ping-timeout", "0.3")
     answering, silent = accepted(WebSocket(port)), accepted(WebSocket(port, answer_pings=False))
+    for ws in (answering, silent):
+        # Each event is due within half a second; uvicorn's defaults (a ping every 20 s, 20 s to answer) would
+        # keep every wait below longer than this deadline, so the flags must have taken effect.
+        ws.sock.settimeout(PING_DEADLINE)
     try:
         for _ in range(4):  # each next ping comes only after the last one's pong: 4 pings, 3 answered in time
             event = answering.next()
