@@ -249,7 +249,7 @@ def test_ws_pings(run_cli: Callable[..., Cluster]) -> None:
         silent.close()
 
 
-@WS
+@pytest.mark.skipif(importlib.util.find_spec("wsproto") is None, reason="the client is wsproto")
 def test_websockets_count_toward_limit_concurrency(run_cli: Callable[..., Cluster]) -> None:
     """--limit-concurrency 1 with a WebSocket open: an HTTP request and a WebSocket handshake on new connections
     get 503, the WebSocket still echoes; once it closes, its place is free again."""
