@@ -15,15 +15,17 @@ from typing import Any
 
 from ..errors import BootError
 from ..identity import WorkerInfo
+from .admission import Admission
 from .headers import ResponseHeaders
 from .lifespan import Lifespan
 from .limits import Guard, Limits
 from .loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from .proxy import ForwardedApp, Forwarding
 from .reactor import SelectorLoop
-from .uvicorn_seam import OpenConnection, Stack
+from .uvicorn_seam import OpenConnection, Stack, WebSocketLimits
 
 __all__ = [
+    "Admission",
     "ForwardedApp",
     "Forwarding",
     "Guard",
@@ -33,6 +35,7 @@ __all__ = [
     "OpenConnection", "ResponseHeaders",
     "SelectorLoop",
     "Stack",
+    "WebSocketLimits",
     "as_asgi",
     "check_module_exists",
     "closing_app",
@@ -90,7 +93,8 @@ def inline_engine(
 
 
 def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
-               headers: ResponseHeaders | None = None, root_path: str = "") -> Stack:
+               headers: ResponseHeaders | None = None, root_path: str = "",
+               ws: WebSocketLimits | None = None) -> Stack:
     """uvicorn's HTTP protocols set up to serve ``app``; --http httptools without httptools is a BootError."""
     if http == "httptools":
         try:
@@ -100,7 +104,7 @@ def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int
     fixed = (headers or ResponseHeaders()).fixed()
     return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
                  headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed],
-                 root_path=root_path)
+                 root_path=root_path, ws=ws)
 
 
 def preimport(http: str) -> None:

@@ -13,7 +13,8 @@ a response is held up, so that a client that does not read cannot make the worke
 
 Input limits (adapters.limits) apply as bytes arrive: a request head's size before the parser sees it (414,
 431), its line, field count and field size once parsed (414, 431), Content-Length and body bytes (413), and
-the head clock (408), checked by the engine's once-a-second sweep. A refused request is answered, the
+the head clock (408), checked by the engine's once-a-second sweep; a connection's first request takes a place of
+--limit-concurrency or is answered 503 (adapters.admission). A refused request is answered, the
 sending side shut, and what the client still sends is read and dropped for a moment ("lingering close").
 """
 
@@ -97,6 +98,7 @@ class Connection:
         self.closing = False  # close once the response in flight is out
         self.closed = False
         self.rejected = False  # refused: reading and dropping what still comes, then closing
+        self.admitted = False  # holds a place of --limit-concurrency (from its first request until it closes)
         self.discarded = 0
         self.head_size = 0  # bytes of the open request head so far
         self.head_tail = b""
@@ -122,6 +124,10 @@ class Connection:
         hit = check_head(self.engine.limits, method, self.url, headers)
         if hit is not None:
             raise hit
+        if not self.admitted:  # the first request: a place of --limit-concurrency, or 503
+            if not self.engine.admission.admit():
+                raise self.engine.admission.refusal(self.peer_address())
+            self.admitted = True
         request = Request(method, self.url, parser.get_http_version(), headers, parser.should_keep_alive())
         if method not in (b"GET", b"HEAD"):  # they carry no body in practice: spare them the scan
             for name, value in headers:
@@ -461,4 +467,6 @@ class Connection:
             loop.remove_reader(self.fd)
         loop.remove_writer(self.fd)
         self.sock.close()
+        if self.admitted:
+            self.engine.admission.release()
         self.engine.closed(self)

@@ -10,6 +10,8 @@ head (or never sends a byte) stays open forever. This module is the only place t
 * checks the request line, the number of header fields and each field's size once the head is parsed
   (414 / 431), and ``Content-Length`` against the body limit (413), before the app is called;
 * counts body bytes against the body limit as they arrive (413, also for chunked bodies);
+* takes a place of --limit-concurrency with a connection's first request head, or answers it 503
+  (adapters.admission), and gives the place back when the connection closes (a WebSocket's too);
 * closes a connection whose request head is not complete within ``head_timeout`` seconds (408 when part
   of a head arrived; a connection that sent nothing is closed silently, as an idle keep-alive one).
 
@@ -28,8 +30,12 @@ import asyncio
 import http
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .uvicorn_seam import Headers, HttpConnection, RequestRefused
+
+if TYPE_CHECKING:
+    from .admission import Admission
 
 __all__ = ["Exceeded", "Guard", "Limits", "check_head", "head_end", "measure_head"]
 
@@ -50,14 +56,16 @@ class Limits:
     head: int = 64 * 1024  # bytes of the whole head: what a parser may ever hold of one: 414 or 431
     head_timeout: float = 10.0  # seconds to receive a complete head: 408 and close
     body: int = 0  # bytes of a request body, 0 = no limit: 413
+    concurrency: int = 0  # connections served at once, 0 = no limit: 503 (adapters.admission)
 
 
 class Exceeded(RequestRefused):
     """A limit a request broke: the status to answer and why (raised inside a parser callback)."""
 
-    def __init__(self, status: int, why: str) -> None:
+    def __init__(self, status: int, why: str, logged: bool = False) -> None:
         super().__init__(why)
         self.status, self.why = status, why
+        self.logged = logged  # already logged where it was found (adapters.admission): not once per refusal
 
 
 def measure_head(limits: Limits, tail: bytes, data: bytes, before: int, line_seen: bool) -> Exceeded | None:
@@ -113,9 +121,11 @@ class Guard:
     request's head is parsed.
     """
 
-    def __init__(self, conn: HttpConnection, limits: Limits) -> None:
+    def __init__(self, conn: HttpConnection, limits: Limits, admission: Admission | None = None) -> None:
         self._conn = conn
         self._limits = limits
+        self._admission = admission
+        self._admitted = False  # holds a place of --limit-concurrency (from its first request to its close)
         self._head_open = True
         self._head_size = 0  # bytes of the open head received so far
         self._head_tail = b""  # the open head's last bytes, in case its end straddles two reads
@@ -134,6 +144,10 @@ class Guard:
         self._start_head_clock()
 
     def connection_lost(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            assert self._admission is not None
+            self._admission.release()
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -166,6 +180,11 @@ class Guard:
         Raises Exceeded with the head still open: the rejection then answers for this request.
         """
         hit = check_head(self._limits, method, target, headers)
+        if hit is None and not self._admitted and self._admission is not None:
+            if self._admission.admit(self._conn.running_requests):
+                self._admitted = True
+            else:
+                hit = self._admission.refusal(self._conn.client)
         if hit is not None:
             self._limit_hit = hit
             raise hit
@@ -251,7 +270,7 @@ class Guard:
         self._head_since = None
         if transport.is_closing():
             return
-        if hit is not None:
+        if hit is not None and not hit.logged:
             client = conn.client
             source = f" from {client[0]}:{client[1]}" if client else ""
             logger.warning("refused a request%s: %s (%d %s)", source, hit.why, hit.status,

@@ -16,8 +16,10 @@ uvicorn than ``uvicorn.Config`` and ``uvicorn.Server`` publish. What it needs, a
   bodies: the HTTP protocol subclassed (httptools or h11), its ``loop``, ``transport``, ``client``,
   ``logger``, ``cycle`` (``disconnected``, ``message_event``), the httptools parser callbacks
   (``on_headers_complete`` with ``parser``, ``url``, ``headers``; ``on_body``; ``on_message_complete``), h11's
-  ``conn`` (built in ``__init__``), and ``send_400_response(msg)``, which both protocols call after a parser
-  error.
+  ``conn`` (built in ``__init__``), ``send_400_response(msg)``, which both protocols call after a parser
+  error, ``tasks`` (the server state's, for --limit-concurrency), and the protocol's ``ws_protocol_class``
+  (read in ``__init__``, called with keywords on an upgrade: the guard learns of an upgraded connection's close
+  from the WebSocket protocol's ``connection_lost``).
 
 Every name here was checked against uvicorn 0.30.0 (the oldest the pin in pyproject.toml allows) and 0.54.0
 (the newest on PyPI on 2026-11-29), reading their ``config.py``, ``server.py``,
@@ -32,6 +34,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import h11
@@ -39,7 +42,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-__all__ = ["HttpConnection", "OpenConnection", "RequestGuard", "RequestRefused", "Stack"]
+__all__ = ["HttpConnection", "OpenConnection", "RequestGuard", "RequestRefused", "Stack", "WebSocketLimits"]
 
 Headers = list[tuple[bytes, bytes]]
 ProtocolFactory = Callable[[], asyncio.Protocol]
@@ -61,7 +64,7 @@ class RequestGuard(Protocol):
         """After uvicorn's own ``connection_made``."""
 
     def connection_lost(self) -> None:
-        """Before uvicorn's own ``connection_lost``."""
+        """Before uvicorn's own ``connection_lost``; for a connection upgraded to WebSocket, when that closes."""
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the client; the guard passes them on to ``HttpConnection.parse`` (or does not)."""
@@ -109,6 +112,11 @@ class HttpConnection:
     def default_headers(self) -> Headers:
         """The headers uvicorn adds to every response (Server, Date)."""
         return self._protocol.server_state.default_headers  # type: ignore[no-any-return]
+
+    @property
+    def running_requests(self) -> int:
+        """The worker's request tasks still running (HTTP and WebSocket; one may outlive its connection)."""
+        return len(self._protocol.tasks)
 
     @property
     def has_request(self) -> bool:
@@ -184,11 +192,22 @@ class _QuietLogger:
         return getattr(self._wrapped, name)
 
 
+@dataclass(frozen=True)
+class WebSocketLimits:
+    """--ws-max-size, --ws-ping-interval, --ws-ping-timeout (0: no pings / no pong deadline); uvicorn's defaults."""
+
+    max_size: int = 16 * 1024 * 1024
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+
+
 class Stack:
     """uvicorn's protocols set up for one worker: the classes to serve with and the state they share."""
 
     def __init__(self, app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
-                 headers: list[tuple[str, str]] | None = None, root_path: str = "") -> None:
+                 headers: list[tuple[str, str]] | None = None, root_path: str = "",
+                 ws: WebSocketLimits | None = None) -> None:
+        ws = ws or WebSocketLimits()
         config = uvicorn.Config(
             app=lambda: app,  # a factory, so that uvicorn does not probe the app by calling it
             factory=True,
@@ -203,6 +222,10 @@ class Stack:
             headers=headers if headers is not None else [("server", "clusterrun")],
             timeout_keep_alive=timeout_keep_alive,
             backlog=backlog,
+            # 0 means off in clusterrun; uvicorn's WebSocket implementations each take None for that.
+            ws_max_size=ws.max_size,
+            ws_ping_interval=ws.ping_interval or None,
+            ws_ping_timeout=ws.ping_timeout or None,
         )
         config.load()  # imports the protocol classes, sets encoded_headers and loaded_app
         if issubclass(config.http_protocol_class, H11Protocol) or _version(uvicorn.__version__) < (0, 53):
@@ -311,16 +334,48 @@ def _counting(base: type[Any], on_close: Callable[[], None]) -> type[Any]:
     return Counting
 
 
+_REPORTING_CLOSE: dict[type[Any], type[Any]] = {}
+
+
+def _reporting_close(base: type[Any]) -> type[Any]:
+    """``base`` (a WebSocket protocol class) calling ``on_close`` after its ``connection_lost``; made once per
+    class (every upgrade asks)."""
+    made = _REPORTING_CLOSE.get(base)
+    if made is None:
+        made = _REPORTING_CLOSE[base] = _make_reporting_close(base)
+    return made
+
+
+def _make_reporting_close(base: type[Any]) -> type[Any]:
+    class ReportingClose(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._on_close = on_close
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            self._on_close()
+
+    return ReportingClose
+
+
 def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard]) -> type[Any]:
     """``base`` calling a guard around uvicorn's transport-side methods (both parsers)."""
 
     class Guarded(base):  # type: ignore[misc, valid-type]
         _guard: RequestGuard
         logger: Any  # uvicorn's, set in its __init__
+        ws_protocol_class: Any  # uvicorn's, set in its __init__ from the config
 
         def _init_guard(self) -> None:
             self._guard = guard = make_guard(HttpConnection(self, super().data_received))
             self.logger = _QuietLogger(self.logger, guard)
+            # On an upgrade uvicorn hands the transport to a new WebSocket protocol (built from this attribute,
+            # read in its __init__) and this one never hears of the connection again: the guard then learns of
+            # its close from the WebSocket protocol.
+            if self.ws_protocol_class is not None:
+                ws_class: Callable[..., Any] = _reporting_close(self.ws_protocol_class)
+                self.ws_protocol_class = functools.partial(ws_class, on_close=guard.connection_lost)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)

@@ -34,6 +34,7 @@ from urllib.parse import unquote, unquote_to_bytes
 import httptools
 
 from .. import __version__
+from .admission import Admission
 from .headers import ResponseHeaders
 from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
@@ -67,6 +68,9 @@ class WSGIEngine:
         self.headers = headers or ResponseHeaders()
         self._fixed_head = b"".join(name + b": " + value + b"\r\n" for name, value in self.headers.fixed())
         self.limits = limits or Limits()
+        # --limit-concurrency counts this engine's connections too (adapters.admission): it answers one request
+        # at a time, so what a client can make it hold is open connections, not running requests.
+        self.admission = Admission(self.limits.concurrency)
         self.keep_alive = keep_alive
         self.forwarding = forwarding  # None: --no-proxy-headers
         self.root_path = root_path
@@ -248,6 +252,8 @@ class WSGIEngine:
                          referer, user_agent)
 
     def log_refusal(self, peer: Any, hit: Exceeded) -> None:
+        if hit.logged:
+            return
         source = f" from {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         logger.warning("refused a request%s: %s (%d %s)", source, hit.why, hit.status,
                        http.HTTPStatus(hit.status).phrase)

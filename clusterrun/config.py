@@ -105,6 +105,11 @@ class Config:
     ssl_ca_certs: str = ""
     ssl_cert_reqs: int = 0  # ssl.CERT_NONE
     ssl_ciphers: str = ""  # "": Python's defaults
+    # Connections and WebSockets (README "Limits"): as uvicorn's defaults.
+    limit_concurrency: int = 0
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
     name: str = ""  # the cluster's name, for the control commands; "" = the app's module (``cluster_name``)
     control: str = ""  # the control socket's path; "" = the default place (clusterrun.control)
     no_control: bool = False
@@ -536,6 +541,18 @@ OPTIONS: tuple[Option, ...] = (
            "with 413, before the app runs when Content-Length says so, else when a chunked body grows past it; "
            "0 (default) no limit: bodies stream to the app, so the server itself holds at most a few dozen KiB of "
            "one", _int_at_least(0, "--limit-request-body"), "BYTES"),
+    Option("limit_concurrency", ("--limit-concurrency",), "per worker, serve at most N connections at once (a "
+           "connection counts from its first request until it closes); the first request of one more is answered "
+           "503 with Connection: close; 0 (default) no limit, as uvicorn", _int_at_least(0, "--limit-concurrency"),
+           "N"),
+    Option("ws_max_size", ("--ws-max-size",), "close a WebSocket whose client sends a message larger than this "
+           "many bytes (close code 1009); default 16777216 (16 MiB), as uvicorn", _int_at_least(1, "--ws-max-size"),
+           "BYTES"),
+    Option("ws_ping_interval", ("--ws-ping-interval",), "send each WebSocket client a ping every this many "
+           "seconds; 0 sends none; default 20, as uvicorn", _seconds("--ws-ping-interval"), "SECONDS"),
+    Option("ws_ping_timeout", ("--ws-ping-timeout",), "close a WebSocket whose client does not answer a ping "
+           "within this many seconds (close code 1011); 0 waits forever; default 20, as uvicorn",
+           _seconds("--ws-ping-timeout"), "SECONDS"),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}

@@ -91,7 +91,14 @@ def limits(config: Config) -> entry.Limits:
         head=config.limit_request_head,
         head_timeout=config.timeout_request_head,
         body=config.limit_request_body,
+        concurrency=config.limit_concurrency,
     )
+
+
+def websocket_limits(config: Config) -> entry.WebSocketLimits:
+    """--ws-max-size, --ws-ping-interval, --ws-ping-timeout (uvicorn's WebSocket protocols enforce them)."""
+    return entry.WebSocketLimits(max_size=config.ws_max_size, ping_interval=config.ws_ping_interval,
+                                 ping_timeout=config.ws_ping_timeout)
 
 
 class StackServer:
@@ -118,7 +125,7 @@ class StackServer:
         self.date_header = not config.no_date_header
         self.stack = entry.http_stack(self.app, http=config.http, access_log=False, headers=response_headers(config),
                                       timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog,
-                                      root_path=config.root_path)
+                                      root_path=config.root_path, ws=websocket_limits(config))
         self.lifespan = entry.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
         # Under a primary-side policy every closed connection is counted where the primary reads it
         # (clusterrun.counters): least-conn orders by it, and every such policy keeps a worker's open
@@ -150,7 +157,9 @@ class StackServer:
         app_state = self.lifespan.state
         app_state["clusterrun.worker"] = self.info
         request_limits = limits(self.config)
-        self.stack.guard_requests(lambda conn: entry.Guard(conn, request_limits), head_limit=request_limits.head)
+        admission = entry.Admission(request_limits.concurrency)  # one per worker: --limit-concurrency
+        self.stack.guard_requests(lambda conn: entry.Guard(conn, request_limits, admission),
+                                  head_limit=request_limits.head)
         if self.closes.shared:
             self.stack.notify_close(self.closes.add)
         self._protocol_factory = self.stack.protocol_factory(loop, app_state)
