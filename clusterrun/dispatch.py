@@ -44,9 +44,12 @@ Accepted = tuple[int, str, int]  # a connection's descriptor, the client's addre
 class Dispatcher:
     def __init__(
         self, policy: Policy, selector: selectors.BaseSelector, timers: Timers, late_after: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, concurrency: int = 0,
     ) -> None:
         self.policy = policy
+        # --limit-concurrency: a worker holding this many connections answers a new one 503, so it gets one
+        # only when every worker does (0: no limit).
+        self.concurrency = concurrency
         # Its ordering, under a dispatching policy; None where workers accept for themselves.
         self._order = policy.order if isinstance(policy, Dispatching) else None
         self.selector = selector
@@ -161,16 +164,21 @@ class Dispatcher:
     def _choose(self, peer: str) -> WorkerHandle | None:
         now = self.clock()
         fallback: WorkerHandle | None = None
+        at_limit: WorkerHandle | None = None  # the first in order of those at --limit-concurrency
         candidates: Iterable[WorkerHandle] = self._order(self.ready, peer) if self._order is not None else ()
         for handle in candidates:
             if not self._can_take(handle, now):
+                continue
+            if self.concurrency and handle.open_connections >= self.concurrency:
+                at_limit = at_limit or handle
                 continue
             if not handle.channel.backlog:
                 return handle
             if fallback is None or handle.channel.backlog < fallback.channel.backlog:
                 fallback = handle
-        # Everyone is behind: queue it on the least behind; accepting pauses until someone catches up.
-        return fallback
+        # Everyone is behind: queue it on the least behind; accepting pauses until someone catches up. Every
+        # worker at its limit: the policy's choice answers 503, as --limit-concurrency promises.
+        return fallback or at_limit
 
     def _can_take(self, handle: WorkerHandle, now: float) -> bool:
         """Alive by its heartbeat and with room in its descriptor table (a full worker would lose it)."""

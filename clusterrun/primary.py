@@ -58,7 +58,8 @@ class Primary:
         self.listeners: list[socket.socket] = []
         self.exit_code = EXIT_OK
         self.signals = SignalInbox(self.selector, self._on_signal)
-        self.dispatcher = Dispatcher(self.policy, self.selector, self.timers, late_after(config.timeout), clock)
+        self.dispatcher = Dispatcher(self.policy, self.selector, self.timers, late_after(config.timeout), clock,
+                                     config.limit_concurrency)
         self.frames = WorkerFrames(self)  # what each frame a worker sends does
         forker = Forker(config, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
                         self.frames.on_channel, clock, preloaded)

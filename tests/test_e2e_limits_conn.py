@@ -19,9 +19,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
-from helpers import DEADLINE, TEST_APPS, Cluster, assert_config_error, read_all, run_to_exit, wait_until
+from helpers import DEADLINE, FRESH, TEST_APPS, Cluster, assert_config_error, read_all, run_to_exit, wait_until
 
 
 def start(run_cli: Callable[..., Cluster], app: str, *args: str) -> tuple[Cluster, int]:
@@ -269,3 +270,21 @@ def test_websockets_count_toward_limit_concurrency(run_cli: Callable[..., Cluste
     finally:
         ws.close()
     wait_until(lambda: fresh_status(port) == 200, "the WebSocket's place to free up once it closed")
+
+
+def test_the_primary_passes_a_new_connection_to_a_worker_with_room(run_cli: Callable[..., Cluster]) -> None:
+    # Under rr the primary hands connections out in turn; a worker at --limit-concurrency would answer its turn
+    # 503 while the other has room. The primary counts each worker's open connections, so it skips a full one.
+    cluster = run_cli("sup_app:wsgi", "--workers", "2", "--port", "0", "--policy", "rr", "--limit-concurrency", "1",
+                      cwd=TEST_APPS)
+    url = cluster.wait_ready()
+    with httpx.Client(timeout=DEADLINE) as held:  # one keep-alive connection: its worker is full from now on
+        full = held.get(url).json()["pid"]
+        for _ in range(4):
+            # Each earlier connection has closed on the worker with room (it is counted where the primary reads).
+            cluster.wait_status(lambda status: all(w["connections"] == (w["pid"] == full) for w in status["workers"]),
+                                "one connection open, on the full worker")
+            response = FRESH.get(url)
+            assert response.status_code == 200, response.text
+            assert response.json()["pid"] != full
+        assert held.get(url).json()["pid"] == full  # and the held one is still served
