@@ -65,7 +65,7 @@ LEAST = "clusterrun-least-conn"
 P99_MAX = 0.5  # least-conn p99 / shared p99 (issue 12)
 _KEYS = ("clusterrun-shared", "clusterrun-rr", "clusterrun-least-conn")
 CATALOGUE = (*(s for s in CLUSTERRUN if s.key in _KEYS),
-             *(s for key in ("gunicorn-sync", "uwsgi") for s in SERVERS if s.key == key))
+             *(s for key in ("gunicorn-sync", "uwsgi-close") for s in SERVERS if s.key == key))
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ class LoadResult:
     rps: float
     p50_ms: float
     p99_ms: float
-    errors: int
+    errors: int  # every kind: connect, read, write, timeout, non-2xx
     requests: int
+    read_errors: int = 0  # of ``errors``: the connection ended while an answer was awaited (wrk's "read")
 
 
 @dataclass(frozen=True)
@@ -104,15 +105,16 @@ def parse_wrk(output: str) -> LoadResult:
     total = find(r"^\s+(\d+) requests in")
     if not (rps and p50 and p99 and total):
         raise ValueError(f"could not parse wrk output:\n{output}")
-    errors = 0
+    errors = read_errors = 0
     socket_errors = find(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
     if socket_errors:
         errors += sum(int(n) for n in socket_errors.groups())
+        read_errors = int(socket_errors.group(2))
     non_2xx = find(r"Non-2xx or 3xx responses: (\d+)")
     if non_2xx:
         errors += int(non_2xx.group(1))
     return LoadResult(float(rps.group(1)), _duration_ms(p50.group(1)), _duration_ms(p99.group(1)), errors,
-                      int(total.group(1)))
+                      int(total.group(1)), read_errors)
 
 
 # The fallback: asyncio, one task per connection, each sending a request and reading the whole answer.

@@ -195,8 +195,9 @@ def run_trial(ctx: Context, app: App, server: Server, workers: int, spans: Durat
             trial.paced = settled(ctx, live, spans.fairness, lambda: fairness(live, workers, spans.fairness, PACE))
             trial.mixed = settled(ctx, live, spans.mixed, lambda: mixed(ctx, live, spans.mixed))
             trial.paced_mix = settled(ctx, live, spans.mixed, lambda: paced_mix(live, workers, spans.mixed))
-            spec = LoadSpec(url(live), spans.close, CONNECTIONS, close=True)
-            trial.close = settled(ctx, live, spans.close, lambda: ctx.client.run(spec))
+            if "close" in server.modes:  # uWSGI's --http11-socket would answer it over one kept connection
+                spec = LoadSpec(url(live), spans.close, CONNECTIONS, close=True)
+                trial.close = settled(ctx, live, spans.close, lambda: ctx.client.run(spec))
     except Exception as exc:  # one server failing must not cost the others their results
         trial.error = f"{type(exc).__name__}: {exc}"
     return trial

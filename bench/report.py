@@ -86,7 +86,8 @@ def trials_of(trials: Sequence[Trial], app: App, server_key: str) -> list[Trial]
 
 
 def rows_for(trials: Sequence[Trial], pairs: Pairs, app: App, mode: str) -> list[Row]:
-    return [load_row(trials_of(trials, app, s.key), s, mode) for a, s in pairs if a is app and s.load]
+    return [load_row(trials_of(trials, app, s.key), s, mode) for a, s in pairs
+            if a is app and s.load and mode in s.modes]
 
 
 def _fmt(value: float | None, spec: str) -> str:

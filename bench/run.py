@@ -20,6 +20,7 @@ quiet, within a time budget (--patience; see quiet.py). See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import functools
 import json
@@ -196,7 +197,7 @@ def run_trial(bench: Bench, app: App, server: Server, round_index: int) -> repor
             bench.warmup_client.run(LoadSpec(url, bench.settings.warmup, bench.settings.connections, close=False))
             trial.memory = procs.tree_memory(srv.proc.pid)
             if server.load:
-                measure_modes(bench, trial, url, srv.proc.pid)
+                measure_modes(bench, trial, server, url, srv.proc.pid)
         except (procs.ServerFailed, RuntimeError, ValueError) as exc:
             trial.error = str(exc)
         finally:
@@ -206,13 +207,18 @@ def run_trial(bench: Bench, app: App, server: Server, round_index: int) -> repor
     return trial
 
 
-def measure_modes(bench: Bench, trial: report.Trial, url: str, sid: int) -> None:
+def measure_modes(bench: Bench, trial: report.Trial, server: Server, url: str, sid: int) -> None:
     settings = bench.settings
     for mode in settings.modes:
+        if mode not in server.modes:
+            continue
         spec = LoadSpec(url, settings.duration, settings.connections, close=mode == "close")
         first = measure(bench.client, spec, sid)
         result, cpu, again = bench.patience.retry(sid, spec.duration, first,
                                                   functools.partial(measure, bench.client, spec, sid))
+        if server.closes_unannounced and mode == "close":
+            # One read error per complete answer is the server closing as it should; more are real failures.
+            result = dataclasses.replace(result, errors=result.errors - min(result.read_errors, result.requests))
         trial.loads[mode], trial.cpu[mode] = result, cpu
         if again:
             trial.remeasured.append(mode)

@@ -61,6 +61,10 @@ class Server:
     requires: tuple[str, ...]
     command: Command
     load: bool = True  # False: started for memory and start-up time only
+    modes: frozenset[str] = frozenset({"keep-alive", "close"})  # the loads it is measured under
+    # It closes each connection after its answer without saying "Connection: close": wrk then counts one read
+    # error per answer, which is not a failure (run.measure_modes takes them off).
+    closes_unannounced: bool = False
 
 
 def _clusterrun(policy: str, *extra: str, control: bool = False) -> Command:
@@ -105,17 +109,25 @@ def _hypercorn(t: Target) -> list[str]:
             "--bind", t.address, *worker]
 
 
-def _uwsgi(t: Target) -> list[str]:
-    # The pyuwsgi wheel has no ``python -m`` entry point: its ``uwsgi`` script sits next to the interpreter.
-    # --http11-socket, not --http-socket: in uWSGI 2.0 a plain http-socket closes the connection after every
-    # answer (--http-keepalive belongs to the --http router, and changes nothing there; checked on 2.0.30), so
-    # a keep-alive client would measure reconnects. http11 keeps the connection when the app sets
-    # Content-Length (every bench app does) and closes it on "Connection: close".
-    # --die-on-term: before 2.1, SIGTERM makes uWSGI reload ("brutal reload"), not exit; the bench stops every
-    # server with SIGTERM. --need-app: exit when the app does not import, instead of serving 500s.
-    # No request log (--disable-logging), as for the other servers.
-    return [str(Path(t.python).with_name("uwsgi")), "--http11-socket", t.address, "--processes", str(t.workers),
-            "--master", "--module", t.app.target, "--need-app", "--die-on-term", "--disable-logging"]
+def _uwsgi(socket_option: str) -> Command:
+    """uWSGI on one of its two HTTP sockets, neither of which serves both loads (checked on 2.0.30):
+
+    * --http11-socket keeps a connection when the app sets Content-Length (every bench app does), and also
+      when the client asks "Connection: close": it neither closes nor says it will, so wrk's close load would
+      go on over the same connection and measure keep-alive. It serves the keep-alive load only.
+    * --http-socket closes the connection after every answer (--http-keepalive belongs to the --http router
+      and changes nothing there), without a "Connection: close" header. It serves the close load only.
+    """
+
+    def command(t: Target) -> list[str]:
+        # The pyuwsgi wheel has no ``python -m`` entry point: its ``uwsgi`` script sits next to the interpreter.
+        # --die-on-term: before 2.1, SIGTERM makes uWSGI reload ("brutal reload"), not exit; the bench stops
+        # every server with SIGTERM. --need-app: exit when the app does not import, instead of serving 500s.
+        # No request log (--disable-logging), as for the other servers.
+        return [str(Path(t.python).with_name("uwsgi")), socket_option, t.address, "--processes", str(t.workers),
+                "--master", "--module", t.app.target, "--need-app", "--die-on-term", "--disable-logging"]
+
+    return command
 
 
 BOTH = frozenset({"asgi", "wsgi"})
@@ -133,7 +145,10 @@ SERVERS: tuple[Server, ...] = (
            _gunicorn("--worker-class", "uvicorn_worker.UvicornWorker")),
     Server("granian", "granian", "granian", BOTH, ("granian",), _granian),
     Server("hypercorn", "hypercorn", "hypercorn", BOTH, ("hypercorn",), _hypercorn),
-    Server("uwsgi", "uwsgi", "uWSGI", WSGI, ("pyuwsgi",), _uwsgi),
+    Server("uwsgi", "uwsgi", "uWSGI", WSGI, ("pyuwsgi",), _uwsgi("--http11-socket"),
+           modes=frozenset({"keep-alive"})),
+    Server("uwsgi-close", "uwsgi", "uWSGI http-socket", WSGI, ("pyuwsgi",), _uwsgi("--http-socket"),
+           modes=frozenset({"close"}), closes_unannounced=True),
 )
 
 # Only when `clusterrun --help` lists --preload: the app imported once in the primary, shared copy-on-write.
