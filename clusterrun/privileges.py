@@ -27,6 +27,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,27 +51,24 @@ def _number(value: Any) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def parse_user(value: Any) -> str:
-    """--user: a name or a numeric uid the user database knows (a bare uid it does not know is allowed too)."""
-    text = str(value).strip()
-    if _number(text) is None:
-        try:
-            pwd.getpwnam(text)
-        except KeyError:
-            raise ConfigError(f"unknown --user value {value!r}: no such user on this system; give an existing "
-                              "user name or a numeric uid") from None
-    return text
+def _known(flag: str, kind: str, number: str, lookup: Callable[[str], object]) -> Callable[[Any], str]:
+    """A parser of --user or --group: a name the system's database knows, or a number (known or not)."""
+
+    def parse(value: Any) -> str:
+        text = str(value).strip()
+        if _number(text) is None:
+            try:
+                lookup(text)
+            except KeyError:
+                raise ConfigError(f"unknown {flag} value {value!r}: no such {kind} on this system; give an existing "
+                                  f"{kind} name or a numeric {number}") from None
+        return text
+
+    return parse
 
 
-def parse_group(value: Any) -> str:
-    text = str(value).strip()
-    if _number(text) is None:
-        try:
-            grp.getgrnam(text)
-        except KeyError:
-            raise ConfigError(f"unknown --group value {value!r}: no such group on this system; give an existing "
-                              "group name or a numeric gid") from None
-    return text
+parse_user = _known("--user", "user", "uid", pwd.getpwnam)
+parse_group = _known("--group", "group", "gid", grp.getgrnam)
 
 
 def resolve(user: str, group: str) -> Target | None:
