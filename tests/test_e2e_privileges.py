@@ -1,13 +1,15 @@
 """--user and --group: the workers run as the user, the primary stays root; bad values are named.
 
 The privilege drop itself needs root, and a Python that the user can read: the tests' own interpreter may
-live in a private home folder (mode 0700). ``_readable_python`` looks for an interpreter of the same
-version, with this environment's packages on PYTHONPATH, that the user can run; without one the test is
-skipped with the reason, and the check is the one in the README's "Deploying" section.
+live in a private home folder (mode 0700), and tox's environments are private to their owner.
+``_readable_python`` looks for an interpreter of the same version that the user can run, with this
+environment's packages on PYTHONPATH, else with a readable copy of what clusterrun needs; without one the
+test is skipped with the reason, and the check is the one in the README's "Deploying" section.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import grp
 import os
@@ -19,10 +21,12 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
 
 from clusterrun import privileges
 
@@ -38,21 +42,68 @@ def _nobody() -> tuple[pwd.struct_passwd, str]:
 
 @functools.cache
 def _readable_python(user: pwd.struct_passwd) -> tuple[str, dict[str, str]] | None:
-    """An interpreter and environment with which ``user`` can import clusterrun and the test apps; None: none."""
+    """An interpreter and environment with which ``user`` can import clusterrun and the test apps; None: none.
+
+    This environment's packages on PYTHONPATH first; where the user cannot read them (a tox environment is
+    private to its owner, a venv may be in a private home), a copy of what clusterrun runs with.
+    """
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     paths = sysconfig.get_paths()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"], str(TEST_APPS)]))}
-    for python in (sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"):
-        try:
-            probe = subprocess.run([python, "-c", "import clusterrun.runtime, whoami_app"], env=env, cwd="/",
-                                   user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True,
-                                   timeout=60)
-        except OSError:
-            continue  # not there, or not executable by the user
-        if probe.returncode == 0:
-            return python, env
+    pythons = (sys.executable, f"/usr/bin/python{version}", f"/usr/local/bin/python{version}")
+    for site in ((paths["purelib"], paths["platlib"]), None):
+        packages = site if site is not None else (str(_readable_copy()),)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(dict.fromkeys([*packages, str(TEST_APPS)]))}
+        for python in pythons:
+            try:
+                probe = subprocess.run([python, "-c", "import clusterrun.runtime, whoami_app"], env=env, cwd="/",
+                                       user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True,
+                                       timeout=60)
+            except OSError:
+                continue  # not there, or not executable by the user
+            if probe.returncode == 0:
+                return python, env
     return None
+
+
+def _readable_copy() -> Path:
+    """clusterrun and the distributions it needs (its requirements, with the extras the test uses), copied into
+    a folder anyone can read; removed when the tests end."""
+    folder = Path(tempfile.mkdtemp(prefix="clusterrun-site-"))
+    folder.chmod(0o755)
+    atexit.register(shutil.rmtree, folder, True)
+    # clusterrun itself from where it is imported: an editable install's files are a path hook, not a copy.
+    import clusterrun.adapters
+
+    shutil.copytree(Path(clusterrun.__file__).parent, folder / "clusterrun", ignore=_NO_CACHE)
+    shutil.copytree(Path(clusterrun.adapters.__file__).parent, folder / "clusterrun" / "adapters", ignore=_NO_CACHE,
+                    dirs_exist_ok=True)
+    todo, seen = [Requirement("clusterrun[standard,metrics]")], set()
+    while todo:
+        wanted = todo.pop()
+        try:
+            dist = metadata.distribution(wanted.name)
+        except metadata.PackageNotFoundError:
+            continue  # an optional one that is not installed
+        if dist.metadata["Name"].lower() in seen:
+            continue
+        seen.add(dist.metadata["Name"].lower())
+        if wanted.name != "clusterrun":
+            for file in dist.files or ():
+                source = Path(str(dist.locate_file(file)))
+                if file.parts[0] not in ("..", "__pycache__") and "__pycache__" not in file.parts and source.is_file():
+                    (folder / file).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source, folder / file)
+        for text in dist.requires or ():
+            needed = Requirement(text)
+            if needed.marker is None or any(needed.marker.evaluate({"extra": e}) for e in (*wanted.extras, "")):
+                todo.append(needed)
+    for entry in folder.rglob("*"):
+        entry.chmod(0o755 if entry.is_dir() else 0o644)
+    return folder
+
+
+_NO_CACHE = shutil.ignore_patterns("__pycache__")
 
 
 @pytest.fixture
