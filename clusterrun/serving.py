@@ -202,6 +202,11 @@ class StackServer:
         """
         for server in self._servers:
             server.close()
+        # A connection the listener accepted in the loop turn that brought the stop order is not counted yet:
+        # its protocol's connection_made is still scheduled (asyncio and uvloop both defer it), so the first
+        # count could find the worker idle and let it exit under that client's request. One poll of the loop
+        # runs those callbacks first.
+        await asyncio.sleep(_DRAIN_POLL)
         if self._adopting:
             await asyncio.gather(*self._adopting, return_exceptions=True)
         deadline = time.monotonic() + (self.config.timeout_keep_alive if linger else 0.0)
