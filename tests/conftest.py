@@ -41,7 +41,9 @@ def run_cli(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         ``nofile``: the soft descriptor limit of the cluster (``ulimit -n``), workers included.
         """
         log = tmp_path / f"clusterrun-{len(started)}.log"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # TMPDIR: what the cluster leaves in the temp folder when it is SIGKILLed below (the folder of --metrics)
+        # goes with the test's own folder.
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path), **(env or {})}
         full_env.pop("WEB_CONCURRENCY", None) if "WEB_CONCURRENCY" not in (env or {}) else None
         full_env.pop("CLUSTERRUN_SCHED_POLICY", None) if "CLUSTERRUN_SCHED_POLICY" not in (env or {}) else None
         with open(log, "wb") as out:
