@@ -73,6 +73,7 @@ class SelectorLoop:
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
+        self._watched: dict[int, tuple[Handle | None, Handle | None]] = {}
         self._timers: list[TimerHandle] = []
         self._ready: deque[Handle] = deque()
         self._stopping = False
@@ -84,7 +85,9 @@ class SelectorLoop:
         os.set_blocking(self._wake_write, False)
         self._selector.register(self._wake_read, selectors.EVENT_READ, (None, None))
 
-    # Descriptors. Each key's data is (reader handle or None, writer handle or None).
+    # Descriptors. ``_watched`` maps a descriptor to its (reader handle or None, writer handle or None), the
+    # selector key's data too: asking it first makes removing what is not watched (a connection closing that
+    # never waited to write) a dict lookup, where the selector's get_key would raise and catch a KeyError.
 
     def add_reader(self, fd: Any, callback: Callback, *args: Any) -> None:
         self._watch(fd, 0, Handle(callback, args))
@@ -99,31 +102,29 @@ class SelectorLoop:
         return self._unwatch(fd, 1)
 
     def _watch(self, fd: Any, side: int, handle: Handle) -> None:
-        try:
-            key = self._selector.get_key(fd)
-        except KeyError:
+        fd = fd if type(fd) is int else fd.fileno()
+        pair = self._watched.get(fd)
+        if pair is None:
             pair = (handle, None) if side == 0 else (None, handle)
             self._selector.register(fd, selectors.EVENT_READ if side == 0 else selectors.EVENT_WRITE, pair)
-            return
-        reader, writer = key.data
-        pair = (handle, writer) if side == 0 else (reader, handle)
-        events = (selectors.EVENT_READ if pair[0] else 0) | (selectors.EVENT_WRITE if pair[1] else 0)
-        self._selector.modify(fd, events, pair)
+        else:
+            pair = (handle, pair[1]) if side == 0 else (pair[0], handle)
+            events = (selectors.EVENT_READ if pair[0] else 0) | (selectors.EVENT_WRITE if pair[1] else 0)
+            self._selector.modify(fd, events, pair)
+        self._watched[fd] = pair
 
     def _unwatch(self, fd: Any, side: int) -> bool:
-        try:
-            key = self._selector.get_key(fd)
-        except (KeyError, ValueError):
+        fd = fd if type(fd) is int else fd.fileno()
+        pair = self._watched.get(fd)
+        if pair is None or pair[side] is None:
             return False
-        reader, writer = key.data
-        if (reader if side == 0 else writer) is None:
-            return False
-        pair = (None, writer) if side == 0 else (reader, None)
+        pair = (None, pair[1]) if side == 0 else (pair[0], None)
         if pair == (None, None):
+            del self._watched[fd]
             self._selector.unregister(fd)
         else:
-            events = selectors.EVENT_READ if pair[0] else selectors.EVENT_WRITE
-            self._selector.modify(fd, events, pair)
+            self._watched[fd] = pair
+            self._selector.modify(fd, selectors.EVENT_READ if pair[0] else selectors.EVENT_WRITE, pair)
         return True
 
     # Time and callbacks.
