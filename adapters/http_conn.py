@@ -76,6 +76,11 @@ class Request:
 class Connection:
     """One client connection; the engine owns the set of them."""
 
+    # The flags of the loop's reads and writes: the socket stays in blocking mode (setting it non-blocking is
+    # one more system call per connection), and each call on the loop's thread says not to wait. A socket that
+    # takes no flags (TLS) is made non-blocking instead and sets this to 0.
+    dontwait: int = socket.MSG_DONTWAIT
+
     def __init__(self, engine: WSGIEngine, sock: socket.socket, peer: Any, local: Any) -> None:
         self.engine = engine
         self.sock = sock
@@ -173,7 +178,7 @@ class Connection:
 
     def recv(self) -> bytes:
         buffer = self.engine.read_buffer
-        return bytes(buffer[: self.sock.recv_into(buffer, _READ)])
+        return bytes(buffer[: self.sock.recv_into(buffer, _READ, self.dontwait)])
 
     def resume_reading(self) -> None:
         if not self.reading and not self.closed:
@@ -302,7 +307,7 @@ class Connection:
             self.no_delay()
         self.sent_before = True
         try:
-            sent = self.sock.send(data)
+            sent = self.sock.send(data, self.dontwait)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
@@ -325,6 +330,7 @@ class Connection:
         assert part is not None
         if not self.nodelay:
             self.no_delay()  # the file follows the head: a second write
+        self.sock.setblocking(False)  # sendfile takes no flags: the descriptor itself must not wait
         while part.count:
             try:
                 sent = os.sendfile(self.fd, part.fd, part.offset, part.count)
@@ -349,7 +355,7 @@ class Connection:
         out = self.out
         if out:
             try:
-                sent = self.sock.send(out)
+                sent = self.sock.send(out, self.dontwait)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:

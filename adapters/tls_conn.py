@@ -81,6 +81,7 @@ class TLSConnection(Connection):
     """A connection whose TLS handshake runs first; then it is served as any other."""
 
     sock: TLSSocket
+    dontwait = 0  # an SSLSocket takes no flags: the engine made it non-blocking before wrapping it
 
     def start(self) -> None:
         self.shake()

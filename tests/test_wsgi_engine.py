@@ -180,19 +180,23 @@ def test_file_wrapper(run_cli: Callable[..., Cluster]) -> None:
         assert http.get("/").text == "ok"
 
 
-def test_slow_reader_holds_up_no_one(run_cli: Callable[..., Cluster]) -> None:
-    """A client that does not read a 32 MiB answer (more than loopback's socket buffers hold): others are served
-    meanwhile; it gets its answer whole when it reads."""
+@pytest.mark.parametrize("path", ["/big", "/file"], ids=["iterable", "file_wrapper"])
+def test_slow_reader_holds_up_no_one(run_cli: Callable[..., Cluster], path: str) -> None:
+    """A client that does not read a 32 MiB answer (more than loopback's socket buffers hold), from the app's
+    iterable or through sendfile: others are served meanwhile; it gets its answer whole when it reads."""
     _, host, port = serve(run_cli, "engine_app:app")
     size = 32 * MiB
     with socket.create_connection((host, port), timeout=DEADLINE) as slow:
-        slow.sendall(b"GET /big?%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % size)
+        slow.sendall(b"GET %s?%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % (path.encode(), size))
         with httpx.Client(base_url=f"http://{host}:{port}", timeout=DEADLINE) as http:
             assert [http.get("/").text for _ in range(5)] == ["ok"] * 5
         answer = read_all(slow)
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert b"transfer-encoding: chunked" in head.lower()
-    assert body.endswith(b"0\r\n\r\n") and body.count(b"b") == size
+    if path == "/big":
+        assert b"transfer-encoding: chunked" in head.lower()
+        assert body.endswith(b"0\r\n\r\n") and body.count(b"b") == size
+    else:
+        assert b"content-length: %d" % size in head.lower() and len(body) == size
 
 
 def test_client_gone_mid_stream_closes_the_iterable(run_cli: Callable[..., Cluster]) -> None:
@@ -332,3 +336,42 @@ def test_adopted_connections_are_served(run_cli: Callable[..., Cluster], tmp_pat
             cluster.signal(signal.SIGTERM)
             assert cluster.wait_exit() == 0
     cluster.wait_for_line(r"drained: 3 requests, 3 closes")
+
+
+# --- accepting, in process: what one wake-up of the loop takes ----------------------------------------------
+
+
+def test_a_wake_up_takes_closed_connections_in_a_row_and_stops_at_one_kept_open() -> None:
+    """Connections answered and closed at once are taken one after another in one wake-up (no loop round each);
+    the first that stays open ends it, so that workers sharing a listener still share its keep-alive clients."""
+    from clusterrun.adapters.reactor import SelectorLoop
+    from clusterrun.adapters.wsgi_engine import WSGIEngine
+
+    def hello(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    loop = SelectorLoop()
+    engine = WSGIEngine(loop, hello)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        engine.listen(listener)
+        ask = {"close": b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+               "keep": b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"}
+        clients = []
+        for kind in ("close", "close", "keep", "close"):
+            client = socket.create_connection(listener.getsockname(), timeout=DEADLINE)
+            client.sendall(ask[kind])  # on loopback the request is in the server's buffer when this returns
+            clients.append(client)
+        try:
+            loop.run_until(lambda: engine.total_requests > 0)  # one round: one wake-up of the listener
+            assert engine.total_requests == 3 and len(engine.connections) == 1  # the kept one; the last waits
+            loop.run_until(lambda: engine.total_requests > 3)
+            closed = (clients[0], clients[1], clients[3])
+            assert [read_all(client).endswith(b"\r\n\r\nok") for client in closed] == [True] * 3
+        finally:
+            for conn in list(engine.connections):
+                conn.close()
+            for client in clients:
+                client.close()
+            engine.close_listeners()
+            loop.close()
