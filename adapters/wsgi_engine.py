@@ -5,7 +5,8 @@ app is called on that thread, where no asyncio loop exists (Django's ORM, Flask 
 ``asyncio.run()`` in a view just work). Measured: asyncio's transports, protocols and tasks plus the ASGI
 messages cost WSGI serving 2-3x (DESIGN.md, "Where WSGI speed comes from").
 
-* ``listen(sock)``: one ``accept`` per wake-up, so that workers sharing a listener share its clients;
+* ``listen(sock)``: one ``accept`` per wake-up that keeps a connection open, so that workers sharing a
+  listener share its keep-alive clients (connections answered and closed at once are taken in a row);
   ``adopt(sock)``: a connection the primary accepted and passed. Either way the new connection's request
   is read and answered at once when it already came with it, before the connection is ever registered in
   the selector (the common case with a new connection per request costs no epoll_ctl at all).

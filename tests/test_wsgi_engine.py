@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import gc
 import hashlib
 import json
 import signal
@@ -341,15 +342,42 @@ def test_adopted_connections_are_served(run_cli: Callable[..., Cluster], tmp_pat
 # --- accepting, in process: what one wake-up of the loop takes ----------------------------------------------
 
 
+def hello(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+
+
+def test_a_closed_connection_is_freed_at_once() -> None:
+    """Reference counting frees a closed connection (no cycle left for the garbage collector): with a new
+    connection per request, cycles would pile up between collections and each collection would walk them."""
+    from clusterrun.adapters.http_conn import Connection
+    from clusterrun.adapters.reactor import SelectorLoop
+    from clusterrun.adapters.wsgi_engine import WSGIEngine
+
+    loop = SelectorLoop()
+    engine = WSGIEngine(loop, hello)
+    gc.collect()
+    gc.disable()
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            engine.listen(listener)
+            for served in range(5):
+                with socket.create_connection(listener.getsockname(), timeout=DEADLINE) as client:
+                    client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    loop.run_until(lambda n=served: engine.total_requests > n and not engine.connections)
+                    assert read_all(client).endswith(b"\r\n\r\nok")
+            assert [o for o in gc.get_objects() if isinstance(o, Connection)] == []
+            engine.close_listeners()
+    finally:
+        gc.enable()
+        loop.close()
+
+
 def test_a_wake_up_takes_closed_connections_in_a_row_and_stops_at_one_kept_open() -> None:
     """Connections answered and closed at once are taken one after another in one wake-up (no loop round each);
     the first that stays open ends it, so that workers sharing a listener still share its keep-alive clients."""
     from clusterrun.adapters.reactor import SelectorLoop
     from clusterrun.adapters.wsgi_engine import WSGIEngine
-
-    def hello(environ: dict[str, object], start_response: Callable[..., object]) -> list[bytes]:
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
 
     loop = SelectorLoop()
     engine = WSGIEngine(loop, hello)
