@@ -248,13 +248,18 @@ class Stack:
 
     # Building the protocol classes (before serving).
 
-    def guard_requests(self, make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int) -> None:
-        """Give every HTTP connection a guard (adapters.limits); ``head_limit`` bounds a request head in bytes."""
+    def guard_requests(self, make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int, *,
+                       upgraded_close: bool = True) -> None:
+        """Give every HTTP connection a guard (adapters.limits); ``head_limit`` bounds a request head in bytes.
+
+        ``upgraded_close``: the guard must hear when a connection upgraded to WebSocket closes (it holds a place
+        of --limit-concurrency until then). Without it, an upgrade's HTTP protocol is left to the collector.
+        """
         base = self._http_protocol
         if issubclass(base, H11Protocol):
-            self._http_protocol = _guarded_h11(base, make_guard, head_limit)
+            self._http_protocol = _guarded_h11(base, make_guard, head_limit, upgraded_close)
         else:
-            self._http_protocol = _guarded_httptools(base, make_guard)
+            self._http_protocol = _guarded_httptools(base, make_guard, upgraded_close)
 
     def notify_close(self, on_close: Callable[[], None]) -> None:
         """Call ``on_close`` whenever a connection closes (for least-conn).
@@ -380,7 +385,8 @@ def _make_reporting_close(base: type[Any]) -> type[Any]:
     return ReportingClose
 
 
-def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard]) -> type[Any]:
+def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], upgraded_close: bool
+             ) -> type[Any]:
     """``base`` calling a guard around uvicorn's transport-side methods (both parsers)."""
 
     class Guarded(base):  # type: ignore[misc, valid-type]
@@ -395,8 +401,9 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
             self.logger = _QuietLogger(self.logger, guard)
             # On an upgrade uvicorn hands the transport to a new WebSocket protocol (built from this attribute,
             # read in its __init__) and this one never hears of the connection again: the guard then learns of
-            # its close from the WebSocket protocol.
-            if self.ws_protocol_class is not None:
+            # its close from the WebSocket protocol. Built only where the guard needs it: one object less per
+            # connection otherwise.
+            if upgraded_close and self.ws_protocol_class is not None:
                 ws_class: Callable[..., Any] = _reporting_close(self.ws_protocol_class)
                 on_close = functools.partial(_connection_ended, guard, view)
                 self.ws_protocol_class = functools.partial(ws_class, on_close=on_close)
@@ -420,8 +427,9 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
     return Guarded
 
 
-def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard]) -> type[Any]:
-    class GuardedHttptools(_guarded(base, make_guard)):  # type: ignore[misc]
+def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], upgraded_close: bool
+                       ) -> type[Any]:
+    class GuardedHttptools(_guarded(base, make_guard, upgraded_close)):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._init_guard()
@@ -444,7 +452,7 @@ def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], R
 
 
 def _guarded_h11(
-    base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int
+    base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int, upgraded_close: bool
 ) -> type[Any]:
     class GuardedConnection(h11.Connection):
         """h11's connection, showing the guard each request event before uvicorn acts on it."""
@@ -466,7 +474,7 @@ def _guarded_h11(
                 raise h11.RemoteProtocolError(str(exc)) from exc  # uvicorn then calls send_400_response
             return event
 
-    class GuardedH11(_guarded(base, make_guard)):  # type: ignore[misc]
+    class GuardedH11(_guarded(base, make_guard, upgraded_close)):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._init_guard()
