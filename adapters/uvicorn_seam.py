@@ -192,8 +192,16 @@ class _QuietLogger:
     """uvicorn's protocol logger, muted for warnings while the guard refuses a request: uvicorn's generic
     "Invalid HTTP request received." would follow the guard's own line, which names the limit."""
 
+    __slots__ = ("_guard", "_wrapped")
+
     def __init__(self, wrapped: logging.Logger, guard: RequestGuard) -> None:
         self._wrapped, self._guard = wrapped, guard
+
+    @property
+    def level(self) -> int:
+        # Read by uvicorn as each connection opens and closes: found here, it costs no failed lookup (which
+        # builds an AttributeError) on the way to __getattr__.
+        return self._wrapped.level
 
     def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
         if not self._guard.refusing():
@@ -395,6 +403,13 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
         logger: Any  # uvicorn's, set in its __init__
         ws_protocol_class: Any  # uvicorn's, set in its __init__ from the config
 
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            # The guard is set up here rather than in __init__: one call layer less per connection (uvicorn
+            # builds the protocol with keywords that an __init__ of ours would have to pass on).
+            self._init_guard()
+            super().connection_made(transport)
+            self._guard.connection_made()
+
         def _init_guard(self) -> None:
             self._view = view = HttpConnection(self, super().data_received)
             self._guard = guard = make_guard(view)
@@ -407,10 +422,6 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
                 ws_class: Callable[..., Any] = _reporting_close(self.ws_protocol_class)
                 on_close = functools.partial(_connection_ended, guard, view)
                 self.ws_protocol_class = functools.partial(ws_class, on_close=on_close)
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
-            self._guard.connection_made()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._guard.connection_lost()
@@ -430,10 +441,6 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
 def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], upgraded_close: bool
                        ) -> type[Any]:
     class GuardedHttptools(_guarded(base, make_guard, upgraded_close)):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._init_guard()
-
         # httptools calls these by the names it finds on the protocol when uvicorn builds the parser; an
         # exception raised in one makes the parser fail (HttpParserCallbackError, an HttpParserError).
         def on_headers_complete(self) -> None:
@@ -475,9 +482,8 @@ def _guarded_h11(
             return event
 
     class GuardedH11(_guarded(base, make_guard, upgraded_close)):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._init_guard()
+        def _init_guard(self) -> None:
+            super()._init_guard()
             # The guard bounds a head as its bytes arrive; h11's own bound (on a buffer with no complete
             # event) is a backstop just above it, so that both parsers answer alike.
             self.conn = GuardedConnection(self._guard, head_limit + 4096)
