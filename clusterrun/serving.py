@@ -157,9 +157,10 @@ class StackServer:
         app_state = self.lifespan.state
         app_state["clusterrun.worker"] = self.info
         request_limits = limits(self.config)
-        admission = entry.Admission(request_limits.concurrency)  # one per worker: --limit-concurrency
+        # One per worker, with --limit-concurrency; without it there is nothing to count.
+        admission = entry.Admission(request_limits.concurrency) if request_limits.concurrency else None
         self.stack.guard_requests(lambda conn: entry.Guard(conn, request_limits, admission),
-                                  head_limit=request_limits.head)
+                                  head_limit=request_limits.head, upgraded_close=admission is not None)
         if self.closes.shared:
             self.stack.notify_close(self.closes.add)
         self._protocol_factory = self.stack.protocol_factory(loop, app_state)
