@@ -18,7 +18,7 @@ from ..identity import WorkerInfo
 from .admission import Admission
 from .headers import ResponseHeaders
 from .lifespan import Lifespan
-from .limits import Guard, Limits
+from .limits import Guard, HeadClock, Limits
 from .loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from .proxy import ForwardedApp, Forwarding
 from .reactor import SelectorLoop
@@ -29,6 +29,7 @@ __all__ = [
     "ForwardedApp",
     "Forwarding",
     "Guard",
+    "HeadClock",
     "Lifespan",
     "Limits",
     "LoadedApp",

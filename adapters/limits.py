@@ -37,13 +37,14 @@ from .uvicorn_seam import Headers, HttpConnection, RequestRefused
 if TYPE_CHECKING:
     from .admission import Admission
 
-__all__ = ["Exceeded", "Guard", "Limits", "check_head", "head_end", "measure_head"]
+__all__ = ["Exceeded", "Guard", "HeadClock", "Limits", "check_head", "head_end", "measure_head"]
 
 logger = logging.getLogger("clusterrun")
 
 # After a rejection: how long and how much of what the client still sends is read and discarded.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1024 * 1024
+_SWEEP_EVERY = 1.0  # seconds between two checks of the head clocks: a head may outlive its timeout by this
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,26 @@ def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers) -
     return None
 
 
+class HeadClock:
+    """A worker's head clocks, checked by one sweep a second over its open connections' guards.
+
+    As the inline engine does: a timer per connection (a ``call_at`` and its ``cancel``) cost each connection
+    about 1.3 us on uvloop, joining and leaving this set about 0.1 us.
+    """
+
+    def __init__(self) -> None:
+        self.guards: set[Guard] = set()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_later(_SWEEP_EVERY, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for guard in list(self.guards):
+            guard.check_head_clock(now)
+        loop.call_later(_SWEEP_EVERY, self._sweep, loop)
+
+
 class Guard:
     """The limits on one HTTP connection: head accounting, the head clock, rejection and lingering close.
 
@@ -121,9 +142,11 @@ class Guard:
     request's head is parsed.
     """
 
-    def __init__(self, conn: HttpConnection, limits: Limits, admission: Admission | None = None) -> None:
+    def __init__(self, conn: HttpConnection, limits: Limits, clock: HeadClock,
+                 admission: Admission | None = None) -> None:
         self._conn = conn
         self._limits = limits
+        self._clock = clock
         self._admission = admission
         self._admitted = False  # holds a place of --limit-concurrency (from its first request to its close)
         self._head_open = True
@@ -132,7 +155,6 @@ class Guard:
         self._line_seen = False  # the open head's request line has ended
         self._heads_done = 0  # counts parsed heads: tells data_received whether one ended during a read
         self._head_since: float | None = None  # when the open head's first byte came (loop time)
-        self._head_timer: asyncio.TimerHandle | None = None
         self._body_size = 0
         self._limit_hit: Exceeded | None = None
         self._rejected = False
@@ -141,16 +163,15 @@ class Guard:
     # The seam's RequestGuard: called by uvicorn's protocol (adapters.uvicorn_seam).
 
     def connection_made(self) -> None:
-        self._start_head_clock()
+        self._head_since = self._conn.loop.time()  # a fresh connection owes a head
+        self._clock.guards.add(self)
 
     def connection_lost(self) -> None:
         if self._admitted:
             self._admitted = False
             assert self._admission is not None
             self._admission.release()
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._clock.guards.discard(self)
 
     def data_received(self, data: bytes) -> None:
         if not (self._head_open or self._rejected):  # a body: the parser's (and the body limit's) business
@@ -219,7 +240,7 @@ class Guard:
                 self._conn.transport.close()
             return False
         if self._head_since is None:  # the first bytes of a request head: its clock starts
-            self._start_head_clock()
+            self._head_since = self._conn.loop.time()
         size = self._head_size + len(data)
         # A head that fits in its request-line limit can have broken none: the common case stops here.
         if size > self._limits.request_line:
@@ -234,32 +255,26 @@ class Guard:
     def _measure_head(self, data: bytes) -> Exceeded | None:
         return measure_head(self._limits, self._head_tail, data, self._head_size, self._line_seen)
 
-    def _start_head_clock(self) -> None:
-        loop = self._conn.loop
-        self._head_since = now = loop.time()
-        if self._head_timer is None:
-            self._head_timer = loop.call_at(now + self._limits.head_timeout, self._on_head_clock)
-
-    def _on_head_clock(self) -> None:
-        # One timer per connection, re-armed lazily: a head that completes in time costs no cancel.
-        self._head_timer = None
-        since = self._head_since
+    def check_head_clock(self, now: float) -> None:
+        """The sweep's visit: a head not complete within the head timeout is answered 408 (or the silent
+        connection closed); a connection that closed without ``connection_lost`` (upgraded to WebSocket with
+        no close hook) leaves the sweep."""
         conn = self._conn
-        if since is None or self._rejected or conn.transport.is_closing():
+        if conn.transport.is_closing():
+            self._clock.guards.discard(self)
             return
-        now, timeout = conn.loop.time(), self._limits.head_timeout
+        since = self._head_since
+        if since is None or self._rejected:
+            return
+        timeout = self._limits.head_timeout
         if conn.in_flight:
-            due = now + timeout  # a pipelined head waits for the request in flight: not the client's fault
-        else:
-            due = since + timeout
-        if now < due:
-            self._head_timer = conn.loop.call_at(due, self._on_head_clock)
-            return
-        if self._head_size:
-            self._limit_hit = Exceeded(408, f"a request head not complete after {timeout:g} s")
-            self._reject()
-        else:  # nothing of a request arrived: an idle connection, closed as keep-alive ones are
-            conn.transport.close()
+            self._head_since = now  # a pipelined head waits for the request in flight: not the client's fault
+        elif now - since >= timeout:
+            if self._head_size:
+                self._limit_hit = Exceeded(408, f"a request head not complete after {timeout:g} s")
+                self._reject()
+            else:  # nothing of a request arrived: an idle connection, closed as keep-alive ones are
+                conn.transport.close()
 
     def _reject(self) -> None:
         """Answer the limit that was hit (unless this request's response already started), then close lingering."""

@@ -159,7 +159,9 @@ class StackServer:
         request_limits = limits(self.config)
         # One per worker, with --limit-concurrency; without it there is nothing to count.
         admission = entry.Admission(request_limits.concurrency) if request_limits.concurrency else None
-        self.stack.guard_requests(lambda conn: entry.Guard(conn, request_limits, admission),
+        clock = entry.HeadClock()  # one sweep a second checks every connection's head clock
+        clock.start(loop)
+        self.stack.guard_requests(lambda conn: entry.Guard(conn, request_limits, clock, admission),
                                   head_limit=request_limits.head, upgraded_close=admission is not None)
         if self.closes.shared:
             self.stack.notify_close(self.closes.add)
