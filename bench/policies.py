@@ -376,6 +376,9 @@ def load_table(heading: str, trials: Sequence[Trial], attr: str, versus: str, to
 def _load_row(t: Trial, m: Measured[LoadResult] | None, base: LoadResult | None, versus: str,
               limit: float | None) -> str:
     if m is None:
+        if t.error is None and versus != "p99" and "close" not in t.server.modes:
+            # Not run, not failed: this server's HTTP socket keeps connections (uWSGI's --http11-socket).
+            return f"| {t.server.title} | not run: it keeps the connection whatever the client asks | | | | | | | |"
         return f"| {t.server.title} | failed: {(t.error or '-').splitlines()[0]} | | | | | | | |"
     r = m.result
     if versus == "p99":
