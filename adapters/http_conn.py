@@ -293,6 +293,7 @@ class Connection:
                 return
             if type(piece) is SendFile:
                 self.file = piece
+                self.sock.setblocking(False)  # sendfile takes no flags: the descriptor itself must not wait
                 self.send_file()
             elif not self.write(piece):  # type: ignore[arg-type]
                 return
@@ -330,7 +331,6 @@ class Connection:
         assert part is not None
         if not self.nodelay:
             self.no_delay()  # the file follows the head: a second write
-        self.sock.setblocking(False)  # sendfile takes no flags: the descriptor itself must not wait
         while part.count:
             try:
                 sent = os.sendfile(self.fd, part.fd, part.offset, part.count)
