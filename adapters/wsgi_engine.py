@@ -19,6 +19,7 @@ messages cost WSGI serving 2-3x (DESIGN.md, "Where WSGI speed comes from").
 
 from __future__ import annotations
 
+import errno
 import http
 import logging
 import socket
@@ -57,6 +58,11 @@ _DRAIN_CHECK = 0.02
 # New connections taken per wake-up while each is answered and closed at once: bounds how long timers and the
 # worker's other connections wait meanwhile (a few hundred microseconds with a small app).
 _ACCEPT_BATCH = 8
+# Out of descriptors (or kernel memory), a listener stays readable while every accept fails: watched, it would
+# wake the loop at once, again and again, each time with a warning. It rests this long instead (asyncio's
+# own delay for the same case); its clients wait in the kernel's backlog, or another worker takes them.
+_ACCEPT_REST = 1.0
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 class WSGIEngine:
@@ -119,7 +125,11 @@ class WSGIEngine:
         sock.setblocking(False)
         self.listeners.append(sock)
         kind = (int(sock.family), int(sock.type), sock.proto)  # ints: the properties convert to enums per call
-        self.loop.add_reader(sock.fileno(), self._accept, sock, kind, sock.getsockname())
+        self._watch_listener(sock, kind, sock.getsockname())
+
+    def _watch_listener(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
+        if listener in self.listeners:  # not closed by a drain while it rested
+            self.loop.add_reader(listener.fileno(), self._accept, listener, kind, local)
 
     def _accept(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
         """Accept and serve; again at once while each connection was answered and closed right away.
@@ -135,8 +145,14 @@ class WSGIEngine:
                 fd, peer = listener._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return  # another worker took it, or the client left before the accept
-            except OSError as exc:  # EMFILE and the like: keep serving what is open, try again on the next wake-up
-                logger.warning("accept failed: %s", exc)
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    logger.warning("accept failed: %s", exc)
+                    return
+                # Keep serving what is open; take new connections again after a rest.
+                logger.warning("accept failed: %s; not accepting for %g s (raise ulimit -n)", exc, _ACCEPT_REST)
+                self.loop.remove_reader(listener.fileno())
+                self.loop.call_later(_ACCEPT_REST, self._watch_listener, listener, kind, local)
                 return
             if self._open(socket.socket(*kind, fd), peer, local):
                 return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import signal
 import socket
@@ -151,6 +152,37 @@ def test_a_primary_out_of_descriptors_pauses_accepting_and_says_so_once(run_cli:
     output = cluster.output()
     # Rate-limited: one line per 5 seconds with a count, not one per failed accept.
     assert output.count("cannot accept connections") <= 3, output
+    assert sorted(children_of(cluster.pid)) == workers, output
+
+
+def test_a_worker_out_of_descriptors_rests_its_listener_and_serves_again(run_cli: Callable[..., Cluster]) -> None:
+    """The shared socket on the inline engine: a worker whose table is full stops watching the listener for a
+    second (it stays readable while every accept fails) instead of waking and warning without pause; the
+    clients wait in the backlog and are served once descriptors are free. Before: hundreds of warnings a
+    second per worker, and a core spent on them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1024:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    cluster = run_cli("sup_app:wsgi", "--port", "0", "--workers", "2", "--policy", "shared", cwd=TEST_APPS,
+                      nofile=64)
+    url = cluster.wait_ready()
+    workers = sorted(children_of(cluster.pid))
+    idle = _connect_idle(url, 150)
+    try:
+        # Two failed accepts of each worker at least: with the rest, the second comes a second after the first.
+        cluster.wait_for_line(r"accept failed: .*Too many open files", count=4)
+        assert cluster.proc.poll() is None
+    finally:
+        for sock in idle:
+            sock.close()
+    assert _fire(url + "/", 20) == ["ok"] * 20
+    output = cluster.output()
+    assert "not accepting for 1 s (raise ulimit -n)" in output, output
+    per_second: dict[tuple[str, str], int] = {}  # (the log line's second, the worker): warnings
+    for line in re.finditer(r"^(\S+ \S+) \[(worker \d+) .*accept failed", output, re.MULTILINE):
+        key = (line.group(1), line.group(2))
+        per_second[key] = per_second.get(key, 0) + 1
+    assert max(per_second.values()) <= 2, output  # one a rest: two where a rest ends as the second turns
     assert sorted(children_of(cluster.pid)) == workers, output
 
 
