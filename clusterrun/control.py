@@ -35,27 +35,109 @@ Answer = dict[str, Any]
 Handler = Callable[[dict[str, Any]], Answer]
 
 
-def control_dir() -> str:
-    """Where this user's clusters put their sockets: $XDG_RUNTIME_DIR/clusterrun, else the temp directory's."""
+def control_dirs() -> list[str]:
+    """Where this user's clusters put their sockets, in order of preference.
+
+    $XDG_RUNTIME_DIR/clusterrun (the runtime folder is the user's own, 0700, by the XDG spec); without one, a
+    per-user folder in the temp directory, which any user could create first: a folder there that is not this
+    user's own and private is a squatter's, so ~/.clusterrun/run comes next, and the server and the client both
+    skip a folder they cannot trust (``distrust``).
+    """
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "clusterrun")
-    return os.path.join(tempfile.gettempdir(), f"clusterrun-{os.getuid()}")
+        return [os.path.join(runtime, "clusterrun")]
+    return [os.path.join(tempfile.gettempdir(), f"clusterrun-{os.getuid()}"),
+            os.path.join(os.path.expanduser("~"), ".clusterrun", "run")]
+
+
+def control_dir() -> str:
+    """The folder this user's next cluster puts its socket in (the first one that is, or can be, trusted)."""
+    dirs = control_dirs()
+    return next((path for path in dirs if not os.path.lexists(path) or distrust(path) is None), dirs[-1])
+
+
+def distrust(path: str, socket_file: bool = False, check_mode: bool = True) -> str | None:
+    """Why the folder (or socket file) at ``path`` must not be trusted; None if it may be.
+
+    Trusted: a real folder (socket), not a link, that belongs to this user or root, and that no other user may
+    write to: another user who could would plant a socket there that receives our commands.
+    """
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    is_right_kind = stat.S_ISSOCK(info.st_mode) if socket_file else stat.S_ISDIR(info.st_mode)
+    if not is_right_kind:
+        return "is not a socket" if socket_file else "is not a folder"
+    if info.st_uid not in (os.getuid(), 0):
+        return f"belongs to uid {info.st_uid}"
+    if check_mode and stat.S_IMODE(info.st_mode) & 0o077:
+        return f"is open to other users (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
 
 
 def socket_path(name: str, control: str = "") -> str:
-    return control or os.path.join(control_dir(), f"{name}.sock")
+    """The socket of the cluster ``name``: ``control`` if given, else NAME.sock in the first trusted folder that
+    has one (a cluster that fell back from a squatted folder is found too), else where the next one would go."""
+    if control:
+        return control
+    for folder in control_dirs():
+        path = os.path.join(folder, f"{name}.sock")
+        if os.path.lexists(path) and distrust(folder) is None:
+            return path
+    return os.path.join(control_dir(), f"{name}.sock")
 
 
-def make_private_dir(path: str) -> None:
-    """Create the socket folder 0700; refuse one that another user owns or others can enter."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.stat(path)
-    if info.st_uid != os.getuid():
-        raise ConfigError(f"the control folder {path} belongs to uid {info.st_uid}, not to you: remove it, or "
-                          "give --control PATH in a folder of yours")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(path, 0o700)
+def choose_dir() -> str:
+    """The folder a cluster opens its socket in: the first candidate that is trusted or created now, 0700.
+
+    A folder clusterrun did not create is never chmodded: one that is not private is skipped, with a warning.
+    """
+    candidates = control_dirs()
+    for folder in candidates:
+        try:
+            created = _make_dir(folder)
+        except OSError as exc:
+            logger.warning("control folder %s cannot be created (%s): trying the next one", folder, exc.strerror)
+            continue
+        reason = distrust(folder)
+        if reason is None:
+            return folder
+        if created:  # ours a moment ago: someone changed it since, or the umask let others in
+            raise ConfigError(f"the control folder {folder} {reason}: give --control PATH in a folder of yours")
+        logger.warning("control folder %s %s: not used (another user may have made it); trying the next one",
+                       folder, reason)
+    raise ConfigError(f"no control folder can be trusted ({', '.join(candidates)}): give --control PATH in a "
+                      "folder of yours, or set XDG_RUNTIME_DIR")
+
+
+def _make_dir(path: str) -> bool:
+    """Create the folder 0700 (its parents too, 0700); whether it was created now."""
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return False
+    return True
+
+
+def parent_dir(path: str) -> None:
+    """For --control PATH: create its folder if missing (0700); else the folder stays as it is, never chmodded.
+
+    A folder of another user (not root) is refused: they could replace the socket with their own.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the control folder {folder}: {exc.strerror}; give --control PATH "
+                          "elsewhere, or --no-control") from None
+    owner = os.stat(folder).st_uid
+    if owner not in (os.getuid(), 0):
+        raise ConfigError(f"the control folder {folder} belongs to uid {owner}, not to you: give --control PATH "
+                          "in a folder of yours")
 
 
 def peer_uid(sock: socket.socket) -> int | None:
@@ -81,14 +163,19 @@ class ControlServer(OneShotServer):
     max_request = MAX_REQUEST
 
     def __init__(self, path: str, selector: selectors.BaseSelector, timers: Timers, handler: Handler) -> None:
+        """``path``: the socket's path (--control), or "" for NAME.sock in the folder ``open`` chooses."""
         super().__init__(selector, timers)
         self.path = path
+        self.explicit = bool(path)
         self.handler = handler
         self._inode = 0
 
     def open(self, name: str) -> None:
         """Bind the socket; ConfigError if a live cluster already answers there (the same name)."""
-        make_private_dir(os.path.dirname(self.path) or ".")
+        if self.explicit:
+            parent_dir(self.path)
+        else:
+            self.path = os.path.join(choose_dir(), f"{name}.sock")
         _remove_if_stale(self.path, name)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

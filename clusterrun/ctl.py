@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .control import control_dir, socket_path
+from .control import allowed, control_dir, control_dirs, distrust, peer_uid, socket_path
 from .errors import EXIT_CONFIG, ClusterrunError, ControlError
 from .pidfile import running
 from .status_text import cluster_table, status_text
@@ -35,6 +35,12 @@ def request(path: str, command: str, **fields: Any) -> dict[str, Any]:
     sock.settimeout(10.0)
     try:
         sock.connect(path)
+        # The server checks who connects; the client checks who serves: a socket another user planted (in a
+        # folder they made first, or given by mistake) must not get our commands.
+        server_uid = peer_uid(sock)
+        if not allowed(server_uid):
+            raise ControlError(f"the control socket {path} is served by uid {server_uid}, neither you nor root: "
+                               "not sending it anything")
         sock.sendall(json.dumps({"command": command, **fields}).encode() + b"\n")
         received = b""
         while not received.endswith(b"\n"):
@@ -56,10 +62,33 @@ def request(path: str, command: str, **fields: Any) -> dict[str, Any]:
     return answer
 
 
+def trusted_sockets() -> list[str]:
+    """The socket files in this user's control folders that may be trusted; a warning on stderr for the rest."""
+    paths = []
+    for folder in control_dirs():
+        if not os.path.lexists(folder):
+            continue
+        reason = distrust(folder)
+        if reason is not None:
+            _warn(f"the control folder {folder} {reason}: ignored")
+            continue
+        for path in sorted(glob.glob(os.path.join(folder, "*.sock"))):
+            reason = distrust(path, socket_file=True)
+            if reason is None:
+                paths.append(path)
+            else:
+                _warn(f"the control socket {path} {reason}: ignored")
+    return paths
+
+
+def _warn(message: str) -> None:
+    print(f"clusterrun: warning: {message}", file=sys.stderr)
+
+
 def live_clusters() -> list[tuple[str, dict[str, Any]]]:
     """This user's running clusters, as (socket path, info); a dead cluster's socket file is removed."""
     found = []
-    for path in sorted(glob.glob(os.path.join(control_dir(), "*.sock"))):
+    for path in trusted_sockets():
         try:
             found.append((path, request(path, "info")))
         except ControlError:
@@ -82,7 +111,15 @@ def _remove_stale(path: str) -> None:
 def resolve(name: str | None, control: str | None) -> str:
     """The control socket of the cluster named ``name`` (or at ``control``); without either, the only one."""
     if control or name:
-        return socket_path(name or "", control or "")
+        path = socket_path(name or "", control or "")
+        if os.path.lexists(path):
+            # Its folder too, unless the user named the socket: a folder of theirs may well be open to others.
+            folder_reason = None if control else distrust(os.path.dirname(path))
+            reason = folder_reason or distrust(path, socket_file=True, check_mode=not control)
+            if reason is not None:
+                where = f"the control folder {os.path.dirname(path)}" if folder_reason else f"the control socket {path}"
+                raise ControlError(f"{where} {reason}: not trusting it; remove it, or give --control PATH")
+        return path
     clusters = live_clusters()
     if len(clusters) == 1:
         return clusters[0][0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .control import ControlServer, socket_path
+from .control import ControlServer
 from .metrics import MetricsServer
 from .operations import Operations
 
@@ -19,7 +19,7 @@ class Endpoints:
         self.metrics_url = ""
         self.health_url = ""
         self.control = None if config.no_control else ControlServer(
-            socket_path(config.cluster_name, config.control), primary.selector, primary.timers,
+            config.control, primary.selector, primary.timers,
             Operations(primary).answer)
         self.metrics = None if config.metrics is None else MetricsServer(
             config.metrics, primary.selector, primary.timers, primary, app_metrics_dir)

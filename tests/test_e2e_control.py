@@ -7,6 +7,7 @@ The suite's clusters keep their sockets in a folder of the session's own (confte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -267,3 +268,138 @@ def _ask_as(uid: int, path: str) -> dict[str, Any]:
     os.waitpid(pid, 0)
     answer: dict[str, Any] = json.loads(data or b"{}")
     return answer
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o755])
+def test_control_path_leaves_its_existing_folder_as_it_is(run_cli: Any, mode: int) -> None:
+    # Issue 22: --control PATH chmodded the socket's folder to 0700 (a 1777 folder, $HOME): only a folder
+    # clusterrun created itself is its to set.
+    base = Path(tempfile.mkdtemp(prefix="clusterrun-mode-"))
+    try:
+        os.chmod(base, mode)
+        cluster = start(run_cli, "sup_app:wsgi", "--workers", "1", "--control", str(base / "ctl.sock"))
+        cluster.wait_ready()
+        assert ask_control(str(base / "ctl.sock"), b'{"command": "status"}\n')["ok"] is True
+        assert stat.S_IMODE(os.stat(base).st_mode) == mode
+        # A folder that did not exist is created, private.
+        made = base / "made"
+        other = start(run_cli, "sup_app:wsgi", "--workers", "1", "--control", str(made / "ctl.sock"))
+        other.wait_ready()
+        assert stat.S_IMODE(os.stat(made).st_mode) == 0o700
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class _FakeControl:
+    """A socket file a squatter planted: it records what any connection sends it."""
+
+    def __init__(self, path: Path) -> None:
+        self.received: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2.0)
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    self.received.append(data)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(DEADLINE)
+        self.sock.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root, to make a folder of another user")
+@pytest.mark.parametrize("squat", ["another user's", "open to all"])
+def test_a_squatted_control_folder_is_left_for_a_private_one(run_cli: Any, squat: str) -> None:
+    # Issue 22: without XDG_RUNTIME_DIR the control folder is TMPDIR/clusterrun-<uid>, which another user may
+    # create first: the start exited 2, and a socket planted there showed in ls and received stop.
+    base = Path(tempfile.mkdtemp(prefix="cr-"))
+    try:
+        squatted, home = base / f"clusterrun-{os.getuid()}", base / "home"
+        squatted.mkdir()
+        home.mkdir()
+        fake = _FakeControl(squatted / "sq.sock")
+        os.chown(squatted / "sq.sock", 65534, 65534)
+        if squat == "another user's":
+            os.chown(squatted, 65534, 65534)
+            os.chmod(squatted, 0o700)
+        else:
+            os.chmod(squatted, 0o777)
+        before = os.stat(squatted)
+        env = {**os.environ, "XDG_RUNTIME_DIR": "", "TMPDIR": str(base), "HOME": str(home)}
+        try:
+            cluster = start(run_cli, "sup_app:wsgi", "--workers", "1", "--name", "sq", env=env)
+            cluster.wait_ready()
+            cluster.wait_for_line(rf"control folder {squatted} .*not used")
+            own = home / ".clusterrun" / "run" / "sq.sock"
+            cluster.wait_for_line(rf"control socket {own}: clusterrun status sq")
+            after = os.stat(squatted)
+            assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)  # never chmodded nor taken
+
+            listed = run_to_exit("ls", "--json", env=env)
+            assert listed.returncode == 0, listed.stderr
+            assert [c["pid"] for c in json.loads(listed.stdout)] == [cluster.pid]
+            assert f"control folder {squatted}" in listed.stderr and "ignored" in listed.stderr
+            assert run_to_exit("status", "sq", "--json", env=env).returncode == 0
+            stopped = run_to_exit("stop", "sq", env=env)
+            assert stopped.returncode == 0, stopped.stderr
+            assert cluster.wait_exit() == 0
+            assert fake.received == []  # the planted socket never got a command
+        finally:
+            fake.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root, to serve as another user")
+def test_the_client_refuses_a_socket_served_by_another_user() -> None:
+    # Wherever a socket is (an explicit --control), the client asks the server's uid before it sends anything.
+    folder = Path(tempfile.mkdtemp(prefix="cr-theirs-"))  # in the temp dir, which that user may enter
+    os.chown(folder, 65534, 65534)
+    path = folder / "theirs.sock"
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(reading)
+            os.setgid(65534)
+            os.setuid(65534)  # before listen(): the credentials a peer learns are the listener's at that moment
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(path))
+            listener.listen(1)
+            os.write(writing, b"1")
+            listener.settimeout(DEADLINE)
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                conn.settimeout(5.0)
+                os.write(writing, conn.recv(65536) or b"-")
+        finally:
+            os._exit(0)
+    os.close(writing)
+    try:
+        assert os.read(reading, 1) == b"1"
+        os.chown(path, 0, 0)  # a file that looks right: only the listener's credentials tell
+        result = run_to_exit("status", "--control", str(path))
+        assert result.returncode == 1 and "served by uid 65534" in result.stderr, result.stderr
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        shutil.rmtree(folder, ignore_errors=True)
+        with os.fdopen(reading, "rb") as pipe:
+            assert pipe.read() in (b"", b"-")  # it got no request
