@@ -200,6 +200,9 @@ class ControlServer(OneShotServer):
                 if os.stat(self.path).st_ino == self._inode:  # ours still, not a successor's
                     os.unlink(self.path)
 
+    def describe(self) -> str:
+        return f"control socket {self.path}"
+
     def refuse(self, conn: socket.socket) -> bytes | None:
         uid = peer_uid(conn)
         if allowed(uid):

@@ -54,6 +54,9 @@ class MetricsServer(OneShotServer):
         self.app_metrics_dir = app_metrics_dir
         self.metrics = metrics
 
+    def describe(self) -> str:
+        return f"{'--metrics' if self.metrics else '--health'} {self.address}"
+
     def open(self) -> str:
         """Bind the endpoint (BindError, exit 2, if it cannot be); its URL."""
         sock = listeners.bind(self.address, backlog=64)
