@@ -138,6 +138,9 @@ class Config:
                            self.ssl_cert_reqs, self.ssl_ciphers)
 
 
+_CONFIG_FIELDS: Mapping[str, str] = {field.name: str(field.type) for field in dataclasses.fields(Config)}
+
+
 @dataclass(frozen=True)
 class Option:
     """One option: its name in Config, its flags, its parser and its documentation."""
@@ -152,6 +155,102 @@ class Option:
     switch: bool = False
     negatable: bool = False  # a switch that is on by default: --NAME and --no-NAME, False is a given value
     choices: tuple[str, ...] | None = None
+    # What a value may be besides a string, for an option that is not a field of Config (else the field's type
+    # says it: ``value_types``). The command line and the environment give strings; a TOML file and the API
+    # give typed values.
+    types: tuple[type, ...] | None = None
+
+    def read(self, raw: Any) -> Any:
+        """The option's value from a raw one, whatever its source: the one way in (``build_config``).
+
+        A value of a type the option does not take (a TOML ``true`` for a number of seconds, ``1.5`` for a
+        whole number, ``8000`` for an address) is refused here, before the parser sees it: parsers convert
+        strings, and a conversion such as ``float(True)`` or ``int(1.5)`` would silently take it.
+        """
+        allowed, item = value_types(self)
+        if self.repeat:  # a list, or one item alone
+            items = raw if isinstance(raw, (list, tuple)) else [raw]
+            return tuple(self._one(value, item, in_list=True) for value in items)
+        if isinstance(raw, (list, tuple)) and list in allowed:  # an option that takes a list whole
+            for value in raw:
+                _check_type(self, value, item, in_list=True)
+            return self.parse(raw)
+        return self._one(raw, allowed)
+
+    def _one(self, value: Any, types: tuple[type, ...], in_list: bool = False) -> Any:
+        _check_type(self, value, types, in_list)
+        return value if isinstance(value, BindAddress) else self.parse(value)
+
+
+# Config's field types, as annotated (strings: ``from __future__ import annotations``), and what each takes
+# besides a string: for a list, the list's own type first, then what each item may be. An option whose field
+# has a type not listed here fails at import, on every test: a new kind of value needs its rule written here.
+_FIELD_TYPES: Mapping[str, tuple[tuple[type, ...], tuple[type, ...]]] = {
+    "bool": ((bool,), ()),
+    "int": ((int,), ()),
+    "float": ((int, float), ()),
+    "str": ((), ()),
+    "BindAddress | None": ((BindAddress,), ()),
+    "tuple[BindAddress, ...]": ((list, tuple), (BindAddress,)),
+    "tuple[str, ...]": ((list, tuple), ()),
+    "tuple[int, ...]": ((list, tuple), (int,)),
+    "tuple[tuple[str, str], ...]": ((list, tuple), (list, tuple)),
+}
+
+
+def value_types(option: Option) -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """What ``option`` takes besides a string, and what an item of its list may be besides a string."""
+    if option.types is not None:
+        return option.types, option.types
+    annotation = _CONFIG_FIELDS.get(option.name)
+    if annotation is None:
+        return (), ()  # strings only
+    try:
+        return _FIELD_TYPES[annotation]
+    except KeyError:
+        raise TypeError(f"option {option.name}: no type rule for its Config field's type {annotation!r}; add one "
+                        "to clusterrun.config._FIELD_TYPES") from None
+
+
+def _is_one_of(value: Any, types: tuple[type, ...]) -> bool:
+    """isinstance, where a bool is not an int (it is one to Python): ``true`` is no number of seconds."""
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+_TYPE_NAMES: Mapping[type, str] = {bool: "a boolean", int: "an integer", float: "a number with a fraction",
+                                   str: "a string", list: "a list", tuple: "a list", dict: "a table"}
+
+
+def _check_type(option: Option, value: Any, types: tuple[type, ...], in_list: bool = False) -> None:
+    if not _is_one_of(value, (str, *types)):
+        raise ConfigError(_wrong_type(option, value, types, in_list))
+
+
+def _wrong_type(option: Option, value: Any, types: tuple[type, ...], in_list: bool = False) -> str:
+    """Bad --flag value <the value as written>: give <what the option takes>, not <what was given>."""
+    given = next((name for kind, name in _TYPE_NAMES.items() if _is_one_of(value, (kind,))),
+                 type(value).__name__)
+    wanted = ["a number"] if int in types and float in types else [
+        _TYPE_NAMES[kind] for kind in types if kind in _TYPE_NAMES and kind is not str]
+    if not wanted or (in_list and list in types):  # a list's item: a string, or a [name, value] pair
+        wanted.insert(0, "a string")
+    wanted = list(dict.fromkeys(wanted))
+    expected = "true or false" if types == (bool,) else (
+        f"{option.metavar + ' ' if option.metavar else ''}as {' or '.join(wanted)}")
+    return f"bad {option.flags[-1]} value {_as_written(value)}: give {expected}, not {given}"
+
+
+def _as_written(value: Any) -> str:
+    """A raw value as a TOML file writes it (true, not True), for messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_as_written(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = {_as_written(item)}" for key, item in value.items()) + "}"
+    return repr(value)
 
 
 def _int_at_least(low: int, flag: str) -> Callable[[Any], int]:
@@ -184,8 +283,8 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _response_header(value: Any) -> tuple[str, str]:
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        name, text = str(value[0]), str(value[1])
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(part, str) for part in value):
+        name, text = value[0], value[1]
     else:
         name, _, text = str(value).partition(":")
     name, text = name.strip(), text.strip()
@@ -225,10 +324,22 @@ def _choice(flag: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
-def _switch(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _switch(flag: str) -> Callable[[Any], bool]:
+    """A switch: a bool, or a string as the environment gives one (1/0, true/false, yes/no, on/off)."""
+
+    def parse(value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in _TRUE + _FALSE:
+            raise ConfigError(f"bad {flag} value {value!r}: give true or false (also 1/0, yes/no, on/off)")
+        return text in _TRUE
+
+    return parse
 
 
 _WORKERS_RE = re.compile(r"^(?:(?P<count>\d+)|auto|(?P<factor>\d+(?:\.\d+)?)x)$")
@@ -385,7 +496,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("binds", ("-b", "--bind"), "listen on HOST:PORT, [IPV6]:PORT or unix:PATH; repeat for several "
            "listeners; port 0 picks a free port; default 127.0.0.1:8000", parse_bind, "ADDRESS", repeat=True),
     Option("host", ("--host",), "shortcut for --bind HOST:PORT with --port; default 127.0.0.1", str, "HOST"),
-    Option("port", ("--port",), "shortcut for --bind HOST:PORT with --host; default 8000", parse_port, "PORT"),
+    Option("port", ("--port",), "shortcut for --bind HOST:PORT with --host; default 8000", parse_port, "PORT",
+           types=(int,)),
     Option("policy", ("--policy",), "how connections reach workers: rr, least-conn, sticky (the primary "
            "accepts and hands each one to a worker), shared or reuseport (workers accept; the kernel picks); "
            "`--policy help` explains each; default rr", _choice("--policy", POLICIES), "POLICY",
@@ -395,7 +507,7 @@ OPTIONS: tuple[Option, ...] = (
            _int_at_least(1, "--threads"), "N"),
     Option("interface", ("--interface",), "app interface: auto (detect), wsgi or asgi; default auto",
            _choice("--interface", INTERFACES), "KIND", choices=INTERFACES),
-    Option("factory", ("--factory",), "APP names a zero-argument factory that returns the app", _switch,
+    Option("factory", ("--factory",), "APP names a zero-argument factory that returns the app", _switch("--factory"),
            switch=True),
     Option("app_dir", ("--app-dir",), "directory put first on sys.path to import APP; default the current "
            "directory", str, "DIR"),
@@ -425,14 +537,14 @@ OPTIONS: tuple[Option, ...] = (
            "MiB, with no dropped request; 0 (default) never", _int_at_least(0, "--max-memory"), "MB"),
     Option("preload", ("--preload",), "import the app in the primary before forking: workers share its memory "
            "copy-on-write and start faster, but a rolling restart then serves the code loaded at start",
-           _switch, switch=True),
+           _switch("--preload"), switch=True),
     Option("hooks", ("--hooks",), "a module (or module:object) whose functions named after cluster events (fork, "
            "online, listening, message, disconnect, exit) are called in the primary", str, "MODULE"),
     Option("backlog", ("--backlog",), "listen queue length; default 2048", _int_at_least(1, "--backlog"), "N"),
     Option("log_level", ("--log-level",), "debug, info, warning or error; debug adds tracebacks to errors; "
            "default info", _choice("--log-level", LOG_LEVELS), "LEVEL", choices=LOG_LEVELS),
     Option("access_log", ("--access-log",), "log one line per request (off by default, as in gunicorn)",
-           _switch, switch=True),
+           _switch("--access-log"), switch=True),
     Option("access_log_format", ("--access-log-format",), "the access line, with named fields: {client}, "
            "{method}, {path}, {query}, {request_line}, {status}, {bytes}, {duration_ms}, {duration_us}, "
            "{referer}, {user_agent}, {worker_id}, {worker_index}, {pid}; default " + DEFAULT_ACCESS_FORMAT.replace(
@@ -454,8 +566,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout_keep_alive", ("--timeout-keep-alive",), "seconds an idle keep-alive connection stays "
            "open; default 5", _seconds("--timeout-keep-alive"), "SECONDS"),
     Option("reload", ("--reload",), "development: a rolling restart whenever a watched file changes (needs pip "
-           "install 'clusterrun[reload]'); old workers keep serving while new code fails to import", _switch,
-           switch=True),
+           "install 'clusterrun[reload]'); old workers keep serving while new code fails to import",
+           _switch("--reload"), switch=True),
     Option("reload_dirs", ("--reload-dir",), "a folder to watch with --reload (repeat; default the current one)",
            _directory_for("--reload-dir"), "DIR", repeat=True),
     Option("reload_include", ("--reload-include",), "a file name pattern that triggers --reload (repeat; default "
@@ -474,9 +586,9 @@ OPTIONS: tuple[Option, ...] = (
            "in it refuses the start", _log_file("--pid-file"), "FILE"),
     Option("user", ("--user",), "workers run as this user (a name or a numeric uid): the primary binds as root, "
            "then each worker drops to the user before it imports the app; the primary stays root", parse_user,
-           "USER"),
+           "USER", types=(int,)),
     Option("group", ("--group",), "with --user: the workers' group (a name or a numeric gid); default the user's "
-           "own group", parse_group, "GROUP"),
+           "own group", parse_group, "GROUP", types=(int,)),
     Option("uds_mode", ("--uds-mode",), "permissions of unix: socket files, in octal; default 666, so that a "
            "proxy running as another user can connect (660 for the group only)", _octal_mode, "OCTAL"),
     Option("name", ("--name",), "the cluster's name, for clusterrun status/reload/scale/stop NAME; default the "
@@ -484,7 +596,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("control", ("--control",), "the control socket's path; default $XDG_RUNTIME_DIR/clusterrun/NAME.sock, "
            "else a per-user folder in the temp directory", _socket_path, "PATH"),
     Option("no_control", ("--no-control",), "open no control socket: clusterrun status and the other commands "
-           "then cannot reach this cluster", _switch, switch=True),
+           "then cannot reach this cluster", _switch("--no-control"), switch=True),
     Option("health", ("--health",), "serve /livez and /readyz from the primary on HOST:PORT or unix:PATH (also "
            "served with --metrics); for Kubernetes probes", _address_for("--health"), "ADDRESS"),
     Option("shutdown_delay", ("--shutdown-delay",), "on SIGTERM, turn /readyz to 503 at once but keep serving "
@@ -506,10 +618,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout_request_head", ("--timeout-request-head",), "close a connection whose request head is not "
            "complete within this many seconds (408 if part of one came); default 10",
            _positive_seconds("--timeout-request-head"), "SECONDS"),
-    Option("no_server_header", ("--no-server-header",), "send no 'server: clusterrun' header", _switch,
-           switch=True),
-    Option("no_date_header", ("--no-date-header",), "send no Date header (a proxy in front adds its own)", _switch,
-           switch=True),
+    Option("no_server_header", ("--no-server-header",), "send no 'server: clusterrun' header",
+           _switch("--no-server-header"), switch=True),
+    Option("no_date_header", ("--no-date-header",), "send no Date header (a proxy in front adds its own)",
+           _switch("--no-date-header"), switch=True),
     Option("headers", ("--header",), "add NAME:VALUE to every response (repeat), e.g. 'X-Frame-Options: DENY'",
            _response_header, "NAME:VALUE", repeat=True),
     Option("ssl_certfile", ("--ssl-certfile",), "serve HTTPS with this certificate (PEM, with its chain); each "
@@ -528,13 +640,13 @@ OPTIONS: tuple[Option, ...] = (
            "safe defaults (as uvicorn and gunicorn)", str, "CIPHERS"),
     Option("proxy_headers", ("--proxy-headers",), "take the client's address and scheme from X-Forwarded-For, "
            "X-Forwarded-Proto and Forwarded when the peer is in --forwarded-allow-ips; on by default "
-           "(--no-proxy-headers: never)", _switch, switch=True, negatable=True),
+           "(--no-proxy-headers: never)", _switch("--proxy-headers"), switch=True, negatable=True),
     Option("forwarded_allow_ips", ("--forwarded-allow-ips",), "the proxies whose forwarding headers are trusted: "
            "IP addresses and networks (CIDR), 'unix' for Unix-socket peers, '*' for any peer, comma-separated; "
            "default 127.0.0.1,::1,unix", _forwarded_ips, "IPS", env="FORWARDED_ALLOW_IPS"),
     Option("proxy_host", ("--proxy-host",), "also take the Host from a trusted proxy's X-Forwarded-Host or "
            "Forwarded host= (off by default: a proxy that passes a client's header on would let it choose the "
-           "host your app builds URLs with)", _switch, switch=True),
+           "host your app builds URLs with)", _switch("--proxy-host"), switch=True),
     Option("root_path", ("--root-path",), "the path prefix the app is mounted under behind a proxy, e.g. /api: "
            "ASGI root_path and WSGI SCRIPT_NAME", _root_path, "PATH"),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "
@@ -556,6 +668,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
+for _option in OPTIONS:  # every option has a type rule: a missing one fails here, at import
+    value_types(_option)
 
 
 @contextlib.contextmanager
@@ -606,13 +720,7 @@ def build_config(
             continue
         sources[option.name] = source
         with _blaming(source):
-            if option.repeat:
-                items = [raw] if isinstance(raw, (str, BindAddress)) else list(raw)
-                given[option.name] = tuple(
-                    item if isinstance(item, BindAddress) else option.parse(item) for item in items
-                )
-            else:
-                given[option.name] = option.parse(raw)
+            given[option.name] = option.read(raw)
     app, sources["app"] = _app_source(app, environ, file)
 
     cpus = usable_cpus() if cpus is None else cpus

@@ -104,3 +104,24 @@ def test_a_switch_on_by_default_can_be_turned_off_anywhere_and_values_read_as_wr
     lines = {line.split()[0]: line for line in text.splitlines()}
     assert lines["uds-mode"].split()[1] == "660"  # octal, as written, not 432
     assert "10.0.0.0/8, unix" in lines["forwarded-allow-ips"]
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("bind = 8000", "bad --bind value 8000: give ADDRESS as a string, not an integer"),
+    ("timeout = true", "bad --timeout value true: give SECONDS as a number, not a boolean"),
+    ("max-memory = 1.5", "bad --max-memory value 1.5: give MB as an integer, not a number with a fraction"),
+    ('preload = "maybe"', "bad --preload value 'maybe': give true or false"),
+])
+def test_a_value_of_the_wrong_type_in_the_file_is_one_line_and_exit_2(tmp_path: Path, line: str, expected: str
+                                                                       ) -> None:
+    # Issue 22: a traceback and exit 1; a boolean read as 1.0 s; 1.5 MiB read as 1 MiB; "maybe" read as off.
+    write_pyproject(tmp_path, f'app = "flask_app:app"\n{line}\n')
+    key = line.split(" =")[0]
+    assert_config_error(run_to_exit("config", cwd=tmp_path), 2, expected,
+                        f"comes from pyproject.toml [tool.clusterrun]: {key}")
+
+
+def test_a_switch_from_the_environment_that_is_no_switch_is_exit_2(tmp_path: Path) -> None:
+    result = run_to_exit("config", "flask_app:app", cwd=tmp_path, env={**os.environ, "CLUSTERRUN_ACCESS_LOG": "maybe"})
+    assert_config_error(result, 2, "bad --access-log value 'maybe'", "environment variable CLUSTERRUN_ACCESS_LOG")
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -18,8 +19,9 @@ import pytest
 from clusterrun.adapters.lifespan import Lifespan
 from clusterrun.adapters.loading import detect_interface, load_app
 
+from clusterrun import cli
 from clusterrun.channel import HEADER, MAX_PAYLOAD, Channel, connection_frame
-from clusterrun.config import build_config, resolve_workers
+from clusterrun.config import OPTIONS, Config, Option, build_config, resolve_workers
 from clusterrun.counters import SharedCounter
 from clusterrun.cpus import cgroup_cpu_quota, usable_cpus
 from clusterrun.errors import BootError, ChannelError, ConfigError
@@ -80,6 +82,67 @@ def test_build_config_defaults_and_environment() -> None:
 def test_bad_options_are_config_errors(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config("app:app", values, environ={}, cpus=2)
+
+
+# A value of each TOML type, as written in the file, with the Python type it reads as and how a message shows it
+# (a list's bad item may be named alone).
+_TOML_VALUES = [("true", bool, ("true",)), ("1.5", float, ("1.5",)), ("7", int, ("7",)),
+                ("[true]", list, ("[true]", "true")), ("{ a = 1 }", dict, ("{a = 1}",))]
+# The options that are not fields of Config, and what they take besides a string.
+_NOT_FIELDS: dict[str, tuple[type, ...]] = {"host": (), "port": (int,), "user": (int,), "group": (int,)}
+
+
+def _right_types(option: Option) -> tuple[type, ...]:
+    """The TOML types an option's value may have besides a string, as its Config field (or _NOT_FIELDS) says."""
+    if option.name in _NOT_FIELDS:
+        return _NOT_FIELDS[option.name]
+    annotation = {field.name: str(field.type) for field in dataclasses.fields(Config)}[option.name]
+    return {"bool": (bool,), "int": (int,), "float": (int, float), "tuple[int, ...]": (int,)}.get(annotation, ())
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=[option.name for option in OPTIONS])
+def test_every_option_refuses_a_value_of_the_wrong_type_from_the_file(
+    option: Option, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 22: `bind = 8000` was a traceback, `timeout = true` silently 1.0 s, `max-memory = 1.5` silently 1 MiB.
+    Walks OPTIONS, so that a new option is covered the day it is added: a value of a type it does not take is
+    exit 2 with one line naming the flag, the value as written, the file and its key; one of a type it takes is
+    served or refused the same way, never a traceback."""
+    monkeypatch.chdir(tmp_path)
+    for name in os.environ:
+        if name.startswith("CLUSTERRUN_") or name in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS"):
+            monkeypatch.delenv(name)
+    key = option.flags[-1].lstrip("-")
+    for written, kind, shown in _TOML_VALUES:
+        (tmp_path / "clusterrun.toml").write_text(f'app = "flask_app:app"\n{key} = {written}\n')
+        code = cli.main(["config", "--json"])
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        if kind in _right_types(option):
+            assert code == 0 or (code == 2 and len(lines) == 1), (written, err)
+            continue
+        assert code == 2 and len(lines) == 1 and out == "", (written, out, err)
+        assert any(lines[0].startswith(f"clusterrun: error: bad {option.flags[-1]} value {value}: ")
+                   for value in shown), (written, lines[0])
+        assert f"clusterrun.toml: {key}" in lines[0] and ", not a" in lines[0], (written, lines[0])
+
+
+def test_a_string_from_the_environment_must_read_as_a_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_config("app:app", {}, environ={"CLUSTERRUN_PRELOAD": "off"}, cpus=1).preload is False
+    assert build_config("app:app", {}, environ={"CLUSTERRUN_PRELOAD": "Yes"}, cpus=1).preload is True
+    with pytest.raises(ConfigError, match=r"bad --preload value 'maybe': give true or false .*CLUSTERRUN_PRELOAD"):
+        build_config("app:app", {}, environ={"CLUSTERRUN_PRELOAD": "maybe"}, cpus=1)
+
+
+def test_the_api_takes_typed_values_and_refuses_wrong_ones() -> None:
+    config = build_config("app:app", {"timeout": 5, "fds": [3], "headers": [("X-A", "b")],
+                                      "forwarded_allow_ips": ["10.0.0.0/8"], "preload": True}, environ={}, cpus=1)
+    assert (config.timeout, config.binds, config.headers, config.preload) == (
+        5.0, (BindAddress(fd=3),), (("X-A", "b"),), True)
+    with pytest.raises(ConfigError, match=r"bad --max-memory value 1\.5: give MB as an integer, not a number"):
+        build_config("app:app", {"max_memory": 1.5}, environ={}, cpus=1)
+    with pytest.raises(ConfigError, match="bad --threads value true: give N as an integer, not a boolean"):
+        build_config("app:app", {"threads": True}, environ={}, cpus=1)
 
 
 @pytest.mark.parametrize("app", ["app", "app:", ":app", "my-app:app", "app:1x"])
