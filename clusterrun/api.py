@@ -194,4 +194,18 @@ def prepare_engine(config: Config) -> LoadedApp | None:
     return loaded
 
 
-__all__ = ["Cluster", "Worker", "prepare_engine"]
+def check_app(config: Config) -> str:
+    """``clusterrun config --check``: import the app as a start would, in this process; what was found.
+
+    A module that cannot be found is a ConfigError (exit 2), an app that fails to import or is no app a
+    BootError (exit 3): the codes a start gives for the same app.
+    """
+    prepare_process(config)
+    prepare_engine(config)  # the engine, and the app's module found without importing it
+    from .adapters import entry
+
+    loaded = entry.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
+    return f"clusterrun: {config.app} loads: a {loaded.interface.upper()} app"
+
+
+__all__ = ["Cluster", "Worker", "check_app", "prepare_engine"]

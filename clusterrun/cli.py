@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__, ctl
-from .api import Cluster
+from .api import Cluster, check_app
 from .config import OPTIONS, build_config, describe_config
 from .errors import EXIT_CONFIG, ClusterrunError
 from .policies import POLICY_CLASSES
@@ -24,8 +24,9 @@ from .sources import find_file
 EPILOG = """\
 configuration: every option also comes from CLUSTERRUN_<FLAG> (e.g. CLUSTERRUN_MAX_REQUESTS) or from a TOML
 file (--config FILE, else [tool.clusterrun] in ./pyproject.toml, else ./clusterrun.toml); the command line wins
-over the environment, the environment over the file. clusterrun config [--json] [APP] [options] shows every
-effective value and where it came from.
+over the environment, the environment over the file. clusterrun config [--json] [--check] [APP] [options] shows
+every effective value and where it came from; --check also imports the app (exit 2 if its module cannot be found,
+3 if it fails to import or is no app, as a start would).
 
 commands for running clusters (clusterrun COMMAND --help):
   ls                        this user's running clusters
@@ -106,13 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_config = bool(raw) and raw[0] == "config"
     if show_config:
         raw = raw[1:]
-    args = build_parser().parse_args([arg for arg in raw if arg != "--json"] if show_config else raw)
+    config_flags = ("--json", "--check")  # `clusterrun config`'s own
+    args = build_parser().parse_args([arg for arg in raw if arg not in config_flags] if show_config else raw)
     values = {option.name: getattr(args, option.name) for option in OPTIONS}
     debug = values.get("log_level") == "debug"
     try:
         config = build_config(args.app, values, file=find_file(args.config))
         if show_config:
+            checked = check_app(config) if "--check" in raw else None  # a failure is its one line alone
             print(describe_config(config, as_json="--json" in raw))
+            if checked is not None:
+                print(checked, file=sys.stderr)
             return 0
         return Cluster.from_config(config).run()
     except ClusterrunError as exc:

@@ -125,3 +125,21 @@ def test_a_switch_from_the_environment_that_is_no_switch_is_exit_2(tmp_path: Pat
     result = run_to_exit("config", "flask_app:app", cwd=tmp_path, env={**os.environ, "CLUSTERRUN_ACCESS_LOG": "maybe"})
     assert_config_error(result, 2, "bad --access-log value 'maybe'", "environment variable CLUSTERRUN_ACCESS_LOG")
 
+
+@pytest.mark.parametrize("app, code, expected", [
+    ("nosuchmod:app", 2, "cannot find module 'nosuchmod'"),
+    ("broken:app", 3, "importing 'broken' failed: RuntimeError: no database (broken.py, line 1)"),
+    ("fine:nothing", 3, "module 'fine' has no attribute 'nothing'"),
+    ("fine:number", 3, "'fine:number' is a int, not an app"),
+])
+def test_config_check_imports_the_app_and_says_what_failed(tmp_path: Path, app: str, code: int, expected: str
+                                                           ) -> None:
+    # Issue 22: `clusterrun config nosuchmod:app` exited 0. The codes are a start's: 2 for a module that is not
+    # there (found before any fork), 3 for an app that fails to boot.
+    (tmp_path / "broken.py").write_text('raise RuntimeError("no database")\n')
+    (tmp_path / "fine.py").write_text("number = 7\n\ndef app(environ, start_response):\n    return []\n")
+    assert_config_error(run_to_exit("config", "--check", app, cwd=tmp_path), code, expected)
+    result = run_to_exit("config", "--check", "--json", "fine:app", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["app"]["value"] == "fine:app"
+    assert result.stderr.strip() == "clusterrun: fine:app loads: a WSGI app"
