@@ -55,7 +55,8 @@ class MetricsServer(OneShotServer):
         self.metrics = metrics
 
     def describe(self) -> str:
-        return f"{'--metrics' if self.metrics else '--health'} {self.address}"
+        where = listeners.describe(self.sock) if self.sock is not None else str(self.address)
+        return f"{'--metrics' if self.metrics else '--health'} {where}"
 
     def open(self) -> str:
         """Bind the endpoint (BindError, exit 2, if it cannot be); its URL."""

@@ -56,7 +56,7 @@ class _Client:
 class OneShotServer:
     max_request = 8 * 1024
     request_timeout = 5.0  # from the accept to a whole request: every real client sends it at once
-    timeout = 10.0  # from the accept to the answer's last byte taken
+    timeout = 10.0  # from a whole request to the answer's last byte taken
 
     def __init__(self, selector: selectors.BaseSelector, timers: Timers) -> None:
         self.selector = selector
