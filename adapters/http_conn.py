@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import socket
 import time
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -52,6 +54,14 @@ _LINGER_BYTES = 1024 * 1024
 _FEED_SLICE = 16 * 1024
 _QUEUE_LIMIT = 64
 _ANSWERS_PER_TURN = 64
+# A chunk's size line (with its extensions) or a trailer field may be this long: gunicorn's limit on a header
+# field. The parser bounds neither (4.8 GB of one chunk extension were taken in 15 s).
+_FRAMING_LINE = 8190
+_FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding", b"trailer", b"authorization",
+                                 b"te"))
+# RFC 9110's token, upper case, 3 to 20 characters: the methods gunicorn takes (its default, without
+# permit_unconventional_http_method); httptools itself takes only the registered ones.
+_METHOD = re.compile(rb"[A-Z0-9!$%&'*+\-.^_`|~]{3,20}")
 
 
 class Refused(Exception):
@@ -60,6 +70,27 @@ class Refused(Exception):
     def __init__(self, hit: Exceeded | None) -> None:
         super().__init__(hit.why if hit is not None else "malformed request")
         self.hit = hit
+
+
+def check_target(method: bytes, target: bytes) -> None:
+    """A request target that is not a path: ``*`` only for OPTIONS, an authority only for CONNECT, else an
+    absolute URL that parses (gunicorn's rules); raises Exceeded(400) for any other."""
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise Exceeded(400, f"the target * with {method.decode('latin-1')} (only OPTIONS takes it)")
+        return
+    if method == b"CONNECT":
+        return
+    if b"://" not in target:
+        raise Exceeded(400, "a request target that is neither a path nor an absolute URL")
+    try:
+        urlsplit(target)
+    except ValueError:
+        raise Exceeded(400, "a malformed absolute request target") from None
+
+
+class _Quiet:
+    """A parser's protocol with no callbacks: for a parser fed only to find where it fails."""
 
 
 class Request:
@@ -111,6 +142,8 @@ class Connection:
         self.rejected = False  # refused: reading and dropping what still comes, then closing
         self.admitted = False  # holds a place of --limit-concurrency (from its first request until it closes)
         self.discarded = 0
+        self.framing_run = 0  # bytes of a body received since its last body data, chunk or trailer field
+        self.extension: bytes | None = None  # the method of the request being parsed, when the parser was shown GET
         self.unparsed = b""  # received, not parsed yet: the queue was long (pipelining)
         self.refusal: Refused | None = None  # what follows the queued requests was refused: said after them
         self.head_size = 0  # bytes of the open request head so far
@@ -129,31 +162,55 @@ class Connection:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        if self.parsing is None:
+            # The parser keeps a field value's trailing whitespace (RFC 9110 5.5: not part of the value).
+            self.headers.append((name.lower(), value.rstrip(b" \t")))
+            return
+        # A trailer field (after a chunked body): never a header of the request, nor a proxy's word; the fields
+        # that would change its routing, framing or credentials are refused, as gunicorn does (RFC 9110 6.5.1).
+        self.framing_run = 0
+        if name.lower() in _FORBIDDEN_TRAILERS:
+            raise Exceeded(400, f"a {name.decode('latin-1')} trailer field")
 
     def on_headers_complete(self) -> None:
-        parser, headers = self.parser, self.headers
+        parser, headers, url = self.parser, self.headers, self.url
         method = parser.get_method()
-        hit = check_head(self.engine.limits, method, self.url, headers)
+        if self.extension is not None:  # an extension method the parser was shown as GET (extension_method)
+            method, self.extension = self.extension, None
+        version = parser.get_http_version()
+        if version[:2] != "1.":  # the parser takes HTTP/2.0 too: HTTP/1.x only, as gunicorn
+            raise Exceeded(400, f"HTTP version {version}")
+        if url[:1] != b"/":
+            check_target(method, url)
+        hit = check_head(self.engine.limits, method, url, headers)
         if hit is not None:
             raise hit
         if not self.admitted:  # the first request: a place of --limit-concurrency, or 503
             if not self.engine.admission.admit():
                 raise self.engine.admission.refusal(self.peer_address())
             self.admitted = True
-        request = Request(method, self.url, parser.get_http_version(), headers, parser.should_keep_alive())
+        request = Request(method, url, version, headers, parser.should_keep_alive())
         if method not in (b"GET", b"HEAD"):  # they carry no body in practice: spare them the scan
             for name, value in headers:
                 if name == b"expect" and value.lower() == b"100-continue":
                     request.continue_ = True
         self.parsing = request
         self.queue.append(request)
+        self.framing_run = 0
         self.head_since = None
         self.head_size = 0
         self.head_tail = b""
         self.line_seen = False
 
+    def on_chunk_header(self) -> None:
+        """A chunk's size line is parsed (only chunked bodies call this)."""
+        self.framing_run = 0
+        request = self.parsing
+        if request is not None and request.version == "1.0":  # RFC 9112 6.1; gunicorn refuses it too
+            raise Exceeded(400, "chunked transfer coding in an HTTP/1.0 request")
+
     def on_body(self, body: bytes) -> None:
+        self.framing_run = 0
         request = self.parsing
         assert request is not None
         request.body_size += len(body)
@@ -265,15 +322,64 @@ class Connection:
             self.head_size = size
             self.head_tail = data[-2:]
             self.line_seen = self.line_seen or b"\n" in data
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.closing = True  # no WebSocket in WSGI: the request is answered as HTTP, then the connection closed
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            raise Refused(cause if isinstance(cause, Exceeded) else None) from exc
-        except httptools.HttpParserError as exc:
-            raise Refused(None) from exc
+            fresh = size == len(data)  # data begins a request head (a method, when it is one)
+        else:
+            # A body: reads that bring no body data, chunk or trailer field are a chunk's size line or a trailer
+            # field growing (the callbacks set the count back to 0); the parser bounds neither, and a chunk
+            # extension can be endless. Counted per read: a line may outgrow the bound by one read.
+            self.framing_run += len(data)
+            fresh = False
+        while True:
+            try:
+                self.parser.feed_data(data)
+                break
+            except httptools.HttpParserUpgrade:
+                self.closing = True  # no WebSocket in WSGI: answered as HTTP, then the connection closed
+                break
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                raise Refused(cause if isinstance(cause, Exceeded) else None) from exc
+            except httptools.HttpParserInvalidMethodError as exc:
+                rest = self.extension_method(data, fresh)
+                if rest is None:
+                    raise Refused(None) from exc
+                data, fresh = rest, True
+            except httptools.HttpParserError as exc:
+                raise Refused(None) from exc
+        if self.framing_run > _FRAMING_LINE and self.parsing is not None:
+            raise Refused(Exceeded(400, f"a chunk size line or trailer field longer than {_FRAMING_LINE} bytes"))
+
+    def extension_method(self, data: bytes, fresh: bool) -> bytes | None:
+        """The parser refused a method it does not know (it knows only registered ones): when the method is an
+        RFC 9110 token that gunicorn takes too (upper case, 3 to 20 characters), what is left of ``data`` from
+        that request on, with GET in its place, to feed a new parser (the method itself is restored for the
+        request by on_headers_complete); None when it must be refused.
+
+        Only when that request begins in ``data`` (``fresh``: data begins a head; requests before it in data
+        ended there): a parser with no callbacks, fed ever longer prefixes of data, finds where the method failed;
+        the request begins on that line. No cost before a parser refuses a method.
+        """
+        if not fresh:
+            return None
+        low, high = 0, len(data)  # the shortest prefix the parser refuses: its last byte is the failing one
+        while low < high:
+            middle = (low + high) // 2
+            try:
+                httptools.HttpRequestParser(_Quiet()).feed_data(data[:middle + 1])
+            except httptools.HttpParserInvalidMethodError:
+                high = middle
+            except httptools.HttpParserError:
+                return None
+            else:
+                low = middle + 1
+        begin = data.rfind(b"\n", 0, low) + 1
+        space = data.find(b" ", begin)
+        method = data[begin:space]
+        if space < 0 or not _METHOD.fullmatch(method):
+            return None
+        self.extension = method
+        self.parser = httptools.HttpRequestParser(self)
+        return b"GET" + data[space:]
 
     # Answering, one request at a time, in order.
 
@@ -309,17 +415,24 @@ class Connection:
                 return
             queue.popleft()
             answered += 1
-            self.answer(request)
+            if not self.answer(request):
+                continue  # refused: what came after it is never answered
             if not self.pump():
                 return
         if not queue and self.response is None and not self.out and not self.handed:
             self.done()
 
-    def answer(self, request: Request) -> None:
+    def answer(self, request: Request) -> bool:
+        """Call the app for ``request`` (its response is then pumped); False if the request is refused instead."""
         engine = self.engine
         body = request.body
         stream = io.BytesIO(body[0] if len(body) == 1 else b"".join(body))
-        environ = engine.environ(self, request, stream, request.body_size)
+        try:
+            environ = engine.environ(self, request, stream, request.body_size)
+        except Exceeded as hit:
+            self.refuse(Refused(hit))
+            self.queue.clear()
+            return False
         self.framing = framing = Framing(engine.server_head, request.method == b"HEAD", request.version == "1.1",
                                          request.keep_alive and not self.closing and not engine.closing_all)
         engine.total_requests += 1
@@ -328,6 +441,7 @@ class Connection:
         if engine.on_response is not None:
             self.began = time.perf_counter()
         self.response = respond(engine.app, environ, framing)
+        return True
 
     def pump(self) -> bool:
         """Write the response in flight, a few chunks per turn; pause where the socket is full.

@@ -4,7 +4,8 @@ tests/test_e2e_framing.py).
 Both interfaces answer the same shape: ``{"method", "path", "query", "version", "headers", "body", "client",
 "scheme"}``, ``headers`` a list of ``[NAME, value]`` with NAME upper-case and dashed (as gunicorn's corpus
 writes it), ``body`` the body as latin-1 text. The WSGI app rebuilds names from the environ's keys (one entry
-per name, repeated fields joined by the server); the ASGI app lists the scope's headers as they came.
+per name, repeated fields joined by the server, sorted by name); the ASGI app lists the scope's headers in
+the order they came.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ async def asgi(scope: dict[str, Any], receive: Callable[..., Any], send: Callabl
     client = scope.get("client")
     result = {
         "method": scope["method"], "path": scope["path"], "query": scope["query_string"].decode("latin-1"),
-        "version": "HTTP/" + scope["http_version"], "headers": sorted(headers), "body": body.decode("latin-1"),
+        "version": "HTTP/" + scope["http_version"], "headers": headers, "body": body.decode("latin-1"),
         "client": client[0] if client else None, "scheme": scope["scheme"],
     }
     data = _answer(result)
