@@ -147,20 +147,32 @@ def test_extension_methods_are_taken(run_cli: Callable[..., Cluster]) -> None:
         ("GET", "/1", ""), ("FOO", "/2", "abc"), ("PURGE", "/3", ""), ("BAR-BAZ", "/4", ""), ("POST", "/5", "z")]
 
 
-def test_values_targets_versions_and_field_lines_as_gunicorn(run_cli: Callable[..., Cluster]) -> None:
+def test_a_fragment_stays_out_of_the_query_and_field_values_lose_trailing_whitespace(
+    run_cli: Callable[..., Cluster]
+) -> None:
     cluster = start(run_cli, "echo_app:wsgi", "--workers", "1")
     status, seen = _one(cluster, b"GET /p?q=1#frag HTTP/1.1\r\nHost: x\r\nX-Pad: value \t \r\n\r\n")
     assert status == 200 and isinstance(seen, dict)
     assert (seen["path"], seen["query"]) == ("/p", "q=1")  # the fragment is the client's own
     assert dict(seen["headers"])["X-PAD"] == "value"  # type: ignore[arg-type]
-    # A header field line of 8190 bytes with its CRLF passes, one of 8191 is refused (gunicorn's count).
+
+
+def test_a_header_field_line_is_limited_as_gunicorn_counts_it(run_cli: Callable[..., Cluster]) -> None:
+    # A header field line of 8190 bytes with its CRLF passes, one of 8191 is refused.
+    cluster = start(run_cli, "echo_app:wsgi", "--workers", "1")
     name = b"X-Long: "
     for size, expected in ((8190, 200), (8191, 431)):
         line = name + b"v" * (size - len(name) - 2) + b"\r\n"
         assert _one(cluster, b"GET / HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n")[0] == expected, size
-    # An HTTP/1.0 request is answered in HTTP/1.0, as gunicorn answers.
+
+
+def test_an_http10_request_is_answered_in_http10(run_cli: Callable[..., Cluster]) -> None:
+    """As gunicorn answers (RFC 9110 would let a server say HTTP/1.1; a client moved from gunicorn sees no change)."""
+    cluster = start(run_cli, "echo_app:wsgi", "--workers", "1")
     data = _exchange(cluster, b"GET / HTTP/1.0\r\n\r\n")
     assert data.startswith(b"HTTP/1.0 200 "), data[:40]
+    data = _exchange(cluster, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 "), data[:40]
 
 
 def test_an_endless_chunk_extension_is_refused(run_cli: Callable[..., Cluster]) -> None:
