@@ -555,7 +555,10 @@ class Connection:
         if request is not None and framing is not None and self.engine.on_response is not None:
             self.engine.served(self, request, framing, self.began)
         if framing is None or not framing.keep_alive:
+            # The response said the connection closes: requests pipelined after it are never answered.
             self.closing = True
+            self.queue.clear()
+            self.unparsed = b""
         if self.out:
             self.wait_writable()
             return False

@@ -320,7 +320,7 @@ class WSGIEngine:
                 continue
             if conn.idle_since is not None and now - conn.idle_since >= keep_alive:
                 conn.close()
-            elif conn.head_since is not None and conn.response is None and not conn.out:
+            elif conn.head_since is not None and conn.response is None and not conn.out and not conn.queue:
                 if now - conn.head_since >= head_timeout:
                     if conn.head_size:
                         conn.reject(Exceeded(408, f"a request head not complete after {head_timeout:g} s"))

@@ -131,6 +131,14 @@ def test_every_complete_request_before_a_refused_one_is_answered(run_cli: Callab
     assert [status for status, _ in _responses(_exchange(cluster, data))] == [200, 400]
 
 
+def test_requests_pipelined_after_an_answer_that_closes_are_not_answered(run_cli: Callable[..., Cluster]) -> None:
+    """The app said Connection: close: the connection ends with that answer, as it said."""
+    cluster = start(run_cli, "echo_app:wsgi", "--workers", "1")
+    data = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Answer-Close: 1\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    answers = _responses(_exchange(cluster, data))
+    assert [(status, json.loads(body)["path"]) for status, body in answers] == [(200, "/a")]
+
+
 def test_extension_methods_are_taken(run_cli: Callable[..., Cluster]) -> None:
     """Any RFC 9110 token method in upper case, as gunicorn: the parser knows only registered ones."""
     cluster = start(run_cli, "echo_app:wsgi", "--workers", "1")

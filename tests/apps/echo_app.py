@@ -5,7 +5,7 @@ Both interfaces answer the same shape: ``{"method", "path", "query", "version", 
 "scheme"}``, ``headers`` a list of ``[NAME, value]`` with NAME upper-case and dashed (as gunicorn's corpus
 writes it), ``body`` the body as latin-1 text. The WSGI app rebuilds names from the environ's keys (one entry
 per name, repeated fields joined by the server, sorted by name); the ASGI app lists the scope's headers in
-the order they came.
+the order they came. The WSGI app answers ``Connection: close`` to a request with ``X-Answer-Close``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
         "client": environ.get("REMOTE_ADDR"), "scheme": environ["wsgi.url_scheme"],
     }
     data = _answer(result)
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    if "HTTP_X_ANSWER_CLOSE" in environ:  # the app closes the connection after this answer
+        headers.append(("Connection", "close"))
+    start_response("200 OK", headers)
     return [data]
 
 
