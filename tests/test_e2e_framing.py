@@ -88,6 +88,8 @@ def test_trailers_never_reach_the_headers_nor_the_proxy_logic(run_cli: Callable[
 
 @pytest.mark.parametrize(("name", "head"), [
     ("two Host fields", b"GET / HTTP/1.1\r\nHost: example.com\r\nHost: evil.example.com\r\n\r\n"),
+    ("two Host fields on an upload", b"POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 5\r\n"
+                                     b"Expect: 100-continue\r\n\r\n"),
     ("two Content-Type fields", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Type: a/b\r\nContent-Type: c/d\r\n\r\n"),
     ("a proxy's schemes in conflict", b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\n"
                                       b"X-Forwarded-Ssl: off\r\n\r\n"),
