@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import socket
 import time
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -46,6 +48,20 @@ _PREREAD_LIMIT = 64 * 1024  # a body up to this is read on the loop before the a
 _STEPS_PER_TURN = 16  # chunks of one streamed response written before other connections get a turn
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1024 * 1024
+# Pipelining: a read larger than this is parsed a slice at a time while fewer than _QUEUE_LIMIT requests wait,
+# the rest kept unparsed, reading paused; requests are answered _ANSWERS_PER_TURN at a time between turns of
+# the loop. A small request in one read (the common case) is parsed whole, as it came.
+_FEED_SLICE = 16 * 1024
+_QUEUE_LIMIT = 64
+_ANSWERS_PER_TURN = 64
+# A chunk's size line (with its extensions) or a trailer field may be this long: gunicorn's limit on a header
+# field. The parser bounds neither (4.8 GB of one chunk extension were taken in 15 s).
+_FRAMING_LINE = 8190
+_FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding", b"trailer", b"authorization",
+                                 b"te"))
+# RFC 9110's token, upper case, 3 to 20 characters: the methods gunicorn takes (its default, without
+# permit_unconventional_http_method); httptools itself takes only the registered ones.
+_METHOD = re.compile(rb"[A-Z0-9!$%&'*+\-.^_`|~]{3,20}")
 
 
 class Refused(Exception):
@@ -54,6 +70,27 @@ class Refused(Exception):
     def __init__(self, hit: Exceeded | None) -> None:
         super().__init__(hit.why if hit is not None else "malformed request")
         self.hit = hit
+
+
+def check_target(method: bytes, target: bytes) -> None:
+    """A request target that is not a path: ``*`` only for OPTIONS, an authority only for CONNECT, else an
+    absolute URL that parses (gunicorn's rules); raises Exceeded(400) for any other."""
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise Exceeded(400, f"the target * with {method.decode('latin-1')} (only OPTIONS takes it)")
+        return
+    if method == b"CONNECT":
+        return
+    if b"://" not in target:
+        raise Exceeded(400, "a request target that is neither a path nor an absolute URL")
+    try:
+        urlsplit(target)
+    except ValueError:
+        raise Exceeded(400, "a malformed absolute request target") from None
+
+
+class _Quiet:
+    """A parser's protocol with no callbacks: for a parser fed only to find where it fails."""
 
 
 class Request:
@@ -105,6 +142,10 @@ class Connection:
         self.rejected = False  # refused: reading and dropping what still comes, then closing
         self.admitted = False  # holds a place of --limit-concurrency (from its first request until it closes)
         self.discarded = 0
+        self.framing_run = 0  # bytes of a body received since its last body data, chunk or trailer field
+        self.extension: bytes | None = None  # the method of the request being parsed, when the parser was shown GET
+        self.unparsed = b""  # received, not parsed yet: the queue was long (pipelining)
+        self.refusal: Refused | None = None  # what follows the queued requests was refused: said after them
         self.head_size = 0  # bytes of the open request head so far
         self.head_tail = b""
         self.line_seen = False
@@ -121,31 +162,55 @@ class Connection:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        if self.parsing is None:
+            # The parser keeps a field value's trailing whitespace (RFC 9110 5.5: not part of the value).
+            self.headers.append((name.lower(), value.rstrip(b" \t")))
+            return
+        # A trailer field (after a chunked body): never a header of the request, nor a proxy's word; the fields
+        # that would change its routing, framing or credentials are refused, as gunicorn does (RFC 9110 6.5.1).
+        self.framing_run = 0
+        if name.lower() in _FORBIDDEN_TRAILERS:
+            raise Exceeded(400, f"a {name.decode('latin-1')} trailer field")
 
     def on_headers_complete(self) -> None:
-        parser, headers = self.parser, self.headers
+        parser, headers, url = self.parser, self.headers, self.url
         method = parser.get_method()
-        hit = check_head(self.engine.limits, method, self.url, headers)
+        if self.extension is not None:  # an extension method the parser was shown as GET (extension_method)
+            method, self.extension = self.extension, None
+        version = parser.get_http_version()
+        if version[:2] != "1.":  # the parser takes HTTP/2.0 too: HTTP/1.x only, as gunicorn
+            raise Exceeded(400, f"HTTP version {version}")
+        if url[:1] != b"/":
+            check_target(method, url)
+        hit = check_head(self.engine.limits, method, url, headers)
         if hit is not None:
             raise hit
         if not self.admitted:  # the first request: a place of --limit-concurrency, or 503
             if not self.engine.admission.admit():
                 raise self.engine.admission.refusal(self.peer_address())
             self.admitted = True
-        request = Request(method, self.url, parser.get_http_version(), headers, parser.should_keep_alive())
+        request = Request(method, url, version, headers, parser.should_keep_alive())
         if method not in (b"GET", b"HEAD"):  # they carry no body in practice: spare them the scan
             for name, value in headers:
                 if name == b"expect" and value.lower() == b"100-continue":
                     request.continue_ = True
         self.parsing = request
         self.queue.append(request)
+        self.framing_run = 0
         self.head_since = None
         self.head_size = 0
         self.head_tail = b""
         self.line_seen = False
 
+    def on_chunk_header(self) -> None:
+        """A chunk's size line is parsed (only chunked bodies call this)."""
+        self.framing_run = 0
+        request = self.parsing
+        if request is not None and request.version == "1.0":  # RFC 9112 6.1; gunicorn refuses it too
+            raise Exceeded(400, "chunked transfer coding in an HTTP/1.0 request")
+
     def on_body(self, body: bytes) -> None:
+        self.framing_run = 0
         request = self.parsing
         assert request is not None
         request.body_size += len(body)
@@ -172,9 +237,7 @@ class Connection:
         except OSError:
             self.close()
             return
-        self.received(data)
-        if not self.closed and not self.handed and self.response is None and not self.out:
-            self.resume_reading()
+        self.received(data)  # reading is resumed where there is something to read (serve)
 
     def recv(self) -> bytes:
         buffer = self.engine.read_buffer
@@ -209,12 +272,41 @@ class Connection:
             if self.discarded > _LINGER_BYTES:
                 self.close()
             return
-        try:
-            self.feed(data)
-        except Refused as refused:
-            self.reject(refused.hit)
-            return
+        if len(data) > _FEED_SLICE:  # maybe many pipelined requests: parse no more than the queue may hold
+            self.unparsed = data
+            self.feed_unparsed()
+        else:
+            try:
+                self.feed(data)
+            except Refused as refused:
+                self.refuse(refused)
         self.serve()
+
+    def feed_unparsed(self) -> None:
+        """Parse what is kept unparsed, a slice at a time, until the queue is long: the rest waits for the queue
+        to be answered (reading stays paused meanwhile), so that one connection never queues without bound."""
+        data, queue = self.unparsed, self.queue
+        start = 0
+        try:
+            while start < len(data) and len(queue) < _QUEUE_LIMIT:
+                self.feed(data[start:start + _FEED_SLICE])
+                start += _FEED_SLICE
+        except Refused as refused:
+            self.refuse(refused)
+            start = len(data)
+        self.unparsed = data[start:]
+        if self.unparsed:
+            self.pause_reading()
+
+    def refuse(self, refused: Refused) -> None:
+        """The parser refused what follows the complete requests queued: those are answered first, then the
+        refusal (or the connection closes, if one of them closes it)."""
+        self.refusal = refused
+        self.unparsed = b""
+        self.pause_reading()
+        if self.parsing is not None:  # the refused request itself, never answered
+            self.queue.pop()
+            self.parsing = None
 
     def feed(self, data: bytes) -> None:
         """Account for ``data`` and parse it; raises Refused for a request to refuse (thread-safe: no loop calls)."""
@@ -230,38 +322,117 @@ class Connection:
             self.head_size = size
             self.head_tail = data[-2:]
             self.line_seen = self.line_seen or b"\n" in data
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.closing = True  # no WebSocket in WSGI: the request is answered as HTTP, then the connection closed
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            raise Refused(cause if isinstance(cause, Exceeded) else None) from exc
-        except httptools.HttpParserError as exc:
-            raise Refused(None) from exc
+            fresh = size == len(data)  # data begins a request head (a method, when it is one)
+        else:
+            # A body: reads that bring no body data, chunk or trailer field are a chunk's size line or a trailer
+            # field growing (the callbacks set the count back to 0); the parser bounds neither, and a chunk
+            # extension can be endless. Counted per read: a line may outgrow the bound by one read.
+            self.framing_run += len(data)
+            fresh = False
+        while True:
+            try:
+                self.parser.feed_data(data)
+                break
+            except httptools.HttpParserUpgrade:
+                self.closing = True  # no WebSocket in WSGI: answered as HTTP, then the connection closed
+                break
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                raise Refused(cause if isinstance(cause, Exceeded) else None) from exc
+            except httptools.HttpParserInvalidMethodError as exc:
+                rest = self.extension_method(data, fresh)
+                if rest is None:
+                    raise Refused(None) from exc
+                data, fresh = rest, True
+            except httptools.HttpParserError as exc:
+                raise Refused(None) from exc
+        if self.framing_run > _FRAMING_LINE and self.parsing is not None:
+            raise Refused(Exceeded(400, f"a chunk size line or trailer field longer than {_FRAMING_LINE} bytes"))
+
+    def extension_method(self, data: bytes, fresh: bool) -> bytes | None:
+        """The parser refused a method it does not know (it knows only registered ones): when the method is an
+        RFC 9110 token that gunicorn takes too (upper case, 3 to 20 characters), what is left of ``data`` from
+        that request on, with GET in its place, to feed a new parser (the method itself is restored for the
+        request by on_headers_complete); None when it must be refused.
+
+        Only when that request begins in ``data`` (``fresh``: data begins a head; requests before it in data
+        ended there): a parser with no callbacks, fed ever longer prefixes of data, finds where the method failed;
+        the request begins on that line. No cost before a parser refuses a method.
+        """
+        if not fresh:
+            return None
+        low, high = 0, len(data)  # the shortest prefix the parser refuses: its last byte is the failing one
+        while low < high:
+            middle = (low + high) // 2
+            try:
+                httptools.HttpRequestParser(_Quiet()).feed_data(data[:middle + 1])
+            except httptools.HttpParserInvalidMethodError:
+                high = middle
+            except httptools.HttpParserError:
+                return None
+            else:
+                low = middle + 1
+        begin = data.rfind(b"\n", 0, low) + 1
+        space = data.find(b" ", begin)
+        method = data[begin:space]
+        if space < 0 or not _METHOD.fullmatch(method):
+            return None
+        self.extension = method
+        self.parser = httptools.HttpRequestParser(self)
+        return b"GET" + data[space:]
 
     # Answering, one request at a time, in order.
 
     def serve(self) -> None:
-        """Answer queued requests until one is held up (streamed, blocked, uploading) or none is ready."""
+        """Answer queued requests until one is held up (streamed, blocked, uploading) or none is ready.
+
+        A loop, never a recursion: each request answered in full returns here (10,000 pipelined requests in one
+        write are 10,000 turns of it). After _ANSWERS_PER_TURN of them the loop lets other connections have a
+        turn, with reading paused, so that a connection's queue only shrinks meanwhile.
+        """
         queue = self.queue
-        while queue and self.response is None and not self.out and not self.handed and not self.closed:
+        answered = 0
+        while self.response is None and not self.out and not self.handed and not self.closed:
+            if not queue:
+                if not self.unparsed or self.closing:
+                    break
+                self.feed_unparsed()
+                continue
             request = queue[0]
             if not request.complete:
+                if self.unparsed:  # its body may be there already
+                    self.feed_unparsed()
+                    continue
                 if request.continue_ or request.body_size > _PREREAD_LIMIT:
                     queue.popleft()
                     self.engine.hand_over(self, request)
+                else:
+                    self.resume_reading()  # the rest of its body comes on the loop
+                return
+            if answered == _ANSWERS_PER_TURN:
+                self.pause_reading()
+                self.engine.loop.call_soon(self.serve)
                 return
             queue.popleft()
-            self.answer(request)
+            answered += 1
+            if not self.answer(request):
+                continue  # refused: what came after it is never answered
+            if not self.pump():
+                return
         if not queue and self.response is None and not self.out and not self.handed:
             self.done()
 
-    def answer(self, request: Request) -> None:
+    def answer(self, request: Request) -> bool:
+        """Call the app for ``request`` (its response is then pumped); False if the request is refused instead."""
         engine = self.engine
         body = request.body
         stream = io.BytesIO(body[0] if len(body) == 1 else b"".join(body))
-        environ = engine.environ(self, request, stream, request.body_size)
+        try:
+            environ = engine.environ(self, request, stream, request.body_size)
+        except Exceeded as hit:
+            self.refuse(Refused(hit))
+            self.queue.clear()
+            return False
         self.framing = framing = Framing(engine.server_head, request.method == b"HEAD", request.version == "1.1",
                                          request.keep_alive and not self.closing and not engine.closing_all)
         engine.total_requests += 1
@@ -270,18 +441,22 @@ class Connection:
         if engine.on_response is not None:
             self.began = time.perf_counter()
         self.response = respond(engine.app, environ, framing)
-        self.pump()
+        return True
 
-    def pump(self) -> None:
-        """Write the response in flight, a few chunks per turn; pause where the socket is full."""
+    def pump(self) -> bool:
+        """Write the response in flight, a few chunks per turn; pause where the socket is full.
+
+        True once the response is all produced and written (the caller takes the next request); False while it
+        is held up (the writable socket resumes it) or the connection closed.
+        """
         response, gate = self.response, self.engine.gate
         assert response is not None
         for _ in range(_STEPS_PER_TURN):
             if self.closed:  # the client left
-                return
+                return False
             if self.out or self.file is not None:
                 self.wait_writable()
-                return
+                return False
             with gate:  # app code: one place at a time, also with an upload thread running app code
                 try:
                     piece = next(response, None)
@@ -289,15 +464,15 @@ class Connection:
                     piece = None
                     self.closing = True
             if piece is None:
-                self.finish()
-                return
+                return self.finish()
             if type(piece) is SendFile:
                 self.file = piece
                 self.sock.setblocking(False)  # sendfile takes no flags: the descriptor itself must not wait
                 self.send_file()
             elif not self.write(piece):  # type: ignore[arg-type]
-                return
+                return False
         self.wait_writable()
+        return False
 
     def write(self, data: bytes) -> bool:
         """Send ``data``, keeping what the socket does not take; False if the connection broke."""
@@ -369,29 +544,33 @@ class Connection:
             if self.file is not None or self.closed:
                 return
         self.engine.loop.remove_writer(self.fd)
-        if self.response is not None:
-            self.pump()
-        else:
+        if self.response is None or self.pump():
             self.serve()
 
-    def finish(self) -> None:
-        """The response is all produced (maybe not all written): close the connection or take the next one."""
+    def finish(self) -> bool:
+        """The response is all produced: whether it is all written too (else the socket's writability resumes)."""
         framing, request = self.framing, self.request
         self.response = self.framing = self.request = None
         self.engine.ended()
         if request is not None and framing is not None and self.engine.on_response is not None:
             self.engine.served(self, request, framing, self.began)
         if framing is None or not framing.keep_alive:
+            # The response said the connection closes: requests pipelined after it are never answered.
             self.closing = True
+            self.queue.clear()
+            self.unparsed = b""
         if self.out:
             self.wait_writable()
-            return
-        self.serve()
+            return False
+        return True
 
     def done(self) -> None:
-        """Nothing in flight and nothing written but unsent: close, or wait for the next request."""
+        """Nothing in flight and nothing written but unsent: close, refuse, or wait for the next request."""
         if self.closing or self.closed:
             self.close()
+            return
+        if self.refusal is not None:
+            self.reject(self.refusal.hit)
             return
         if self.parsing is None and self.head_size == 0:
             self.idle_since = self.engine.loop.time()
@@ -456,7 +635,7 @@ class Connection:
     @property
     def idle(self) -> bool:
         """Nothing of a request here: closing now races nothing but a request not yet sent."""
-        return (not self.queue and self.response is None and not self.out and self.file is None
+        return (not self.queue and not self.unparsed and self.response is None and not self.out and self.file is None
                 and not self.handed and self.parsing is None and self.head_size == 0)
 
     def close(self) -> None:

@@ -103,11 +103,11 @@ def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers) -
         return Exceeded(414, f"a request line longer than {limits.request_line} bytes")
     if len(headers) > limits.header_count:
         return Exceeded(431, f"{len(headers)} header fields (the limit is {limits.header_count})")
-    field_limit = limits.header_field
+    field_limit = limits.header_field - 4  # gunicorn counts the field's line: "name: value" and its CRLF
     for name, value in headers:
         if len(name) + len(value) > field_limit:
-            size = len(name) + len(value)
-            return Exceeded(431, f"a header field of {size} bytes (the limit is {field_limit})")
+            size = len(name) + len(value) + 4
+            return Exceeded(431, f"a header field line of {size} bytes (the limit is {limits.header_field})")
     if limits.body:
         for name, value in headers:
             if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limits.body:

@@ -40,10 +40,10 @@ from .admission import Admission
 from .headers import ResponseHeaders
 from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
-from .proxy import Forwarding, apply_to_environ
+from .proxy import ConflictingScheme, Forwarding, apply_to_environ
 from .reactor import SelectorLoop
 from .tls_conn import TLSConnection, TLSFileWrapper, prepare, wrap
-from .wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, path_info, split_host
+from .wsgi_app import Environ, FileWrapper, HeaderKeys, RepeatedField, WSGIApp, path_info, split_host
 from .wsgi_respond import Framing
 from .wsgi_upload import serve_upload
 
@@ -63,6 +63,8 @@ _ACCEPT_BATCH = 8
 # own delay for the same case); its clients wait in the kernel's backlog, or another worker takes them.
 _ACCEPT_REST = 1.0
 _OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+# Fields that take one value (RFC 9110 5.3): repeated, the request is refused with 400, as gunicorn does.
+_SINGLETONS = frozenset(("HTTP_HOST", "CONTENT_TYPE"))
 
 
 class WSGIEngine:
@@ -98,7 +100,7 @@ class WSGIEngine:
         self.server_head = b""
         self.read_buffer = bytearray(256 * 1024)  # every recv() on the loop's thread lands here first
         self._uploads: ThreadPoolExecutor | None = None
-        self._keys = HeaderKeys()
+        self._keys = HeaderKeys(_SINGLETONS)
         self._base: Environ = {
             "SCRIPT_NAME": root_path,
             "SERVER_SOFTWARE": f"clusterrun/{__version__}",
@@ -221,8 +223,12 @@ class WSGIEngine:
     # Requests.
 
     def environ(self, conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
+        """The request's environ; raises Exceeded (400) for a request to refuse: a repeated Host or Content-Type,
+        a trusted proxy's contradicting scheme headers."""
         environ = self._base.copy()
         url = request.url
+        if b"#" in url:  # a fragment is the client's own: never part of the path or the query
+            url = url.partition(b"#")[0]
         if url[:1] != b"/" and url != b"*":  # absolute form (a proxy's): the path is what counts here
             try:
                 parsed = httptools.parse_url(url)
@@ -240,7 +246,10 @@ class WSGIEngine:
         environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
         environ["wsgi.input"] = stream
         environ["wsgi.errors"] = sys.stderr  # looked up per request: the worker may redirect stderr later
-        self._keys.add_to(environ, request.headers)
+        try:
+            self._keys.add_to(environ, request.headers)
+        except RepeatedField as exc:
+            raise Exceeded(400, f"a repeated {exc} field") from None
         if size and "CONTENT_LENGTH" not in environ:
             environ["CONTENT_LENGTH"] = str(size)  # chunked upload: the real length is known by now
         peer, local = conn.peer_address(), conn.local_address()
@@ -253,7 +262,10 @@ class WSGIEngine:
                                                                         environ["wsgi.url_scheme"])
         forwarding = self.forwarding
         if forwarding is not None and forwarding.trusts(peer[0] if isinstance(peer, tuple) else None):
-            origin = apply_to_environ(environ, forwarding)
+            try:
+                origin = apply_to_environ(environ, forwarding)
+            except ConflictingScheme as exc:
+                raise Exceeded(400, str(exc)) from None
             if origin is not None and origin.client is not None:
                 request.client = origin.client  # for the access log
         return environ
@@ -308,7 +320,7 @@ class WSGIEngine:
                 continue
             if conn.idle_since is not None and now - conn.idle_since >= keep_alive:
                 conn.close()
-            elif conn.head_since is not None and conn.response is None and not conn.out:
+            elif conn.head_since is not None and conn.response is None and not conn.out and not conn.queue:
                 if now - conn.head_since >= head_timeout:
                     if conn.head_size:
                         conn.reject(Exceeded(408, f"a request head not complete after {head_timeout:g} s"))

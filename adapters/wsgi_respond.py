@@ -61,7 +61,9 @@ class Framing:
         for name, value in headers:
             if len(name) == 10 and name.lower() == b"connection" and b"close" in value.lower():
                 keep = False
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, exchange.reason.encode("latin-1") or _PHRASES.get(status, b"")),
+        # The request's own version, as gunicorn answers (an HTTP/1.0 client is told HTTP/1.0).
+        lines = [(b"HTTP/1.1 %d %s\r\n" if self.http11 else b"HTTP/1.0 %d %s\r\n")
+                 % (status, exchange.reason.encode("latin-1") or _PHRASES.get(status, b"")),
                  self.server_head]
         lines += [name + b": " + value + b"\r\n" for name, value in headers]
         if exchange.length is None:

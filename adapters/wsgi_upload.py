@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .http_conn import Connection, Refused, Request
+from .limits import Exceeded
 from .wsgi_input import BodyReader, ClientDisconnected
 from .wsgi_respond import Framing, SendFile, respond
 
@@ -110,7 +111,12 @@ def _answer(engine: WSGIEngine, conn: Connection, request: Request, stream: Sock
     gate, started = engine.gate, False
     framing.body_unread = lambda: not request.complete
     with gate:
-        environ = engine.environ(conn, request, stream, 0)
+        try:
+            environ = engine.environ(conn, request, stream, 0)
+        except Exceeded as hit:  # refused before the app is called: answered by the loop (handed_back)
+            stream.refused = Refused(hit)
+            framing.keep_alive = False
+            return False
         engine.total_requests += 1
         response = respond(engine.app, environ, framing)
         try:

@@ -609,8 +609,8 @@ OPTIONS: tuple[Option, ...] = (
            "BYTES"),
     Option("limit_request_fields", ("--limit-request-fields",), "refuse a request with more header fields than "
            "this with 431; default 100, as gunicorn", _int_at_least(1, "--limit-request-fields"), "N"),
-    Option("limit_request_field_size", ("--limit-request-field-size",), "refuse a header field (name and value) "
-           "longer than this many bytes with 431; default 8190, as gunicorn",
+    Option("limit_request_field_size", ("--limit-request-field-size",), "refuse a header field line (name, "
+           "value, CRLF) longer than this many bytes with 431; default 8190, as gunicorn",
            _int_at_least(16, "--limit-request-field-size"), "BYTES"),
     Option("limit_request_head", ("--limit-request-head",), "refuse a request head larger than this many bytes "
            "in all with 431 (414 while still in its request line); default 65536",
