@@ -50,13 +50,15 @@ __all__ = [
 ]
 
 
-def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo) -> Any:
-    """The app as an ASGI callable: an ASGI app as it is, a WSGI app behind the bridge."""
+def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo, body_timeout: float | None = None) -> Any:
+    """The app as an ASGI callable: an ASGI app as it is, a WSGI app behind the bridge (its reads of a body still
+    arriving give up after ``body_timeout`` seconds of silence)."""
     if loaded.interface == "asgi":
         return loaded.app
     from .wsgi import WSGIBridge
 
-    return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info})
+    return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info},
+                      body_timeout=body_timeout)
 
 
 def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bool:

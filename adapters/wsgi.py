@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -47,9 +48,11 @@ from .wsgi_app import (
     path_info,
     split_host,
 )
-from .wsgi_input import AppGate, ClientDisconnected, InputStream
+from .wsgi_input import AppGate, BodyTimeout, ClientDisconnected, InputStream
 
 __all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
+
+logger = logging.getLogger("clusterrun")
 
 Message = dict[str, Any]
 Batch = tuple[Message, ...]  # messages produced by one step of app code, sent in order
@@ -62,9 +65,23 @@ T = TypeVar("T")
 # A body is read on the loop before the app is called while it stays below this (uvicorn's own flow-control
 # window): past it, or with Expect: 100-continue, it streams to the app instead.
 _PREREAD_LIMIT = 64 * 1024
-# Inline mode: threads for app calls whose body streams. They take turns at the AppGate (one runs app code at
-# a time); more than one lets a slow upload wait for the network without holding up the next one.
-_UPLOAD_THREADS = 8
+# App calls whose body streams (any mode) run in threads of their own, not in the --threads pool: a thread
+# waiting for a slow client must not hold up the next upload, nor the requests that came whole. There is no
+# fixed pool that queues: a new upload gets an idle thread or a new one, up to this many at once, and past that
+# a 503 at once; each stalled upload frees its thread within --body-timeout (a 408). Inline mode: they take
+# turns at the AppGate (one runs app code at a time).
+_UPLOAD_THREADS = 128
+
+
+def _refusal(status: int, phrase: str) -> Batch:
+    """A whole plain-text answer that closes the connection (the body, if any, is left unread)."""
+    body = f"{phrase}\n".encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    )
 
 
 def _error_messages() -> Batch:
@@ -147,12 +164,16 @@ class WSGIBridge:
         *,
         threads: int = 1,
         extra_environ: Mapping[str, Any] | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self._app, self._threads = app, threads
+        self._body_timeout = body_timeout
         # Created on first use: the bridge is built before the worker forks and before any event loop exists.
         self._executor: ThreadPoolExecutor | None = None
+        self._uploads: ThreadPoolExecutor | None = None
+        self._uploading = 0
         self._gate = AppGate() if threads == 1 else None
         self._keys = HeaderKeys()
         self._base: Environ = {
@@ -172,6 +193,9 @@ class WSGIBridge:
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+        uploads, self._uploads = self._uploads, None
+        if uploads is not None:
+            uploads.shutdown(wait=True, cancel_futures=True)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -208,8 +232,18 @@ class WSGIBridge:
                                 _close_unseen(messages, loop)
                         else:
                             _close_unseen(messages, loop)
-            else:
+            elif not streamed:
                 await loop.run_in_executor(self._pool(), _drive_in_thread, messages, channel, loop, self._gate)
+            elif self._uploading >= _UPLOAD_THREADS:
+                messages.close()  # the app was never called
+                await channel.send(_refusal(503, f"Service Unavailable: {_UPLOAD_THREADS} uploads in progress"))
+            else:
+                self._uploading += 1
+                try:
+                    await loop.run_in_executor(self._upload_pool(), _drive_in_thread, messages, channel, loop,
+                                               self._gate)
+                finally:
+                    self._uploading -= 1
         finally:
             channel.close()
             stream.close()
@@ -217,8 +251,14 @@ class WSGIBridge:
     def _pool(self) -> ThreadPoolExecutor:
         executor = self._executor
         if executor is None:
-            workers = self._threads if self._threads > 1 else _UPLOAD_THREADS
-            executor = self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clusterrun-wsgi")
+            executor = self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="clusterrun-wsgi")
+        return executor
+
+    def _upload_pool(self) -> ThreadPoolExecutor:
+        executor = self._uploads
+        if executor is None:
+            # An executor grows to max_workers only when no thread is idle: one thread per upload in progress.
+            executor = self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
         return executor
 
     async def _read_body(self, scope: dict[str, Any], receive: Receive) -> tuple[IO[bytes] | InputStream, int] | None:
@@ -229,7 +269,7 @@ class WSGIBridge:
                 if name == b"expect" and value.lower() == b"100-continue":
                     # The client waits for "100 Continue", which uvicorn sends on the first receive(): the app's
                     # first read asks for the body, and an app that answers without reading never gets it.
-                    return InputStream(receive, loop, gate=self._gate), 0
+                    return InputStream(receive, loop, gate=self._gate, timeout=self._body_timeout), 0
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -245,7 +285,7 @@ class WSGIBridge:
             chunks.append(chunk)
             size += len(chunk)
             if size > _PREREAD_LIMIT:
-                return InputStream(receive, loop, b"".join(chunks), self._gate), 0
+                return InputStream(receive, loop, b"".join(chunks), self._gate, self._body_timeout), 0
 
     def _environ(self, scope: dict[str, Any], stream: IO[bytes] | InputStream, size: int) -> Environ:
         environ = self._base.copy()
@@ -304,6 +344,12 @@ class WSGIBridge:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
+        except BodyTimeout as exc:
+            # The client stalled its body: the app gave up reading it (a thread is free again).
+            logger.warning("refused a request from %s: %s (408 Request Timeout)", environ.get("REMOTE_ADDR", "-"),
+                           exc)
+            if not exchange.started:
+                yield _refusal(408, f"Request Timeout: {exc}")
         except ClientDisconnected:
             return  # the client left while the app read its body: nobody to answer, nothing to log
         except Exception as exc:

@@ -51,9 +51,11 @@ __all__ = ["WSGIEngine"]
 
 logger = logging.getLogger("clusterrun")
 
-# Uploads (bodies still arriving) run in these threads, one app call at a time (the gate): more than one lets
-# a slow upload wait for the network without holding up the next.
-_UPLOAD_THREADS = 8
+# Uploads (bodies still arriving) run in threads, one app call at a time (the gate). A thread waiting for a slow
+# client must not hold up the next upload, so there is no fixed pool that queues: a new upload gets an idle
+# thread or a new one, up to this many at once per worker, and past that a 503 at once (a refusal the client
+# can retry) rather than a wait behind stalled clients; each stalled one frees its thread within --body-timeout.
+_UPLOAD_THREADS = 128
 _DRAIN_CHECK = 0.02
 # New connections taken per wake-up while each is answered and closed at once: bounds how long timers and the
 # worker's other connections wait meanwhile (a few hundred microseconds with a small app).
@@ -91,6 +93,7 @@ class WSGIEngine:
         self.gate = threading.Lock()  # held while app code runs: never in two places at once (inline mode)
         self.total_requests = 0
         self.active = 0  # requests being answered now
+        self.uploading = 0  # of which by upload threads
         self._in_flight_peak = 0
         self.connections: set[Connection] = set()
         self.listeners: list[socket.socket] = []
@@ -260,12 +263,23 @@ class WSGIEngine:
 
     def hand_over(self, conn: Connection, request: Request) -> None:
         """A request whose body is still coming: an upload thread owns the connection until it answered."""
+        if self.uploading >= _UPLOAD_THREADS:
+            conn.reject(Exceeded(503, f"{_UPLOAD_THREADS} uploads in progress in this worker (the most at once)"))
+            return
+        if self._uploads is None:
+            # An executor grows to max_workers only when no thread is idle: one thread per upload in progress.
+            self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
         conn.handed = True
         self.began()
+        self.uploading += 1
         conn.pause_reading()
-        if self._uploads is None:
-            self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
-        self._uploads.submit(serve_upload, self, conn, request)
+        try:
+            self._uploads.submit(serve_upload, self, conn, request)
+        except RuntimeError as exc:  # no thread could be started (a process or memory limit)
+            self.uploading -= 1
+            self.ended()
+            conn.handed = False
+            conn.reject(Exceeded(503, f"no thread for the upload: {exc}"))
 
     def served(self, conn: Connection, request: Request, framing: Framing, began: float) -> None:
         """Report one response to ``on_response``."""

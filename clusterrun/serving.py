@@ -92,6 +92,8 @@ def limits(config: Config) -> entry.Limits:
         head_timeout=config.timeout_request_head,
         body=config.limit_request_body,
         concurrency=config.limit_concurrency,
+        body_timeout=config.body_timeout,
+        request_timeout=config.request_timeout,
     )
 
 
@@ -114,7 +116,7 @@ class StackServer:
             "ssl": ssl_context, "ssl_handshake_timeout": config.timeout_request_head}
         self.info = info
         self.interface = loaded.interface
-        self.app = entry.as_asgi(loaded, threads=config.threads, info=info)
+        self.app = entry.as_asgi(loaded, threads=config.threads, info=info, body_timeout=config.body_timeout)
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
         if self.stats is not None or access is not None:

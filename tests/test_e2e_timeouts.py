@@ -1,0 +1,106 @@
+"""End-to-end: slow bodies and stuck requests (issue 22, faults items 3 and 10), against the real CLI.
+
+Item 3, --body-timeout: stalled uploads (a head with Content-Length 1 MiB and 70 KiB of body, then nothing)
+must not starve the uploads that come after them, under rr and shared, inline and with --threads 4, and an
+ASGI app keeps serving uploads beside them as it did; a stalled upload is answered 408 once its body has been
+silent for --body-timeout.
+
+Item 10, --request-timeout: an inline WSGI worker stuck in one request is killed and respawned, the request
+named in the log; with --threads 4 the client gets 504 and the worker is replaced gracefully; an ASGI request
+is cancelled and answered 504 (or its connection closed when the response had started).
+
+The apps are in tests/apps/timeouts_app.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from helpers import DEADLINE, TEST_APPS, Cluster, read_all
+
+KiB, MiB = 1024, 1024 * 1024
+STALLED = 20  # more than the 8 upload threads the inline engine had, more than --threads 4
+
+# (app, --policy, --threads): inline WSGI under rr and shared, pooled WSGI, ASGI.
+UPLOAD_MODES = pytest.mark.parametrize("app,policy,threads", [
+    ("wsgi", "rr", "1"), ("wsgi", "shared", "1"), ("wsgi", "rr", "4"), ("asgi", "rr", "1"),
+], ids=["inline-rr", "inline-shared", "pooled-rr", "asgi-rr"])
+
+
+def start(run_cli: Callable[..., Cluster], app: str, *args: str) -> tuple[Cluster, str, int]:
+    cluster = run_cli(f"timeouts_app:{app}", "--workers", "1", "--port", "0", *args, cwd=TEST_APPS)
+    url = cluster.wait_ready()
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return cluster, host, int(port)
+
+
+@contextlib.contextmanager
+def stalled_uploads(host: str, port: int, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` connections that each sent a head promising 1 MiB and 70 KiB of it, then nothing more."""
+    head = f"POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: {MiB}\r\n\r\n".encode()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection((host, port), timeout=DEADLINE)
+            socks.append(sock)
+            sock.sendall(head + b"x" * (70 * KiB))
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def wait_reading(base: str, count: int) -> None:
+    """Poll /reading until ``count`` uploads are in the app, reading their bodies."""
+    deadline = time.monotonic() + DEADLINE
+    with httpx.Client(timeout=DEADLINE) as client:
+        while (reading := int(client.get(base + "/reading").text)) < count:
+            assert time.monotonic() < deadline, f"only {reading} of {count} uploads reached the app"
+            time.sleep(0.05)
+
+
+# --- item 3: --body-timeout ------------------------------------------------------------------------------
+
+
+@UPLOAD_MODES
+def test_stalled_uploads_do_not_starve_the_next(run_cli: Callable[..., Cluster], app: str, policy: str,
+                                               threads: str) -> None:
+    """20 stalled uploads, then a normal one: it is answered while the stalled ones still wait (their body
+    timeout is far away), in full. Before: the inline engine's 8 upload threads (and --threads 4's pool) sat in
+    the stalled reads, and the normal upload waited behind them for good."""
+    cluster, host, port = start(run_cli, app, "--policy", policy, "--threads", threads, "--body-timeout", "600")
+    base = f"http://{host}:{port}"
+    with stalled_uploads(host, port, STALLED) as socks:
+        wait_reading(base, STALLED)
+        for _ in range(3):
+            response = httpx.post(base + "/upload", content=b"y" * MiB, timeout=DEADLINE)
+            assert response.status_code == 200 and response.text == str(MiB), response.text
+        assert httpx.get(base + "/", timeout=DEADLINE).text == "ok"
+        waiting, _, _ = select.select(socks, [], [], 0)
+        assert not waiting, "a stalled upload was answered long before its --body-timeout"
+    assert "Traceback" not in cluster.output()
+
+
+@pytest.mark.parametrize("policy,threads", [("rr", "1"), ("shared", "1"), ("rr", "4")],
+                         ids=["inline-rr", "inline-shared", "pooled-rr"])
+def test_stalled_upload_is_answered_408(run_cli: Callable[..., Cluster], policy: str, threads: str) -> None:
+    """A body silent for --body-timeout: 408 (nothing of the response went out), the connection closed, the
+    thread free again (the next uploads are served), the refusal logged. Before: no answer, ever."""
+    cluster, host, port = start(run_cli, "wsgi", "--policy", policy, "--threads", threads, "--body-timeout", "1")
+    base = f"http://{host}:{port}"
+    with stalled_uploads(host, port, STALLED) as socks:
+        answers = [read_all(sock) for sock in socks]
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    wait_reading(base, 0)
+    response = httpx.post(base + "/upload", content=b"y" * MiB, timeout=DEADLINE)
+    assert response.status_code == 200 and response.text == str(MiB)
+    cluster.wait_for_line(r"--body-timeout.*408")
+    assert "Traceback" not in cluster.output()
