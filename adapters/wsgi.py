@@ -174,6 +174,7 @@ class WSGIBridge:
         self._executor: ThreadPoolExecutor | None = None
         self._uploads: ThreadPoolExecutor | None = None
         self._uploading = 0
+        self.stuck_threads = 0  # threads still running app code for a request given up (--request-timeout)
         self._gate = AppGate() if threads == 1 else None
         self._keys = HeaderKeys()
         self._base: Environ = {
@@ -233,20 +234,39 @@ class WSGIBridge:
                         else:
                             _close_unseen(messages, loop)
             elif not streamed:
-                await loop.run_in_executor(self._pool(), _drive_in_thread, messages, channel, loop, self._gate)
+                await self._in_thread(self._pool(), messages, channel, loop)
             elif self._uploading >= _UPLOAD_THREADS:
                 messages.close()  # the app was never called
                 await channel.send(_refusal(503, f"Service Unavailable: {_UPLOAD_THREADS} uploads in progress"))
             else:
                 self._uploading += 1
                 try:
-                    await loop.run_in_executor(self._upload_pool(), _drive_in_thread, messages, channel, loop,
-                                               self._gate)
+                    await self._in_thread(self._upload_pool(), messages, channel, loop)
                 finally:
                     self._uploading -= 1
         finally:
             channel.close()
             stream.close()
+
+    async def _in_thread(self, pool: ThreadPoolExecutor, messages: Messages, channel: _Channel,
+                         loop: asyncio.AbstractEventLoop) -> None:
+        """Drive the app in a thread of ``pool`` until its response is sent.
+
+        Cancelled (--request-timeout, adapters.deadline), the request is given up, but a thread already running
+        app code cannot be stopped: it counts as stuck (``stuck_threads``) until the app returns, and the worker
+        asks to be replaced meanwhile (clusterrun.runtime), since a pool losing threads serves ever fewer.
+        """
+        future = pool.submit(_drive_in_thread, messages, channel, loop, self._gate)
+        try:
+            await asyncio.wrap_future(future, loop=loop)
+        except asyncio.CancelledError:
+            if future.running():
+                self.stuck_threads += 1
+                future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._unstuck))
+            raise
+
+    def _unstuck(self) -> None:
+        self.stuck_threads -= 1
 
     def _pool(self) -> ThreadPoolExecutor:
         executor = self._executor

@@ -37,6 +37,7 @@ import httptools
 
 from .. import __version__
 from .admission import Admission
+from .deadline import RequestStamp, TimedGate
 from .headers import ResponseHeaders
 from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
@@ -75,6 +76,7 @@ class WSGIEngine:
         extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
         on_response: Callable[..., object] | None = None, headers: ResponseHeaders | None = None,
         forwarding: Forwarding | None = None, root_path: str = "", ssl_context: ssl.SSLContext | None = None,
+        request_clock: RequestStamp | None = None,
     ) -> None:
         self.loop, self.app = loop, app
         self.headers = headers or ResponseHeaders()
@@ -85,15 +87,13 @@ class WSGIEngine:
         self.admission = Admission(self.limits.concurrency)
         self.keep_alive = keep_alive
         self.forwarding = forwarding  # None: --no-proxy-headers
-        self.root_path = root_path
-        self.on_close = on_close
+        self.root_path, self.on_close = root_path, on_close
         # Called after each response (access log, --metrics) with: client, method, path, query, HTTP version,
         # status, body bytes, seconds from the request's head to its last byte, referer, user agent.
         self.on_response = on_response
-        self.gate = threading.Lock()  # held while app code runs: never in two places at once (inline mode)
+        self.gate = threading.Lock() if request_clock is None else self._timed_gate(request_clock)  # app code
         self.total_requests = 0
-        self.active = 0  # requests being answered now
-        self.uploading = 0  # of which by upload threads
+        self.active = self.uploading = 0  # requests being answered now, and of them by upload threads
         self._in_flight_peak = 0
         self.connections: set[Connection] = set()
         self.listeners: list[socket.socket] = []
@@ -121,6 +121,19 @@ class WSGIEngine:
             self._base["wsgi.url_scheme"] = "https"
             self._base["wsgi.file_wrapper"] = TLSFileWrapper  # no sendfile through TLS
         self._tick()
+
+    def _timed_gate(self, request_clock: RequestStamp) -> Any:
+        """--request-timeout: the gate, each hold of it stamped for the primary (adapters.deadline), and each
+        request named where its environ is made, on the thread that will run it. Off, neither costs anything."""
+        gate = TimedGate(request_clock)
+        plain_environ = self.environ
+
+        def named_environ(conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
+            gate.name(request.method, request.url)
+            return plain_environ(conn, request, stream, size)
+
+        self.environ = named_environ  # type: ignore[method-assign]
+        return gate
 
     # Connections in.
 

@@ -27,6 +27,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .deadline import TimedGate
 from .http_conn import Connection, Refused, Request
 from .limits import Exceeded
 from .wsgi_input import BodyReader, ClientDisconnected
@@ -50,7 +51,7 @@ class SocketInput(BodyReader):
     than passing a truncated body off as complete.
     """
 
-    def __init__(self, conn: Connection, request: Request, gate: threading.Lock) -> None:
+    def __init__(self, conn: Connection, request: Request, gate: threading.Lock | TimedGate) -> None:
         super().__init__()
         self._conn, self._request, self._gate = conn, request, gate
         self.refused: Refused | None = None

@@ -116,7 +116,10 @@ class StackServer:
             "ssl": ssl_context, "ssl_handshake_timeout": config.timeout_request_head}
         self.info = info
         self.interface = loaded.interface
-        self.app = entry.as_asgi(loaded, threads=config.threads, info=info, body_timeout=config.body_timeout)
+        self.app = self.bridged = entry.as_asgi(loaded, threads=config.threads, info=info,
+                                                body_timeout=config.body_timeout)
+        if config.request_timeout:  # each request cancelled at its deadline, 504 (adapters.deadline)
+            self.app = entry.with_deadline(self.app, config.request_timeout)
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
         if self.stats is not None or access is not None:
@@ -140,6 +143,10 @@ class StackServer:
     @property
     def total_requests(self) -> int:
         return self.stack.total_requests
+
+    def stuck_threads(self) -> int:
+        """Threads still running a WSGI app's code for a request given up at --request-timeout."""
+        return entry.stuck_threads(self.bridged)
 
     def counts(self) -> Beat:
         """The heartbeat, with what this worker served and holds now."""

@@ -104,3 +104,58 @@ def test_stalled_upload_is_answered_408(run_cli: Callable[..., Cluster], policy:
     assert response.status_code == 200 and response.text == str(MiB)
     cluster.wait_for_line(r"--body-timeout.*408")
     assert "Traceback" not in cluster.output()
+
+
+# --- item 10: --request-timeout --------------------------------------------------------------------------
+
+
+def test_inline_request_timeout_replaces_the_worker(run_cli: Callable[..., Cluster]) -> None:
+    """Inline WSGI: the app stuck in /sleep past --request-timeout 1 gets its worker killed by the primary and
+    respawned (counted in the status), the request named in the log; the client's connection closes with no
+    answer, and the new worker serves. Before: the worker sat in the request for its 60 s."""
+    cluster, host, port = start(run_cli, "wsgi", "--request-timeout", "1")
+    base = f"http://{host}:{port}"
+    first = cluster.serving()[0]["id"]
+    with socket.create_connection((host, port), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET /sleep?token=secret HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert read_all(sock) == b""
+    cluster.wait_for_line(r"request GET /sleep ran [\d.]+s, past --request-timeout 1 s: killing and respawning")
+    status = cluster.wait_status(lambda s: any(w["state"] == "ready" and w["id"] != first for w in s["workers"]),
+                                 "a respawned worker")
+    assert status["workers"][0]["slot_restarts"] >= 1, status
+    assert httpx.get(base + "/", timeout=DEADLINE).text == "ok"
+    assert "secret" not in cluster.output()  # the query is no part of the name: it may hold secrets
+
+
+def test_pooled_request_timeout_answers_504_and_recycles(run_cli: Callable[..., Cluster]) -> None:
+    """--threads 4: the client of a request stuck past --request-timeout gets 504 at once, and the worker, with a
+    thread stuck in the app, is replaced gracefully (a new worker first). Before: the client waited 60 s."""
+    cluster, host, port = start(run_cli, "wsgi", "--threads", "4", "--request-timeout", "1")
+    base = f"http://{host}:{port}"
+    first = cluster.serving()[0]["id"]
+    response = httpx.get(base + "/sleep", timeout=DEADLINE)
+    assert response.status_code == 504, response.text
+    assert "--request-timeout" in response.text
+    cluster.wait_for_line(r"request GET /sleep ran past --request-timeout 1 s: cancelled, answered 504")
+    cluster.wait_for_line(r"recycling .*: 1 thread still in the app past --request-timeout 1 s")
+    cluster.wait_status(lambda s: [w["id"] for w in s["workers"] if w["state"] == "ready"] not in ([], [first]),
+                        "a replacement worker")
+    assert httpx.get(base + "/", timeout=DEADLINE).text == "ok"
+
+
+def test_asgi_request_timeout_cancels_the_task(run_cli: Callable[..., Cluster]) -> None:
+    """ASGI: the request's task is cancelled at --request-timeout: 504 when nothing was sent yet; once the
+    response began, the connection is closed instead (the client never takes it for whole). The worker serves
+    on, not replaced. Before: both requests waited 60 s in the app."""
+    cluster, host, port = start(run_cli, "asgi", "--request-timeout", "1")
+    base = f"http://{host}:{port}"
+    response = httpx.get(base + "/sleep", timeout=DEADLINE)
+    assert response.status_code == 504, response.text
+    with socket.create_connection((host, port), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET /started HTTP/1.1\r\nHost: test\r\n\r\n")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"first" in answer and b"late" not in answer, answer
+    assert not answer.endswith(b"0\r\n\r\n"), answer  # no last chunk: the response is visibly cut short
+    cluster.wait_for_line(r"request GET /started ran past --request-timeout 1 s: cancelled, its connection closed")
+    assert httpx.get(base + "/", timeout=DEADLINE).text == "ok"
+    assert "recycling" not in cluster.output()
