@@ -84,6 +84,11 @@ def _refusal(status: int, phrase: str) -> Batch:
     )
 
 
+def _client(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
 def _error_messages() -> Batch:
     """The answer when the app failed before its response started: what uvicorn sends for a failing ASGI app.
 
@@ -237,7 +242,10 @@ class WSGIBridge:
                 await self._in_thread(self._pool(), messages, channel, loop)
             elif self._uploading >= _UPLOAD_THREADS:
                 messages.close()  # the app was never called
-                await channel.send(_refusal(503, f"Service Unavailable: {_UPLOAD_THREADS} uploads in progress"))
+                why = f"{_UPLOAD_THREADS} uploads in progress in this worker (the most at once)"
+                logger.warning("refused a request from %s: %s (503 Service Unavailable)",
+                               _client(scope), why)
+                await channel.send(_refusal(503, f"Service Unavailable: {why}"))
             else:
                 self._uploading += 1
                 try:
@@ -366,8 +374,8 @@ class WSGIBridge:
                     close()
         except BodyTimeout as exc:
             # The client stalled its body: the app gave up reading it (a thread is free again).
-            logger.warning("refused a request from %s: %s (408 Request Timeout)", environ.get("REMOTE_ADDR", "-"),
-                           exc)
+            logger.warning("refused a request from %s:%s: %s (408 Request Timeout)", environ.get("REMOTE_ADDR", "-"),
+                           environ.get("REMOTE_PORT", "-"), exc)
             if not exchange.started:
                 yield _refusal(408, f"Request Timeout: {exc}")
         except ClientDisconnected:

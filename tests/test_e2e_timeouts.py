@@ -72,14 +72,14 @@ def wait_reading(base: str, count: int) -> None:
 @UPLOAD_MODES
 def test_stalled_uploads_do_not_starve_the_next(run_cli: Callable[..., Cluster], app: str, policy: str,
                                                threads: str) -> None:
-    """20 stalled uploads, then a normal one: it is answered while the stalled ones still wait (their body
+    """20 stalled uploads, then 10 normal ones: each is answered while the stalled ones still wait (their body
     timeout is far away), in full. Before: the inline engine's 8 upload threads (and --threads 4's pool) sat in
     the stalled reads, and the normal upload waited behind them for good."""
     cluster, host, port = start(run_cli, app, "--policy", policy, "--threads", threads, "--body-timeout", "600")
     base = f"http://{host}:{port}"
     with stalled_uploads(host, port, STALLED) as socks:
         wait_reading(base, STALLED)
-        for _ in range(3):
+        for _ in range(10):
             response = httpx.post(base + "/upload", content=b"y" * MiB, timeout=DEADLINE)
             assert response.status_code == 200 and response.text == str(MiB), response.text
         assert httpx.get(base + "/", timeout=DEADLINE).text == "ok"
@@ -104,6 +104,20 @@ def test_stalled_upload_is_answered_408(run_cli: Callable[..., Cluster], policy:
     assert response.status_code == 200 and response.text == str(MiB)
     cluster.wait_for_line(r"--body-timeout.*408")
     assert "Traceback" not in cluster.output()
+
+
+@pytest.mark.parametrize("threads", ["1", "4"], ids=["inline", "pooled"])
+def test_uploads_past_the_cap_are_refused_at_once(run_cli: Callable[..., Cluster], threads: str) -> None:
+    """A worker streams at most 128 uploads at once (a thread each): the next is answered 503 at once rather
+    than queued behind stalled ones; requests that came whole are still served."""
+    cluster, host, port = start(run_cli, "wsgi", "--threads", threads, "--body-timeout", "600")
+    base = f"http://{host}:{port}"
+    with stalled_uploads(host, port, 128):
+        wait_reading(base, 128)
+        with stalled_uploads(host, port, 1) as (extra,):
+            assert read_all(extra).startswith(b"HTTP/1.1 503 ")
+        assert httpx.get(base + "/", timeout=DEADLINE).text == "ok"
+    cluster.wait_for_line(r"uploads in progress")
 
 
 # --- item 10: --request-timeout --------------------------------------------------------------------------

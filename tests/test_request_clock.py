@@ -84,3 +84,36 @@ def test_off_the_primary_never_checks() -> None:
     timers = FakeTimers()
     RequestDeadline(0.0, time.monotonic, timers, {}).start()
     assert timers.pending == []
+
+
+class FakeStamp:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def label(self, method: bytes, path: bytes) -> None:
+        self.calls.append(("label", method.decode(), path.decode()))
+
+    def begin(self) -> None:
+        self.calls.append(("begin",))
+
+    def end(self) -> None:
+        self.calls.append(("end",))
+
+
+def test_the_inline_gate_stamps_each_hold_with_its_request() -> None:
+    """The engine's gate under --request-timeout (adapters.deadline.TimedGate): each hold is a stretch of app code
+    stamped for the primary, named after the request its thread runs (without the query), written once."""
+    from clusterrun.adapters.deadline import TimedGate
+
+    stamp = FakeStamp()
+    gate = TimedGate(stamp)
+    gate.name(b"GET", b"/report?token=secret")  # on the loop, before the app is called
+    with gate:
+        pass
+    with gate:  # the next step of the same response: the label is not written again
+        pass
+    assert stamp.calls == [("label", "GET", "/report"), ("begin",), ("end",), ("begin",), ("end",)]
+    stamp.calls.clear()
+    with gate:  # an upload thread names its request while it holds the gate: the stamp counts for it at once
+        gate.name(b"POST", b"/upload")
+    assert stamp.calls == [("begin",), ("label", "POST", "/upload"), ("end",)]
