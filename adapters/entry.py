@@ -58,15 +58,17 @@ def stuck_threads(app: Any) -> int:
     return int(getattr(app, "stuck_threads", 0))
 
 
-def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo, body_timeout: float | None = None) -> Any:
+def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo, body_timeout: float | None = None,
+            request_clock: RequestStamp | None = None) -> Any:
     """The app as an ASGI callable: an ASGI app as it is, a WSGI app behind the bridge (its reads of a body still
-    arriving give up after ``body_timeout`` seconds of silence)."""
+    arriving give up after ``body_timeout`` seconds of silence; with ``request_clock`` and one thread, its app code
+    on the loop stamped there, for --request-timeout)."""
     if loaded.interface == "asgi":
         return loaded.app
     from .wsgi import WSGIBridge
 
     return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info},
-                      body_timeout=body_timeout)
+                      body_timeout=body_timeout, request_clock=request_clock)
 
 
 def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bool:

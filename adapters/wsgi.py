@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 from .. import __version__
+from .deadline import RequestStamp
 from .wsgi_app import (
     Environ,
     Exchange,
@@ -170,11 +171,13 @@ class WSGIBridge:
         threads: int = 1,
         extra_environ: Mapping[str, Any] | None = None,
         body_timeout: float | None = None,
+        request_clock: RequestStamp | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self._app, self._threads = app, threads
         self._body_timeout = body_timeout
+        self._stamp = request_clock if threads == 1 else None  # pooled: with_deadline's 504 and a recycled worker
         # Created on first use: the bridge is built before the worker forks and before any event loop exists.
         self._executor: ThreadPoolExecutor | None = None
         self._uploads: ThreadPoolExecutor | None = None
@@ -217,6 +220,11 @@ class WSGIBridge:
         try:
             messages = self._respond(self._environ(scope, stream, size))
             loop = asyncio.get_running_loop()
+            if self._threads == 1 and not streamed and self._stamp is not None:
+                # --request-timeout: app code on the loop blocks the worker, as on the inline engine: each step
+                # is stamped where the primary reads it (adapters.deadline), and an overrun gets the worker killed.
+                self._stamp.label(scope["method"].encode("latin-1"), scope.get("raw_path") or scope["path"].encode())
+                messages = _stamped(messages, self._stamp)
             if self._threads == 1 and not streamed:
                 gate = self._gate
                 assert gate is not None
@@ -240,21 +248,26 @@ class WSGIBridge:
                             _close_unseen(messages, loop)
             elif not streamed:
                 await self._in_thread(self._pool(), messages, channel, loop)
-            elif self._uploading >= _UPLOAD_THREADS:
-                messages.close()  # the app was never called
-                why = f"{_UPLOAD_THREADS} uploads in progress in this worker (the most at once)"
-                logger.warning("refused a request from %s: %s (503 Service Unavailable)",
-                               _client(scope), why)
-                await channel.send(_refusal(503, f"Service Unavailable: {why}"))
             else:
-                self._uploading += 1
-                try:
-                    await self._in_thread(self._upload_pool(), messages, channel, loop)
-                finally:
-                    self._uploading -= 1
+                await self._upload(scope, messages, channel, loop)
         finally:
             channel.close()
             stream.close()
+
+    async def _upload(self, scope: dict[str, Any], messages: Messages, channel: _Channel,
+                      loop: asyncio.AbstractEventLoop) -> None:
+        """A request whose body streams: in a thread of its own (the upload pool), or 503 at its cap."""
+        if self._uploading >= _UPLOAD_THREADS:
+            messages.close()  # the app was never called
+            why = f"{_UPLOAD_THREADS} uploads in progress in this worker (the most at once)"
+            logger.warning("refused a request from %s: %s (503 Service Unavailable)", _client(scope), why)
+            await channel.send(_refusal(503, f"Service Unavailable: {why}"))
+            return
+        self._uploading += 1
+        try:
+            await self._in_thread(self._upload_pool(), messages, channel, loop)
+        finally:
+            self._uploading -= 1
 
     async def _in_thread(self, pool: ThreadPoolExecutor, messages: Messages, channel: _Channel,
                          loop: asyncio.AbstractEventLoop) -> None:
@@ -403,6 +416,26 @@ class WSGIBridge:
             await send({"type": "websocket.close", "code": 1000})
         else:
             raise ValueError(f"unsupported ASGI scope type {kind!r}")
+
+
+def _stamped(messages: Messages, stamp: RequestStamp) -> Messages:
+    """``messages``, each step into app code (and its close) stamped as running (adapters.deadline)."""
+    try:
+        while True:
+            stamp.begin()
+            try:
+                batch = next(messages, None)
+            finally:
+                stamp.end()
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stamp.begin()
+        try:
+            messages.close()
+        finally:
+            stamp.end()
 
 
 def _advance_unseen(messages: Messages, loop: asyncio.AbstractEventLoop) -> Batch | None:

@@ -61,7 +61,7 @@ def serve(
         )
         inline = entry.inline_engine_available(loaded, threads=config.threads, http=config.http)
         if not inline:
-            server = StackServer(config, info, loaded, closes, ssl_context)
+            server = StackServer(config, info, loaded, closes, ssl_context, request_clock)
             loop = _new_loop(config.loop)
         workerhooks.init(info)  # after the app is loaded (or inherited with --preload), before serving
     except BootError as exc:

@@ -123,11 +123,13 @@ def test_uploads_past_the_cap_are_refused_at_once(run_cli: Callable[..., Cluster
 # --- item 10: --request-timeout --------------------------------------------------------------------------
 
 
-def test_inline_request_timeout_replaces_the_worker(run_cli: Callable[..., Cluster]) -> None:
-    """Inline WSGI: the app stuck in /sleep past --request-timeout 1 gets its worker killed by the primary and
-    respawned (counted in the status), the request named in the log; the client's connection closes with no
-    answer, and the new worker serves. Before: the worker sat in the request for its 60 s."""
-    cluster, host, port = start(run_cli, "wsgi", "--request-timeout", "1")
+@pytest.mark.parametrize("http", ["httptools", "h11"], ids=["engine", "uvicorn-stack"])
+def test_inline_request_timeout_replaces_the_worker(run_cli: Callable[..., Cluster], http: str) -> None:
+    """Inline WSGI, on clusterrun's engine and on uvicorn's stack (--http h11): the app stuck in /sleep past
+    --request-timeout 1 gets its worker killed by the primary and respawned (counted in the status), the request
+    named in the log; the client's connection closes with no answer, and the new worker serves. Before: the
+    worker sat in the request for its 60 s."""
+    cluster, host, port = start(run_cli, "wsgi", "--request-timeout", "1", "--http", http)
     base = f"http://{host}:{port}"
     first = cluster.serving()[0]["id"]
     with socket.create_connection((host, port), timeout=DEADLINE) as sock:
