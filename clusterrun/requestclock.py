@@ -33,6 +33,7 @@ logger = logging.getLogger("clusterrun")
 _LABEL_AT = 16  # the stamp (a double) and the label's length (a 64-bit count) come first
 _LABEL_MAX = 512  # of "METHOD /path", the rest is cut
 _DUMP_GRACE = 1.0  # time the overrunning worker gets to write its tracebacks before SIGKILL
+_LEAST_WAIT = 0.05  # between two checks: a stamp at its deadline to the microsecond must not spin the primary
 
 
 class _Timers(Protocol):  # supervision.Timers (which imports this module: no import back)
@@ -105,34 +106,35 @@ class RequestClock:
 class RequestDeadline:
     """In the primary: kills an inline worker whose app has run longer than ``timeout`` seconds (0: off).
 
-    Checked on a timer every quarter of the deadline (at most once a second), in the primary's one wait: a
-    request may overrun by that much before its worker is killed.
+    Not a poll: it wakes when the oldest stretch of app code running now would reach the deadline, else one
+    deadline from now (app code that starts later cannot overrun sooner).
     """
 
     def __init__(self, timeout: float, clock: Callable[[], float], timers: _Timers,
                  workers: Mapping[int, _Worker]) -> None:
         self.timeout = timeout
         self._clock, self._timers, self._workers = clock, timers, workers
-        self._every = min(1.0, timeout / 4)
         # Workers being dumped and killed. Weak: a reaped worker's handle must not stay alive here.
         self._killing: weakref.WeakSet[_Worker] = weakref.WeakSet()
 
     def start(self) -> None:
         if self.timeout > 0:
-            self._timers.add(self._every, self._check)
+            self._timers.add(self.timeout, self._check)
 
     def _check(self) -> None:
         now = self._clock()
+        wake = now + self.timeout
         for handle in list(self._workers.values()):
             running = handle.request_clock.running_since()
             if running is None or handle in self._killing:
                 continue
             since, request = running
-            if now - since >= self.timeout:
-                self._killing.add(handle)
-                logger.error("%s: request %s ran %.1fs, past --request-timeout %g s: killing and respawning the "
-                             "worker (its threads' tracebacks follow)", handle.info, request or "-", now - since,
-                             self.timeout)
-                handle.dump_threads()
-                self._timers.add(_DUMP_GRACE, handle.kill)
-        self._timers.add(self._every, self._check)
+            if now - since < self.timeout:
+                wake = min(wake, since + self.timeout)
+                continue
+            self._killing.add(handle)
+            logger.error("%s: request %s ran %.1fs, past --request-timeout %g s: killing and respawning the worker "
+                         "(its threads' tracebacks follow)", handle.info, request or "-", now - since, self.timeout)
+            handle.dump_threads()
+            self._timers.add(_DUMP_GRACE, handle.kill)
+        self._timers.add(max(_LEAST_WAIT, wake - now), self._check)

@@ -64,12 +64,13 @@ def test_the_primary_kills_only_past_the_deadline() -> None:
     timers, worker = FakeTimers(), FakeWorker()
     deadline = RequestDeadline(2.0, lambda: now[0], timers, {4242: worker})
     deadline.start()
-    assert timers.pending[0][0] == 0.5  # a quarter of the deadline
+    assert [delay for delay, _ in timers.pending] == [2.0]  # nothing runs: one deadline from now
     worker.request_clock.label(b"GET", b"/slow")
     worker.request_clock._stamp[0] = 999.0  # type: ignore[index]  # began a second ago
     timers.run()
     assert worker.signals == []
-    now[0] = 1001.5  # 2.5 s in: past it
+    assert [delay for delay, _ in timers.pending] == [1.0]  # woken again just when it reaches the deadline
+    now[0] = 1001.0  # 2 s in: at the deadline
     timers.run()
     assert worker.signals == ["dump"]
     kills = [callback for delay, callback in timers.pending if delay == 1.0]
