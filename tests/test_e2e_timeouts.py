@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from helpers import DEADLINE, TEST_APPS, Cluster, read_all
+from helpers import DEADLINE, TEST_APPS, Cluster, assert_config_error, read_all, run_to_exit
 
 KiB, MiB = 1024, 1024 * 1024
 STALLED = 20  # more than the 8 upload threads the inline engine had, more than --threads 4
@@ -175,3 +175,12 @@ def test_asgi_request_timeout_cancels_the_task(run_cli: Callable[..., Cluster]) 
     cluster.wait_for_line(r"request GET /started ran past --request-timeout 1 s: cancelled, its connection closed")
     assert httpx.get(base + "/", timeout=DEADLINE).text == "ok"
     assert "recycling" not in cluster.output()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (("--body-timeout", "0"), ("bad --body-timeout value '0'", "above 0")),
+    (("--request-timeout", "-1"), ("bad --request-timeout value '-1'", ">= 0")),
+    (("--request-timeout", "soon"), ("bad --request-timeout value 'soon'", ">= 0")),
+])
+def test_bad_timeouts_exit_2_naming_them(args: tuple[str, ...], expected: tuple[str, ...]) -> None:
+    assert_config_error(run_to_exit("timeouts_app:wsgi", *args, cwd=TEST_APPS), 2, *expected)
