@@ -30,8 +30,10 @@ STALLED = 20  # more than the 8 upload threads the inline engine had, more than 
 
 # (app, --policy, --threads): inline WSGI under rr and shared, pooled WSGI, ASGI.
 UPLOAD_MODES = pytest.mark.parametrize("app,policy,threads", [
-    ("wsgi", "rr", "1"), ("wsgi", "shared", "1"), ("wsgi", "rr", "4"), ("asgi", "rr", "1"),
-], ids=["inline-rr", "inline-shared", "pooled-rr", "asgi-rr"])
+    ("wsgi", "rr", "1"), ("wsgi", "shared", "1"), ("wsgi", "least-conn", "1"), ("wsgi", "reuseport", "1"),
+    ("wsgi", "rr", "4"), ("wsgi", "shared", "4"), ("asgi", "rr", "1"),
+], ids=["inline-rr", "inline-shared", "inline-least-conn", "inline-reuseport", "pooled-rr", "pooled-shared",
+        "asgi-rr"])
 
 
 def start(run_cli: Callable[..., Cluster], app: str, *args: str) -> tuple[Cluster, str, int]:
