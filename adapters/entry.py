@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import BootError
 from ..identity import WorkerInfo
 from .admission import Admission
+from .deadline import RequestStamp, with_deadline
 from .headers import ResponseHeaders
 from .lifespan import Lifespan
 from .limits import Guard, HeadClock, Limits
@@ -47,16 +48,27 @@ __all__ = [
     "preimport",
     "put_app_dir_first",
     "selector_loop",
+    "stuck_threads",
+    "with_deadline",
 ]
 
 
-def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo) -> Any:
-    """The app as an ASGI callable: an ASGI app as it is, a WSGI app behind the bridge."""
+def stuck_threads(app: Any) -> int:
+    """Threads of the WSGI bridge ``app`` still running app code for a request given up (--request-timeout)."""
+    return int(getattr(app, "stuck_threads", 0))
+
+
+def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo, body_timeout: float | None = None,
+            request_clock: RequestStamp | None = None) -> Any:
+    """The app as an ASGI callable: an ASGI app as it is, a WSGI app behind the bridge (its reads of a body still
+    arriving give up after ``body_timeout`` seconds of silence; with ``request_clock`` and one thread, its app code
+    on the loop stamped there, for --request-timeout)."""
     if loaded.interface == "asgi":
         return loaded.app
     from .wsgi import WSGIBridge
 
-    return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info})
+    return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info},
+                      body_timeout=body_timeout, request_clock=request_clock)
 
 
 def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bool:
@@ -82,15 +94,17 @@ def inline_engine(
     loop: SelectorLoop, loaded: LoadedApp, *, info: WorkerInfo, limits: Limits, keep_alive: float,
     on_close: Callable[[int], object] | None, on_response: Callable[..., object] | None,
     headers: ResponseHeaders, forwarding: Forwarding | None, root_path: str,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | None = None, request_clock: RequestStamp | None = None,
 ) -> Any:
     """The inline WSGI engine (adapters.wsgi_engine.WSGIEngine) serving ``loaded`` on ``loop``; with
-    ``ssl_context``, HTTPS (the handshake in this worker, adapters.tls_conn)."""
+    ``ssl_context``, HTTPS (the handshake in this worker, adapters.tls_conn); with ``request_clock``, each
+    stretch of app code stamped in it (--request-timeout, adapters.deadline)."""
     from .wsgi_engine import WSGIEngine
 
     return WSGIEngine(loop, loaded.app, limits=limits, keep_alive=keep_alive,
                       extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response,
-                      headers=headers, forwarding=forwarding, root_path=root_path, ssl_context=ssl_context)
+                      headers=headers, forwarding=forwarding, root_path=root_path, ssl_context=ssl_context,
+                      request_clock=request_clock)
 
 
 def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,

@@ -582,6 +582,7 @@ class Connection:
         """An upload thread is done with the connection: answer a refusal, close, or serve what came next."""
         self.handed = False
         self.engine.ended()
+        self.engine.uploading -= 1
         if self.closed:
             return
         if refuse:

@@ -58,6 +58,8 @@ class Limits:
     head_timeout: float = 10.0  # seconds to receive a complete head: 408 and close
     body: int = 0  # bytes of a request body, 0 = no limit: 413
     concurrency: int = 0  # connections served at once, 0 = no limit: 503 (adapters.admission)
+    body_timeout: float = 30.0  # seconds with no byte of a body still arriving: 408, or close once answering
+    request_timeout: float = 0.0  # seconds an app may take over one request, 0 = no deadline (README "Limits")
 
 
 class Exceeded(RequestRefused):

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 from .. import __version__
+from .deadline import RequestStamp
 from .wsgi_app import (
     Environ,
     Exchange,
@@ -47,9 +49,11 @@ from .wsgi_app import (
     path_info,
     split_host,
 )
-from .wsgi_input import AppGate, ClientDisconnected, InputStream
+from .wsgi_input import AppGate, BodyTimeout, ClientDisconnected, InputStream
 
 __all__ = ["FileWrapper", "StartResponse", "WSGIApp", "WSGIBridge"]
+
+logger = logging.getLogger("clusterrun")
 
 Message = dict[str, Any]
 Batch = tuple[Message, ...]  # messages produced by one step of app code, sent in order
@@ -62,9 +66,28 @@ T = TypeVar("T")
 # A body is read on the loop before the app is called while it stays below this (uvicorn's own flow-control
 # window): past it, or with Expect: 100-continue, it streams to the app instead.
 _PREREAD_LIMIT = 64 * 1024
-# Inline mode: threads for app calls whose body streams. They take turns at the AppGate (one runs app code at
-# a time); more than one lets a slow upload wait for the network without holding up the next one.
-_UPLOAD_THREADS = 8
+# App calls whose body streams (any mode) run in threads of their own, not in the --threads pool: a thread
+# waiting for a slow client must not hold up the next upload, nor the requests that came whole. There is no
+# fixed pool that queues: a new upload gets an idle thread or a new one, up to this many at once, and past that
+# a 503 at once; each stalled upload frees its thread within --body-timeout (a 408). Inline mode: they take
+# turns at the AppGate (one runs app code at a time).
+_UPLOAD_THREADS = 128
+
+
+def _refusal(status: int, phrase: str) -> Batch:
+    """A whole plain-text answer that closes the connection (the body, if any, is left unread)."""
+    body = f"{phrase}\n".encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    )
+
+
+def _client(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
 
 
 def _error_messages() -> Batch:
@@ -147,12 +170,19 @@ class WSGIBridge:
         *,
         threads: int = 1,
         extra_environ: Mapping[str, Any] | None = None,
+        body_timeout: float | None = None,
+        request_clock: RequestStamp | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self._app, self._threads = app, threads
+        self._body_timeout = body_timeout
+        self._stamp = request_clock if threads == 1 else None  # pooled: with_deadline's 504 and a recycled worker
         # Created on first use: the bridge is built before the worker forks and before any event loop exists.
         self._executor: ThreadPoolExecutor | None = None
+        self._uploads: ThreadPoolExecutor | None = None
+        self._uploading = 0
+        self.stuck_threads = 0  # threads still running app code for a request given up (--request-timeout)
         self._gate = AppGate() if threads == 1 else None
         self._keys = HeaderKeys()
         self._base: Environ = {
@@ -172,6 +202,9 @@ class WSGIBridge:
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+        uploads, self._uploads = self._uploads, None
+        if uploads is not None:
+            uploads.shutdown(wait=True, cancel_futures=True)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -187,6 +220,11 @@ class WSGIBridge:
         try:
             messages = self._respond(self._environ(scope, stream, size))
             loop = asyncio.get_running_loop()
+            if self._threads == 1 and not streamed and self._stamp is not None:
+                # --request-timeout: app code on the loop blocks the worker, as on the inline engine: each step
+                # is stamped where the primary reads it (adapters.deadline), and an overrun gets the worker killed.
+                self._stamp.label(scope["method"].encode("latin-1"), scope.get("raw_path") or scope["path"].encode())
+                messages = _stamped(messages, self._stamp)
             if self._threads == 1 and not streamed:
                 gate = self._gate
                 assert gate is not None
@@ -208,17 +246,60 @@ class WSGIBridge:
                                 _close_unseen(messages, loop)
                         else:
                             _close_unseen(messages, loop)
+            elif not streamed:
+                await self._in_thread(self._pool(), messages, channel, loop)
             else:
-                await loop.run_in_executor(self._pool(), _drive_in_thread, messages, channel, loop, self._gate)
+                await self._upload(scope, messages, channel, loop)
         finally:
             channel.close()
             stream.close()
 
+    async def _upload(self, scope: dict[str, Any], messages: Messages, channel: _Channel,
+                      loop: asyncio.AbstractEventLoop) -> None:
+        """A request whose body streams: in a thread of its own (the upload pool), or 503 at its cap."""
+        if self._uploading >= _UPLOAD_THREADS:
+            messages.close()  # the app was never called
+            why = f"{_UPLOAD_THREADS} uploads in progress in this worker (the most at once)"
+            logger.warning("refused a request from %s: %s (503 Service Unavailable)", _client(scope), why)
+            await channel.send(_refusal(503, f"Service Unavailable: {why}"))
+            return
+        self._uploading += 1
+        try:
+            await self._in_thread(self._upload_pool(), messages, channel, loop)
+        finally:
+            self._uploading -= 1
+
+    async def _in_thread(self, pool: ThreadPoolExecutor, messages: Messages, channel: _Channel,
+                         loop: asyncio.AbstractEventLoop) -> None:
+        """Drive the app in a thread of ``pool`` until its response is sent.
+
+        Cancelled (--request-timeout, adapters.deadline), the request is given up, but a thread already running
+        app code cannot be stopped: it counts as stuck (``stuck_threads``) until the app returns, and the worker
+        asks to be replaced meanwhile (clusterrun.runtime), since a pool losing threads serves ever fewer.
+        """
+        future = pool.submit(_drive_in_thread, messages, channel, loop, self._gate)
+        try:
+            await asyncio.wrap_future(future, loop=loop)
+        except asyncio.CancelledError:
+            if future.running():
+                self.stuck_threads += 1
+                future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._unstuck))
+            raise
+
+    def _unstuck(self) -> None:
+        self.stuck_threads -= 1
+
     def _pool(self) -> ThreadPoolExecutor:
         executor = self._executor
         if executor is None:
-            workers = self._threads if self._threads > 1 else _UPLOAD_THREADS
-            executor = self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clusterrun-wsgi")
+            executor = self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="clusterrun-wsgi")
+        return executor
+
+    def _upload_pool(self) -> ThreadPoolExecutor:
+        executor = self._uploads
+        if executor is None:
+            # An executor grows to max_workers only when no thread is idle: one thread per upload in progress.
+            executor = self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
         return executor
 
     async def _read_body(self, scope: dict[str, Any], receive: Receive) -> tuple[IO[bytes] | InputStream, int] | None:
@@ -229,7 +310,7 @@ class WSGIBridge:
                 if name == b"expect" and value.lower() == b"100-continue":
                     # The client waits for "100 Continue", which uvicorn sends on the first receive(): the app's
                     # first read asks for the body, and an app that answers without reading never gets it.
-                    return InputStream(receive, loop, gate=self._gate), 0
+                    return InputStream(receive, loop, gate=self._gate, timeout=self._body_timeout), 0
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -245,7 +326,7 @@ class WSGIBridge:
             chunks.append(chunk)
             size += len(chunk)
             if size > _PREREAD_LIMIT:
-                return InputStream(receive, loop, b"".join(chunks), self._gate), 0
+                return InputStream(receive, loop, b"".join(chunks), self._gate, self._body_timeout), 0
 
     def _environ(self, scope: dict[str, Any], stream: IO[bytes] | InputStream, size: int) -> Environ:
         environ = self._base.copy()
@@ -304,6 +385,12 @@ class WSGIBridge:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
+        except BodyTimeout as exc:
+            # The client stalled its body: the app gave up reading it (a thread is free again).
+            logger.warning("refused a request from %s:%s: %s (408 Request Timeout)", environ.get("REMOTE_ADDR", "-"),
+                           environ.get("REMOTE_PORT", "-"), exc)
+            if not exchange.started:
+                yield _refusal(408, f"Request Timeout: {exc}")
         except ClientDisconnected:
             return  # the client left while the app read its body: nobody to answer, nothing to log
         except Exception as exc:
@@ -329,6 +416,26 @@ class WSGIBridge:
             await send({"type": "websocket.close", "code": 1000})
         else:
             raise ValueError(f"unsupported ASGI scope type {kind!r}")
+
+
+def _stamped(messages: Messages, stamp: RequestStamp) -> Messages:
+    """``messages``, each step into app code (and its close) stamped as running (adapters.deadline)."""
+    try:
+        while True:
+            stamp.begin()
+            try:
+                batch = next(messages, None)
+            finally:
+                stamp.end()
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stamp.begin()
+        try:
+            messages.close()
+        finally:
+            stamp.end()
 
 
 def _advance_unseen(messages: Messages, loop: asyncio.AbstractEventLoop) -> Batch | None:

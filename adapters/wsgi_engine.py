@@ -37,6 +37,7 @@ import httptools
 
 from .. import __version__
 from .admission import Admission
+from .deadline import RequestStamp, TimedGate
 from .headers import ResponseHeaders
 from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
@@ -51,9 +52,11 @@ __all__ = ["WSGIEngine"]
 
 logger = logging.getLogger("clusterrun")
 
-# Uploads (bodies still arriving) run in these threads, one app call at a time (the gate): more than one lets
-# a slow upload wait for the network without holding up the next.
-_UPLOAD_THREADS = 8
+# Uploads (bodies still arriving) run in threads, one app call at a time (the gate). A thread waiting for a slow
+# client must not hold up the next upload, so there is no fixed pool that queues: a new upload gets an idle
+# thread or a new one, up to this many at once per worker, and past that a 503 at once (a refusal the client
+# can retry) rather than a wait behind stalled clients; each stalled one frees its thread within --body-timeout.
+_UPLOAD_THREADS = 128
 _DRAIN_CHECK = 0.02
 # New connections taken per wake-up while each is answered and closed at once: bounds how long timers and the
 # worker's other connections wait meanwhile (a few hundred microseconds with a small app).
@@ -75,6 +78,7 @@ class WSGIEngine:
         extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
         on_response: Callable[..., object] | None = None, headers: ResponseHeaders | None = None,
         forwarding: Forwarding | None = None, root_path: str = "", ssl_context: ssl.SSLContext | None = None,
+        request_clock: RequestStamp | None = None,
     ) -> None:
         self.loop, self.app = loop, app
         self.headers = headers or ResponseHeaders()
@@ -85,14 +89,13 @@ class WSGIEngine:
         self.admission = Admission(self.limits.concurrency)
         self.keep_alive = keep_alive
         self.forwarding = forwarding  # None: --no-proxy-headers
-        self.root_path = root_path
-        self.on_close = on_close
+        self.root_path, self.on_close = root_path, on_close
         # Called after each response (access log, --metrics) with: client, method, path, query, HTTP version,
         # status, body bytes, seconds from the request's head to its last byte, referer, user agent.
         self.on_response = on_response
-        self.gate = threading.Lock()  # held while app code runs: never in two places at once (inline mode)
+        self.gate = threading.Lock() if request_clock is None else self._timed_gate(request_clock)  # app code
         self.total_requests = 0
-        self.active = 0  # requests being answered now
+        self.active = self.uploading = 0  # requests being answered now, and of them by upload threads
         self._in_flight_peak = 0
         self.connections: set[Connection] = set()
         self.listeners: list[socket.socket] = []
@@ -120,6 +123,19 @@ class WSGIEngine:
             self._base["wsgi.url_scheme"] = "https"
             self._base["wsgi.file_wrapper"] = TLSFileWrapper  # no sendfile through TLS
         self._tick()
+
+    def _timed_gate(self, request_clock: RequestStamp) -> Any:
+        """--request-timeout: the gate, each hold of it stamped for the primary (adapters.deadline), and each
+        request named where its environ is made, on the thread that will run it. Off, neither costs anything."""
+        gate = TimedGate(request_clock)
+        plain_environ = self.environ
+
+        def named_environ(conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
+            gate.name(request.method, request.url)
+            return plain_environ(conn, request, stream, size)
+
+        self.environ = named_environ  # type: ignore[method-assign]
+        return gate
 
     # Connections in.
 
@@ -272,12 +288,23 @@ class WSGIEngine:
 
     def hand_over(self, conn: Connection, request: Request) -> None:
         """A request whose body is still coming: an upload thread owns the connection until it answered."""
+        if self.uploading >= _UPLOAD_THREADS:
+            conn.reject(Exceeded(503, f"{_UPLOAD_THREADS} uploads in progress in this worker (the most at once)"))
+            return
+        if self._uploads is None:
+            # An executor grows to max_workers only when no thread is idle: one thread per upload in progress.
+            self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
         conn.handed = True
         self.began()
+        self.uploading += 1
         conn.pause_reading()
-        if self._uploads is None:
-            self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
-        self._uploads.submit(serve_upload, self, conn, request)
+        try:
+            self._uploads.submit(serve_upload, self, conn, request)
+        except RuntimeError as exc:  # no thread could be started (a process or memory limit)
+            self.uploading -= 1
+            self.ended()
+            conn.handed = False
+            conn.reject(Exceeded(503, f"no thread for the upload: {exc}"))
 
     def served(self, conn: Connection, request: Request, framing: Framing, began: float) -> None:
         """Report one response to ``on_response``."""

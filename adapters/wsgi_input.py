@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["AppGate", "BodyReader", "ClientDisconnected", "InputStream"]
+__all__ = ["AppGate", "BodyReader", "BodyTimeout", "ClientDisconnected", "InputStream"]
 
 Message = dict[str, Any]
 T = TypeVar("T")
@@ -28,6 +28,11 @@ T = TypeVar("T")
 
 class ClientDisconnected(OSError):
     """The client went away before sending its whole request body (raised by reads of ``wsgi.input``)."""
+
+
+class BodyTimeout(ClientDisconnected):
+    """The client sent nothing of its request body for --body-timeout seconds: answered 408 when nothing of the
+    response went out yet (raised by reads of ``wsgi.input``)."""
 
 
 class AppGate:
@@ -129,23 +134,31 @@ class InputStream(BodyReader):
 
     Read only from a thread other than the loop's (a read on the loop thread would wait on itself). Reads
     past the end return b"" (so ``wsgi.input_terminated`` holds); a client gone before the end raises
-    ClientDisconnected rather than passing a truncated body off as complete.
+    ClientDisconnected rather than passing a truncated body off as complete, one silent for ``timeout`` seconds
+    BodyTimeout (the thread is then free: the body is given up as if the client had left).
     """
 
     def __init__(
         self, receive: Callable[[], Awaitable[Message]], loop: asyncio.AbstractEventLoop, first: bytes = b"",
-        gate: AppGate | None = None,
+        gate: AppGate | None = None, timeout: float | None = None,
     ) -> None:
         super().__init__(first)
-        self._receive, self._loop, self._gate = receive, loop, gate
+        self._receive, self._loop, self._gate, self._timeout = receive, loop, gate, timeout
         self._gone: Message | None = None
+        self.timed_out = False
         self._finished = asyncio.Event()  # set on the loop once the last body message (or a disconnect) came
 
     # The loop side.
 
     async def _pull(self) -> Message:
-        gate = self._gate
-        message = await (gate.released(self._receive()) if gate is not None else self._receive())
+        gate, timeout = self._gate, self._timeout
+        # uvicorn's receive() waits on an event: cancelling it at the timeout leaves the connection as it was.
+        receiving = self._receive() if timeout is None else asyncio.wait_for(self._receive(), timeout)
+        try:
+            message = await (gate.released(receiving) if gate is not None else receiving)
+        except asyncio.TimeoutError:
+            self.timed_out = True
+            message = {"type": "http.disconnect"}  # what the disconnect watcher sees: nobody to send more to
         if message["type"] != "http.request":
             self._gone = message
             self._finished.set()
@@ -169,6 +182,8 @@ class InputStream(BodyReader):
             message = asyncio.run_coroutine_threadsafe(self._pull(), self._loop).result()
             if message["type"] != "http.request":
                 self._more = False
+                if self.timed_out:
+                    raise BodyTimeout(f"no byte of the request body for {self._timeout:g} s (--body-timeout)")
                 raise ClientDisconnected("the client disconnected before sending the whole request body")
             buffer += message.get("body", b"")
             self._more = bool(message.get("more_body", False))

@@ -9,6 +9,12 @@ out only when the app first reads. The loop leaves the connection alone until th
 ``wsgi.multithread`` stays False: app code runs only while holding the engine's gate, which the loop takes
 too, and the thread lets go of it whenever it waits for the network (a read, a write). The loop keeps
 serving other connections meanwhile.
+
+A client that stalls must not keep its thread: every wait for the network lasts at most --body-timeout (the
+socket's own timeout: Python polls before each read, a cost on uploads only). A read that times out refuses the request with 408 (the
+engine answers it once the thread gave the connection back), or closes the connection if part of the response
+already went out; a write that makes no progress for as long closes it. The threads themselves are no fixed
+pool that queues (adapters.wsgi_engine: one more thread per upload, up to a cap, and 503 past it).
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import threading
 import time
 from typing import TYPE_CHECKING
 
+from .deadline import TimedGate
 from .http_conn import Connection, Refused, Request
 from .limits import Exceeded
 from .wsgi_input import BodyReader, ClientDisconnected
@@ -43,7 +51,7 @@ class SocketInput(BodyReader):
     than passing a truncated body off as complete.
     """
 
-    def __init__(self, conn: Connection, request: Request, gate: threading.Lock) -> None:
+    def __init__(self, conn: Connection, request: Request, gate: threading.Lock | TimedGate) -> None:
         super().__init__()
         self._conn, self._request, self._gate = conn, request, gate
         self.refused: Refused | None = None
@@ -70,6 +78,10 @@ class SocketInput(BodyReader):
                 request.continue_ = False
                 conn.sock.sendall(_CONTINUE)
             data = conn.sock.recv(_READ)  # this thread's own: the loop's buffer is the loop's
+        except TimeoutError:
+            timeout = conn.sock.gettimeout()
+            self.refused = Refused(Exceeded(408, f"no byte of the request body for {timeout:g} s (--body-timeout)"))
+            raise ClientDisconnected("the request body stalled (--body-timeout)") from None
         except OSError:
             data = b""
         finally:
@@ -90,7 +102,8 @@ def serve_upload(engine: WSGIEngine, conn: Connection, request: Request) -> None
                       request.keep_alive and not engine.closing_all)
     started, began = False, time.perf_counter()
     try:
-        conn.sock.setblocking(True)
+        # Blocking, with the idle limit (the socket leaves the loop's MSG_DONTWAIT calls for this thread's).
+        conn.sock.settimeout(engine.limits.body_timeout)
         started = _answer(engine, conn, request, stream, framing)
         if engine.on_response is not None and (started or stream.refused is None):
             engine.served(conn, request, framing, began)
@@ -140,13 +153,29 @@ def _answer(engine: WSGIEngine, conn: Connection, request: Request, stream: Sock
 
 
 def _send(conn: Connection, piece: bytes | SendFile) -> None:
+    """Write ``piece``; TimeoutError once the client took nothing for --body-timeout (the socket's timeout).
+
+    Not sendall(): its timeout bounds the whole write, where a large answer to a slow client is no fault;
+    each send() here waits at most the timeout for the client to take something.
+    """
     if not conn.nodelay:
         conn.no_delay()  # an upload's answer may take several writes
+    sock = conn.sock
     if type(piece) is not SendFile:
-        conn.sock.sendall(piece)  # type: ignore[arg-type]
+        data = memoryview(piece)  # type: ignore[arg-type]
+        while data:
+            data = data[sock.send(data):]
         return
     while piece.count:
-        sent = os.sendfile(conn.fd, piece.fd, piece.offset, piece.count)
+        try:
+            sent = os.sendfile(conn.fd, piece.fd, piece.offset, piece.count)
+        except BlockingIOError:  # a socket with a timeout is non-blocking underneath: wait as send() would
+            poll = select.poll()  # not select(): descriptors past 1023 are common in a busy worker
+            poll.register(conn.fd, select.POLLOUT)
+            timeout = sock.gettimeout()
+            if not poll.poll(None if timeout is None else timeout * 1000):
+                raise TimeoutError("the client took nothing of the response (--body-timeout)") from None
+            continue
         if not sent:
             raise OSError("the file shrank while it was sent")
         piece.offset += sent

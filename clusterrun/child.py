@@ -22,6 +22,7 @@ from .channel import Channel
 from .config import Config
 from .counters import SharedCounter
 from .errors import EXIT_BOOT, EXIT_ERROR, BootError
+from .requestclock import RequestClock
 from .supervision import DUMP_SIGNAL
 
 if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
@@ -37,7 +38,7 @@ _PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTO
 def run(
     config: Config, worker_id: int, index: int, channel_sock: socket.socket, sockets: Sequence[socket.socket],
     inherited_fds: Sequence[int], closes: SharedCounter, preloaded: LoadedApp | None = None,
-    signal_mask: set[int | signal.Signals] | None = None,
+    signal_mask: set[int | signal.Signals] | None = None, request_clock: RequestClock | None = None,
 ) -> NoReturn:
     code = EXIT_ERROR
     try:
@@ -58,7 +59,7 @@ def run(
         channel = Channel(channel_sock)
         from .runtime import serve  # imported here: the core stays importable without uvicorn
 
-        code = serve(config, info, channel, sockets, closes, preloaded)
+        code = serve(config, info, channel, sockets, closes, preloaded, request_clock)
     except BootError as exc:
         code = EXIT_BOOT
         logger.error("%s", exc)

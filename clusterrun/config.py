@@ -98,6 +98,10 @@ class Config:
     limit_request_field_size: int = 8190
     limit_request_head: int = 64 * 1024
     timeout_request_head: float = 10.0
+    # Slow bodies and stuck requests (README "Limits"): nginx's client_body_timeout is 60 s, uvicorn has none;
+    # 30 s is gunicorn's --timeout, the wait a gunicorn user already expects before a stuck client is let go.
+    body_timeout: float = 30.0
+    request_timeout: float = 0.0  # 0: no deadline, as uvicorn and gunicorn's gthread
     # TLS (README "TLS"): each worker builds its SSLContext from these files when it starts (clusterrun.tls).
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
@@ -618,6 +622,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout_request_head", ("--timeout-request-head",), "close a connection whose request head is not "
            "complete within this many seconds (408 if part of one came); default 10",
            _positive_seconds("--timeout-request-head"), "SECONDS"),
+    Option("body_timeout", ("--body-timeout",), "answer 408 (or close, once the response began) when a request "
+           "body still arriving sends nothing for this many seconds, so that a stalled upload frees what serves "
+           "it; default 30", _positive_seconds("--body-timeout"), "SECONDS"),
+    Option("request_timeout", ("--request-timeout",), "a request's deadline in seconds (uWSGI's harakiri): an "
+           "inline WSGI worker whose app runs longer on one request is killed and respawned, the request named "
+           "in the log; with --threads N or ASGI the client gets 504 (a pooled worker with a thread stuck past "
+           "it is then replaced gracefully); 0 (default) no deadline", _seconds("--request-timeout"), "SECONDS"),
     Option("no_server_header", ("--no-server-header",), "send no 'server: clusterrun' header",
            _switch("--no-server-header"), switch=True),
     Option("no_date_header", ("--no-date-header",), "send no Date header (a proxy in front adds its own)",

@@ -18,6 +18,7 @@ from .config import Config
 from .counters import SharedCounter
 from .identity import WorkerInfo
 from .protocol import Beat
+from .requestclock import RequestClock
 from .requeststats import RequestStats
 from .serving import forwarding, limits, response_headers
 
@@ -28,7 +29,8 @@ class InlineServer:
     interface = "wsgi"
 
     def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
-                 loop: entry.SelectorLoop, ssl_context: ssl.SSLContext | None = None) -> None:
+                 loop: entry.SelectorLoop, ssl_context: ssl.SSLContext | None = None,
+                 request_clock: RequestClock | None = None) -> None:
         self.config = config
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
@@ -41,6 +43,8 @@ class InlineServer:
             on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
             headers=response_headers(config), forwarding=forwarding(config), root_path=config.root_path,
             ssl_context=ssl_context,
+            # --request-timeout: the engine stamps each stretch of app code where the primary reads it.
+            request_clock=request_clock if request_clock is not None and request_clock.enabled else None,
         )
 
     def counts(self) -> Beat:
@@ -55,6 +59,10 @@ class InlineServer:
     @property
     def total_requests(self) -> int:
         return int(self.engine.total_requests)
+
+    def stuck_threads(self) -> int:
+        """None here: an app stuck past --request-timeout gets its worker killed by the primary."""
+        return 0
 
     def listen(self, sockets: Sequence[socket.socket]) -> None:
         for sock in sockets:

@@ -30,6 +30,7 @@ from .errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from .identity import WorkerInfo
 from .inline_serving import InlineServer
 from .protocol import BootFailed, Broadcast, Connections, Draining, Message, Online, Ready, Recycle, ReopenLogs, Stop
+from .requestclock import RequestClock
 from .serving import StackServer
 from .supervision import heartbeat_interval
 
@@ -45,7 +46,7 @@ _PRIMARY_ANSWER_WAIT = 2.0
 
 def serve(
     config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
-    preloaded: entry.LoadedApp | None = None,
+    preloaded: entry.LoadedApp | None = None, request_clock: RequestClock | None = None,
 ) -> int:
     """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code.
 
@@ -60,14 +61,14 @@ def serve(
         )
         inline = entry.inline_engine_available(loaded, threads=config.threads, http=config.http)
         if not inline:
-            server = StackServer(config, info, loaded, closes, ssl_context)
+            server = StackServer(config, info, loaded, closes, ssl_context, request_clock)
             loop = _new_loop(config.loop)
         workerhooks.init(info)  # after the app is loaded (or inherited with --preload), before serving
     except BootError as exc:
         channel.send_blocking(BootFailed(str(exc)))
         return EXIT_BOOT
     if inline:
-        return _serve_inline(config, info, channel, sockets, closes, loaded, ssl_context)
+        return _serve_inline(config, info, channel, sockets, closes, loaded, ssl_context, request_clock)
     try:
         asyncio.set_event_loop(loop)
         code = loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes, loop).run())
@@ -81,11 +82,11 @@ def serve(
 
 def _serve_inline(
     config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
-    loaded: entry.LoadedApp, ssl_context: ssl.SSLContext | None,
+    loaded: entry.LoadedApp, ssl_context: ssl.SSLContext | None, request_clock: RequestClock | None = None,
 ) -> int:
     loop = entry.selector_loop()
     try:
-        server = InlineServer(config, info, loaded, closes, loop, ssl_context)
+        server = InlineServer(config, info, loaded, closes, loop, ssl_context, request_clock)
         code = WorkerRuntime(config, channel, server, sockets, closes, loop).run_inline()
         workerhooks.exit(info)
         return code
@@ -348,6 +349,9 @@ class WorkerRuntime:
             rss_mib = _rss_bytes() / (1024 * 1024)
             if rss_mib > self.config.max_memory:
                 reason = f"its memory grew to {rss_mib:.0f} MiB (--max-memory {self.config.max_memory})"
+        if not reason and self.config.request_timeout and (stuck := self.server.stuck_threads()):
+            reason = (f"{stuck} thread{'' if stuck == 1 else 's'} still in the app past --request-timeout "
+                      f"{self.config.request_timeout:g} s")
         if reason:
             # The primary replaces this worker the no-drop way: a new one first, then this one drains.
             self._recycle_asked = True

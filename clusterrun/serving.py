@@ -23,6 +23,7 @@ from .config import Config
 from .counters import SharedCounter
 from .identity import WorkerInfo
 from .protocol import Beat
+from .requestclock import RequestClock
 from .requeststats import RequestStats
 
 logger = logging.getLogger("clusterrun")
@@ -92,6 +93,8 @@ def limits(config: Config) -> entry.Limits:
         head_timeout=config.timeout_request_head,
         body=config.limit_request_body,
         concurrency=config.limit_concurrency,
+        body_timeout=config.body_timeout,
+        request_timeout=config.request_timeout,
     )
 
 
@@ -105,7 +108,7 @@ class StackServer:
     """The app on uvicorn's protocols: ``start`` (lifespan), ``listen``, ``adopt``, ``drain``, ``stop``."""
 
     def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, request_clock: RequestClock | None = None) -> None:
         self.config = config
         # With TLS, asyncio's (or uvloop's) transports do the handshake, on listeners and passed connections
         # alike, and uvicorn's protocols then report the scheme https; a handshake not done within the head
@@ -114,7 +117,11 @@ class StackServer:
             "ssl": ssl_context, "ssl_handshake_timeout": config.timeout_request_head}
         self.info = info
         self.interface = loaded.interface
-        self.app = entry.as_asgi(loaded, threads=config.threads, info=info)
+        stamp = request_clock if request_clock is not None and request_clock.enabled else None
+        self.app = self.bridged = entry.as_asgi(loaded, threads=config.threads, info=info,
+                                                body_timeout=config.body_timeout, request_clock=stamp)
+        if config.request_timeout:  # each request cancelled at its deadline, 504 (adapters.deadline)
+            self.app = entry.with_deadline(self.app, config.request_timeout)
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
         if self.stats is not None or access is not None:
@@ -138,6 +145,10 @@ class StackServer:
     @property
     def total_requests(self) -> int:
         return self.stack.total_requests
+
+    def stuck_threads(self) -> int:
+        """Threads still running a WSGI app's code for a request given up at --request-timeout."""
+        return entry.stuck_threads(self.bridged)
 
     def counts(self) -> Beat:
         """The heartbeat, with what this worker served and holds now."""

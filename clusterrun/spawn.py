@@ -23,6 +23,7 @@ from .config import Config
 from .counters import SharedCounter
 from .dispatch import Dispatcher
 from .policies import Policy
+from .requestclock import RequestClock
 from .signals import fork_holding_signals
 from .supervision import WorkerHandle
 
@@ -52,6 +53,7 @@ class Forker:
         parent_end, child_end = Channel.socketpair()
         # Made before the fork: the worker writes it, the primary reads it (primary-side policies only).
         closes = SharedCounter(shared=self.policy.dispatches)
+        request_clock = RequestClock(self.config.request_timeout > 0)  # the same way: the primary reads it
         sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
         to_close = [*self.primary_fds(), parent_end.fileno()]
         to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
@@ -62,9 +64,9 @@ class Forker:
         pid, signal_mask = fork_holding_signals()
         if pid == 0:
             child.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded,
-                      signal_mask)
+                      signal_mask, request_clock)
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
-                              replaces=replaces, closes=closes)
+                              replaces=replaces, closes=closes, request_clock=request_clock)
         handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
         self.selector.register(handle.channel.sock, selectors.EVENT_READ, lambda mask: self.on_channel(handle, mask))
         return handle

@@ -20,6 +20,7 @@ from .counters import SharedCounter
 from .errors import MessageError, StateError
 from .identity import WorkerInfo
 from .protocol import Beat, Message, Stop
+from .requestclock import RequestClock
 
 logger = logging.getLogger("clusterrun")
 
@@ -123,6 +124,8 @@ class WorkerHandle:
     state: WorkerState = WorkerState.STARTING
     interface: str = ""
     closes: SharedCounter = field(default_factory=SharedCounter)  # connections it has closed, in all
+    # When its inline app began the work in hand, and for which request (--request-timeout; else no page).
+    request_clock: RequestClock = field(default_factory=lambda: RequestClock(False))
     dispatched: int = 0  # connections the primary has passed to it, in all
     # Connections it can hold open before its descriptor table is full (reported when ready; None: no limit).
     connection_room: int | None = None
