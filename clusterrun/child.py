@@ -37,7 +37,7 @@ _PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTO
 def run(
     config: Config, worker_id: int, index: int, channel_sock: socket.socket, sockets: Sequence[socket.socket],
     inherited_fds: Sequence[int], closes: SharedCounter, preloaded: LoadedApp | None = None,
-    signal_mask: set[int | signal.Signals] | None = None,
+    signal_mask: set[int | signal.Signals] | None = None, first_request: SharedCounter | None = None,
 ) -> NoReturn:
     code = EXIT_ERROR
     try:
@@ -58,7 +58,7 @@ def run(
         channel = Channel(channel_sock)
         from .runtime import serve  # imported here: the core stays importable without uvicorn
 
-        code = serve(config, info, channel, sockets, closes, preloaded)
+        code = serve(config, info, channel, sockets, closes, preloaded, first_request)
     except BootError as exc:
         code = EXIT_BOOT
         logger.error("%s", exc)

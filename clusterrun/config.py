@@ -399,14 +399,16 @@ OPTIONS: tuple[Option, ...] = (
            switch=True),
     Option("app_dir", ("--app-dir",), "directory put first on sys.path to import APP; default the current "
            "directory", str, "DIR"),
-    Option("max_restarts", ("--max-restarts",), "a slot whose workers die unstable (before ready or within "
-           "--min-uptime of it) more than N times within --restart-window is not respawned again; default 5",
+    Option("max_restarts", ("--max-restarts",), "a slot whose workers die unstable (without taking a request, "
+           "before ready or within --min-uptime of it) more than N times within --restart-window is not respawned "
+           "again; default 5",
            _int_at_least(0, "--max-restarts"), "N"),
     Option("restart_window", ("--restart-window",), "seconds over which --max-restarts counts; default 60",
            _seconds("--restart-window"), "SECONDS"),
-    Option("min_uptime", ("--min-uptime",), "a worker that dies within this many seconds of becoming ready was "
-           "an unstable start and counts toward --max-restarts; one that served longer is always respawned "
-           "(with backoff), so no request that crashes a worker can stop the service; default 1",
+    Option("min_uptime", ("--min-uptime",), "a worker that never took a request and dies within this many "
+           "seconds of becoming ready was an unstable start and counts toward --max-restarts; one that took a "
+           "request is always respawned at once, so no request that crashes a worker can stop the service; "
+           "default 1",
            _seconds("--min-uptime"), "SECONDS"),
     Option("graceful_timeout", ("--graceful-timeout",), "seconds in-flight requests get to finish on stop or "
            "restart before their worker is killed; default 30", _seconds("--graceful-timeout"), "SECONDS"),

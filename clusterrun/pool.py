@@ -264,19 +264,21 @@ class Pool:
     def _crashed(self, handle: WorkerHandle, how: str) -> None:
         self.last_exit[handle.index] = f"worker {handle.id}: {how}"
         self.tally.restarts[handle.index, how] += 1
-        now = self.clock()
-        served = None if handle.ready_at is None else now - handle.ready_at
-        decision = self.throttle.record_death(handle.index, uptime=now - handle.started, served=served)
+        ready_for = None if handle.ready_at is None else self.clock() - handle.ready_at
+        # The slot is dead already (reaped() took it out): are any of the others serving?
+        others_serving = any(w.is_ready for w in self.slots.values())
+        decision = self.throttle.record_death(handle.index, ready_for, handle.took_request, others_serving)
         if not decision.respawn:
             logger.error(
-                "slot %d died %d times within %gs before it was ready or within --min-uptime %gs of it (last: %s, "
-                "%s): not respawning it; raise --max-restarts or fix the crash", handle.index, decision.deaths,
-                self.config.restart_window, self.config.min_uptime, handle.info, how,
+                "slot %d died %d times within %gs without taking a request, before it was ready or within "
+                "--min-uptime %gs of it (last: %s, %s): not respawning it; raise --max-restarts or fix the crash",
+                handle.index, decision.deaths, self.config.restart_window, self.config.min_uptime, handle.info, how,
             )
             self.policy.release(handle.index)  # nobody will serve the slot's own sockets (reuseport) again
             return
         if decision.stable:
-            note = f"it had served for {served:.1f}s; crash {decision.crashes} of slot {handle.index}"
+            took = "it had taken requests" if decision.served else "no request"
+            note = f"{took}, ready for {ready_for or 0.0:.1f}s; crash {decision.crashes} of slot {handle.index}"
         else:
             note = (f"an unstable start: {decision.deaths} of --max-restarts {self.config.max_restarts} within "
                     f"{self.config.restart_window:g}s")
@@ -297,3 +299,4 @@ def free(handle: WorkerHandle) -> None:
     handle.boot_timer.cancel()
     handle.channel.close()
     handle.closes.close()
+    handle.first_request.close()

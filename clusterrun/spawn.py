@@ -52,6 +52,9 @@ class Forker:
         parent_end, child_end = Channel.socketpair()
         # Made before the fork: the worker writes it, the primary reads it (primary-side policies only).
         closes = SharedCounter(shared=self.policy.dispatches)
+        # Under every policy: the worker marks it when its app first takes a request, which the primary reads
+        # when the worker dies (pool.py: only a worker that never took one counts toward giving its slot up).
+        first_request = SharedCounter()
         sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
         to_close = [*self.primary_fds(), parent_end.fileno()]
         to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
@@ -62,9 +65,9 @@ class Forker:
         pid, signal_mask = fork_holding_signals()
         if pid == 0:
             child.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded,
-                      signal_mask)
+                      signal_mask, first_request)
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
-                              replaces=replaces, closes=closes)
+                              replaces=replaces, closes=closes, first_request=first_request)
         handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
         self.selector.register(handle.channel.sock, selectors.EVENT_READ, lambda mask: self.on_channel(handle, mask))
         return handle

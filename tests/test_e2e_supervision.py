@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 
-from helpers import SUP_APP_PAIR, Cluster, children_of, start, wait_until, who
+from helpers import DEADLINE, FRESH, SUP_APP_PAIR, Cluster, children_of, start, wait_until, who
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
@@ -33,26 +35,85 @@ def test_a_killed_worker_is_respawned_into_its_slot(run_cli: Callable[..., Clust
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
-def test_a_slot_that_keeps_dying_is_given_up_and_the_primary_exits_4(
+def test_a_slot_whose_workers_die_before_any_request_is_given_up_and_the_primary_exits_4(
     run_cli: Callable[..., Cluster], app: str
 ) -> None:
-    # --min-uptime 600: every death counts as an unstable start, however long the worker served first.
+    # --min-uptime 600: a worker killed before it took a request is an unstable start, however long it was up.
     cluster = start(run_cli, app, "--workers", "1", "--max-restarts", "2", "--restart-window", "600",
                     "--min-uptime", "600")
-    url = cluster.wait_ready()
+    cluster.wait_ready()
     for death in range(1, 4):
-        with pytest.raises(httpx.TransportError), httpx.Client(timeout=30) as http:
-            http.get(url + "/crash")
+        victim = cluster.serving()[0]["pid"]
+        os.kill(victim, signal.SIGKILL)  # no request ever reached it
         if death < 3:
-            cluster.wait_status(lambda s, n=death: s["restarts"] == n and s["ready"] == 1,
-                                f"slot 0 respawned after death {death}")
+            cluster.wait_status(lambda s, n=death, v=victim: s["restarts"] == n and s["ready"] == 1
+                                and s["workers"][0]["pid"] != v, f"slot 0 respawned after death {death}")
     assert cluster.wait_exit() == 4
     output = cluster.output()
-    assert "slot 0 died 3 times within 600s" in output
+    assert "slot 0 died 3 times within 600s without taking a request" in output
     assert "not respawning it" in output
     assert "Traceback" not in output
     assert output.count("respawning slot 0") == 2
     assert children_of(cluster.pid) == []
+
+
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
+def test_a_client_that_crashes_every_worker_it_reaches_never_ends_the_cluster(
+    run_cli: Callable[..., Cluster], app: str
+) -> None:
+    # The default limits (--max-restarts 5, --min-uptime 1): every crash hits a worker that became ready moments
+    # before, which took the crashing request: no such death counts toward giving its slot up.
+    cluster = start(run_cli, app, "--workers", "2")
+    url = cluster.wait_ready()
+    for _ in range(20):
+        with pytest.raises(httpx.TransportError), httpx.Client(timeout=DEADLINE) as http:
+            http.get(url + "/crash")
+    cluster.wait_status(lambda s: s["restarts"] == 20 and s["ready"] == 2, "20 respawns, both slots serving")
+    assert FRESH.get(url + "/").status_code == 200
+    output = cluster.output()
+    assert output.count("it had taken requests") == 20, output
+    assert "not respawning" not in output and "no worker is left" not in output
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
+def test_a_crashing_url_hit_3_times_a_second_for_30s_costs_under_1_percent_of_other_requests(
+    run_cli: Callable[..., Cluster], app: str
+) -> None:
+    cluster = start(run_cli, app, "--workers", "2")
+    url = cluster.wait_ready()
+    until = time.monotonic() + 30
+    answered: list[bool] = []
+
+    def normal_client() -> None:  # keep-alive, one request at a time, as a browser or an API client
+        with httpx.Client(timeout=DEADLINE) as http:
+            while time.monotonic() < until:
+                try:
+                    answered.append(http.get(url + "/").status_code == 200)
+                except httpx.TransportError:
+                    answered.append(False)
+                time.sleep(0.02)
+
+    normal = threading.Thread(target=normal_client)
+    normal.start()
+    crashes = 0
+    try:
+        while time.monotonic() < until:
+            with pytest.raises(httpx.TransportError), httpx.Client(timeout=DEADLINE) as http:
+                http.get(url + "/crash")
+            crashes += 1
+            time.sleep(1 / 3)
+    finally:
+        normal.join(DEADLINE)
+    assert crashes >= 80 and cluster.proc.poll() is None
+    assert len(answered) > 300 and answered.count(True) >= 0.99 * len(answered), (
+        f"{answered.count(False)} of {len(answered)} normal requests failed")
+    cluster.wait_status(lambda s: s["ready"] == 2, "both slots serving")
+    assert "not respawning" not in cluster.output()
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
