@@ -232,10 +232,29 @@ def _switch(value: Any) -> bool:
 
 
 _WORKERS_RE = re.compile(r"^(?:(?P<count>\d+)|auto|(?P<factor>\d+(?:\.\d+)?)x)$")
+# One primary waits on every worker's channel and holds two descriptors per worker: past this, a count is a typo.
+MAX_WORKERS = 1024
 
 
 def resolve_workers(value: Any, cpus: int) -> int:
-    """``N``, ``auto`` (usable CPUs) or ``Kx`` (K times auto, rounded, at least 1)."""
+    """``N``, ``auto`` (usable CPUs) or ``Kx`` (K times auto, rounded, at least 1), within MAX_WORKERS and the
+    process limit."""
+    count = _worker_count(value, cpus)
+    if count > MAX_WORKERS:
+        raise ConfigError(f"bad --workers value {value!r}: {count} workers, and one cluster runs at most "
+                          f"{MAX_WORKERS}; give fewer")
+    # The kernel refuses a fork past RLIMIT_NPROC (ulimit -u), which counts every process of the user, the
+    # primary included; it does not apply to root.
+    import resource
+
+    nproc, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if os.geteuid() != 0 and nproc != resource.RLIM_INFINITY and count >= nproc:
+        raise ConfigError(f"bad --workers value {value!r}: {count} workers and the primary exceed the process "
+                          f"limit of {nproc} (ulimit -u); give fewer workers or raise ulimit -u")
+    return count
+
+
+def _worker_count(value: Any, cpus: int) -> int:
     text = str(value).strip().lower()
     match = _WORKERS_RE.match(text)
     fix = "give a number like 4, auto (one per usable CPU) or a multiple of auto like 2x"

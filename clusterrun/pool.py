@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from . import messaging
 from .channel import encode
-from .config import Config
+from .config import MAX_WORKERS, Config
 from .dispatch import Dispatcher
 from .events import Events
 from .policies import Policy
@@ -77,9 +77,17 @@ class Pool:
 
     # Spawning and becoming ready.
 
-    def spawn(self, index: int, replaces: WorkerHandle | None = None) -> WorkerHandle:
-        """Fork a worker for slot ``index``; a replacement takes the slot only once it is ready."""
-        handle = self.spawner.spawn(self._next_id, index, replaces)
+    def spawn(self, index: int, replaces: WorkerHandle | None = None) -> WorkerHandle | None:
+        """Fork a worker for slot ``index``; a replacement takes the slot only once it is ready.
+
+        None when the system refuses the fork: the primary never dies of it. A slot's fork is tried again
+        after a growing wait, while the other workers serve; a replacement's is given up (the caller's to say).
+        """
+        try:
+            handle = self.spawner.spawn(self._next_id, index, replaces)
+        except OSError as exc:
+            self._fork_refused(index, replaces, exc)
+            return None
         self._next_id += 1
         self.workers[handle.pid] = handle
         if replaces is None:
@@ -119,6 +127,19 @@ class Pool:
             logger.warning("--threads %d is ignored: %s is an ASGI app, which runs on each worker's event loop; "
                            "--threads sizes the thread pool of WSGI apps", self.config.threads, self.config.app)
 
+    def _fork_refused(self, index: int, replaces: WorkerHandle | None, exc: OSError) -> None:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        serving = sum(1 for w in self.slots.values() if w.is_ready)
+        if replaces is not None:
+            logger.error("cannot fork a replacement for %s: %s (the process limit, ulimit -u, or memory); it keeps "
+                         "serving", replaces.info, why)
+            return
+        delay = self.throttle.fork_refused(index)
+        logger.error("cannot fork a worker for slot %d: %s (the process limit, ulimit -u, or memory); trying again "
+                     "in %gs, %d worker%s serving", index, why, delay, serving, "" if serving == 1 else "s")
+        self.pending_respawns.add(index)
+        self.timers.add(delay, lambda: self._respawn(index))
+
     def _boot_overdue(self, handle: WorkerHandle) -> None:
         if handle.state is WorkerState.STARTING and handle.pid in self.workers:
             handle.boot_error = f"it was not ready within --boot-timeout {self.config.boot_timeout:g}s"
@@ -147,8 +168,12 @@ class Pool:
         if self.stopping or target < 1:
             logger.warning("cannot scale to %d workers; at least 1 is needed", target)
             return
+        if target > MAX_WORKERS:
+            logger.warning("cannot scale to %d workers; one cluster runs at most %d", target, MAX_WORKERS)
+            return
         while self.target < target:
-            free = next(i for i in range(len(self.slots) + 1) if i not in self.slots)
+            taken = self.slots.keys() | self.pending_respawns  # a slot waiting for its respawn is not free
+            free = next(i for i in range(len(taken) + 1) if i not in taken)
             self.target += 1
             self.spawn(free)
         while self.target > target:

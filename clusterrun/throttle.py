@@ -18,6 +18,9 @@ respawned at once, the n-th in a row waits ``first_delay * 2**(n-2)`` seconds, a
 served or stable death ends the run. And a delay never leaves the cluster with nothing: when no other
 worker is serving, the respawn is at once, whatever the run (the limit above still ends a crash loop).
 
+A fork the system refuses (EAGAIN past ``ulimit -u``, ENOMEM) is no death: nothing ran. The slot is tried
+again after a wait that grows the same way, for as long as it takes, and never counted.
+
 A pure object: the clock is injected, so tests need no sleeps.
 """
 
@@ -77,6 +80,13 @@ class RestartThrottle:
         if streak > 1 and others_serving:
             delay = min(self.max_delay, self.first_delay * 2 ** (streak - 2))
         return Decision(stable or len(deaths) <= self.max_restarts, delay, len(deaths), stable, crashes, took_request)
+
+    def fork_refused(self, slot: int) -> float:
+        """The system refused to fork a worker for ``slot`` (the process limit, memory): seconds to wait before
+        trying again. No worker ran, so nothing counts toward the limit; the wait is never 0, since trying again
+        at once would meet the same refusal, and it grows as unstable deaths' does, up to ``max_delay``."""
+        streak = self._streak[slot] = self._streak.get(slot, 0) + 1
+        return float(min(self.max_delay, self.first_delay * 2 ** (streak - 1)))
 
     def crashes(self, slot: int) -> int:
         """How often the slot's workers died unplanned, in all: its respawns."""

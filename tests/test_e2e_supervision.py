@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import DEADLINE, FRESH, SUP_APP_PAIR, Cluster, children_of, start, wait_until, who
+from helpers import (
+    DEADLINE,
+    FRESH,
+    SUP_APP_PAIR,
+    Cluster,
+    assert_config_error,
+    children_of,
+    run_to_exit,
+    start,
+    wait_until,
+    who,
+)
+
+PIDS_CGROUPS = Path("/sys/fs/cgroup/pids")  # cgroup v1's pids controller
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
@@ -150,3 +166,75 @@ def test_a_worker_stopped_with_sigterm_drains_and_is_replaced(run_cli: Callable[
     after = who(url + "/")
     assert after["index"] == 0 and after["id"] == 2
     wait_until(lambda: first["pid"] not in children_of(cluster.pid), "the stopped worker to exit")
+
+
+# Fork failures and the worker count
+
+
+def test_a_worker_count_past_the_cap_is_refused_in_one_line() -> None:
+    assert_config_error(run_to_exit("flask_app:app", "--workers", "100000"), 2,
+                        "bad --workers value '100000': 100000 workers, and one cluster runs at most 1024")
+
+
+def test_a_worker_count_past_the_process_limit_is_refused() -> None:
+    # The check reads the real limit as the real user: a child lowers its RLIMIT_NPROC (ulimit -u) and, as
+    # root (whom the kernel does not hold to it), becomes nobody first.
+    probe = """
+import os, resource
+from clusterrun.config import resolve_workers
+from clusterrun.errors import ConfigError
+resource.setrlimit(resource.RLIMIT_NPROC, (4, 4))
+if os.geteuid() == 0:
+    os.setuid(65534)
+print(resolve_workers("3", 2))
+try:
+    resolve_workers("4", 2)
+except ConfigError as exc:
+    print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=DEADLINE,
+                            stdin=subprocess.DEVNULL)
+    assert result.stdout.splitlines() == [
+        "3", "bad --workers value '4': 4 workers and the primary exceed the process limit of 4 (ulimit -u); give "
+        "fewer workers or raise ulimit -u"], result.stderr
+
+
+@pytest.fixture
+def pids_cgroup(tmp_path: Path) -> Iterator[Path]:
+    """A pids cgroup of the test's own: the way to make fork fail for real as root, whom RLIMIT_NPROC spares."""
+    if os.geteuid() != 0 or not (PIDS_CGROUPS / "cgroup.procs").exists():
+        pytest.skip("needs root and cgroup v1's pids controller at /sys/fs/cgroup/pids")
+    group = PIDS_CGROUPS / f"clusterrun-test-{os.getpid()}-{tmp_path.name}"
+    try:
+        group.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot make a pids cgroup: {exc}")
+    try:
+        yield group
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():  # a cluster left by a failed test: out first
+            (PIDS_CGROUPS / "cgroup.procs").write_text(pid)
+        group.rmdir()
+
+
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
+def test_a_fork_the_system_refuses_costs_the_slot_a_wait_never_the_primary(
+    run_cli: Callable[..., Cluster], app: str, pids_cgroup: Path
+) -> None:
+    cluster = start(run_cli, app, "--workers", "2")
+    url = cluster.wait_ready()
+    # From now on each fork of the primary counts against a limit of one task, its own: fork fails with EAGAIN,
+    # as past ulimit -u. Its workers stay in the cgroup they were forked into.
+    (pids_cgroup / "pids.max").write_text("1")
+    (pids_cgroup / "cgroup.procs").write_text(str(cluster.pid))
+    victim = who(url + "/")
+    os.kill(victim["pid"], signal.SIGKILL)
+    refused = rf"cannot fork a worker for slot {victim['index']}: Resource temporarily unavailable"
+    cluster.wait_for_line(refused + r" .*; trying again in 0\.1s, 1 worker serving")
+    cluster.wait_for_line(refused + r" .*; trying again in 0\.2s", count=1)  # refused again, waiting longer
+    assert who(url + "/")["index"] != victim["index"]  # the other worker serves on
+    (pids_cgroup / "pids.max").write_text("max")
+    cluster.wait_status(lambda s: s["ready"] == 2, f"slot {victim['index']} serving again")
+    assert "Traceback" not in cluster.output()
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0

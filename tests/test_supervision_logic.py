@@ -7,6 +7,8 @@ states and on what each worker received, never on log text.
 
 from __future__ import annotations
 
+import errno
+import os
 import selectors
 import signal
 import socket
@@ -63,11 +65,15 @@ class Spawner:
         self.clock = clock
         self.made: list[FakeWorker] = []
         self.forgotten: list[WorkerHandle] = []
+        self.refusals = 0  # the next forks the system refuses (EAGAIN, as past ulimit -u)
 
     def __call__(self, index: int, replaces: WorkerHandle | None = None) -> FakeWorker:
         return self.spawn(len(self.made) + 1, index, replaces)
 
     def spawn(self, worker_id: int, index: int, replaces: WorkerHandle | None) -> FakeWorker:
+        if self.refusals:
+            self.refusals -= 1
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
         primary_end, worker_end = Channel.socketpair()
         handle = FakeWorker(worker_id, index, 900_000 + worker_id, Channel(primary_end), started=self.clock(),
                             replaces=replaces)
@@ -389,6 +395,45 @@ def test_an_unstable_death_waits_its_backoff_only_while_another_worker_serves(sp
     clock.now += 0.1
     pool.timers.run_due()
     assert 0 in pool.slots and not pool.pending_respawns
+
+
+def test_a_refused_fork_is_tried_again_with_a_growing_wait_and_never_counted(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, max_restarts="0")
+    spawn.refusals = 3
+    pool.slots[0].first_request.add()  # it served: its own death does not count either
+    assert pool.reaped(pool.slots[0].pid, _status(killed_by=signal.SIGKILL)) is None  # its respawn is refused
+    pool.timers.run_due()
+    for wait in (0.1, 0.2, 0.4):  # refused, refused, then forked
+        assert 0 not in pool.slots and pool.pending_respawns == {0}
+        clock.now += wait
+        pool.timers.run_due()
+    assert pool.slots[0].state is S.STARTING and not pool.pending_respawns
+    assert pool.throttle.deaths(0) == 0  # --max-restarts 0 held: refusals are no deaths
+    pool.scale(4)
+    assert sorted(pool.slots) == [0, 1, 2, 3]
+
+
+def test_scaling_up_leaves_a_slot_waiting_for_its_fork_alone(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    spawn.refusals = 1
+    pool.scale(3)  # slot 2's fork is refused: it waits for its retry
+    assert sorted(pool.slots) == [0, 1] and pool.pending_respawns == {2}
+    pool.scale(4)
+    assert sorted(pool.slots) == [0, 1, 3]
+    clock.now += 0.1
+    pool.timers.run_due()
+    assert sorted(pool.slots) == [0, 1, 2, 3] and len(spawn.made) == 4
+
+
+def test_a_rolling_restart_whose_fork_is_refused_aborts_and_keeps_the_old_workers(
+    spawn: Spawner, clock: Clock
+) -> None:
+    pool = _serving(spawn, clock)
+    old = dict(pool.slots)
+    spawn.refusals = 1
+    pool.rollout.start()
+    assert not pool.rollout.active and pool.rollout.outcome == "aborted" and "forked" in pool.rollout.reason
+    assert pool.slots == old and all(h.state is S.READY for h in old.values())
 
 
 def test_a_boot_failure_before_any_worker_served_is_the_app_s(spawn: Spawner, clock: Clock) -> None:
