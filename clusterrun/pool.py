@@ -178,7 +178,13 @@ class Pool:
             self.spawn(free)
         while self.target > target:
             self.target -= 1
-            self.retire(self.slots.pop(max(self.slots)))
+            # The highest slot goes, whether it serves or waits for its respawn (whose timer then finds it unwanted):
+            # retiring a lower one instead would leave the waiting slot above the target, never filled again.
+            highest = max(self.slots.keys() | self.pending_respawns)
+            if highest in self.slots:
+                self.retire(self.slots.pop(highest))
+            else:
+                self.pending_respawns.discard(highest)
         logger.info("scaled to %d worker%s", self.target, "" if self.target == 1 else "s")
 
     def stop_all(self) -> None:

@@ -425,6 +425,18 @@ def test_scaling_up_leaves_a_slot_waiting_for_its_fork_alone(spawn: Spawner, clo
     assert sorted(pool.slots) == [0, 1, 2, 3] and len(spawn.made) == 4
 
 
+def test_scaling_down_drops_a_slot_waiting_for_its_fork_first(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    spawn.refusals = 1
+    pool.scale(3)  # slot 2 waits for its retry
+    pool.scale(2)  # slot 2 goes: slots 0 and 1 serve on
+    assert sorted(pool.slots) == [0, 1] and not pool.pending_respawns
+    assert all(h.state is S.READY for h in pool.slots.values())
+    clock.now += 0.1
+    pool.timers.run_due()
+    assert sorted(pool.slots) == [0, 1] and len(spawn.made) == 2  # its retry found it unwanted
+
+
 def test_a_rolling_restart_whose_fork_is_refused_aborts_and_keeps_the_old_workers(
     spawn: Spawner, clock: Clock
 ) -> None:
