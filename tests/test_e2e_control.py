@@ -157,6 +157,8 @@ def test_scale_sets_the_number_of_workers(run_cli: Any) -> None:
     assert code == 1 and "cannot scale to 0 workers" in err
     code, _out, err = command("scale", "pool", "many")
     assert code == 1 and "bad worker count 'many'" in err
+    code, _out, err = command("scale", "pool", "5000")
+    assert code == 1 and "cannot scale to 5000 workers: one cluster runs at most 1024" in err
     assert status("pool")["target"] == 1
 
 
