@@ -73,13 +73,14 @@ def test_a_slot_whose_workers_die_before_any_request_is_given_up_and_the_primary
     assert children_of(cluster.pid) == []
 
 
+@pytest.mark.parametrize("policy", ["rr", "shared"])  # the primary hands over the connections, or never sees them
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
 def test_a_client_that_crashes_every_worker_it_reaches_never_ends_the_cluster(
-    run_cli: Callable[..., Cluster], app: str
+    run_cli: Callable[..., Cluster], app: str, policy: str
 ) -> None:
     # The default limits (--max-restarts 5, --min-uptime 1): every crash hits a worker that became ready moments
     # before, which took the crashing request: no such death counts toward giving its slot up.
-    cluster = start(run_cli, app, "--workers", "2")
+    cluster = start(run_cli, app, "--workers", "2", "--policy", policy)
     url = cluster.wait_ready()
     for _ in range(20):
         with pytest.raises(httpx.TransportError), httpx.Client(timeout=DEADLINE) as http:
