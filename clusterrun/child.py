@@ -39,6 +39,7 @@ def run(
     config: Config, worker_id: int, index: int, channel_sock: socket.socket, sockets: Sequence[socket.socket],
     inherited_fds: Sequence[int], closes: SharedCounter, preloaded: LoadedApp | None = None,
     signal_mask: set[int | signal.Signals] | None = None, request_clock: RequestClock | None = None,
+    first_request: SharedCounter | None = None,
 ) -> NoReturn:
     code = EXIT_ERROR
     try:
@@ -59,7 +60,7 @@ def run(
         channel = Channel(channel_sock)
         from .runtime import serve  # imported here: the core stays importable without uvicorn
 
-        code = serve(config, info, channel, sockets, closes, preloaded, request_clock)
+        code = serve(config, info, channel, sockets, closes, preloaded, request_clock, first_request)
     except BootError as exc:
         code = EXIT_BOOT
         logger.error("%s", exc)

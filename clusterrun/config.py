@@ -347,10 +347,29 @@ def _switch(flag: str) -> Callable[[Any], bool]:
 
 
 _WORKERS_RE = re.compile(r"^(?:(?P<count>\d+)|auto|(?P<factor>\d+(?:\.\d+)?)x)$")
+# One primary waits on every worker's channel and holds two descriptors per worker: past this, a count is a typo.
+MAX_WORKERS = 1024
 
 
 def resolve_workers(value: Any, cpus: int) -> int:
-    """``N``, ``auto`` (usable CPUs) or ``Kx`` (K times auto, rounded, at least 1)."""
+    """``N``, ``auto`` (usable CPUs) or ``Kx`` (K times auto, rounded, at least 1), within MAX_WORKERS and the
+    process limit."""
+    count = _worker_count(value, cpus)
+    if count > MAX_WORKERS:
+        raise ConfigError(f"bad --workers value {value!r}: {count} workers, and one cluster runs at most "
+                          f"{MAX_WORKERS}; give fewer")
+    # The kernel refuses a fork past RLIMIT_NPROC (ulimit -u), which counts every process of the user, the
+    # primary included; it does not apply to root.
+    import resource
+
+    nproc, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    if os.geteuid() != 0 and nproc != resource.RLIM_INFINITY and count >= nproc:
+        raise ConfigError(f"bad --workers value {value!r}: {count} workers and the primary exceed the process "
+                          f"limit of {nproc} (ulimit -u); give fewer workers or raise ulimit -u")
+    return count
+
+
+def _worker_count(value: Any, cpus: int) -> int:
     text = str(value).strip().lower()
     match = _WORKERS_RE.match(text)
     fix = "give a number like 4, auto (one per usable CPU) or a multiple of auto like 2x"
@@ -515,14 +534,16 @@ OPTIONS: tuple[Option, ...] = (
            switch=True),
     Option("app_dir", ("--app-dir",), "directory put first on sys.path to import APP; default the current "
            "directory", str, "DIR"),
-    Option("max_restarts", ("--max-restarts",), "a slot whose workers die unstable (before ready or within "
-           "--min-uptime of it) more than N times within --restart-window is not respawned again; default 5",
+    Option("max_restarts", ("--max-restarts",), "a slot whose workers die unstable (without taking a request, "
+           "before ready or within --min-uptime of it) more than N times within --restart-window is not respawned "
+           "again; default 5",
            _int_at_least(0, "--max-restarts"), "N"),
     Option("restart_window", ("--restart-window",), "seconds over which --max-restarts counts; default 60",
            _seconds("--restart-window"), "SECONDS"),
-    Option("min_uptime", ("--min-uptime",), "a worker that dies within this many seconds of becoming ready was "
-           "an unstable start and counts toward --max-restarts; one that served longer is always respawned "
-           "(with backoff), so no request that crashes a worker can stop the service; default 1",
+    Option("min_uptime", ("--min-uptime",), "a worker that never took a request and dies within this many "
+           "seconds of becoming ready was an unstable start and counts toward --max-restarts; one that took a "
+           "request is always respawned at once, so no request that crashes a worker can stop the service; "
+           "default 1",
            _seconds("--min-uptime"), "SECONDS"),
     Option("graceful_timeout", ("--graceful-timeout",), "seconds in-flight requests get to finish on stop or "
            "restart before their worker is killed; default 30", _seconds("--graceful-timeout"), "SECONDS"),

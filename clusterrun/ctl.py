@@ -163,7 +163,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     status = wait_for(path, lambda s: s["reload"]["id"] != reload_id or s["reload"]["state"] != "running",
                       "the rolling restart", args.timeout)
     if status["reload"]["id"] == reload_id and status["reload"]["state"] == "complete":
-        print(f"rolling restart {reload_id} complete: {len(status['workers'])} workers serving")
+        # The slots' workers that serve, not every worker: the replaced ones may still be draining.
+        serving = status["ready"]
+        print(f"rolling restart {reload_id} complete: {serving} worker{'' if serving == 1 else 's'} serving")
         return 0
     raise ControlError(f"rolling restart {reload_id} aborted: {status['reload']['reason'] or 'see the log'}")
 

@@ -30,7 +30,8 @@ class InlineServer:
 
     def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
                  loop: entry.SelectorLoop, ssl_context: ssl.SSLContext | None = None,
-                 request_clock: RequestClock | None = None) -> None:
+                 request_clock: RequestClock | None = None, first_request: SharedCounter | None = None,
+                 ) -> None:
         self.config = config
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
@@ -46,6 +47,8 @@ class InlineServer:
             # --request-timeout: the engine stamps each stretch of app code where the primary reads it.
             request_clock=request_clock if request_clock is not None and request_clock.enabled else None,
         )
+        if first_request is not None:
+            self.engine.app = _marking_the_first_request(self.engine, first_request)
 
     def counts(self) -> Beat:
         """The heartbeat, with what this worker served and holds now."""
@@ -75,6 +78,22 @@ class InlineServer:
         """Stop listening, finish what is in flight, then call ``done`` (adapters.wsgi_engine: never racing a
         keep-alive client; idle connections linger up to --timeout-keep-alive when other workers take over)."""
         self.engine.drain(self.config.timeout_keep_alive if linger else 0.0, done)
+
+
+def _marking_the_first_request(engine: Any, mark: SharedCounter) -> Callable[..., Any]:
+    """The engine's app for its first request: it marks the worker's shared page, then hands the engine the app.
+
+    The engine calls ``engine.app`` for each request (on the loop and in upload threads alike), so from the
+    second request on it calls the app itself: the mark costs nothing per request.
+    """
+    app = engine.app
+
+    def first(environ: Any, start_response: Any) -> Any:
+        mark.add()  # before the app runs: a worker that dies in its first request has taken one
+        engine.app = app
+        return app(environ, start_response)
+
+    return first
 
 
 def _observer(stats: RequestStats | None, access: AccessLog | None) -> Callable[..., None]:

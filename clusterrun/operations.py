@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, listeners
+from .config import MAX_WORKERS
 from .status import ProcSampler, started_at, worker_row
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class Operations:
         target = pool.target + count if match[1] == "+" else pool.target - count if match[1] == "-" else count
         if target < 1:
             return _error(f"cannot scale to {target} workers: at least 1 is needed")
+        if target > MAX_WORKERS:
+            return _error(f"cannot scale to {target} workers: one cluster runs at most {MAX_WORKERS}")
         if pool.stopping:
             return _error("the cluster is stopping")
         self.primary.scale(target)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from . import messaging
 from .channel import encode
-from .config import Config
+from .config import MAX_WORKERS, Config
 from .dispatch import Dispatcher
 from .events import Events
 from .policies import Policy
@@ -77,9 +77,17 @@ class Pool:
 
     # Spawning and becoming ready.
 
-    def spawn(self, index: int, replaces: WorkerHandle | None = None) -> WorkerHandle:
-        """Fork a worker for slot ``index``; a replacement takes the slot only once it is ready."""
-        handle = self.spawner.spawn(self._next_id, index, replaces)
+    def spawn(self, index: int, replaces: WorkerHandle | None = None) -> WorkerHandle | None:
+        """Fork a worker for slot ``index``; a replacement takes the slot only once it is ready.
+
+        None when the system refuses the fork: the primary never dies of it. A slot's fork is tried again
+        after a growing wait, while the other workers serve; a replacement's is given up (the caller's to say).
+        """
+        try:
+            handle = self.spawner.spawn(self._next_id, index, replaces)
+        except OSError as exc:
+            self._fork_refused(index, replaces, exc)
+            return None
         self._next_id += 1
         self.workers[handle.pid] = handle
         if replaces is None:
@@ -119,6 +127,19 @@ class Pool:
             logger.warning("--threads %d is ignored: %s is an ASGI app, which runs on each worker's event loop; "
                            "--threads sizes the thread pool of WSGI apps", self.config.threads, self.config.app)
 
+    def _fork_refused(self, index: int, replaces: WorkerHandle | None, exc: OSError) -> None:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        serving = sum(1 for w in self.slots.values() if w.is_ready)
+        if replaces is not None:
+            logger.error("cannot fork a replacement for %s: %s (the process limit, ulimit -u, or memory); it keeps "
+                         "serving", replaces.info, why)
+            return
+        delay = self.throttle.fork_refused(index)
+        logger.error("cannot fork a worker for slot %d: %s (the process limit, ulimit -u, or memory); trying again "
+                     "in %gs, %d worker%s serving", index, why, delay, serving, "" if serving == 1 else "s")
+        self.pending_respawns.add(index)
+        self.timers.add(delay, lambda: self._respawn(index))
+
     def _boot_overdue(self, handle: WorkerHandle) -> None:
         if handle.state is WorkerState.STARTING and handle.pid in self.workers:
             handle.boot_error = f"it was not ready within --boot-timeout {self.config.boot_timeout:g}s"
@@ -147,13 +168,23 @@ class Pool:
         if self.stopping or target < 1:
             logger.warning("cannot scale to %d workers; at least 1 is needed", target)
             return
+        if target > MAX_WORKERS:
+            logger.warning("cannot scale to %d workers; one cluster runs at most %d", target, MAX_WORKERS)
+            return
         while self.target < target:
-            free = next(i for i in range(len(self.slots) + 1) if i not in self.slots)
+            taken = self.slots.keys() | self.pending_respawns  # a slot waiting for its respawn is not free
+            free = next(i for i in range(len(taken) + 1) if i not in taken)
             self.target += 1
             self.spawn(free)
         while self.target > target:
             self.target -= 1
-            self.retire(self.slots.pop(max(self.slots)))
+            # The highest slot goes, whether it serves or waits for its respawn (whose timer then finds it unwanted):
+            # retiring a lower one instead would leave the waiting slot above the target, never filled again.
+            highest = max(self.slots.keys() | self.pending_respawns)
+            if highest in self.slots:
+                self.retire(self.slots.pop(highest))
+            else:
+                self.pending_respawns.discard(highest)
         logger.info("scaled to %d worker%s", self.target, "" if self.target == 1 else "s")
 
     def stop_all(self) -> None:
@@ -264,19 +295,21 @@ class Pool:
     def _crashed(self, handle: WorkerHandle, how: str) -> None:
         self.last_exit[handle.index] = f"worker {handle.id}: {how}"
         self.tally.restarts[handle.index, how] += 1
-        now = self.clock()
-        served = None if handle.ready_at is None else now - handle.ready_at
-        decision = self.throttle.record_death(handle.index, uptime=now - handle.started, served=served)
+        ready_for = None if handle.ready_at is None else self.clock() - handle.ready_at
+        # The slot is dead already (reaped() took it out): are any of the others serving?
+        others_serving = any(w.is_ready for w in self.slots.values())
+        decision = self.throttle.record_death(handle.index, ready_for, handle.took_request, others_serving)
         if not decision.respawn:
             logger.error(
-                "slot %d died %d times within %gs before it was ready or within --min-uptime %gs of it (last: %s, "
-                "%s): not respawning it; raise --max-restarts or fix the crash", handle.index, decision.deaths,
-                self.config.restart_window, self.config.min_uptime, handle.info, how,
+                "slot %d died %d times within %gs without taking a request, before it was ready or within "
+                "--min-uptime %gs of it (last: %s, %s): not respawning it; raise --max-restarts or fix the crash",
+                handle.index, decision.deaths, self.config.restart_window, self.config.min_uptime, handle.info, how,
             )
             self.policy.release(handle.index)  # nobody will serve the slot's own sockets (reuseport) again
             return
         if decision.stable:
-            note = f"it had served for {served:.1f}s; crash {decision.crashes} of slot {handle.index}"
+            took = "it had taken requests" if decision.served else "no request"
+            note = f"{took}, ready for {ready_for or 0.0:.1f}s; crash {decision.crashes} of slot {handle.index}"
         else:
             note = (f"an unstable start: {decision.deaths} of --max-restarts {self.config.max_restarts} within "
                     f"{self.config.restart_window:g}s")
@@ -297,3 +330,4 @@ def free(handle: WorkerHandle) -> None:
     handle.boot_timer.cancel()
     handle.channel.close()
     handle.closes.close()
+    handle.first_request.close()

@@ -98,6 +98,9 @@ class Rollout:
             old = self.pool.slots.get(index)
             if old is not None and not old.retired:
                 self.current = self.pool.spawn(index, old)
+                if self.current is None:  # the system refused the fork (logged): the old workers keep serving
+                    logger.error("rolling restart aborted: a new worker could not be forked")
+                    self.cancel("a new worker could not be forked (the process limit, ulimit -u, or memory)")
                 return
         self.current = None
         self.outcome = "complete"

@@ -47,6 +47,7 @@ _PRIMARY_ANSWER_WAIT = 2.0
 def serve(
     config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
     preloaded: entry.LoadedApp | None = None, request_clock: RequestClock | None = None,
+    first_request: SharedCounter | None = None,
 ) -> int:
     """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code.
 
@@ -61,14 +62,14 @@ def serve(
         )
         inline = entry.inline_engine_available(loaded, threads=config.threads, http=config.http)
         if not inline:
-            server = StackServer(config, info, loaded, closes, ssl_context, request_clock)
+            server = StackServer(config, info, loaded, closes, ssl_context, request_clock, first_request)
             loop = _new_loop(config.loop)
         workerhooks.init(info)  # after the app is loaded (or inherited with --preload), before serving
     except BootError as exc:
         channel.send_blocking(BootFailed(str(exc)))
         return EXIT_BOOT
     if inline:
-        return _serve_inline(config, info, channel, sockets, closes, loaded, ssl_context, request_clock)
+        return _serve_inline(config, info, channel, sockets, closes, loaded, ssl_context, request_clock, first_request)
     try:
         asyncio.set_event_loop(loop)
         code = loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes, loop).run())
@@ -83,10 +84,11 @@ def serve(
 def _serve_inline(
     config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
     loaded: entry.LoadedApp, ssl_context: ssl.SSLContext | None, request_clock: RequestClock | None = None,
+    first_request: SharedCounter | None = None,
 ) -> int:
     loop = entry.selector_loop()
     try:
-        server = InlineServer(config, info, loaded, closes, loop, ssl_context, request_clock)
+        server = InlineServer(config, info, loaded, closes, loop, ssl_context, request_clock, first_request)
         code = WorkerRuntime(config, channel, server, sockets, closes, loop).run_inline()
         workerhooks.exit(info)
         return code

@@ -62,6 +62,24 @@ def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> 
     return observed_app
 
 
+def marking_the_first_request(app: Any, mark: SharedCounter) -> Any:
+    """The ASGI app, marking the worker's shared page when it takes its first request (HTTP or WebSocket).
+
+    A plain function that returns the app's coroutine, which uvicorn awaits: no coroutine frame of its own, so
+    what it costs per request is one call and one test.
+    """
+    taken = False
+
+    def marking(scope: Any, receive: Any, send: Any) -> Any:
+        nonlocal taken
+        if not taken:
+            taken = True
+            mark.add()  # before the app runs: a worker that dies in its first request has taken one
+        return app(scope, receive, send)
+
+    return marking
+
+
 def _log_access(access: AccessLog, scope: Any, status: int, size: int, seconds: float) -> None:
     client = scope.get("client")
     headers = dict(scope.get("headers") or ())
@@ -108,7 +126,8 @@ class StackServer:
     """The app on uvicorn's protocols: ``start`` (lifespan), ``listen``, ``adopt``, ``drain``, ``stop``."""
 
     def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
-                 ssl_context: ssl.SSLContext | None = None, request_clock: RequestClock | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, request_clock: RequestClock | None = None,
+                 first_request: SharedCounter | None = None) -> None:
         self.config = config
         # With TLS, asyncio's (or uvloop's) transports do the handshake, on listeners and passed connections
         # alike, and uvicorn's protocols then report the scheme https; a handshake not done within the head
@@ -130,7 +149,9 @@ class StackServer:
         if proxies is not None:  # outermost: the access log and the app both see the client the proxy names
             self.app = entry.ForwardedApp(self.app, proxies)
         self.date_header = not config.no_date_header
-        self.stack = entry.http_stack(self.app, http=config.http, access_log=False, headers=response_headers(config),
+        # Only the requests' app marks the first request: the lifespan below runs the app unmarked.
+        served = self.app if first_request is None else marking_the_first_request(self.app, first_request)
+        self.stack = entry.http_stack(served, http=config.http, access_log=False, headers=response_headers(config),
                                       timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog,
                                       root_path=config.root_path, ws=websocket_limits(config))
         self.lifespan = entry.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")

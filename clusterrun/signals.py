@@ -88,7 +88,11 @@ def fork_holding_signals() -> tuple[int, set[int | signal.Signals]]:
     import os
 
     saved = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except BaseException:  # no child (EAGAIN past the process limit, ENOMEM): the primary goes on, unblocked
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+        raise
     if pid != 0:
         signal.pthread_sigmask(signal.SIG_SETMASK, saved)
     return pid, saved

@@ -50,23 +50,39 @@ class Forker:
         self.preloaded = preloaded  # the app, imported before forking (--preload)
 
     def spawn(self, worker_id: int, index: int, replaces: WorkerHandle | None) -> WorkerHandle:
+        """Fork the worker; OSError when the system refuses (EAGAIN past the process limit, ENOMEM, EMFILE),
+        with nothing of it left open in the primary."""
         parent_end, child_end = Channel.socketpair()
-        # Made before the fork: the worker writes it, the primary reads it (primary-side policies only).
-        closes = SharedCounter(shared=self.policy.dispatches)
-        request_clock = RequestClock(self.config.request_timeout > 0)  # the same way: the primary reads it
-        sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
-        to_close = [*self.primary_fds(), parent_end.fileno()]
-        to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
-        with contextlib.suppress(AttributeError, OSError):
-            to_close.append(self.selector.fileno())  # type: ignore[attr-defined]
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid, signal_mask = fork_holding_signals()
+        made: list[SharedCounter] = []
+        try:
+            # Made before the fork: the worker writes it, the primary reads it (primary-side policies only).
+            closes = SharedCounter(shared=self.policy.dispatches)
+            made.append(closes)
+            # Under every policy: the worker marks it when its app first takes a request, which the primary
+            # reads when the worker dies (pool.py: only a worker that never took one counts toward giving up).
+            first_request = SharedCounter()
+            made.append(first_request)
+            request_clock = RequestClock(self.config.request_timeout > 0)  # the same way: the primary reads it
+            sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
+            to_close = [*self.primary_fds(), parent_end.fileno()]
+            to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
+            with contextlib.suppress(AttributeError, OSError):
+                to_close.append(self.selector.fileno())  # type: ignore[attr-defined]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid, signal_mask = fork_holding_signals()
+        except OSError:
+            for sock in (parent_end, child_end):
+                sock.close()
+            for page in made:
+                page.close()
+            raise
         if pid == 0:
             child.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded,
-                      signal_mask, request_clock)
+                      signal_mask, request_clock, first_request)
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
-                              replaces=replaces, closes=closes, request_clock=request_clock)
+                              replaces=replaces, closes=closes,
+                              request_clock=request_clock, first_request=first_request)
         handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
         self.selector.register(handle.channel.sock, selectors.EVENT_READ, lambda mask: self.on_channel(handle, mask))
         return handle

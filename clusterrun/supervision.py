@@ -126,6 +126,8 @@ class WorkerHandle:
     closes: SharedCounter = field(default_factory=SharedCounter)  # connections it has closed, in all
     # When its inline app began the work in hand, and for which request (--request-timeout; else no page).
     request_clock: RequestClock = field(default_factory=lambda: RequestClock(False))
+    # Marked by the worker when its app first takes a request (spawn.py): read when it dies, see took_request.
+    first_request: SharedCounter = field(default_factory=SharedCounter)
     dispatched: int = 0  # connections the primary has passed to it, in all
     # Connections it can hold open before its descriptor table is full (reported when ready; None: no limit).
     connection_room: int | None = None
@@ -158,6 +160,12 @@ class WorkerHandle:
     def open_connections(self) -> int:
         """Open on the worker or on their way to it (least-conn): passed, less closed."""
         return max(0, self.dispatched - self.closes.read())
+
+    @property
+    def took_request(self) -> bool:
+        """Its app took a request (its first one, or one in flight when it died): read from its shared page,
+        written before the app runs, so a worker that died in its very first request has taken it."""
+        return self.first_request.read() > 0
 
     @property
     def is_ready(self) -> bool:

@@ -1,14 +1,25 @@
-"""Restart throttling, per slot: a slot that keeps dying waits longer each time, then is given up.
+"""Restart throttling, per slot: which deaths count toward giving a slot up, and how long a respawn waits.
 
-Two rules, as PM2's ``exp_backoff_restart_delay`` and ``min_uptime``:
+A worker's death is one of three kinds, told apart by the primary from what the worker left behind:
 
-- backoff: the first death of a slot is respawned at once (a one-off crash costs no extra downtime);
-  the n-th consecutive quick death waits ``first_delay * 2**(n-2)`` seconds (capped); a worker that
-  stayed up ``healthy_after`` seconds resets the sequence;
-- limit: only unstable deaths count — a worker that died before it was ready, or within ``min_uptime``
-  seconds of it. A slot with more than ``max_restarts`` of those within ``window`` seconds is not
-  respawned. A worker that served and then died is always respawned (with the backoff): a request can
-  crash a worker, and no client may take the service down by doing it again and again.
+- served: its app took a request. The worker marks a shared page before its app runs its first request
+  (spawn.py), so a worker that died with its very first request in flight has taken one. A request can
+  crash a worker (a segfault, ``os._exit``, the OOM killer), and no client may take the service down by
+  doing it again and again: such a death is never counted, and its slot is respawned at once, always (as
+  gunicorn does).
+- stable: it never took a request, but it was ready for ``min_uptime`` seconds (PM2's ``min_uptime``): an
+  idle worker killed from outside. Not counted; respawned at once.
+- unstable: it never took a request and died before it was ready, or within ``min_uptime`` seconds of it
+  (a broken deploy, a crash at start-up). Only these count: a slot with more than ``max_restarts`` of them
+  within ``window`` seconds is not respawned again.
+
+Backoff, as PM2's ``exp_backoff_restart_delay``, for unstable deaths only: the first of a run of them is
+respawned at once, the n-th in a row waits ``first_delay * 2**(n-2)`` seconds, at most ``max_delay``; a
+served or stable death ends the run. And a delay never leaves the cluster with nothing: when no other
+worker is serving, the respawn is at once, whatever the run (the limit above still ends a crash loop).
+
+A fork the system refuses (EAGAIN past ``ulimit -u``, ENOMEM) is no death: nothing ran. The slot is tried
+again after a wait that grows the same way, for as long as it takes, and never counted.
 
 A pure object: the clock is injected, so tests need no sleeps.
 """
@@ -22,7 +33,6 @@ from dataclasses import dataclass
 
 FIRST_DELAY = 0.1
 MAX_DELAY = 10.0
-HEALTHY_AFTER = 30.0
 
 
 @dataclass(frozen=True)
@@ -30,45 +40,53 @@ class Decision:
     respawn: bool
     delay: float  # seconds to wait before the respawn
     deaths: int  # unstable deaths of the slot within the window, this one included
-    stable: bool = False  # the worker had served for --min-uptime: this death does not count toward the limit
-    crashes: int = 0  # every death of the slot so far, stable or not
+    stable: bool = False  # this death does not count toward the limit (it served, or stayed up --min-uptime)
+    crashes: int = 0  # every death of the slot so far, of any kind
+    served: bool = False  # the worker had taken a request
 
 
 class RestartThrottle:
     def __init__(
         self, max_restarts: int, window: float, clock: Callable[[], float] = time.monotonic,
-        first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY, healthy_after: float = HEALTHY_AFTER,
-        min_uptime: float = 1.0,
+        first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY, min_uptime: float = 1.0,
     ) -> None:
         self.max_restarts = max_restarts
         self.window = window
         self.min_uptime = min_uptime
         self.first_delay = first_delay
         self.max_delay = max_delay
-        self.healthy_after = healthy_after
         self._clock = clock
         self._deaths: dict[int, deque[float]] = {}
-        self._streak: dict[int, int] = {}  # consecutive quick deaths
+        self._streak: dict[int, int] = {}  # unstable deaths in a row
         self._crashes: dict[int, int] = {}
 
-    def record_death(self, slot: int, uptime: float = 0.0, served: float | None = None) -> Decision:
+    def record_death(self, slot: int, ready_for: float | None = None, took_request: bool = False,
+                     others_serving: bool = True) -> Decision:
         """Note one death of ``slot`` and decide what comes next.
 
-        ``uptime``: seconds since the worker was forked; ``served``: seconds since it was ready, None if it
-        never was.
+        ``ready_for``: seconds from the worker's ready to its death, None if it never was ready;
+        ``took_request``: its app took a request; ``others_serving``: another worker of the cluster serves now.
         """
         now = self._clock()
-        stable = served is not None and served >= self.min_uptime
+        stable = took_request or (ready_for is not None and ready_for >= self.min_uptime)
         deaths = self._deaths.setdefault(slot, deque())
         if not stable:
             deaths.append(now)
         while deaths and now - deaths[0] > self.window:
             deaths.popleft()
         crashes = self._crashes[slot] = self._crashes.get(slot, 0) + 1
-        streak = 1 if uptime >= self.healthy_after else self._streak.get(slot, 0) + 1
-        self._streak[slot] = streak
-        delay = 0.0 if streak == 1 else min(self.max_delay, self.first_delay * 2 ** (streak - 2))
-        return Decision(stable or len(deaths) <= self.max_restarts, delay, len(deaths), stable, crashes)
+        streak = self._streak[slot] = 0 if stable else self._streak.get(slot, 0) + 1
+        delay = 0.0
+        if streak > 1 and others_serving:
+            delay = min(self.max_delay, self.first_delay * 2 ** (streak - 2))
+        return Decision(stable or len(deaths) <= self.max_restarts, delay, len(deaths), stable, crashes, took_request)
+
+    def fork_refused(self, slot: int) -> float:
+        """The system refused to fork a worker for ``slot`` (the process limit, memory): seconds to wait before
+        trying again. No worker ran, so nothing counts toward the limit; the wait is never 0, since trying again
+        at once would meet the same refusal, and it grows as unstable deaths' does, up to ``max_delay``."""
+        streak = self._streak[slot] = self._streak.get(slot, 0) + 1
+        return float(min(self.max_delay, self.first_delay * 2 ** (streak - 1)))
 
     def crashes(self, slot: int) -> int:
         """How often the slot's workers died unplanned, in all: its respawns."""

@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import SUP_APP_PAIR, Cluster, children_of, start, wait_until, who
+from helpers import (
+    DEADLINE,
+    FRESH,
+    SUP_APP_PAIR,
+    Cluster,
+    assert_config_error,
+    children_of,
+    run_to_exit,
+    start,
+    wait_until,
+    who,
+)
+
+PIDS_CGROUPS = Path("/sys/fs/cgroup/pids")  # cgroup v1's pids controller
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
@@ -33,26 +51,88 @@ def test_a_killed_worker_is_respawned_into_its_slot(run_cli: Callable[..., Clust
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
-def test_a_slot_that_keeps_dying_is_given_up_and_the_primary_exits_4(
+def test_a_slot_whose_workers_die_before_any_request_is_given_up_and_the_primary_exits_4(
     run_cli: Callable[..., Cluster], app: str
 ) -> None:
-    # --min-uptime 600: every death counts as an unstable start, however long the worker served first.
+    # --min-uptime 600: a worker killed before it took a request is an unstable start, however long it was up.
     cluster = start(run_cli, app, "--workers", "1", "--max-restarts", "2", "--restart-window", "600",
                     "--min-uptime", "600")
-    url = cluster.wait_ready()
+    cluster.wait_ready()
     for death in range(1, 4):
-        with pytest.raises(httpx.TransportError), httpx.Client(timeout=30) as http:
-            http.get(url + "/crash")
+        victim = cluster.serving()[0]["pid"]
+        os.kill(victim, signal.SIGKILL)  # no request ever reached it
         if death < 3:
-            cluster.wait_status(lambda s, n=death: s["restarts"] == n and s["ready"] == 1,
-                                f"slot 0 respawned after death {death}")
+            cluster.wait_status(lambda s, n=death, v=victim: s["restarts"] == n and s["ready"] == 1
+                                and s["workers"][0]["pid"] != v, f"slot 0 respawned after death {death}")
     assert cluster.wait_exit() == 4
     output = cluster.output()
-    assert "slot 0 died 3 times within 600s" in output
+    assert "slot 0 died 3 times within 600s without taking a request" in output
     assert "not respawning it" in output
     assert "Traceback" not in output
     assert output.count("respawning slot 0") == 2
     assert children_of(cluster.pid) == []
+
+
+@pytest.mark.parametrize("policy", ["rr", "shared"])  # the primary hands over the connections, or never sees them
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
+def test_a_client_that_crashes_every_worker_it_reaches_never_ends_the_cluster(
+    run_cli: Callable[..., Cluster], app: str, policy: str
+) -> None:
+    # The default limits (--max-restarts 5, --min-uptime 1): every crash hits a worker that became ready moments
+    # before, which took the crashing request: no such death counts toward giving its slot up.
+    cluster = start(run_cli, app, "--workers", "2", "--policy", policy)
+    url = cluster.wait_ready()
+    for _ in range(20):
+        with pytest.raises(httpx.TransportError), httpx.Client(timeout=DEADLINE) as http:
+            http.get(url + "/crash")
+    cluster.wait_status(lambda s: s["restarts"] == 20 and s["ready"] == 2, "20 respawns, both slots serving")
+    assert FRESH.get(url + "/").status_code == 200
+    output = cluster.output()
+    assert output.count("it had taken requests") == 20, output
+    assert "not respawning" not in output and "no worker is left" not in output
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
+def test_a_crashing_url_hit_3_times_a_second_for_30s_costs_under_1_percent_of_other_requests(
+    run_cli: Callable[..., Cluster], app: str
+) -> None:
+    cluster = start(run_cli, app, "--workers", "2")
+    url = cluster.wait_ready()
+    until = time.monotonic() + 30
+    answered: list[bool] = []
+
+    def normal_client() -> None:  # keep-alive, one request at a time, as a browser or an API client
+        with httpx.Client(timeout=DEADLINE) as http:
+            while time.monotonic() < until:
+                try:
+                    answered.append(http.get(url + "/").status_code == 200)
+                except httpx.TransportError:
+                    answered.append(False)
+                time.sleep(0.02)
+
+    normal = threading.Thread(target=normal_client)
+    normal.start()
+    crashes = 0
+    next_crash = time.monotonic()
+    try:
+        while next_crash < until:  # on a schedule of 3 a second, however long each crash takes to answer
+            time.sleep(max(0.0, next_crash - time.monotonic()))
+            with pytest.raises(httpx.TransportError), httpx.Client(timeout=DEADLINE) as http:
+                http.get(url + "/crash")
+            crashes += 1
+            next_crash += 1 / 3
+    finally:
+        normal.join(DEADLINE)
+    assert crashes >= 85 and cluster.proc.poll() is None
+    assert len(answered) > 300 and answered.count(True) >= 0.99 * len(answered), (
+        f"{answered.count(False)} of {len(answered)} normal requests failed")
+    cluster.wait_status(lambda s: s["ready"] == 2, "both slots serving")
+    assert "not respawning" not in cluster.output()
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
@@ -89,3 +169,75 @@ def test_a_worker_stopped_with_sigterm_drains_and_is_replaced(run_cli: Callable[
     after = who(url + "/")
     assert after["index"] == 0 and after["id"] == 2
     wait_until(lambda: first["pid"] not in children_of(cluster.pid), "the stopped worker to exit")
+
+
+# Fork failures and the worker count
+
+
+def test_a_worker_count_past_the_cap_is_refused_in_one_line() -> None:
+    assert_config_error(run_to_exit("flask_app:app", "--workers", "100000"), 2,
+                        "bad --workers value '100000': 100000 workers, and one cluster runs at most 1024")
+
+
+def test_a_worker_count_past_the_process_limit_is_refused() -> None:
+    # The check reads the real limit as the real user: a child lowers its RLIMIT_NPROC (ulimit -u) and, as
+    # root (whom the kernel does not hold to it), becomes nobody first.
+    probe = """
+import os, resource
+from clusterrun.config import resolve_workers
+from clusterrun.errors import ConfigError
+resource.setrlimit(resource.RLIMIT_NPROC, (4, 4))
+if os.geteuid() == 0:
+    os.setuid(65534)
+print(resolve_workers("3", 2))
+try:
+    resolve_workers("4", 2)
+except ConfigError as exc:
+    print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=DEADLINE,
+                            stdin=subprocess.DEVNULL)
+    assert result.stdout.splitlines() == [
+        "3", "bad --workers value '4': 4 workers and the primary exceed the process limit of 4 (ulimit -u); give "
+        "fewer workers or raise ulimit -u"], result.stderr
+
+
+@pytest.fixture
+def pids_cgroup(tmp_path: Path) -> Iterator[Path]:
+    """A pids cgroup of the test's own: the way to make fork fail for real as root, whom RLIMIT_NPROC spares."""
+    if os.geteuid() != 0 or not (PIDS_CGROUPS / "cgroup.procs").exists():
+        pytest.skip("needs root and cgroup v1's pids controller at /sys/fs/cgroup/pids")
+    group = PIDS_CGROUPS / f"clusterrun-test-{os.getpid()}-{tmp_path.name}"
+    try:
+        group.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot make a pids cgroup: {exc}")
+    try:
+        yield group
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():  # a cluster left by a failed test: out first
+            (PIDS_CGROUPS / "cgroup.procs").write_text(pid)
+        group.rmdir()
+
+
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
+def test_a_fork_the_system_refuses_costs_the_slot_a_wait_never_the_primary(
+    run_cli: Callable[..., Cluster], app: str, pids_cgroup: Path
+) -> None:
+    cluster = start(run_cli, app, "--workers", "2")
+    url = cluster.wait_ready()
+    # From now on each fork of the primary counts against a limit of one task, its own: fork fails with EAGAIN,
+    # as past ulimit -u. Its workers stay in the cgroup they were forked into.
+    (pids_cgroup / "pids.max").write_text("1")
+    (pids_cgroup / "cgroup.procs").write_text(str(cluster.pid))
+    victim = who(url + "/")
+    os.kill(victim["pid"], signal.SIGKILL)
+    refused = rf"cannot fork a worker for slot {victim['index']}: Resource temporarily unavailable"
+    cluster.wait_for_line(refused + r" .*; trying again in 0\.1s, 1 worker serving")
+    cluster.wait_for_line(refused + r" .*; trying again in 0\.2s", count=1)  # refused again, waiting longer
+    assert who(url + "/")["index"] != victim["index"]  # the other worker serves on
+    (pids_cgroup / "pids.max").write_text("max")
+    cluster.wait_status(lambda s: s["ready"] == 2, f"slot {victim['index']} serving again")
+    assert "Traceback" not in cluster.output()
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0

@@ -7,6 +7,8 @@ states and on what each worker received, never on log text.
 
 from __future__ import annotations
 
+import errno
+import os
 import selectors
 import signal
 import socket
@@ -24,6 +26,7 @@ from clusterrun.policies import RoundRobin
 from clusterrun.pool import Pool, Verdict
 from clusterrun.protocol import Connections, Stop
 from clusterrun.supervision import Timers, Watchdog, WorkerHandle, WorkerState, late_after
+from clusterrun.throttle import Decision, RestartThrottle
 
 S = WorkerState
 
@@ -62,11 +65,15 @@ class Spawner:
         self.clock = clock
         self.made: list[FakeWorker] = []
         self.forgotten: list[WorkerHandle] = []
+        self.refusals = 0  # the next forks the system refuses (EAGAIN, as past ulimit -u)
 
     def __call__(self, index: int, replaces: WorkerHandle | None = None) -> FakeWorker:
         return self.spawn(len(self.made) + 1, index, replaces)
 
     def spawn(self, worker_id: int, index: int, replaces: WorkerHandle | None) -> FakeWorker:
+        if self.refusals:
+            self.refusals -= 1
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
         primary_end, worker_end = Channel.socketpair()
         handle = FakeWorker(worker_id, index, 900_000 + worker_id, Channel(primary_end), started=self.clock(),
                             replaces=replaces)
@@ -84,6 +91,7 @@ class Spawner:
             handle.channel.close()
             handle.worker_end.close()
             handle.closes.close()
+            handle.first_request.close()
 
 
 @pytest.fixture
@@ -96,6 +104,54 @@ def spawn(clock: Clock) -> Iterator[Spawner]:
     spawner = Spawner(clock)
     yield spawner
     spawner.close()
+
+
+# The restart throttle (clusterrun/throttle.py)
+
+
+def test_the_throttle_never_counts_or_delays_a_worker_that_took_a_request(clock: Clock) -> None:
+    throttle = RestartThrottle(max_restarts=1, window=60, clock=clock, min_uptime=1.0)
+    # A client that crashes every worker it reaches, each within a moment of its ready: served deaths all.
+    for crash in range(1, 51):
+        clock.now += 0.05
+        assert throttle.record_death(0, ready_for=0.01, took_request=True) == Decision(
+            respawn=True, delay=0.0, deaths=0, stable=True, crashes=crash, served=True)
+    assert throttle.deaths(0) == 0 and throttle.crashes(0) == 50
+
+
+def test_the_throttle_counts_unstable_deaths_in_a_sliding_window_per_slot(clock: Clock) -> None:
+    throttle = RestartThrottle(max_restarts=2, window=10, clock=clock, min_uptime=1.0)
+    assert throttle.record_death(0).respawn  # died before it was ready
+    assert throttle.record_death(0, ready_for=0.5).respawn  # within --min-uptime of it, with no request
+    assert throttle.record_death(1).respawn  # slots are counted apart
+    third = throttle.record_death(0, ready_for=0.2)
+    assert not third.respawn and third.deaths == 3 and not third.stable and not third.served
+    clock.now += 10.5  # the first deaths left the window
+    assert throttle.record_death(0).respawn and throttle.deaths(0) == 1
+
+
+def test_a_worker_ready_for_min_uptime_without_a_request_does_not_count(clock: Clock) -> None:
+    throttle = RestartThrottle(max_restarts=0, window=60, clock=clock, min_uptime=1.0)
+    decision = throttle.record_death(0, ready_for=1.5, took_request=False)
+    assert decision.respawn and decision.stable and not decision.served and decision.deaths == 0
+    assert decision.delay == 0.0
+
+
+def test_backoff_grows_for_unstable_deaths_only_and_a_served_death_ends_the_run(clock: Clock) -> None:
+    throttle = RestartThrottle(max_restarts=100, window=60, clock=clock, first_delay=0.1, max_delay=1.0)
+    delays = [throttle.record_death(0).delay for _ in range(7)]
+    assert delays == [0.0, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert throttle.record_death(0, ready_for=0.1, took_request=True).delay == 0.0
+    assert throttle.record_death(0).delay == 0.0  # a new run of unstable deaths starts at once
+    assert throttle.record_death(0).delay == 0.1
+
+
+def test_a_respawn_never_waits_when_no_other_worker_serves(clock: Clock) -> None:
+    throttle = RestartThrottle(max_restarts=100, window=60, clock=clock, first_delay=0.1, max_delay=10.0)
+    for _ in range(5):
+        assert throttle.record_death(0, others_serving=False).delay == 0.0
+    assert throttle.record_death(0, others_serving=True).delay == 1.6  # the run went on: only the wait was spared
+    assert throttle.deaths(0) == 6
 
 
 # Worker states
@@ -306,6 +362,90 @@ def test_deaths_before_ready_give_a_slot_up_and_the_last_slot_ends_the_cluster(s
         pool.timers.run_due()
     assert verdicts == [None, Verdict.NONE_LEFT]  # 2 unstable deaths > --max-restarts 1: the slot gave up
     assert not pool.slots and not pool.workers and len(spawn.made) == 2
+
+
+def test_workers_that_die_in_their_first_request_are_respawned_at_once_and_never_give_up(
+    spawn: Spawner, clock: Clock
+) -> None:
+    pool = _serving(spawn, clock, max_restarts="1", min_uptime="600")
+    for _ in range(30):
+        victim = pool.slots[0]
+        victim.first_request.add()  # what the worker does before its app runs its first request
+        clock.now += 0.01
+        assert pool.reaped(victim.pid, _status(code=1)) is None
+        assert pool.pending_respawns == {0}
+        pool.timers.run_due()  # at once: no clock moved
+        assert pool.slots[0] is not victim and pool.slots[0].state is S.STARTING
+        pool.ready(pool.slots[0], "wsgi")
+    assert pool.throttle.deaths(0) == 0 and pool.throttle.crashes(0) == 30
+
+
+def test_an_unstable_death_waits_its_backoff_only_while_another_worker_serves(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, max_restarts="10")
+    assert pool.reaped(pool.slots[0].pid, _status(code=1)) is None  # killed before its first request
+    pool.timers.run_due()
+    respawned = pool.slots[0]  # the first of a run at once
+    assert pool.reaped(respawned.pid, _status(code=1)) is None  # and its respawn before it was ready
+    pool.timers.run_due()
+    assert 0 not in pool.slots and pool.pending_respawns == {0}  # the second waits 0.1 s: slot 1 serves meanwhile
+    # Slot 1 dies too, before its first request: no worker serves now, so its respawn does not wait.
+    assert pool.reaped(pool.slots[1].pid, _status(code=1)) is None
+    pool.timers.run_due()
+    assert 1 in pool.slots and 0 not in pool.slots
+    clock.now += 0.1
+    pool.timers.run_due()
+    assert 0 in pool.slots and not pool.pending_respawns
+
+
+def test_a_refused_fork_is_tried_again_with_a_growing_wait_and_never_counted(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, max_restarts="0")
+    spawn.refusals = 3
+    pool.slots[0].first_request.add()  # it served: its own death does not count either
+    assert pool.reaped(pool.slots[0].pid, _status(killed_by=signal.SIGKILL)) is None  # its respawn is refused
+    pool.timers.run_due()
+    for wait in (0.1, 0.2, 0.4):  # refused, refused, then forked
+        assert 0 not in pool.slots and pool.pending_respawns == {0}
+        clock.now += wait
+        pool.timers.run_due()
+    assert pool.slots[0].state is S.STARTING and not pool.pending_respawns
+    assert pool.throttle.deaths(0) == 0  # --max-restarts 0 held: refusals are no deaths
+    pool.scale(4)
+    assert sorted(pool.slots) == [0, 1, 2, 3]
+
+
+def test_scaling_up_leaves_a_slot_waiting_for_its_fork_alone(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    spawn.refusals = 1
+    pool.scale(3)  # slot 2's fork is refused: it waits for its retry
+    assert sorted(pool.slots) == [0, 1] and pool.pending_respawns == {2}
+    pool.scale(4)
+    assert sorted(pool.slots) == [0, 1, 3]
+    clock.now += 0.1
+    pool.timers.run_due()
+    assert sorted(pool.slots) == [0, 1, 2, 3] and len(spawn.made) == 4
+
+
+def test_scaling_down_drops_a_slot_waiting_for_its_fork_first(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    spawn.refusals = 1
+    pool.scale(3)  # slot 2 waits for its retry
+    pool.scale(2)  # slot 2 goes: slots 0 and 1 serve on
+    assert sorted(pool.slots) == [0, 1] and not pool.pending_respawns
+    assert all(h.state is S.READY for h in pool.slots.values())
+    clock.now += 0.1
+    pool.timers.run_due()
+    assert sorted(pool.slots) == [0, 1] and len(spawn.made) == 2  # its retry found it unwanted
+
+
+def test_a_rolling_restart_whose_fork_is_refused_aborts_and_keeps_the_old_workers(
+    spawn: Spawner, clock: Clock
+) -> None:
+    pool = _serving(spawn, clock)
+    old = dict(pool.slots)
+    spawn.refusals = 1
+    pool.rollout.start()
+    assert not pool.rollout.active and pool.rollout.outcome == "aborted" and "forked" in pool.rollout.reason
+    assert pool.slots == old and all(h.state is S.READY for h in old.values())
 
 
 def test_a_boot_failure_before_any_worker_served_is_the_app_s(spawn: Spawner, clock: Clock) -> None:

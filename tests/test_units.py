@@ -28,7 +28,6 @@ from clusterrun.errors import BootError, ChannelError, ConfigError
 from clusterrun.listeners import BindAddress, parse_bind
 from clusterrun.policies import LeastConnections, ReusePort, RoundRobin, Shared, Sticky, make_policy
 from clusterrun.protocol import Connections, Message
-from clusterrun.throttle import Decision, RestartThrottle
 
 # Config
 
@@ -173,42 +172,6 @@ def test_cgroup_v1_quota(tmp_path: Path) -> None:
 
 def test_no_cgroup_means_affinity(tmp_path: Path) -> None:
     assert usable_cpus(tmp_path) == len(os.sched_getaffinity(0))
-
-
-# Throttle
-
-
-def test_throttle_counts_deaths_in_a_sliding_window() -> None:
-    now = [0.0]
-    throttle = RestartThrottle(max_restarts=2, window=10, clock=lambda: now[0])
-    assert throttle.record_death(0).respawn and throttle.record_death(0).respawn
-    assert throttle.record_death(1).respawn  # slots are counted apart
-    assert throttle.record_death(0) == Decision(respawn=False, delay=0.2, deaths=3, crashes=3)
-    now[0] = 10.5  # the first deaths left the window
-    assert throttle.record_death(0).respawn
-    assert throttle.deaths(0) == 1
-
-
-def test_throttle_backs_off_exponentially_and_resets_after_a_healthy_run() -> None:
-    throttle = RestartThrottle(max_restarts=100, window=60, clock=lambda: 0.0, first_delay=0.1, max_delay=1.0,
-                               healthy_after=30)
-    delays = [throttle.record_death(0, uptime=1).delay for _ in range(7)]
-    assert delays == [0.0, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-    assert throttle.record_death(0, uptime=45).delay == 0.0  # it had been healthy: the sequence starts over
-
-
-def test_throttle_counts_only_unstable_deaths_toward_the_limit() -> None:
-    now = [0.0]
-    throttle = RestartThrottle(max_restarts=1, window=60, clock=lambda: now[0], min_uptime=1.0)
-    # Workers that served for --min-uptime and then died (a request crashed them): always respawned.
-    for crash in range(1, 11):
-        now[0] += 2
-        decision = throttle.record_death(0, uptime=2, served=1.5)
-        assert decision.respawn and decision.stable and decision.crashes == crash and decision.deaths == 0
-    # Deaths before ready, or within --min-uptime of it, count.
-    assert throttle.record_death(0, uptime=0.5, served=None).respawn
-    second = throttle.record_death(0, uptime=1.2, served=0.9)
-    assert not second.respawn and not second.stable and second.deaths == 2 and second.crashes == 12
 
 
 # Channel
