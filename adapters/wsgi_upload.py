@@ -13,8 +13,9 @@ serving other connections meanwhile.
 A client that stalls must not keep its thread: every wait for the network lasts at most --body-timeout (the
 socket's own timeout: Python polls before each read, a cost on uploads only). A read that times out refuses
 the request with 408 (the engine answers it once the thread gave the connection back), or closes the
-connection if part of the response already went out; a write that makes no progress for as long closes it. The threads themselves are no fixed
-pool that queues (adapters.wsgi_engine: one more thread per upload, up to a cap, and 503 past it).
+connection if part of the response already went out; a write that makes no progress for as long closes it. The
+threads themselves are no fixed pool that queues (adapters.wsgi_engine: one more thread per upload, up to a
+cap, and 503 past it).
 """
 
 from __future__ import annotations
