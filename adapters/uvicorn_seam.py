@@ -254,6 +254,11 @@ class Stack:
         self._http_protocol: type[Any] = config.http_protocol_class
         self.encoded_headers: Headers = list(config.encoded_headers)
 
+    @property
+    def parser(self) -> str:
+        """The HTTP parser uvicorn's protocol class uses: "httptools" or "h11" (for the start log)."""
+        return "h11" if issubclass(self._config.http_protocol_class, H11Protocol) else "httptools"
+
     # Building the protocol classes (before serving).
 
     def guard_requests(self, make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int, *,
