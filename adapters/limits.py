@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,13 +38,19 @@ from .uvicorn_seam import Headers, HttpConnection, RequestRefused
 if TYPE_CHECKING:
     from .admission import Admission
 
-__all__ = ["Exceeded", "Guard", "HeadClock", "Limits", "check_head", "head_end", "measure_head"]
+__all__ = ["Exceeded", "Guard", "HeadClock", "Limits", "check_framing", "check_head", "check_trailers", "head_end",
+           "measure_head"]
 
 logger = logging.getLogger("clusterrun")
 
 # After a rejection: how long and how much of what the client still sends is read and discarded.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1024 * 1024
+# A body's framing (chunk-size lines with their extensions, trailers) may take this many bytes, plus this many
+# per byte of body (a body sent in 1-byte chunks takes 5 per byte), before the request is refused: a client
+# must not stream gigabytes of chunk extensions with no body (uvicorn's parsers bound neither).
+_FRAMING_BYTES = 64 * 1024
+_FRAMING_RATIO = 16
 _SWEEP_EVERY = 1.0  # seconds between two checks of the head clocks: a head may outlive its timeout by this
 
 
@@ -97,21 +104,99 @@ def head_end(buf: bytes) -> int:
     return crlf + 3 if lf < 0 or crlf < lf else lf + 2
 
 
-def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers) -> Exceeded | None:
-    """What a parsed head breaks of ``limits`` (request line 414, header count and size 431, Content-Length 413)."""
+def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers, version: str | None = None
+               ) -> Exceeded | None:
+    """What a parsed head breaks of ``limits`` (request line 414, header count and size 431, Content-Length 413);
+    with ``version`` ("1.1"), also of HTTP's framing rules (400, ``check_framing``; header names lowercased).
+
+    One pass over the headers for both: this runs for every request.
+    """
     if len(method) + len(target) + 10 > limits.request_line:  # 10: the two spaces and " HTTP/1.1"
         return Exceeded(414, f"a request line longer than {limits.request_line} bytes")
     if len(headers) > limits.header_count:
         return Exceeded(431, f"{len(headers)} header fields (the limit is {limits.header_count})")
-    field_limit = limits.header_field
+    # gunicorn's limit_request_field_size counts the field's line: name, ": ", value and the CRLF.
+    field_limit = limits.header_field - 4
+    watched: Headers | None = None
     for name, value in headers:
         if len(name) + len(value) > field_limit:
-            size = len(name) + len(value)
-            return Exceeded(431, f"a header field of {size} bytes (the limit is {field_limit})")
+            size = len(name) + len(value) + 4
+            return Exceeded(431, f"a header line of {size} bytes (the limit is {limits.header_field})")
+        if name in _FRAMING_NAMES or 95 in name:  # 95: "_"
+            if watched is None:
+                watched = []
+            watched.append((name, value))
+    if version is not None and (watched is not None or version != "1.1" or target[:1] != b"/"):
+        hit = check_framing(method, target, version, watched or [])
+        if hit is not None:
+            return hit
     if limits.body:
         for name, value in headers:
             if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limits.body:
                 return Exceeded(413, f"a body of {int(value)} bytes (the limit is {limits.body})")
+    return None
+
+
+# Header fields whose duplicates or combinations make a request ambiguous (as gunicorn's message.py refuses).
+_SINGLETONS = frozenset((b"host", b"content-type"))
+_SECURE_VALUES = {b"x-forwarded-proto": b"https", b"x-forwarded-ssl": b"on", b"x-forwarded-protocol": b"ssl"}
+_FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", *_SINGLETONS, *_SECURE_VALUES))
+# RFC 9110 6.5.1: fields that change routing, framing or authentication, never accepted in trailers.
+# (Trailers never reach the app's headers anyway: this refuses what no honest client sends, as gunicorn does.)
+_FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding", b"trailer", b"authorization",
+                                 b"te"))
+_ABSOLUTE_TARGET = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+([/?][^#\s]*)?")
+
+
+def check_framing(method: bytes, target: bytes, version: str, headers: Headers) -> Exceeded | None:
+    """The 400 for a head whose framing or origin is ambiguous, as gunicorn refuses them; None if none.
+
+    ``headers``: (lowercased name, value), at least those named in ``_FRAMING_NAMES`` and those with "_".
+    Content-Length with Transfer-Encoding (a proxy that reads the other one sees another request after it:
+    smuggling), chunked on HTTP/1.0, two Host or Content-Type fields, X-Forwarded-Proto / -Ssl / -Protocol
+    that disagree, a header name with "_" (a WSGI environ cannot tell it from "-"), a version other than 1.0
+    and 1.1, "*" other than for OPTIONS, and a target that is none of origin, absolute or authority form.
+    """
+    if version not in ("1.1", "1.0"):
+        return Exceeded(400, f"HTTP/{version} is not HTTP/1.x")
+    if target[:1] != b"/":
+        if target == b"*":
+            if method != b"OPTIONS":
+                return Exceeded(400, f"the target * with {method.decode('latin-1')} (only OPTIONS)")
+        elif method != b"CONNECT" and _ABSOLUTE_TARGET.fullmatch(target) is None:
+            return Exceeded(400, "a request target that is neither a path nor an absolute URL")
+    seen: set[bytes] = set()
+    length = chunked = coded = False
+    secure: bool | None = None
+    for name, value in headers:
+        if 95 in name:
+            return Exceeded(400, f"a header name with an underscore ({name.decode('latin-1')})")
+        if name in _SINGLETONS:
+            if name in seen:
+                return Exceeded(400, f"two {name.decode()} header fields")
+            seen.add(name)
+        elif name == b"content-length":
+            length = True
+        elif name == b"transfer-encoding":
+            coded = True
+            chunked = chunked or b"chunked" in value.lower()
+        else:
+            says = value.strip().lower() == _SECURE_VALUES[name]
+            if secure is not None and says != secure:
+                return Exceeded(400, "X-Forwarded-Proto, -Ssl or -Protocol headers that disagree")
+            secure = says
+    if length and coded:
+        return Exceeded(400, "both Content-Length and Transfer-Encoding")
+    if chunked and version == "1.0":
+        return Exceeded(400, "a chunked body on HTTP/1.0")
+    return None
+
+
+def check_trailers(trailers: Headers) -> Exceeded | None:
+    """The 400 for trailer fields that may not be trailers (lowercased names); None if none."""
+    for name, _value in trailers:
+        if name in _FORBIDDEN_TRAILERS:
+            return Exceeded(400, f"a {name.decode('latin-1')} trailer field")
     return None
 
 
@@ -156,6 +241,7 @@ class Guard:
         self._heads_done = 0  # counts parsed heads: tells data_received whether one ended during a read
         self._head_since: float | None = None  # when the open head's first byte came (loop time)
         self._body_size = 0
+        self._body_wire = 0  # bytes read while in a body (chunk framing included): bounds the framing
         self._limit_hit: Exceeded | None = None
         self._rejected = False
         self._discarded = 0
@@ -176,6 +262,11 @@ class Guard:
     def data_received(self, data: bytes) -> None:
         if not (self._head_open or self._rejected):  # a body: the parser's (and the body limit's) business
             self._conn.parse(data)
+            if not (self._head_open or self._rejected):  # still in this body: its framing is bounded
+                self._body_wire += len(data)
+                if self._body_wire - self._body_size > _FRAMING_BYTES + _FRAMING_RATIO * self._body_size:
+                    self._limit_hit = Exceeded(400, "chunk extensions or trailers out of proportion to the body")
+                    self._reject()
             return
         if self._guard_data(data):
             heads_before = self._heads_done
@@ -189,18 +280,21 @@ class Guard:
 
     def bad_request(self) -> bool:
         if self._limit_hit is None:
-            return False  # the parser's own complaint: uvicorn answers 400
+            # The parser's own complaint (uvicorn logged it) is answered here too: uvicorn would close at once,
+            # under the answers still owed to requests pipelined before it, and with unread bytes the close
+            # resets the connection, which can destroy the 400 before the client reads it.
+            self._limit_hit = Exceeded(400, "Invalid HTTP request received.", logged=True)
         self._reject()
         return True
 
     # Accounting, called from inside the parser: raising Exceeded fails the parse.
 
-    def head_parsed(self, method: bytes, target: bytes, headers: Headers) -> None:
+    def head_parsed(self, method: bytes, target: bytes, version: str, headers: Headers) -> None:
         """The head was parsed and the app is about to be called: check what only a parsed head tells.
 
         Raises Exceeded with the head still open: the rejection then answers for this request.
         """
-        hit = check_head(self._limits, method, target, headers)
+        hit = check_head(self._limits, method, target, headers, version)
         if hit is None and not self._admitted and self._admission is not None:
             if self._admission.admit(self._conn.running_requests):
                 self._admitted = True
@@ -214,15 +308,21 @@ class Guard:
         self._heads_done += 1
 
     def body_received(self, size: int) -> None:
+        self._body_size += size
         limit = self._limits.body
         if limit:
-            self._body_size += size
             if self._body_size > limit:
                 raise self._exceeded(413, f"a body of more than {limit} bytes")
 
+    def trailers_received(self, trailers: Headers) -> None:
+        hit = check_trailers(trailers)
+        if hit is not None:
+            self._limit_hit = hit
+            raise hit
+
     def message_completed(self) -> None:
         self._head_open = True
-        self._head_size = self._body_size = 0
+        self._head_size = self._body_size = self._body_wire = 0
         self._head_tail = b""
         self._line_seen = False
 
@@ -278,11 +378,23 @@ class Guard:
 
     def _reject(self) -> None:
         """Answer the limit that was hit (unless this request's response already started), then close lingering."""
-        hit = self._limit_hit
         conn = self._conn
         transport = conn.transport
         self._rejected = True
         self._head_since = None
+        if transport.is_closing():
+            return
+        if self._head_open and conn.in_flight:
+            # A request pipelined behind one still being answered is refused: every complete request before it
+            # is answered first, then the refusal (what the client sends meanwhile is discarded: _rejected).
+            conn.after_responses(self._answer_refusal)
+            return
+        self._answer_refusal()
+
+    def _answer_refusal(self) -> None:
+        hit = self._limit_hit
+        conn = self._conn
+        transport = conn.transport
         if transport.is_closing():
             return
         if hit is not None and not hit.logged:

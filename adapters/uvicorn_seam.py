@@ -69,11 +69,14 @@ class RequestGuard(Protocol):
     def data_received(self, data: bytes) -> None:
         """Bytes from the client; the guard passes them on to ``HttpConnection.parse`` (or does not)."""
 
-    def head_parsed(self, method: bytes, target: bytes, headers: Headers) -> None:
-        """A request head is parsed; uvicorn calls the app next."""
+    def head_parsed(self, method: bytes, target: bytes, version: str, headers: Headers) -> None:
+        """A request head is parsed (``version``: "1.1"; header names lowercased); uvicorn calls the app next."""
 
     def body_received(self, size: int) -> None:
         """``size`` bytes of a request body were parsed; uvicorn hands them to the app next."""
+
+    def trailers_received(self, trailers: Headers) -> None:
+        """A chunked body ended with these trailer fields (names lowercased); they never reach the app."""
 
     def message_completed(self) -> None:
         """A request ended (after uvicorn's own handling of its end)."""
@@ -133,6 +136,24 @@ class HttpConnection:
     def response_started(self) -> bool:
         cycle = self._protocol.cycle
         return cycle is not None and bool(cycle.response_started)
+
+    def after_responses(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every request parsed so far is answered (at once if none is in flight).
+
+        Responses complete in order, and the protocol's ``cycle`` is the newest request's: its cycle calls its
+        ``on_response`` when its response is complete (after the ones pipelined before it).
+        """
+        cycle = self._protocol.cycle
+        if cycle is None or cycle.response_complete:
+            callback()
+            return
+        completed = cycle.on_response
+
+        def then() -> None:
+            completed()
+            callback()
+
+        cycle.on_response = then
 
     def disconnect_app(self) -> None:
         """The app's request sees the client gone: ``receive()`` says disconnect, its sends are dropped."""
@@ -449,14 +470,22 @@ def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], R
         # httptools calls these by the names it finds on the protocol when uvicorn builds the parser; an
         # exception raised in one makes the parser fail (HttpParserCallbackError, an HttpParserError).
         def on_headers_complete(self) -> None:
-            self._guard.head_parsed(self.parser.get_method(), self.url, self.headers)
+            parser = self.parser
+            self._guard.head_parsed(parser.get_method(), self.url, parser.get_http_version(), self.headers)
             super().on_headers_complete()
+            # uvicorn's on_header goes on appending to this list, the scope's, when a chunked body's trailer
+            # fields come: a trailer would reach the app (and the proxy headers: a trailer X-Forwarded-For).
+            # The protocol appends to a copy from here on; the scope keeps the head's fields only.
+            self.headers = self.headers[:]
 
         def on_body(self, body: bytes) -> None:
             self._guard.body_received(len(body))
             super().on_body(body)
 
         def on_message_complete(self) -> None:
+            headers = self.headers
+            if headers is not None and self.scope is not None and len(headers) > len(self.scope["headers"]):
+                self._guard.trailers_received(headers[len(self.scope["headers"]):])
             super().on_message_complete()
             self._guard.message_completed()
 
@@ -479,8 +508,11 @@ def _guarded_h11(
                 if isinstance(event, h11.Data):
                     self._guard.body_received(len(event.data))
                 elif isinstance(event, h11.Request):
-                    self._guard.head_parsed(event.method, event.target, event.headers.raw_items())
+                    self._guard.head_parsed(event.method, event.target, event.http_version.decode(),
+                                            list(event.headers))
                 elif isinstance(event, h11.EndOfMessage):
+                    if event.headers:  # trailers: uvicorn drops them
+                        self._guard.trailers_received(list(event.headers))
                     self._guard.message_completed()
             except RequestRefused as exc:
                 raise h11.RemoteProtocolError(str(exc)) from exc  # uvicorn then calls send_400_response
