@@ -467,6 +467,8 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
 def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], upgraded_close: bool
                        ) -> type[Any]:
     class GuardedHttptools(_guarded(base, make_guard, upgraded_close)):  # type: ignore[misc]
+        headers: Headers  # uvicorn's: the request's header fields (the scope's list, until the head is parsed)
+        scope: Any
         # httptools calls these by the names it finds on the protocol when uvicorn builds the parser; an
         # exception raised in one makes the parser fail (HttpParserCallbackError, an HttpParserError).
         def on_headers_complete(self) -> None:
