@@ -124,9 +124,12 @@ def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers, v
             return Exceeded(431, f"a header line of {size} bytes (the limit is {limits.header_field})")
         if name in _FRAMING_NAMES or 95 in name:  # 95: "_"
             if watched is None:
-                watched = []
-            watched.append((name, value))
-    if version is not None and (watched is not None or version != "1.1" or target[:1] != b"/"):
+                watched = [(name, value)]
+            else:
+                watched.append((name, value))
+    # Most requests: HTTP/1.1, a path, and of the watched fields one Host only: nothing more to check.
+    if version is not None and (version != "1.1" or target[:1] != b"/" or (
+            watched is not None and (len(watched) > 1 or watched[0][0] != b"host"))):
         hit = check_framing(method, target, version, watched or [])
         if hit is not None:
             return hit
