@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .methods import stand_in
 from .uvicorn_seam import Headers, HttpConnection, RequestRefused
 
 if TYPE_CHECKING:
@@ -248,6 +249,7 @@ class Guard:
         self._limit_hit: Exceeded | None = None
         self._rejected = False
         self._discarded = 0
+        self._reading: bytes | None = None  # the read being parsed, while it may begin a head (methods.stand_in)
 
     # The seam's RequestGuard: called by uvicorn's protocol (adapters.uvicorn_seam).
 
@@ -273,22 +275,38 @@ class Guard:
             return
         if self._guard_data(data):
             heads_before = self._heads_done
+            self._reading = data
             self._conn.parse(data)
+            self._reading = None
             if self._head_open and self._heads_done == heads_before:  # the same head goes on in the next read
                 self._head_tail = data[-2:]
                 self._line_seen = self._line_seen or b"\n" in data
 
     def refusing(self) -> bool:
-        return self._limit_hit is not None
+        # Asked when uvicorn warns (rare): a request about to be re-parsed with a stand-in method is not refused.
+        return self._limit_hit is not None or self._stand_in() is not None
 
     def bad_request(self) -> bool:
         if self._limit_hit is None:
+            standing = self._stand_in()
+            if standing is not None:
+                self._reading = None  # one stand-in per read: if the request fails again, it is refused
+                if self._conn.reparse(*standing):
+                    return True
             # The parser's own complaint (uvicorn logged it) is answered here too: uvicorn would close at once,
             # under the answers still owed to requests pipelined before it, and with unread bytes the close
             # resets the connection, which can destroy the 400 before the client reads it.
             self._limit_hit = Exceeded(400, "Invalid HTTP request received.", logged=True)
         self._reject()
         return True
+
+    def _stand_in(self) -> tuple[bytes, bytes] | None:
+        """The read that failed to parse with its method replaced, and the method, if the parser failed on an
+        extension method (adapters.methods): only where the read begins a request and none is in flight."""
+        data = self._reading
+        if data is None or self._head_size != len(data) or self._conn.in_flight:
+            return None
+        return stand_in(data, self._limits.request_line)
 
     # Accounting, called from inside the parser: raising Exceeded fails the parse.
 

@@ -31,6 +31,7 @@ those files for the names above and run both envs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -136,6 +137,23 @@ class HttpConnection:
     def response_started(self) -> bool:
         cycle = self._protocol.cycle
         return cycle is not None and bool(cycle.response_started)
+
+    def reparse(self, data: bytes, method: bytes) -> bool:
+        """Parse ``data``, the start of a request, again with a new parser, and give the app ``method`` as the
+        request's method (``data`` has a stand-in the parser knows: adapters.methods); False if the protocol
+        is not httptools' (h11 takes any method itself)."""
+        protocol = self._protocol
+        if not isinstance(protocol, _MethodStandIn):
+            return False
+        parser = type(protocol.parser)(protocol)
+        # uvicorn sets this leniency from 0.3x on (answer a request followed by bytes after its Connection:
+        # close); set here whatever the version, as answering every complete request is what the guard wants.
+        with contextlib.suppress(AttributeError):
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        protocol.parser = parser
+        protocol.stand_in_for = method
+        self.parse(data)
+        return True
 
     def after_responses(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once every request parsed so far is answered (at once if none is in flight).
@@ -464,17 +482,28 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
     return Guarded
 
 
+class _MethodStandIn:
+    """An httptools protocol's request method, when the parser was given a stand-in for it (HttpConnection.reparse)."""
+
+    parser: Any
+    stand_in_for: bytes | None = None  # a class default: no cost per connection
+
+
 def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], upgraded_close: bool
                        ) -> type[Any]:
-    class GuardedHttptools(_guarded(base, make_guard, upgraded_close)):  # type: ignore[misc]
+    class GuardedHttptools(_guarded(base, make_guard, upgraded_close), _MethodStandIn):  # type: ignore[misc]
         headers: Headers  # uvicorn's: the request's header fields (the scope's list, until the head is parsed)
         scope: Any
         # httptools calls these by the names it finds on the protocol when uvicorn builds the parser; an
         # exception raised in one makes the parser fail (HttpParserCallbackError, an HttpParserError).
         def on_headers_complete(self) -> None:
             parser = self.parser
-            self._guard.head_parsed(parser.get_method(), self.url, parser.get_http_version(), self.headers)
+            method = self.stand_in_for or parser.get_method()
+            self._guard.head_parsed(method, self.url, parser.get_http_version(), self.headers)
             super().on_headers_complete()
+            if self.stand_in_for is not None:  # the parser saw a stand-in for this request's method
+                self.scope["method"] = method.decode("ascii")
+                self.stand_in_for = None
             # uvicorn's on_header goes on appending to this list, the scope's, when a chunked body's trailer
             # fields come: a trailer would reach the app (and the proxy headers: a trailer X-Forwarded-For).
             # The protocol appends to a copy from here on; the scope keeps the head's fields only.

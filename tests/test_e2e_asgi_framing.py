@@ -180,3 +180,20 @@ def test_header_line_limit_counts_the_line(run_cli: Callable[..., Cluster], pars
     fits = head % (b"y" * (8190 - len(b"X: \r\n")))
     assert [status for status, _ in responses(exchange(port, fits))] == [200]
     assert [status for status, _ in responses(exchange(port, head % (b"y" * (8191 - len(b"X: \r\n")))))] == [431]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_extension_methods_reach_the_app(run_cli: Callable[..., Cluster], parser: str) -> None:
+    """Any token is a method (RFC 9110 9.1), as gunicorn accepts: not only those httptools lists."""
+    _cluster, port = start(run_cli, "--http", parser)
+    [(status, body)] = responses(exchange(port, b"-BLARGH /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+    assert status == 200 and seen(body)["method"] == "-BLARGH"
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        for _ in range(2):  # a keep-alive connection: each request in a read of its own
+            sock.sendall(b"FOO /y HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+            answer = b""
+            while not answer.endswith(b"}"):
+                answer += sock.recv(65536)
+            [(status, body)] = responses(answer)
+            assert status == 200 and (seen(body)["method"], seen(body)["body"]) == ("FOO", "hi")
+    assert [status for status, _ in responses(exchange(port, b"F(O / HTTP/1.1\r\nHost: t\r\n\r\n"))] == [400]
