@@ -541,6 +541,10 @@ def _guarded_h11(
                 elif isinstance(event, h11.Request):
                     self._guard.head_parsed(event.method, event.target, event.http_version.decode(),
                                             list(event.headers))
+                    if 35 in event.target:  # 35: "#". A fragment is the client's (RFC 9112 3.2): uvicorn's h11
+                        # protocol would leave it in the scope's query string (httptools' URL parser drops it).
+                        event = h11.Request(method=event.method, target=event.target.partition(b"#")[0],
+                                            headers=event.headers.raw_items(), http_version=event.http_version)
                 elif isinstance(event, h11.EndOfMessage):
                     if event.headers:  # trailers: uvicorn drops them
                         self._guard.trailers_received(list(event.headers))

@@ -197,3 +197,10 @@ def test_extension_methods_reach_the_app(run_cli: Callable[..., Cluster], parser
             [(status, body)] = responses(answer)
             assert status == 200 and (seen(body)["method"], seen(body)["body"]) == ("FOO", "hi")
     assert [status for status, _ in responses(exchange(port, b"F(O / HTTP/1.1\r\nHost: t\r\n\r\n"))] == [400]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_fragment_stays_out_of_the_query_string(run_cli: Callable[..., Cluster], parser: str) -> None:
+    _cluster, port = start(run_cli, "--http", parser)
+    [(status, body)] = responses(exchange(port, b"GET /p?q=1#frag HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+    assert status == 200 and (seen(body)["path"], seen(body)["query_string"]) == ("/p", "q=1")
