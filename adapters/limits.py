@@ -204,6 +204,14 @@ def check_trailers(trailers: Headers) -> Exceeded | None:
     return None
 
 
+def strip_values(headers: Headers) -> None:
+    """Trim the whitespace that ends field values (RFC 9112 5: OWS is not part of the value), in place."""
+    for index, (name, value) in enumerate(headers):
+        trimmed = value.rstrip(b" \t")
+        if len(trimmed) != len(value):
+            headers[index] = (name, trimmed)
+
+
 class HeadClock:
     """A worker's head clocks, checked by one sweep a second over its open connections' guards.
 
@@ -249,6 +257,7 @@ class Guard:
         self._limit_hit: Exceeded | None = None
         self._rejected = False
         self._discarded = 0
+        self._padded = False  # a head of this connection had a line ending in whitespace: trim the values
         self._reading: bytes | None = None  # the read being parsed, while it may begin a head (methods.stand_in)
 
     # The seam's RequestGuard: called by uvicorn's protocol (adapters.uvicorn_seam).
@@ -315,6 +324,8 @@ class Guard:
 
         Raises Exceeded with the head still open: the rejection then answers for this request.
         """
+        if self._padded:
+            strip_values(headers)
         hit = check_head(self._limits, method, target, headers, version)
         if hit is None and not self._admitted and self._admission is not None:
             if self._admission.admit(self._conn.running_requests):
@@ -362,6 +373,11 @@ class Guard:
             return False
         if self._head_since is None:  # the first bytes of a request head: its clock starts
             self._head_since = self._conn.loop.time()
+        if not self._padded and (b" \r\n" in data or b"\t\r\n" in data):
+            # A field value may end in whitespace, which httptools leaves in it (gunicorn and h11 trim it): this
+            # connection's heads are trimmed from now on. Two scans of the read here cost less than one test
+            # per header field of every request.
+            self._padded = True
         size = self._head_size + len(data)
         # A head that fits in its request-line limit can have broken none: the common case stops here.
         if size > self._limits.request_line:

@@ -204,3 +204,16 @@ def test_fragment_stays_out_of_the_query_string(run_cli: Callable[..., Cluster],
     _cluster, port = start(run_cli, "--http", parser)
     [(status, body)] = responses(exchange(port, b"GET /p?q=1#frag HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
     assert status == 200 and (seen(body)["path"], seen(body)["query_string"]) == ("/p", "q=1")
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_field_values_lose_trailing_whitespace(run_cli: Callable[..., Cluster], parser: str) -> None:
+    _cluster, port = start(run_cli, "--http", parser)
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a \t \r\n\r\n")  # the head of a keep-alive connection...
+        answer = b""
+        while not answer.endswith(b"}"):
+            answer += sock.recv(65536)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-B: b\t\r\nConnection: close\r\n\r\n")  # ...and the next one
+        answer += read_all(sock)
+    assert [seen(body)["headers"][1] for _, body in responses(answer)] == [["x-a", "a"], ["x-b", "b"]]
