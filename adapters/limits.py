@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .methods import stand_in
+from .methods import COMMON, conventional, stand_in
 from .uvicorn_seam import Headers, HttpConnection, RequestRefused
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers, v
             else:
                 watched.append((name, value))
     # Most requests: HTTP/1.1, a path, and of the watched fields one Host only: nothing more to check.
-    if version is not None and (version != "1.1" or target[:1] != b"/" or (
+    if version is not None and (version != "1.1" or target[:1] != b"/" or method not in COMMON or (
             watched is not None and (len(watched) > 1 or watched[0][0] != b"host"))):
         hit = check_framing(method, target, version, watched or [])
         if hit is not None:
@@ -156,6 +156,7 @@ def check_framing(method: bytes, target: bytes, version: str, headers: Headers) 
     """The 400 for a head whose framing or origin is ambiguous, as gunicorn refuses them; None if none.
 
     ``headers``: (lowercased name, value), at least those named in ``_FRAMING_NAMES`` and those with "_".
+    A method with lowercase letters or "#", or of fewer than 3 or more than 20 characters,
     Content-Length with Transfer-Encoding (a proxy that reads the other one sees another request after it:
     smuggling), chunked on HTTP/1.0, two Host or Content-Type fields, X-Forwarded-Proto / -Ssl / -Protocol
     that disagree, a header name with "_" (a WSGI environ cannot tell it from "-"), a version other than 1.0
@@ -163,6 +164,8 @@ def check_framing(method: bytes, target: bytes, version: str, headers: Headers) 
     """
     if version not in ("1.1", "1.0"):
         return Exceeded(400, f"HTTP/{version} is not HTTP/1.x")
+    if method not in COMMON and not conventional(method):
+        return Exceeded(400, f"the method {method.decode('latin-1')!r} (3 to 20 characters, no lowercase, no #)")
     if target[:1] != b"/":
         if target == b"*":
             if method != b"OPTIONS":
@@ -315,7 +318,7 @@ class Guard:
         data = self._reading
         if data is None or self._head_size != len(data) or self._conn.in_flight:
             return None
-        return stand_in(data, self._limits.request_line)
+        return stand_in(data)
 
     # Accounting, called from inside the parser: raising Exceeded fails the parse.
 

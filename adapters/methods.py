@@ -16,20 +16,30 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["STAND_IN", "httptools_knows", "stand_in"]
+__all__ = ["COMMON", "STAND_IN", "conventional", "httptools_knows", "stand_in"]
+
+COMMON = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
 
 STAND_IN = b"GET"
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2 tchar
+# RFC 9110 5.6.2 tchar, less what gunicorn refuses in a method by default (permit_unconventional_http_method):
+# lowercase letters and "#", and fewer than 3 or more than 20 characters.
+_METHOD = re.compile(rb"[!$%&'*+\-.^_`|~0-9A-Z]{3,20}")
 
 
-def stand_in(data: bytes, limit: int) -> tuple[bytes, bytes] | None:
-    """``(data with its method replaced by STAND_IN, the method)`` when ``data`` begins with a token method of at
-    most ``limit`` bytes, followed by a space, that httptools does not know; None otherwise."""
-    space = data.find(b" ", 0, limit + 1)
+def conventional(method: bytes) -> bool:
+    """Whether gunicorn accepts ``method`` by default (h11 takes any token: ``-bl`` too)."""
+    return _METHOD.fullmatch(method) is not None
+
+
+def stand_in(data: bytes) -> tuple[bytes, bytes] | None:
+    """``(data with its method replaced by STAND_IN, the method)`` when ``data`` begins with a method that gunicorn
+    accepts (a token of 3 to 20 characters, no lowercase, no "#"), followed by a space, that httptools does not
+    know; None otherwise."""
+    space = data.find(b" ", 0, 21)
     if space <= 0:
         return None
     method = data[:space]
-    if _TOKEN.fullmatch(method) is None or httptools_knows(method):
+    if _METHOD.fullmatch(method) is None or httptools_knows(method):
         return None
     return STAND_IN + data[space:], method
 

@@ -196,7 +196,8 @@ def test_extension_methods_reach_the_app(run_cli: Callable[..., Cluster], parser
                 answer += sock.recv(65536)
             [(status, body)] = responses(answer)
             assert status == 200 and (seen(body)["method"], seen(body)["body"]) == ("FOO", "hi")
-    assert [status for status, _ in responses(exchange(port, b"F(O / HTTP/1.1\r\nHost: t\r\n\r\n"))] == [400]
+    for method in (b"F(O", b"-bl"):  # not a token; lowercase (gunicorn refuses it)
+        assert [status for status, _ in responses(exchange(port, method + b" / HTTP/1.1\r\nHost: t\r\n\r\n"))] == [400]
 
 
 @pytest.mark.parametrize("parser", PARSERS)
