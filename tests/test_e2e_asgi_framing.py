@@ -218,3 +218,15 @@ def test_field_values_lose_trailing_whitespace(run_cli: Callable[..., Cluster], 
         sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX-B: b\t\r\nConnection: close\r\n\r\n")  # ...and the next one
         answer += read_all(sock)
     assert [seen(body)["headers"][1] for _, body in responses(answer)] == [["x-a", "a"], ["x-b", "b"]]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("closing", [b"GET /one HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                                     b"GET /one HTTP/1.0\r\n\r\n"])
+def test_request_that_closes_is_answered_despite_bytes_after_it(run_cli: Callable[..., Cluster], parser: str,
+                                                                closing: bytes) -> None:
+    """Bytes after a request that ends the connection: that request is answered, and nothing after it is served."""
+    _cluster, port = start(run_cli, "--http", parser)
+    answers = responses(exchange(port, closing + b"GET /two HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert answers and answers[0][0] == 200 and seen(answers[0][1])["path"] == "/one", answers
+    assert all(status == 400 for status, _ in answers[1:]), answers
