@@ -305,10 +305,11 @@ class Guard:
                 self._reading = None  # one stand-in per read: if the request fails again, it is refused
                 if self._conn.reparse(*standing):
                     return True
-            # The parser's own complaint (uvicorn logged it) is answered here too: uvicorn would close at once,
-            # under the answers still owed to requests pipelined before it, and with unread bytes the close
-            # resets the connection, which can destroy the 400 before the client reads it.
-            self._limit_hit = Exceeded(400, "Invalid HTTP request received.", logged=True)
+            # The parser's own complaint is answered here too: uvicorn would close at once, under the answers
+            # still owed to requests pipelined before it, and with unread bytes the close resets the
+            # connection, which can destroy the 400 before the client reads it. uvicorn logged it, unless its
+            # warning was muted for a stand-in that this protocol could not take (h11).
+            self._limit_hit = Exceeded(400, "Invalid HTTP request received.", logged=standing is None)
         self._reject()
         return True
 
