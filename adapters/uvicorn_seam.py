@@ -483,10 +483,12 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
 
 
 class _MethodStandIn:
-    """An httptools protocol's request method, when the parser was given a stand-in for it (HttpConnection.reparse)."""
+    """What the guarded httptools protocol keeps of a request besides uvicorn's: the method the parser was given a
+    stand-in for (HttpConnection.reparse), the trailer fields."""
 
     parser: Any
     stand_in_for: bytes | None = None  # a class default: no cost per connection
+    trailing: Headers | None = None  # the trailer fields of the request being parsed
 
 
 def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], upgraded_close: bool
@@ -506,17 +508,20 @@ def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], R
                 self.stand_in_for = None
             # uvicorn's on_header goes on appending to this list, the scope's, when a chunked body's trailer
             # fields come: a trailer would reach the app (and the proxy headers: a trailer X-Forwarded-For).
-            # The protocol appends to a copy from here on; the scope keeps the head's fields only.
-            self.headers = self.headers[:]
+            # Trailers go to a list of their own; the scope keeps the head's fields. An upgrade keeps the list:
+            # uvicorn reads it again to decide (and a request that upgrades has no trailers).
+            if parser.should_upgrade():
+                self.trailing = None
+            else:
+                self.headers = self.trailing = []
 
         def on_body(self, body: bytes) -> None:
             self._guard.body_received(len(body))
             super().on_body(body)
 
         def on_message_complete(self) -> None:
-            headers = self.headers
-            if headers is not None and self.scope is not None and len(headers) > len(self.scope["headers"]):
-                self._guard.trailers_received(headers[len(self.scope["headers"]):])
+            if self.trailing:
+                self._guard.trailers_received(self.trailing)
             super().on_message_complete()
             self._guard.message_completed()
 
