@@ -19,7 +19,11 @@ uvicorn than ``uvicorn.Config`` and ``uvicorn.Server`` publish. What it needs, a
   ``conn`` (built in ``__init__``), ``send_400_response(msg)``, which both protocols call after a parser
   error, ``tasks`` (the server state's, for --limit-concurrency), and the protocol's ``ws_protocol_class``
   (read in ``__init__``, called with keywords on an upgrade: the guard learns of an upgraded connection's close
-  from the WebSocket protocol's ``connection_lost``).
+  from the WebSocket protocol's ``connection_lost``). For framing (issue 22): the httptools protocol's
+  ``headers`` list (the scope's, which its ``on_header`` keeps appending to: rebound after the head so that
+  trailers stay out), ``parser.get_http_version()``, ``parser.should_upgrade()``, ``scope["method"]``, a new
+  parser built as ``type(parser)(protocol)`` (``HttpConnection.reparse``), the request cycle's ``on_response``
+  and ``response_complete`` (``after_responses``), and h11's ``Request`` event rebuilt and ``EndOfMessage.headers``.
 
 Every name here was checked against uvicorn 0.30.0 (the oldest the pin in pyproject.toml allows) and 0.54.0
 (the newest on PyPI on 2026-11-29), reading their ``config.py``, ``server.py``,
