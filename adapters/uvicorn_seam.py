@@ -486,6 +486,25 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
     return Guarded
 
 
+class _Http10Writer:
+    """A request cycle's transport that says ``HTTP/1.0`` in the response's status line (and a 100 Continue's)."""
+
+    __slots__ = ("_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending = True  # the final status line is not written yet
+
+    def write(self, data: bytes) -> None:
+        if self._pending and data.startswith(b"HTTP/1.1 "):
+            self._pending = data[9:10] == b"1"  # an interim answer: the final one follows
+            data = b"HTTP/1.0 " + data[9:]
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _MethodStandIn:
     """What the guarded httptools protocol keeps of a request besides uvicorn's: the method the parser was given a
     stand-in for (HttpConnection.reparse), the trailer fields."""
@@ -505,7 +524,8 @@ def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], R
         def on_headers_complete(self) -> None:
             parser = self.parser
             method = self.stand_in_for or parser.get_method()
-            self._guard.head_parsed(method, self.url, parser.get_http_version(), self.headers)
+            version = parser.get_http_version()
+            self._guard.head_parsed(method, self.url, version, self.headers)
             super().on_headers_complete()
             if self.stand_in_for is not None:  # the parser saw a stand-in for this request's method
                 self.scope["method"] = method.decode("ascii")
@@ -518,6 +538,8 @@ def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], R
                 self.trailing = None
             else:
                 self.headers = self.trailing = []
+                if version == "1.0":  # uvicorn answers "HTTP/1.1" to every request; gunicorn answers in kind
+                    self.cycle.transport = _Http10Writer(self.cycle.transport)
 
         def on_body(self, body: bytes) -> None:
             self._guard.body_received(len(body))
@@ -542,6 +564,13 @@ def _guarded_h11(
             super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
             self._guard = guard
 
+        def _send_http10(self, event: Any) -> bytes | None:
+            """h11's send, saying ``HTTP/1.0`` in a response's status line (h11 says 1.1 to every request)."""
+            data: bytes | None = h11.Connection.send(self, event)
+            if data and isinstance(event, (h11.Response, h11.InformationalResponse)):
+                data = b"HTTP/1.0" + data[8:]
+            return data
+
         def next_event(self) -> Any:
             event = super().next_event()
             try:
@@ -554,6 +583,11 @@ def _guarded_h11(
                         # protocol would leave it in the scope's query string (httptools' URL parser drops it).
                         event = h11.Request(method=event.method, target=event.target.partition(b"#")[0],
                                             headers=event.headers.raw_items(), http_version=event.http_version)
+                    # This request's answer says HTTP/1.0 if it did (an instance attribute over h11's send).
+                    if event.http_version == b"1.0":
+                        vars(self)["send"] = self._send_http10
+                    else:
+                        vars(self).pop("send", None)
                 elif isinstance(event, h11.EndOfMessage):
                     if event.headers:  # trailers: uvicorn drops them
                         self._guard.trailers_received(list(event.headers))

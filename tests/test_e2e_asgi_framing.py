@@ -36,7 +36,7 @@ def exchange(port: int, data: bytes) -> bytes:
 def responses(raw: bytes) -> list[tuple[int, bytes]]:
     """The (status, body) of each response in ``raw``: Content-Length, chunked, or up to the close (h11's 400)."""
     found = []
-    while raw.startswith(b"HTTP/1.1 "):
+    while raw.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")):
         head, _, rest = raw.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         fields = {name.strip(): value.strip() for name, value in (line.lower().split(b":", 1) for line in lines[1:])}
@@ -230,3 +230,12 @@ def test_request_that_closes_is_answered_despite_bytes_after_it(run_cli: Callabl
     answers = responses(exchange(port, closing + b"GET /two HTTP/1.1\r\nHost: t\r\n\r\n"))
     assert answers and answers[0][0] == 200 and seen(answers[0][1])["path"] == "/one", answers
     assert all(status == 400 for status, _ in answers[1:]), answers
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_http10_request_gets_an_http10_status_line(run_cli: Callable[..., Cluster], parser: str) -> None:
+    """As gunicorn answers: the response to an HTTP/1.0 request says HTTP/1.0 (and to HTTP/1.1, 1.1)."""
+    _cluster, port = start(run_cli, "--http", parser)
+    assert exchange(port, b"GET /a HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 OK\r\n")
+    raw = exchange(port, b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and seen(responses(raw)[0][1])["path"] == "/b"
