@@ -23,7 +23,8 @@ uvicorn than ``uvicorn.Config`` and ``uvicorn.Server`` publish. What it needs, a
   ``headers`` list (the scope's, which its ``on_header`` keeps appending to: rebound after the head so that
   trailers stay out), ``parser.get_http_version()``, ``parser.should_upgrade()``, ``scope["method"]``, a new
   parser built as ``type(parser)(protocol)`` (``HttpConnection.reparse``), the request cycle's ``on_response``
-  and ``response_complete`` (``after_responses``), and h11's ``Request`` event rebuilt and ``EndOfMessage.headers``.
+  and ``response_complete`` (``after_responses``), its ``transport`` (wrapped for an HTTP/1.0 request's status
+  line), h11's ``Request`` event rebuilt, its ``EndOfMessage.headers``, and its ``Connection.send``.
 
 Every name here was checked against uvicorn 0.30.0 (the oldest the pin in pyproject.toml allows) and 0.54.0
 (the newest on PyPI on 2026-11-29), reading their ``config.py``, ``server.py``,
