@@ -118,22 +118,28 @@ def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers, v
         return Exceeded(431, f"{len(headers)} header fields (the limit is {limits.header_count})")
     # gunicorn's limit_request_field_size counts the field's line: name, ": ", value and the CRLF.
     field_limit = limits.header_field - 4
-    watched: Headers | None = None
-    for name, value in headers:
-        if len(name) + len(value) > field_limit:
-            size = len(name) + len(value) + 4
-            return Exceeded(431, f"a header line of {size} bytes (the limit is {limits.header_field})")
-        if name in _FRAMING_NAMES or 95 in name:  # 95: "_"
-            if watched is None:
-                watched = [(name, value)]
-            else:
-                watched.append((name, value))
-    # Most requests: HTTP/1.1, a path, and of the watched fields one Host only: nothing more to check.
-    if version is not None and (version != "1.1" or target[:1] != b"/" or method not in COMMON or (
-            watched is not None and (len(watched) > 1 or watched[0][0] != b"host"))):
-        hit = check_framing(method, target, version, watched or [])
-        if hit is not None:
-            return hit
+    if version is None:
+        for name, value in headers:
+            if len(name) + len(value) > field_limit:
+                return _line_too_long(limits, name, value)
+    else:
+        watched: Headers | None = None
+        host = False
+        for name, value in headers:
+            if len(name) + len(value) > field_limit:
+                return _line_too_long(limits, name, value)
+            if name in _FRAMING_NAMES or 95 in name:  # 95: "_"
+                if name == b"host" and not host:  # the one Host most requests have: nothing to keep
+                    host = True
+                elif watched is None:
+                    watched = [(name, value)]
+                else:
+                    watched.append((name, value))
+        # Most requests: HTTP/1.1, a path, a common method, and of the watched fields one Host only.
+        if watched is not None or version != "1.1" or target[:1] != b"/" or method not in COMMON:
+            hit = check_framing(method, target, version, watched or [], host)
+            if hit is not None:
+                return hit
     if limits.body:
         for name, value in headers:
             if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limits.body:
@@ -152,10 +158,17 @@ _FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding
 _ABSOLUTE_TARGET = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+([/?][^#\s]*)?")
 
 
-def check_framing(method: bytes, target: bytes, version: str, headers: Headers) -> Exceeded | None:
+def _line_too_long(limits: Limits, name: bytes, value: bytes) -> Exceeded:
+    size = len(name) + len(value) + 4
+    return Exceeded(431, f"a header line of {size} bytes (the limit is {limits.header_field})")
+
+
+def check_framing(method: bytes, target: bytes, version: str, headers: Headers, host: bool = False
+                  ) -> Exceeded | None:
     """The 400 for a head whose framing or origin is ambiguous, as gunicorn refuses them; None if none.
 
-    ``headers``: (lowercased name, value), at least those named in ``_FRAMING_NAMES`` and those with "_".
+    ``headers``: (lowercased name, value), at least those named in ``_FRAMING_NAMES`` and those with "_"; ``host``:
+    a Host field was seen besides those (another one in ``headers`` is a second).
     A method with lowercase letters or "#", or of fewer than 3 or more than 20 characters,
     Content-Length with Transfer-Encoding (a proxy that reads the other one sees another request after it:
     smuggling), chunked on HTTP/1.0, two Host or Content-Type fields, X-Forwarded-Proto / -Ssl / -Protocol
@@ -172,7 +185,7 @@ def check_framing(method: bytes, target: bytes, version: str, headers: Headers) 
                 return Exceeded(400, f"the target * with {method.decode('latin-1')} (only OPTIONS)")
         elif method != b"CONNECT" and _ABSOLUTE_TARGET.fullmatch(target) is None:
             return Exceeded(400, "a request target that is neither a path nor an absolute URL")
-    seen: set[bytes] = set()
+    seen: set[bytes] = {b"host"} if host else set()
     length = chunked = coded = False
     secure: bool | None = None
     for name, value in headers:
