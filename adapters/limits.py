@@ -29,21 +29,29 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .methods import COMMON, conventional, stand_in
 from .uvicorn_seam import Headers, HttpConnection, RequestRefused
 
 if TYPE_CHECKING:
     from .admission import Admission
 
-__all__ = ["Exceeded", "Guard", "HeadClock", "Limits", "check_head", "head_end", "measure_head"]
+__all__ = ["Exceeded", "Guard", "HeadClock", "Limits", "check_framing", "check_head", "check_trailers", "head_end",
+           "measure_head"]
 
 logger = logging.getLogger("clusterrun")
 
 # After a rejection: how long and how much of what the client still sends is read and discarded.
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1024 * 1024
+# A body's framing (chunk-size lines with their extensions, trailers) may take this many bytes, plus this many
+# per byte of body (a body sent in 1-byte chunks takes 5 per byte), before the request is refused: a client
+# must not stream gigabytes of chunk extensions with no body (uvicorn's parsers bound neither).
+_FRAMING_BYTES = 64 * 1024
+_FRAMING_RATIO = 16
 _SWEEP_EVERY = 1.0  # seconds between two checks of the head clocks: a head may outlive its timeout by this
 
 
@@ -99,22 +107,127 @@ def head_end(buf: bytes) -> int:
     return crlf + 3 if lf < 0 or crlf < lf else lf + 2
 
 
-def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers) -> Exceeded | None:
-    """What a parsed head breaks of ``limits`` (request line 414, header count and size 431, Content-Length 413)."""
+def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers, version: str | None = None
+               ) -> Exceeded | None:
+    """What a parsed head breaks of ``limits`` (request line 414, header count and size 431, Content-Length 413);
+    with ``version`` ("1.1"), also of HTTP's framing rules (400, ``check_framing``; header names lowercased).
+
+    One pass over the headers for both: this runs for every request.
+    """
     if len(method) + len(target) + 10 > limits.request_line:  # 10: the two spaces and " HTTP/1.1"
         return Exceeded(414, f"a request line longer than {limits.request_line} bytes")
     if len(headers) > limits.header_count:
         return Exceeded(431, f"{len(headers)} header fields (the limit is {limits.header_count})")
-    field_limit = limits.header_field - 4  # gunicorn counts the field's line: "name: value" and its CRLF
-    for name, value in headers:
-        if len(name) + len(value) > field_limit:
-            size = len(name) + len(value) + 4
-            return Exceeded(431, f"a header field line of {size} bytes (the limit is {limits.header_field})")
+    # gunicorn's limit_request_field_size counts the field's line: name, ": ", value and the CRLF.
+    field_limit = limits.header_field - 4
+    if version is None:
+        for name, value in headers:
+            if len(name) + len(value) > field_limit:
+                return _line_too_long(limits, name, value)
+    else:
+        watched: Headers | None = None
+        host = False
+        for name, value in headers:
+            if len(name) + len(value) > field_limit:
+                return _line_too_long(limits, name, value)
+            if name in _FRAMING_NAMES or 95 in name:  # 95: "_"
+                if name == b"host" and not host:  # the one Host most requests have: nothing to keep
+                    host = True
+                elif watched is None:
+                    watched = [(name, value)]
+                else:
+                    watched.append((name, value))
+        # Most requests: HTTP/1.1, a path, a common method, and of the watched fields one Host only.
+        if watched is not None or version != "1.1" or target[:1] != b"/" or method not in COMMON:
+            hit = check_framing(method, target, version, watched or [], host)
+            if hit is not None:
+                return hit
     if limits.body:
         for name, value in headers:
             if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limits.body:
                 return Exceeded(413, f"a body of {int(value)} bytes (the limit is {limits.body})")
     return None
+
+
+# Header fields whose duplicates or combinations make a request ambiguous (as gunicorn's message.py refuses).
+_SINGLETONS = frozenset((b"host", b"content-type"))
+_SECURE_VALUES = {b"x-forwarded-proto": b"https", b"x-forwarded-ssl": b"on", b"x-forwarded-protocol": b"ssl"}
+_FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", *_SINGLETONS, *_SECURE_VALUES))
+# RFC 9110 6.5.1: fields that change routing, framing or authentication, never accepted in trailers.
+# (Trailers never reach the app's headers anyway: this refuses what no honest client sends, as gunicorn does.)
+_FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding", b"trailer", b"authorization",
+                                 b"te"))
+_ABSOLUTE_TARGET = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+([/?][^#\s]*)?")
+
+
+def _line_too_long(limits: Limits, name: bytes, value: bytes) -> Exceeded:
+    size = len(name) + len(value) + 4
+    return Exceeded(431, f"a header line of {size} bytes (the limit is {limits.header_field})")
+
+
+def check_framing(method: bytes, target: bytes, version: str, headers: Headers, host: bool = False
+                  ) -> Exceeded | None:
+    """The 400 for a head whose framing or origin is ambiguous, as gunicorn refuses them; None if none.
+
+    ``headers``: (lowercased name, value), at least those named in ``_FRAMING_NAMES`` and those with "_"; ``host``:
+    a Host field was seen besides those (another one in ``headers`` is a second).
+    A method with lowercase letters or "#", or of fewer than 3 or more than 20 characters,
+    Content-Length with Transfer-Encoding (a proxy that reads the other one sees another request after it:
+    smuggling), chunked on HTTP/1.0, two Host or Content-Type fields, X-Forwarded-Proto / -Ssl / -Protocol
+    that disagree, a header name with "_" (a WSGI environ cannot tell it from "-"), a version other than 1.0
+    and 1.1, "*" other than for OPTIONS, and a target that is none of origin, absolute or authority form.
+    """
+    if version not in ("1.1", "1.0"):
+        return Exceeded(400, f"HTTP/{version} is not HTTP/1.x")
+    if method not in COMMON and not conventional(method):
+        return Exceeded(400, f"the method {method.decode('latin-1')!r} (3 to 20 characters, no lowercase, no #)")
+    if target[:1] != b"/":
+        if target == b"*":
+            if method != b"OPTIONS":
+                return Exceeded(400, f"the target * with {method.decode('latin-1')} (only OPTIONS)")
+        elif method != b"CONNECT" and _ABSOLUTE_TARGET.fullmatch(target) is None:
+            return Exceeded(400, "a request target that is neither a path nor an absolute URL")
+    seen: set[bytes] = {b"host"} if host else set()
+    length = chunked = coded = False
+    secure: bool | None = None
+    for name, value in headers:
+        if 95 in name:
+            return Exceeded(400, f"a header name with an underscore ({name.decode('latin-1')})")
+        if name in _SINGLETONS:
+            if name in seen:
+                return Exceeded(400, f"two {name.decode()} header fields")
+            seen.add(name)
+        elif name == b"content-length":
+            length = True
+        elif name == b"transfer-encoding":
+            coded = True
+            chunked = chunked or b"chunked" in value.lower()
+        else:
+            says = value.strip().lower() == _SECURE_VALUES[name]
+            if secure is not None and says != secure:
+                return Exceeded(400, "X-Forwarded-Proto, -Ssl or -Protocol headers that disagree")
+            secure = says
+    if length and coded:
+        return Exceeded(400, "both Content-Length and Transfer-Encoding")
+    if chunked and version == "1.0":
+        return Exceeded(400, "a chunked body on HTTP/1.0")
+    return None
+
+
+def check_trailers(trailers: Headers) -> Exceeded | None:
+    """The 400 for trailer fields that may not be trailers (lowercased names); None if none."""
+    for name, _value in trailers:
+        if name in _FORBIDDEN_TRAILERS:
+            return Exceeded(400, f"a {name.decode('latin-1')} trailer field")
+    return None
+
+
+def strip_values(headers: Headers) -> None:
+    """Trim the whitespace that ends field values (RFC 9112 5: OWS is not part of the value), in place."""
+    for index, (name, value) in enumerate(headers):
+        trimmed = value.rstrip(b" \t")
+        if len(trimmed) != len(value):
+            headers[index] = (name, trimmed)
 
 
 class HeadClock:
@@ -158,9 +271,12 @@ class Guard:
         self._heads_done = 0  # counts parsed heads: tells data_received whether one ended during a read
         self._head_since: float | None = None  # when the open head's first byte came (loop time)
         self._body_size = 0
+        self._body_wire = 0  # bytes read while in a body (chunk framing included): bounds the framing
         self._limit_hit: Exceeded | None = None
         self._rejected = False
         self._discarded = 0
+        self._padded = False  # a head of this connection had a line ending in whitespace: trim the values
+        self._reading: bytes | None = None  # the read being parsed, while it may begin a head (methods.stand_in)
 
     # The seam's RequestGuard: called by uvicorn's protocol (adapters.uvicorn_seam).
 
@@ -178,31 +294,58 @@ class Guard:
     def data_received(self, data: bytes) -> None:
         if not (self._head_open or self._rejected):  # a body: the parser's (and the body limit's) business
             self._conn.parse(data)
+            if not (self._head_open or self._rejected):  # still in this body: its framing is bounded
+                self._body_wire += len(data)
+                if self._body_wire - self._body_size > _FRAMING_BYTES + _FRAMING_RATIO * self._body_size:
+                    self._limit_hit = Exceeded(400, "chunk extensions or trailers out of proportion to the body")
+                    self._reject()
             return
         if self._guard_data(data):
             heads_before = self._heads_done
+            self._reading = data
             self._conn.parse(data)
+            self._reading = None
             if self._head_open and self._heads_done == heads_before:  # the same head goes on in the next read
                 self._head_tail = data[-2:]
                 self._line_seen = self._line_seen or b"\n" in data
 
     def refusing(self) -> bool:
-        return self._limit_hit is not None
+        # Asked when uvicorn warns (rare): a request about to be re-parsed with a stand-in method is not refused.
+        return self._limit_hit is not None or self._stand_in() is not None
 
     def bad_request(self) -> bool:
         if self._limit_hit is None:
-            return False  # the parser's own complaint: uvicorn answers 400
+            standing = self._stand_in()
+            if standing is not None:
+                self._reading = None  # one stand-in per read: if the request fails again, it is refused
+                if self._conn.reparse(*standing):
+                    return True
+            # The parser's own complaint is answered here too: uvicorn would close at once, under the answers
+            # still owed to requests pipelined before it, and with unread bytes the close resets the
+            # connection, which can destroy the 400 before the client reads it. uvicorn logged it, unless its
+            # warning was muted for a stand-in that this protocol could not take (h11).
+            self._limit_hit = Exceeded(400, "Invalid HTTP request received.", logged=standing is None)
         self._reject()
         return True
 
+    def _stand_in(self) -> tuple[bytes, bytes] | None:
+        """The read that failed to parse with its method replaced, and the method, if the parser failed on an
+        extension method (adapters.methods): only where the read begins a request and none is in flight."""
+        data = self._reading
+        if data is None or self._head_size != len(data) or self._conn.in_flight:
+            return None
+        return stand_in(data)
+
     # Accounting, called from inside the parser: raising Exceeded fails the parse.
 
-    def head_parsed(self, method: bytes, target: bytes, headers: Headers) -> None:
+    def head_parsed(self, method: bytes, target: bytes, version: str, headers: Headers) -> None:
         """The head was parsed and the app is about to be called: check what only a parsed head tells.
 
         Raises Exceeded with the head still open: the rejection then answers for this request.
         """
-        hit = check_head(self._limits, method, target, headers)
+        if self._padded:
+            strip_values(headers)
+        hit = check_head(self._limits, method, target, headers, version)
         if hit is None and not self._admitted and self._admission is not None:
             if self._admission.admit(self._conn.running_requests):
                 self._admitted = True
@@ -216,15 +359,21 @@ class Guard:
         self._heads_done += 1
 
     def body_received(self, size: int) -> None:
+        self._body_size += size
         limit = self._limits.body
         if limit:
-            self._body_size += size
             if self._body_size > limit:
                 raise self._exceeded(413, f"a body of more than {limit} bytes")
 
+    def trailers_received(self, trailers: Headers) -> None:
+        hit = check_trailers(trailers)
+        if hit is not None:
+            self._limit_hit = hit
+            raise hit
+
     def message_completed(self) -> None:
         self._head_open = True
-        self._head_size = self._body_size = 0
+        self._head_size = self._body_size = self._body_wire = 0
         self._head_tail = b""
         self._line_seen = False
 
@@ -243,6 +392,11 @@ class Guard:
             return False
         if self._head_since is None:  # the first bytes of a request head: its clock starts
             self._head_since = self._conn.loop.time()
+        if not self._padded and (b" \r\n" in data or b"\t\r\n" in data):
+            # A field value may end in whitespace, which httptools leaves in it (gunicorn and h11 trim it): this
+            # connection's heads are trimmed from now on. Two scans of the read here cost less than one test
+            # per header field of every request.
+            self._padded = True
         size = self._head_size + len(data)
         # A head that fits in its request-line limit can have broken none: the common case stops here.
         if size > self._limits.request_line:
@@ -280,11 +434,23 @@ class Guard:
 
     def _reject(self) -> None:
         """Answer the limit that was hit (unless this request's response already started), then close lingering."""
-        hit = self._limit_hit
         conn = self._conn
         transport = conn.transport
         self._rejected = True
         self._head_since = None
+        if transport.is_closing():
+            return
+        if self._head_open and conn.in_flight:
+            # A request pipelined behind one still being answered is refused: every complete request before it
+            # is answered first, then the refusal (what the client sends meanwhile is discarded: _rejected).
+            conn.after_responses(self._answer_refusal)
+            return
+        self._answer_refusal()
+
+    def _answer_refusal(self) -> None:
+        hit = self._limit_hit
+        conn = self._conn
+        transport = conn.transport
         if transport.is_closing():
             return
         if hit is not None and not hit.logged:

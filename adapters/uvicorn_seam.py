@@ -19,7 +19,12 @@ uvicorn than ``uvicorn.Config`` and ``uvicorn.Server`` publish. What it needs, a
   ``conn`` (built in ``__init__``), ``send_400_response(msg)``, which both protocols call after a parser
   error, ``tasks`` (the server state's, for --limit-concurrency), and the protocol's ``ws_protocol_class``
   (read in ``__init__``, called with keywords on an upgrade: the guard learns of an upgraded connection's close
-  from the WebSocket protocol's ``connection_lost``).
+  from the WebSocket protocol's ``connection_lost``). For framing (issue 22): the httptools protocol's
+  ``headers`` list (the scope's, which its ``on_header`` keeps appending to: rebound after the head so that
+  trailers stay out), ``parser.get_http_version()``, ``parser.should_upgrade()``, ``scope["method"]``, a new
+  parser built as ``type(parser)(protocol)`` (``HttpConnection.reparse``), the request cycle's ``on_response``
+  and ``response_complete`` (``after_responses``), its ``transport`` (wrapped for an HTTP/1.0 request's status
+  line), h11's ``Request`` event rebuilt, its ``EndOfMessage.headers``, and its ``Connection.send``.
 
 Every name here was checked against uvicorn 0.30.0 (the oldest the pin in pyproject.toml allows) and 0.54.0
 (the newest on PyPI on 2026-11-29), reading their ``config.py``, ``server.py``,
@@ -31,6 +36,7 @@ those files for the names above and run both envs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -69,11 +75,14 @@ class RequestGuard(Protocol):
     def data_received(self, data: bytes) -> None:
         """Bytes from the client; the guard passes them on to ``HttpConnection.parse`` (or does not)."""
 
-    def head_parsed(self, method: bytes, target: bytes, headers: Headers) -> None:
-        """A request head is parsed; uvicorn calls the app next."""
+    def head_parsed(self, method: bytes, target: bytes, version: str, headers: Headers) -> None:
+        """A request head is parsed (``version``: "1.1"; header names lowercased); uvicorn calls the app next."""
 
     def body_received(self, size: int) -> None:
         """``size`` bytes of a request body were parsed; uvicorn hands them to the app next."""
+
+    def trailers_received(self, trailers: Headers) -> None:
+        """A chunked body ended with these trailer fields (names lowercased); they never reach the app."""
 
     def message_completed(self) -> None:
         """A request ended (after uvicorn's own handling of its end)."""
@@ -133,6 +142,41 @@ class HttpConnection:
     def response_started(self) -> bool:
         cycle = self._protocol.cycle
         return cycle is not None and bool(cycle.response_started)
+
+    def reparse(self, data: bytes, method: bytes) -> bool:
+        """Parse ``data``, the start of a request, again with a new parser, and give the app ``method`` as the
+        request's method (``data`` has a stand-in the parser knows: adapters.methods); False if the protocol
+        is not httptools' (h11 takes any method itself)."""
+        protocol = self._protocol
+        if not isinstance(protocol, _MethodStandIn):
+            return False
+        parser = type(protocol.parser)(protocol)
+        # uvicorn sets this leniency from 0.3x on (answer a request followed by bytes after its Connection:
+        # close); set here whatever the version, as answering every complete request is what the guard wants.
+        with contextlib.suppress(AttributeError):
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        protocol.parser = parser
+        protocol.stand_in_for = method
+        self.parse(data)
+        return True
+
+    def after_responses(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every request parsed so far is answered (at once if none is in flight).
+
+        Responses complete in order, and the protocol's ``cycle`` is the newest request's: its cycle calls its
+        ``on_response`` when its response is complete (after the ones pipelined before it).
+        """
+        cycle = self._protocol.cycle
+        if cycle is None or cycle.response_complete:
+            callback()
+            return
+        completed = cycle.on_response
+
+        def then() -> None:
+            completed()
+            callback()
+
+        cycle.on_response = then
 
     def disconnect_app(self) -> None:
         """The app's request sees the client gone: ``receive()`` says disconnect, its sends are dropped."""
@@ -253,6 +297,11 @@ class Stack:
         self._state = ServerState()
         self._http_protocol: type[Any] = config.http_protocol_class
         self.encoded_headers: Headers = list(config.encoded_headers)
+
+    @property
+    def parser(self) -> str:
+        """The HTTP parser uvicorn's protocol class uses: "httptools" or "h11" (for the start log)."""
+        return "h11" if issubclass(self._config.http_protocol_class, H11Protocol) else "httptools"
 
     # Building the protocol classes (before serving).
 
@@ -438,20 +487,68 @@ def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuar
     return Guarded
 
 
+class _Http10Writer:
+    """A request cycle's transport that says ``HTTP/1.0`` in the response's status line (and a 100 Continue's)."""
+
+    __slots__ = ("_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending = True  # the final status line is not written yet
+
+    def write(self, data: bytes) -> None:
+        if self._pending and data.startswith(b"HTTP/1.1 "):
+            self._pending = data[9:10] == b"1"  # an interim answer: the final one follows
+            data = b"HTTP/1.0 " + data[9:]
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _MethodStandIn:
+    """What the guarded httptools protocol keeps of a request besides uvicorn's: the method the parser was given a
+    stand-in for (HttpConnection.reparse), the trailer fields."""
+
+    parser: Any
+    stand_in_for: bytes | None = None  # a class default: no cost per connection
+    trailing: Headers | None = None  # the trailer fields of the request being parsed
+
+
 def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], upgraded_close: bool
                        ) -> type[Any]:
-    class GuardedHttptools(_guarded(base, make_guard, upgraded_close)):  # type: ignore[misc]
+    class GuardedHttptools(_guarded(base, make_guard, upgraded_close), _MethodStandIn):  # type: ignore[misc]
+        headers: Headers  # uvicorn's: the request's header fields (the scope's list, until the head is parsed)
+        scope: Any
         # httptools calls these by the names it finds on the protocol when uvicorn builds the parser; an
         # exception raised in one makes the parser fail (HttpParserCallbackError, an HttpParserError).
         def on_headers_complete(self) -> None:
-            self._guard.head_parsed(self.parser.get_method(), self.url, self.headers)
+            parser = self.parser
+            method = self.stand_in_for or parser.get_method()
+            version = parser.get_http_version()
+            self._guard.head_parsed(method, self.url, version, self.headers)
             super().on_headers_complete()
+            if self.stand_in_for is not None:  # the parser saw a stand-in for this request's method
+                self.scope["method"] = method.decode("ascii")
+                self.stand_in_for = None
+            # uvicorn's on_header goes on appending to this list, the scope's, when a chunked body's trailer
+            # fields come: a trailer would reach the app (and the proxy headers: a trailer X-Forwarded-For).
+            # Trailers go to a list of their own; the scope keeps the head's fields. An upgrade keeps the list:
+            # uvicorn reads it again to decide (and a request that upgrades has no trailers).
+            if parser.should_upgrade():
+                self.trailing = None
+            else:
+                self.headers = self.trailing = []
+                if version == "1.0":  # uvicorn answers "HTTP/1.1" to every request; gunicorn answers in kind
+                    self.cycle.transport = _Http10Writer(self.cycle.transport)
 
         def on_body(self, body: bytes) -> None:
             self._guard.body_received(len(body))
             super().on_body(body)
 
         def on_message_complete(self) -> None:
+            if self.trailing:
+                self._guard.trailers_received(self.trailing)
             super().on_message_complete()
             self._guard.message_completed()
 
@@ -468,14 +565,33 @@ def _guarded_h11(
             super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
             self._guard = guard
 
+        def _send_http10(self, event: Any) -> bytes | None:
+            """h11's send, saying ``HTTP/1.0`` in a response's status line (h11 says 1.1 to every request)."""
+            data: bytes | None = h11.Connection.send(self, event)
+            if data and isinstance(event, (h11.Response, h11.InformationalResponse)):
+                data = b"HTTP/1.0" + data[8:]
+            return data
+
         def next_event(self) -> Any:
             event = super().next_event()
             try:
                 if isinstance(event, h11.Data):
                     self._guard.body_received(len(event.data))
                 elif isinstance(event, h11.Request):
-                    self._guard.head_parsed(event.method, event.target, event.headers.raw_items())
+                    self._guard.head_parsed(event.method, event.target, event.http_version.decode(),
+                                            list(event.headers))
+                    if 35 in event.target:  # 35: "#". A fragment is the client's (RFC 9112 3.2): uvicorn's h11
+                        # protocol would leave it in the scope's query string (httptools' URL parser drops it).
+                        event = h11.Request(method=event.method, target=event.target.partition(b"#")[0],
+                                            headers=event.headers.raw_items(), http_version=event.http_version)
+                    # This request's answer says HTTP/1.0 if it did (an instance attribute over h11's send).
+                    if event.http_version == b"1.0":
+                        vars(self)["send"] = self._send_http10
+                    else:
+                        vars(self).pop("send", None)
                 elif isinstance(event, h11.EndOfMessage):
+                    if event.headers:  # trailers: uvicorn drops them
+                        self._guard.trailers_received(list(event.headers))
                     self._guard.message_completed()
             except RequestRefused as exc:
                 raise h11.RemoteProtocolError(str(exc)) from exc  # uvicorn then calls send_400_response

@@ -255,3 +255,10 @@ def announce_start(config: Config, policy: str, sockets: list[socket.socket], en
         logger.info("metrics on %s/metrics (and /livez, /readyz)", endpoints.metrics_url)
     if endpoints.health_url:
         logger.info("health on %s/livez and /readyz", endpoints.health_url)
+
+
+def announce_engine(worker: WorkerInfo, engine: str) -> None:
+    """What serves HTTP in the workers ("inline WSGI engine (httptools)", "uvicorn h11 + asyncio"): said once, by
+    the first worker forked, so that a parser or loop fallen back to (h11 without httptools) shows in the log."""
+    if worker.id == 1:
+        logger.info("serving with the %s", engine)

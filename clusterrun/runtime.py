@@ -69,7 +69,11 @@ def serve(
         channel.send_blocking(BootFailed(str(exc)))
         return EXIT_BOOT
     if inline:
-        return _serve_inline(config, info, channel, sockets, closes, loaded, ssl_context, request_clock, first_request)
+        logs.announce_engine(info, "inline WSGI engine (httptools)")
+        return _serve_inline(config, info, channel, sockets, closes, loaded, ssl_context, request_clock,
+                             first_request)
+    loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    logs.announce_engine(info, f"uvicorn {server.stack.parser} + {loop_name}")
     try:
         asyncio.set_event_loop(loop)
         code = loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes, loop).run())
