@@ -23,17 +23,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import socket
 import time
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httptools
 
-from .limits import Exceeded, check_head, measure_head
+from .limits import Exceeded, check_head, check_trailers, measure_head
+from .methods import stand_in
 from .wsgi_respond import Framing, Response, SendFile, error_head, respond
 
 if TYPE_CHECKING:
@@ -57,11 +56,6 @@ _ANSWERS_PER_TURN = 64
 # A chunk's size line (with its extensions) or a trailer field may be this long: gunicorn's limit on a header
 # field. The parser bounds neither (4.8 GB of one chunk extension were taken in 15 s).
 _FRAMING_LINE = 8190
-_FORBIDDEN_TRAILERS = frozenset((b"host", b"content-length", b"transfer-encoding", b"trailer", b"authorization",
-                                 b"te"))
-# RFC 9110's token, upper case, 3 to 20 characters: the methods gunicorn takes (its default, without
-# permit_unconventional_http_method); httptools itself takes only the registered ones.
-_METHOD = re.compile(rb"[A-Z0-9!$%&'*+\-.^_`|~]{3,20}")
 
 
 class Refused(Exception):
@@ -70,27 +64,6 @@ class Refused(Exception):
     def __init__(self, hit: Exceeded | None) -> None:
         super().__init__(hit.why if hit is not None else "malformed request")
         self.hit = hit
-
-
-def check_target(method: bytes, target: bytes) -> None:
-    """A request target that is not a path: ``*`` only for OPTIONS, an authority only for CONNECT, else an
-    absolute URL that parses (gunicorn's rules); raises Exceeded(400) for any other."""
-    if target == b"*":
-        if method != b"OPTIONS":
-            raise Exceeded(400, f"the target * with {method.decode('latin-1')} (only OPTIONS takes it)")
-        return
-    if method == b"CONNECT":
-        return
-    if b"://" not in target:
-        raise Exceeded(400, "a request target that is neither a path nor an absolute URL")
-    try:
-        urlsplit(target)
-    except ValueError:
-        raise Exceeded(400, "a malformed absolute request target") from None
-
-
-class _Quiet:
-    """A parser's protocol with no callbacks: for a parser fed only to find where it fails."""
 
 
 class Request:
@@ -169,8 +142,9 @@ class Connection:
         # A trailer field (after a chunked body): never a header of the request, nor a proxy's word; the fields
         # that would change its routing, framing or credentials are refused, as gunicorn does (RFC 9110 6.5.1).
         self.framing_run = 0
-        if name.lower() in _FORBIDDEN_TRAILERS:
-            raise Exceeded(400, f"a {name.decode('latin-1')} trailer field")
+        hit = check_trailers([(name.lower(), value)])
+        if hit is not None:
+            raise hit
 
     def on_headers_complete(self) -> None:
         parser, headers, url = self.parser, self.headers, self.url
@@ -178,11 +152,7 @@ class Connection:
         if self.extension is not None:  # an extension method the parser was shown as GET (extension_method)
             method, self.extension = self.extension, None
         version = parser.get_http_version()
-        if version[:2] != "1.":  # the parser takes HTTP/2.0 too: HTTP/1.x only, as gunicorn
-            raise Exceeded(400, f"HTTP version {version}")
-        if url[:1] != b"/":
-            check_target(method, url)
-        hit = check_head(self.engine.limits, method, url, headers)
+        hit = check_head(self.engine.limits, method, url, headers, version)
         if hit is not None:
             raise hit
         if not self.admitted:  # the first request: a place of --limit-concurrency, or 503
@@ -205,9 +175,6 @@ class Connection:
     def on_chunk_header(self) -> None:
         """A chunk's size line is parsed (only chunked bodies call this)."""
         self.framing_run = 0
-        request = self.parsing
-        if request is not None and request.version == "1.0":  # RFC 9112 6.1; gunicorn refuses it too
-            raise Exceeded(400, "chunked transfer coding in an HTTP/1.0 request")
 
     def on_body(self, body: bytes) -> None:
         self.framing_run = 0
@@ -350,36 +317,18 @@ class Connection:
             raise Refused(Exceeded(400, f"a chunk size line or trailer field longer than {_FRAMING_LINE} bytes"))
 
     def extension_method(self, data: bytes, fresh: bool) -> bytes | None:
-        """The parser refused a method it does not know (it knows only registered ones): when the method is an
-        RFC 9110 token that gunicorn takes too (upper case, 3 to 20 characters), what is left of ``data`` from
-        that request on, with GET in its place, to feed a new parser (the method itself is restored for the
-        request by on_headers_complete); None when it must be refused.
-
-        Only when that request begins in ``data`` (``fresh``: data begins a head; requests before it in data
-        ended there): a parser with no callbacks, fed ever longer prefixes of data, finds where the method failed;
-        the request begins on that line. No cost before a parser refuses a method.
+        """The parser refused a method it does not know (it knows only registered ones): when the method is one
+        gunicorn takes too (adapters.methods), what is left of ``data`` from that request on, with a stand-in
+        in its place, to feed a new parser (the method itself is restored for the request by
+        on_headers_complete); None when it must be refused. Only when ``data`` begins a head (``fresh``):
+        requests before that one in it ended there.
         """
-        if not fresh:
+        found = stand_in(data) if fresh else None
+        if found is None:
             return None
-        low, high = 0, len(data)  # the shortest prefix the parser refuses: its last byte is the failing one
-        while low < high:
-            middle = (low + high) // 2
-            try:
-                httptools.HttpRequestParser(_Quiet()).feed_data(data[:middle + 1])
-            except httptools.HttpParserInvalidMethodError:
-                high = middle
-            except httptools.HttpParserError:
-                return None
-            else:
-                low = middle + 1
-        begin = data.rfind(b"\n", 0, low) + 1
-        space = data.find(b" ", begin)
-        method = data[begin:space]
-        if space < 0 or not _METHOD.fullmatch(method):
-            return None
-        self.extension = method
+        _begin, rest, self.extension = found
         self.parser = httptools.HttpRequestParser(self)
-        return b"GET" + data[space:]
+        return rest
 
     # Answering, one request at a time, in order.
 
@@ -415,24 +364,18 @@ class Connection:
                 return
             queue.popleft()
             answered += 1
-            if not self.answer(request):
-                continue  # refused: what came after it is never answered
+            self.answer(request)
             if not self.pump():
                 return
         if not queue and self.response is None and not self.out and not self.handed:
             self.done()
 
-    def answer(self, request: Request) -> bool:
-        """Call the app for ``request`` (its response is then pumped); False if the request is refused instead."""
+    def answer(self, request: Request) -> None:
+        """Call the app for ``request``; its response is then pumped."""
         engine = self.engine
         body = request.body
         stream = io.BytesIO(body[0] if len(body) == 1 else b"".join(body))
-        try:
-            environ = engine.environ(self, request, stream, request.body_size)
-        except Exceeded as hit:
-            self.refuse(Refused(hit))
-            self.queue.clear()
-            return False
+        environ = engine.environ(self, request, stream, request.body_size)
         self.framing = framing = Framing(engine.server_head, request.method == b"HEAD", request.version == "1.1",
                                          request.keep_alive and not self.closing and not engine.closing_all)
         engine.total_requests += 1
@@ -441,7 +384,6 @@ class Connection:
         if engine.on_response is not None:
             self.began = time.perf_counter()
         self.response = respond(engine.app, environ, framing)
-        return True
 
     def pump(self) -> bool:
         """Write the response in flight, a few chunks per turn; pause where the socket is full.

@@ -32,6 +32,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from .methods import COMMON, conventional, stand_in
 from .uvicorn_seam import Headers, HttpConnection, RequestRefused
@@ -130,7 +131,7 @@ def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers, v
         for name, value in headers:
             if len(name) + len(value) > field_limit:
                 return _line_too_long(limits, name, value)
-            if name in _FRAMING_NAMES or 95 in name:  # 95: "_"
+            if name in _FRAMING_NAMES:
                 if name == b"host" and not host:  # the one Host most requests have: nothing to keep
                     host = True
                 elif watched is None:
@@ -169,12 +170,12 @@ def check_framing(method: bytes, target: bytes, version: str, headers: Headers, 
                   ) -> Exceeded | None:
     """The 400 for a head whose framing or origin is ambiguous, as gunicorn refuses them; None if none.
 
-    ``headers``: (lowercased name, value), at least those named in ``_FRAMING_NAMES`` and those with "_"; ``host``:
+    ``headers``: (lowercased name, value), at least those named in ``_FRAMING_NAMES``; ``host``:
     a Host field was seen besides those (another one in ``headers`` is a second).
     A method with lowercase letters or "#", or of fewer than 3 or more than 20 characters,
     Content-Length with Transfer-Encoding (a proxy that reads the other one sees another request after it:
     smuggling), chunked on HTTP/1.0, two Host or Content-Type fields, X-Forwarded-Proto / -Ssl / -Protocol
-    that disagree, a header name with "_" (a WSGI environ cannot tell it from "-"), a version other than 1.0
+    that disagree (whoever sent them: no proxy sends both ways), a version other than 1.0
     and 1.1, "*" other than for OPTIONS, and a target that is none of origin, absolute or authority form.
     """
     if version not in ("1.1", "1.0"):
@@ -185,14 +186,17 @@ def check_framing(method: bytes, target: bytes, version: str, headers: Headers, 
         if target == b"*":
             if method != b"OPTIONS":
                 return Exceeded(400, f"the target * with {method.decode('latin-1')} (only OPTIONS)")
-        elif method != b"CONNECT" and _ABSOLUTE_TARGET.fullmatch(target) is None:
-            return Exceeded(400, "a request target that is neither a path nor an absolute URL")
+        elif method != b"CONNECT":
+            if _ABSOLUTE_TARGET.fullmatch(target) is None:
+                return Exceeded(400, "a request target that is neither a path nor an absolute URL")
+            try:
+                urlsplit(target)  # its authority too: "s://]ufd/" matches the form, yet is no URL
+            except ValueError:
+                return Exceeded(400, "a malformed absolute request target")
     seen: set[bytes] = {b"host"} if host else set()
     length = chunked = coded = False
     secure: bool | None = None
     for name, value in headers:
-        if 95 in name:
-            return Exceeded(400, f"a header name with an underscore ({name.decode('latin-1')})")
         if name in _SINGLETONS:
             if name in seen:
                 return Exceeded(400, f"two {name.decode()} header fields")
@@ -334,7 +338,13 @@ class Guard:
         data = self._reading
         if data is None or self._head_size != len(data) or self._conn.in_flight:
             return None
-        return stand_in(data)
+        space = data.find(b" ", 0, 21)
+        if space <= 0 or not conventional(data[:space]):  # the request this read begins has no such method
+            return None
+        found = stand_in(data)
+        if found is None or found[0]:  # a request after others in this read: those are in flight
+            return None
+        return found[1], found[2]
 
     # Accounting, called from inside the parser: raising Exceeded fails the parse.
 

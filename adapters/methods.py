@@ -1,22 +1,23 @@
 """Extension methods: any token is a request method (RFC 9110 9.1), but httptools parses only those it knows.
 
 httptools (llhttp) refuses ``FOO / HTTP/1.1`` as an invalid method, while gunicorn, h11 and the RFC accept
-any token (``PURGE`` and ``PROPFIND`` pass only because llhttp lists them). An engine on httptools that sees
-its parser fail on a request's first bytes asks ``stand_in``: if they are a token method the parser does not
-know, it re-parses the request with the method replaced by ``GET`` and gives the app the real one. For a
-request, llhttp frames the body the same whatever the method (Content-Length or chunked; CONNECT aside, which
+any token (``PURGE`` and ``PROPFIND`` pass only because llhttp lists them). An engine on httptools whose parser
+fails on a read asks ``stand_in``: if the parser failed on a token method it does not know, the engine parses
+that request again, with a new parser and the method replaced by ``GET``, and gives the app the real one. For
+a request, llhttp frames the body the same whatever the method (Content-Length or chunked; CONNECT aside, which
 it knows), so the stand-in changes nothing but the name. The work is done only after a parse failure: no
 request with a known method pays anything.
 
-Engine-neutral: used by uvicorn's stack (adapters.limits, adapters.uvicorn_seam), usable by the inline engine.
+Engine-neutral: used by the inline engine (adapters.http_conn) and by uvicorn's stack (adapters.limits).
 """
 
 from __future__ import annotations
 
-import functools
 import re
 
-__all__ = ["COMMON", "STAND_IN", "conventional", "httptools_knows", "stand_in"]
+import httptools
+
+__all__ = ["COMMON", "STAND_IN", "conventional", "stand_in"]
 
 COMMON = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"))
 
@@ -31,31 +32,36 @@ def conventional(method: bytes) -> bool:
     return _METHOD.fullmatch(method) is not None
 
 
-def stand_in(data: bytes) -> tuple[bytes, bytes] | None:
-    """``(data with its method replaced by STAND_IN, the method)`` when ``data`` begins with a method that gunicorn
-    accepts (a token of 3 to 20 characters, no lowercase, no "#"), followed by a space, that httptools does not
-    know; None otherwise."""
-    space = data.find(b" ", 0, 21)
-    if space <= 0:
+def stand_in(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """Where httptools fails on an extension method in ``data``, a read that begins at the start of a request:
+    ``(the offset of the request that has it, data from there on with STAND_IN in its method's place, the
+    method)``, when the method is one gunicorn accepts (``conventional``); None when the parser fails on
+    anything else, or on a method gunicorn refuses too.
+
+    Requests complete before that one in ``data`` parse the same with a new parser: a parser with no callbacks,
+    fed ever longer prefixes of ``data`` (a bisection), finds the byte it fails on; the request begins on that
+    byte's line.
+    """
+    low, high = 0, len(data)  # the shortest prefix the parser refuses: its last byte is the failing one
+    while low < high:
+        middle = (low + high) // 2
+        try:
+            httptools.HttpRequestParser(_Ignoring()).feed_data(data[:middle + 1])
+        except httptools.HttpParserInvalidMethodError:
+            high = middle
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # failed otherwise, or stops before it
+            return None
+        else:
+            low = middle + 1
+    if low == len(data):
+        return None  # the parser takes all of it: the failure was not its method
+    begin = data.rfind(b"\n", 0, low) + 1
+    space = data.find(b" ", begin, begin + 21)
+    method = data[begin:space]
+    if space < 0 or not conventional(method):
         return None
-    method = data[:space]
-    if _METHOD.fullmatch(method) is None or httptools_knows(method):
-        return None
-    return STAND_IN + data[space:], method
-
-
-@functools.lru_cache(maxsize=64)
-def httptools_knows(method: bytes) -> bool:
-    """Whether httptools parses a request with ``method`` (asked of a parser: its list changes with llhttp)."""
-    import httptools
-
-    parser = httptools.HttpRequestParser(_Ignoring())
-    try:
-        parser.feed_data(method + b" / HTTP/1.1\r\nHost: t\r\n\r\n")
-    except httptools.HttpParserError:
-        return False
-    return True
+    return begin, STAND_IN + data[space:], method
 
 
 class _Ignoring:
-    """A parser's protocol with no callbacks."""
+    """A parser's protocol with no callbacks: for a parser fed only to find where it fails."""

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ConflictingScheme", "ForwardedApp", "Forwarding", "Origin", "apply_to_environ", "apply_to_scope"]
+__all__ = ["ForwardedApp", "Forwarding", "Origin", "apply_to_environ", "apply_to_scope"]
 
 # The header names the resolution reads, as they appear in a WSGI environ and in an ASGI scope.
 ENVIRON_KEYS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST")
@@ -181,23 +181,11 @@ def apply_to_scope(scope: Any, forwarding: Forwarding) -> None:
         scope["headers"] = [(b"host", origin.host.encode("latin-1")), *others]
 
 
-class ConflictingScheme(ValueError):
-    """A trusted proxy's headers say both https and http (X-Forwarded-Proto against X-Forwarded-Ssl)."""
-
-
 def apply_to_environ(environ: dict[str, Any], forwarding: Forwarding) -> Origin | None:
-    """The same for a WSGI environ: REMOTE_ADDR and REMOTE_PORT, wsgi.url_scheme, HTTP_HOST; the origin applied.
-
-    Raises ConflictingScheme when ``X-Forwarded-Ssl`` contradicts the scheme the other headers give (gunicorn
-    refuses that request with 400 too: which one is the proxy's is unknown).
-    """
+    """The same for a WSGI environ: REMOTE_ADDR and REMOTE_PORT, wsgi.url_scheme, HTTP_HOST; the origin applied."""
     origin = forwarding.resolve([environ.get(key) for key in ENVIRON_KEYS])
     if origin is None:
         return None
-    if origin.secure is not None:
-        ssl = environ.get("HTTP_X_FORWARDED_SSL")
-        if ssl is not None and (ssl.strip().lower() == "on") != origin.secure:
-            raise ConflictingScheme(f"X-Forwarded-Ssl: {ssl} against the scheme {'https' if origin.secure else 'http'}")
     if origin.client is not None:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = origin.client[0], str(origin.client[1])
     if origin.secure is not None:

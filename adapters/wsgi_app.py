@@ -15,8 +15,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 __all__ = [
-    "BAD_VALUE", "TOKEN", "Environ", "ExcInfo", "Exchange", "FileWrapper", "Readable", "RepeatedField",
-    "StartResponse", "WSGIApp",
+    "BAD_VALUE", "TOKEN", "Environ", "ExcInfo", "Exchange", "FileWrapper", "Readable", "StartResponse", "WSGIApp",
     "environ_key", "log_app_error", "path_info", "split_host",
 ]
 
@@ -180,17 +179,12 @@ def body_chunks(result: Iterable[bytes], pending: list[bytes]) -> Iterator[bytes
         yield chunk
 
 
-class RepeatedField(ValueError):
-    """A request repeats a field that takes one value (Host, Content-Type: RFC 9110 5.3): no value is the one."""
-
-
 class HeaderKeys:
     """Request headers into the environ, their names' keys remembered: a server sees the same names again and
     again. The memory stops growing at 512 names, so that clients cannot grow it without end."""
 
-    def __init__(self, singletons: frozenset[str] = frozenset()) -> None:
+    def __init__(self) -> None:
         self._keys: dict[bytes, str] = {}
-        self._singletons = singletons  # keys a repeated field may not join: RepeatedField instead
 
     def add_to(self, environ: Environ, headers: Iterable[tuple[bytes, bytes]]) -> None:
         keys = self._keys
@@ -204,8 +198,6 @@ class HeaderKeys:
                 continue
             text = value.decode("latin-1")
             if key in environ:  # a repeated header: one value, joined as RFC 9110 says (cookies with "; ")
-                if key in self._singletons:
-                    raise RepeatedField(name.decode("latin-1"))
                 environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
             else:
                 environ[key] = text

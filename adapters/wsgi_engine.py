@@ -41,10 +41,10 @@ from .deadline import RequestStamp, TimedGate
 from .headers import ResponseHeaders
 from .http_conn import Connection, Request
 from .limits import Exceeded, Limits
-from .proxy import ConflictingScheme, Forwarding, apply_to_environ
+from .proxy import Forwarding, apply_to_environ
 from .reactor import SelectorLoop
 from .tls_conn import TLSConnection, TLSFileWrapper, prepare, wrap
-from .wsgi_app import Environ, FileWrapper, HeaderKeys, RepeatedField, WSGIApp, path_info, split_host
+from .wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, path_info, split_host
 from .wsgi_respond import Framing
 from .wsgi_upload import serve_upload
 
@@ -66,8 +66,6 @@ _ACCEPT_BATCH = 8
 # own delay for the same case); its clients wait in the kernel's backlog, or another worker takes them.
 _ACCEPT_REST = 1.0
 _OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-# Fields that take one value (RFC 9110 5.3): repeated, the request is refused with 400, as gunicorn does.
-_SINGLETONS = frozenset(("HTTP_HOST", "CONTENT_TYPE"))
 
 
 class WSGIEngine:
@@ -103,7 +101,7 @@ class WSGIEngine:
         self.server_head = b""
         self.read_buffer = bytearray(256 * 1024)  # every recv() on the loop's thread lands here first
         self._uploads: ThreadPoolExecutor | None = None
-        self._keys = HeaderKeys(_SINGLETONS)
+        self._keys = HeaderKeys()
         self._base: Environ = {
             "SCRIPT_NAME": root_path,
             "SERVER_SOFTWARE": f"clusterrun/{__version__}",
@@ -239,8 +237,7 @@ class WSGIEngine:
     # Requests.
 
     def environ(self, conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
-        """The request's environ; raises Exceeded (400) for a request to refuse: a repeated Host or Content-Type,
-        a trusted proxy's contradicting scheme headers."""
+        """The request's environ (its head passed adapters.limits' checks when it was parsed)."""
         environ = self._base.copy()
         url = request.url
         if b"#" in url:  # a fragment is the client's own: never part of the path or the query
@@ -262,10 +259,7 @@ class WSGIEngine:
         environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
         environ["wsgi.input"] = stream
         environ["wsgi.errors"] = sys.stderr  # looked up per request: the worker may redirect stderr later
-        try:
-            self._keys.add_to(environ, request.headers)
-        except RepeatedField as exc:
-            raise Exceeded(400, f"a repeated {exc} field") from None
+        self._keys.add_to(environ, request.headers)
         if size and "CONTENT_LENGTH" not in environ:
             environ["CONTENT_LENGTH"] = str(size)  # chunked upload: the real length is known by now
         peer, local = conn.peer_address(), conn.local_address()
@@ -278,10 +272,7 @@ class WSGIEngine:
                                                                         environ["wsgi.url_scheme"])
         forwarding = self.forwarding
         if forwarding is not None and forwarding.trusts(peer[0] if isinstance(peer, tuple) else None):
-            try:
-                origin = apply_to_environ(environ, forwarding)
-            except ConflictingScheme as exc:
-                raise Exceeded(400, str(exc)) from None
+            origin = apply_to_environ(environ, forwarding)
             if origin is not None and origin.client is not None:
                 request.client = origin.client  # for the access log
         return environ

@@ -125,12 +125,7 @@ def _answer(engine: WSGIEngine, conn: Connection, request: Request, stream: Sock
     gate, started = engine.gate, False
     framing.body_unread = lambda: not request.complete
     with gate:
-        try:
-            environ = engine.environ(conn, request, stream, 0)
-        except Exceeded as hit:  # refused before the app is called: answered by the loop (handed_back)
-            stream.refused = Refused(hit)
-            framing.keep_alive = False
-            return False
+        environ = engine.environ(conn, request, stream, 0)
         engine.total_requests += 1
         response = respond(engine.app, environ, framing)
         try:

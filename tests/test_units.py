@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from clusterrun.adapters.lifespan import Lifespan
 from clusterrun.adapters.loading import detect_interface, load_app
+from clusterrun.adapters.methods import stand_in
 
 from clusterrun import cli
 from clusterrun.channel import HEADER, MAX_PAYLOAD, Channel, connection_frame
@@ -468,3 +469,18 @@ def test_a_signal_sent_right_after_a_fork_acts_once_the_child_reset_its_handlers
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"FOO /x HTTP/1.1\r\nHost: t\r\n\r\n", (0, b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n", b"FOO")),
+    # After a complete request in the same read: found where it begins, the one before left out.
+    (b"GET / HTTP/1.1\r\nHost: t\r\n\r\n-BLARGH /y HTTP/1.1\r\n\r\n",
+     (27, b"GET /y HTTP/1.1\r\n\r\n", b"-BLARGH")),
+    (b"foo / HTTP/1.1\r\n\r\n", None),  # lowercase: gunicorn refuses it too
+    (b"FO / HTTP/1.1\r\n\r\n", None),  # fewer than 3 characters
+    (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n", None),  # a failure that is no method's
+    (b"CONNECT example.com:443 HTTP/1.1\r\n\r\nFOO / HTTP/1.1\r\n\r\n", None),  # the parser stops at CONNECT
+    (b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", None),  # nothing fails
+])
+def test_an_extension_method_is_found_where_httptools_fails_on_it(data: bytes, expected: Any) -> None:
+    assert stand_in(data) == expected
