@@ -331,3 +331,4 @@ def free(handle: WorkerHandle) -> None:
     handle.channel.close()
     handle.closes.close()
     handle.first_request.close()
+    handle.request_clock.close()

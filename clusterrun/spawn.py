@@ -53,7 +53,7 @@ class Forker:
         """Fork the worker; OSError when the system refuses (EAGAIN past the process limit, ENOMEM, EMFILE),
         with nothing of it left open in the primary."""
         parent_end, child_end = Channel.socketpair()
-        made: list[SharedCounter] = []
+        made: list[SharedCounter | RequestClock] = []  # pages mapped for the worker: closed if the fork fails
         try:
             # Made before the fork: the worker writes it, the primary reads it (primary-side policies only).
             closes = SharedCounter(shared=self.policy.dispatches)
@@ -63,6 +63,7 @@ class Forker:
             first_request = SharedCounter()
             made.append(first_request)
             request_clock = RequestClock(self.config.request_timeout > 0)  # the same way: the primary reads it
+            made.append(request_clock)
             sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
             to_close = [*self.primary_fds(), parent_end.fileno()]
             to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
