@@ -103,8 +103,10 @@ class Channel:
         return self.sock.fileno()
 
     def filenos(self) -> list[int]:
-        """Every descriptor this end holds: a process forked later must close them all."""
-        return [self.sock.fileno()] + ([self._peer_end.fileno()] if self._peer_end is not None else [])
+        """Every descriptor this end holds: a process forked later must close them all. The passed connections
+        not sent yet too: a copy left open in a worker keeps the client's connection open after it is answered."""
+        own = [self.sock.fileno()] + ([self._peer_end.fileno()] if self._peer_end is not None else [])
+        return own + [fd for _data, fds in self._outbox for fd in fds]
 
     @property
     def backlog(self) -> int:

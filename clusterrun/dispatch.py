@@ -86,6 +86,11 @@ class Dispatcher:
             self.ready.remove(handle)
             self._update()
 
+    def filenos(self) -> list[int]:
+        """The connections held for want of a worker: a worker forked meanwhile must close its copies (a copy
+        left open keeps the client's connection open after another worker answered and closed it)."""
+        return [fd for fd, _peer, _family in self.held]
+
     def heard_from(self, handle: WorkerHandle) -> None:
         """A worker sent frames (its heartbeat at least): a late or full worker may take connections again."""
         if self.policy.dispatches and (self.held or not self.accepting):

@@ -87,10 +87,11 @@ class Primary:
         return self.pool.stopping
 
     def _own_fds(self) -> list[int]:
-        """What a forked worker must close: the signal inbox, the endpoints, every other worker's channel."""
+        """What a forked worker must close: the signal inbox, the endpoints, every other worker's channel (with
+        the connections queued on it), the connections held for want of a worker."""
         reloader = self.reloader.filenos() if self.reloader else []
         return [*self.signals.filenos(), *self.endpoints.filenos(), *reloader, *self.notifier.filenos(),
-                *(fd for w in self.pool.workers.values() for fd in w.channel.filenos())]
+                *self.dispatcher.filenos(), *(fd for w in self.pool.workers.values() for fd in w.channel.filenos())]
 
     # The loop.
 

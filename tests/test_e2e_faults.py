@@ -274,3 +274,28 @@ def test_a_timeout_too_short_to_tell_hung_from_healthy_is_refused() -> None:
     assert result.returncode == 2
     assert "bad --timeout value '0.2': give 0 (no hung-worker watchdog) or at least 0.5 seconds" in result.stderr
 
+
+
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
+def test_a_connection_held_while_a_worker_is_forked_closes_when_answered(
+    run_cli: Callable[..., Cluster], app: str
+) -> None:
+    """A connection the primary holds (passed back from a worker that died before reading it, none ready to take
+    it) while it forks the replacement: the replacement must not inherit a copy. With one, the client got its
+    answer but never the close (the copy kept the connection open), so a client that reads to the end hung."""
+    cluster = start(run_cli, app, "--workers", "1", "--timeout", "2")
+    url = cluster.wait_ready()
+    victim = who(url + "/")["pid"]
+    os.kill(victim, signal.SIGSTOP)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=DEADLINE) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        # The stopped worker is taken for hung and killed; the replacement is forked while the primary holds the
+        # connection (in the dead worker's channel, or held back from a late worker), and then answers it.
+        cluster.wait_for_line(rf"pid {victim}\) sent no heartbeat")
+        received = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := client.recv(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 200"), received
+        assert chunk == b"", f"answered, but the connection stayed open: {received!r}"
