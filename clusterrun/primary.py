@@ -32,7 +32,6 @@ from .policies import make_policy
 from .pool import Pool
 from .protocol import ReopenLogs
 from .reloader import make_reloader
-from .requestclock import RequestDeadline
 from .sdnotify import Notifier
 from .signals import SignalInbox
 from .spawn import Forker
@@ -65,8 +64,7 @@ class Primary:
         forker = Forker(config, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
                         self.frames.on_channel, clock, preloaded)
         self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events)
-        self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers)
-        self.deadline = RequestDeadline(config.request_timeout, clock, self.timers, self.pool.workers)
+        self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers, config.request_timeout)
         self.preloaded = preloaded
         self.started = clock()
         self.shutting_down = False  # told to stop: /readyz answers 503 (during --shutdown-delay, still serving)
@@ -117,7 +115,6 @@ class Primary:
             for index in range(self.pool.target):
                 self.pool.spawn(index)
             self.watchdog.start()
-            self.deadline.start()
             self.notifier.start()
             while self.pool.workers or not self.stopping:
                 for key, mask in self.selector.select(self.timers.wait_time()):

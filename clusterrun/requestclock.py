@@ -4,8 +4,8 @@ memory the primary reads, and the primary kills a worker whose app overran (uWSG
 An inline worker calls the app on its one thread: a request stuck in the app stalls the whole worker, its event
 loop included, so nothing in the worker can be relied on to notice (a signal handler or a watchdog thread
 needs the GIL, which C code may hold for good). The primary can: it reads the stamp, and a worker whose app
-has been running for longer than the deadline is killed (after a traceback dump, as the hung-worker watchdog
-does) and respawned, with the request named in the log.
+has been running for longer than the deadline is killed by the primary's watchdog (clusterrun.supervision:
+after a traceback dump, as a hung worker is) and respawned, with the request named in the log.
 
 Each worker has one page, mapped by the primary before the fork (as clusterrun.counters): a stamp (the
 monotonic clock, which is the same for every process of the machine; 0 when no app code runs), then the
@@ -16,40 +16,14 @@ deadline, long after its label was written.
 
 from __future__ import annotations
 
-import logging
 import mmap
 import struct
 import time
-import weakref
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
 
-from .identity import WorkerInfo
-
-__all__ = ["RequestClock", "RequestDeadline"]
-
-logger = logging.getLogger("clusterrun")
+__all__ = ["RequestClock"]
 
 _LABEL_AT = 16  # the stamp (a double) and the label's length (a 64-bit count) come first
 _LABEL_MAX = 512  # of "METHOD /path", the rest is cut
-_DUMP_GRACE = 1.0  # time the overrunning worker gets to write its tracebacks before SIGKILL
-_LEAST_WAIT = 0.05  # between two checks: a stamp at its deadline to the microsecond must not spin the primary
-
-
-class _Timers(Protocol):  # supervision.Timers (which imports this module: no import back)
-    def add(self, delay: float, callback: Callable[[], None]) -> Any: ...
-
-
-class _Worker(Protocol):  # supervision.WorkerHandle
-    @property
-    def info(self) -> WorkerInfo: ...
-
-    @property
-    def request_clock(self) -> RequestClock: ...
-
-    def dump_threads(self) -> None: ...
-
-    def kill(self) -> None: ...
 
 
 class RequestClock:
@@ -101,40 +75,3 @@ class RequestClock:
             self._stamp.release()
             self._stamp = None
             self._map.close()
-
-
-class RequestDeadline:
-    """In the primary: kills an inline worker whose app has run longer than ``timeout`` seconds (0: off).
-
-    Not a poll: it wakes when the oldest stretch of app code running now would reach the deadline, else one
-    deadline from now (app code that starts later cannot overrun sooner).
-    """
-
-    def __init__(self, timeout: float, clock: Callable[[], float], timers: _Timers,
-                 workers: Mapping[int, _Worker]) -> None:
-        self.timeout = timeout
-        self._clock, self._timers, self._workers = clock, timers, workers
-        # Workers being dumped and killed. Weak: a reaped worker's handle must not stay alive here.
-        self._killing: weakref.WeakSet[_Worker] = weakref.WeakSet()
-
-    def start(self) -> None:
-        if self.timeout > 0:
-            self._timers.add(self.timeout, self._check)
-
-    def _check(self) -> None:
-        now = self._clock()
-        wake = now + self.timeout
-        for handle in list(self._workers.values()):
-            running = handle.request_clock.running_since()
-            if running is None or handle in self._killing:
-                continue
-            since, request = running
-            if now - since < self.timeout:
-                wake = min(wake, since + self.timeout)
-                continue
-            self._killing.add(handle)
-            logger.error("%s: request %s ran %.1fs, past --request-timeout %g s: killing and respawning the worker "
-                         "(its threads' tracebacks follow)", handle.info, request or "-", now - since, self.timeout)
-            handle.dump_threads()
-            self._timers.add(_DUMP_GRACE, handle.kill)
-        self._timers.add(max(_LEAST_WAIT, wake - now), self._check)

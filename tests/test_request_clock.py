@@ -1,4 +1,5 @@
-"""--request-timeout's clock (clusterrun.requestclock): what the worker stamps, and when the primary acts on it.
+"""--request-timeout's clock (clusterrun.requestclock): what the worker stamps, and when the primary's watchdog
+acts on it.
 
 In process, with an injected clock and timers; the end-to-end tests are in tests/test_e2e_timeouts.py.
 """
@@ -10,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from clusterrun.identity import WorkerInfo
-from clusterrun.requestclock import RequestClock, RequestDeadline
+from clusterrun.requestclock import RequestClock
+from clusterrun.supervision import Watchdog
 
 
 class FakeTimers:
@@ -62,7 +64,7 @@ def test_off_there_is_no_page() -> None:
 def test_the_primary_kills_only_past_the_deadline() -> None:
     now = [1000.0]
     timers, worker = FakeTimers(), FakeWorker()
-    deadline = RequestDeadline(2.0, lambda: now[0], timers, {4242: worker})
+    deadline = Watchdog(0.0, lambda: now[0], timers, {4242: worker}, request_timeout=2.0)  # type: ignore[arg-type]
     deadline.start()
     assert [delay for delay, _ in timers.pending] == [2.0]  # nothing runs: one deadline from now
     worker.request_clock.label(b"GET", b"/slow")
@@ -83,7 +85,7 @@ def test_the_primary_kills_only_past_the_deadline() -> None:
 
 def test_off_the_primary_never_checks() -> None:
     timers = FakeTimers()
-    RequestDeadline(0.0, time.monotonic, timers, {}).start()
+    Watchdog(0.0, time.monotonic, timers, {}, request_timeout=0.0).start()  # type: ignore[arg-type]
     assert timers.pending == []
 
 

@@ -25,6 +25,7 @@ from clusterrun.events import Events
 from clusterrun.policies import RoundRobin
 from clusterrun.pool import Pool, Verdict
 from clusterrun.protocol import Connections, Stop
+from clusterrun.requestclock import RequestClock
 from clusterrun.supervision import Timers, Watchdog, WorkerHandle, WorkerState, late_after
 from clusterrun.throttle import Decision, RestartThrottle
 
@@ -223,6 +224,26 @@ def test_the_watchdog_kills_only_a_silent_worker_once(spawn: Spawner, clock: Clo
         clock.now += 0.5
         timers.run_due()
     assert quiet.signals == [dump, kill]  # found once
+
+
+def test_one_watchdog_for_both_deadlines_names_the_request_a_hung_worker_ran(
+    spawn: Spawner, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--request-timeout above --timeout: the heartbeat's deadline comes first, and its line names the request
+    the app was running (the stamp), so the overrun is not lost; the worker is killed once, by either."""
+    timers = Timers(clock)
+    stuck = spawn(0)
+    stuck.mark_ready("wsgi", clock())
+    stuck.request_clock = RequestClock(True)
+    stuck.request_clock.label(b"GET", b"/report")
+    stuck.request_clock._stamp[0] = clock()  # type: ignore[index]  # began now, on the injected clock
+    Watchdog(5.0, clock, timers, {stuck.pid: stuck}, request_timeout=600.0).start()
+    for _ in range(12):
+        clock.now += 0.5
+        timers.run_due()
+    assert stuck.signals == [str(int(signal.SIGUSR1)), str(int(signal.SIGKILL))]
+    assert "sent no heartbeat for 5.0s (--timeout) while its app ran request GET /report" in caplog.text
+    stuck.request_clock.close()
 
 
 # Dispatch
