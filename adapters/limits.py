@@ -108,10 +108,9 @@ def head_end(buf: bytes) -> int:
     return crlf + 3 if lf < 0 or crlf < lf else lf + 2
 
 
-def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers, version: str | None = None
-               ) -> Exceeded | None:
-    """What a parsed head breaks of ``limits`` (request line 414, header count and size 431, Content-Length 413);
-    with ``version`` ("1.1"), also of HTTP's framing rules (400, ``check_framing``; header names lowercased).
+def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers, version: str) -> Exceeded | None:
+    """What a parsed head breaks of ``limits`` (request line 414, header count and size 431, Content-Length 413)
+    and of HTTP's framing rules (400, ``check_framing``; header names lowercased); ``version`` as "1.1".
 
     One pass over the headers for both: this runs for every request.
     """
@@ -121,28 +120,23 @@ def check_head(limits: Limits, method: bytes, target: bytes, headers: Headers, v
         return Exceeded(431, f"{len(headers)} header fields (the limit is {limits.header_count})")
     # gunicorn's limit_request_field_size counts the field's line: name, ": ", value and the CRLF.
     field_limit = limits.header_field - 4
-    if version is None:
-        for name, value in headers:
-            if len(name) + len(value) > field_limit:
-                return _line_too_long(limits, name, value)
-    else:
-        watched: Headers | None = None
-        host = False
-        for name, value in headers:
-            if len(name) + len(value) > field_limit:
-                return _line_too_long(limits, name, value)
-            if name in _FRAMING_NAMES:
-                if name == b"host" and not host:  # the one Host most requests have: nothing to keep
-                    host = True
-                elif watched is None:
-                    watched = [(name, value)]
-                else:
-                    watched.append((name, value))
-        # Most requests: HTTP/1.1, a path, a common method, and of the watched fields one Host only.
-        if watched is not None or version != "1.1" or target[:1] != b"/" or method not in COMMON:
-            hit = check_framing(method, target, version, watched or [], host)
-            if hit is not None:
-                return hit
+    watched: Headers | None = None
+    host = False
+    for name, value in headers:
+        if len(name) + len(value) > field_limit:
+            return _line_too_long(limits, name, value)
+        if name in _FRAMING_NAMES:
+            if name == b"host" and not host:  # the one Host most requests have: nothing to keep
+                host = True
+            elif watched is None:
+                watched = [(name, value)]
+            else:
+                watched.append((name, value))
+    # Most requests: HTTP/1.1, a path, a common method, and of the watched fields one Host only.
+    if watched is not None or version != "1.1" or target[:1] != b"/" or method not in COMMON:
+        hit = check_framing(method, target, version, watched or [], host)
+        if hit is not None:
+            return hit
     if limits.body:
         for name, value in headers:
             if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limits.body:
