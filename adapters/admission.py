@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .limits import Exceeded
+from clusterrun.adapters.limits import Exceeded
 
 __all__ = ["Admission"]
 

@@ -3,13 +3,13 @@
 * Inline WSGI engine (``--threads 1``): the app runs on the worker's one thread, so a stuck request stalls the
   worker and nothing in it can be relied on to act (C code may hold the GIL for good). ``TimedGate`` is the
   engine's gate (held exactly while app code runs) with a stamp: each stretch of app code writes when it began,
-  and for which request, where the primary reads it (clusterrun.requestclock); the primary kills the worker
+  and for which request, where the primary reads it (clusterrun.wire.requestclock); the primary kills the worker
   when a stretch overruns, as uWSGI's harakiri does, and names the request. A response streamed to a slow
   reader does not count: the worker serves others while it waits for the client.
 * ASGI apps and WSGI apps on the bridge (``--threads N``): ``with_deadline`` cancels the request's task at the
   deadline and answers 504 when nothing of the response went out, else leaves the response incomplete, which
   makes uvicorn close the connection. A WSGI app's thread cannot be cancelled: the bridge counts it as stuck
-  and the worker asks to be replaced gracefully (clusterrun.runtime).
+  and the worker asks to be replaced gracefully (clusterrun.worker.runtime).
 
 Off (0), none of this is installed: the engine keeps its plain lock, the app is not wrapped.
 """
@@ -32,7 +32,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class RequestStamp(Protocol):
-    """Where a worker stamps the app code it runs (clusterrun.requestclock.RequestClock)."""
+    """Where a worker stamps the app code it runs (clusterrun.wire.requestclock.RequestClock)."""
 
     def label(self, method: bytes, path: bytes) -> None: ...
 

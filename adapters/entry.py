@@ -1,6 +1,6 @@
 """The one door from clusterrun's core into adapters: what a worker needs to load an app and serve it.
 
-Imports between the two run one way. The core (clusterrun.runtime, clusterrun.serving, clusterrun.api)
+Imports between the two run one way. The core (clusterrun.worker.runtime, clusterrun.worker.serving, clusterrun.api)
 reaches adapters through this module only, and imports it lazily, so that the core stays importable without
 uvicorn. Adapters use no more of the core than its small public pieces: clusterrun.errors,
 clusterrun.identity and the version. tests/test_layout.py checks both rules.
@@ -13,17 +13,18 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import BootError
-from ..identity import WorkerInfo
-from .admission import Admission
-from .deadline import RequestStamp, with_deadline
-from .headers import ResponseHeaders
-from .lifespan import Lifespan
-from .limits import Guard, HeadClock, Limits
-from .loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
-from .proxy import ForwardedApp, Forwarding
-from .reactor import SelectorLoop
-from .uvicorn_seam import OpenConnection, Stack, WebSocketLimits
+from clusterrun.adapters.admission import Admission
+from clusterrun.adapters.deadline import RequestStamp, with_deadline
+from clusterrun.adapters.engine.reactor import SelectorLoop
+from clusterrun.adapters.headers import ResponseHeaders
+from clusterrun.adapters.lifespan import Lifespan
+from clusterrun.adapters.limits import Guard, HeadClock, Limits
+from clusterrun.adapters.loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
+from clusterrun.adapters.proxy import ForwardedApp, Forwarding
+from clusterrun.adapters.stack.seam import OpenConnection, Stack, WebSocketLimits
+
+from clusterrun.errors import BootError
+from clusterrun.identity import WorkerInfo
 
 __all__ = [
     "Admission",
@@ -65,7 +66,7 @@ def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo, body_timeout: 
     on the loop stamped there, for --request-timeout)."""
     if loaded.interface == "asgi":
         return loaded.app
-    from .wsgi import WSGIBridge
+    from clusterrun.adapters.stack.bridge import WSGIBridge
 
     return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info},
                       body_timeout=body_timeout, request_clock=request_clock)
@@ -99,7 +100,7 @@ def inline_engine(
     """The inline WSGI engine (adapters.wsgi_engine.WSGIEngine) serving ``loaded`` on ``loop``; with
     ``ssl_context``, HTTPS (the handshake in this worker, adapters.tls_conn); with ``request_clock``, each
     stretch of app code stamped in it (--request-timeout, adapters.deadline)."""
-    from .wsgi_engine import WSGIEngine
+    from clusterrun.adapters.engine.server import WSGIEngine
 
     return WSGIEngine(loop, loaded.app, limits=limits, keep_alive=keep_alive,
                       extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response,
@@ -124,10 +125,10 @@ def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int
 
 def preimport(http: str) -> None:
     """Import what serving needs in the primary before forking: workers start faster and share the pages."""
-    from . import wsgi  # noqa: F401
+    from clusterrun.adapters.stack import bridge as wsgi  # noqa: F401
 
     with contextlib.suppress(ImportError):
-        from . import wsgi_engine  # noqa: F401
+        from clusterrun.adapters.engine import server as wsgi_engine  # noqa: F401
 
     http_stack(_NoApp(), http=http, access_log=False, timeout_keep_alive=5, backlog=1)  # the protocol classes
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, g
 
-from ..identity import WorkerInfo, current_worker
+from clusterrun.identity import WorkerInfo, current_worker
 
 HEADER = "X-Worker-Id"
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ..errors import BootError
+from clusterrun.errors import BootError
 
 logger = logging.getLogger("clusterrun")
 

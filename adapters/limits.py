@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .methods import COMMON, conventional, stand_in
-from .uvicorn_seam import Headers, HttpConnection, RequestRefused
+from clusterrun.adapters.methods import COMMON, conventional, stand_in
+from clusterrun.adapters.stack.seam import Headers, HttpConnection, RequestRefused
 
 if TYPE_CHECKING:
-    from .admission import Admission
+    from clusterrun.adapters.admission import Admission
 
 __all__ = ["Exceeded", "Guard", "HeadClock", "Limits", "check_framing", "check_head", "check_trailers", "head_end",
            "measure_head"]
@@ -58,7 +58,7 @@ _SWEEP_EVERY = 1.0  # seconds between two checks of the head clocks: a head may 
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request bounds; the worker builds them from its Config (clusterrun.serving), README "Limits"."""
+    """Per-request bounds; the worker builds them from its Config (clusterrun.worker.serving), README "Limits"."""
 
     request_line: int = 4094  # bytes of "METHOD TARGET HTTP/1.1", as gunicorn's limit_request_line: 414
     header_count: int = 100  # header fields, as gunicorn's limit_request_fields: 431

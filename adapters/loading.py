@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BootError, ConfigError
+from clusterrun.errors import BootError, ConfigError
 
 logger = logging.getLogger("clusterrun")
 

@@ -39,7 +39,7 @@ class Forwarding:
     """Which peers are trusted proxies, and whether their host counts too (--proxy-host)."""
 
     def __init__(self, trusted: Sequence[str], *, host: bool = False) -> None:
-        # ``trusted``: addresses and networks as --forwarded-allow-ips gives them (checked by clusterrun.config),
+        # ``trusted``: addresses and networks as --forwarded-allow-ips gives them (checked by config.options),
         # "*" for every peer, "unix" for peers on a Unix socket.
         self.everyone = "*" in trusted
         self.unix = "unix" in trusted or self.everyone

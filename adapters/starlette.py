@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..identity import current_worker
+from clusterrun.identity import current_worker
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from clusterrun.adapters.reactor import SelectorLoop
-from clusterrun.adapters.wsgi_engine import WSGIEngine
+from clusterrun.adapters.engine.reactor import SelectorLoop
+from clusterrun.adapters.engine.server import WSGIEngine
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 

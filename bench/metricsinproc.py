@@ -2,8 +2,8 @@
 
     python bench/metricsinproc.py ROUNDS SECONDS   # run by the metrics section, in the servers' interpreter
 
-With ``--metrics`` a worker wraps its app (``clusterrun.serving.observed``: the
-status and the duration of each response into ``clusterrun.requeststats``); off,
+With ``--metrics`` a worker wraps its app (``clusterrun.worker.serving.observed``: the
+status and the duration of each response into ``clusterrun.wire.requeststats``); off,
 the app is served unwrapped. The wrapper does the same work whatever the app (a
 WSGI app is served as ASGI through the bridge, and the wrapper sits outside it),
 so it is measured around the cheapest app, bench/apps' raw ASGI hello: the app
@@ -31,8 +31,8 @@ from ceiling import _asgi_loop
 async def alternate(rounds: int, seconds: float) -> dict[str, list[float]]:
     # By name: these run in the servers' interpreter, from bench/apps (the type checker sees neither there).
     app = importlib.import_module("raw_asgi").app
-    stats = importlib.import_module("clusterrun.requeststats").RequestStats()
-    wrapped = importlib.import_module("clusterrun.serving").observed(app, stats, None)
+    stats = importlib.import_module("clusterrun.wire.requeststats").RequestStats()
+    wrapped = importlib.import_module("clusterrun.worker.serving").observed(app, stats, None)
     found: dict[str, list[float]] = {"plain": [], "observed": []}
     for r in range(rounds):
         pairs = (("plain", app), ("observed", wrapped))

@@ -54,7 +54,7 @@ from typing import Any
 import tagged
 from procs import primary_memory
 
-from clusterrun import ctl
+from clusterrun.ctl import commands as ctl
 from clusterrun.errors import ControlError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,13 +7,12 @@ with no failed request, and tells every request handler which worker it runs in.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .api import Cluster
-from .errors import BindError, BootError, ClusterrunError, ConfigError, MessageError, RestartLimitError
-from .identity import WorkerInfo, current_worker, is_primary, is_worker
-from .messaging import broadcast, on_message, send
-from .supervision import Worker
+from clusterrun._version import __version__
+from clusterrun.api import Cluster
+from clusterrun.errors import BindError, BootError, ClusterrunError, ConfigError, MessageError, RestartLimitError
+from clusterrun.identity import WorkerInfo, current_worker, is_primary, is_worker
+from clusterrun.primary.handle import Worker
+from clusterrun.worker.messaging import broadcast, on_message, send
 
 __all__ = [
     "BindError",

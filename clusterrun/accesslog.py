@@ -13,8 +13,8 @@ import logging
 import string
 from typing import Any
 
-from .errors import ConfigError
-from .identity import WorkerInfo
+from clusterrun.errors import ConfigError
+from clusterrun.identity import WorkerInfo
 
 DEFAULT_FORMAT = '{client} - "{request_line}" {status} {bytes} {duration_ms:.1f}ms'
 FIELDS = ("client", "method", "path", "query", "request_line", "status", "bytes", "duration_ms", "duration_us",

@@ -20,18 +20,21 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import logs, privileges, workerhooks
-from .appmetrics import AppMetricsDir
-from .config import OPTIONS, OPTIONS_BY_NAME, Config, build_config
-from .errors import ConfigError
-from .events import EVENTS, Events, Handler
-from .metrics import require_client
-from .reloader import require_watchfiles
-from .supervision import Worker
-from .workerhooks import WORKER_EVENTS
+from clusterrun import logs
+from clusterrun.config.build import build_config
+from clusterrun.config.options import OPTIONS, OPTIONS_BY_NAME, Config
+from clusterrun.errors import ConfigError
+from clusterrun.host import privileges
+from clusterrun.ops.appmetrics import AppMetricsDir
+from clusterrun.ops.metrics import require_client
+from clusterrun.primary.events import EVENTS, Events, Handler
+from clusterrun.primary.handle import Worker
+from clusterrun.primary.reloader import require_watchfiles
+from clusterrun.worker import hooks as workerhooks
+from clusterrun.worker.hooks import WORKER_EVENTS
 
 if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
-    from .adapters.entry import LoadedApp
+    from clusterrun.adapters.entry import LoadedApp
 
 logger = logging.getLogger("clusterrun")
 
@@ -57,14 +60,14 @@ class Cluster:
         return cluster
 
     def _setup(self, config: Config) -> None:
-        from .primary import Primary
+        from clusterrun.primary.supervisor import Primary
 
         self.config = config
         self.events = Events()
         self._primary: Primary | None = None
 
     def on(self, event: str, handler: Handler | None = None) -> Any:
-        """Register ``handler`` for ``event`` (see clusterrun.events); without a handler, a decorator."""
+        """Register ``handler`` for ``event`` (see clusterrun.primary.events); without a handler, a decorator."""
         if handler is not None:
             return self.events.on(event, handler)
 
@@ -78,7 +81,7 @@ class Cluster:
 
         Configuration problems (a port in use, a missing module or hooks module) raise ConfigError instead.
         """
-        from .primary import Primary
+        from clusterrun.primary.supervisor import Primary
 
         run_as = privileges.check(self.config.run_as)  # --user while not root: a ConfigError, before anything
         restore_logging = logs.setup(self.config)
@@ -141,7 +144,7 @@ class Cluster:
         return self._primary
 
     def _load_hooks(self, spec: str) -> None:
-        from .adapters import entry
+        from clusterrun.adapters import entry
 
         entry.put_app_dir_first(self.config.app_dir)
         module_name, _, attr = spec.partition(":")
@@ -175,7 +178,7 @@ def prepare_engine(config: Config) -> LoadedApp | None:
     With --preload the app is imported here; its BootError exits 3 like a worker's would.
     """
     try:
-        from .adapters import entry
+        from clusterrun.adapters import entry
     except ImportError as exc:
         package = os.path.dirname(os.path.abspath(__file__))
         if os.path.isfile(os.path.join(os.path.dirname(package), "adapters", "__init__.py")):
@@ -202,7 +205,7 @@ def check_app(config: Config) -> str:
     """
     prepare_process(config)
     prepare_engine(config)  # the engine, and the app's module found without importing it
-    from .adapters import entry
+    from clusterrun.adapters import entry
 
     loaded = entry.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
     return f"clusterrun: {config.app} loads: a {loaded.interface.upper()} app"

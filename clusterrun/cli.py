@@ -14,12 +14,14 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__, ctl
-from .api import Cluster, check_app
-from .config import OPTIONS, build_config, describe_config
-from .errors import EXIT_CONFIG, ClusterrunError
-from .policies import POLICY_CLASSES
-from .sources import find_file
+from clusterrun._version import __version__
+from clusterrun.api import Cluster, check_app
+from clusterrun.config.build import build_config, describe_config
+from clusterrun.config.options import OPTIONS
+from clusterrun.config.sources import find_file
+from clusterrun.ctl import commands as ctl
+from clusterrun.errors import EXIT_CONFIG, ClusterrunError
+from clusterrun.primary.policies import POLICY_CLASSES
 
 EPILOG = """\
 configuration: every option also comes from CLUSTERRUN_<FLAG> (e.g. CLUSTERRUN_MAX_REQUESTS) or from a TOML

@@ -27,15 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from . import __version__, listeners
-from .errors import ConfigError
-from .identity import WorkerInfo
+from clusterrun._version import __version__
+from clusterrun.errors import ConfigError
+from clusterrun.host import listeners
+from clusterrun.identity import WorkerInfo
 
 if TYPE_CHECKING:
     import socket
 
-    from .config import Config
-    from .endpoints import Endpoints
+    from clusterrun.config.options import Config
+    from clusterrun.ops.endpoints import Endpoints
 
 logger = logging.getLogger("clusterrun")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from clusterrun.config import OPTIONS
-from clusterrun.sources import env_names
+from clusterrun.config.options import OPTIONS
+from clusterrun.config.sources import env_names
 
 from helpers import FRESH, TEST_APPS, assert_config_error, run_to_exit, sample_worker
 

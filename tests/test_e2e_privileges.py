@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from packaging.requirements import Requirement
 
-from clusterrun import privileges
+from clusterrun.host import privileges
 
 from helpers import FRESH, TEST_APPS, Cluster, assert_config_error, run_to_exit, wait_until
 
@@ -56,7 +56,7 @@ def _readable_python(user: pwd.struct_passwd) -> tuple[str, dict[str, str]] | No
                "PYTHONPATH": os.pathsep.join(dict.fromkeys([*packages, str(TEST_APPS)]))}
         for python in pythons:
             try:
-                probe = subprocess.run([python, "-c", "import clusterrun.runtime, whoami_app"], env=env, cwd="/",
+                probe = subprocess.run([python, "-c", "import clusterrun.worker.runtime, whoami_app"], env=env, cwd="/",
                                        user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True,
                                        timeout=60)
             except OSError:

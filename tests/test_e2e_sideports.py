@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from clusterrun.oneshot import ACCEPT_REST, MAX_CLIENTS, OneShotServer
-from clusterrun.supervision import Timers
+from clusterrun.host.timers import Timers
+from clusterrun.ops.oneshot import ACCEPT_REST, MAX_CLIENTS, OneShotServer
 
 from helpers import DEADLINE, TEST_APPS, Cluster, wait_until
 

@@ -184,7 +184,7 @@ def test_a_worker_count_past_the_process_limit_is_refused() -> None:
     # root (whom the kernel does not hold to it), becomes nobody first.
     probe = """
 import os, resource
-from clusterrun.config import resolve_workers
+from clusterrun.config.options import resolve_workers
 from clusterrun.errors import ConfigError
 resource.setrlimit(resource.RLIMIT_NPROC, (4, 4))
 if os.geteuid() == 0:

@@ -3,7 +3,7 @@
 - Imports run one way: adapters use only the core's small public pieces (errors, identity, the version);
   the core reaches adapters only through ``clusterrun.adapters.entry``.
 - The core imports no web framework and no server: uvicorn, Flask, Starlette and Django stay in adapters.
-- uvicorn is imported by one module only, the seam (adapters/uvicorn_seam.py).
+- uvicorn is imported by one module only, the seam (adapters/stack/seam.py).
 - Small pieces: no function over 50 lines, the primary under 250 lines.
 """
 
@@ -19,11 +19,11 @@ from clusterrun import adapters
 
 PACKAGE = Path(clusterrun.__file__).parent
 ADAPTERS = Path(adapters.__file__).parent  # a folder of its own in a checkout
-CORE_FILES = sorted(PACKAGE.glob("*.py"))
-ADAPTER_FILES = sorted(ADAPTERS.glob("*.py"))
+CORE_FILES = sorted(PACKAGE.rglob("*.py"))
+ADAPTER_FILES = sorted(ADAPTERS.rglob("*.py"))
 
 # What adapters may take from the core: "" is the package itself (``from .. import __version__``).
-CORE_PIECES_FOR_ADAPTERS = {"", "errors", "identity"}
+CORE_PIECES_FOR_ADAPTERS = {"_version", "errors", "identity"}
 FRAMEWORKS = {"uvicorn", "flask", "starlette", "django", "httptools", "h11", "websockets"}
 
 
@@ -40,8 +40,8 @@ def imports(path: Path) -> list[tuple[int, str, list[str]]]:
 
 def test_the_layout_is_found() -> None:
     # The rules below would pass vacuously on an empty glob.
-    assert {"primary.py", "runtime.py", "serving.py"} <= {path.name for path in CORE_FILES}
-    assert {"entry.py", "uvicorn_seam.py", "wsgi.py"} <= {path.name for path in ADAPTER_FILES}
+    assert {"supervisor.py", "runtime.py", "serving.py"} <= {path.name for path in CORE_FILES}
+    assert {"entry.py", "seam.py", "bridge.py"} <= {path.name for path in ADAPTER_FILES}
 
 
 @pytest.mark.parametrize("path", ADAPTER_FILES, ids=lambda path: path.name)
@@ -69,7 +69,7 @@ def test_only_the_seam_imports_uvicorn() -> None:
         path.name for path in ADAPTER_FILES + CORE_FILES
         for level, module, _names in imports(path) if level == 0 and module.split(".")[0] == "uvicorn"
     }
-    assert importers == {"uvicorn_seam.py"}
+    assert importers == {"seam.py"}
 
 
 def test_no_function_is_longer_than_50_lines() -> None:
@@ -84,4 +84,4 @@ def test_no_function_is_longer_than_50_lines() -> None:
 
 
 def test_the_primary_is_the_loop_and_the_wiring() -> None:
-    assert len((PACKAGE / "primary.py").read_text().splitlines()) < 250
+    assert len((PACKAGE / "primary" / "supervisor.py").read_text().splitlines()) < 250

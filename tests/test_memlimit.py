@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterrun.config import build_config
-from clusterrun.memlimit import cgroup_memory_limit
+from clusterrun.config.build import build_config
+from clusterrun.host.memlimit import cgroup_memory_limit
 
 
 @pytest.mark.parametrize("files, expected", [

@@ -1,4 +1,4 @@
-"""The frames primary and workers exchange (clusterrun.protocol): every kind, both ways through JSON."""
+"""The frames primary and workers exchange (clusterrun.wire.protocol): every kind, both ways through JSON."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from clusterrun import protocol
 from clusterrun.errors import ChannelError
-from clusterrun.protocol import (
+from clusterrun.wire import protocol
+from clusterrun.wire.protocol import (
     Beat,
     BootFailed,
     Broadcast,

@@ -1,4 +1,4 @@
-"""Unit tests of the inline engine's loop (adapters/reactor.py): asyncio's loop API, on ``selectors``."""
+"""Unit tests of the inline engine's loop (adapters/engine/reactor.py): asyncio's loop API, on ``selectors``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import threading
 
 import pytest
-from clusterrun.adapters.reactor import SelectorLoop
+from clusterrun.adapters.engine.reactor import SelectorLoop
 
 
 def test_timers_run_in_order_and_cancel() -> None:

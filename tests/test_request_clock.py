@@ -1,4 +1,4 @@
-"""--request-timeout's clock (clusterrun.requestclock): what the worker stamps, and when the primary's watchdog
+"""--request-timeout's clock (clusterrun.wire.requestclock): what the worker stamps, and when the primary's watchdog
 acts on it.
 
 In process, with an injected clock and timers; the end-to-end tests are in tests/test_e2e_timeouts.py.
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from clusterrun.identity import WorkerInfo
-from clusterrun.requestclock import RequestClock
-from clusterrun.supervision import Watchdog
+from clusterrun.primary.watchdog import Watchdog
+from clusterrun.wire.requestclock import RequestClock
 
 
 class FakeTimers:

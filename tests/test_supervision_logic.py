@@ -17,17 +17,20 @@ from typing import Any
 
 import pytest
 
-from clusterrun.channel import Channel
-from clusterrun.config import build_config
-from clusterrun.dispatch import Dispatcher
+from clusterrun.config.build import build_config
 from clusterrun.errors import StateError
-from clusterrun.events import Events
-from clusterrun.policies import RoundRobin
-from clusterrun.pool import Pool, Verdict
-from clusterrun.protocol import Connections, Stop
-from clusterrun.requestclock import RequestClock
-from clusterrun.supervision import Timers, Watchdog, WorkerHandle, WorkerState, late_after
-from clusterrun.throttle import Decision, RestartThrottle
+from clusterrun.host.timers import Timers
+from clusterrun.primary.dispatch import Dispatcher
+from clusterrun.primary.events import Events
+from clusterrun.primary.handle import WorkerHandle, WorkerState
+from clusterrun.primary.policies import RoundRobin
+from clusterrun.primary.pool import Pool, Verdict
+from clusterrun.primary.throttle import Decision, RestartThrottle
+from clusterrun.primary.watchdog import Watchdog
+from clusterrun.wire.channel import Channel
+from clusterrun.wire.heartbeat import late_after
+from clusterrun.wire.protocol import Connections, Stop
+from clusterrun.wire.requestclock import RequestClock
 
 S = WorkerState
 
@@ -107,7 +110,7 @@ def spawn(clock: Clock) -> Iterator[Spawner]:
     spawner.close()
 
 
-# The restart throttle (clusterrun/throttle.py)
+# The restart throttle (clusterrun/primary/throttle.py)
 
 
 def test_the_throttle_never_counts_or_delays_a_worker_that_took_a_request(clock: Clock) -> None:

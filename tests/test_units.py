@@ -21,14 +21,15 @@ from clusterrun.adapters.loading import detect_interface, load_app
 from clusterrun.adapters.methods import stand_in
 
 from clusterrun import cli
-from clusterrun.channel import HEADER, MAX_PAYLOAD, Channel, connection_frame
-from clusterrun.config import OPTIONS, Config, Option, build_config, resolve_workers
-from clusterrun.counters import SharedCounter
-from clusterrun.cpus import cgroup_cpu_quota, usable_cpus
+from clusterrun.config.build import build_config
+from clusterrun.config.options import OPTIONS, Config, Option, resolve_workers
 from clusterrun.errors import BootError, ChannelError, ConfigError
-from clusterrun.listeners import BindAddress, parse_bind
-from clusterrun.policies import LeastConnections, ReusePort, RoundRobin, Shared, Sticky, make_policy
-from clusterrun.protocol import Connections, Message
+from clusterrun.host.cpus import cgroup_cpu_quota, usable_cpus
+from clusterrun.host.listeners import BindAddress, parse_bind
+from clusterrun.primary.policies import LeastConnections, ReusePort, RoundRobin, Shared, Sticky, make_policy
+from clusterrun.wire.channel import HEADER, MAX_PAYLOAD, Channel, connection_frame
+from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.protocol import Connections, Message
 
 # Config
 
@@ -224,7 +225,7 @@ def test_descriptors_a_dead_receiver_never_read_are_taken_back_in_order() -> Non
 
 _RECEIVE_WITH_A_FULL_TABLE = """
 import os, resource, socket, sys
-from clusterrun.channel import Channel
+from clusterrun.wire.channel import Channel
 sock = socket.socket(fileno=int(sys.argv[1]))
 # Room for exactly two more descriptors: the frame brings four.
 open_now = len(os.listdir("/proc/self/fd"))
@@ -452,7 +453,7 @@ def test_an_app_without_lifespan_is_served_in_auto_but_fails_when_on() -> None:
 
 def test_a_signal_sent_right_after_a_fork_acts_once_the_child_reset_its_handlers() -> None:
     """The defect: SIGTERM to a just-forked worker ran the primary's inherited handler and was lost."""
-    from clusterrun.signals import fork_holding_signals
+    from clusterrun.host.signals import fork_holding_signals
 
     caught: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))  # as the primary's

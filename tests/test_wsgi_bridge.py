@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from clusterrun.adapters.wsgi import FileWrapper, WSGIBridge
+from clusterrun.adapters.stack.bridge import FileWrapper, WSGIBridge
 from flask import Flask
 
 Environ = dict[str, Any]

@@ -1,4 +1,4 @@
-"""The inline WSGI engine on its own (adapters/wsgi_engine.py and friends), served by tests/apps/engine_runner.py.
+"""The inline WSGI engine on its own (adapters/engine/), served by tests/apps/engine_runner.py.
 
 Each test starts the runner as a subprocess (through ``run_cli``'s ``script``: always killed and reaped),
 reads its port, and talks to it with httpx and raw sockets: keep-alive and pipelining, HTTP/1.0, HEAD, chunked
@@ -350,9 +350,9 @@ def hello(environ: dict[str, object], start_response: Callable[..., object]) -> 
 def test_a_closed_connection_is_freed_at_once() -> None:
     """Reference counting frees a closed connection (no cycle left for the garbage collector): with a new
     connection per request, cycles would pile up between collections and each collection would walk them."""
-    from clusterrun.adapters.http_conn import Connection
-    from clusterrun.adapters.reactor import SelectorLoop
-    from clusterrun.adapters.wsgi_engine import WSGIEngine
+    from clusterrun.adapters.engine.connection import Connection
+    from clusterrun.adapters.engine.reactor import SelectorLoop
+    from clusterrun.adapters.engine.server import WSGIEngine
 
     loop = SelectorLoop()
     engine = WSGIEngine(loop, hello)
@@ -376,8 +376,8 @@ def test_a_closed_connection_is_freed_at_once() -> None:
 def test_a_wake_up_takes_closed_connections_in_a_row_and_stops_at_one_kept_open() -> None:
     """Connections answered and closed at once are taken one after another in one wake-up (no loop round each);
     the first that stays open ends it, so that workers sharing a listener still share its keep-alive clients."""
-    from clusterrun.adapters.reactor import SelectorLoop
-    from clusterrun.adapters.wsgi_engine import WSGIEngine
+    from clusterrun.adapters.engine.reactor import SelectorLoop
+    from clusterrun.adapters.engine.server import WSGIEngine
 
     loop = SelectorLoop()
     engine = WSGIEngine(loop, hello)

@@ -16,9 +16,9 @@ import signal
 import socket
 import sys
 
+from clusterrun.adapters.engine.reactor import SelectorLoop
+from clusterrun.adapters.engine.server import WSGIEngine
 from clusterrun.adapters.limits import Limits
-from clusterrun.adapters.reactor import SelectorLoop
-from clusterrun.adapters.wsgi_engine import WSGIEngine
 
 
 def main() -> int:

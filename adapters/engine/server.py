@@ -1,0 +1,367 @@
+"""The inline WSGI engine (``--threads 1``): a worker serves HTTP/1.x straight from a ``SelectorLoop``.
+
+Per worker one thread runs one ``selectors`` loop (adapters.reactor) over its listeners and connections; the
+app is called on that thread, where no asyncio loop exists (Django's ORM, Flask ``async def`` views and
+``asyncio.run()`` in a view just work). Measured: asyncio's transports, protocols and tasks plus the ASGI
+messages cost WSGI serving 2-3x (DESIGN.md, "Where WSGI speed comes from").
+
+* ``listen(sock)``: one ``accept`` per wake-up that keeps a connection open, so that workers sharing a
+  listener share its keep-alive clients (connections answered and closed at once are taken in a row);
+  ``adopt(sock)``: a connection the primary accepted and passed. Either way the new connection's request
+  is read and answered at once when it already came with it, before the connection is ever registered in
+  the selector (the common case with a new connection per request costs no epoll_ctl at all).
+* ``drain(linger, done)``: finish what is in flight; close idle keep-alive connections at once (linger 0) or
+  keep them up to ``linger`` seconds, answering a request that arrives on one with ``Connection: close``:
+  closing an idle keep-alive connection races the client's next request on it.
+* Once a second, on the loop: the Date header, and the sweep that closes connections idle past
+  --timeout-keep-alive and heads not complete within the head timeout (408).
+"""
+
+from __future__ import annotations
+
+import errno
+import http
+import logging
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
+from typing import IO, Any
+from urllib.parse import unquote, unquote_to_bytes
+
+import httptools
+from clusterrun.adapters.admission import Admission
+from clusterrun.adapters.deadline import RequestStamp, TimedGate
+from clusterrun.adapters.engine.connection import Connection, Request
+from clusterrun.adapters.engine.reactor import SelectorLoop
+from clusterrun.adapters.engine.respond import Framing
+from clusterrun.adapters.engine.tls import TLSConnection, TLSFileWrapper, prepare, wrap
+from clusterrun.adapters.engine.upload import serve_upload
+from clusterrun.adapters.headers import ResponseHeaders
+from clusterrun.adapters.limits import Exceeded, Limits
+from clusterrun.adapters.proxy import Forwarding, apply_to_environ
+from clusterrun.adapters.wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, path_info, split_host
+
+from clusterrun._version import __version__
+
+__all__ = ["WSGIEngine"]
+
+logger = logging.getLogger("clusterrun")
+
+# Uploads (bodies still arriving) run in threads, one app call at a time (the gate). A thread waiting for a slow
+# client must not hold up the next upload, so there is no fixed pool that queues: a new upload gets an idle
+# thread or a new one, up to this many at once per worker, and past that a 503 at once (a refusal the client
+# can retry) rather than a wait behind stalled clients; each stalled one frees its thread within --body-timeout.
+_UPLOAD_THREADS = 128
+_DRAIN_CHECK = 0.02
+# New connections taken per wake-up while each is answered and closed at once: bounds how long timers and the
+# worker's other connections wait meanwhile (a few hundred microseconds with a small app).
+_ACCEPT_BATCH = 8
+# Out of descriptors (or kernel memory), a listener stays readable while every accept fails: watched, it would
+# wake the loop at once, again and again, each time with a warning. It rests this long instead (asyncio's
+# own delay for the same case); its clients wait in the kernel's backlog, or another worker takes them.
+_ACCEPT_REST = 1.0
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+class WSGIEngine:
+    """A worker's HTTP server for a WSGI app, on ``loop``; connections come from ``listen`` and ``adopt``."""
+
+    def __init__(
+        self, loop: SelectorLoop, app: WSGIApp, *, limits: Limits | None = None, keep_alive: float = 5.0,
+        extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
+        on_response: Callable[..., object] | None = None, headers: ResponseHeaders | None = None,
+        forwarding: Forwarding | None = None, root_path: str = "", ssl_context: ssl.SSLContext | None = None,
+        request_clock: RequestStamp | None = None,
+    ) -> None:
+        self.loop, self.app = loop, app
+        self.headers = headers or ResponseHeaders()
+        self._fixed_head = b"".join(name + b": " + value + b"\r\n" for name, value in self.headers.fixed())
+        self.limits = limits or Limits()
+        # --limit-concurrency counts this engine's connections too (adapters.admission): it answers one request
+        # at a time, so what a client can make it hold is open connections, not running requests.
+        self.admission = Admission(self.limits.concurrency)
+        self.keep_alive = keep_alive
+        self.forwarding = forwarding  # None: --no-proxy-headers
+        self.root_path, self.on_close = root_path, on_close
+        # Called after each response (access log, --metrics) with: client, method, path, query, HTTP version,
+        # status, body bytes, seconds from the request's head to its last byte, referer, user agent.
+        self.on_response = on_response
+        self.gate = threading.Lock() if request_clock is None else self._timed_gate(request_clock)  # app code
+        self.total_requests = 0
+        self.active = self.uploading = 0  # requests being answered now, and of them by upload threads
+        self._in_flight_peak = 0
+        self.connections: set[Connection] = set()
+        self.listeners: list[socket.socket] = []
+        self.closing_all = False  # draining: every response says Connection: close
+        self.server_head = b""
+        self.read_buffer = bytearray(256 * 1024)  # every recv() on the loop's thread lands here first
+        self._uploads: ThreadPoolExecutor | None = None
+        self._keys = HeaderKeys()
+        self._base: Environ = {
+            "SCRIPT_NAME": root_path,
+            "SERVER_SOFTWARE": f"clusterrun/{__version__}",
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,  # wsgi.input returns b"" at the end of the body: reading to EOF is safe
+            **(extra_environ or {}),
+        }
+        self.tls = ssl_context  # None: plain HTTP, and nothing of adapters.tls_conn runs
+        if ssl_context is not None:
+            prepare(ssl_context)
+            self._base["wsgi.url_scheme"] = "https"
+            self._base["wsgi.file_wrapper"] = TLSFileWrapper  # no sendfile through TLS
+        self._tick()
+
+    def _timed_gate(self, request_clock: RequestStamp) -> Any:
+        """--request-timeout: the gate, each hold of it stamped for the primary (adapters.deadline), and each
+        request named where its environ is made, on the thread that will run it. Off, neither costs anything."""
+        gate = TimedGate(request_clock)
+        plain_environ = self.environ
+
+        def named_environ(conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
+            gate.name(request.method, request.url)
+            return plain_environ(conn, request, stream, size)
+
+        self.environ = named_environ  # type: ignore[method-assign]
+        return gate
+
+    # Connections in.
+
+    def listen(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.listeners.append(sock)
+        kind = (int(sock.family), int(sock.type), sock.proto)  # ints: the properties convert to enums per call
+        self._watch_listener(sock, kind, sock.getsockname())
+
+    def _watch_listener(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
+        if listener in self.listeners:  # not closed by a drain while it rested
+            self.loop.add_reader(listener.fileno(), self._accept, listener, kind, local)
+
+    def _accept(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
+        """Accept and serve; again at once while each connection was answered and closed right away.
+
+        One connection per wake-up that stays open, so that workers sharing a listener share its keep-alive
+        clients; one that is already closed holds no place, and taking the next spares the loop a round
+        (an epoll_wait and its Python) per connection when clients open one per request.
+        """
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                # _accept(): the descriptor and the address, without socket.accept()'s enum conversions and
+                # default-timeout checks; the socket is built from the listener's kind, given as ints.
+                fd, peer = listener._accept()  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # another worker took it, or the client left before the accept
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    logger.warning("accept failed: %s", exc)
+                    return
+                # Keep serving what is open; take new connections again after a rest.
+                logger.warning("accept failed: %s; not accepting for %g s (raise ulimit -n)", exc, _ACCEPT_REST)
+                self.loop.remove_reader(listener.fileno())
+                self.loop.call_later(_ACCEPT_REST, self._watch_listener, listener, kind, local)
+                return
+            if self._open(socket.socket(*kind, fd), peer, local):
+                return
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection the primary accepted, as if this worker's own listener had."""
+        self._open(sock, None, None)
+
+    def _open(self, sock: socket.socket, peer: Any, local: Any) -> bool:
+        """Serve a new connection what already came with it; whether it is still open after."""
+        # A plain connection stays in blocking mode: its reads and writes on the loop say MSG_DONTWAIT, which
+        # spares the ioctl that setblocking(False) costs per connection (Connection.dontwait).
+        if self.tls is None:
+            conn = Connection(self, sock, peer, local)
+        else:
+            sock.setblocking(False)  # TLS takes no flags on its reads and writes
+            try:
+                conn = TLSConnection(self, wrap(self.tls, sock), peer, local)
+            except OSError as exc:  # the client left before the connection could be wrapped
+                logger.debug("dropping a connection before its TLS handshake: %s", exc)
+                sock.close()
+                if self.on_close is not None:
+                    self.on_close(1)
+                return False
+        self.connections.add(conn)
+        conn.start()
+        return not conn.closed
+
+    def closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if self.on_close is not None:
+            self.on_close(1)
+
+    def close_listeners(self) -> None:
+        for sock in self.listeners:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self.listeners.clear()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.connections)
+
+    def take_in_flight(self) -> int:
+        """The most requests in flight at once since the last call (the heartbeat's count).
+
+        The loop turns only between requests (an inline app call blocks it), so at the moment a heartbeat
+        goes out the count is nearly always 0; the most since the previous heartbeat says what the worker did.
+        """
+        peak = max(self._in_flight_peak, self.active)
+        self._in_flight_peak = self.active
+        return peak
+
+    def began(self) -> None:
+        """A request is being answered (on the loop or by an upload thread)."""
+        self.active += 1
+        self._in_flight_peak = max(self._in_flight_peak, self.active)
+
+    def ended(self) -> None:
+        self.active -= 1
+
+    # Requests.
+
+    def environ(self, conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
+        """The request's environ (its head passed adapters.limits' checks when it was parsed)."""
+        environ = self._base.copy()
+        url = request.url
+        if b"#" in url:  # a fragment is the client's own: never part of the path or the query
+            url = url.partition(b"#")[0]
+        if url[:1] != b"/" and url != b"*":  # absolute form (a proxy's): the path is what counts here
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                pass  # authority form (CONNECT host:port): passed on as it came
+            else:
+                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+        raw_path, _, query = url.partition(b"?")
+        environ["REQUEST_METHOD"] = request.method.decode("ascii")
+        # PEP 3333: the path's bytes, percent-decoded, seen as latin-1.
+        path = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
+        environ["PATH_INFO"] = path_info(self.root_path, path) if self.root_path else path
+        environ["QUERY_STRING"] = query.decode("latin-1")
+        environ["RAW_URI"] = url.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        environ["wsgi.input"] = stream
+        environ["wsgi.errors"] = sys.stderr  # looked up per request: the worker may redirect stderr later
+        self._keys.add_to(environ, request.headers)
+        if size and "CONTENT_LENGTH" not in environ:
+            environ["CONTENT_LENGTH"] = str(size)  # chunked upload: the real length is known by now
+        peer, local = conn.peer_address(), conn.local_address()
+        if isinstance(peer, tuple):
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = peer[0], str(peer[1])
+        if isinstance(local, tuple):
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = local[0], str(local[1])
+        else:  # unix socket: the socket path is no server name, the Host header is the best we have
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = split_host(environ.get("HTTP_HOST", ""),
+                                                                        environ["wsgi.url_scheme"])
+        forwarding = self.forwarding
+        if forwarding is not None and forwarding.trusts(peer[0] if isinstance(peer, tuple) else None):
+            origin = apply_to_environ(environ, forwarding)
+            if origin is not None and origin.client is not None:
+                request.client = origin.client  # for the access log
+        return environ
+
+    def hand_over(self, conn: Connection, request: Request) -> None:
+        """A request whose body is still coming: an upload thread owns the connection until it answered."""
+        if self.uploading >= _UPLOAD_THREADS:
+            conn.reject(Exceeded(503, f"{_UPLOAD_THREADS} uploads in progress in this worker (the most at once)"))
+            return
+        if self._uploads is None:
+            # An executor grows to max_workers only when no thread is idle: one thread per upload in progress.
+            self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
+        conn.handed = True
+        self.began()
+        self.uploading += 1
+        conn.pause_reading()
+        try:
+            self._uploads.submit(serve_upload, self, conn, request)
+        except RuntimeError as exc:  # no thread could be started (a process or memory limit)
+            self.uploading -= 1
+            self.ended()
+            conn.handed = False
+            conn.reject(Exceeded(503, f"no thread for the upload: {exc}"))
+
+    def served(self, conn: Connection, request: Request, framing: Framing, began: float) -> None:
+        """Report one response to ``on_response``."""
+        assert self.on_response is not None
+        seconds = time.perf_counter() - began
+        peer = request.client or conn.peer_address()
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
+        raw_path, _, query = request.url.partition(b"?")
+        path = raw_path.decode("latin-1")
+        referer = user_agent = ""
+        for name, value in request.headers:
+            if name == b"referer":
+                referer = value.decode("latin-1")
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+        self.on_response(client, request.method.decode("ascii"), unquote(path) if "%" in path else path,
+                         query.decode("latin-1"), request.version, framing.status or 500, framing.size, seconds,
+                         referer, user_agent)
+
+    def log_refusal(self, peer: Any, hit: Exceeded) -> None:
+        if hit.logged:
+            return
+        source = f" from {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        logger.warning("refused a request%s: %s (%d %s)", source, hit.why, hit.status,
+                       http.HTTPStatus(hit.status).phrase)
+
+    # Once a second: the Date header and the sweep.
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        date = b"date: %s\r\n" % formatdate(usegmt=True).encode() if self.headers.date else b""
+        self.server_head = self._fixed_head + date
+        self._sweep(now)
+        self.loop.call_later(1.0 - time.time() % 1.0, self._tick)  # just after the wall clock's next second
+
+    def _sweep(self, now: float) -> None:
+        keep_alive, head_timeout = self.keep_alive, self.limits.head_timeout
+        for conn in list(self.connections):
+            if conn.handed or conn.rejected:
+                continue
+            if conn.idle_since is not None and now - conn.idle_since >= keep_alive:
+                conn.close()
+            elif conn.head_since is not None and conn.response is None and not conn.out and not conn.queue:
+                if now - conn.head_since >= head_timeout:
+                    if conn.head_size:
+                        conn.reject(Exceeded(408, f"a request head not complete after {head_timeout:g} s"))
+                    else:
+                        conn.close()  # nothing of a request came: closed as an idle keep-alive one
+
+    # Draining.
+
+    def drain(self, linger: float, done: Callable[[], object]) -> None:
+        """Finish every request in flight, then call ``done``; idle connections close at once, or after
+        ``linger`` seconds when other workers take over (a request arriving meanwhile gets Connection: close)."""
+        self.close_listeners()
+        self.closing_all = True
+        self._drain_step(self.loop.time() + linger, done)
+
+    def _drain_step(self, deadline: float, done: Callable[[], object]) -> None:
+        patient = self.loop.time() < deadline
+        for conn in list(self.connections):
+            if conn.idle and not patient:
+                conn.close()
+        if not self.connections:
+            if self._uploads is not None:
+                self._uploads.shutdown(wait=False)
+            done()
+            return
+        self.loop.call_later(_DRAIN_CHECK, self._drain_step, deadline, done)

@@ -1,0 +1,75 @@
+"""Cluster events, as Node's ``cluster.on(...)``: handlers run in the primary's loop.
+
+Events and their arguments (``worker`` is a ``clusterrun.api.Worker``):
+
+    fork(worker)                   a worker process was forked
+    online(worker)                 it runs and is loading the app
+    listening(worker)              it serves (ready for connections)
+    message(worker, message)       it sent a message with clusterrun.send()
+    disconnect(worker)             its channel to the primary closed (it is stopping or died)
+    exit(worker, code, signal)     it exited: an exit code, or the name of the signal that killed it
+
+The cluster's own moments, under gunicorn's names (``config`` is the cluster's Config):
+
+    on_starting(config)            the primary starts, before it binds or forks anything
+    when_ready(config)             every worker of the first generation serves
+    on_reload(config)              a rolling restart begins
+    on_exit(config)                the cluster stopped; every worker is gone
+
+A handler that raises is logged and skipped: it never stops the primary. ``worker_init`` and ``worker_exit``
+run in the worker processes instead (clusterrun.worker.hooks).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from clusterrun.errors import ConfigError
+from clusterrun.worker import hooks as workerhooks
+
+logger = logging.getLogger("clusterrun")
+
+EVENTS = ("fork", "online", "listening", "message", "disconnect", "exit", "on_starting", "when_ready", "on_reload",
+          "on_exit")
+
+Handler = Callable[..., Any]
+
+
+class Events:
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
+
+    def on(self, event: str, handler: Handler) -> Handler:
+        if event not in self._handlers and event not in workerhooks.WORKER_EVENTS:
+            raise ConfigError(f"unknown cluster event {event!r}: choose one of "
+                              f"{', '.join(EVENTS + workerhooks.WORKER_EVENTS)}")
+        if not callable(handler):
+            raise ConfigError(f"the handler for event {event!r} is a {type(handler).__name__}, not a function")
+        if event in workerhooks.WORKER_EVENTS:
+            workerhooks.add(event, handler)  # run in each worker, which inherits it with the fork
+        else:
+            self._handlers[event].append(handler)
+        return handler
+
+    def wanted(self, event: str) -> bool:
+        return bool(self._handlers[event])
+
+    def emit(self, event: str, *args: Any) -> None:
+        for handler in self._handlers[event]:
+            try:
+                handler(*args)
+            except Exception:
+                logger.exception("the %r event handler %s raised; the cluster goes on", event,
+                                 getattr(handler, "__qualname__", handler))
+
+    def register_hooks(self, hooks: object) -> int:
+        """Register every function of ``hooks`` (a module or object) named after an event; how many."""
+        found = 0
+        for event in EVENTS + workerhooks.WORKER_EVENTS:
+            handler = getattr(hooks, event, None)
+            if handler is not None:
+                self.on(event, handler)
+                found += 1
+        return found

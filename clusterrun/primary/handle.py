@@ -1,0 +1,231 @@
+"""What the primary knows of each worker, its deadlines, and how a child's exit is described."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import signal
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from clusterrun.errors import MessageError, StateError
+from clusterrun.host.timers import NO_TIMER, Timer
+from clusterrun.identity import WorkerInfo
+from clusterrun.wire.channel import Channel
+from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.heartbeat import DUMP_SIGNAL
+from clusterrun.wire.protocol import Beat, Message, Stop
+from clusterrun.wire.requestclock import RequestClock
+from clusterrun.worker import messaging
+
+logger = logging.getLogger("clusterrun")
+
+
+
+
+
+
+
+
+
+class WorkerState(enum.Enum):
+    """Where a worker is in its life. Only the moves in ``_MOVES`` happen; any other is a bug (StateError)."""
+
+    STARTING = "starting"  # forked, loading the app; nothing is routed to it
+    READY = "ready"  # serving; primary-side policies route connections to it
+    DRAINING = "draining"  # told to stop on purpose: finishes what it has, gets nothing new; its exit is no crash
+    EXITED = "exited"  # reaped
+
+
+_MOVES: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.DRAINING, WorkerState.EXITED}),
+    WorkerState.READY: frozenset({WorkerState.DRAINING, WorkerState.EXITED}),
+    WorkerState.DRAINING: frozenset({WorkerState.EXITED}),
+    WorkerState.EXITED: frozenset(),
+}
+
+
+
+
+
+
+
+
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    id: int
+    index: int
+    pid: int
+    channel: Channel
+    started: float
+    replaces: WorkerHandle | None = None  # during a rolling restart: the worker this one takes over from
+    state: WorkerState = WorkerState.STARTING
+    interface: str = ""
+    closes: SharedCounter = field(default_factory=SharedCounter)  # connections it has closed, in all
+    # When its inline app began the work in hand, and for which request (--request-timeout; else no page).
+    request_clock: RequestClock = field(default_factory=lambda: RequestClock(False))
+    # Marked by the worker when its app first takes a request (spawn.py): read when it dies, see took_request.
+    first_request: SharedCounter = field(default_factory=SharedCounter)
+    dispatched: int = 0  # connections the primary has passed to it, in all
+    # Connections it can hold open before its descriptor table is full (reported when ready; None: no limit).
+    connection_room: int | None = None
+    ready_at: float | None = None  # when it reported ready
+    boot_error: str | None = None
+    boot_timer: Timer = field(default=NO_TIMER)
+    last_seen: float = 0.0  # when its last frame (heartbeat or other) arrived
+    counts: Beat = field(default_factory=Beat)  # its counts, as of its last heartbeat
+    cpu_seconds: float = 0.0  # its CPU time, read from /proc at its last heartbeat (folded when it exits)
+    _public: weakref.ref[Worker] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def public(self) -> Worker:
+        """The worker as event handlers see it: one object as long as anyone holds it.
+
+        Held weakly: a strong reference back from the handle would make a cycle, and a reaped worker's
+        handle would then wait for a full run of the cyclic collector, which a quiet primary rarely does.
+        """
+        worker = self._public() if self._public is not None else None
+        if worker is None:
+            worker = Worker(self)
+            self._public = weakref.ref(worker)
+        return worker
+
+    @property
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(self.id, self.index, self.pid)
+
+    @property
+    def open_connections(self) -> int:
+        """Open on the worker or on their way to it (least-conn): passed, less closed."""
+        return max(0, self.dispatched - self.closes.read())
+
+    @property
+    def took_request(self) -> bool:
+        """Its app took a request (its first one, or one in flight when it died): read from its shared page,
+        written before the app runs, so a worker that died in its very first request has taken it."""
+        return self.first_request.read() > 0
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state is WorkerState.READY
+
+    @property
+    def retired(self) -> bool:
+        """Told to stop on purpose: its exit is not a crash, and nothing is routed to it."""
+        return self.state is WorkerState.DRAINING
+
+    def move(self, to: WorkerState) -> None:
+        """Change state; StateError for a move no worker makes (a bug in the primary, caught where it happens)."""
+        if to is not self.state and to not in _MOVES[self.state]:
+            raise StateError(f"{self.info} cannot go from {self.state.value} to {to.value}")
+        self.state = to
+
+    @property
+    def is_full(self) -> bool:
+        """It holds as many connections as its descriptor table allows: passing one more would lose it."""
+        room = self.connection_room
+        return room is not None and self.open_connections >= room
+
+    def mark_ready(self, interface: str, now: float) -> None:
+        self.move(WorkerState.READY)
+        self.interface = interface
+        self.ready_at = now
+
+    def drain(self, linger: bool = False) -> None:
+        """Ask the worker to drain (finish what it has, take nothing new, exit).
+
+        In-band, so that it reads every connection sent before the order.
+
+        ``linger``: other workers take over, so idle keep-alive connections may stay open until their
+        client's next request (answered with Connection: close) instead of closing under it.
+        """
+        self.move(WorkerState.DRAINING)
+        if self.channel.is_open:
+            self.channel.send(Stop(linger))
+        else:
+            self.terminate()
+
+    def send_message(self, message: Any) -> None:
+        messaging.check(message)
+        if not self.channel.is_open:
+            raise MessageError(f"cannot send to {self.info}: its channel is closed (it stopped or died)")
+        self.channel.send(Message(message))
+
+    def dump_threads(self) -> None:
+        """Ask the worker to write every thread's traceback to the log (faulthandler, see worker.py)."""
+        self._signal(DUMP_SIGNAL)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+
+class Worker:
+    """A worker as the primary's event handlers see it (Node's ``Worker``): identity, state, ``send``."""
+
+    __slots__ = ("__weakref__", "_handle")
+
+    def __init__(self, handle: WorkerHandle) -> None:
+        self._handle = handle
+
+    @property
+    def id(self) -> int:
+        return self._handle.id
+
+    @property
+    def index(self) -> int:
+        return self._handle.index
+
+    @property
+    def pid(self) -> int:
+        return self._handle.pid
+
+    @property
+    def info(self) -> WorkerInfo:
+        return self._handle.info
+
+    @property
+    def state(self) -> str:
+        """starting, ready, draining, or exited once it has been reaped."""
+        return self._handle.state.value
+
+    def send(self, message: Any) -> None:
+        """Send a JSON message to this worker (its clusterrun.on_message callbacks); MessageError if refused."""
+        self._handle.send_message(message)
+
+    def __repr__(self) -> str:
+        return f"<Worker id={self.id} index={self.index} pid={self.pid} {self.state}>"
+
+
+
+
+
+
+
+
+def exit_of(status: int) -> tuple[int | None, str | None]:
+    """A wait status as (exit code, None) or (None, signal name)."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            return None, signal.Signals(signum).name
+        except ValueError:
+            return None, f"signal {signum}"
+    return os.waitstatus_to_exitcode(status), None
+
+
+def describe_status(status: int) -> str:
+    """A wait status in words: 'exit code 3' or 'killed by SIGKILL'."""
+    code, signal_name = exit_of(status)
+    return f"killed by {signal_name}" if signal_name else f"exit code {code}"

@@ -1,0 +1,93 @@
+"""Forking one worker: its channel, its shared page, its sockets, and the primary's descriptors it must close.
+
+The pool's real ``Spawner``. Each fork gets a fresh channel pair (the primary
+keeps both ends: what the worker never reads outlives it, see channel.py), a
+shared counter page made before the fork, and the listening sockets its policy
+gives its slot. The child closes every descriptor that belongs to the primary
+(the signal inbox, other workers' channels, listeners it does not serve) and
+never returns here: child.run ends in ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from clusterrun.config.options import Config
+from clusterrun.host.signals import fork_holding_signals
+from clusterrun.primary.dispatch import Dispatcher
+from clusterrun.primary.handle import WorkerHandle
+from clusterrun.primary.policies import Policy
+from clusterrun.wire.channel import Channel
+from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.requestclock import RequestClock
+from clusterrun.worker import child
+
+if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+    from clusterrun.adapters.entry import LoadedApp
+
+OnChannel = Callable[[WorkerHandle, int], None]
+
+
+class Forker:
+    def __init__(
+        self, config: Config, policy: Policy, listeners: Sequence[socket.socket], selector: selectors.BaseSelector,
+        primary_fds: Callable[[], list[int]], dispatcher: Dispatcher, on_channel: OnChannel,
+        clock: Callable[[], float], preloaded: LoadedApp | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.listeners = listeners
+        self.selector = selector
+        self.primary_fds = primary_fds  # the primary's own descriptors, the other workers' channels included
+        self.dispatcher = dispatcher
+        self.on_channel = on_channel
+        self.clock = clock
+        self.preloaded = preloaded  # the app, imported before forking (--preload)
+
+    def spawn(self, worker_id: int, index: int, replaces: WorkerHandle | None) -> WorkerHandle:
+        """Fork the worker; OSError when the system refuses (EAGAIN past the process limit, ENOMEM, EMFILE),
+        with nothing of it left open in the primary."""
+        parent_end, child_end = Channel.socketpair()
+        made: list[SharedCounter | RequestClock] = []  # pages mapped for the worker: closed if the fork fails
+        try:
+            # Made before the fork: the worker writes it, the primary reads it (primary-side policies only).
+            closes = SharedCounter(shared=self.policy.dispatches)
+            made.append(closes)
+            # Under every policy: the worker marks it when its app first takes a request, which the primary
+            # reads when the worker dies (pool.py: only a worker that never took one counts toward giving up).
+            first_request = SharedCounter()
+            made.append(first_request)
+            request_clock = RequestClock(self.config.request_timeout > 0)  # the same way: the primary reads it
+            made.append(request_clock)
+            sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
+            to_close = [*self.primary_fds(), parent_end.fileno()]
+            to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
+            with contextlib.suppress(AttributeError, OSError):
+                to_close.append(self.selector.fileno())  # type: ignore[attr-defined]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid, signal_mask = fork_holding_signals()
+        except OSError:
+            for sock in (parent_end, child_end):
+                sock.close()
+            for page in made:
+                page.close()
+            raise
+        if pid == 0:
+            child.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded,
+                      signal_mask, request_clock, first_request)
+        handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
+                              replaces=replaces, closes=closes,
+                              request_clock=request_clock, first_request=first_request)
+        handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
+        self.selector.register(handle.channel.sock, selectors.EVENT_READ, lambda mask: self.on_channel(handle, mask))
+        return handle
+
+    def forget(self, handle: WorkerHandle) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(handle.channel.sock)

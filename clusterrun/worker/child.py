@@ -1,0 +1,105 @@
+"""The worker side of a fork: become a worker, then hand over to the runtime.
+
+Everything here runs in the child right after ``os.fork()``. It must never
+return into the primary's code: ``run`` always ends in ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+from clusterrun import identity, logs
+from clusterrun.config.options import Config
+from clusterrun.errors import EXIT_BOOT, EXIT_ERROR, BootError
+from clusterrun.host import priority, privileges
+from clusterrun.wire.channel import Channel
+from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.heartbeat import DUMP_SIGNAL
+from clusterrun.wire.requestclock import RequestClock
+
+if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+    from clusterrun.adapters.entry import LoadedApp
+
+logger = logging.getLogger("clusterrun")
+
+
+# Signals the primary listens to; a worker must not act on them as the primary would.
+_PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGTERM)
+
+
+def run(
+    config: Config, worker_id: int, index: int, channel_sock: socket.socket, sockets: Sequence[socket.socket],
+    inherited_fds: Sequence[int], closes: SharedCounter, preloaded: LoadedApp | None = None,
+    signal_mask: set[int | signal.Signals] | None = None, request_clock: RequestClock | None = None,
+    first_request: SharedCounter | None = None,
+) -> NoReturn:
+    code = EXIT_ERROR
+    try:
+        _leave_primary(inherited_fds)
+        priority.restore()
+        # On SIGUSR1 (sent by the primary to a hung worker before killing it), every thread's Python
+        # traceback goes to the log: at C level, so it works while Python code is stuck.
+        faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True)
+        if signal_mask is not None:  # held since the fork (signals.fork_holding_signals): now they are ours
+            signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
+        info = identity.WorkerInfo(worker_id, index, os.getpid())
+        identity.become(info)
+        logs.setup(config, info)  # as root still: the log files open whatever folder they are in
+        # --user: right after the fork, before the serving modules and the app are imported (privileges.py).
+        privileges.drop(privileges.check(config.run_as))
+        _set_title(config, info)
+        _die_with_primary()  # after the drop: a change of credentials clears the parent-death signal
+        channel = Channel(channel_sock)
+        from clusterrun.worker.runtime import serve  # imported here: the core stays importable without uvicorn
+
+        code = serve(config, info, channel, sockets, closes, preloaded, request_clock, first_request)
+    except BootError as exc:
+        code = EXIT_BOOT
+        logger.error("%s", exc)
+    except BaseException:
+        logger.critical("worker failed:\n%s", traceback.format_exc())
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _leave_primary(inherited_fds: Sequence[int]) -> None:
+    """Drop what belongs to the primary: its signal handling and the descriptors of its other ends."""
+    signal.set_wakeup_fd(-1)
+    for signum in _PRIMARY_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    # Ctrl-C reaches the whole process group; the primary decides how workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in inherited_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _set_title(config: Config, info: identity.WorkerInfo) -> None:
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    setproctitle(f"clusterrun: worker {info.id} index {info.index} [{config.app}]")
+
+
+def _die_with_primary() -> None:
+    """Linux: the kernel sends SIGTERM if the primary dies; elsewhere end of file on the channel does."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

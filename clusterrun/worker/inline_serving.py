@@ -1,0 +1,109 @@
+"""Serving a WSGI app inline (``--threads 1``) on clusterrun's own engine, on a loop with no asyncio.
+
+The worker's runtime (clusterrun.worker.runtime) decides when to listen, what to adopt and when to drain, as for
+uvicorn's stack (clusterrun.worker.serving); the serving is the inline engine's (adapters.wsgi_engine), reached
+through adapters' one entry point. A WSGI app has no lifespan, so there is nothing to start or stop.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from clusterrun.accesslog import AccessLog
+from clusterrun.adapters import entry
+from clusterrun.config.options import Config
+from clusterrun.identity import WorkerInfo
+from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.protocol import Beat
+from clusterrun.wire.requestclock import RequestClock
+from clusterrun.wire.requeststats import RequestStats
+from clusterrun.worker.serving import forwarding, limits, response_headers
+
+
+class InlineServer:
+    """The WSGI app on the inline engine: ``listen``, ``adopt``, ``drain``."""
+
+    interface = "wsgi"
+
+    def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
+                 loop: entry.SelectorLoop, ssl_context: ssl.SSLContext | None = None,
+                 request_clock: RequestClock | None = None, first_request: SharedCounter | None = None,
+                 ) -> None:
+        self.config = config
+        self.stats = RequestStats() if config.metrics is not None else None
+        access = AccessLog(config.access_log_format, info) if config.access_log else None
+        # Under a primary-side policy every closed connection is counted where the primary reads it
+        # (clusterrun.wire.counters): least-conn orders by it, and the policies keep each worker within its
+        # descriptor table.
+        self.engine: Any = entry.inline_engine(
+            loop, loaded, info=info, limits=limits(config), keep_alive=config.timeout_keep_alive,
+            on_close=closes.add if closes.shared else None,
+            on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
+            headers=response_headers(config), forwarding=forwarding(config), root_path=config.root_path,
+            ssl_context=ssl_context,
+            # --request-timeout: the engine stamps each stretch of app code where the primary reads it.
+            request_clock=request_clock if request_clock is not None and request_clock.enabled else None,
+        )
+        if first_request is not None:
+            self.engine.app = _marking_the_first_request(self.engine, first_request)
+
+    def counts(self) -> Beat:
+        """The heartbeat, with what this worker served and holds now."""
+        engine, stats = self.engine, self.stats
+        in_flight = engine.take_in_flight()  # the most since the last heartbeat: the loop turns between requests
+        if stats is None:
+            return Beat(engine.total_requests, engine.open_connections, in_flight)
+        return Beat(engine.total_requests, engine.open_connections, in_flight,
+                    tuple(stats.by_class), tuple(stats.buckets), stats.seconds)
+
+    @property
+    def total_requests(self) -> int:
+        return int(self.engine.total_requests)
+
+    def stuck_threads(self) -> int:
+        """None here: an app stuck past --request-timeout gets its worker killed by the primary."""
+        return 0
+
+    def listen(self, sockets: Sequence[socket.socket]) -> None:
+        for sock in sockets:
+            self.engine.listen(sock)
+
+    def adopt(self, sock: socket.socket) -> None:
+        self.engine.adopt(sock)
+
+    def drain(self, linger: bool, done: Callable[[], object]) -> None:
+        """Stop listening, finish what is in flight, then call ``done`` (adapters.wsgi_engine: never racing a
+        keep-alive client; idle connections linger up to --timeout-keep-alive when other workers take over)."""
+        self.engine.drain(self.config.timeout_keep_alive if linger else 0.0, done)
+
+
+def _marking_the_first_request(engine: Any, mark: SharedCounter) -> Callable[..., Any]:
+    """The engine's app for its first request: it marks the worker's shared page, then hands the engine the app.
+
+    The engine calls ``engine.app`` for each request (on the loop and in upload threads alike), so from the
+    second request on it calls the app itself: the mark costs nothing per request.
+    """
+    app = engine.app
+
+    def first(environ: Any, start_response: Any) -> Any:
+        mark.add()  # before the app runs: a worker that dies in its first request has taken one
+        engine.app = app
+        return app(environ, start_response)
+
+    return first
+
+
+def _observer(stats: RequestStats | None, access: AccessLog | None) -> Callable[..., None]:
+    """What the engine calls after each response: --metrics counts it, the access log writes its line."""
+
+    def served(client: str, method: str, path: str, query: str, http_version: str, status: int, size: int,
+               seconds: float, referer: str, user_agent: str) -> None:
+        if stats is not None:
+            stats.record(status, seconds)
+        if access is not None:
+            access.log(client, method, path, query, http_version, status, size, seconds, referer, user_agent)
+
+    return served

@@ -1,0 +1,385 @@
+"""A worker's life after the fork: load the app, serve it, obey the primary, drain, exit.
+
+The runtime owns what every worker does whatever it serves: the channel to the primary (passed connections,
+messages, stop orders), the heartbeat, the recycling limits, SIGTERM, and the order of start-up and drain.
+The serving itself is clusterrun.worker.serving's (uvicorn's HTTP protocols on an asyncio loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from clusterrun import logs
+from clusterrun.adapters import entry
+from clusterrun.config.options import Config
+from clusterrun.errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
+from clusterrun.host import tls
+from clusterrun.identity import WorkerInfo
+from clusterrun.wire.channel import Channel
+from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.heartbeat import heartbeat_interval
+from clusterrun.wire.protocol import (
+    BootFailed,
+    Broadcast,
+    Connections,
+    Draining,
+    Message,
+    Online,
+    Ready,
+    Recycle,
+    ReopenLogs,
+    Stop,
+)
+from clusterrun.wire.requestclock import RequestClock
+from clusterrun.worker import hooks as workerhooks
+from clusterrun.worker import messaging
+from clusterrun.worker.inline_serving import InlineServer
+from clusterrun.worker.serving import StackServer
+
+logger = logging.getLogger("clusterrun")
+
+# The part of asyncio's loop API this runtime uses is also what the inline engine's SelectorLoop offers.
+Loop = asyncio.AbstractEventLoop | entry.SelectorLoop
+
+_FLUSH_POLL = 0.02
+# A worker stopped by SIGTERM waits this long for the primary's stop frame before draining anyway.
+_PRIMARY_ANSWER_WAIT = 2.0
+
+
+def serve(
+    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
+    preloaded: entry.LoadedApp | None = None, request_clock: RequestClock | None = None,
+    first_request: SharedCounter | None = None,
+) -> int:
+    """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code.
+
+    A WSGI app called inline (``--threads 1``) is served by clusterrun's own engine on a loop with no asyncio;
+    anything else by uvicorn's stack on an asyncio loop.
+    """
+    channel.send(Online())
+    try:
+        ssl_context = tls.worker_context(config.tls)  # the certificate files as they are now
+        loaded = preloaded or entry.load_app(
+            config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface
+        )
+        inline = entry.inline_engine_available(loaded, threads=config.threads, http=config.http)
+        if not inline:
+            server = StackServer(config, info, loaded, closes, ssl_context, request_clock, first_request)
+            loop = _new_loop(config.loop)
+        workerhooks.init(info)  # after the app is loaded (or inherited with --preload), before serving
+    except BootError as exc:
+        channel.send_blocking(BootFailed(str(exc)))
+        return EXIT_BOOT
+    if inline:
+        logs.announce_engine(info, "inline WSGI engine (httptools)")
+        return _serve_inline(config, info, channel, sockets, closes, loaded, ssl_context, request_clock,
+                             first_request)
+    loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    logs.announce_engine(info, f"uvicorn {server.stack.parser} + {loop_name}")
+    try:
+        asyncio.set_event_loop(loop)
+        code = loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes, loop).run())
+        workerhooks.exit(info)
+        return code
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _serve_inline(
+    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
+    loaded: entry.LoadedApp, ssl_context: ssl.SSLContext | None, request_clock: RequestClock | None = None,
+    first_request: SharedCounter | None = None,
+) -> int:
+    loop = entry.selector_loop()
+    try:
+        server = InlineServer(config, info, loaded, closes, loop, ssl_context, request_clock, first_request)
+        code = WorkerRuntime(config, channel, server, sockets, closes, loop).run_inline()
+        workerhooks.exit(info)
+        return code
+    finally:
+        loop.close()
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise BootError("--loop uvloop needs uvloop: pip install 'clusterrun[standard]'") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process: /proc on Linux, the peak from getrusage elsewhere."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def _nofile_limit() -> int | None:
+    """This process's soft limit on open descriptors; None where there is none."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_room() -> int | None:
+    """How many passed connections this worker can hold open with room to spare; None: no limit.
+
+    The primary passes no more than this (less those closed): a connection whose descriptor the kernel cannot
+    install here would be lost. An eighth of the table (at least 16) stays free for what the app opens itself.
+    """
+    limit = _nofile_limit()
+    if limit is None:
+        return None
+    try:
+        open_now = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
+    except OSError:
+        open_now = 0
+    return max(1, limit - open_now - max(16, limit // 8))
+
+
+class WorkerRuntime:
+    """One worker between its fork and its exit, on its loop: asyncio's (``run``) or the inline engine's
+    SelectorLoop (``run_inline``), driven through the same part of asyncio's loop API."""
+
+    def __init__(
+        self, config: Config, channel: Channel, server: StackServer | InlineServer, sockets: Sequence[socket.socket],
+        closes: SharedCounter, loop: Loop,
+    ) -> None:
+        self.config = config
+        self.loop = loop
+        self.channel = channel
+        self.server = server
+        self.sockets = sockets
+        self.closes = closes  # shared only under a primary-side policy: then every close is counted
+        self._stop_asked = False
+        self._on_stop: Callable[[], object] = lambda: None  # wakes the run waiting for the stop
+        self._dropped_reported = 0.0  # when dropped descriptors were last logged
+        # Recycling limits, fixed per worker; the jitter keeps workers from all being replaced at once.
+        self._request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
+        self._recycle_asked = False
+        self._linger = False  # on stop, other workers take over: idle keep-alive connections may linger
+
+    def _attach(self) -> None:
+        """Messages, the channel and SIGTERM reach this runtime from now on."""
+        messaging.attach(self._deliver_factory(self.loop))
+        self._watch_channel(self.loop)
+        self.loop.add_signal_handler(signal.SIGTERM, self._on_sigterm, self.loop)
+
+    def _serving(self) -> None:
+        self._beat(heartbeat_interval(self.config.timeout))
+        self.channel.send(Ready(self.server.interface, connection_room()))
+
+    async def run(self) -> int:
+        """On the running asyncio loop, with uvicorn's stack (which runs an ASGI app's lifespan)."""
+        server = self.server
+        assert isinstance(server, StackServer)
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not stopped.done():
+                stopped.set_result(None)
+
+        self._on_stop = wake
+        self._attach()
+        try:
+            await server.start()
+        except BootError as exc:
+            self.channel.send_blocking(BootFailed(str(exc)))
+            return EXIT_BOOT
+        if self._stop_asked:  # told to stop while starting up
+            await server.stop()
+            return EXIT_OK
+        await server.listen(self.sockets)
+        self._serving()
+        if not self._stop_asked:
+            await stopped
+
+        await server.drain(self._linger)
+        await server.stop()
+        self._send_last_counts()
+        with contextlib.suppress(Exception):
+            await self._channel_flushed()
+        return EXIT_OK
+
+    def run_inline(self) -> int:
+        """On the inline engine's SelectorLoop (a WSGI app has no lifespan: nothing to start or stop)."""
+        server, loop = self.server, self.loop
+        assert isinstance(server, InlineServer) and not isinstance(loop, asyncio.AbstractEventLoop)
+        self._attach()
+        server.listen(self.sockets)
+        self._serving()
+        loop.run_until(lambda: self._stop_asked)
+        drained: list[bool] = []
+        server.drain(self._linger, lambda: drained.append(True))
+        loop.run_until(lambda: bool(drained))
+        self._send_last_counts()
+        self._poll_channel_flushed(loop)
+        loop.run_until(lambda: not self._channel_waiting())
+        return EXIT_OK
+
+    def _on_sigterm(self, loop: Loop) -> None:
+        """Stopped from outside: tell the primary first, so that it routes nothing more here, then drain.
+
+        The primary answers with a stop frame, which arrives after every connection it already sent.
+        """
+        if self.channel.eof:
+            self.stop()
+            return
+        self.channel.send(Draining())
+        loop.call_later(_PRIMARY_ANSWER_WAIT, self.stop)
+
+    def stop(self) -> None:
+        if not self._stop_asked:
+            logger.debug("stopping: draining open connections")
+            self._stop_asked = True
+            self._on_stop()
+
+    # The channel: connections and orders from the primary.
+
+    def _watch_channel(self, loop: Loop) -> None:
+        fd = self.channel.fileno()
+        loop.add_reader(fd, self._on_channel_readable, loop)
+
+        def backlog(waiting: bool) -> None:
+            if waiting:
+                loop.add_writer(fd, self.channel.flush)
+            else:
+                loop.remove_writer(fd)
+
+        self.channel.on_backlog = backlog
+
+    def _on_channel_readable(self, loop: Loop) -> None:
+        try:
+            frames = self.channel.receive()
+        except ChannelError as exc:
+            logger.error("bad frame from the primary (%s); stopping", exc)
+            loop.remove_reader(self.channel.fileno())
+            self.stop()
+            return
+        dropped = self.channel.take_dropped()
+        if dropped:
+            self._on_dropped(dropped)
+        for frame, fds in frames:
+            match frame:
+                case Connections(family):
+                    # Given the family, the socket object asks the kernel one question instead of three.
+                    for fd in fds:
+                        self.server.adopt(socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd))
+                case Message(data):
+                    messaging.dispatch(data, _scheduler(loop))
+                case Stop(linger):
+                    self._linger = linger
+                    self.stop()
+                case ReopenLogs():
+                    logs.reopen()
+                case _:
+                    logger.debug("ignoring %s from the primary: not a frame for a worker", type(frame).__name__)
+                    for fd in fds:
+                        os.close(fd)
+        if self.channel.eof:
+            # The primary is gone (or broke the channel): finish what is in flight and exit, never linger.
+            loop.remove_reader(self.channel.fileno())
+            logger.warning("the primary went away; stopping")
+            self.stop()
+
+    def _on_dropped(self, count: int) -> None:
+        """The kernel closed passed connections this worker had no descriptor for: count them, say so, go on."""
+        if self.closes.shared:
+            self.closes.add(count)  # the primary counted them as open here
+        now = time.monotonic()
+        if now - self._dropped_reported >= 5.0:
+            self._dropped_reported = now
+            logger.error("%d passed connection%s dropped: this worker's descriptor table is full (ulimit -n %s); "
+                         "raise it", count, "" if count == 1 else "s", _nofile_limit() or "unlimited")
+
+    def _deliver_factory(self, loop: Loop) -> Any:
+        """How clusterrun.send() reaches the channel: directly on the loop's thread, else through the loop."""
+        loop_thread = threading.get_ident()
+
+        def deliver(frame: Message | Broadcast) -> None:
+            if threading.get_ident() == loop_thread:
+                self.channel.send(frame)
+            else:
+                loop.call_soon_threadsafe(self.channel.send, frame)
+
+        return deliver
+
+    def _send_last_counts(self) -> None:
+        if not self.channel.eof:
+            self.channel.send(self.server.counts())  # the last counts: the primary folds them into its totals
+
+    def _channel_waiting(self) -> bool:
+        """Frames wait to go up a channel that can still take them."""
+        return bool(self.channel.backlog) and not (self.channel.eof or self.channel.broken)
+
+    async def _channel_flushed(self) -> None:
+        while self._channel_waiting():
+            await asyncio.sleep(_FLUSH_POLL)
+
+    def _poll_channel_flushed(self, loop: Loop) -> None:
+        """Wake the inline loop every poll while the channel flushes (it may also end by breaking)."""
+        if self._channel_waiting():
+            loop.call_later(_FLUSH_POLL, self._poll_channel_flushed, loop)
+
+    # The heartbeat and recycling.
+
+    def _beat(self, interval: float) -> None:
+        """Every ``interval`` (a quarter of --timeout, at most a second): the heartbeat, the recycling limits.
+
+        The heartbeat proves the loop is not stuck: a worker blocked in one request sends none, so the primary
+        passes it nothing new (late) and counts it as hung after --timeout.
+        """
+        if not self.channel.eof:
+            self.channel.send(self.server.counts())
+            self._check_recycling()
+        self.loop.call_later(interval, self._beat, interval)
+
+    def _check_recycling(self) -> None:
+        if self._recycle_asked:
+            return
+        reason = ""
+        served = self.server.total_requests
+        if self.config.max_requests and served >= self._request_limit:
+            reason = f"it served {served} requests (--max-requests {self.config.max_requests})"
+        elif self.config.max_memory:
+            rss_mib = _rss_bytes() / (1024 * 1024)
+            if rss_mib > self.config.max_memory:
+                reason = f"its memory grew to {rss_mib:.0f} MiB (--max-memory {self.config.max_memory})"
+        if not reason and self.config.request_timeout and (stuck := self.server.stuck_threads()):
+            reason = (f"{stuck} thread{'' if stuck == 1 else 's'} still in the app past --request-timeout "
+                      f"{self.config.request_timeout:g} s")
+        if reason:
+            # The primary replaces this worker the no-drop way: a new one first, then this one drains.
+            self._recycle_asked = True
+            self.channel.send(Recycle(reason))
+
+
+def _scheduler(loop: Loop) -> Callable[[Coroutine[Any, Any, Any]], object]:
+    """How an async on_message callback runs: a task on an asyncio loop; to its end where no asyncio loop runs."""
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return loop.create_task
+    return asyncio.run

@@ -1,0 +1,269 @@
+"""Serving one worker's app on uvicorn's HTTP protocol stack, on an asyncio loop.
+
+The worker's runtime (clusterrun.worker.runtime) decides when to start, what to adopt and when to drain; this
+module does the serving: the app's lifespan, the listeners, connections the primary passed, the Date
+header, and a drain that never races a keep-alive client. It reaches the app and uvicorn's protocols through
+adapters' one entry point (clusterrun.adapters.entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from email.utils import formatdate
+from typing import Any
+
+from clusterrun.accesslog import AccessLog
+from clusterrun.adapters import entry
+from clusterrun.config.options import Config
+from clusterrun.identity import WorkerInfo
+from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.protocol import Beat
+from clusterrun.wire.requestclock import RequestClock
+from clusterrun.wire.requeststats import RequestStats
+
+logger = logging.getLogger("clusterrun")
+
+_DRAIN_POLL = 0.02
+
+
+def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> Any:
+    """The ASGI app, each HTTP response recorded in ``stats`` (--metrics) and written to the access log."""
+
+    async def observed_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets when the app fails before it starts a response
+        size = 0
+
+        async def send_observed(message: Any) -> None:
+            nonlocal status, size
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await app(scope, receive, send_observed)
+        finally:
+            seconds = time.perf_counter() - started
+            if stats is not None:
+                stats.record(status, seconds)
+            if access is not None:
+                _log_access(access, scope, status, size, seconds)
+
+    return observed_app
+
+
+def marking_the_first_request(app: Any, mark: SharedCounter) -> Any:
+    """The ASGI app, marking the worker's shared page when it takes its first request (HTTP or WebSocket).
+
+    A plain function that returns the app's coroutine, which uvicorn awaits: no coroutine frame of its own, so
+    what it costs per request is one call and one test.
+    """
+    taken = False
+
+    def marking(scope: Any, receive: Any, send: Any) -> Any:
+        nonlocal taken
+        if not taken:
+            taken = True
+            mark.add()  # before the app runs: a worker that dies in its first request has taken one
+        return app(scope, receive, send)
+
+    return marking
+
+
+def _log_access(access: AccessLog, scope: Any, status: int, size: int, seconds: float) -> None:
+    client = scope.get("client")
+    headers = dict(scope.get("headers") or ())
+    access.log(f"{client[0]}:{client[1]}" if client else "-", scope["method"], scope["path"],
+               scope["query_string"].decode("latin-1"), scope["http_version"], status, size, seconds,
+               headers.get(b"referer", b"").decode("latin-1"), headers.get(b"user-agent", b"").decode("latin-1"))
+
+
+def response_headers(config: Config) -> entry.ResponseHeaders:
+    """The headers every response gets, from --no-server-header, --no-date-header and --header."""
+    return entry.ResponseHeaders(server=not config.no_server_header, date=not config.no_date_header,
+                                 extra=config.headers)
+
+
+def forwarding(config: Config) -> entry.Forwarding | None:
+    """Which proxies' forwarding headers count (README "Behind a proxy"); None with --no-proxy-headers."""
+    if not config.proxy_headers:
+        return None
+    return entry.Forwarding(config.forwarded_allow_ips, host=config.proxy_host)
+
+
+def limits(config: Config) -> entry.Limits:
+    """The request limits a worker enforces, from its Config (README "Limits")."""
+    return entry.Limits(
+        request_line=config.limit_request_line,
+        header_count=config.limit_request_fields,
+        header_field=config.limit_request_field_size,
+        head=config.limit_request_head,
+        head_timeout=config.timeout_request_head,
+        body=config.limit_request_body,
+        concurrency=config.limit_concurrency,
+        body_timeout=config.body_timeout,
+        request_timeout=config.request_timeout,
+    )
+
+
+def websocket_limits(config: Config) -> entry.WebSocketLimits:
+    """--ws-max-size, --ws-ping-interval, --ws-ping-timeout (uvicorn's WebSocket protocols enforce them)."""
+    return entry.WebSocketLimits(max_size=config.ws_max_size, ping_interval=config.ws_ping_interval,
+                                 ping_timeout=config.ws_ping_timeout)
+
+
+class StackServer:
+    """The app on uvicorn's protocols: ``start`` (lifespan), ``listen``, ``adopt``, ``drain``, ``stop``."""
+
+    def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
+                 ssl_context: ssl.SSLContext | None = None, request_clock: RequestClock | None = None,
+                 first_request: SharedCounter | None = None) -> None:
+        self.config = config
+        # With TLS, asyncio's (or uvloop's) transports do the handshake, on listeners and passed connections
+        # alike, and uvicorn's protocols then report the scheme https; a handshake not done within the head
+        # timeout is dropped, like a request head that does not come.
+        self._tls: dict[str, Any] = {} if ssl_context is None else {
+            "ssl": ssl_context, "ssl_handshake_timeout": config.timeout_request_head}
+        self.info = info
+        self.interface = loaded.interface
+        stamp = request_clock if request_clock is not None and request_clock.enabled else None
+        self.app = self.bridged = entry.as_asgi(loaded, threads=config.threads, info=info,
+                                                body_timeout=config.body_timeout, request_clock=stamp)
+        if config.request_timeout:  # each request cancelled at its deadline, 504 (adapters.deadline)
+            self.app = entry.with_deadline(self.app, config.request_timeout)
+        self.stats = RequestStats() if config.metrics is not None else None
+        access = AccessLog(config.access_log_format, info) if config.access_log else None
+        if self.stats is not None or access is not None:
+            self.app = observed(self.app, self.stats, access)
+        proxies = forwarding(config)
+        if proxies is not None:  # outermost: the access log and the app both see the client the proxy names
+            self.app = entry.ForwardedApp(self.app, proxies)
+        self.date_header = not config.no_date_header
+        # Only the requests' app marks the first request: the lifespan below runs the app unmarked.
+        served = self.app if first_request is None else marking_the_first_request(self.app, first_request)
+        self.stack = entry.http_stack(served, http=config.http, access_log=False, headers=response_headers(config),
+                                      timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog,
+                                      root_path=config.root_path, ws=websocket_limits(config))
+        self.lifespan = entry.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
+        # Under a primary-side policy every closed connection is counted where the primary reads it
+        # (clusterrun.wire.counters): least-conn orders by it, and every such policy keeps a worker's open
+        # connections within its descriptor table.
+        self.closes = closes
+        self._servers: list[asyncio.Server] = []
+        self._adopting: set[asyncio.Task[Any]] = set()
+        self._protocol_factory: Any = None
+
+    @property
+    def total_requests(self) -> int:
+        return self.stack.total_requests
+
+    def stuck_threads(self) -> int:
+        """Threads still running a WSGI app's code for a request given up at --request-timeout."""
+        return entry.stuck_threads(self.bridged)
+
+    def counts(self) -> Beat:
+        """The heartbeat, with what this worker served and holds now."""
+        stats = self.stats
+        if stats is None:
+            return Beat(self.stack.total_requests, self.stack.connection_count, self.stack.in_flight)
+        return Beat(self.stack.total_requests, self.stack.connection_count, self.stack.in_flight,
+                    tuple(stats.by_class), tuple(stats.buckets), stats.seconds)
+
+    async def start(self) -> None:
+        """Run the app's lifespan startup; a failure is a BootError."""
+        await self.lifespan.startup()
+
+    async def listen(self, sockets: Sequence[socket.socket]) -> None:
+        """Serve on ``sockets`` (none under a primary-side policy: connections then come through ``adopt``)."""
+        loop = asyncio.get_running_loop()
+        app_state = self.lifespan.state
+        app_state["clusterrun.worker"] = self.info
+        request_limits = limits(self.config)
+        # One per worker, with --limit-concurrency; without it there is nothing to count.
+        admission = entry.Admission(request_limits.concurrency) if request_limits.concurrency else None
+        clock = entry.HeadClock()  # one sweep a second checks every connection's head clock
+        clock.start(loop)
+        self.stack.guard_requests(lambda conn: entry.Guard(conn, request_limits, clock, admission),
+                                  head_limit=request_limits.head, upgraded_close=admission is not None)
+        if self.closes.shared:
+            self.stack.notify_close(self.closes.add)
+        self._protocol_factory = self.stack.protocol_factory(loop, app_state)
+        self._tick(self.stack.encoded_headers)
+        self._servers = [
+            await loop.create_server(self._protocol_factory, sock=sock, backlog=self.config.backlog, **self._tls)
+            for sock in sockets
+        ]
+
+    async def stop(self) -> None:
+        """Run the app's lifespan shutdown."""
+        await self.lifespan.shutdown()
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection the primary accepted, as if this worker's own listener had.
+
+        Nothing is set on the socket here: uvloop's and asyncio's transports both make it non-blocking and
+        set TCP_NODELAY themselves, as for their own accepts.
+        """
+        task = asyncio.get_running_loop().create_task(self._connect(sock))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _connect(self, sock: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self._protocol_factory, sock, **self._tls)
+        except (OSError, asyncio.TimeoutError) as exc:  # the client left, or its TLS handshake failed or timed out
+            logger.debug("dropping a passed connection: %s", exc)
+            sock.close()
+            self.closes.add()  # no protocol saw it, so none counts its close
+
+    async def drain(self, linger: bool) -> None:
+        """Stop listening; finish every request in flight; close each connection only where none can race.
+
+        Closing an idle keep-alive connection races the client's next request on it, which then fails.
+        So when other workers take over (``linger``), idle connections stay open up to --timeout-keep-alive
+        and a request that arrives on one is answered with ``Connection: close``. When the whole server
+        stops, idle connections close at once. A request in flight always completes, then its connection
+        closes.
+        """
+        for server in self._servers:
+            server.close()
+        # A connection the listener accepted in the loop turn that brought the stop order is not counted yet:
+        # its protocol's connection_made is still scheduled (asyncio and uvloop both defer it), so the first
+        # count could find the worker idle and let it exit under that client's request. One poll of the loop
+        # runs those callbacks first.
+        await asyncio.sleep(_DRAIN_POLL)
+        if self._adopting:
+            await asyncio.gather(*self._adopting, return_exceptions=True)
+        deadline = time.monotonic() + (self.config.timeout_keep_alive if linger else 0.0)
+        closing: set[int] = set()
+        while self.stack.busy:
+            patient = time.monotonic() < deadline
+            for connection in self.stack.open_connections():
+                if connection.ident not in closing and connection.wrap_app(entry.closing_app):
+                    closing.add(connection.ident)
+                if connection.idle:
+                    if not patient:
+                        connection.shutdown()  # closes it now
+                elif not (patient and connection.response_started):
+                    # In flight: close after the response. Only before its headers go out (they then say
+                    # Connection: close), or the client would reuse a connection that closes under it.
+                    connection.shutdown()
+            await asyncio.sleep(_DRAIN_POLL)
+
+    def _tick(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Once a second, on the event loop: the Date header, which uvicorn's protocols add to every response."""
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        date = [(b"date", formatdate(now, usegmt=True).encode())] if self.date_header else []
+        self.stack.set_default_headers([*date, *headers])
+        loop.call_at(loop.time() + 1.0 - (now % 1.0), self._tick, headers)
