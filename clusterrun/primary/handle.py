@@ -17,9 +17,8 @@ from clusterrun.identity import WorkerInfo
 from clusterrun.wire.channel import Channel
 from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.heartbeat import DUMP_SIGNAL
-from clusterrun.wire.protocol import Beat, Message, Stop
+from clusterrun.wire.protocol import Beat, Message, Stop, check_message
 from clusterrun.wire.requestclock import RequestClock
-from clusterrun.worker import messaging
 
 logger = logging.getLogger("clusterrun")
 
@@ -151,7 +150,7 @@ class WorkerHandle:
             self.terminate()
 
     def send_message(self, message: Any) -> None:
-        messaging.check(message)
+        check_message(message)
         if not self.channel.is_open:
             raise MessageError(f"cannot send to {self.info}: its channel is closed (it stopped or died)")
         self.channel.send(Message(message))

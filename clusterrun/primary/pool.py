@@ -30,8 +30,7 @@ from clusterrun.primary.rollout import Rollout
 from clusterrun.primary.tally import Tally
 from clusterrun.primary.throttle import RestartThrottle
 from clusterrun.wire.channel import encode
-from clusterrun.wire.protocol import Frame, Message
-from clusterrun.worker import messaging
+from clusterrun.wire.protocol import Frame, Message, check_message
 
 logger = logging.getLogger("clusterrun")
 
@@ -216,7 +215,7 @@ class Pool:
 
     def broadcast(self, message: Any, sender: WorkerHandle | None = None) -> None:
         """Send ``message`` to every live worker but ``sender``: once each, checked and encoded once."""
-        messaging.check(message)
+        check_message(message)
         self.broadcast_frame(Message(message), sender)
 
     def broadcast_frame(self, frame: Frame, sender: WorkerHandle | None = None) -> None:

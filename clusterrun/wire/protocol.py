@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, TypeVar
 
-from clusterrun.errors import ChannelError
+from clusterrun.errors import ChannelError, MessageError
 
 # Bounds on the text a worker may make the primary keep and log.
 _MAX_ERROR = 2000
@@ -229,3 +229,20 @@ def decode(data: bytes) -> Frame:
     if parse is None:
         raise ChannelError(f"unknown frame kind {obj['t']!r}")
     return parse(obj)
+
+
+# A user message's limit as encoded JSON, checked by whoever sends one: a worker, the primary's Worker.send
+# and broadcast relay. The channel's frame limit (channel.MAX_PAYLOAD) leaves room for the envelope.
+MAX_MESSAGE = 1024 * 1024
+
+
+def check_message(message: Any) -> None:
+    """Raise MessageError unless ``message`` is a JSON value of at most 1 MiB."""
+    try:
+        size = len(json.dumps(message, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"the message is not JSON-serialisable ({exc}); send dicts, lists, strings, numbers, "
+                           "booleans or None") from None
+    if size > MAX_MESSAGE:
+        raise MessageError(f"the message is {size} bytes as JSON, above the {MAX_MESSAGE}-byte limit; send a "
+                           "reference (a key, a path) instead")

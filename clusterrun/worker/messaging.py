@@ -11,17 +11,14 @@ caller's thread, then handed to the worker's event loop.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from clusterrun.errors import MessageError
-from clusterrun.wire.protocol import Broadcast, Message
+from clusterrun.wire.protocol import Broadcast, Message, check_message
 
 logger = logging.getLogger("clusterrun")
-
-MAX_MESSAGE = 1024 * 1024
 
 # Installed by the worker's runtime: takes a frame and delivers it from any thread.
 _deliver: Callable[[Message | Broadcast], None] | None = None
@@ -44,22 +41,10 @@ def on_message(callback: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return callback
 
 
-def check(message: Any) -> None:
-    """Raise MessageError unless ``message`` is a JSON value of at most 1 MiB."""
-    try:
-        size = len(json.dumps(message, separators=(",", ":"), allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise MessageError(f"the message is not JSON-serialisable ({exc}); send dicts, lists, strings, numbers, "
-                           "booleans or None") from None
-    if size > MAX_MESSAGE:
-        raise MessageError(f"the message is {size} bytes as JSON, above the {MAX_MESSAGE}-byte limit; send a "
-                           "reference (a key, a path) instead")
-
-
 def _post(frame: Message | Broadcast) -> None:
     if _deliver is None:
         raise MessageError("clusterrun.send() and broadcast() work only inside a clusterrun worker")
-    check(frame.data)
+    check_message(frame.data)
     _deliver(frame)
 
 
