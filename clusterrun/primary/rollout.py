@@ -13,20 +13,34 @@ import logging
 import weakref
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from clusterrun.config.options import Config
+from clusterrun.primary.events import Events
 from clusterrun.primary.handle import WorkerHandle
 
-if TYPE_CHECKING:
-    from clusterrun.primary.pool import Pool
-
 logger = logging.getLogger("clusterrun")
+
+
+class Slots(Protocol):
+    """What a rollout needs of the pool that owns it: the slots, and spawning into one and retiring from one.
+
+    Declared here, beside its one consumer, so that the pool imports the rollout and not the other way round.
+    """
+
+    config: Config
+    events: Events
+    slots: dict[int, WorkerHandle]
+
+    def spawn(self, index: int, replaces: WorkerHandle | None = None) -> WorkerHandle | None: ...
+
+    def retire(self, handle: WorkerHandle, respawn: bool = False) -> None: ...
 
 
 class Rollout:
     """Replacements, one slot at a time; it asks the pool for the slots and has it spawn and retire."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Slots) -> None:
         self.pool = pool
         self._queue: list[int] = []  # slots a rolling restart has still to replace
         self.current: WorkerHandle | None = None  # the replacement a rolling restart waits for
