@@ -101,3 +101,13 @@ def test_the_layout_names_every_package() -> None:
         parts = package.split(".")
         folder = "/".join(parts[1:] if parts[:2] == ["clusterrun", "adapters"] else parts) + "/"
         assert f"`{folder}" in layout, f"docs/contributing.md's layout does not name {package} ({folder})"
+
+
+def test_ci_runs_the_readmes_test_command_verbatim() -> None:
+    # CI must run what a newcomer is told to run: the README's second set-up command, as written.
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"Run the tests[^\n]*\n+```\n(.+?)\n```", text, re.DOTALL)
+    assert block, "README.md has no 'Run the tests' command block"
+    command = block.group(1).strip()
+    assert "tox" in command
+    assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
