@@ -157,6 +157,8 @@ def check_wheel(wheel: Path, sdist: Path, version: str, root: Path) -> None:
         raise CheckFailed(f"wheel lacks modules: {missing}")
     if f"{NAME}/py.typed" not in names:
         raise CheckFailed("wheel lacks clusterrun/py.typed")
+    if f"{NAME}-{version}.dist-info/licenses/LICENSE" not in names:
+        raise CheckFailed("wheel lacks the licence file (LICENSE, in its dist-info/licenses/)")
 
     with tarfile.open(sdist) as archive:
         member = archive.extractfile(f"{NAME}-{version}/PKG-INFO")
@@ -165,7 +167,7 @@ def check_wheel(wheel: Path, sdist: Path, version: str, root: Path) -> None:
         sdist_version = email.parser.Parser().parsestr(member.read().decode())["Version"]
     if sdist_version != version:
         raise CheckFailed(f"sdist metadata version {sdist_version}, clusterrun/_version.py {version}")
-    say(f"wheel: version {version}, {len(packages)} packages, {len(files)} modules, py.typed, nothing else")
+    say(f"wheel: version {version}, {len(packages)} packages, {len(files)} modules, py.typed, LICENSE, nothing else")
 
 
 def build(work: Path, root: Path) -> tuple[Path, Path]:
