@@ -1,6 +1,7 @@
 """The control commands' client: clusterrun ls, status, reload, scale, stop, restart-worker.
 
-Each finds the cluster's control socket (clusterrun.ops.control), sends one JSON request and prints the answer.
+Each finds the cluster's control socket (clusterrun.host.controlsocket), sends one JSON request and prints the
+answer.
 The commands that take time wait until it is done, following the cluster through ``status``: reload until
 the rolling restart completes (exit 1 with the reason if it aborts), scale until the workers serve, stop until
 the primary is gone, restart-worker until the replacement serves.
@@ -22,8 +23,8 @@ from typing import Any, NoReturn
 
 from clusterrun.ctl.text import cluster_table, status_text
 from clusterrun.errors import EXIT_CONFIG, ClusterrunError, ControlError
+from clusterrun.host.controlsocket import allowed, control_dir, control_dirs, distrust, peer_uid, socket_path
 from clusterrun.host.pidfile import running
-from clusterrun.ops.control import allowed, control_dir, control_dirs, distrust, peer_uid, socket_path
 
 COMMANDS = ("ls", "status", "top", "reload", "scale", "stop", "restart-worker")
 _POLL = 0.1
