@@ -14,14 +14,16 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 
+from clusterrun.ctl import client
+from clusterrun.errors import ControlError
+
 TIMEOUT = 5.0  # a call slower than this counts as failed: the primary stalled for that long
-STATUS = b'{"command": "status"}\n'
+STATUS = {"command": "status"}
 
 
 def scrape(host: str, port: int) -> None:
@@ -37,19 +39,8 @@ def scrape(host: str, port: int) -> None:
 
 
 def status(path: str) -> None:
-    """One request per connection, one JSON line back (the control protocol)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(TIMEOUT)
-        sock.connect(path)
-        sock.sendall(STATUS)
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    if not json.loads(answer).get("ok"):
-        raise ValueError(f"status answered {answer[:120]!r}")
+    """One request per connection, one JSON line back (the control protocol); ControlError unless ok."""
+    client.call(path, STATUS, timeout=TIMEOUT)
 
 
 def main() -> int:
@@ -77,7 +68,7 @@ def main() -> int:
             began = time.perf_counter()
             try:
                 call()
-            except (OSError, ValueError, http.client.HTTPException) as exc:
+            except (OSError, ValueError, http.client.HTTPException, ControlError) as exc:
                 failures[kind].append(f"{type(exc).__name__}: {exc}")
             else:
                 latencies[kind].append((time.perf_counter() - began) * 1000)

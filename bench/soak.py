@@ -54,7 +54,7 @@ from typing import Any
 import tagged
 from procs import primary_memory
 
-from clusterrun.ctl import commands as ctl
+from clusterrun.ctl.client import request
 from clusterrun.errors import ControlError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def wait_for(predicate: object, what: str, timeout: float = 30.0) -> None:
 
 
 def status(control: str) -> dict[str, Any]:
-    return ctl.request(control, "status")
+    return request(control, "status")
 
 
 def serving_pids(control: str) -> list[int]:

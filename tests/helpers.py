@@ -9,7 +9,6 @@ clusterrun`` subprocess (started by conftest's ``run_cli``) whose output goes to
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import resource
@@ -24,6 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from clusterrun.ctl.client import exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_APPS = ROOT / "sample_apps"
@@ -110,19 +111,8 @@ class Cluster:
 
 
 def ask_control(path: str, request: bytes) -> dict[str, Any]:
-    """Send ``request`` (raw bytes, valid or not) to a control socket; its one JSON answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(DEADLINE)
-        sock.connect(path)
-        sock.sendall(request)
-        received = b""
-        while not received.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
-    answer: dict[str, Any] = json.loads(received)
-    return answer
+    """Send ``request`` (raw bytes, valid or not) to a control socket; its one JSON answer, ok or not."""
+    return exchange(path, request, timeout=DEADLINE)
 
 
 def read_all(sock: socket.socket) -> bytes:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clusterrun.ops import control
+from clusterrun.host import controlsocket as control
 
 from helpers import DEADLINE, FRESH, SUP_APP_PAIR, alive, ask_control, run_to_exit, start, wait_until, who
 

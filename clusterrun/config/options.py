@@ -111,7 +111,7 @@ class Config:
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
     name: str = ""  # the cluster's name, for the control commands; "" = the app's module (``cluster_name``)
-    control: str = ""  # the control socket's path; "" = the default place (clusterrun.ops.control)
+    control: str = ""  # the control socket's path; "" = the default place (clusterrun.host.controlsocket)
     no_control: bool = False
     metrics: BindAddress | None = None  # where the primary serves GET /metrics (Prometheus); None: nowhere
     health: BindAddress | None = None  # where the primary serves /livez and /readyz alone

@@ -1,6 +1,7 @@
 """The control commands' client: clusterrun ls, status, reload, scale, stop, restart-worker.
 
-Each finds the cluster's control socket (clusterrun.ops.control), sends one JSON request and prints the answer.
+Each sends the cluster one request through clusterrun.ctl.client (which finds its socket) and prints the
+answer.
 The commands that take time wait until it is done, following the cluster through ``status``: reload until
 the rolling restart completes (exit 1 with the reason if it aborts), scale until the workers serve, stop until
 the primary is gone, restart-worker until the replacement serves.
@@ -11,122 +12,20 @@ Exit codes: 0 done; 1 the command failed (no such cluster, refused, aborted, tim
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from clusterrun.ctl.client import answers, live_clusters, request, resolve
 from clusterrun.ctl.text import cluster_table, status_text
+from clusterrun.ctl.top import cmd_top
 from clusterrun.errors import EXIT_CONFIG, ClusterrunError, ControlError
 from clusterrun.host.pidfile import running
-from clusterrun.ops.control import allowed, control_dir, control_dirs, distrust, peer_uid, socket_path
 
 COMMANDS = ("ls", "status", "top", "reload", "scale", "stop", "restart-worker")
 _POLL = 0.1
-
-
-def request(path: str, command: str, **fields: Any) -> dict[str, Any]:
-    """One request to the cluster at ``path``; its answer, or ControlError with the cluster's reason."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10.0)
-    try:
-        sock.connect(path)
-        # The server checks who connects; the client checks who serves: a socket another user planted (in a
-        # folder they made first, or given by mistake) must not get our commands.
-        server_uid = peer_uid(sock)
-        if not allowed(server_uid):
-            raise ControlError(f"the control socket {path} is served by uid {server_uid}, neither you nor root: "
-                               "not sending it anything")
-        sock.sendall(json.dumps({"command": command, **fields}).encode() + b"\n")
-        received = b""
-        while not received.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
-    except OSError as exc:
-        raise ControlError(f"no answer from {path} ({exc.strerror or exc}): is the cluster running? clusterrun ls "
-                           "lists the running ones") from None
-    finally:
-        sock.close()
-    try:
-        answer: dict[str, Any] = json.loads(received)
-    except ValueError:
-        raise ControlError(f"the cluster at {path} closed the connection without an answer") from None
-    if not answer.get("ok"):
-        raise ControlError(str(answer.get("error", "the cluster refused the command")))
-    return answer
-
-
-def trusted_sockets() -> list[str]:
-    """The socket files in this user's control folders that may be trusted; a warning on stderr for the rest."""
-    paths = []
-    for folder in control_dirs():
-        if not os.path.lexists(folder):
-            continue
-        reason = distrust(folder)
-        if reason is not None:
-            _warn(f"the control folder {folder} {reason}: ignored")
-            continue
-        for path in sorted(glob.glob(os.path.join(folder, "*.sock"))):
-            reason = distrust(path, socket_file=True)
-            if reason is None:
-                paths.append(path)
-            else:
-                _warn(f"the control socket {path} {reason}: ignored")
-    return paths
-
-
-def _warn(message: str) -> None:
-    print(f"clusterrun: warning: {message}", file=sys.stderr)
-
-
-def live_clusters() -> list[tuple[str, dict[str, Any]]]:
-    """This user's running clusters, as (socket path, info); a dead cluster's socket file is removed."""
-    found = []
-    for path in trusted_sockets():
-        try:
-            found.append((path, request(path, "info")))
-        except ControlError:
-            _remove_stale(path)
-    return found
-
-
-def _remove_stale(path: str) -> None:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: its cluster died without cleaning up
-    except OSError:
-        pass
-    finally:
-        probe.close()
-
-
-def resolve(name: str | None, control: str | None) -> str:
-    """The control socket of the cluster named ``name`` (or at ``control``); without either, the only one."""
-    if control or name:
-        path = socket_path(name or "", control or "")
-        if os.path.lexists(path):
-            # Its folder too, unless the user named the socket: a folder of theirs may well be open to others.
-            folder_reason = None if control else distrust(os.path.dirname(path))
-            reason = folder_reason or distrust(path, socket_file=True, check_mode=not control)
-            if reason is not None:
-                where = f"the control folder {os.path.dirname(path)}" if folder_reason else f"the control socket {path}"
-                raise ControlError(f"{where} {reason}: not trusting it; remove it, or give --control PATH")
-        return path
-    clusters = live_clusters()
-    if len(clusters) == 1:
-        return clusters[0][0]
-    if not clusters:
-        raise ControlError(f"no cluster is running (no control socket answers in {control_dir()})")
-    names = ", ".join(info["name"] for _path, info in clusters)
-    raise ControlError(f"{len(clusters)} clusters are running ({names}): name one")
 
 
 def wait_for(path: str, done: Callable[[dict[str, Any]], bool], what: str, timeout: float) -> dict[str, Any]:
@@ -183,7 +82,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     pid = request(path, "stop", **({} if args.timeout is None else {"timeout": args.timeout}))["pid"]
     deadline = time.monotonic() + (args.timeout if args.timeout is not None else 30.0) + 30.0
     # The primary closes its control socket last, once every worker is reaped; then its process ends.
-    while _answers(path) or running(pid):
+    while answers(path) or running(pid):
         if time.monotonic() > deadline:
             raise ControlError(f"the primary (pid {pid}) is still running; it may be waiting for workers to drain")
         time.sleep(_POLL)
@@ -198,26 +97,6 @@ def cmd_restart_worker(args: argparse.Namespace) -> int:
              f"worker {args.id}'s replacement", args.timeout)
     print(f"worker {args.id} replaced")
     return 0
-
-
-def cmd_top(args: argparse.Namespace) -> int:
-    from clusterrun.ctl.top import cmd_top as top  # imported here: top imports this module
-
-    return top(args)
-
-
-def _answers(path: str) -> bool:
-    """Something listens on the socket at ``path``."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError:
-        return True  # busy or briefly unreachable: not proof that it is gone
-    finally:
-        probe.close()
-    return True
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from clusterrun.ctl.commands import request, resolve
+from clusterrun.ctl.client import request, resolve
 from clusterrun.ctl.text import duration, size, table
 from clusterrun.errors import ControlError
 from clusterrun.wire.requeststats import BUCKETS
