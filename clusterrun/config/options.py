@@ -601,7 +601,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("chdir", ("--chdir",), "change to this folder before loading the app (a relative --app-dir is then "
            "taken from it)", lambda value: os.path.abspath(_directory_for("--chdir")(value)), "DIR"),
     Option("env_file", ("--env-file",), "load environment variables for the app from this dotenv file before it is "
-           "imported (needs pip install 'clusterrun[dotenv]'); variables already set win",
+           "imported (needs python-dotenv: pip install python-dotenv); variables already set win",
            _existing_file("--env-file"), "FILE"),
     Option("pid_file", ("--pid-file",), "write the primary's pid to FILE once bound, remove it on exit; a live pid "
            "in it refuses the start", _log_file("--pid-file"), "FILE"),
@@ -624,7 +624,7 @@ OPTIONS: tuple[Option, ...] = (
            "this many seconds before draining (Kubernetes' preStop pause, without a sleep binary); default 0",
            _seconds("--shutdown-delay"), "SECONDS"),
     Option("metrics", ("--metrics",), "serve GET /metrics (the Prometheus text format) from the primary on "
-           "HOST:PORT or unix:PATH; needs pip install 'clusterrun[metrics]'", _metrics_address, "ADDRESS"),
+           "HOST:PORT or unix:PATH; needs prometheus_client: pip install prometheus_client", _metrics_address, "ADDRESS"),
     Option("limit_request_line", ("--limit-request-line",), "refuse a request line (method, target, version) "
            "longer than this many bytes with 414; default 4094, as gunicorn", _int_at_least(16, "--limit-request-line"),
            "BYTES"),

@@ -168,7 +168,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     try:
         import rich  # noqa: F401
     except ImportError:
-        print("clusterrun top: rich is not installed (pip install 'clusterrun[top]'): plain text instead",
+        print("clusterrun top: rich is not installed (pip install rich): plain text instead",
               file=sys.stderr)
         return run_plain(path, None)
     try:

@@ -37,7 +37,7 @@ def require_watchfiles() -> None:
     try:
         import watchfiles  # noqa: F401
     except ImportError:
-        raise ConfigError("--reload needs watchfiles: pip install 'clusterrun[reload]'") from None
+        raise ConfigError("--reload needs watchfiles: pip install watchfiles") from None
 
 
 def make_reloader(config: Config, selector: selectors.BaseSelector, timers: Timers, busy: Callable[[], bool],
