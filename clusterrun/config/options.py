@@ -624,7 +624,8 @@ OPTIONS: tuple[Option, ...] = (
            "this many seconds before draining (Kubernetes' preStop pause, without a sleep binary); default 0",
            _seconds("--shutdown-delay"), "SECONDS"),
     Option("metrics", ("--metrics",), "serve GET /metrics (the Prometheus text format) from the primary on "
-           "HOST:PORT or unix:PATH; needs prometheus_client: pip install prometheus_client", _metrics_address, "ADDRESS"),
+           "HOST:PORT or unix:PATH; needs prometheus_client: pip install prometheus_client", _metrics_address,
+           "ADDRESS"),
     Option("limit_request_line", ("--limit-request-line",), "refuse a request line (method, target, version) "
            "longer than this many bytes with 414; default 4094, as gunicorn", _int_at_least(16, "--limit-request-line"),
            "BYTES"),
