@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from clusterrun.ops.control import ControlServer
@@ -10,6 +11,8 @@ from clusterrun.ops.operations import Operations
 
 if TYPE_CHECKING:
     from clusterrun.primary.supervisor import Primary
+
+logger = logging.getLogger("clusterrun")
 
 
 class Endpoints:
@@ -38,6 +41,15 @@ class Endpoints:
             self.metrics_url = self.metrics.open()
         if self.health is not None:
             self.health_url = self.health.open()
+
+    def announce(self) -> None:
+        """The start banner's last lines (the primary's): where the cluster is steered and watched."""
+        if self.control_path:
+            logger.info("control socket %s: clusterrun status %s", self.control_path, self.name)
+        if self.metrics_url:
+            logger.info("metrics on %s/metrics (and /livez, /readyz)", self.metrics_url)
+        if self.health_url:
+            logger.info("health on %s/livez and /readyz", self.health_url)
 
     def close(self) -> None:
         for server in (self.control, self.metrics, self.health):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from clusterrun import identity, logs
+from clusterrun._version import __version__
 from clusterrun.config.options import Config
 from clusterrun.errors import EXIT_ERROR, EXIT_OK, ClusterrunError
 from clusterrun.host import listeners, priority
@@ -107,7 +108,7 @@ class Primary:
             if self.pid_file is not None:
                 self.pid_file.write()
             self.signals.install()
-            logs.announce_start(self.config, self.policy.name, self.listeners, self.endpoints)
+            self._announce()
             if self.preloaded is not None:
                 # Objects the app made at import move to the permanent generation: the collector then never
                 # writes to their pages in a worker, so copy-on-write keeps them shared.
@@ -134,6 +135,24 @@ class Primary:
         finally:
             self._cleanup()
             self.events.emit("on_exit", self.config)
+
+    def _announce(self) -> None:
+        """The first lines: what runs, how many workers and why, where it listens; then where it is steered,
+        which the endpoints say themselves."""
+        config = self.config
+        spec, source, target = config.workers_spec, config.workers_from, config.workers
+        note = f"{source} {spec}" if source.startswith("--") else f"{source}={spec}"
+        if spec == "auto" or spec.endswith("x"):
+            note += f": {config.usable_cpus} usable CPU{'s' if config.usable_cpus > 1 else ''}"
+        logger.info("clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, config.app, target,
+                    "" if target == 1 else "s", note, self.policy.name)
+        if config.sources.get("max_memory", "").startswith("cgroup"):
+            logger.info("%s -> --max-memory %d MiB per worker (a worker above it is replaced; give --max-memory to "
+                        "choose)", config.sources["max_memory"], config.max_memory)
+        for sock in self.listeners:
+            logger.info("listening on %s%s", listeners.describe(sock, "https" if config.tls else "http"),
+                        listeners.origin(sock))
+        self.endpoints.announce()
 
     def _bind(self) -> None:
         for address in self.config.binds:
