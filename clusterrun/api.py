@@ -30,6 +30,7 @@ from clusterrun.ops.metrics import require_client
 from clusterrun.primary.events import EVENTS, Events, Handler
 from clusterrun.primary.handle import Worker
 from clusterrun.primary.reloader import require_watchfiles
+from clusterrun.worker import child
 from clusterrun.worker import hooks as workerhooks
 from clusterrun.worker.hooks import WORKER_EVENTS
 
@@ -100,7 +101,7 @@ class Cluster:
             if self.config.hooks:
                 self._load_hooks(self.config.hooks)
             preloaded = prepare_engine(self.config)
-            self._primary = Primary(self.config, preloaded=preloaded, events=self.events,
+            self._primary = Primary(self.config, child.run, preloaded=preloaded, events=self.events,
                                     app_metrics_dir=app_metrics.path)
             return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:

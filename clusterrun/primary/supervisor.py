@@ -38,7 +38,7 @@ from clusterrun.primary.handle import WorkerHandle
 from clusterrun.primary.policies import make_policy
 from clusterrun.primary.pool import Pool
 from clusterrun.primary.reloader import make_reloader
-from clusterrun.primary.spawn import Forker
+from clusterrun.primary.spawn import Forker, WorkerEntry
 from clusterrun.primary.watchdog import Watchdog
 from clusterrun.wire.heartbeat import late_after
 from clusterrun.wire.protocol import ReopenLogs
@@ -51,9 +51,10 @@ logger = logging.getLogger("clusterrun")
 
 class Primary:
     def __init__(
-        self, config: Config, clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None,
-        events: Events | None = None, app_metrics_dir: str | None = None,
+        self, config: Config, target: WorkerEntry, clock: Callable[[], float] = time.monotonic,
+        preloaded: LoadedApp | None = None, events: Events | None = None, app_metrics_dir: str | None = None,
     ) -> None:
+        """``target``: what each forked worker runs (clusterrun.worker.child.run, handed in by the door)."""
         self.config = config
         self.events = events or Events()
         self.clock = clock
@@ -66,7 +67,7 @@ class Primary:
         self.dispatcher = Dispatcher(self.policy, self.selector, self.timers, late_after(config.timeout), clock,
                                      config.limit_concurrency)
         self.frames = WorkerFrames(self)  # what each frame a worker sends does
-        forker = Forker(config, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
+        forker = Forker(config, target, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
                         self.frames.on_channel, clock, preloaded)
         self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events)
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers, config.request_timeout)
