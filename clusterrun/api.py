@@ -27,7 +27,7 @@ from clusterrun.errors import ConfigError
 from clusterrun.host import privileges
 from clusterrun.ops.appmetrics import AppMetricsDir
 from clusterrun.ops.metrics import require_client
-from clusterrun.primary.events import EVENTS, Events, Handler
+from clusterrun.primary.events import EVENTS, Events, Handler, check_handler
 from clusterrun.primary.handle import Worker
 from clusterrun.primary.reloader import require_watchfiles
 from clusterrun.worker import child
@@ -70,12 +70,23 @@ class Cluster:
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Register ``handler`` for ``event`` (see clusterrun.primary.events); without a handler, a decorator."""
         if handler is not None:
-            return self.events.on(event, handler)
+            return self._register(event, handler)
 
         def register(function: Handler) -> Handler:
-            return self.events.on(event, function)
+            return self._register(event, function)
 
         return register
+
+    def _register(self, event: str, handler: Handler) -> Handler:
+        """Cluster events to the primary's Events; worker_init and worker_exit to the worker's hooks, which every
+        worker inherits with the fork (registered here, at the door: events and hooks never import each other)."""
+        if event not in EVENTS + WORKER_EVENTS:
+            raise ConfigError(f"unknown cluster event {event!r}: choose one of {', '.join(EVENTS + WORKER_EVENTS)}")
+        if event in WORKER_EVENTS:
+            check_handler(event, handler)
+            workerhooks.add(event, handler)
+            return handler
+        return self.events.on(event, handler)
 
     def run(self) -> int:
         """Start the primary and serve until stopped; the exit code (0 clean, 3 boot failure, 4 restart limit).
@@ -156,7 +167,10 @@ class Cluster:
         except Exception as exc:
             raise ConfigError(f"cannot load --hooks {spec!r}: {type(exc).__name__}: {exc}; give an importable "
                               "module (or module:object) whose functions are named after cluster events") from None
-        if not self.events.register_hooks(hooks):
+        found = [event for event in EVENTS + WORKER_EVENTS if getattr(hooks, event, None) is not None]
+        for event in found:
+            self._register(event, getattr(hooks, event))
+        if not found:
             raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event: "
                               f"{', '.join(EVENTS + WORKER_EVENTS)}")
 
