@@ -66,10 +66,11 @@ class Primary:
         self.signals = SignalInbox(self.selector, self._on_signal)
         self.dispatcher = Dispatcher(self.policy, self.selector, self.timers, late_after(config.timeout), clock,
                                      config.limit_concurrency)
-        self.frames = WorkerFrames(self)  # what each frame a worker sends does
+        # The forker calls the frames late: they act on the pool, which needs the forker first.
         forker = Forker(config, target, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
-                        self.frames.on_channel, clock, preloaded)
+                        lambda handle, mask: self.frames.on_channel(handle, mask), clock, preloaded)
         self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events)
+        self.frames = WorkerFrames(self.pool, self.dispatcher, self.events, clock)  # each frame kind's action
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers, config.request_timeout)
         self.preloaded = preloaded
         self.started = clock()
