@@ -26,10 +26,14 @@ from clusterrun.config.options import OPTIONS, OPTIONS_BY_NAME, Config
 from clusterrun.errors import ConfigError
 from clusterrun.host import privileges
 from clusterrun.ops.appmetrics import AppMetricsDir
-from clusterrun.ops.metrics import require_client
+from clusterrun.ops.endpoints import Endpoints
+from clusterrun.ops.metrics import Probe, require_client
+from clusterrun.ops.operations import Operations
+from clusterrun.ops.status import StatusLine
 from clusterrun.primary.events import EVENTS, Events, Handler, check_handler
 from clusterrun.primary.handle import Worker
 from clusterrun.primary.reloader import require_watchfiles
+from clusterrun.primary.supervisor import Primary
 from clusterrun.worker import child
 from clusterrun.worker import hooks as workerhooks
 from clusterrun.worker.hooks import WORKER_EVENTS
@@ -61,8 +65,6 @@ class Cluster:
         return cluster
 
     def _setup(self, config: Config) -> None:
-        from clusterrun.primary.supervisor import Primary
-
         self.config = config
         self.events = Events()
         self._primary: Primary | None = None
@@ -93,8 +95,6 @@ class Cluster:
 
         Configuration problems (a port in use, a missing module or hooks module) raise ConfigError instead.
         """
-        from clusterrun.primary.supervisor import Primary
-
         run_as = privileges.check(self.config.run_as)  # --user while not root: a ConfigError, before anything
         restore_logging = logs.setup(self.config)
         app_metrics: AppMetricsDir | None = None
@@ -112,8 +112,9 @@ class Cluster:
             if self.config.hooks:
                 self._load_hooks(self.config.hooks)
             preloaded = prepare_engine(self.config)
-            self._primary = Primary(self.config, child.run, preloaded=preloaded, events=self.events,
-                                    app_metrics_dir=app_metrics.path)
+            metrics_dir = app_metrics.path
+            self._primary = Primary(self.config, child.run, lambda primary: build_ops(primary, metrics_dir),
+                                    preloaded=preloaded, events=self.events)
             return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:
             self._primary = None
@@ -173,6 +174,16 @@ class Cluster:
         if not found:
             raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event: "
                               f"{', '.join(EVENTS + WORKER_EVENTS)}")
+
+
+def build_ops(primary: Primary, app_metrics_dir: str | None) -> Endpoints:
+    """What ops/ runs in the primary's wait, each part given what it reads of the primary: ops/ sits above the
+    primary and never imports the supervisor, so the door wires the two."""
+    config, pool, clock, policy = primary.config, primary.pool, primary.clock, primary.policy.name
+    commands = Operations(config, pool, primary, clock, policy, primary.listeners, primary.started)
+    probe = Probe(pool, backlog=lambda: len(primary.dispatcher.held), shutting_down=lambda: primary.shutting_down)
+    return Endpoints(config, primary.selector, primary.timers, commands.answer, probe, StatusLine(pool, clock, policy),
+                     app_metrics_dir)
 
 
 def prepare_process(config: Config) -> None:

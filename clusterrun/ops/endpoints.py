@@ -1,33 +1,40 @@
-"""The primary's own endpoints, beside the app's listeners: the control socket and the metrics endpoint."""
+"""What ops/ runs in the primary's one wait: the primary's own endpoints beside the app's listeners (the control
+socket, the metrics and health endpoints), and the status line systemd shows.
+
+The door (clusterrun.api) builds them and hands them to the Primary, which knows them only by the Protocol it
+declares (clusterrun.primary.supervisor.Ops): ops/ sits above primary/. Each part takes what it reads.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import selectors
+from collections.abc import Callable
 
-from clusterrun.ops.control import ControlServer
-from clusterrun.ops.metrics import MetricsServer
-from clusterrun.ops.operations import Operations
-
-if TYPE_CHECKING:
-    from clusterrun.primary.supervisor import Primary
+from clusterrun.config.options import Config
+from clusterrun.host.timers import Timers
+from clusterrun.ops.control import ControlServer, Handler
+from clusterrun.ops.metrics import MetricsServer, Probe
 
 logger = logging.getLogger("clusterrun")
 
 
 class Endpoints:
-    def __init__(self, primary: Primary, app_metrics_dir: str | None) -> None:
-        config = primary.config
+    def __init__(
+        self, config: Config, selector: selectors.BaseSelector, timers: Timers, commands: Handler, probe: Probe,
+        status: Callable[[], str], app_metrics_dir: str | None,
+    ) -> None:
+        """``commands`` answers the control socket (clusterrun.ops.operations), ``probe`` is what /metrics and
+        /readyz read, ``status`` the line for systemd (clusterrun.ops.status.StatusLine)."""
         self.name = config.cluster_name
         self.metrics_url = ""
         self.health_url = ""
-        self.control = None if config.no_control else ControlServer(
-            config.control, primary.selector, primary.timers,
-            Operations(primary).answer)
+        self._status = status
+        self.control = None if config.no_control else ControlServer(config.control, selector, timers, commands)
         self.metrics = None if config.metrics is None else MetricsServer(
-            config.metrics, primary.selector, primary.timers, primary, app_metrics_dir)
+            config.metrics, selector, timers, probe, app_metrics_dir)
         self.health = None if config.health is None else MetricsServer(
-            config.health, primary.selector, primary.timers, primary, None, metrics=False)
+            config.health, selector, timers, probe, None, metrics=False)
 
     @property
     def control_path(self) -> str | None:
@@ -55,6 +62,10 @@ class Endpoints:
         for server in (self.control, self.metrics, self.health):
             if server is not None:
                 server.close()
+
+    def status(self) -> str:
+        """The line people read in systemctl status (sd_notify's STATUS=)."""
+        return self._status()
 
     def filenos(self) -> list[int]:
         """What a forked worker must close: a worker holding them would keep them answering after the primary."""

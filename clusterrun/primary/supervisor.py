@@ -7,6 +7,10 @@ watchdog) only shorten the wait. No polling, and nothing ever blocks on one
 worker. The workers and their slots are the pool's (pool.py); forking one is
 spawn.py's; what each frame kind is, protocol.py's. Here: what each signal and
 each frame makes happen, and stopping.
+
+What ops/ runs in the same wait (the control socket, /metrics, the line
+systemd shows) is handed in by the door, as ``Ops``: ops/ sits above the
+primary, which never imports it. So is the worker's entry (``target``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clusterrun import identity, logs
 from clusterrun._version import __version__
@@ -29,8 +33,6 @@ from clusterrun.host.pidfile import PidFile
 from clusterrun.host.sdnotify import Notifier
 from clusterrun.host.signals import SignalInbox
 from clusterrun.host.timers import Timers
-from clusterrun.ops.endpoints import Endpoints
-from clusterrun.ops.status import StatusLine
 from clusterrun.primary.dispatch import Dispatcher
 from clusterrun.primary.events import Events
 from clusterrun.primary.frames import WorkerFrames
@@ -49,12 +51,32 @@ if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
 logger = logging.getLogger("clusterrun")
 
 
+class Ops(Protocol):
+    """What the door hands the primary to run in its one wait beside the workers (clusterrun.ops.endpoints)."""
+
+    def open(self) -> None:
+        """Bind the endpoints: before the app's listeners, so that a second cluster of one name stops first."""
+
+    def announce(self) -> None:
+        """Log where the cluster is steered and watched: the start banner's last lines."""
+
+    def status(self) -> str:
+        """One line for people, sent to systemd."""
+
+    def filenos(self) -> list[int]:
+        """The descriptors a forked worker must close."""
+
+    def close(self) -> None: ...
+
+
 class Primary:
     def __init__(
-        self, config: Config, target: WorkerEntry, clock: Callable[[], float] = time.monotonic,
-        preloaded: LoadedApp | None = None, events: Events | None = None, app_metrics_dir: str | None = None,
+        self, config: Config, target: WorkerEntry, ops: Callable[[Primary], Ops],
+        clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None, events: Events | None = None,
     ) -> None:
-        """``target``: what each forked worker runs (clusterrun.worker.child.run, handed in by the door)."""
+        """``target``: what each forked worker runs (clusterrun.worker.child.run); ``ops``: builds what runs in the
+        wait beside the workers from the parts made here (the pool, the dispatcher, the selector and the timers).
+        The door hands both in."""
         self.config = config
         self.events = events or Events()
         self.clock = clock
@@ -75,9 +97,9 @@ class Primary:
         self.preloaded = preloaded
         self.started = clock()
         self.shutting_down = False  # told to stop: /readyz answers 503 (during --shutdown-delay, still serving)
-        self.endpoints = Endpoints(self, app_metrics_dir)  # the control socket, /metrics
+        self.endpoints = ops(self)  # the control socket, /metrics: once every part they read is made
         self.reloader = make_reloader(config, self.selector, self.timers, lambda: self.pool.rollout.active, self.reload)
-        self.notifier = Notifier(self.timers, StatusLine(self))  # systemd, when it started us
+        self.notifier = Notifier(self.timers, self.endpoints.status)  # systemd, when it started us
         self.events.on("when_ready", lambda config: self.notifier.ready())
         self.events.on("on_reload", lambda config: self.notifier.reloading())
         self.pool.rollout.on_end.append(self.notifier.reload_finished)
