@@ -151,13 +151,13 @@ class Cluster:
         """Send ``message`` to every live worker."""
         self._running().broadcast(message)
 
-    def _running(self) -> Any:
+    def _running(self) -> Primary:
         if self._primary is None:
             raise ConfigError("the cluster is not running: call this from an event handler while run() serves")
         return self._primary
 
     def _load_hooks(self, spec: str) -> None:
-        from clusterrun.adapters import entry
+        from clusterrun.adapters import entry  # adapters load the serving stack (uvicorn): only once a cluster starts
 
         entry.put_app_dir_first(self.config.app_dir)
         module_name, _, attr = spec.partition(":")
@@ -192,7 +192,7 @@ def prepare_process(config: Config) -> None:
         os.chdir(config.chdir)
     if config.env_file:
         try:
-            from dotenv import load_dotenv
+            from dotenv import load_dotenv  # optional: clusterrun[dotenv], for --env-file alone
         except ImportError:
             raise ConfigError("--env-file needs python-dotenv: pip install 'clusterrun[dotenv]'") from None
         load_dotenv(config.env_file, override=False)
@@ -204,7 +204,7 @@ def prepare_engine(config: Config) -> LoadedApp | None:
     With --preload the app is imported here; its BootError exits 3 like a worker's would.
     """
     try:
-        from clusterrun.adapters import entry
+        from clusterrun.adapters import entry  # adapters load the serving stack (uvicorn): `import clusterrun` does not
     except ImportError as exc:
         package = os.path.dirname(os.path.abspath(__file__))
         if os.path.isfile(os.path.join(os.path.dirname(package), "adapters", "__init__.py")):
@@ -231,7 +231,7 @@ def check_app(config: Config) -> str:
     """
     prepare_process(config)
     prepare_engine(config)  # the engine, and the app's module found without importing it
-    from clusterrun.adapters import entry
+    from clusterrun.adapters import entry  # adapters load the serving stack (uvicorn): `import clusterrun` does not
 
     loaded = entry.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
     return f"clusterrun: {config.app} loads: a {loaded.interface.upper()} app"
