@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import selectors
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 
+from clusterrun._version import __version__
 from clusterrun.config.options import Config
+from clusterrun.host import listeners
 from clusterrun.host.timers import Timers
 from clusterrun.ops.control import ControlServer, Handler
 from clusterrun.ops.metrics import MetricsServer, Probe
@@ -26,6 +29,7 @@ class Endpoints:
     ) -> None:
         """``commands`` answers the control socket (clusterrun.ops.operations), ``probe`` is what /metrics and
         /readyz read, ``status`` the line for systemd (clusterrun.ops.status.StatusLine)."""
+        self.config = config
         self.name = config.cluster_name
         self.metrics_url = ""
         self.health_url = ""
@@ -49,8 +53,21 @@ class Endpoints:
         if self.health is not None:
             self.health_url = self.health.open()
 
-    def announce(self) -> None:
-        """The start banner's last lines (the primary's): where the cluster is steered and watched."""
+    def announce(self, policy: str, sockets: Sequence[socket.socket]) -> None:
+        """The primary's first lines: what runs, how many workers and why, where it listens and is steered."""
+        config = self.config
+        spec, source, target = config.workers_spec, config.workers_from, config.workers
+        note = f"{source} {spec}" if source.startswith("--") else f"{source}={spec}"
+        if spec == "auto" or spec.endswith("x"):
+            note += f": {config.usable_cpus} usable CPU{'s' if config.usable_cpus > 1 else ''}"
+        logger.info("clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, config.app, target,
+                    "" if target == 1 else "s", note, policy)
+        if config.sources.get("max_memory", "").startswith("cgroup"):
+            logger.info("%s -> --max-memory %d MiB per worker (a worker above it is replaced; give --max-memory to "
+                        "choose)", config.sources["max_memory"], config.max_memory)
+        for sock in sockets:
+            logger.info("listening on %s%s", listeners.describe(sock, "https" if config.tls else "http"),
+                        listeners.origin(sock))
         if self.control_path:
             logger.info("control socket %s: clusterrun status %s", self.control_path, self.name)
         if self.metrics_url:

@@ -6,11 +6,8 @@ dispatching policy (dispatch.py). Timers (boot, respawn and drain deadlines, the
 watchdog) only shorten the wait. No polling, and nothing ever blocks on one
 worker. The workers and their slots are the pool's (pool.py); forking one is
 spawn.py's; what each frame kind is, protocol.py's. Here: what each signal and
-each frame makes happen, and stopping.
-
-What ops/ runs in the same wait (the control socket, /metrics, the line
-systemd shows) is handed in by the door, as ``Ops``: ops/ sits above the
-primary, which never imports it. So is the worker's entry (``target``).
+each frame makes happen, and stopping. The door hands in the worker's entry
+(``target``) and what ops/ runs in the same wait (``Ops``: ops/ sits above).
 """
 
 from __future__ import annotations
@@ -21,11 +18,10 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clusterrun import identity, logs
-from clusterrun._version import __version__
 from clusterrun.config.options import Config
 from clusterrun.errors import EXIT_ERROR, EXIT_OK, ClusterrunError
 from clusterrun.host import listeners, priority
@@ -52,20 +48,12 @@ logger = logging.getLogger("clusterrun")
 
 
 class Ops(Protocol):
-    """What the door hands the primary to run in its one wait beside the workers (clusterrun.ops.endpoints)."""
+    """What runs in the wait beside the workers, handed in by the door (clusterrun.ops.endpoints.Endpoints)."""
 
-    def open(self) -> None:
-        """Bind the endpoints: before the app's listeners, so that a second cluster of one name stops first."""
-
-    def announce(self) -> None:
-        """Log where the cluster is steered and watched: the start banner's last lines."""
-
-    def status(self) -> str:
-        """One line for people, sent to systemd."""
-
-    def filenos(self) -> list[int]:
-        """The descriptors a forked worker must close."""
-
+    def open(self) -> None: ...  # before the app's listeners: a second cluster of one name stops there
+    def announce(self, policy: str, sockets: Sequence[socket.socket]) -> None: ...  # the start banner
+    def status(self) -> str: ...  # one line for people, sent to systemd
+    def filenos(self) -> list[int]: ...  # what a forked worker must close
     def close(self) -> None: ...
 
 
@@ -74,9 +62,8 @@ class Primary:
         self, config: Config, target: WorkerEntry, ops: Callable[[Primary], Ops],
         clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None, events: Events | None = None,
     ) -> None:
-        """``target``: what each forked worker runs (clusterrun.worker.child.run); ``ops``: builds what runs in the
-        wait beside the workers from the parts made here (the pool, the dispatcher, the selector and the timers).
-        The door hands both in."""
+        """The door hands in ``target``, what each forked worker runs (clusterrun.worker.child.run), and ``ops``,
+        which builds what runs beside the workers from the parts made here (pool, dispatcher, selector, timers)."""
         self.config = config
         self.events = events or Events()
         self.clock = clock
@@ -132,7 +119,7 @@ class Primary:
             if self.pid_file is not None:
                 self.pid_file.write()
             self.signals.install()
-            self._announce()
+            self.endpoints.announce(self.policy.name, self.listeners)
             if self.preloaded is not None:
                 # Objects the app made at import move to the permanent generation: the collector then never
                 # writes to their pages in a worker, so copy-on-write keeps them shared.
@@ -159,24 +146,6 @@ class Primary:
         finally:
             self._cleanup()
             self.events.emit("on_exit", self.config)
-
-    def _announce(self) -> None:
-        """The first lines: what runs, how many workers and why, where it listens; then where it is steered,
-        which the endpoints say themselves."""
-        config = self.config
-        spec, source, target = config.workers_spec, config.workers_from, config.workers
-        note = f"{source} {spec}" if source.startswith("--") else f"{source}={spec}"
-        if spec == "auto" or spec.endswith("x"):
-            note += f": {config.usable_cpus} usable CPU{'s' if config.usable_cpus > 1 else ''}"
-        logger.info("clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, config.app, target,
-                    "" if target == 1 else "s", note, self.policy.name)
-        if config.sources.get("max_memory", "").startswith("cgroup"):
-            logger.info("%s -> --max-memory %d MiB per worker (a worker above it is replaced; give --max-memory to "
-                        "choose)", config.sources["max_memory"], config.max_memory)
-        for sock in self.listeners:
-            logger.info("listening on %s%s", listeners.describe(sock, "https" if config.tls else "http"),
-                        listeners.origin(sock))
-        self.endpoints.announce()
 
     def _bind(self) -> None:
         for address in self.config.binds:
