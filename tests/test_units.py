@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import logging
 import os
 import signal
 import socket
@@ -20,7 +22,7 @@ from clusterrun.adapters.lifespan import Lifespan
 from clusterrun.adapters.loading import detect_interface, load_app
 from clusterrun.adapters.methods import stand_in
 
-from clusterrun import Cluster, cli
+from clusterrun import Cluster, cli, logs
 from clusterrun.config.build import build_config
 from clusterrun.config.options import OPTIONS, Config, Option, resolve_workers
 from clusterrun.errors import BootError, ChannelError, ConfigError
@@ -508,3 +510,33 @@ def test_the_door_routes_worker_hooks_to_the_worker_and_cluster_events_to_the_pr
             cluster.on("worker_exit", 3)
     finally:
         workerhooks.clear()
+
+
+# Logs
+
+
+@dataclass(frozen=True)
+class _LogSettings:
+    """Only what logs.setup reads (logs.LogSettings): the leaf takes no Config."""
+
+    log_file: str
+    log_level: str = "info"
+    log_format: str = "json"
+    log_config: str = ""
+    access_log: bool = False
+    access_log_file: str = ""
+    run_as: None = None
+
+
+def test_log_setup_reads_its_few_settings_and_puts_everything_back(tmp_path: Path) -> None:
+    path = tmp_path / "primary.log"
+    own = logging.getLogger("clusterrun")
+    before = (list(own.handlers), own.level, own.propagate)
+    restore = logs.setup(_LogSettings(str(path)))
+    try:
+        own.info("hello")
+    finally:
+        restore()
+    entry = json.loads(path.read_text())
+    assert (entry["message"], entry["level"], entry["primary"]) == ("hello", "info", os.getpid())
+    assert (list(own.handlers), own.level, own.propagate) == before

@@ -1,5 +1,6 @@
 """What ops/ runs in the primary's one wait: the primary's own endpoints beside the app's listeners (the control
-socket, the metrics and health endpoints), and the status line systemd shows.
+socket, the metrics and health endpoints), the status line systemd shows, and the start banner that says where
+all of them are.
 
 The door (clusterrun.api) builds them and hands them to the Primary, which knows them only by the Protocol it
 declares (clusterrun.primary.supervisor.Ops): ops/ sits above primary/. Each part takes what it reads.
