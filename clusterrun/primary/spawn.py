@@ -96,7 +96,7 @@ class Forker:
             raise
         if pid == 0:
             self.target(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded,
-                      signal_mask, request_clock, first_request)
+                        signal_mask, request_clock, first_request)
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
                               replaces=replaces, closes=closes,
                               request_clock=request_clock, first_request=first_request)
