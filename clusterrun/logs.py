@@ -164,23 +164,23 @@ def _handler(
     return handler
 
 
-def setup(config: LogSettings, worker: WorkerInfo | None = None) -> Callable[[], None]:
+def setup(settings: LogSettings, worker: WorkerInfo | None = None) -> Callable[[], None]:
     """Set up clusterrun's and uvicorn's loggers as the options say; the function that puts them back."""
     saved = {name: _save(logging.getLogger(name)) for name in _OWN}
     saved_last_resort = logging.lastResort
-    if config.log_config:
-        apply_log_config(config.log_config)
+    if settings.log_config:
+        apply_log_config(settings.log_config)
         return lambda: None  # the file rules: nothing of ours to put back
-    formatter = _formatter(config.log_format, worker)
-    owner = (config.run_as.uid, config.run_as.gid) if config.run_as is not None else None  # --user
-    handler = _handler(config.log_file, sys.stderr, formatter, owner)
-    access_handler = _handler(config.access_log_file, sys.stdout, formatter, owner)
-    _own(logging.getLogger("clusterrun"), handler, _LEVELS[config.log_level])
-    _own(logging.getLogger(ACCESS), access_handler, logging.INFO if config.access_log else logging.CRITICAL + 1)
+    formatter = _formatter(settings.log_format, worker)
+    owner = (settings.run_as.uid, settings.run_as.gid) if settings.run_as is not None else None  # --user
+    handler = _handler(settings.log_file, sys.stderr, formatter, owner)
+    access_handler = _handler(settings.access_log_file, sys.stdout, formatter, owner)
+    _own(logging.getLogger("clusterrun"), handler, _LEVELS[settings.log_level])
+    _own(logging.getLogger(ACCESS), access_handler, logging.INFO if settings.access_log else logging.CRITICAL + 1)
     # uvicorn chats at INFO about lifespan and shutdown in every worker; the primary says what matters.
     # (Set on the tree's top too: a level left unset would follow the root's, the app's choice.) Its access
     # lines are off: clusterrun writes its own (clusterrun.accesslog), in the same way for every engine.
-    uvicorn_level = logging.DEBUG if config.log_level == "debug" else logging.WARNING
+    uvicorn_level = logging.DEBUG if settings.log_level == "debug" else logging.WARNING
     _own(logging.getLogger("uvicorn"), handler, uvicorn_level)
     logging.getLogger("uvicorn.error").setLevel(uvicorn_level)
     uvicorn_access = logging.getLogger("uvicorn.access")
