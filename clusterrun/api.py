@@ -26,10 +26,15 @@ from clusterrun.config.options import OPTIONS, OPTIONS_BY_NAME, Config
 from clusterrun.errors import ConfigError
 from clusterrun.host import privileges
 from clusterrun.ops.appmetrics import AppMetricsDir
-from clusterrun.ops.metrics import require_client
-from clusterrun.primary.events import EVENTS, Events, Handler
+from clusterrun.ops.endpoints import Endpoints
+from clusterrun.ops.metrics import Probe, require_client
+from clusterrun.ops.operations import Operations
+from clusterrun.ops.status import StatusLine
+from clusterrun.primary.events import EVENTS, Events, Handler, check_handler
 from clusterrun.primary.handle import Worker
 from clusterrun.primary.reloader import require_watchfiles
+from clusterrun.primary.supervisor import Primary
+from clusterrun.worker import child
 from clusterrun.worker import hooks as workerhooks
 from clusterrun.worker.hooks import WORKER_EVENTS
 
@@ -60,8 +65,6 @@ class Cluster:
         return cluster
 
     def _setup(self, config: Config) -> None:
-        from clusterrun.primary.supervisor import Primary
-
         self.config = config
         self.events = Events()
         self._primary: Primary | None = None
@@ -69,20 +72,29 @@ class Cluster:
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Register ``handler`` for ``event`` (see clusterrun.primary.events); without a handler, a decorator."""
         if handler is not None:
-            return self.events.on(event, handler)
+            return self._register(event, handler)
 
         def register(function: Handler) -> Handler:
-            return self.events.on(event, function)
+            return self._register(event, function)
 
         return register
+
+    def _register(self, event: str, handler: Handler) -> Handler:
+        """Cluster events to the primary's Events; worker_init and worker_exit to the worker's hooks, which every
+        worker inherits with the fork (registered here, at the door: events and hooks never import each other)."""
+        if event not in EVENTS + WORKER_EVENTS:
+            raise ConfigError(f"unknown cluster event {event!r}: choose one of {', '.join(EVENTS + WORKER_EVENTS)}")
+        if event in WORKER_EVENTS:
+            check_handler(event, handler)
+            workerhooks.add(event, handler)
+            return handler
+        return self.events.on(event, handler)
 
     def run(self) -> int:
         """Start the primary and serve until stopped; the exit code (0 clean, 3 boot failure, 4 restart limit).
 
         Configuration problems (a port in use, a missing module or hooks module) raise ConfigError instead.
         """
-        from clusterrun.primary.supervisor import Primary
-
         run_as = privileges.check(self.config.run_as)  # --user while not root: a ConfigError, before anything
         restore_logging = logs.setup(self.config)
         app_metrics: AppMetricsDir | None = None
@@ -100,8 +112,9 @@ class Cluster:
             if self.config.hooks:
                 self._load_hooks(self.config.hooks)
             preloaded = prepare_engine(self.config)
-            self._primary = Primary(self.config, preloaded=preloaded, events=self.events,
-                                    app_metrics_dir=app_metrics.path)
+            metrics_dir = app_metrics.path
+            self._primary = Primary(self.config, child.run, lambda primary: build_ops(primary, metrics_dir),
+                                    preloaded=preloaded, events=self.events)
             return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:
             self._primary = None
@@ -138,13 +151,13 @@ class Cluster:
         """Send ``message`` to every live worker."""
         self._running().broadcast(message)
 
-    def _running(self) -> Any:
+    def _running(self) -> Primary:
         if self._primary is None:
             raise ConfigError("the cluster is not running: call this from an event handler while run() serves")
         return self._primary
 
     def _load_hooks(self, spec: str) -> None:
-        from clusterrun.adapters import entry
+        from clusterrun.adapters import entry  # adapters load the serving stack (uvicorn): only once a cluster starts
 
         entry.put_app_dir_first(self.config.app_dir)
         module_name, _, attr = spec.partition(":")
@@ -155,9 +168,22 @@ class Cluster:
         except Exception as exc:
             raise ConfigError(f"cannot load --hooks {spec!r}: {type(exc).__name__}: {exc}; give an importable "
                               "module (or module:object) whose functions are named after cluster events") from None
-        if not self.events.register_hooks(hooks):
+        found = [event for event in EVENTS + WORKER_EVENTS if getattr(hooks, event, None) is not None]
+        for event in found:
+            self._register(event, getattr(hooks, event))
+        if not found:
             raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event: "
                               f"{', '.join(EVENTS + WORKER_EVENTS)}")
+
+
+def build_ops(primary: Primary, app_metrics_dir: str | None) -> Endpoints:
+    """What ops/ runs in the primary's wait, each part given what it reads of the primary: ops/ sits above the
+    primary and never imports the supervisor, so the door wires the two."""
+    config, pool, clock, policy = primary.config, primary.pool, primary.clock, primary.policy.name
+    commands = Operations(config, pool, primary, clock, policy, primary.listeners, primary.started)
+    probe = Probe(pool, backlog=lambda: len(primary.dispatcher.held), shutting_down=lambda: primary.shutting_down)
+    return Endpoints(config, primary.selector, primary.timers, commands.answer, probe, StatusLine(pool, clock, policy),
+                     app_metrics_dir)
 
 
 def prepare_process(config: Config) -> None:
@@ -166,7 +192,7 @@ def prepare_process(config: Config) -> None:
         os.chdir(config.chdir)
     if config.env_file:
         try:
-            from dotenv import load_dotenv
+            from dotenv import load_dotenv  # optional: clusterrun[dotenv], for --env-file alone
         except ImportError:
             raise ConfigError("--env-file needs python-dotenv: pip install 'clusterrun[dotenv]'") from None
         load_dotenv(config.env_file, override=False)
@@ -178,7 +204,7 @@ def prepare_engine(config: Config) -> LoadedApp | None:
     With --preload the app is imported here; its BootError exits 3 like a worker's would.
     """
     try:
-        from clusterrun.adapters import entry
+        from clusterrun.adapters import entry  # adapters load the serving stack (uvicorn): `import clusterrun` does not
     except ImportError as exc:
         package = os.path.dirname(os.path.abspath(__file__))
         if os.path.isfile(os.path.join(os.path.dirname(package), "adapters", "__init__.py")):
@@ -205,7 +231,7 @@ def check_app(config: Config) -> str:
     """
     prepare_process(config)
     prepare_engine(config)  # the engine, and the app's module found without importing it
-    from clusterrun.adapters import entry
+    from clusterrun.adapters import entry  # adapters load the serving stack (uvicorn): `import clusterrun` does not
 
     loaded = entry.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
     return f"clusterrun: {config.app} loads: a {loaded.interface.upper()} app"

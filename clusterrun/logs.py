@@ -25,18 +25,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
-from clusterrun._version import __version__
 from clusterrun.errors import ConfigError
-from clusterrun.host import listeners
 from clusterrun.identity import WorkerInfo
-
-if TYPE_CHECKING:
-    import socket
-
-    from clusterrun.config.options import Config
-    from clusterrun.ops.endpoints import Endpoints
 
 logger = logging.getLogger("clusterrun")
 
@@ -48,6 +40,42 @@ ACCESS = "clusterrun.access"
 
 # The files this process writes logs to: SIGUSR1 (in the primary; a frame in the workers) reopens them.
 _files: list[ReopeningFileHandler] = []
+
+
+class Account(Protocol):
+    """Whom the workers run as (--user): the owner the primary gives the log files it opens."""
+
+    @property
+    def uid(self) -> int: ...
+
+    @property
+    def gid(self) -> int: ...
+
+
+class LogSettings(Protocol):
+    """The few settings ``setup`` reads. clusterrun's Config has them; declared here, so that this leaf imports
+    nothing of the configuration (read-only properties: a frozen dataclass satisfies them)."""
+
+    @property
+    def log_level(self) -> str: ...
+
+    @property
+    def log_format(self) -> str: ...
+
+    @property
+    def log_config(self) -> str: ...
+
+    @property
+    def log_file(self) -> str: ...
+
+    @property
+    def access_log(self) -> bool: ...
+
+    @property
+    def access_log_file(self) -> str: ...
+
+    @property
+    def run_as(self) -> Account | None: ...
 
 
 class ReopeningFileHandler(logging.FileHandler):
@@ -116,8 +144,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def _formatter(config: Config, worker: WorkerInfo | None) -> logging.Formatter:
-    if config.log_format == "json":
+def _formatter(log_format: str, worker: WorkerInfo | None) -> logging.Formatter:
+    if log_format == "json":
         return JsonFormatter(worker)
     who = f"worker {worker.id} index {worker.index} pid {worker.pid}" if worker else "primary pid %(process)d"
     return logging.Formatter(f"%(asctime)s [{who}] %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -136,23 +164,23 @@ def _handler(
     return handler
 
 
-def setup(config: Config, worker: WorkerInfo | None = None) -> Callable[[], None]:
+def setup(settings: LogSettings, worker: WorkerInfo | None = None) -> Callable[[], None]:
     """Set up clusterrun's and uvicorn's loggers as the options say; the function that puts them back."""
     saved = {name: _save(logging.getLogger(name)) for name in _OWN}
     saved_last_resort = logging.lastResort
-    if config.log_config:
-        apply_log_config(config.log_config)
+    if settings.log_config:
+        apply_log_config(settings.log_config)
         return lambda: None  # the file rules: nothing of ours to put back
-    formatter = _formatter(config, worker)
-    owner = (config.run_as.uid, config.run_as.gid) if config.run_as is not None else None  # --user
-    handler = _handler(config.log_file, sys.stderr, formatter, owner)
-    access_handler = _handler(config.access_log_file, sys.stdout, formatter, owner)
-    _own(logging.getLogger("clusterrun"), handler, _LEVELS[config.log_level])
-    _own(logging.getLogger(ACCESS), access_handler, logging.INFO if config.access_log else logging.CRITICAL + 1)
+    formatter = _formatter(settings.log_format, worker)
+    owner = (settings.run_as.uid, settings.run_as.gid) if settings.run_as is not None else None  # --user
+    handler = _handler(settings.log_file, sys.stderr, formatter, owner)
+    access_handler = _handler(settings.access_log_file, sys.stdout, formatter, owner)
+    _own(logging.getLogger("clusterrun"), handler, _LEVELS[settings.log_level])
+    _own(logging.getLogger(ACCESS), access_handler, logging.INFO if settings.access_log else logging.CRITICAL + 1)
     # uvicorn chats at INFO about lifespan and shutdown in every worker; the primary says what matters.
     # (Set on the tree's top too: a level left unset would follow the root's, the app's choice.) Its access
     # lines are off: clusterrun writes its own (clusterrun.accesslog), in the same way for every engine.
-    uvicorn_level = logging.DEBUG if config.log_level == "debug" else logging.WARNING
+    uvicorn_level = logging.DEBUG if settings.log_level == "debug" else logging.WARNING
     _own(logging.getLogger("uvicorn"), handler, uvicorn_level)
     logging.getLogger("uvicorn.error").setLevel(uvicorn_level)
     uvicorn_access = logging.getLogger("uvicorn.access")
@@ -234,28 +262,6 @@ def _restore(target: logging.Logger, saved: _Saved) -> None:
     target.setLevel(saved.level)
     target.propagate = saved.propagate
     target.disabled = saved.disabled
-
-
-def announce_start(config: Config, policy: str, sockets: list[socket.socket], endpoints: Endpoints) -> None:
-    """The primary's first lines: what runs, how many workers and why, where it listens and is steered."""
-    spec, source, target = config.workers_spec, config.workers_from, config.workers
-    note = f"{source} {spec}" if source.startswith("--") else f"{source}={spec}"
-    if spec == "auto" or spec.endswith("x"):
-        note += f": {config.usable_cpus} usable CPU{'s' if config.usable_cpus > 1 else ''}"
-    logger.info("clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, config.app, target,
-                "" if target == 1 else "s", note, policy)
-    if config.sources.get("max_memory", "").startswith("cgroup"):
-        logger.info("%s -> --max-memory %d MiB per worker (a worker above it is replaced; give --max-memory to "
-                    "choose)", config.sources["max_memory"], config.max_memory)
-    for sock in sockets:
-        logger.info("listening on %s%s", listeners.describe(sock, "https" if config.tls else "http"),
-                    listeners.origin(sock))
-    if endpoints.control_path:
-        logger.info("control socket %s: clusterrun status %s", endpoints.control_path, config.cluster_name)
-    if endpoints.metrics_url:
-        logger.info("metrics on %s/metrics (and /livez, /readyz)", endpoints.metrics_url)
-    if endpoints.health_url:
-        logger.info("health on %s/livez and /readyz", endpoints.health_url)
 
 
 def announce_engine(worker: WorkerInfo, engine: str) -> None:

@@ -1,4 +1,5 @@
-"""The primary's supervision logic in-process: worker states, the pool, the watchdog, dispatch, rollout.
+"""The primary's supervision logic in-process: worker states, the pool, the watchdog, dispatch, rollout, and what
+the frames and ops/ (status, control commands, /metrics) read of the pool.
 
 No fork and no sleep: handles are made by a fake spawner over real socketpairs (so channels and passed
 descriptors are real), time is a fake clock, and signals are recorded instead of sent. The assertions are on
@@ -19,9 +20,14 @@ import pytest
 
 from clusterrun.config.build import build_config
 from clusterrun.errors import StateError
+from clusterrun.host.listeners import parse_bind
 from clusterrun.host.timers import Timers
+from clusterrun.ops.metrics import ClusterCollector, MetricsServer, Probe
+from clusterrun.ops.operations import Operations
+from clusterrun.ops.status import StatusLine
 from clusterrun.primary.dispatch import Dispatcher
 from clusterrun.primary.events import Events
+from clusterrun.primary.frames import WorkerFrames
 from clusterrun.primary.handle import WorkerHandle, WorkerState
 from clusterrun.primary.policies import RoundRobin
 from clusterrun.primary.pool import Pool, Verdict
@@ -29,7 +35,7 @@ from clusterrun.primary.throttle import Decision, RestartThrottle
 from clusterrun.primary.watchdog import Watchdog
 from clusterrun.wire.channel import Channel
 from clusterrun.wire.heartbeat import late_after
-from clusterrun.wire.protocol import Connections, Stop
+from clusterrun.wire.protocol import Beat, Connections, Online, Stop
 from clusterrun.wire.requestclock import RequestClock
 
 S = WorkerState
@@ -545,3 +551,79 @@ def test_connections_frames_carry_their_descriptors(spawn: Spawner, clock: Clock
     finally:
         for client in clients:
             client.close()
+
+
+# What ops/ and the frames read: the pool and a few callables, never the Primary
+
+
+class Steered:
+    """A Steering (clusterrun.ops.operations) that records what the commands started."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def reload(self) -> None:
+        self.calls.append(("reload", None))
+
+    def scale(self, target: int) -> None:
+        self.calls.append(("scale", target))
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.calls.append(("stop", timeout))
+
+
+def test_the_status_line_reads_the_pool_and_the_clock(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    line = StatusLine(pool, clock, "rr")
+    assert line() == "2/2 workers ready, policy rr, 0 req/s"
+    for handle in pool.workers.values():
+        handle.counts = Beat(requests=50)
+    clock.now += 2
+    assert line() == "2/2 workers ready, policy rr, 50 req/s"
+    pool.stop_all()
+    assert line() == "stopping, policy rr, 0 req/s"
+
+
+def test_the_control_commands_read_the_pool_and_start_what_the_steering_does(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    steered = Steered()
+    config = build_config("app:app", {"workers": "2"}, environ={}, cpus=2)
+    commands = Operations(config, pool, steered, clock, "rr", [], started=clock() - 5)
+    info = commands.answer({"command": "info"})
+    assert (info["target"], info["ready"], info["policy"], info["uptime"], info["binds"]) == (2, 2, "rr", 5.0, [])
+    assert commands.answer({"command": "scale", "workers": "+1"})["ok"]
+    assert commands.answer({"command": "reload"})["ok"]
+    assert commands.answer({"command": "stop", "timeout": 5})["ok"]
+    assert not commands.answer({"command": "stop", "timeout": "soon"})["ok"]
+    assert steered.calls == [("scale", 3), ("reload", None), ("stop", 5.0)]
+
+
+def test_readyz_and_the_metrics_read_the_probe(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    told = {"stop": False}
+    probe = Probe(pool, backlog=lambda: 3, shutting_down=lambda: told["stop"])
+    with selectors.DefaultSelector() as selector:
+        server = MetricsServer(parse_bind("127.0.0.1:0"), selector, Timers(clock), probe, None)  # never opened
+        ready = server.answer(b"GET /readyz HTTP/1.1\r\n\r\n")
+        told["stop"] = True
+        stopping = server.answer(b"GET /readyz HTTP/1.1\r\n\r\n")
+    assert ready is not None and ready.startswith(b"HTTP/1.1 200 OK") and ready.endswith(b"2/2 workers serving\n")
+    assert stopping is not None and stopping.startswith(b"HTTP/1.1 503") and stopping.endswith(b"stopping\n")
+    samples = {(s.name, tuple(s.labels.values())): s.value
+               for family in ClusterCollector(pool, probe.backlog).collect() for s in family.samples}
+    assert samples[("clusterrun_dispatch_backlog", ())] == 3
+    assert samples[("clusterrun_workers", ("ready",))] == 2 and samples[("clusterrun_workers_target", ())] == 2
+
+
+def test_frames_act_on_the_pool_the_dispatcher_and_the_events(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    events = Events()
+    online: list[int] = []
+    events.on("online", lambda worker: online.append(worker.id))
+    frames = WorkerFrames(pool, pool.dispatcher, events, clock)
+    handle = pool.slots[0]
+    clock.now += 7
+    handle.worker_end.send(Beat(requests=9))
+    handle.worker_end.send(Online())
+    frames.on_channel(handle, selectors.EVENT_READ)
+    assert handle.counts.requests == 9 and handle.last_seen == clock.now and online == [handle.id]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import logging
 import os
 import signal
 import socket
@@ -20,16 +22,18 @@ from clusterrun.adapters.lifespan import Lifespan
 from clusterrun.adapters.loading import detect_interface, load_app
 from clusterrun.adapters.methods import stand_in
 
-from clusterrun import cli
+from clusterrun import Cluster, cli, logs
 from clusterrun.config.build import build_config
 from clusterrun.config.options import OPTIONS, Config, Option, resolve_workers
 from clusterrun.errors import BootError, ChannelError, ConfigError
 from clusterrun.host.cpus import cgroup_cpu_quota, usable_cpus
 from clusterrun.host.listeners import BindAddress, parse_bind
+from clusterrun.identity import WorkerInfo
 from clusterrun.primary.policies import LeastConnections, ReusePort, RoundRobin, Shared, Sticky, make_policy
 from clusterrun.wire.channel import HEADER, MAX_PAYLOAD, Channel, connection_frame
 from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.protocol import Connections, Message
+from clusterrun.worker import hooks as workerhooks
 
 # Config
 
@@ -485,3 +489,54 @@ def test_a_signal_sent_right_after_a_fork_acts_once_the_child_reset_its_handlers
 ])
 def test_an_extension_method_is_found_where_httptools_fails_on_it(data: bytes, expected: Any) -> None:
     assert stand_in(data) == expected
+
+
+# Events and hooks
+
+
+def test_the_door_routes_worker_hooks_to_the_worker_and_cluster_events_to_the_primary() -> None:
+    cluster = Cluster("app:app", bind="127.0.0.1:0")
+    seen: list[object] = []
+    try:
+        cluster.on("worker_init", seen.append)
+        cluster.on("exit")(seen.append)  # as a decorator
+        workerhooks.init(WorkerInfo(1, 0, os.getpid()))
+        assert seen == [WorkerInfo(1, 0, os.getpid())]  # the hook ran as the worker would run it
+        assert cluster.events.wanted("exit") and not cluster.events.wanted("online")
+        with pytest.raises(ConfigError, match=r"unknown cluster event 'bogus': choose one of fork, .*, on_exit, "
+                                              r"worker_init, worker_exit$"):
+            cluster.on("bogus", print)
+        with pytest.raises(ConfigError, match="the handler for event 'worker_exit' is a int, not a function"):
+            cluster.on("worker_exit", 3)
+    finally:
+        workerhooks.clear()
+
+
+# Logs
+
+
+@dataclass(frozen=True)
+class _LogSettings:
+    """Only what logs.setup reads (logs.LogSettings): the leaf takes no Config."""
+
+    log_file: str
+    log_level: str = "info"
+    log_format: str = "json"
+    log_config: str = ""
+    access_log: bool = False
+    access_log_file: str = ""
+    run_as: None = None
+
+
+def test_log_setup_reads_its_few_settings_and_puts_everything_back(tmp_path: Path) -> None:
+    path = tmp_path / "primary.log"
+    own = logging.getLogger("clusterrun")
+    before = (list(own.handlers), own.level, own.propagate)
+    restore = logs.setup(_LogSettings(str(path)))
+    try:
+        own.info("hello")
+    finally:
+        restore()
+    entry = json.loads(path.read_text())
+    assert (entry["message"], entry["level"], entry["primary"]) == ("hello", "info", os.getpid())
+    assert (list(own.handlers), own.level, own.propagate) == before

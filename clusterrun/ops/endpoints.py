@@ -1,30 +1,45 @@
-"""The primary's own endpoints, beside the app's listeners: the control socket and the metrics endpoint."""
+"""What ops/ runs in the primary's one wait: the primary's own endpoints beside the app's listeners (the control
+socket, the metrics and health endpoints), the status line systemd shows, and the start banner that says where
+all of them are.
+
+The door (clusterrun.api) builds them and hands them to the Primary, which knows them only by the Protocol it
+declares (clusterrun.primary.supervisor.Ops): ops/ sits above primary/. Each part takes what it reads.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+import selectors
+import socket
+from collections.abc import Callable, Sequence
 
-from clusterrun.ops.control import ControlServer
-from clusterrun.ops.metrics import MetricsServer
-from clusterrun.ops.operations import Operations
+from clusterrun._version import __version__
+from clusterrun.config.options import Config
+from clusterrun.host import listeners
+from clusterrun.host.timers import Timers
+from clusterrun.ops.control import ControlServer, Handler
+from clusterrun.ops.metrics import MetricsServer, Probe
 
-if TYPE_CHECKING:
-    from clusterrun.primary.supervisor import Primary
+logger = logging.getLogger("clusterrun")
 
 
 class Endpoints:
-    def __init__(self, primary: Primary, app_metrics_dir: str | None) -> None:
-        config = primary.config
+    def __init__(
+        self, config: Config, selector: selectors.BaseSelector, timers: Timers, commands: Handler, probe: Probe,
+        status: Callable[[], str], app_metrics_dir: str | None,
+    ) -> None:
+        """``commands`` answers the control socket (clusterrun.ops.operations), ``probe`` is what /metrics and
+        /readyz read, ``status`` the line for systemd (clusterrun.ops.status.StatusLine)."""
+        self.config = config
         self.name = config.cluster_name
         self.metrics_url = ""
         self.health_url = ""
-        self.control = None if config.no_control else ControlServer(
-            config.control, primary.selector, primary.timers,
-            Operations(primary).answer)
+        self._status = status
+        self.control = None if config.no_control else ControlServer(config.control, selector, timers, commands)
         self.metrics = None if config.metrics is None else MetricsServer(
-            config.metrics, primary.selector, primary.timers, primary, app_metrics_dir)
+            config.metrics, selector, timers, probe, app_metrics_dir)
         self.health = None if config.health is None else MetricsServer(
-            config.health, primary.selector, primary.timers, primary, None, metrics=False)
+            config.health, selector, timers, probe, None, metrics=False)
 
     @property
     def control_path(self) -> str | None:
@@ -39,10 +54,36 @@ class Endpoints:
         if self.health is not None:
             self.health_url = self.health.open()
 
+    def announce(self, policy: str, sockets: Sequence[socket.socket]) -> None:
+        """The primary's first lines: what runs, how many workers and why, where it listens and is steered."""
+        config = self.config
+        spec, source, target = config.workers_spec, config.workers_from, config.workers
+        note = f"{source} {spec}" if source.startswith("--") else f"{source}={spec}"
+        if spec == "auto" or spec.endswith("x"):
+            note += f": {config.usable_cpus} usable CPU{'s' if config.usable_cpus > 1 else ''}"
+        logger.info("clusterrun %s: %s with %d worker%s (%s), policy %s", __version__, config.app, target,
+                    "" if target == 1 else "s", note, policy)
+        if config.sources.get("max_memory", "").startswith("cgroup"):
+            logger.info("%s -> --max-memory %d MiB per worker (a worker above it is replaced; give --max-memory to "
+                        "choose)", config.sources["max_memory"], config.max_memory)
+        for sock in sockets:
+            logger.info("listening on %s%s", listeners.describe(sock, "https" if config.tls else "http"),
+                        listeners.origin(sock))
+        if self.control_path:
+            logger.info("control socket %s: clusterrun status %s", self.control_path, self.name)
+        if self.metrics_url:
+            logger.info("metrics on %s/metrics (and /livez, /readyz)", self.metrics_url)
+        if self.health_url:
+            logger.info("health on %s/livez and /readyz", self.health_url)
+
     def close(self) -> None:
         for server in (self.control, self.metrics, self.health):
             if server is not None:
                 server.close()
+
+    def status(self) -> str:
+        """The line people read in systemctl status (sd_notify's STATUS=)."""
+        return self._status()
 
     def filenos(self) -> list[int]:
         """What a forked worker must close: a worker holding them would keep them answering after the primary."""

@@ -5,6 +5,7 @@ The cluster's metrics are read at scrape time from the pool (states, restarts, r
 counter adds the slot's tally (clusterrun.primary.tally) to its live workers, so none goes backwards across crashes,
 recycling and rolling restarts. An app's own prometheus_client metrics are merged in through the library's
 multiprocess mode (clusterrun.ops.appmetrics): every worker writes its values to files in one folder.
+What the endpoint reads of the primary comes in a ``Probe``, not the Primary.
 """
 
 from __future__ import annotations
@@ -12,23 +13,26 @@ from __future__ import annotations
 import logging
 import selectors
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from clusterrun.errors import ConfigError
 from clusterrun.host import listeners
 from clusterrun.host.listeners import BindAddress
 from clusterrun.host.procstats import rss_bytes
 from clusterrun.host.timers import Timers
+from clusterrun.ops.appmetrics import forget_dead_workers
 from clusterrun.ops.oneshot import OneShotServer
 from clusterrun.primary.handle import WorkerState
+from clusterrun.primary.pool import Pool
 from clusterrun.primary.tally import SlotTally
 from clusterrun.wire.requeststats import BUCKETS, CLASSES
 
-if TYPE_CHECKING:
-    from clusterrun.primary.supervisor import Primary
-
 logger = logging.getLogger("clusterrun")
+
+# prometheus_client is imported in the functions that use it: it is optional (clusterrun[metrics]), and it reads
+# PROMETHEUS_MULTIPROC_DIR once, at import, which the door sets first (clusterrun.ops.appmetrics).
 
 
 def require_client() -> None:
@@ -39,6 +43,15 @@ def require_client() -> None:
         raise ConfigError("--metrics needs prometheus_client: pip install 'clusterrun[metrics]'") from None
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What /metrics and /readyz read of the primary, at each request."""
+
+    pool: Pool
+    backlog: Callable[[], int]  # connections accepted and held for want of a worker (the dispatcher's)
+    shutting_down: Callable[[], bool]  # told to stop: /readyz says so from then on, --shutdown-delay included
+
+
 class MetricsServer(OneShotServer):
     """HTTP/1.x, one request per connection: GET /metrics (with --metrics), /livez and /readyz; else 404.
 
@@ -47,11 +60,11 @@ class MetricsServer(OneShotServer):
     load balancer (Kubernetes' endpoints) stops sending traffic before the workers drain.
     """
 
-    def __init__(self, address: BindAddress, selector: selectors.BaseSelector, timers: Timers, primary: Primary,
+    def __init__(self, address: BindAddress, selector: selectors.BaseSelector, timers: Timers, probe: Probe,
                  app_metrics_dir: str | None, metrics: bool = True) -> None:
         super().__init__(selector, timers)
         self.address = address
-        self.primary = primary
+        self.probe = probe
         self.app_metrics_dir = app_metrics_dir
         self.metrics = metrics
 
@@ -85,10 +98,11 @@ class MetricsServer(OneShotServer):
         return _response(b"200 OK", CONTENT_TYPE_LATEST.encode(), generate_latest(self._registry()), method)
 
     def _readiness(self) -> tuple[bool, bytes]:
-        if self.primary.shutting_down:
+        if self.probe.shutting_down():
             return False, b"stopping\n"
-        serving = sum(1 for w in self.primary.pool.slots.values() if w.is_ready)
-        return serving > 0, f"{serving}/{self.primary.pool.target} workers serving\n".encode()
+        pool = self.probe.pool
+        serving = sum(1 for w in pool.slots.values() if w.is_ready)
+        return serving > 0, f"{serving}/{pool.target} workers serving\n".encode()
 
     def too_large(self) -> bytes:
         return _response(b"431 Request Header Fields Too Large", b"text/plain", b"request head too large\n", b"GET")
@@ -97,13 +111,11 @@ class MetricsServer(OneShotServer):
         from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(ClusterCollector(self.primary))
+        registry.register(ClusterCollector(self.probe.pool, self.probe.backlog))
         if self.app_metrics_dir is not None:
             from prometheus_client import multiprocess
 
-            from clusterrun.ops.appmetrics import forget_dead_workers
-
-            forget_dead_workers(self.app_metrics_dir, {w.pid for w in self.primary.pool.workers.values()})
+            forget_dead_workers(self.app_metrics_dir, {w.pid for w in self.probe.pool.workers.values()})
             multiprocess.MultiProcessCollector(registry, path=self.app_metrics_dir)  # type: ignore[no-untyped-call]
         return registry
 
@@ -115,15 +127,16 @@ def _response(status: bytes, content_type: bytes, body: bytes, method: bytes) ->
 
 
 class ClusterCollector:
-    """The cluster's own metrics, built from the primary's state at each scrape."""
+    """The cluster's own metrics, built at each scrape from the pool and the dispatcher's backlog."""
 
-    def __init__(self, primary: Primary) -> None:
-        self.primary = primary
+    def __init__(self, pool: Pool, backlog: Callable[[], int]) -> None:
+        self.pool = pool
+        self.backlog = backlog
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        pool = self.primary.pool
+        pool = self.pool
         states = Counter(w.state for w in pool.workers.values())
         workers = GaugeMetricFamily("clusterrun_workers", "Worker processes by state.", labels=["state"])
         for state in (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING):
@@ -140,7 +153,7 @@ class ClusterCollector:
             reloads.add_metric([outcome], pool.rollout.finished[outcome])
         yield reloads
         yield GaugeMetricFamily("clusterrun_dispatch_backlog", "Accepted connections waiting for a worker.",
-                                value=len(self.primary.dispatcher.held))
+                                value=self.backlog())
         yield from self._per_slot()
 
     def _per_slot(self) -> Iterator[Any]:
@@ -178,7 +191,7 @@ class ClusterCollector:
         memory = GaugeMetricFamily("clusterrun_worker_resident_memory_bytes", "Resident memory, by worker slot.",
                                    labels=["worker_index"])
         for index in sorted(slots):
-            live = [w for w in self.primary.pool.workers.values() if w.index == index]
+            live = [w for w in self.pool.workers.values() if w.index == index]
             connections.add_metric([str(index)], sum(w.open_connections if w.dispatched else w.counts.connections
                                                      for w in live))
             memory.add_metric([str(index)], sum(rss_bytes(w.pid) or 0 for w in live))
@@ -186,9 +199,9 @@ class ClusterCollector:
         yield memory
 
     def _slot_totals(self) -> dict[int, SlotTally]:
-        tally = self.primary.pool.tally
-        indexes = set(tally.slots) | {w.index for w in self.primary.pool.workers.values()}
+        tally = self.pool.tally
+        indexes = set(tally.slots) | {w.index for w in self.pool.workers.values()}
         totals = {index: tally.slot(index) for index in indexes}
-        for handle in self.primary.pool.workers.values():
+        for handle in self.pool.workers.values():
             totals[handle.index].add(handle)
         return totals

@@ -3,22 +3,24 @@
 Each takes the request (a JSON object) and returns the answer: ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "..."}``. Commands that take time (a rolling restart, a stop) start it and answer
 at once; the client follows it through ``status`` (clusterrun.ctl.commands).
+
+The commands read the pool and start what the primary does (``Steering``): they take those, not the Primary.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Any
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from clusterrun._version import __version__
-from clusterrun.config.options import MAX_WORKERS
+from clusterrun.config.options import MAX_WORKERS, Config
 from clusterrun.host import listeners
 from clusterrun.host.procstats import ProcSampler
 from clusterrun.ops.status import started_at, worker_row
-
-if TYPE_CHECKING:
-    from clusterrun.primary.supervisor import Primary
+from clusterrun.primary.pool import Pool
 
 Answer = dict[str, Any]
 
@@ -29,9 +31,30 @@ def _error(text: str) -> Answer:
     return {"ok": False, "error": text}
 
 
+class Steering(Protocol):
+    """What the commands start: the primary's own actions, the signals' and the Cluster API's (the Primary)."""
+
+    def reload(self) -> None: ...
+
+    def scale(self, target: int) -> None: ...
+
+    def stop(self, timeout: float | None = None) -> None: ...
+
+
 class Operations:
-    def __init__(self, primary: Primary) -> None:
-        self.primary = primary
+    def __init__(
+        self, config: Config, pool: Pool, steering: Steering, clock: Callable[[], float], policy: str,
+        sockets: Sequence[socket.socket], started: float,
+    ) -> None:
+        """``sockets``: the app's listeners, as the primary fills them when it binds; ``started``: when the primary
+        started, by ``clock``."""
+        self.config = config
+        self.pool = pool
+        self.steering = steering
+        self.clock = clock
+        self.policy = policy  # its name
+        self.sockets = sockets
+        self.started = started
         self.sampler = ProcSampler()
 
     def answer(self, request: dict[str, Any]) -> Answer:
@@ -46,21 +69,21 @@ class Operations:
 
     def info(self, request: dict[str, Any]) -> Answer:
         """The cluster in one line (clusterrun ls)."""
-        primary, pool = self.primary, self.primary.pool
-        now = primary.clock()
-        scheme = "https" if primary.config.tls else "http"
+        config, pool = self.config, self.pool
+        now = self.clock()
+        scheme = "https" if config.tls else "http"
         return {
-            "ok": True, "name": primary.config.cluster_name, "pid": os.getpid(), "app": primary.config.app,
-            "version": __version__, "policy": primary.policy.name,
-            "binds": [listeners.describe(sock, scheme) for sock in primary.listeners],
-            "started": started_at(primary.started, now), "uptime": round(now - primary.started, 3),
+            "ok": True, "name": config.cluster_name, "pid": os.getpid(), "app": config.app,
+            "version": __version__, "policy": self.policy,
+            "binds": [listeners.describe(sock, scheme) for sock in self.sockets],
+            "started": started_at(self.started, now), "uptime": round(now - self.started, 3),
             "target": pool.target, "ready": sum(1 for w in pool.slots.values() if w.is_ready),
             "stopping": pool.stopping,
         }
 
     def status(self, request: dict[str, Any]) -> Answer:
-        pool = self.primary.pool
-        now = self.primary.clock()
+        pool = self.pool
+        now = self.clock()
         workers = sorted(pool.workers.values(), key=lambda w: (w.index, w.id))
         self.sampler.forget_except(w.pid for w in workers)
         rollout = pool.rollout
@@ -75,12 +98,12 @@ class Operations:
         }
 
     def reload(self, request: dict[str, Any]) -> Answer:
-        pool = self.primary.pool
+        pool = self.pool
         if pool.stopping:
             return _error("the cluster is stopping")
         if pool.rollout.active:
             return _error(f"a rolling restart (reload {pool.rollout.reloads}) is already running")
-        self.primary.reload()
+        self.steering.reload()
         return {"ok": True, "reload": pool.rollout.reloads}
 
     def scale(self, request: dict[str, Any]) -> Answer:
@@ -88,7 +111,7 @@ class Operations:
         match = _SCALE_RE.fullmatch(value)
         if match is None:
             return _error(f"bad worker count {value!r}: give N, +K or -K, e.g. 4 or +1")
-        pool = self.primary.pool
+        pool = self.pool
         count = int(match[2])
         target = pool.target + count if match[1] == "+" else pool.target - count if match[1] == "-" else count
         if target < 1:
@@ -97,7 +120,7 @@ class Operations:
             return _error(f"cannot scale to {target} workers: one cluster runs at most {MAX_WORKERS}")
         if pool.stopping:
             return _error("the cluster is stopping")
-        self.primary.scale(target)
+        self.steering.scale(target)
         return {"ok": True, "target": pool.target}
 
     def stop(self, request: dict[str, Any]) -> Answer:
@@ -105,12 +128,12 @@ class Operations:
         if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
                                     or not 0 <= timeout <= 86400):
             return _error(f"bad timeout {timeout!r}: give seconds between 0 and 86400")
-        self.primary.stop(None if timeout is None else float(timeout))
+        self.steering.stop(None if timeout is None else float(timeout))
         return {"ok": True, "pid": os.getpid()}
 
     def restart_worker(self, request: dict[str, Any]) -> Answer:
         wanted = request.get("id")
-        pool = self.primary.pool
+        pool = self.pool
         handle = next((w for w in pool.workers.values() if w.id == wanted), None)
         if handle is None or isinstance(wanted, bool):
             ids = ", ".join(str(w.id) for w in sorted(pool.workers.values(), key=lambda w: w.id))

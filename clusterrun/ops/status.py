@@ -8,22 +8,12 @@ Linux these two are null.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from clusterrun.host.procstats import ProcSampler
 from clusterrun.primary.handle import WorkerHandle
-
-if TYPE_CHECKING:
-    from clusterrun.primary.supervisor import Primary
-
-
-
-
-
-
-
-
-
+from clusterrun.primary.pool import Pool
 
 
 def worker_row(handle: WorkerHandle, now: float, sampler: ProcSampler, restarts: int, last_exit: str) -> dict[
@@ -53,13 +43,15 @@ def started_at(monotonic_start: float, now: float) -> float:
 class StatusLine:
     """One line for people (systemctl status): "4/4 workers ready, policy rr, 1,234 req/s"."""
 
-    def __init__(self, primary: Primary) -> None:
-        self.primary = primary
+    def __init__(self, pool: Pool, clock: Callable[[], float], policy: str) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.policy = policy  # its name
         self._previous: tuple[float, int] | None = None  # (when, requests served in all) at the last call
 
     def __call__(self) -> str:
-        pool = self.primary.pool
-        now = self.primary.clock()
+        pool = self.pool
+        now = self.clock()
         served = (sum(w.counts.requests for w in pool.workers.values())
                   + sum(t.requests for t in pool.tally.slots.values()))
         previous, self._previous = self._previous, (now, served)
@@ -67,4 +59,4 @@ class StatusLine:
         ready = sum(1 for w in pool.slots.values() if w.is_ready)
         state = ("stopping" if pool.stopping else "reloading" if pool.rollout.active
                  else f"{ready}/{pool.target} workers ready")
-        return f"{state}, policy {self.primary.policy.name}, {rate:,.0f} req/s"
+        return f"{state}, policy {self.policy}, {rate:,.0f} req/s"

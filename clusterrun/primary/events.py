@@ -17,7 +17,8 @@ The cluster's own moments, under gunicorn's names (``config`` is the cluster's C
     on_exit(config)                the cluster stopped; every worker is gone
 
 A handler that raises is logged and skipped: it never stops the primary. ``worker_init`` and ``worker_exit``
-run in the worker processes instead (clusterrun.worker.hooks).
+run in the worker processes instead: ``Cluster.on`` (clusterrun.api) hands those to clusterrun.worker.hooks,
+so that the primary's events and the worker's hooks never import each other.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 from clusterrun.errors import ConfigError
-from clusterrun.worker import hooks as workerhooks
 
 logger = logging.getLogger("clusterrun")
 
@@ -37,20 +37,21 @@ EVENTS = ("fork", "online", "listening", "message", "disconnect", "exit", "on_st
 Handler = Callable[..., Any]
 
 
+def check_handler(event: str, handler: object) -> None:
+    """A ConfigError when ``handler`` cannot be called: said at registration, not when the event comes."""
+    if not callable(handler):
+        raise ConfigError(f"the handler for event {event!r} is a {type(handler).__name__}, not a function")
+
+
 class Events:
     def __init__(self) -> None:
         self._handlers: dict[str, list[Handler]] = {name: [] for name in EVENTS}
 
     def on(self, event: str, handler: Handler) -> Handler:
-        if event not in self._handlers and event not in workerhooks.WORKER_EVENTS:
-            raise ConfigError(f"unknown cluster event {event!r}: choose one of "
-                              f"{', '.join(EVENTS + workerhooks.WORKER_EVENTS)}")
-        if not callable(handler):
-            raise ConfigError(f"the handler for event {event!r} is a {type(handler).__name__}, not a function")
-        if event in workerhooks.WORKER_EVENTS:
-            workerhooks.add(event, handler)  # run in each worker, which inherits it with the fork
-        else:
-            self._handlers[event].append(handler)
+        if event not in self._handlers:
+            raise ConfigError(f"unknown cluster event {event!r}: choose one of {', '.join(EVENTS)}")
+        check_handler(event, handler)
+        self._handlers[event].append(handler)
         return handler
 
     def wanted(self, event: str) -> bool:
@@ -63,13 +64,3 @@ class Events:
             except Exception:
                 logger.exception("the %r event handler %s raised; the cluster goes on", event,
                                  getattr(handler, "__qualname__", handler))
-
-    def register_hooks(self, hooks: object) -> int:
-        """Register every function of ``hooks`` (a module or object) named after an event; how many."""
-        found = 0
-        for event in EVENTS + workerhooks.WORKER_EVENTS:
-            handler = getattr(hooks, event, None)
-            if handler is not None:
-                self.on(event, handler)
-                found += 1
-        return found

@@ -1,30 +1,37 @@
-"""What the primary does with what a worker sends over its channel: each frame kind to its action."""
+"""What the primary does with what a worker sends over its channel: each frame kind to its action.
+
+It acts on the pool (readiness, broadcasts, recycling, retiring), tells the dispatcher the worker was heard
+from, and emits the cluster's events: it takes those three and the clock, not the whole Primary.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import selectors
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from clusterrun.errors import ChannelError, MessageError
 from clusterrun.host.procstats import cpu_seconds
+from clusterrun.primary.dispatch import Dispatcher
+from clusterrun.primary.events import Events
 from clusterrun.primary.handle import WorkerHandle
+from clusterrun.primary.pool import Pool
 from clusterrun.wire.protocol import Beat, BootFailed, Broadcast, Draining, Frame, Message, Online, Ready, Recycle
-
-if TYPE_CHECKING:
-    from clusterrun.primary.supervisor import Primary
 
 logger = logging.getLogger("clusterrun")
 
 
 class WorkerFrames:
-    def __init__(self, primary: Primary) -> None:
-        self.primary = primary
+    def __init__(self, pool: Pool, dispatcher: Dispatcher, events: Events, clock: Callable[[], float]) -> None:
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.events = events
+        self.clock = clock
 
     def on_channel(self, handle: WorkerHandle, mask: int) -> None:
         """The worker's channel is readable (frames) or writable (a backlog to flush)."""
-        pool = self.primary.pool
+        pool = self.pool
         if mask & selectors.EVENT_WRITE:
             handle.channel.flush()
         if not mask & selectors.EVENT_READ:
@@ -36,17 +43,17 @@ class WorkerFrames:
             pool.hang_up(handle)
             handle.kill()
             return
-        handle.last_seen = self.primary.clock()
+        handle.last_seen = self.clock()
         for frame, fds in frames:
             for fd in fds:
                 os.close(fd)  # workers have no business sending descriptors
             self.on_frame(handle, frame)
-        self.primary.dispatcher.heard_from(handle)
+        self.dispatcher.heard_from(handle)
         if handle.channel.eof:
             pool.hang_up(handle)
 
     def on_frame(self, handle: WorkerHandle, frame: Frame) -> None:
-        pool, events = self.primary.pool, self.primary.events
+        pool, events = self.pool, self.events
         match frame:
             case Ready(interface, room):
                 handle.connection_room = room

@@ -5,17 +5,22 @@ keeps both ends: what the worker never reads outlives it, see channel.py), a
 shared counter page made before the fork, and the listening sockets its policy
 gives its slot. The child closes every descriptor that belongs to the primary
 (the signal inbox, other workers' channels, listeners it does not serve) and
-never returns here: child.run ends in ``os._exit``.
+never returns here: the worker's entry ends in ``os._exit``.
+
+The entry is handed in (``target``, as uvicorn's ``Multiprocess(config,
+target=server.run)``): the door gives clusterrun.worker.child.run, so that the
+supervisor never imports the worker's side.
 """
 
 from __future__ import annotations
 
 import contextlib
 import selectors
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from clusterrun.config.options import Config
 from clusterrun.host.signals import fork_holding_signals
@@ -25,7 +30,6 @@ from clusterrun.primary.policies import Policy
 from clusterrun.wire.channel import Channel
 from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.requestclock import RequestClock
-from clusterrun.worker import child
 
 if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
     from clusterrun.adapters.entry import LoadedApp
@@ -33,13 +37,25 @@ if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
 OnChannel = Callable[[WorkerHandle, int], None]
 
 
+class WorkerEntry(Protocol):
+    """What the child runs right after the fork; it never returns (clusterrun.worker.child.run)."""
+
+    def __call__(
+        self, config: Config, worker_id: int, index: int, channel_sock: socket.socket,
+        sockets: Sequence[socket.socket], inherited_fds: Sequence[int], closes: SharedCounter,
+        preloaded: LoadedApp | None, signal_mask: set[int | signal.Signals] | None,
+        request_clock: RequestClock | None, first_request: SharedCounter | None, /,
+    ) -> NoReturn: ...
+
+
 class Forker:
     def __init__(
-        self, config: Config, policy: Policy, listeners: Sequence[socket.socket], selector: selectors.BaseSelector,
-        primary_fds: Callable[[], list[int]], dispatcher: Dispatcher, on_channel: OnChannel,
-        clock: Callable[[], float], preloaded: LoadedApp | None = None,
+        self, config: Config, target: WorkerEntry, policy: Policy, listeners: Sequence[socket.socket],
+        selector: selectors.BaseSelector, primary_fds: Callable[[], list[int]], dispatcher: Dispatcher,
+        on_channel: OnChannel, clock: Callable[[], float], preloaded: LoadedApp | None = None,
     ) -> None:
         self.config = config
+        self.target = target  # the worker's entry, run in the child
         self.policy = policy
         self.listeners = listeners
         self.selector = selector
@@ -79,8 +95,8 @@ class Forker:
                 page.close()
             raise
         if pid == 0:
-            child.run(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded,
-                      signal_mask, request_clock, first_request)
+            self.target(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded,
+                        signal_mask, request_clock, first_request)
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
                               replaces=replaces, closes=closes,
                               request_clock=request_clock, first_request=first_request)

@@ -6,7 +6,8 @@ dispatching policy (dispatch.py). Timers (boot, respawn and drain deadlines, the
 watchdog) only shorten the wait. No polling, and nothing ever blocks on one
 worker. The workers and their slots are the pool's (pool.py); forking one is
 spawn.py's; what each frame kind is, protocol.py's. Here: what each signal and
-each frame makes happen, and stopping.
+each frame makes happen, and stopping. The door hands in the worker's entry
+(``target``) and what ops/ runs in the same wait (``Ops``: ops/ sits above).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clusterrun import identity, logs
 from clusterrun.config.options import Config
@@ -28,8 +29,6 @@ from clusterrun.host.pidfile import PidFile
 from clusterrun.host.sdnotify import Notifier
 from clusterrun.host.signals import SignalInbox
 from clusterrun.host.timers import Timers
-from clusterrun.ops.endpoints import Endpoints
-from clusterrun.ops.status import StatusLine
 from clusterrun.primary.dispatch import Dispatcher
 from clusterrun.primary.events import Events
 from clusterrun.primary.frames import WorkerFrames
@@ -37,7 +36,7 @@ from clusterrun.primary.handle import WorkerHandle
 from clusterrun.primary.policies import make_policy
 from clusterrun.primary.pool import Pool
 from clusterrun.primary.reloader import make_reloader
-from clusterrun.primary.spawn import Forker
+from clusterrun.primary.spawn import Forker, WorkerEntry
 from clusterrun.primary.watchdog import Watchdog
 from clusterrun.wire.heartbeat import late_after
 from clusterrun.wire.protocol import ReopenLogs
@@ -48,11 +47,23 @@ if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
 logger = logging.getLogger("clusterrun")
 
 
+class Ops(Protocol):
+    """What runs in the wait beside the workers, handed in by the door (clusterrun.ops.endpoints.Endpoints)."""
+
+    def open(self) -> None: ...  # before the app's listeners: a second cluster of one name stops there
+    def announce(self, policy: str, sockets: Sequence[socket.socket]) -> None: ...  # the start banner
+    def status(self) -> str: ...  # one line for people, sent to systemd
+    def filenos(self) -> list[int]: ...  # what a forked worker must close
+    def close(self) -> None: ...
+
+
 class Primary:
     def __init__(
-        self, config: Config, clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None,
-        events: Events | None = None, app_metrics_dir: str | None = None,
+        self, config: Config, target: WorkerEntry, ops: Callable[[Primary], Ops],
+        clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None, events: Events | None = None,
     ) -> None:
+        """The door hands in ``target``, what each forked worker runs (clusterrun.worker.child.run), and ``ops``,
+        which builds what runs beside the workers from the parts made here (pool, dispatcher, selector, timers)."""
         self.config = config
         self.events = events or Events()
         self.clock = clock
@@ -64,17 +75,18 @@ class Primary:
         self.signals = SignalInbox(self.selector, self._on_signal)
         self.dispatcher = Dispatcher(self.policy, self.selector, self.timers, late_after(config.timeout), clock,
                                      config.limit_concurrency)
-        self.frames = WorkerFrames(self)  # what each frame a worker sends does
-        forker = Forker(config, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
-                        self.frames.on_channel, clock, preloaded)
+        # The forker calls the frames late: they act on the pool, which needs the forker first.
+        forker = Forker(config, target, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
+                        lambda handle, mask: self.frames.on_channel(handle, mask), clock, preloaded)
         self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events)
+        self.frames = WorkerFrames(self.pool, self.dispatcher, self.events, clock)  # each frame kind's action
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers, config.request_timeout)
         self.preloaded = preloaded
         self.started = clock()
         self.shutting_down = False  # told to stop: /readyz answers 503 (during --shutdown-delay, still serving)
-        self.endpoints = Endpoints(self, app_metrics_dir)  # the control socket, /metrics
+        self.endpoints = ops(self)  # the control socket, /metrics: once every part they read is made
         self.reloader = make_reloader(config, self.selector, self.timers, lambda: self.pool.rollout.active, self.reload)
-        self.notifier = Notifier(self.timers, StatusLine(self))  # systemd, when it started us
+        self.notifier = Notifier(self.timers, self.endpoints.status)  # systemd, when it started us
         self.events.on("when_ready", lambda config: self.notifier.ready())
         self.events.on("on_reload", lambda config: self.notifier.reloading())
         self.pool.rollout.on_end.append(self.notifier.reload_finished)
@@ -107,7 +119,7 @@ class Primary:
             if self.pid_file is not None:
                 self.pid_file.write()
             self.signals.install()
-            logs.announce_start(self.config, self.policy.name, self.listeners, self.endpoints)
+            self.endpoints.announce(self.policy.name, self.listeners)
             if self.preloaded is not None:
                 # Objects the app made at import move to the permanent generation: the collector then never
                 # writes to their pages in a worker, so copy-on-write keeps them shared.
