@@ -194,7 +194,7 @@ def prepare_process(config: Config) -> None:
         try:
             from dotenv import load_dotenv  # optional: clusterrun[dotenv], for --env-file alone
         except ImportError:
-            raise ConfigError("--env-file needs python-dotenv: pip install 'clusterrun[dotenv]'") from None
+            raise ConfigError("--env-file needs python-dotenv: pip install python-dotenv") from None
         load_dotenv(config.env_file, override=False)
 
 
@@ -212,8 +212,8 @@ def prepare_engine(config: Config) -> LoadedApp | None:
             raise ConfigError(f"{package} is the source folder of a clusterrun checkout, not the installed "
                               "package: run from another directory, or install the checkout with pip install -e ."
                               ) from None
-        raise ConfigError(f"the serving engine cannot be imported ({exc}); reinstall with: pip install clusterrun"
-                          ) from None
+        raise ConfigError(f"the serving engine cannot be imported ({exc}); reinstall clusterrun (from its clone: "
+                          "pip install .)") from None
     entry.check_module_exists(config.app, config.app_dir)
     entry.preimport(config.http)
     if not config.preload:

@@ -106,7 +106,7 @@ def test_metrics_need_prometheus_client(tmp_path: Path) -> None:
     (tmp_path / "prometheus_client" / "__init__.py").write_text("raise ImportError('not installed')\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     result = run_to_exit("sup_app:wsgi", "--port", "0", "--metrics", "127.0.0.1:0", cwd=TEST_APPS, env=env)
-    assert_config_error(result, 2, "--metrics needs prometheus_client", "pip install 'clusterrun[metrics]'")
+    assert_config_error(result, 2, "--metrics needs prometheus_client", "pip install prometheus_client")
 
 
 def test_a_bad_metrics_address_names_the_flag() -> None:

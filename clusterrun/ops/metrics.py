@@ -40,7 +40,7 @@ def require_client() -> None:
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
-        raise ConfigError("--metrics needs prometheus_client: pip install 'clusterrun[metrics]'") from None
+        raise ConfigError("--metrics needs prometheus_client: pip install prometheus_client") from None
 
 
 @dataclass(frozen=True)
