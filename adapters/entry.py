@@ -18,9 +18,10 @@ from clusterrun.adapters.deadline import RequestStamp, with_deadline
 from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.headers import ResponseHeaders
 from clusterrun.adapters.lifespan import Lifespan
-from clusterrun.adapters.limits import Guard, HeadClock, Limits
+from clusterrun.adapters.limits import Limits
 from clusterrun.adapters.loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from clusterrun.adapters.proxy import ForwardedApp, Forwarding
+from clusterrun.adapters.stack.guard import Guard, HeadClock
 from clusterrun.adapters.stack.seam import OpenConnection, Stack, WebSocketLimits
 
 from clusterrun.errors import BootError

@@ -6,7 +6,7 @@ Design:
   the loop with no thread hop. Any other body streams (adapters.wsgi_input): the app runs in a thread whose
   reads of ``wsgi.input`` pull from ``receive()`` on the loop, so an app that rejects an upload answers before
   the rest of it is read, and nothing is buffered beyond uvicorn's window. Input limits (413) live in
-  adapters.limits, in front of every app.
+  adapters.stack.guard, in front of every app.
 * The response is produced by one synchronous generator, ``_respond``, which calls the app and yields the
   ASGI messages to send, in batches: the head and the first body chunk go together, so a whole response
   costs one step into app code (and in pooled mode one hop to the loop) plus the one that runs ``close()``.
