@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from clusterrun.adapters.admission import Admission
-from clusterrun.adapters.deadline import RequestStamp, with_deadline
+from clusterrun.adapters.deadline import RequestStamp
 from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.headers import ResponseHeaders
 from clusterrun.adapters.lifespan import Lifespan
 from clusterrun.adapters.limits import Limits
 from clusterrun.adapters.loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from clusterrun.adapters.proxy import ForwardedApp, Forwarding
+from clusterrun.adapters.stack.deadline import with_deadline
 from clusterrun.adapters.stack.guard import Guard, HeadClock
 from clusterrun.adapters.stack.seam import OpenConnection, Stack, WebSocketLimits
 

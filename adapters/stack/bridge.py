@@ -3,7 +3,7 @@
 Design:
 
 * A request body that arrived whole with its head (the common case) is a BytesIO, and an inline app runs on
-  the loop with no thread hop. Any other body streams (adapters.wsgi_input): the app runs in a thread whose
+  the loop with no thread hop. Any other body streams (adapters.stack.body): the app runs in a thread whose
   reads of ``wsgi.input`` pull from ``receive()`` on the loop, so an app that rejects an upload answers before
   the rest of it is read, and nothing is buffered beyond uvicorn's window. Input limits (413) live in
   adapters.stack.guard, in front of every app.
@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 from clusterrun.adapters.deadline import RequestStamp
+from clusterrun.adapters.stack.body import AppGate, InputStream
 from clusterrun.adapters.wsgi_app import (
     Environ,
     Exchange,
@@ -48,7 +49,7 @@ from clusterrun.adapters.wsgi_app import (
     path_info,
     split_host,
 )
-from clusterrun.adapters.wsgi_input import AppGate, BodyTimeout, ClientDisconnected, InputStream
+from clusterrun.adapters.wsgi_input import BodyTimeout, ClientDisconnected
 
 from clusterrun._version import __version__
 
