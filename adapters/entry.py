@@ -13,20 +13,17 @@ names, which only a worker serving on the stack makes (``__getattr__``).
 from __future__ import annotations
 
 import contextlib
-import ssl
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from clusterrun.adapters.admission import Admission
-from clusterrun.adapters.deadline import RequestStamp
 from clusterrun.adapters.engine.reactor import SelectorLoop
+from clusterrun.adapters.engine.settings import EngineSettings
 from clusterrun.adapters.headers import ResponseHeaders
 from clusterrun.adapters.limits import Limits
 from clusterrun.adapters.loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from clusterrun.adapters.proxy import ForwardedApp, Forwarding
 
 from clusterrun.errors import BootError
-from clusterrun.identity import WorkerInfo
 
 if TYPE_CHECKING:  # the stack's names, loaded at run time by __getattr__ below
     from clusterrun.adapters.stack.serving import (
@@ -45,6 +42,7 @@ if TYPE_CHECKING:  # the stack's names, loaded at run time by __getattr__ below
 
 __all__ = [
     "Admission",
+    "EngineSettings",
     "ForwardedApp",
     "Forwarding",
     "Guard",
@@ -111,22 +109,14 @@ def selector_loop() -> SelectorLoop:
     return SelectorLoop()
 
 
-def inline_engine(
-    loop: SelectorLoop, loaded: LoadedApp, *, info: WorkerInfo, limits: Limits, keep_alive: float,
-    on_close: Callable[[int], object] | None, on_response: Callable[..., object] | None,
-    headers: ResponseHeaders, forwarding: Forwarding | None, root_path: str,
-    ssl_context: ssl.SSLContext | None = None, request_clock: RequestStamp | None = None,
-) -> Any:
-    """The inline WSGI engine (adapters.engine.server.WSGIEngine) serving ``loaded`` on ``loop``; with
-    ``ssl_context``, HTTPS (the handshake in this worker, adapters.engine.tls); with ``request_clock``, each
-    stretch of app code stamped in it (--request-timeout, adapters.deadline)."""
+def inline_engine(loop: SelectorLoop, loaded: LoadedApp, settings: EngineSettings) -> Any:
+    """The inline WSGI engine (adapters.engine.server.WSGIEngine) serving ``loaded`` on ``loop`` as ``settings``
+    say: with an ``ssl_context``, HTTPS (the handshake in this worker, adapters.engine.tls); with a
+    ``request_clock``, each stretch of app code stamped in it (--request-timeout, adapters.deadline)."""
     # Here, not at the top: the engine needs httptools, an optional dependency ('clusterrun[standard]').
     from clusterrun.adapters.engine.server import WSGIEngine
 
-    return WSGIEngine(loop, loaded.app, limits=limits, keep_alive=keep_alive,
-                      extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response,
-                      headers=headers, forwarding=forwarding, root_path=root_path, ssl_context=ssl_context,
-                      request_clock=request_clock)
+    return WSGIEngine(loop, loaded.app, settings)
 
 
 def preimport(http: str, *, threads: int = 1, interface: str = "auto") -> None:

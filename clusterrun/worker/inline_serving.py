@@ -38,15 +38,16 @@ class InlineServer:
         # Under a primary-side policy every closed connection is counted where the primary reads it
         # (clusterrun.wire.counters): least-conn orders by it, and the policies keep each worker within its
         # descriptor table.
-        self.engine: Any = entry.inline_engine(
-            loop, loaded, info=info, limits=limits(config), keep_alive=config.timeout_keep_alive,
+        settings = entry.EngineSettings(
+            limits=limits(config), keep_alive=config.timeout_keep_alive, headers=response_headers(config),
+            forwarding=forwarding(config), root_path=config.root_path, ssl_context=ssl_context,
+            extra_environ={"clusterrun.worker": info},
             on_close=closes.add if closes.shared else None,
             on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
-            headers=response_headers(config), forwarding=forwarding(config), root_path=config.root_path,
-            ssl_context=ssl_context,
             # --request-timeout: the engine stamps each stretch of app code where the primary reads it.
             request_clock=request_clock if request_clock is not None and request_clock.enabled else None,
         )
+        self.engine: Any = entry.inline_engine(loop, loaded, settings)
         if first_request is not None:
             self.engine.app = _marking_the_first_request(self.engine, first_request)
 
