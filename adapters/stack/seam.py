@@ -277,7 +277,7 @@ class Stack:
             factory=True,
             interface="asgi3",
             http=http,  # type: ignore[arg-type]
-            lifespan="off",  # clusterrun runs the lifespan itself (adapters.lifespan)
+            lifespan="off",  # clusterrun runs the lifespan itself (adapters.stack.lifespan)
             log_config=None,
             access_log=access_log,
             proxy_headers=False,  # clusterrun applies them itself (adapters.proxy), the same for both engines

@@ -11,11 +11,11 @@ from typing import Any
 
 from clusterrun.adapters.deadline import RequestStamp
 from clusterrun.adapters.headers import ResponseHeaders
-from clusterrun.adapters.lifespan import Lifespan
 from clusterrun.adapters.loading import LoadedApp
 from clusterrun.adapters.stack.bridge import WSGIBridge
 from clusterrun.adapters.stack.deadline import with_deadline
 from clusterrun.adapters.stack.guard import Guard, HeadClock
+from clusterrun.adapters.stack.lifespan import Lifespan
 from clusterrun.adapters.stack.seam import OpenConnection, Stack, WebSocketLimits
 
 from clusterrun.errors import BootError
