@@ -9,6 +9,8 @@ The last test runs an async message callback the inline engine's way, which impo
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -16,7 +18,7 @@ from clusterrun.adapters.entry import SelectorLoop
 
 from clusterrun.worker.runtime import _scheduler
 
-from helpers import Cluster, get, start
+from helpers import DEADLINE, Cluster, get, start
 
 
 @pytest.mark.parametrize("args", [(), ("--preload",), ("--interface", "wsgi")],
@@ -57,3 +59,13 @@ def test_an_async_message_callback_on_the_inline_engine_runs_to_its_end() -> Non
     finally:
         loop.close()
     assert done == [1]
+
+
+def test_the_inline_path_imports_no_uvicorn_nor_asyncio() -> None:
+    # What a worker on the inline engine imports, in a fresh interpreter: the entry, the runtime, the inline
+    # serving and the engine itself. The e2e tests above see the whole worker; this names the modules to look at.
+    code = ("import sys, clusterrun.adapters.entry, clusterrun.worker.runtime, clusterrun.worker.inline_serving, "
+            "clusterrun.adapters.engine.server; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('uvicorn', 'asyncio')))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=DEADLINE, check=True)
+    assert found.stdout.strip() == "[]", found.stdout
