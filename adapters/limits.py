@@ -51,7 +51,7 @@ def measure_head(limits: Limits, tail: bytes, data: bytes, before: int, line_see
     """The limit a head breaks once ``data`` arrived, counted before any parser sees it; None if none.
 
     ``before``: the head's bytes before ``data``, of which ``tail`` are the last (a line end may straddle two
-    reads); ``line_seen``: the request line is complete already. Shared by uvicorn's protocols (``Guard``)
+    reads); ``line_seen``: the request line is complete already. Shared by uvicorn's stack (adapters.stack.guard)
     and the inline engine (adapters.engine.connection).
     """
     buf = tail + data
