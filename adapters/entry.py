@@ -4,30 +4,45 @@ Imports between the two run one way. The core (clusterrun.worker.runtime, cluste
 reaches adapters through this module only, and imports it lazily, so that the core stays importable without
 uvicorn. Adapters use no more of the core than its small public pieces: clusterrun.errors,
 clusterrun.identity and the version. tests/test_layout.py checks both rules.
+
+What this module imports when it loads is engine-neutral (no uvicorn, no asyncio): the inline engine's loop,
+the limits, the loading of an app. uvicorn's stack (adapters.stack.serving) loads on the first use of one of its
+names, which only a worker serving on the stack makes (``__getattr__``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ssl
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clusterrun.adapters.admission import Admission
-from clusterrun.adapters.deadline import RequestStamp, with_deadline
 from clusterrun.adapters.engine.reactor import SelectorLoop
+from clusterrun.adapters.engine.settings import EngineSettings
 from clusterrun.adapters.headers import ResponseHeaders
-from clusterrun.adapters.lifespan import Lifespan
-from clusterrun.adapters.limits import Guard, HeadClock, Limits
+from clusterrun.adapters.limits import Limits
 from clusterrun.adapters.loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from clusterrun.adapters.proxy import ForwardedApp, Forwarding
-from clusterrun.adapters.stack.seam import OpenConnection, Stack, WebSocketLimits
 
 from clusterrun.errors import BootError
-from clusterrun.identity import WorkerInfo
+
+if TYPE_CHECKING:  # the stack's names, loaded at run time by __getattr__ below
+    from clusterrun.adapters.stack.serving import (
+        Guard,
+        HeadClock,
+        Lifespan,
+        OpenConnection,
+        Stack,
+        WebSocketLimits,
+        as_asgi,
+        closing_app,
+        http_stack,
+        stuck_threads,
+        with_deadline,
+    )
 
 __all__ = [
     "Admission",
+    "EngineSettings",
     "ForwardedApp",
     "Forwarding",
     "Guard",
@@ -35,7 +50,8 @@ __all__ = [
     "Lifespan",
     "Limits",
     "LoadedApp",
-    "OpenConnection", "ResponseHeaders",
+    "OpenConnection",
+    "ResponseHeaders",
     "SelectorLoop",
     "Stack",
     "WebSocketLimits",
@@ -53,23 +69,25 @@ __all__ = [
     "with_deadline",
 ]
 
+# What only a worker serving on uvicorn's stack uses: the names of adapters.stack.serving.
+_ON_THE_STACK = frozenset(("Guard", "HeadClock", "Lifespan", "OpenConnection", "Stack", "WebSocketLimits", "as_asgi",
+                           "closing_app", "http_stack", "stuck_threads", "with_deadline"))
 
-def stuck_threads(app: Any) -> int:
-    """Threads of the WSGI bridge ``app`` still running app code for a request given up (--request-timeout)."""
-    return int(getattr(app, "stuck_threads", 0))
 
+def __getattr__(name: str) -> Any:
+    """The stack's names, imported on the first use of one of them (PEP 562).
 
-def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo, body_timeout: float | None = None,
-            request_clock: RequestStamp | None = None) -> Any:
-    """The app as an ASGI callable: an ASGI app as it is, a WSGI app behind the bridge (its reads of a body still
-    arriving give up after ``body_timeout`` seconds of silence; with ``request_clock`` and one thread, its app code
-    on the loop stamped there, for --request-timeout)."""
-    if loaded.interface == "asgi":
-        return loaded.app
-    from clusterrun.adapters.stack.bridge import WSGIBridge
+    Importing adapters.stack.serving loads uvicorn and asyncio. Its names are reached here rather than imported
+    at the top so that a worker that serves on the inline engine, which uses none of them, never loads either;
+    a worker on the stack loads them when its serving (clusterrun.worker.serving) first asks.
+    """
+    if name in _ON_THE_STACK:
+        from clusterrun.adapters.stack import serving
 
-    return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info},
-                      body_timeout=body_timeout, request_clock=request_clock)
+        value = getattr(serving, name)
+        globals()[name] = value  # once: later uses are plain module attributes
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bool:
@@ -91,62 +109,33 @@ def selector_loop() -> SelectorLoop:
     return SelectorLoop()
 
 
-def inline_engine(
-    loop: SelectorLoop, loaded: LoadedApp, *, info: WorkerInfo, limits: Limits, keep_alive: float,
-    on_close: Callable[[int], object] | None, on_response: Callable[..., object] | None,
-    headers: ResponseHeaders, forwarding: Forwarding | None, root_path: str,
-    ssl_context: ssl.SSLContext | None = None, request_clock: RequestStamp | None = None,
-) -> Any:
-    """The inline WSGI engine (adapters.wsgi_engine.WSGIEngine) serving ``loaded`` on ``loop``; with
-    ``ssl_context``, HTTPS (the handshake in this worker, adapters.tls_conn); with ``request_clock``, each
-    stretch of app code stamped in it (--request-timeout, adapters.deadline)."""
+def inline_engine(loop: SelectorLoop, loaded: LoadedApp, settings: EngineSettings) -> Any:
+    """The inline WSGI engine (adapters.engine.server.WSGIEngine) serving ``loaded`` on ``loop`` as ``settings``
+    say: with an ``ssl_context``, HTTPS (the handshake in this worker, adapters.engine.tls); with a
+    ``request_clock``, each stretch of app code stamped in it (--request-timeout, adapters.deadline)."""
+    # Here, not at the top: the engine needs httptools, an optional dependency ('clusterrun[standard]').
     from clusterrun.adapters.engine.server import WSGIEngine
 
-    return WSGIEngine(loop, loaded.app, limits=limits, keep_alive=keep_alive,
-                      extra_environ={"clusterrun.worker": info}, on_close=on_close, on_response=on_response,
-                      headers=headers, forwarding=forwarding, root_path=root_path, ssl_context=ssl_context,
-                      request_clock=request_clock)
+    return WSGIEngine(loop, loaded.app, settings)
 
 
-def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
-               headers: ResponseHeaders | None = None, root_path: str = "",
-               ws: WebSocketLimits | None = None) -> Stack:
-    """uvicorn's HTTP protocols set up to serve ``app``; --http httptools without httptools is a BootError."""
+def preimport(http: str, *, threads: int = 1, interface: str = "auto") -> None:
+    """Import what serving needs in the primary before forking: workers start faster and share the pages.
+
+    The inline engine whenever a worker may serve on it; uvicorn's stack only where every worker will (an ASGI
+    app, ``--threads N``, ``--http h11``): what the primary imports is in every forked worker, and a WSGI worker
+    on the inline engine must not carry uvicorn, nor asyncio. With ``--interface auto`` and no --preload, the app
+    decides in each worker: one that then serves on the stack imports it there.
+    """
     if http == "httptools":
         try:
             import httptools  # noqa: F401
         except ImportError:
             raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
-    fixed = (headers or ResponseHeaders()).fixed()
-    return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
-                 headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed],
-                 root_path=root_path, ws=ws)
+    if interface == "asgi" or threads != 1 or http == "h11":
+        from clusterrun.adapters.stack import serving  # every worker serves on the stack: share it
 
-
-def preimport(http: str) -> None:
-    """Import what serving needs in the primary before forking: workers start faster and share the pages."""
-    from clusterrun.adapters.stack import bridge as wsgi  # noqa: F401
-
-    with contextlib.suppress(ImportError):
-        from clusterrun.adapters.engine import server as wsgi_engine  # noqa: F401
-
-    http_stack(_NoApp(), http=http, access_log=False, timeout_keep_alive=5, backlog=1)  # the protocol classes
-
-
-class _NoApp:
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        raise RuntimeError("placeholder app")
-
-
-def closing_app(app: Any) -> Any:
-    """The app, with ``Connection: close`` on every response: uvicorn then closes after responding."""
-
-    async def closing(scope: Any, receive: Any, send: Any) -> None:
-        async def send_closing(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
-            await send(message)
-
-        await app(scope, receive, send_closing)
-
-    return closing
+        serving.preimport(http)
+        return
+    with contextlib.suppress(ImportError):  # no httptools: no worker serves on the inline engine
+        from clusterrun.adapters.engine import server  # noqa: F401

@@ -8,7 +8,7 @@ a request, llhttp frames the body the same whatever the method (Content-Length o
 it knows), so the stand-in changes nothing but the name. The work is done only after a parse failure: no
 request with a known method pays anything.
 
-Engine-neutral: used by the inline engine (adapters.http_conn) and by uvicorn's stack (adapters.limits).
+Engine-neutral: used by the inline engine (adapters.engine.connection) and by uvicorn's stack (adapters.stack.guard).
 """
 
 from __future__ import annotations

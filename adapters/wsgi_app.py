@@ -1,8 +1,8 @@
 """What calling a PEP 3333 application takes, whatever serves it: start_response() and write(), their checks,
 ``wsgi.file_wrapper``, the environ's header keys, and how an app's exception is logged.
 
-Shared by the WSGI-to-ASGI bridge (adapters.wsgi, for ``--threads N``) and the inline engine
-(adapters.wsgi_engine): both validate the same way and log the same lines.
+Shared by the WSGI-to-ASGI bridge (adapters.stack.bridge, for ``--threads N``) and the inline engine
+(adapters.engine.server): both validate the same way and log the same lines.
 """
 
 from __future__ import annotations

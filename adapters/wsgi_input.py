@@ -1,29 +1,15 @@
-"""``wsgi.input`` for a request body that is still arriving, and inline mode's one-app-call-at-a-time gate.
+"""``wsgi.input`` for a request body that is still arriving, engine-neutral: the file-like reader both engines'
+streamed inputs are built on (``BodyReader``) and the errors its reads raise.
 
-A WSGI app reads its body with blocking calls; an ASGI server delivers it with ``await receive()``. A body
-that arrived whole with its head is handed to the app as a BytesIO (the WSGI bridge does that). Any other
-body streams: the app runs in a thread and each read waits on the loop for the next ``receive()``, so that an
-app that rejects an upload answers before the server read more than uvicorn's 64 KiB window of it, nothing
-is spooled to disk, and ``Expect: 100-continue`` is answered only when the app first reads (uvicorn sends the
-100 on the first ``receive()``).
-
-Inline mode (``--threads 1``) promises ``wsgi.multithread`` False: app code never runs in two places at
-once. An upload's app call runs off the loop, so ``AppGate`` (an asyncio lock) is held whenever app code
-runs there, and the loop waits for it before running app code of its own. The off-loop call lets go of it
-while it waits on the loop for the network (a read, a send), as the loop's own requests interleave at
-their awaits: the off-loop call is scheduled like one more request on the loop, not given the worker.
+The inline engine fills it from its upload thread (adapters.engine.upload); the WSGI bridge from ASGI
+messages pulled through the loop (adapters.stack.body, with asyncio). Nothing here imports either.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
-__all__ = ["AppGate", "BodyReader", "BodyTimeout", "ClientDisconnected", "InputStream"]
-
-Message = dict[str, Any]
-T = TypeVar("T")
+__all__ = ["BodyReader", "BodyTimeout", "ClientDisconnected"]
 
 
 class ClientDisconnected(OSError):
@@ -33,39 +19,6 @@ class ClientDisconnected(OSError):
 class BodyTimeout(ClientDisconnected):
     """The client sent nothing of its request body for --body-timeout seconds: answered 408 when nothing of the
     response went out yet (raised by reads of ``wsgi.input``)."""
-
-
-class AppGate:
-    """Held while app code runs off the loop in inline mode; taken and released on the loop only."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()  # binds to the running loop at first use (the bridge is built before it)
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-    async def acquire(self) -> None:
-        await self._lock.acquire()
-
-    def release(self) -> None:
-        if self._lock.locked():  # tolerant: an acquire cancelled at shutdown leaves nothing to release
-            self._lock.release()
-
-    async def __aenter__(self) -> None:
-        await self._lock.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-    async def released(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` (network I/O) with the gate let go, and take it back before returning."""
-        self.release()
-        try:
-            return await awaitable
-        finally:
-            await self.acquire()
 
 
 class BodyReader:
@@ -127,63 +80,3 @@ class BodyReader:
 
     def close(self) -> None:
         self.closed = True
-
-
-class InputStream(BodyReader):
-    """A blocking, file-like request body whose reads pull ASGI ``http.request`` messages through the loop.
-
-    Read only from a thread other than the loop's (a read on the loop thread would wait on itself). Reads
-    past the end return b"" (so ``wsgi.input_terminated`` holds); a client gone before the end raises
-    ClientDisconnected rather than passing a truncated body off as complete, one silent for ``timeout`` seconds
-    BodyTimeout (the thread is then free: the body is given up as if the client had left).
-    """
-
-    def __init__(
-        self, receive: Callable[[], Awaitable[Message]], loop: asyncio.AbstractEventLoop, first: bytes = b"",
-        gate: AppGate | None = None, timeout: float | None = None,
-    ) -> None:
-        super().__init__(first)
-        self._receive, self._loop, self._gate, self._timeout = receive, loop, gate, timeout
-        self._gone: Message | None = None
-        self.timed_out = False
-        self._finished = asyncio.Event()  # set on the loop once the last body message (or a disconnect) came
-
-    # The loop side.
-
-    async def _pull(self) -> Message:
-        gate, timeout = self._gate, self._timeout
-        # uvicorn's receive() waits on an event: cancelling it at the timeout leaves the connection as it was.
-        receiving = self._receive() if timeout is None else asyncio.wait_for(self._receive(), timeout)
-        try:
-            message = await (gate.released(receiving) if gate is not None else receiving)
-        except asyncio.TimeoutError:
-            self.timed_out = True
-            message = {"type": "http.disconnect"}  # what the disconnect watcher sees: nobody to send more to
-        if message["type"] != "http.request":
-            self._gone = message
-            self._finished.set()
-        elif not message.get("more_body", False):
-            self._finished.set()
-        return message
-
-    async def receive_after_body(self) -> Message:
-        """``receive()`` for the bridge's disconnect watcher: it must not take body messages from the app."""
-        await self._finished.wait()
-        if self._gone is not None:
-            return self._gone
-        return await self._receive()
-
-    # The app side (a thread).
-
-    def _fill(self, size: int) -> None:
-        """Pull messages until the buffer holds ``size`` bytes (< 0: all) or the body ended."""
-        buffer = self._buffer
-        while self._more and (size < 0 or len(buffer) < size):
-            message = asyncio.run_coroutine_threadsafe(self._pull(), self._loop).result()
-            if message["type"] != "http.request":
-                self._more = False
-                if self.timed_out:
-                    raise BodyTimeout(f"no byte of the request body for {self._timeout:g} s (--body-timeout)")
-                raise ClientDisconnected("the client disconnected before sending the whole request body")
-            buffer += message.get("body", b"")
-            self._more = bool(message.get("more_body", False))

@@ -215,10 +215,11 @@ def prepare_engine(config: Config) -> LoadedApp | None:
         raise ConfigError(f"the serving engine cannot be imported ({exc}); reinstall clusterrun (from its clone: "
                           "pip install .)") from None
     entry.check_module_exists(config.app, config.app_dir)
-    entry.preimport(config.http)
+    entry.preimport(config.http, threads=config.threads, interface=config.interface)
     if not config.preload:
         return None
     loaded = entry.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
+    entry.preimport(config.http, threads=config.threads, interface=loaded.interface)  # the app said which it is
     logger.info("preloaded %s (%s) in the primary", config.app, loaded.interface)
     return loaded
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clusterrun.adapters.lifespan import Lifespan
 from clusterrun.adapters.loading import detect_interface, load_app
 from clusterrun.adapters.methods import stand_in
+from clusterrun.adapters.stack.lifespan import Lifespan
 
 from clusterrun import Cluster, cli, logs
 from clusterrun.config.build import build_config

@@ -4,7 +4,7 @@ blocking.
 Requests are parsed with httptools' callback parser into ``Request`` objects, queued in order (pipelining),
 and answered one at a time: a request whose body is all here is answered right away on the loop's thread
 (``wsgi.input`` a BytesIO); one whose body is still coming (more than 64 KiB of it, or ``Expect:
-100-continue``) is handed to an upload thread (adapters.wsgi_upload) that owns the connection until its
+100-continue``) is handed to an upload thread (adapters.engine.upload) that owns the connection until its
 response is written, so that a slow upload never holds up the loop.
 
 Writes never block the loop: what the socket does not take is kept, the loop waits for writability, and
@@ -24,20 +24,23 @@ import contextlib
 import io
 import os
 import socket
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 import httptools
+from clusterrun.adapters.admission import Admission
+from clusterrun.adapters.deadline import TimedGate
+from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.engine.respond import Framing, Response, SendFile, error_head, respond
-from clusterrun.adapters.limits import Exceeded, check_head, check_trailers, measure_head
+from clusterrun.adapters.limits import Exceeded, Limits, check_head, check_trailers, measure_head
 from clusterrun.adapters.methods import stand_in
+from clusterrun.adapters.wsgi_app import Environ, WSGIApp
 
-if TYPE_CHECKING:
-    from clusterrun.adapters.engine.server import WSGIEngine
-
-__all__ = ["Connection", "Refused", "Request"]
+__all__ = ["Connection", "Engine", "Refused", "Request"]
 
 # As much as asyncio and uvloop read at once: a head past its limit is then seen whole in one read. Read into
 # one buffer the engine keeps (a fresh 256 KiB bytes object per recv() costs an mmap and munmap).
@@ -55,6 +58,48 @@ _ANSWERS_PER_TURN = 64
 # A chunk's size line (with its extensions) or a trailer field may be this long: gunicorn's limit on a header
 # field. The parser bounds neither (4.8 GB of one chunk extension were taken in 15 s).
 _FRAMING_LINE = 8190
+
+
+class Engine(Protocol):
+    """What a connection needs of its engine (adapters.engine.server.WSGIEngine), and all it may use of it.
+
+    Declared here, beside its consumers (this module, adapters.engine.tls and adapters.engine.upload), so that
+    none of them imports the engine: the server imports its connections, never the other way round.
+    """
+
+    loop: SelectorLoop
+    app: WSGIApp
+    limits: Limits
+    admission: Admission  # --limit-concurrency's places, taken at a connection's first request
+    gate: threading.Lock | TimedGate  # held while app code runs (stamped with --request-timeout)
+    read_buffer: bytearray  # every recv() on the loop's thread lands here first
+    server_head: bytes  # the Server, Date and --header lines of every response, refreshed each second
+    closing_all: bool  # draining: every response says Connection: close
+    on_response: Callable[..., object] | None  # the access log and --metrics, told of each response
+    total_requests: int  # counted up by the connection (on the loop) or its upload thread
+    uploading: int  # requests being answered by upload threads
+
+    def environ(self, conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
+        """The request's WSGI environ."""
+        ...
+
+    def hand_over(self, conn: Connection, request: Request) -> None:
+        """Give a request whose body is still coming to an upload thread (or refuse it 503)."""
+
+    def served(self, conn: Connection, request: Request, framing: Framing, began: float) -> None:
+        """Tell ``on_response`` of one response."""
+
+    def log_refusal(self, peer: Any, hit: Exceeded) -> None:
+        """Log a refused request (once per refusal)."""
+
+    def began(self) -> None:
+        """A request is being answered."""
+
+    def ended(self) -> None:
+        """A request's answer ended."""
+
+    def closed(self, conn: Connection) -> None:
+        """``conn`` closed: the engine forgets it."""
 
 
 class Refused(Exception):
@@ -90,7 +135,7 @@ class Connection:
     # takes no flags (TLS) is made non-blocking instead and sets this to 0.
     dontwait: int = socket.MSG_DONTWAIT
 
-    def __init__(self, engine: WSGIEngine, sock: socket.socket, peer: Any, local: Any) -> None:
+    def __init__(self, engine: Engine, sock: socket.socket, peer: Any, local: Any) -> None:
         self.engine = engine
         self.sock = sock
         self.fd = sock.fileno()

@@ -1,6 +1,6 @@
 """The inline WSGI engine (``--threads 1``): a worker serves HTTP/1.x straight from a ``SelectorLoop``.
 
-Per worker one thread runs one ``selectors`` loop (adapters.reactor) over its listeners and connections; the
+Per worker one thread runs one ``selectors`` loop (adapters.engine.reactor) over its listeners and connections; the
 app is called on that thread, where no asyncio loop exists (Django's ORM, Flask ``async def`` views and
 ``asyncio.run()`` in a view just work). Measured: asyncio's transports, protocols and tasks plus the ASGI
 messages cost WSGI serving 2-3x (DESIGN.md, "Where WSGI speed comes from").
@@ -23,11 +23,10 @@ import errno
 import http
 import logging
 import socket
-import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import IO, Any
@@ -39,11 +38,11 @@ from clusterrun.adapters.deadline import RequestStamp, TimedGate
 from clusterrun.adapters.engine.connection import Connection, Request
 from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.engine.respond import Framing
+from clusterrun.adapters.engine.settings import EngineSettings
 from clusterrun.adapters.engine.tls import TLSConnection, TLSFileWrapper, prepare, wrap
 from clusterrun.adapters.engine.upload import serve_upload
-from clusterrun.adapters.headers import ResponseHeaders
-from clusterrun.adapters.limits import Exceeded, Limits
-from clusterrun.adapters.proxy import Forwarding, apply_to_environ
+from clusterrun.adapters.limits import Exceeded
+from clusterrun.adapters.proxy import apply_to_environ
 from clusterrun.adapters.wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, path_info, split_host
 
 from clusterrun._version import __version__
@@ -68,29 +67,26 @@ _ACCEPT_REST = 1.0
 _OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
+_DEFAULTS = EngineSettings()
+
+
 class WSGIEngine:
     """A worker's HTTP server for a WSGI app, on ``loop``; connections come from ``listen`` and ``adopt``."""
 
-    def __init__(
-        self, loop: SelectorLoop, app: WSGIApp, *, limits: Limits | None = None, keep_alive: float = 5.0,
-        extra_environ: Mapping[str, Any] | None = None, on_close: Callable[[int], object] | None = None,
-        on_response: Callable[..., object] | None = None, headers: ResponseHeaders | None = None,
-        forwarding: Forwarding | None = None, root_path: str = "", ssl_context: ssl.SSLContext | None = None,
-        request_clock: RequestStamp | None = None,
-    ) -> None:
+    def __init__(self, loop: SelectorLoop, app: WSGIApp, settings: EngineSettings = _DEFAULTS) -> None:
         self.loop, self.app = loop, app
-        self.headers = headers or ResponseHeaders()
+        # The settings the loop reads per request are copied to attributes: one lookup each, as before.
+        self.headers = settings.headers
         self._fixed_head = b"".join(name + b": " + value + b"\r\n" for name, value in self.headers.fixed())
-        self.limits = limits or Limits()
+        self.limits = settings.limits
         # --limit-concurrency counts this engine's connections too (adapters.admission): it answers one request
         # at a time, so what a client can make it hold is open connections, not running requests.
         self.admission = Admission(self.limits.concurrency)
-        self.keep_alive = keep_alive
-        self.forwarding = forwarding  # None: --no-proxy-headers
-        self.root_path, self.on_close = root_path, on_close
-        # Called after each response (access log, --metrics) with: client, method, path, query, HTTP version,
-        # status, body bytes, seconds from the request's head to its last byte, referer, user agent.
-        self.on_response = on_response
+        self.keep_alive = settings.keep_alive
+        self.forwarding = settings.forwarding  # None: --no-proxy-headers
+        self.root_path, self.on_close = settings.root_path, settings.on_close
+        self.on_response = settings.on_response  # after each response (EngineSettings.on_response)
+        request_clock = settings.request_clock
         self.gate = threading.Lock() if request_clock is None else self._timed_gate(request_clock)  # app code
         self.total_requests = 0
         self.active = self.uploading = 0  # requests being answered now, and of them by upload threads
@@ -103,7 +99,7 @@ class WSGIEngine:
         self._uploads: ThreadPoolExecutor | None = None
         self._keys = HeaderKeys()
         self._base: Environ = {
-            "SCRIPT_NAME": root_path,
+            "SCRIPT_NAME": settings.root_path,
             "SERVER_SOFTWARE": f"clusterrun/{__version__}",
             "GATEWAY_INTERFACE": "CGI/1.1",
             "wsgi.version": (1, 0),
@@ -113,9 +109,9 @@ class WSGIEngine:
             "wsgi.run_once": False,
             "wsgi.file_wrapper": FileWrapper,
             "wsgi.input_terminated": True,  # wsgi.input returns b"" at the end of the body: reading to EOF is safe
-            **(extra_environ or {}),
+            **settings.extra_environ,
         }
-        self.tls = ssl_context  # None: plain HTTP, and nothing of adapters.tls_conn runs
+        self.tls = ssl_context = settings.ssl_context  # None: plain HTTP, and nothing of adapters.engine.tls runs
         if ssl_context is not None:
             prepare(ssl_context)
             self._base["wsgi.url_scheme"] = "https"

@@ -1,6 +1,6 @@
 """TLS for the inline WSGI engine: each connection's handshake and records, in the worker, on its loop.
 
-The engine's connection code (adapters.http_conn) is written for a plain non-blocking socket: a read or a write
+The engine's connection code (adapters.engine.connection) is written for a plain non-blocking socket: a read or a write
 that cannot go on raises BlockingIOError, and the loop waits for the descriptor. A TLS connection keeps that
 contract through ``TLSSocket``, an ``ssl.SSLSocket`` whose reads and writes report "not now" the same way
 (OpenSSL says SSLWantReadError or SSLWantWriteError), so that no line of the plain path changes and a server

@@ -14,7 +14,7 @@ A client that stalls must not keep its thread: every wait for the network lasts 
 socket's own timeout: Python polls before each read, a cost on uploads only). A read that times out refuses
 the request with 408 (the engine answers it once the thread gave the connection back), or closes the
 connection if part of the response already went out; a write that makes no progress for as long closes it. The
-threads themselves are no fixed pool that queues (adapters.wsgi_engine: one more thread per upload, up to a
+threads themselves are no fixed pool that queues (adapters.engine.server: one more thread per upload, up to a
 cap, and 503 past it).
 """
 
@@ -26,16 +26,12 @@ import os
 import select
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from clusterrun.adapters.deadline import TimedGate
-from clusterrun.adapters.engine.connection import Connection, Refused, Request
+from clusterrun.adapters.engine.connection import Connection, Engine, Refused, Request
 from clusterrun.adapters.engine.respond import Framing, SendFile, respond
 from clusterrun.adapters.limits import Exceeded
 from clusterrun.adapters.wsgi_input import BodyReader, ClientDisconnected
-
-if TYPE_CHECKING:
-    from clusterrun.adapters.engine.server import WSGIEngine
 
 __all__ = ["SocketInput", "serve_upload"]
 
@@ -96,7 +92,7 @@ class SocketInput(BodyReader):
             raise ClientDisconnected("the request was refused") from refused
 
 
-def serve_upload(engine: WSGIEngine, conn: Connection, request: Request) -> None:
+def serve_upload(engine: Engine, conn: Connection, request: Request) -> None:
     """In an upload thread: answer ``request`` on ``conn`` with blocking I/O, then give the connection back."""
     stream = SocketInput(conn, request, engine.gate)
     framing = Framing(engine.server_head, request.method == b"HEAD", request.version == "1.1",
@@ -120,7 +116,7 @@ def serve_upload(engine: WSGIEngine, conn: Connection, request: Request) -> None
             framing.keep_alive)
 
 
-def _answer(engine: WSGIEngine, conn: Connection, request: Request, stream: SocketInput, framing: Framing) -> bool:
+def _answer(engine: Engine, conn: Connection, request: Request, stream: SocketInput, framing: Framing) -> bool:
     """Call the app and write its response; True once some of it went out. Broken: ``framing.keep_alive`` off."""
     gate, started = engine.gate, False
     framing.body_unread = lambda: not request.complete

@@ -1,5 +1,8 @@
-"""Everything that runs on uvicorn's HTTP protocol stack: the seam (the one module that touches uvicorn's
-internals), the WSGI-to-ASGI bridge for ``--threads N``, and the guard that applies clusterrun's limits there.
+"""Everything that runs on uvicorn's HTTP protocol stack, and everything that needs asyncio: the seam (the one module
+that touches uvicorn's internals), the WSGI-to-ASGI bridge for ``--threads N`` and its streamed input (body), the
+guard that applies clusterrun's limits there, an ASGI app's lifespan, --request-timeout's cancelling deadline, and
+``serving``, which gathers what a worker on the stack takes (through clusterrun.adapters.entry, only once it has
+chosen the stack: a WSGI worker on the inline engine loads nothing of this package).
 
 May import: the engine-neutral modules of clusterrun.adapters and clusterrun's leaves. Never engine/.
 """

@@ -3,10 +3,10 @@
 Design:
 
 * A request body that arrived whole with its head (the common case) is a BytesIO, and an inline app runs on
-  the loop with no thread hop. Any other body streams (adapters.wsgi_input): the app runs in a thread whose
+  the loop with no thread hop. Any other body streams (adapters.stack.body): the app runs in a thread whose
   reads of ``wsgi.input`` pull from ``receive()`` on the loop, so an app that rejects an upload answers before
   the rest of it is read, and nothing is buffered beyond uvicorn's window. Input limits (413) live in
-  adapters.limits, in front of every app.
+  adapters.stack.guard, in front of every app.
 * The response is produced by one synchronous generator, ``_respond``, which calls the app and yields the
   ASGI messages to send, in batches: the head and the first body chunk go together, so a whole response
   costs one step into app code (and in pooled mode one hop to the loop) plus the one that runs ``close()``.
@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 from clusterrun.adapters.deadline import RequestStamp
+from clusterrun.adapters.stack.body import AppGate, InputStream
 from clusterrun.adapters.wsgi_app import (
     Environ,
     Exchange,
@@ -48,7 +49,7 @@ from clusterrun.adapters.wsgi_app import (
     path_info,
     split_host,
 )
-from clusterrun.adapters.wsgi_input import AppGate, BodyTimeout, ClientDisconnected, InputStream
+from clusterrun.adapters.wsgi_input import BodyTimeout, ClientDisconnected
 
 from clusterrun._version import __version__
 

@@ -12,7 +12,7 @@ uvicorn than ``uvicorn.Config`` and ``uvicorn.Server`` publish. What it needs, a
   the request cycle's bound ``send`` and its ``keep_alive``, ``uvicorn.__version__``);
 * ``OpenConnection`` — one open connection as the drain sees it: the protocol's ``app`` (read for each new
   request), ``cycle.response_started`` / ``cycle.response_complete``, and ``shutdown()``;
-* ``HttpConnection`` and ``RequestGuard`` — the hooks adapters.limits needs to bound request heads and
+* ``HttpConnection`` and ``RequestGuard`` — the hooks adapters.stack.guard needs to bound request heads and
   bodies: the HTTP protocol subclassed (httptools or h11), its ``loop``, ``transport``, ``client``,
   ``logger``, ``cycle`` (``disconnected``, ``message_event``), the httptools parser callbacks
   (``on_headers_complete`` with ``parser``, ``url``, ``headers``; ``on_body``; ``on_message_complete``), h11's
@@ -45,21 +45,22 @@ from typing import Any, Protocol
 
 import h11
 import uvicorn
+from clusterrun.adapters.limits import Exceeded, Headers
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 __all__ = ["HttpConnection", "OpenConnection", "RequestGuard", "RequestRefused", "Stack", "WebSocketLimits"]
 
-Headers = list[tuple[bytes, bytes]]
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
-class RequestRefused(Exception):
-    """Raised by a ``RequestGuard`` hook to refuse the request; its text says why (h11 carries it along)."""
+# Raised by a ``RequestGuard`` hook to refuse the request; its text says why (h11 carries it along). The limits'
+# own refusal, engine-neutral (adapters.limits), so that the checks the inline engine shares import no uvicorn.
+RequestRefused = Exceeded
 
 
 class RequestGuard(Protocol):
-    """What adapters.limits plugs into every HTTP connection (one guard per connection).
+    """What adapters.stack.guard plugs into every HTTP connection (one guard per connection).
 
     uvicorn's protocol calls these; the ``*_parsed``/``*_received`` hooks run inside the parser and may raise
     ``RequestRefused``: the parser then fails, uvicorn calls ``send_400_response``, and the guard's
@@ -276,7 +277,7 @@ class Stack:
             factory=True,
             interface="asgi3",
             http=http,  # type: ignore[arg-type]
-            lifespan="off",  # clusterrun runs the lifespan itself (adapters.lifespan)
+            lifespan="off",  # clusterrun runs the lifespan itself (adapters.stack.lifespan)
             log_config=None,
             access_log=access_log,
             proxy_headers=False,  # clusterrun applies them itself (adapters.proxy), the same for both engines
@@ -307,7 +308,7 @@ class Stack:
 
     def guard_requests(self, make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int, *,
                        upgraded_close: bool = True) -> None:
-        """Give every HTTP connection a guard (adapters.limits); ``head_limit`` bounds a request head in bytes.
+        """Give every HTTP connection a guard (adapters.stack.guard); ``head_limit`` bounds a request head in bytes.
 
         ``upgraded_close``: the guard must hear when a connection upgraded to WebSocket closes (it holds a place
         of --limit-concurrency until then). Without it, an upgrade's HTTP protocol is left to the collector.

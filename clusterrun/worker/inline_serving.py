@@ -1,7 +1,7 @@
 """Serving a WSGI app inline (``--threads 1``) on clusterrun's own engine, on a loop with no asyncio.
 
 The worker's runtime (clusterrun.worker.runtime) decides when to listen, what to adopt and when to drain, as for
-uvicorn's stack (clusterrun.worker.serving); the serving is the inline engine's (adapters.wsgi_engine), reached
+uvicorn's stack (clusterrun.worker.serving); the serving is the inline engine's (adapters.engine.server), reached
 through adapters' one entry point. A WSGI app has no lifespan, so there is nothing to start or stop.
 """
 
@@ -20,7 +20,7 @@ from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.protocol import Beat
 from clusterrun.wire.requestclock import RequestClock
 from clusterrun.wire.requeststats import RequestStats
-from clusterrun.worker.serving import forwarding, limits, response_headers
+from clusterrun.worker.settings import forwarding, limits, response_headers
 
 
 class InlineServer:
@@ -38,15 +38,16 @@ class InlineServer:
         # Under a primary-side policy every closed connection is counted where the primary reads it
         # (clusterrun.wire.counters): least-conn orders by it, and the policies keep each worker within its
         # descriptor table.
-        self.engine: Any = entry.inline_engine(
-            loop, loaded, info=info, limits=limits(config), keep_alive=config.timeout_keep_alive,
+        settings = entry.EngineSettings(
+            limits=limits(config), keep_alive=config.timeout_keep_alive, headers=response_headers(config),
+            forwarding=forwarding(config), root_path=config.root_path, ssl_context=ssl_context,
+            extra_environ={"clusterrun.worker": info},
             on_close=closes.add if closes.shared else None,
             on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
-            headers=response_headers(config), forwarding=forwarding(config), root_path=config.root_path,
-            ssl_context=ssl_context,
             # --request-timeout: the engine stamps each stretch of app code where the primary reads it.
             request_clock=request_clock if request_clock is not None and request_clock.enabled else None,
         )
+        self.engine: Any = entry.inline_engine(loop, loaded, settings)
         if first_request is not None:
             self.engine.app = _marking_the_first_request(self.engine, first_request)
 
@@ -75,7 +76,7 @@ class InlineServer:
         self.engine.adopt(sock)
 
     def drain(self, linger: bool, done: Callable[[], object]) -> None:
-        """Stop listening, finish what is in flight, then call ``done`` (adapters.wsgi_engine: never racing a
+        """Stop listening, finish what is in flight, then call ``done`` (adapters.engine.server: never racing a
         keep-alive client; idle connections linger up to --timeout-keep-alive when other workers take over)."""
         self.engine.drain(self.config.timeout_keep_alive if linger else 0.0, done)
 

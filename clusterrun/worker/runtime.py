@@ -2,12 +2,14 @@
 
 The runtime owns what every worker does whatever it serves: the channel to the primary (passed connections,
 messages, stop orders), the heartbeat, the recycling limits, SIGTERM, and the order of start-up and drain.
-The serving itself is clusterrun.worker.serving's (uvicorn's HTTP protocols on an asyncio loop).
+The serving itself is clusterrun.worker.inline_serving's (a WSGI app on the inline engine, on a loop with no
+asyncio) or clusterrun.worker.serving's (uvicorn's HTTP protocols on an asyncio loop). ``serve`` chooses, once
+the app is loaded, and imports the stack's serving only where it chose the stack: a WSGI worker on the inline
+engine never loads uvicorn or asyncio (unless its app does).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -19,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clusterrun import logs
 from clusterrun.adapters import entry
@@ -46,12 +48,16 @@ from clusterrun.wire.requestclock import RequestClock
 from clusterrun.worker import hooks as workerhooks
 from clusterrun.worker import messaging
 from clusterrun.worker.inline_serving import InlineServer
-from clusterrun.worker.serving import StackServer
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from clusterrun.worker.serving import StackServer
+
+    # The part of asyncio's loop API this runtime uses is also what the inline engine's SelectorLoop offers.
+    Loop = asyncio.AbstractEventLoop | entry.SelectorLoop
 
 logger = logging.getLogger("clusterrun")
-
-# The part of asyncio's loop API this runtime uses is also what the inline engine's SelectorLoop offers.
-Loop = asyncio.AbstractEventLoop | entry.SelectorLoop
 
 _FLUSH_POLL = 0.02
 # A worker stopped by SIGTERM waits this long for the primary's stop frame before draining anyway.
@@ -76,8 +82,12 @@ def serve(
         )
         inline = entry.inline_engine_available(loaded, threads=config.threads, http=config.http)
         if not inline:
-            server = StackServer(config, info, loaded, closes, ssl_context, request_clock, first_request)
-            loop = _new_loop(config.loop)
+            # The one place the stack is chosen, so the one place its serving is imported (with uvicorn and asyncio):
+            # a worker on the inline engine never loads them.
+            from clusterrun.worker import serving
+
+            server = serving.StackServer(config, info, loaded, closes, ssl_context, request_clock, first_request)
+            loop = serving.new_loop(config.loop)
         workerhooks.init(info)  # after the app is loaded (or inherited with --preload), before serving
     except BootError as exc:
         channel.send_blocking(BootFailed(str(exc)))
@@ -89,14 +99,11 @@ def serve(
     loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
     logs.announce_engine(info, f"uvicorn {server.stack.parser} + {loop_name}")
     try:
-        asyncio.set_event_loop(loop)
-        code = loop.run_until_complete(WorkerRuntime(config, channel, server, sockets, closes, loop).run())
+        code = serving.run(loop, WorkerRuntime(config, channel, server, sockets, closes, loop).run())
         workerhooks.exit(info)
         return code
     finally:
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        serving.close_loop(loop)
 
 
 def _serve_inline(
@@ -112,18 +119,6 @@ def _serve_inline(
         return code
     finally:
         loop.close()
-
-
-def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    if kind in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise BootError("--loop uvloop needs uvloop: pip install 'clusterrun[standard]'") from None
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def _rss_bytes() -> int:
@@ -195,8 +190,10 @@ class WorkerRuntime:
 
     async def run(self) -> int:
         """On the running asyncio loop, with uvicorn's stack (which runs an ASGI app's lifespan)."""
+        import asyncio  # loaded already by the stack's serving, the only caller: a name here, never a first load
+
         server = self.server
-        assert isinstance(server, StackServer)
+        assert not isinstance(server, InlineServer)
         stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def wake() -> None:
@@ -228,7 +225,7 @@ class WorkerRuntime:
     def run_inline(self) -> int:
         """On the inline engine's SelectorLoop (a WSGI app has no lifespan: nothing to start or stop)."""
         server, loop = self.server, self.loop
-        assert isinstance(server, InlineServer) and not isinstance(loop, asyncio.AbstractEventLoop)
+        assert isinstance(server, InlineServer) and isinstance(loop, entry.SelectorLoop)
         self._attach()
         server.listen(self.sockets)
         self._serving()
@@ -337,6 +334,8 @@ class WorkerRuntime:
         return bool(self.channel.backlog) and not (self.channel.eof or self.channel.broken)
 
     async def _channel_flushed(self) -> None:
+        import asyncio  # as in run, its caller: on the stack only, where asyncio is loaded
+
         while self._channel_waiting():
             await asyncio.sleep(_FLUSH_POLL)
 
@@ -380,6 +379,13 @@ class WorkerRuntime:
 
 def _scheduler(loop: Loop) -> Callable[[Coroutine[Any, Any, Any]], object]:
     """How an async on_message callback runs: a task on an asyncio loop; to its end where no asyncio loop runs."""
-    if isinstance(loop, asyncio.AbstractEventLoop):
+    if not isinstance(loop, entry.SelectorLoop):
         return loop.create_task
-    return asyncio.run
+    return _run_to_end
+
+
+def _run_to_end(coroutine: Coroutine[Any, Any, Any]) -> object:
+    """An async on_message callback on the inline engine, run to its end on a loop of its own."""
+    import asyncio  # only for an app that has async callbacks: a worker on the inline engine loads no asyncio itself
+
+    return asyncio.run(coroutine)

@@ -1,5 +1,8 @@
 """Serving one worker's app on uvicorn's HTTP protocol stack, on an asyncio loop.
 
+Imported only by the worker's runtime once it chose the stack (clusterrun.worker.runtime.serve): this module is
+where a worker loads asyncio and, through the entry's stack names, uvicorn.
+
 The worker's runtime (clusterrun.worker.runtime) decides when to start, what to adopt and when to drain; this
 module does the serving: the app's lifespan, the listeners, connections the primary passed, the Date
 header, and a drain that never races a keep-alive client. It reaches the app and uvicorn's protocols through
@@ -9,22 +12,25 @@ adapters' one entry point (clusterrun.adapters.entry).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from email.utils import formatdate
 from typing import Any
 
 from clusterrun.accesslog import AccessLog
 from clusterrun.adapters import entry
 from clusterrun.config.options import Config
+from clusterrun.errors import BootError
 from clusterrun.identity import WorkerInfo
 from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.protocol import Beat
 from clusterrun.wire.requestclock import RequestClock
 from clusterrun.wire.requeststats import RequestStats
+from clusterrun.worker.settings import forwarding, limits, response_headers
 
 logger = logging.getLogger("clusterrun")
 
@@ -88,32 +94,30 @@ def _log_access(access: AccessLog, scope: Any, status: int, size: int, seconds: 
                headers.get(b"referer", b"").decode("latin-1"), headers.get(b"user-agent", b"").decode("latin-1"))
 
 
-def response_headers(config: Config) -> entry.ResponseHeaders:
-    """The headers every response gets, from --no-server-header, --no-date-header and --header."""
-    return entry.ResponseHeaders(server=not config.no_server_header, date=not config.no_date_header,
-                                 extra=config.headers)
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """The worker's asyncio loop for --loop ``kind``: uvloop where asked for (auto: where installed)."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise BootError("--loop uvloop needs uvloop: pip install 'clusterrun[standard]'") from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
-def forwarding(config: Config) -> entry.Forwarding | None:
-    """Which proxies' forwarding headers count (README "Behind a proxy"); None with --no-proxy-headers."""
-    if not config.proxy_headers:
-        return None
-    return entry.Forwarding(config.forwarded_allow_ips, host=config.proxy_host)
+def run(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, int]) -> int:
+    """Run the worker's ``main`` on ``loop``, made the thread's event loop; its exit code."""
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(main)
 
 
-def limits(config: Config) -> entry.Limits:
-    """The request limits a worker enforces, from its Config (README "Limits")."""
-    return entry.Limits(
-        request_line=config.limit_request_line,
-        header_count=config.limit_request_fields,
-        header_field=config.limit_request_field_size,
-        head=config.limit_request_head,
-        head_timeout=config.timeout_request_head,
-        body=config.limit_request_body,
-        concurrency=config.limit_concurrency,
-        body_timeout=config.body_timeout,
-        request_timeout=config.request_timeout,
-    )
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Finish the loop's async generators, then close it."""
+    with contextlib.suppress(Exception):
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 def websocket_limits(config: Config) -> entry.WebSocketLimits:

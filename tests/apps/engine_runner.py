@@ -18,6 +18,7 @@ import sys
 
 from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.engine.server import WSGIEngine
+from clusterrun.adapters.engine.settings import EngineSettings
 from clusterrun.adapters.limits import Limits
 
 
@@ -35,9 +36,10 @@ def main() -> int:
     app = getattr(importlib.import_module(module), name)
     loop = SelectorLoop()
     closes = [0]
-    engine = WSGIEngine(loop, app, limits=Limits(body=args.limit_request_body, head_timeout=args.head_timeout),
-                        keep_alive=args.timeout_keep_alive, extra_environ={"clusterrun.worker": None},
-                        on_close=lambda n: closes.__setitem__(0, closes[0] + n))
+    settings = EngineSettings(limits=Limits(body=args.limit_request_body, head_timeout=args.head_timeout),
+                              keep_alive=args.timeout_keep_alive, extra_environ={"clusterrun.worker": None},
+                              on_close=lambda n: closes.__setitem__(0, closes[0] + n))
+    engine = WSGIEngine(loop, app, settings)
     listener = socket.create_server(("127.0.0.1", 0))
     if args.adopt:
         channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

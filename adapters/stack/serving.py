@@ -1,0 +1,92 @@
+"""What a worker serving on uvicorn's stack takes from adapters, in one module: the one that loads the stack.
+
+A worker imports this (through clusterrun.adapters.entry, on the first use of one of its names) only once it has
+chosen the stack: an ASGI app, a WSGI app with ``--threads N`` or ``--http h11``. Everything uvicorn, and
+everything that needs asyncio, is reached from here; a WSGI worker on the inline engine never imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clusterrun.adapters.deadline import RequestStamp
+from clusterrun.adapters.headers import ResponseHeaders
+from clusterrun.adapters.loading import LoadedApp
+from clusterrun.adapters.stack.bridge import WSGIBridge
+from clusterrun.adapters.stack.deadline import with_deadline
+from clusterrun.adapters.stack.guard import Guard, HeadClock
+from clusterrun.adapters.stack.lifespan import Lifespan
+from clusterrun.adapters.stack.seam import OpenConnection, Stack, WebSocketLimits
+
+from clusterrun.errors import BootError
+from clusterrun.identity import WorkerInfo
+
+__all__ = [
+    "Guard",
+    "HeadClock",
+    "Lifespan",
+    "OpenConnection",
+    "Stack",
+    "WebSocketLimits",
+    "as_asgi",
+    "closing_app",
+    "http_stack",
+    "preimport",
+    "stuck_threads",
+    "with_deadline",
+]
+
+
+def stuck_threads(app: Any) -> int:
+    """Threads of the WSGI bridge ``app`` still running app code for a request given up (--request-timeout)."""
+    return int(getattr(app, "stuck_threads", 0))
+
+
+def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo, body_timeout: float | None = None,
+            request_clock: RequestStamp | None = None) -> Any:
+    """The app as an ASGI callable: an ASGI app as it is, a WSGI app behind the bridge (its reads of a body still
+    arriving give up after ``body_timeout`` seconds of silence; with ``request_clock`` and one thread, its app code
+    on the loop stamped there, for --request-timeout)."""
+    if loaded.interface == "asgi":
+        return loaded.app
+    return WSGIBridge(loaded.app, threads=threads, extra_environ={"clusterrun.worker": info},
+                      body_timeout=body_timeout, request_clock=request_clock)
+
+
+def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
+               headers: ResponseHeaders | None = None, root_path: str = "",
+               ws: WebSocketLimits | None = None) -> Stack:
+    """uvicorn's HTTP protocols set up to serve ``app``; --http httptools without httptools is a BootError."""
+    if http == "httptools":
+        try:
+            import httptools  # noqa: F401
+        except ImportError:
+            raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
+    fixed = (headers or ResponseHeaders()).fixed()
+    return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
+                 headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed],
+                 root_path=root_path, ws=ws)
+
+
+def preimport(http: str) -> None:
+    """In the primary, before forking: the protocol classes ``http`` names, imported once and shared."""
+    http_stack(_NoApp(), http=http, access_log=False, timeout_keep_alive=5, backlog=1)
+
+
+class _NoApp:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("placeholder app")
+
+
+def closing_app(app: Any) -> Any:
+    """The app, with ``Connection: close`` on every response: uvicorn then closes after responding."""
+
+    async def closing(scope: Any, receive: Any, send: Any) -> None:
+        async def send_closing(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_closing)
+
+    return closing

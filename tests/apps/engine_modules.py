@@ -1,0 +1,37 @@
+"""Apps that answer which server modules their worker has loaded (tests/test_wsgi_engine.py).
+
+Both answer ``{"uvicorn": BOOL, "asyncio": BOOL, "pid": PID}``: whether ``uvicorn`` and ``asyncio`` are in
+the worker's ``sys.modules`` when the request arrives. Neither imports anything itself, so what they report is
+what clusterrun loaded.
+
+- ``wsgi``: a plain WSGI app (served on the inline engine by default, on uvicorn's stack with --threads N);
+- ``asgi``: a plain ASGI app (always on uvicorn's stack).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+def _loaded() -> bytes:
+    return json.dumps({"uvicorn": "uvicorn" in sys.modules, "asyncio": "asyncio" in sys.modules,
+                       "pid": os.getpid()}).encode()
+
+
+def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    body = _loaded()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+async def asgi(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    if scope["type"] != "http":
+        return  # lifespan: nothing to set up
+    body = _loaded()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

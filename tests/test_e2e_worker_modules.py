@@ -1,0 +1,71 @@
+"""What a worker loads: a WSGI worker on the inline engine imports neither uvicorn nor asyncio (issue 23, item 4).
+
+The real CLI serves tests/apps/engine_modules.py, whose apps answer whether ``uvicorn`` and ``asyncio`` are in
+their worker's ``sys.modules``; the apps import neither. What the primary imports before forking is in every
+worker too, so this covers the primary's warm-up (adapters.entry.preimport) as well as the worker's own imports.
+A worker on uvicorn's stack (--threads N, or an ASGI app) reports both: the probe can tell the difference.
+The last test runs an async message callback the inline engine's way, which imports asyncio only then.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from clusterrun.adapters.entry import SelectorLoop
+
+from clusterrun.worker.runtime import _scheduler
+
+from helpers import DEADLINE, Cluster, get, start
+
+
+@pytest.mark.parametrize("args", [(), ("--preload",), ("--interface", "wsgi")],
+                         ids=["default", "preload", "interface-wsgi"])
+def test_a_wsgi_worker_on_the_inline_engine_loads_no_uvicorn_nor_asyncio(
+    run_cli: Callable[..., Cluster], args: tuple[str, ...],
+) -> None:
+    cluster = start(run_cli, "engine_modules:wsgi", "--workers", "1", *args)
+    url = cluster.wait_ready()
+    assert "inline WSGI engine" in cluster.output()
+    loaded = get(url).json()
+    assert loaded["uvicorn"] is False and loaded["asyncio"] is False, loaded
+
+
+@pytest.mark.parametrize("app, args", [("engine_modules:wsgi", ("--threads", "4")), ("engine_modules:asgi", ())],
+                         ids=["wsgi-threads", "asgi"])
+def test_a_worker_on_uvicorns_stack_loads_both(
+    run_cli: Callable[..., Cluster], app: str, args: tuple[str, ...],
+) -> None:
+    cluster = start(run_cli, app, "--workers", "1", *args)
+    url = cluster.wait_ready()
+    assert "serving with the uvicorn" in cluster.output()
+    loaded = get(url).json()
+    assert loaded["uvicorn"] is True and loaded["asyncio"] is True, loaded
+
+
+def test_an_async_message_callback_on_the_inline_engine_runs_to_its_end() -> None:
+    # The inline engine has no asyncio loop: an app's async on_message callback runs to its end on a loop of its
+    # own, and asyncio is imported for it then (the runtime no longer imports it when it loads).
+    done: list[int] = []
+
+    async def callback() -> None:
+        done.append(1)
+
+    loop = SelectorLoop()
+    try:
+        _scheduler(loop)(callback())
+    finally:
+        loop.close()
+    assert done == [1]
+
+
+def test_the_inline_path_imports_no_uvicorn_nor_asyncio() -> None:
+    # What a worker on the inline engine imports, in a fresh interpreter: the entry, the runtime, the inline
+    # serving and the engine itself. The e2e tests above see the whole worker; this names the modules to look at.
+    code = ("import sys, clusterrun.adapters.entry, clusterrun.worker.runtime, clusterrun.worker.inline_serving, "
+            "clusterrun.adapters.engine.server; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('uvicorn', 'asyncio')))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=DEADLINE, check=True)
+    assert found.stdout.strip() == "[]", found.stdout
