@@ -99,7 +99,7 @@ def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bo
         import httptools  # noqa: F401
     except ImportError:
         if http == "httptools":
-            raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
+            raise BootError("--http httptools needs httptools: pip install httptools") from None
         return False
     return True
 
@@ -131,7 +131,7 @@ def preimport(http: str, *, threads: int = 1, interface: str = "auto") -> None:
         try:
             import httptools  # noqa: F401
         except ImportError:
-            raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
+            raise BootError("--http httptools needs httptools: pip install httptools") from None
     if interface == "asgi" or threads != 1 or http == "h11":
         from clusterrun.adapters.stack import serving  # every worker serves on the stack: share it
 

@@ -61,7 +61,7 @@ def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int
         try:
             import httptools  # noqa: F401
         except ImportError:
-            raise BootError("--http httptools needs httptools: pip install 'clusterrun[standard]'") from None
+            raise BootError("--http httptools needs httptools: pip install httptools") from None
     fixed = (headers or ResponseHeaders()).fixed()
     return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
                  headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed],

@@ -101,7 +101,7 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
             import uvloop
         except ImportError:
             if kind == "uvloop":
-                raise BootError("--loop uvloop needs uvloop: pip install 'clusterrun[standard]'") from None
+                raise BootError("--loop uvloop needs uvloop: pip install uvloop") from None
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
