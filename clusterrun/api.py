@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from clusterrun import logs
@@ -114,7 +115,7 @@ class Cluster:
             preloaded = prepare_engine(self.config)
             metrics_dir = app_metrics.path
             self._primary = Primary(self.config, child.run, lambda primary: build_ops(primary, metrics_dir),
-                                    preloaded=preloaded, events=self.events)
+                                    preloaded=preloaded, events=self.events, warm_up=warm_up(self.config))
             return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:
             self._primary = None
@@ -222,6 +223,13 @@ def prepare_engine(config: Config) -> LoadedApp | None:
     entry.preimport(config.http, threads=config.threads, interface=loaded.interface)  # the app said which it is
     logger.info("preloaded %s (%s) in the primary", config.app, loaded.interface)
     return loaded
+
+
+def warm_up(config: Config) -> Callable[[str], None]:
+    """What the primary imports once the first worker says which interface it serves, for the later forks."""
+    from clusterrun.adapters import entry  # loaded by prepare_engine already: this only names it
+
+    return lambda interface: entry.preimport(config.http, threads=config.threads, interface=interface)
 
 
 def check_app(config: Config) -> str:

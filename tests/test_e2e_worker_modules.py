@@ -9,6 +9,8 @@ The last test runs an async message callback the inline engine's way, which impo
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -43,6 +45,22 @@ def test_a_worker_on_uvicorns_stack_loads_both(
     assert "serving with the uvicorn" in cluster.output()
     loaded = get(url).json()
     assert loaded["uvicorn"] is True and loaded["asyncio"] is True, loaded
+
+
+def test_once_a_worker_says_asgi_the_primary_imports_the_stack_for_the_forks_after_it(
+    run_cli: Callable[..., Cluster],
+) -> None:
+    # --interface auto, no --preload: the primary cannot know the app is ASGI before the first fork, so that worker
+    # imports uvicorn's stack itself; once it says ASGI, the primary imports the stack and a respawned worker
+    # inherits it (its pages shared, its start as fast as with --interface asgi).
+    cluster = start(run_cli, "engine_modules:asgi", "--workers", "1")
+    first = get(cluster.wait_ready()).json()
+    assert first["uvicorn"] is True and first["uvicorn_at_import"] is False, first
+    os.kill(first["pid"], signal.SIGKILL)
+    cluster.wait_status(lambda status: any(worker["state"] == "ready" and worker["pid"] != first["pid"]
+                                           for worker in status["workers"]), "a respawned worker serving")
+    second = get(cluster.urls()[0]).json()
+    assert second["pid"] != first["pid"] and second["uvicorn_at_import"] is True, second
 
 
 def test_an_async_message_callback_on_the_inline_engine_runs_to_its_end() -> None:

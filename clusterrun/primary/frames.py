@@ -23,11 +23,19 @@ logger = logging.getLogger("clusterrun")
 
 
 class WorkerFrames:
-    def __init__(self, pool: Pool, dispatcher: Dispatcher, events: Events, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, pool: Pool, dispatcher: Dispatcher, events: Events, clock: Callable[[], float],
+        warm_up: Callable[[str], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.dispatcher = dispatcher
         self.events = events
         self.clock = clock
+        # Called once with the interface the first ready worker reports. With --interface auto and no --preload the
+        # primary cannot know before the first fork whether the app is WSGI or ASGI, so it imports uvicorn's stack
+        # only once a worker says ASGI: later forks (respawns, rolling restarts) then share it instead of each
+        # importing it, and a WSGI worker never carries it.
+        self.warm_up: Callable[[str], None] | None = warm_up
 
     def on_channel(self, handle: WorkerHandle, mask: int) -> None:
         """The worker's channel is readable (frames) or writable (a backlog to flush)."""
@@ -57,6 +65,9 @@ class WorkerFrames:
         match frame:
             case Ready(interface, room):
                 handle.connection_room = room
+                if self.warm_up is not None:
+                    self.warm_up, warm_up = None, self.warm_up
+                    warm_up(interface)
                 pool.ready(handle, interface)
             case BootFailed(error):
                 handle.boot_error = error

@@ -61,9 +61,11 @@ class Primary:
     def __init__(
         self, config: Config, target: WorkerEntry, ops: Callable[[Primary], Ops],
         clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None, events: Events | None = None,
+        warm_up: Callable[[str], None] | None = None,
     ) -> None:
         """The door hands in ``target``, what each forked worker runs (clusterrun.worker.child.run), and ``ops``,
-        which builds what runs beside the workers from the parts made here (pool, dispatcher, selector, timers)."""
+        which builds what runs beside the workers from the parts made here (pool, dispatcher, selector, timers);
+        ``warm_up(interface)`` is called once a first worker says what it serves (see WorkerFrames)."""
         self.config = config
         self.events = events or Events()
         self.clock = clock
@@ -79,7 +81,7 @@ class Primary:
         forker = Forker(config, target, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
                         lambda handle, mask: self.frames.on_channel(handle, mask), clock, preloaded)
         self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events)
-        self.frames = WorkerFrames(self.pool, self.dispatcher, self.events, clock)  # each frame kind's action
+        self.frames = WorkerFrames(self.pool, self.dispatcher, self.events, clock, warm_up)
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers, config.request_timeout)
         self.preloaded = preloaded
         self.started = clock()
