@@ -65,8 +65,8 @@ class WorkerFrames:
         match frame:
             case Ready(interface, room):
                 handle.connection_room = room
-                if self.warm_up is not None:
-                    self.warm_up, warm_up = None, self.warm_up
+                warm_up, self.warm_up = self.warm_up, None
+                if warm_up is not None:
                     warm_up(interface)
                 pool.ready(handle, interface)
             case BootFailed(error):
