@@ -191,7 +191,7 @@ class HttpConnection:
         The protocol holds the guard and the guard holds this view: left in place, every connection would end
         as a reference cycle that only Python's garbage collector frees: measured, about 23 objects per
         connection, a collection every few dozen connections, and a worker's CPU per request with a new
-        connection each a sixth higher than with the cycle broken (tests/test_e2e_garbage.py).
+        connection each a sixth higher than with the cycle broken (tests/adapters/test_e2e_garbage.py).
         """
         self._protocol = None
         self.parse = _released

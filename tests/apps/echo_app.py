@@ -1,5 +1,5 @@
-"""Echo the request as the app sees it, as JSON: for the HTTP parsing tests (tests/test_corpus.py,
-tests/test_e2e_framing.py).
+"""Echo the request as the app sees it, as JSON: for the HTTP parsing tests (tests/adapters/test_corpus.py,
+tests/adapters/engine/test_e2e_framing.py).
 
 Both interfaces answer the same shape: ``{"method", "path", "query", "version", "headers", "body", "client",
 "scheme"}``, ``headers`` a list of ``[NAME, value]`` with NAME upper-case and dashed (as gunicorn's corpus

@@ -1,4 +1,4 @@
-"""A raw WSGI app exercising PEP 3333 for the inline engine's tests (tests/test_wsgi_engine.py).
+"""A raw WSGI app exercising PEP 3333 for the inline engine's tests (tests/adapters/engine/test_engine.py).
 
 GET  /                 200 "ok"
 GET  /environ          the environ's str/bool/tuple values as JSON, plus whether an asyncio loop is running

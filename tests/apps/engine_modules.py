@@ -1,4 +1,4 @@
-"""Apps that answer which server modules their worker has loaded (tests/test_wsgi_engine.py).
+"""Apps that answer which server modules their worker has loaded (tests/adapters/engine/test_engine.py).
 
 Both answer ``{"uvicorn": BOOL, "asyncio": BOOL, "pid": PID, "uvicorn_at_import": BOOL}``: whether ``uvicorn``
 and ``asyncio`` are in the worker's ``sys.modules`` when the request arrives, and whether uvicorn was already

@@ -1,6 +1,6 @@
 """Serve a WSGI app on the inline engine alone (no primary): ``python engine_runner.py MODULE:APP [OPTIONS]``.
 
-For tests/test_wsgi_engine.py: binds 127.0.0.1:0 (or takes connections passed over a Unix socket with
+For tests/adapters/engine/test_engine.py: binds 127.0.0.1:0 (or takes connections passed over a Unix socket with
 ``--adopt``), prints ``listening on http://HOST:PORT`` and serves until SIGTERM, which prints ``draining``, drains
 with ``--linger`` seconds and prints ``drained`` before exiting. ``--limit-request-body N`` and
 ``--timeout-keep-alive S`` as the CLI's.

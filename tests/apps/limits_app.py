@@ -1,4 +1,4 @@
-"""Apps for the input-limit tests (tests/test_e2e_limits.py), WSGI and ASGI, with the same routes.
+"""Apps for the input-limit tests (tests/adapters/engine/test_e2e_limits.py), WSGI and ASGI, with the same routes.
 
 - ``/``: 200 ``ok`` (the body, if any, unread);
 - ``/reject``: 405 without reading the body, as a route that does not take uploads;

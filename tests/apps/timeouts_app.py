@@ -1,4 +1,4 @@
-"""Apps for the body and request timeout tests (tests/test_e2e_timeouts.py), WSGI and ASGI, with the same routes.
+"""Apps for the body and request timeout tests (tests/worker/test_e2e_timeouts.py), WSGI and ASGI, with the same routes.
 
 - ``/upload``: reads the whole body and answers its length; while it reads, it counts among ``/reading``;
 - ``/reading``: how many ``/upload`` requests are reading their body now (in this worker);

@@ -1,4 +1,4 @@
-"""What a request saw of TLS, as raw WSGI (``wsgi``) and raw ASGI (``asgi``): tests/test_e2e_tls.py.
+"""What a request saw of TLS, as raw WSGI (``wsgi``) and raw ASGI (``asgi``): tests/host/test_e2e_tls.py.
 
 Both answer ``{"scheme": ..., "pid": ...}``: the WSGI environ's ``wsgi.url_scheme`` and ``HTTPS`` (gunicorn
 sets no ``HTTPS`` key, nor does clusterrun), or the ASGI scope's ``scheme``, and the worker's pid.

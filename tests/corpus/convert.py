@@ -8,7 +8,7 @@ for an invalid one, and sometimes ``cfg.set(NAME, VALUE)`` lines for the options
 never runs those files: it reads them with ``ast`` and accepts only literals, the calls ``uri("...")`` and
 ``cfg.set(...)``, and the bare names of gunicorn's exceptions. The ``.http`` files are copied as they are
 (their format: line breaks are not data; ``\\r\\n``, ``\\n``, ``\\t``, ``\\0`` and ``\\xHH`` are escapes; see
-tests/test_corpus.py). The corpus is gunicorn's, MIT-licensed: its LICENSE is copied beside it.
+tests/adapters/test_corpus.py). The corpus is gunicorn's, MIT-licensed: its LICENSE is copied beside it.
 """
 
 from __future__ import annotations

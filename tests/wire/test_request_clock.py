@@ -1,7 +1,7 @@
 """--request-timeout's clock (clusterrun.wire.requestclock): what the worker stamps, and when the primary's watchdog
 acts on it.
 
-In process, with an injected clock and timers; the end-to-end tests are in tests/test_e2e_timeouts.py.
+In process, with an injected clock and timers; the end-to-end tests are in tests/worker/test_e2e_timeouts.py.
 """
 
 from __future__ import annotations

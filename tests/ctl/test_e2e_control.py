@@ -24,7 +24,7 @@ import pytest
 
 from clusterrun.host import controlsocket as control
 
-from helpers import DEADLINE, FRESH, SUP_APP_PAIR, alive, ask_control, run_to_exit, start, wait_until, who
+from helpers import DEADLINE, FRESH, SUP_APP_PAIR, TEST_APPS, alive, ask_control, run_to_exit, start, wait_until, who
 
 
 def command(*args: str) -> tuple[int, str, str]:
@@ -109,7 +109,7 @@ def test_ls_lists_running_clusters_and_forgets_dead_ones(run_cli: Any) -> None:
 def test_a_second_cluster_of_one_name_exits_2_and_a_dead_ones_name_is_free(run_cli: Any) -> None:
     first = start(run_cli, "sup_app:wsgi", "--workers", "1", "--name", "api")
     first.wait_ready()
-    result = run_to_exit("sup_app:wsgi", "--port", "0", "--name", "api", cwd=Path(__file__).parent / "apps")
+    result = run_to_exit("sup_app:wsgi", "--port", "0", "--name", "api", cwd=TEST_APPS)
     assert result.returncode == 2, result.stderr
     assert "a cluster named 'api' is already running" in result.stderr
     assert "clusterrun stop api" in result.stderr

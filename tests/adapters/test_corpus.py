@@ -25,7 +25,7 @@ import pytest
 
 from helpers import DEADLINE, TEST_APPS, Cluster
 
-CORPUS = Path(__file__).resolve().parent / "corpus" / "gunicorn"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "gunicorn"
 
 # Files not run: they need a gunicorn option clusterrun does not have (or a non-default value of one), or
 # cannot pass over a socket.

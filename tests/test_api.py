@@ -1,0 +1,32 @@
+"""Unit tests of the door: Cluster.on routes worker hooks to the worker, cluster events to the primary."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from clusterrun import Cluster
+from clusterrun.errors import ConfigError
+from clusterrun.identity import WorkerInfo
+from clusterrun.worker import hooks as workerhooks
+
+# Events and hooks
+
+
+def test_the_door_routes_worker_hooks_to_the_worker_and_cluster_events_to_the_primary() -> None:
+    cluster = Cluster("app:app", bind="127.0.0.1:0")
+    seen: list[object] = []
+    try:
+        cluster.on("worker_init", seen.append)
+        cluster.on("exit")(seen.append)  # as a decorator
+        workerhooks.init(WorkerInfo(1, 0, os.getpid()))
+        assert seen == [WorkerInfo(1, 0, os.getpid())]  # the hook ran as the worker would run it
+        assert cluster.events.wanted("exit") and not cluster.events.wanted("online")
+        with pytest.raises(ConfigError, match=r"unknown cluster event 'bogus': choose one of fork, .*, on_exit, "
+                                              r"worker_init, worker_exit$"):
+            cluster.on("bogus", print)
+        with pytest.raises(ConfigError, match="the handler for event 'worker_exit' is a int, not a function"):
+            cluster.on("worker_exit", 3)
+    finally:
+        workerhooks.clear()
