@@ -1,6 +1,7 @@
 """An ASGI app that answers what it was given: the request line's parts, the headers, the client, the body.
 
-tests/adapters/stack/test_e2e_asgi_framing.py reads it back to check what uvicorn's stack and clusterrun's guard let through.
+tests/adapters/stack/test_e2e_asgi_framing.py reads it back to check what uvicorn's stack and clusterrun's guard
+let through.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""An ASGI app that reports what Python's cycle collector had to free in its worker (tests/adapters/test_e2e_garbage.py).
+"""What Python's cycle collector had to free in an ASGI app's worker (tests/adapters/test_e2e_garbage.py).
 
 GET /collected  runs a full collection first, then answers the number of objects every collection so far
                 freed (as text)
