@@ -6,14 +6,15 @@ uvicorn. Adapters use no more of the core than its small public pieces: clusterr
 clusterrun.identity and the version. tests/test_layout.py checks both rules.
 
 What this module imports when it loads is engine-neutral (no uvicorn, no asyncio): the inline engine's loop,
-the limits, the loading of an app. uvicorn's stack (adapters.stack.serving) loads on the first use of one of its
-names, which only a worker serving on the stack makes (``__getattr__``).
+the limits, the loading of an app. uvicorn's stack has a door of its own, adapters.stack.serving, which only
+clusterrun.worker.serving imports, and the worker's runtime imports that only where it chooses the stack: a
+worker on the inline engine never loads uvicorn nor asyncio.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.engine.reactor import SelectorLoop
@@ -25,70 +26,23 @@ from clusterrun.adapters.proxy import ForwardedApp, Forwarding
 
 from clusterrun.errors import BootError
 
-if TYPE_CHECKING:  # the stack's names, loaded at run time by __getattr__ below
-    from clusterrun.adapters.stack.serving import (
-        Guard,
-        HeadClock,
-        Lifespan,
-        OpenConnection,
-        Stack,
-        WebSocketLimits,
-        as_asgi,
-        closing_app,
-        http_stack,
-        stuck_threads,
-        with_deadline,
-    )
-
 __all__ = [
     "Admission",
     "EngineSettings",
     "ForwardedApp",
     "Forwarding",
-    "Guard",
-    "HeadClock",
-    "Lifespan",
     "Limits",
     "LoadedApp",
-    "OpenConnection",
     "ResponseHeaders",
     "SelectorLoop",
-    "Stack",
-    "WebSocketLimits",
-    "as_asgi",
     "check_module_exists",
-    "closing_app",
-    "http_stack",
     "inline_engine",
     "inline_engine_available",
     "load_app",
     "preimport",
     "put_app_dir_first",
     "selector_loop",
-    "stuck_threads",
-    "with_deadline",
 ]
-
-# What only a worker serving on uvicorn's stack uses: the names of adapters.stack.serving.
-_ON_THE_STACK = frozenset(("Guard", "HeadClock", "Lifespan", "OpenConnection", "Stack", "WebSocketLimits", "as_asgi",
-                           "closing_app", "http_stack", "stuck_threads", "with_deadline"))
-
-
-def __getattr__(name: str) -> Any:
-    """The stack's names, imported on the first use of one of them (PEP 562).
-
-    Importing adapters.stack.serving loads uvicorn and asyncio. Its names are reached here rather than imported
-    at the top so that a worker that serves on the inline engine, which uses none of them, never loads either;
-    a worker on the stack loads them when its serving (clusterrun.worker.serving) first asks.
-    """
-    if name in _ON_THE_STACK:
-        from clusterrun.adapters.stack import serving
-
-        value = getattr(serving, name)
-        globals()[name] = value  # once: later uses are plain module attributes
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bool:
     """Whether a worker serves ``loaded`` on the inline engine: a WSGI app called on the worker's thread

@@ -1,8 +1,10 @@
-"""What a worker serving on uvicorn's stack takes from adapters, in one module: the one that loads the stack.
+"""The stack's door: what a worker serving on uvicorn's stack takes from adapters, in the one module that loads it.
 
-A worker imports this (through clusterrun.adapters.entry, on the first use of one of its names) only once it has
-chosen the stack: an ASGI app, a WSGI app with ``--threads N`` or ``--http h11``. Everything uvicorn, and
-everything that needs asyncio, is reached from here; a WSGI worker on the inline engine never imports it.
+The core's second and last way into adapters, beside clusterrun.adapters.entry: only clusterrun.worker.serving
+imports it, and a worker imports that only once it has chosen the stack (an ASGI app, a WSGI app with
+``--threads N`` or ``--http h11``); entry.preimport loads it in the primary where every worker will need it.
+Everything uvicorn, and everything that needs asyncio, is reached from here; a WSGI worker on the inline engine
+never imports it.
 """
 
 from __future__ import annotations

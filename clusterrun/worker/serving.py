@@ -1,12 +1,12 @@
 """Serving one worker's app on uvicorn's HTTP protocol stack, on an asyncio loop.
 
 Imported only by the worker's runtime once it chose the stack (clusterrun.worker.runtime.serve): this module is
-where a worker loads asyncio and, through the entry's stack names, uvicorn.
+where a worker loads asyncio and, through the stack's door (clusterrun.adapters.stack.serving), uvicorn.
 
 The worker's runtime (clusterrun.worker.runtime) decides when to start, what to adopt and when to drain; this
 module does the serving: the app's lifespan, the listeners, connections the primary passed, the Date
-header, and a drain that never races a keep-alive client. It reaches the app and uvicorn's protocols through
-adapters' one entry point (clusterrun.adapters.entry).
+header, and a drain that never races a keep-alive client. It reaches the app through adapters' entry point
+(clusterrun.adapters.entry) and uvicorn's protocols through the stack's door, the only other way into adapters.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 from clusterrun.accesslog import AccessLog
 from clusterrun.adapters import entry
+from clusterrun.adapters.stack import serving as uvicorn_stack
 from clusterrun.config.options import Config
 from clusterrun.errors import BootError
 from clusterrun.identity import WorkerInfo
@@ -120,9 +121,9 @@ def close_loop(loop: asyncio.AbstractEventLoop) -> None:
     loop.close()
 
 
-def websocket_limits(config: Config) -> entry.WebSocketLimits:
+def websocket_limits(config: Config) -> uvicorn_stack.WebSocketLimits:
     """--ws-max-size, --ws-ping-interval, --ws-ping-timeout (uvicorn's WebSocket protocols enforce them)."""
-    return entry.WebSocketLimits(max_size=config.ws_max_size, ping_interval=config.ws_ping_interval,
+    return uvicorn_stack.WebSocketLimits(max_size=config.ws_max_size, ping_interval=config.ws_ping_interval,
                                  ping_timeout=config.ws_ping_timeout)
 
 
@@ -141,10 +142,10 @@ class StackServer:
         self.info = info
         self.interface = loaded.interface
         stamp = request_clock if request_clock is not None and request_clock.enabled else None
-        self.app = self.bridged = entry.as_asgi(loaded, threads=config.threads, info=info,
+        self.app = self.bridged = uvicorn_stack.as_asgi(loaded, threads=config.threads, info=info,
                                                 body_timeout=config.body_timeout, request_clock=stamp)
         if config.request_timeout:  # each request cancelled at its deadline, 504 (adapters.deadline)
-            self.app = entry.with_deadline(self.app, config.request_timeout)
+            self.app = uvicorn_stack.with_deadline(self.app, config.request_timeout)
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
         if self.stats is not None or access is not None:
@@ -155,10 +156,12 @@ class StackServer:
         self.date_header = not config.no_date_header
         # Only the requests' app marks the first request: the lifespan below runs the app unmarked.
         served = self.app if first_request is None else marking_the_first_request(self.app, first_request)
-        self.stack = entry.http_stack(served, http=config.http, access_log=False, headers=response_headers(config),
-                                      timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog,
-                                      root_path=config.root_path, ws=websocket_limits(config))
-        self.lifespan = entry.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
+        self.stack = uvicorn_stack.http_stack(
+            served, http=config.http, access_log=False, headers=response_headers(config),
+            timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog, root_path=config.root_path,
+            ws=websocket_limits(config),
+        )
+        self.lifespan = uvicorn_stack.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
         # Under a primary-side policy every closed connection is counted where the primary reads it
         # (clusterrun.wire.counters): least-conn orders by it, and every such policy keeps a worker's open
         # connections within its descriptor table.
@@ -173,7 +176,7 @@ class StackServer:
 
     def stuck_threads(self) -> int:
         """Threads still running a WSGI app's code for a request given up at --request-timeout."""
-        return entry.stuck_threads(self.bridged)
+        return uvicorn_stack.stuck_threads(self.bridged)
 
     def counts(self) -> Beat:
         """The heartbeat, with what this worker served and holds now."""
@@ -195,9 +198,9 @@ class StackServer:
         request_limits = limits(self.config)
         # One per worker, with --limit-concurrency; without it there is nothing to count.
         admission = entry.Admission(request_limits.concurrency) if request_limits.concurrency else None
-        clock = entry.HeadClock()  # one sweep a second checks every connection's head clock
+        clock = uvicorn_stack.HeadClock()  # one sweep a second checks every connection's head clock
         clock.start(loop)
-        self.stack.guard_requests(lambda conn: entry.Guard(conn, request_limits, clock, admission),
+        self.stack.guard_requests(lambda conn: uvicorn_stack.Guard(conn, request_limits, clock, admission),
                                   head_limit=request_limits.head, upgraded_close=admission is not None)
         if self.closes.shared:
             self.stack.notify_close(self.closes.add)
@@ -253,7 +256,7 @@ class StackServer:
         while self.stack.busy:
             patient = time.monotonic() < deadline
             for connection in self.stack.open_connections():
-                if connection.ident not in closing and connection.wrap_app(entry.closing_app):
+                if connection.ident not in closing and connection.wrap_app(uvicorn_stack.closing_app):
                     closing.add(connection.ident)
                 if connection.idle:
                     if not patient:
