@@ -39,7 +39,7 @@ from clusterrun.worker import child
 from clusterrun.worker import hooks as workerhooks
 from clusterrun.worker.hooks import WORKER_EVENTS
 
-if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+if TYPE_CHECKING:  # a type only: at run time the core imports adapters lazily (see api.prepare_engine)
     from clusterrun.adapters.entry import LoadedApp
 
 logger = logging.getLogger("clusterrun")
@@ -158,7 +158,7 @@ class Cluster:
         return self._primary
 
     def _load_hooks(self, spec: str) -> None:
-        from clusterrun.adapters import entry  # adapters load the serving stack (uvicorn): only once a cluster starts
+        from clusterrun.adapters import entry  # lazily: see prepare_engine
 
         entry.put_app_dir_first(self.config.app_dir)
         module_name, _, attr = spec.partition(":")
@@ -203,9 +203,13 @@ def prepare_engine(config: Config) -> LoadedApp | None:
     """In the primary, before any fork: check the engine and the app's module, warm the imports.
 
     With --preload the app is imported here; its BootError exits 3 like a worker's would.
+
+    The core imports adapters only here and below, when a cluster starts, never when it loads: run from the root
+    of a checkout, ``clusterrun/`` is the source folder, which holds no ``clusterrun.adapters`` (adapters/ is
+    mapped there at install), and `import clusterrun` must still work there for the message below.
     """
     try:
-        from clusterrun.adapters import entry  # adapters load the serving stack (uvicorn): `import clusterrun` does not
+        from clusterrun.adapters import entry  # lazily: see the docstring
     except ImportError as exc:
         package = os.path.dirname(os.path.abspath(__file__))
         if os.path.isfile(os.path.join(os.path.dirname(package), "adapters", "__init__.py")):
@@ -240,7 +244,7 @@ def check_app(config: Config) -> str:
     """
     prepare_process(config)
     prepare_engine(config)  # the engine, and the app's module found without importing it
-    from clusterrun.adapters import entry  # adapters load the serving stack (uvicorn): `import clusterrun` does not
+    from clusterrun.adapters import entry  # lazily: see prepare_engine
 
     loaded = entry.load_app(config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface)
     return f"clusterrun: {config.app} loads: a {loaded.interface.upper()} app"

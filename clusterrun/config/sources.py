@@ -15,12 +15,10 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from clusterrun.config.options import OPTIONS, Option
 from clusterrun.errors import ConfigError
-
-if TYPE_CHECKING:
-    from clusterrun.config.options import Option
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,8 +63,6 @@ def find_file(explicit: str | None, folder: str = ".") -> FileValues | None:
 
 
 def read_file(path: str, table: str | None, required: bool = True) -> FileValues | None:
-    from clusterrun.config.options import OPTIONS
-
     label = os.path.basename(path) + (f" [{table}]" if table else "")
     try:
         with open(path, "rb") as file:

@@ -31,7 +31,7 @@ from clusterrun.wire.channel import Channel
 from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.requestclock import RequestClock
 
-if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+if TYPE_CHECKING:  # a type only: at run time the core imports adapters lazily (see api.prepare_engine)
     from clusterrun.adapters.entry import LoadedApp
 
 OnChannel = Callable[[WorkerHandle, int], None]

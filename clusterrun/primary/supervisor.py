@@ -41,7 +41,7 @@ from clusterrun.primary.watchdog import Watchdog
 from clusterrun.wire.heartbeat import late_after
 from clusterrun.wire.protocol import ReopenLogs
 
-if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+if TYPE_CHECKING:  # a type only: at run time the core imports adapters lazily (see api.prepare_engine)
     from clusterrun.adapters.entry import LoadedApp
 
 logger = logging.getLogger("clusterrun")

@@ -26,7 +26,7 @@ from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.heartbeat import DUMP_SIGNAL
 from clusterrun.wire.requestclock import RequestClock
 
-if TYPE_CHECKING:  # the core imports adapters only lazily: they load uvicorn
+if TYPE_CHECKING:  # a type only: at run time the core imports adapters lazily (see api.prepare_engine)
     from clusterrun.adapters.entry import LoadedApp
 
 logger = logging.getLogger("clusterrun")
@@ -59,7 +59,7 @@ def run(
         _set_title(config, info)
         _die_with_primary()  # after the drop: a change of credentials clears the parent-death signal
         channel = Channel(channel_sock)
-        from clusterrun.worker.runtime import serve  # imported here: the core stays importable without uvicorn
+        from clusterrun.worker.runtime import serve  # here: it imports adapters (see api.prepare_engine)
 
         code = serve(config, info, channel, sockets, closes, preloaded, request_clock, first_request)
     except BootError as exc:
