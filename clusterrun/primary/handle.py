@@ -15,10 +15,9 @@ from clusterrun.errors import MessageError, StateError
 from clusterrun.host.timers import NO_TIMER, Timer
 from clusterrun.identity import WorkerInfo
 from clusterrun.wire.channel import Channel
-from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.heartbeat import DUMP_SIGNAL
+from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import Beat, Message, Stop, check_message
-from clusterrun.wire.requestclock import RequestClock
 
 logger = logging.getLogger("clusterrun")
 
@@ -65,11 +64,7 @@ class WorkerHandle:
     replaces: WorkerHandle | None = None  # during a rolling restart: the worker this one takes over from
     state: WorkerState = WorkerState.STARTING
     interface: str = ""
-    closes: SharedCounter = field(default_factory=SharedCounter)  # connections it has closed, in all
-    # When its inline app began the work in hand, and for which request (--request-timeout; else no page).
-    request_clock: RequestClock = field(default_factory=lambda: RequestClock(False))
-    # Marked by the worker when its app first takes a request (spawn.py): read when it dies, see took_request.
-    first_request: SharedCounter = field(default_factory=SharedCounter)
+    pages: WorkerPages = field(default_factory=WorkerPages)  # what it writes and the primary reads (wire/pages.py)
     dispatched: int = 0  # connections the primary has passed to it, in all
     # Connections it can hold open before its descriptor table is full (reported when ready; None: no limit).
     connection_room: int | None = None
@@ -101,13 +96,13 @@ class WorkerHandle:
     @property
     def open_connections(self) -> int:
         """Open on the worker or on their way to it (least-conn): passed, less closed."""
-        return max(0, self.dispatched - self.closes.read())
+        return max(0, self.dispatched - self.pages.closes.read())
 
     @property
     def took_request(self) -> bool:
         """Its app took a request (its first one, or one in flight when it died): read from its shared page,
         written before the app runs, so a worker that died in its very first request has taken it."""
-        return self.first_request.read() > 0
+        return self.pages.took_request
 
     @property
     def is_ready(self) -> bool:

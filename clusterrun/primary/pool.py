@@ -329,6 +329,4 @@ def free(handle: WorkerHandle) -> None:
     """Free what the primary holds for a worker that is gone: its timer, its channel and its shared page."""
     handle.boot_timer.cancel()
     handle.channel.close()
-    handle.closes.close()
-    handle.first_request.close()
-    handle.request_clock.close()
+    handle.pages.close()

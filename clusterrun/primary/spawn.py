@@ -28,8 +28,7 @@ from clusterrun.primary.dispatch import Dispatcher
 from clusterrun.primary.handle import WorkerHandle
 from clusterrun.primary.policies import Policy
 from clusterrun.wire.channel import Channel
-from clusterrun.wire.counters import SharedCounter
-from clusterrun.wire.requestclock import RequestClock
+from clusterrun.wire.pages import WorkerPages
 
 if TYPE_CHECKING:  # a type only: at run time the core imports adapters lazily (see api.prepare_engine)
     from clusterrun.adapters.entry import LoadedApp
@@ -42,9 +41,8 @@ class WorkerEntry(Protocol):
 
     def __call__(
         self, config: Config, worker_id: int, index: int, channel_sock: socket.socket,
-        sockets: Sequence[socket.socket], inherited_fds: Sequence[int], closes: SharedCounter,
-        preloaded: LoadedApp | None, signal_mask: set[int | signal.Signals] | None,
-        request_clock: RequestClock | None, first_request: SharedCounter | None, /,
+        sockets: Sequence[socket.socket], inherited_fds: Sequence[int], pages: WorkerPages,
+        preloaded: LoadedApp | None, signal_mask: set[int | signal.Signals] | None, /,
     ) -> NoReturn: ...
 
 
@@ -69,17 +67,9 @@ class Forker:
         """Fork the worker; OSError when the system refuses (EAGAIN past the process limit, ENOMEM, EMFILE),
         with nothing of it left open in the primary."""
         parent_end, child_end = Channel.socketpair()
-        made: list[SharedCounter | RequestClock] = []  # pages mapped for the worker: closed if the fork fails
+        pages: WorkerPages | None = None  # mapped before the fork: the worker writes them, the primary reads them
         try:
-            # Made before the fork: the worker writes it, the primary reads it (primary-side policies only).
-            closes = SharedCounter(shared=self.policy.dispatches)
-            made.append(closes)
-            # Under every policy: the worker marks it when its app first takes a request, which the primary
-            # reads when the worker dies (pool.py: only a worker that never took one counts toward giving up).
-            first_request = SharedCounter()
-            made.append(first_request)
-            request_clock = RequestClock(self.config.request_timeout > 0)  # the same way: the primary reads it
-            made.append(request_clock)
+            pages = WorkerPages.map(count_closes=self.policy.dispatches, time_requests=self.config.request_timeout > 0)
             sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
             to_close = [*self.primary_fds(), parent_end.fileno()]
             to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]
@@ -91,15 +81,13 @@ class Forker:
         except OSError:
             for sock in (parent_end, child_end):
                 sock.close()
-            for page in made:
-                page.close()
+            if pages is not None:
+                pages.close()
             raise
         if pid == 0:
-            self.target(self.config, worker_id, index, child_end, sockets, to_close, closes, self.preloaded,
-                        signal_mask, request_clock, first_request)
+            self.target(self.config, worker_id, index, child_end, sockets, to_close, pages, self.preloaded, signal_mask)
         handle = WorkerHandle(worker_id, index, pid, Channel(parent_end, keep=child_end), started=self.clock(),
-                              replaces=replaces, closes=closes,
-                              request_clock=request_clock, first_request=first_request)
+                              replaces=replaces, pages=pages)
         handle.channel.on_backlog = lambda waiting: self.dispatcher.backlog_changed(handle, waiting)
         self.selector.register(handle.channel.sock, selectors.EVENT_READ, lambda mask: self.on_channel(handle, mask))
         return handle

@@ -53,7 +53,7 @@ class Watchdog:
                     self._kill_hung(handle, now - handle.last_seen)
                     continue
                 wake = min(wake, due)
-            running = handle.request_clock.running_since() if self.request_timeout > 0 else None
+            running = handle.pages.request_clock.running_since() if self.request_timeout > 0 else None
             if running is not None:
                 since, request = running
                 due = since + self.request_timeout
@@ -76,7 +76,7 @@ class Watchdog:
                          "debugger), so no traceback can be taken; killing it", handle.info, silence)
             handle.kill()
             return
-        running = handle.request_clock.running_since()  # with --request-timeout: the request its app runs
+        running = handle.pages.request_clock.running_since()  # with --request-timeout: the request its app runs
         during = f" while its app ran request {running[1] or '-'}" if running is not None else ""
         logger.error("%s sent no heartbeat for %.1fs (--timeout)%s: its threads' tracebacks follow, then it "
                      "is killed", handle.info, silence, during)

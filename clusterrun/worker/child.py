@@ -22,9 +22,8 @@ from clusterrun.config.options import Config
 from clusterrun.errors import EXIT_BOOT, EXIT_ERROR, BootError
 from clusterrun.host import priority, privileges
 from clusterrun.wire.channel import Channel
-from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.heartbeat import DUMP_SIGNAL
-from clusterrun.wire.requestclock import RequestClock
+from clusterrun.wire.pages import WorkerPages
 
 if TYPE_CHECKING:  # a type only: at run time the core imports adapters lazily (see api.prepare_engine)
     from clusterrun.adapters.entry import LoadedApp
@@ -38,9 +37,8 @@ _PRIMARY_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTO
 
 def run(
     config: Config, worker_id: int, index: int, channel_sock: socket.socket, sockets: Sequence[socket.socket],
-    inherited_fds: Sequence[int], closes: SharedCounter, preloaded: LoadedApp | None = None,
-    signal_mask: set[int | signal.Signals] | None = None, request_clock: RequestClock | None = None,
-    first_request: SharedCounter | None = None,
+    inherited_fds: Sequence[int], pages: WorkerPages, preloaded: LoadedApp | None = None,
+    signal_mask: set[int | signal.Signals] | None = None,
 ) -> NoReturn:
     code = EXIT_ERROR
     try:
@@ -61,7 +59,7 @@ def run(
         channel = Channel(channel_sock)
         from clusterrun.worker.runtime import serve  # here: it imports adapters (see api.prepare_engine)
 
-        code = serve(config, info, channel, sockets, closes, preloaded, request_clock, first_request)
+        code = serve(config, info, channel, sockets, pages, preloaded)
     except BootError as exc:
         code = EXIT_BOOT
         logger.error("%s", exc)

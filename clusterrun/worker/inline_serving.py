@@ -17,8 +17,8 @@ from clusterrun.adapters import entry
 from clusterrun.config.options import Config
 from clusterrun.identity import WorkerInfo
 from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import Beat
-from clusterrun.wire.requestclock import RequestClock
 from clusterrun.wire.requeststats import RequestStats
 from clusterrun.worker.settings import forwarding, limits, response_headers
 
@@ -28,10 +28,8 @@ class InlineServer:
 
     interface = "wsgi"
 
-    def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
-                 loop: entry.SelectorLoop, ssl_context: ssl.SSLContext | None = None,
-                 request_clock: RequestClock | None = None, first_request: SharedCounter | None = None,
-                 ) -> None:
+    def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, pages: WorkerPages,
+                 loop: entry.SelectorLoop, ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
@@ -42,14 +40,13 @@ class InlineServer:
             limits=limits(config), keep_alive=config.timeout_keep_alive, headers=response_headers(config),
             forwarding=forwarding(config), root_path=config.root_path, ssl_context=ssl_context,
             extra_environ={"clusterrun.worker": info},
-            on_close=closes.add if closes.shared else None,
+            on_close=pages.closes.add if pages.closes.shared else None,
             on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
             # --request-timeout: the engine stamps each stretch of app code where the primary reads it.
-            request_clock=request_clock if request_clock is not None and request_clock.enabled else None,
+            request_clock=pages.request_clock if pages.request_clock.enabled else None,
         )
         self.engine: Any = entry.inline_engine(loop, loaded, settings)
-        if first_request is not None:
-            self.engine.app = _marking_the_first_request(self.engine, first_request)
+        self.engine.app = _marking_the_first_request(self.engine, pages.first_request)
 
     def counts(self) -> Beat:
         """The heartbeat, with what this worker served and holds now."""

@@ -32,6 +32,7 @@ from clusterrun.identity import WorkerInfo
 from clusterrun.wire.channel import Channel
 from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.heartbeat import heartbeat_interval
+from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import (
     BootFailed,
     Broadcast,
@@ -44,7 +45,6 @@ from clusterrun.wire.protocol import (
     ReopenLogs,
     Stop,
 )
-from clusterrun.wire.requestclock import RequestClock
 from clusterrun.worker import hooks as workerhooks
 from clusterrun.worker import messaging
 from clusterrun.worker.inline_serving import InlineServer
@@ -65,9 +65,8 @@ _PRIMARY_ANSWER_WAIT = 2.0
 
 
 def serve(
-    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
-    preloaded: entry.LoadedApp | None = None, request_clock: RequestClock | None = None,
-    first_request: SharedCounter | None = None,
+    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], pages: WorkerPages,
+    preloaded: entry.LoadedApp | None = None,
 ) -> int:
     """Load the app (unless the primary preloaded it) and serve it until told to stop; the worker's exit code.
 
@@ -86,7 +85,7 @@ def serve(
             # a worker on the inline engine never loads them.
             from clusterrun.worker import serving
 
-            server = serving.StackServer(config, info, loaded, closes, ssl_context, request_clock, first_request)
+            server = serving.StackServer(config, info, loaded, pages, ssl_context)
             loop = serving.new_loop(config.loop)
         workerhooks.init(info)  # after the app is loaded (or inherited with --preload), before serving
     except BootError as exc:
@@ -94,12 +93,11 @@ def serve(
         return EXIT_BOOT
     if inline:
         logs.announce_engine(info, "inline WSGI engine (httptools)")
-        return _serve_inline(config, info, channel, sockets, closes, loaded, ssl_context, request_clock,
-                             first_request)
+        return _serve_inline(config, info, channel, sockets, pages, loaded, ssl_context)
     loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
     logs.announce_engine(info, f"uvicorn {server.stack.parser} + {loop_name}")
     try:
-        code = serving.run(loop, WorkerRuntime(config, channel, server, sockets, closes, loop).run())
+        code = serving.run(loop, WorkerRuntime(config, channel, server, sockets, pages.closes, loop).run())
         workerhooks.exit(info)
         return code
     finally:
@@ -107,14 +105,13 @@ def serve(
 
 
 def _serve_inline(
-    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], closes: SharedCounter,
-    loaded: entry.LoadedApp, ssl_context: ssl.SSLContext | None, request_clock: RequestClock | None = None,
-    first_request: SharedCounter | None = None,
+    config: Config, info: WorkerInfo, channel: Channel, sockets: Sequence[socket.socket], pages: WorkerPages,
+    loaded: entry.LoadedApp, ssl_context: ssl.SSLContext | None,
 ) -> int:
     loop = entry.selector_loop()
     try:
-        server = InlineServer(config, info, loaded, closes, loop, ssl_context, request_clock, first_request)
-        code = WorkerRuntime(config, channel, server, sockets, closes, loop).run_inline()
+        server = InlineServer(config, info, loaded, pages, loop, ssl_context)
+        code = WorkerRuntime(config, channel, server, sockets, pages.closes, loop).run_inline()
         workerhooks.exit(info)
         return code
     finally:

@@ -28,8 +28,8 @@ from clusterrun.config.options import Config
 from clusterrun.errors import BootError
 from clusterrun.identity import WorkerInfo
 from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import Beat
-from clusterrun.wire.requestclock import RequestClock
 from clusterrun.wire.requeststats import RequestStats
 from clusterrun.worker.settings import forwarding, limits, response_headers
 
@@ -130,9 +130,8 @@ def websocket_limits(config: Config) -> uvicorn_stack.WebSocketLimits:
 class StackServer:
     """The app on uvicorn's protocols: ``start`` (lifespan), ``listen``, ``adopt``, ``drain``, ``stop``."""
 
-    def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, closes: SharedCounter,
-                 ssl_context: ssl.SSLContext | None = None, request_clock: RequestClock | None = None,
-                 first_request: SharedCounter | None = None) -> None:
+    def __init__(self, config: Config, info: WorkerInfo, loaded: entry.LoadedApp, pages: WorkerPages,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config
         # With TLS, asyncio's (or uvloop's) transports do the handshake, on listeners and passed connections
         # alike, and uvicorn's protocols then report the scheme https; a handshake not done within the head
@@ -141,7 +140,7 @@ class StackServer:
             "ssl": ssl_context, "ssl_handshake_timeout": config.timeout_request_head}
         self.info = info
         self.interface = loaded.interface
-        stamp = request_clock if request_clock is not None and request_clock.enabled else None
+        stamp = pages.request_clock if pages.request_clock.enabled else None
         self.app = self.bridged = uvicorn_stack.as_asgi(loaded, threads=config.threads, info=info,
                                                 body_timeout=config.body_timeout, request_clock=stamp)
         if config.request_timeout:  # each request cancelled at its deadline, 504 (adapters.deadline)
@@ -155,7 +154,7 @@ class StackServer:
             self.app = entry.ForwardedApp(self.app, proxies)
         self.date_header = not config.no_date_header
         # Only the requests' app marks the first request: the lifespan below runs the app unmarked.
-        served = self.app if first_request is None else marking_the_first_request(self.app, first_request)
+        served = marking_the_first_request(self.app, pages.first_request)
         self.stack = uvicorn_stack.http_stack(
             served, http=config.http, access_log=False, headers=response_headers(config),
             timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog, root_path=config.root_path,
@@ -165,7 +164,7 @@ class StackServer:
         # Under a primary-side policy every closed connection is counted where the primary reads it
         # (clusterrun.wire.counters): least-conn orders by it, and every such policy keeps a worker's open
         # connections within its descriptor table.
-        self.closes = closes
+        self.closes = pages.closes
         self._servers: list[asyncio.Server] = []
         self._adopting: set[asyncio.Task[Any]] = set()
         self._protocol_factory: Any = None

@@ -100,8 +100,7 @@ class Spawner:
         for handle in self.made:
             handle.channel.close()
             handle.worker_end.close()
-            handle.closes.close()
-            handle.first_request.close()
+            handle.pages.close()
 
 
 @pytest.fixture
@@ -243,16 +242,16 @@ def test_one_watchdog_for_both_deadlines_names_the_request_a_hung_worker_ran(
     timers = Timers(clock)
     stuck = spawn(0)
     stuck.mark_ready("wsgi", clock())
-    stuck.request_clock = RequestClock(True)
-    stuck.request_clock.label(b"GET", b"/report")
-    stuck.request_clock._stamp[0] = clock()  # type: ignore[index]  # began now, on the injected clock
+    stuck.pages.request_clock = RequestClock(True)
+    stuck.pages.request_clock.label(b"GET", b"/report")
+    stuck.pages.request_clock._stamp[0] = clock()  # type: ignore[index]  # began now, on the injected clock
     Watchdog(5.0, clock, timers, {stuck.pid: stuck}, request_timeout=600.0).start()
     for _ in range(12):
         clock.now += 0.5
         timers.run_due()
     assert stuck.signals == [str(int(signal.SIGUSR1)), str(int(signal.SIGKILL))]
     assert "sent no heartbeat for 5.0s (--timeout) while its app ran request GET /report" in caplog.text
-    stuck.request_clock.close()
+    stuck.pages.request_clock.close()
 
 
 # Dispatch
@@ -312,7 +311,7 @@ def test_dispatch_skips_a_worker_whose_descriptor_table_is_full(
         dispatcher._dispatch(accepted)
         assert sum(n for _, n in a.received()) == 2 and sum(n for _, n in b.received()) == 2
         assert len(dispatcher.held) == 1 and a.is_full and b.is_full
-        a.closes.add()  # a closed one connection: room for the held one
+        a.pages.closes.add()  # a closed one connection: room for the held one
         dispatcher.heard_from(a)
         assert sum(n for _, n in a.received()) == 1 and not dispatcher.held
     finally:
@@ -400,7 +399,7 @@ def test_workers_that_die_in_their_first_request_are_respawned_at_once_and_never
     pool = _serving(spawn, clock, max_restarts="1", min_uptime="600")
     for _ in range(30):
         victim = pool.slots[0]
-        victim.first_request.add()  # what the worker does before its app runs its first request
+        victim.pages.first_request.add()  # what the worker does before its app runs its first request
         clock.now += 0.01
         assert pool.reaped(victim.pid, _status(code=1)) is None
         assert pool.pending_respawns == {0}
@@ -430,7 +429,7 @@ def test_an_unstable_death_waits_its_backoff_only_while_another_worker_serves(sp
 def test_a_refused_fork_is_tried_again_with_a_growing_wait_and_never_counted(spawn: Spawner, clock: Clock) -> None:
     pool = _serving(spawn, clock, max_restarts="0")
     spawn.refusals = 3
-    pool.slots[0].first_request.add()  # it served: its own death does not count either
+    pool.slots[0].pages.first_request.add()  # it served: its own death does not count either
     assert pool.reaped(pool.slots[0].pid, _status(killed_by=signal.SIGKILL)) is None  # its respawn is refused
     pool.timers.run_due()
     for wait in (0.1, 0.2, 0.4):  # refused, refused, then forked

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from clusterrun.identity import WorkerInfo
 from clusterrun.primary.watchdog import Watchdog
+from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.requestclock import RequestClock
 
 
@@ -30,7 +31,7 @@ class FakeTimers:
 
 @dataclass(eq=False)
 class FakeWorker:
-    request_clock: RequestClock = field(default_factory=lambda: RequestClock(True))
+    pages: WorkerPages = field(default_factory=lambda: WorkerPages(request_clock=RequestClock(True)))
     info: WorkerInfo = field(default_factory=lambda: WorkerInfo(1, 0, 4242))
     signals: list[str] = field(default_factory=list)
 
@@ -67,8 +68,8 @@ def test_the_primary_kills_only_past_the_deadline() -> None:
     deadline = Watchdog(0.0, lambda: now[0], timers, {4242: worker}, request_timeout=2.0)  # type: ignore[arg-type]
     deadline.start()
     assert [delay for delay, _ in timers.pending] == [2.0]  # nothing runs: one deadline from now
-    worker.request_clock.label(b"GET", b"/slow")
-    worker.request_clock._stamp[0] = 999.0  # type: ignore[index]  # began a second ago
+    worker.pages.request_clock.label(b"GET", b"/slow")
+    worker.pages.request_clock._stamp[0] = 999.0  # type: ignore[index]  # began a second ago
     timers.run()
     assert worker.signals == []
     assert [delay for delay, _ in timers.pending] == [1.0]  # woken again just when it reaches the deadline
