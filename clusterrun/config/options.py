@@ -524,7 +524,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", ("--threads",), "WSGI only: 1 calls the app on the event loop, one request at a time "
            "(gunicorn sync); N runs it in a pool of N threads (gunicorn gthread); default 1",
            _int_at_least(1, "--threads"), "N"),
-    Option("interface", ("--interface",), "app interface: auto (detect), wsgi or asgi; default auto",
+    Option("interface", ("--interface",), "app interface: auto (detect in each worker), wsgi or asgi; default auto. "
+           "With auto and no --preload an ASGI app's first workers each import uvicorn after the fork, since a "
+           "WSGI worker never carries it; asgi has the primary import it once, before forking",
            _choice("--interface", INTERFACES), "KIND", choices=INTERFACES),
     Option("factory", ("--factory",), "APP names a zero-argument factory that returns the app", _switch("--factory"),
            switch=True),
