@@ -275,7 +275,7 @@ def header(settings: Settings, python_version: str, python: str, versions: dict[
 
 
 def source_state() -> str:
-    """The checkout the editable clusterrun runs from: results can only be compared for the same code."""
+    """The checkout clusterrun is installed from: results can only be compared for the same code."""
     try:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
