@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from clusterrun.adapters.entry import SelectorLoop
@@ -79,11 +80,15 @@ def test_an_async_message_callback_on_the_inline_engine_runs_to_its_end() -> Non
     assert done == [1]
 
 
-def test_the_inline_path_imports_no_uvicorn_nor_asyncio() -> None:
+def test_the_inline_path_imports_no_uvicorn_nor_asyncio(tmp_path: Path) -> None:
     # What a worker on the inline engine imports, in a fresh interpreter: the entry, the runtime, the inline
     # serving and the engine itself. The e2e tests above see the whole worker; this names the modules to look at.
+    # Run away from the checkout: `python -c` puts the current folder first on sys.path, and at the checkout's
+    # root its clusterrun/ source folder (which holds no clusterrun.adapters) would shadow the installed package.
     code = ("import sys, clusterrun.adapters.entry, clusterrun.worker.runtime, clusterrun.worker.inline_serving, "
             "clusterrun.adapters.engine.server; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('uvicorn', 'asyncio')))")
-    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=DEADLINE, check=True)
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=DEADLINE,
+                           check=False, cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]", found.stdout
