@@ -1,4 +1,4 @@
-"""A small event loop over ``selectors``, with no asyncio anywhere: the inline WSGI engine's thread runs it.
+"""A small event loop over epoll, with no asyncio anywhere: the inline WSGI engine's thread runs it.
 
 It offers the part of asyncio's loop API that a worker's runtime uses, with the same signatures, so that the
 runtime drives either an asyncio loop (ASGI, ``--threads N``) or this one (inline WSGI): readers and writers
@@ -9,7 +9,7 @@ Python-level handler only records the signal, the loop runs the callback), ``run
 
 Why not asyncio: an app called on a thread where an asyncio loop runs sees it (Django's ORM refuses to run,
 ``asyncio.run()`` in a view fails), and asyncio's transports, protocols and tasks cost a WSGI request 2-3x
-what a plain ``selectors`` loop does (measured, DESIGN.md "Where WSGI speed comes from").
+what a plain epoll loop does (measured, DESIGN.md "Where WSGI speed comes from").
 
 A callback that raises is logged and the loop goes on, as asyncio does.
 """
@@ -20,7 +20,7 @@ import contextlib
 import heapq
 import logging
 import os
-import selectors
+import select
 import signal
 import threading
 import time
@@ -69,11 +69,20 @@ class TimerHandle(Handle):
 
 
 class SelectorLoop:
-    """One thread's loop: descriptors in a selector, timers in a heap, a self-pipe for other threads."""
+    """One thread's loop: descriptors in epoll (poll where there is none), timers in a heap, a self-pipe for other
+    threads.
+
+    Straight on ``select.epoll`` rather than through ``selectors``: the selector's key objects, its mapping back
+    from descriptors and its event translation cost each ready descriptor about a microsecond of Python, and each
+    request of a keep-alive connection is one. A descriptor's callbacks run as its events are read, without a
+    queue: a callback that closes another descriptor also removes its handles, so nothing runs for it after.
+    """
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self._watched: dict[int, tuple[Handle | None, Handle | None]] = {}
+        self._poller, self._poll = _poller()
+        self._readers: dict[int, Handle] = {}
+        self._writers: dict[int, Handle] = {}
+        self._masks: dict[int, int] = {}  # what each descriptor is registered for
         self._timers: list[TimerHandle] = []
         self._ready: deque[Handle] = deque()
         self._stopping = False
@@ -83,48 +92,63 @@ class SelectorLoop:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
-        self._selector.register(self._wake_read, selectors.EVENT_READ, (None, None))
+        self.add_reader(self._wake_read, self._on_wake)
 
-    # Descriptors. ``_watched`` maps a descriptor to its (reader handle or None, writer handle or None), the
-    # selector key's data too: asking it first makes removing what is not watched (a connection closing that
-    # never waited to write) a dict lookup, where the selector's get_key would raise and catch a KeyError.
+    # Descriptors: a handle per side in ``_readers`` and ``_writers``, the registered events in ``_masks``. Asking
+    # the dicts first makes removing what is not watched (a connection closing that never waited to write) a
+    # lookup.
 
     def add_reader(self, fd: Any, callback: Callback, *args: Any) -> None:
-        self._watch(fd, 0, Handle(callback, args))
+        self._watch(fd if type(fd) is int else fd.fileno(), self._readers, _IN, Handle(callback, args))
 
     def add_writer(self, fd: Any, callback: Callback, *args: Any) -> None:
-        self._watch(fd, 1, Handle(callback, args))
+        self._watch(fd if type(fd) is int else fd.fileno(), self._writers, _OUT, Handle(callback, args))
+
+    def add_listener(self, fd: Any, callback: Callback, *args: Any) -> None:
+        """Read ``fd``, a listening socket that other processes watch too, waking only one of them per event.
+
+        Workers sharing a listener would otherwise all wake for each new connection and all but one find nothing
+        to accept (EPOLLEXCLUSIVE, Linux 4.5+). Such a descriptor has a reader only: epoll cannot change it.
+        """
+        fd = fd if type(fd) is int else fd.fileno()
+        if fd in self._masks:
+            raise ValueError(f"descriptor {fd} is already watched: a listener is watched alone")
+        self._readers[fd] = Handle(callback, args)
+        self._poller.register(fd, _IN | _EXCLUSIVE)
+        self._masks[fd] = _IN | _EXCLUSIVE
 
     def remove_reader(self, fd: Any) -> bool:
-        return self._unwatch(fd, 0)
+        return self._unwatch(fd if type(fd) is int else fd.fileno(), self._readers, _IN)
 
     def remove_writer(self, fd: Any) -> bool:
-        return self._unwatch(fd, 1)
+        return self._unwatch(fd if type(fd) is int else fd.fileno(), self._writers, _OUT)
 
-    def _watch(self, fd: Any, side: int, handle: Handle) -> None:
-        fd = fd if type(fd) is int else fd.fileno()
-        pair = self._watched.get(fd)
-        if pair is None:
-            pair = (handle, None) if side == 0 else (None, handle)
-            self._selector.register(fd, selectors.EVENT_READ if side == 0 else selectors.EVENT_WRITE, pair)
+    def _watch(self, fd: int, handles: dict[int, Handle], event: int, handle: Handle) -> None:
+        old = handles.get(fd)
+        handles[fd] = handle
+        if old is not None:
+            old.cancelled = True  # replaced, as asyncio's loop does
+            return
+        mask = self._masks.get(fd, 0)
+        if mask:
+            self._poller.modify(fd, mask | event)
         else:
-            pair = (handle, pair[1]) if side == 0 else (pair[0], handle)
-            events = (selectors.EVENT_READ if pair[0] else 0) | (selectors.EVENT_WRITE if pair[1] else 0)
-            self._selector.modify(fd, events, pair)
-        self._watched[fd] = pair
+            self._poller.register(fd, event)
+        self._masks[fd] = mask | event
 
-    def _unwatch(self, fd: Any, side: int) -> bool:
-        fd = fd if type(fd) is int else fd.fileno()
-        pair = self._watched.get(fd)
-        if pair is None or pair[side] is None:
+    def _unwatch(self, fd: int, handles: dict[int, Handle], event: int) -> bool:
+        handle = handles.pop(fd, None)
+        if handle is None:
             return False
-        pair = (None, pair[1]) if side == 0 else (pair[0], None)
-        if pair == (None, None):
-            del self._watched[fd]
-            self._selector.unregister(fd)
+        handle.cancelled = True
+        mask = self._masks[fd] & ~(event | _EXCLUSIVE)
+        if mask:
+            self._masks[fd] = mask
+            self._poller.modify(fd, mask)
         else:
-            self._watched[fd] = pair
-            self._selector.modify(fd, selectors.EVENT_READ if pair[0] else selectors.EVENT_WRITE, pair)
+            del self._masks[fd]
+            with contextlib.suppress(OSError):  # already closed: the kernel dropped it from the set (selectors too)
+                self._poller.unregister(fd)
         return True
 
     # Time and callbacks.
@@ -209,20 +233,24 @@ class SelectorLoop:
             timeout = 0
         elif self._timers:
             timeout = max(0.0, self._timers[0].when - time.monotonic())
-        for key, mask in self._selector.select(timeout):
-            reader, writer = key.data
-            if key.fd == self._wake_read:
-                self._on_wake()
-                continue
-            if mask & selectors.EVENT_READ and reader is not None:
-                self._ready.append(reader)
-            if mask & selectors.EVENT_WRITE and writer is not None:
-                self._ready.append(writer)
-        timers, now = self._timers, time.monotonic()
-        while timers and timers[0].when <= now:
-            timer = heapq.heappop(timers)
-            if not timer.cancelled:
-                self._ready.append(timer)
+        readers, writers = self._readers, self._writers
+        for fd, events in self._poll(timeout):
+            # Errors and hang-ups wake both sides, as selectors reports them: the reads or writes then see them.
+            if events & _NOT_OUT:
+                handle = readers.get(fd)
+                if handle is not None:
+                    handle.run()
+            if events & _NOT_IN:
+                handle = writers.get(fd)
+                if handle is not None:
+                    handle.run()
+        timers = self._timers
+        if timers:
+            now = time.monotonic()
+            while timers and timers[0].when <= now:
+                timer = heapq.heappop(timers)
+                if not timer.cancelled:
+                    self._ready.append(timer)
         ready = self._ready
         for _ in range(len(ready)):  # what came in during this round waits for the next one
             handle = ready.popleft()
@@ -235,9 +263,41 @@ class SelectorLoop:
         if self._old_wakeup_fd is not None:
             signal.set_wakeup_fd(self._old_wakeup_fd)
             self._old_wakeup_fd = None
-        self._selector.close()
+        self._poller.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
+
+
+if hasattr(select, "epoll"):
+    _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+    _EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+    def _poller() -> tuple[Any, Callable[[float | None], list[tuple[int, int]]]]:
+        poller = select.epoll()
+        return poller, poller.poll  # seconds; None waits
+
+else:  # no epoll (not Linux): poll(2), which has the same event bits and wants milliseconds
+    _IN, _OUT, _EXCLUSIVE = select.POLLIN, select.POLLOUT, 0
+
+    class _Poll:
+        """poll(2) with epoll's methods."""
+
+        def __init__(self) -> None:
+            self._poll = select.poll()
+            self.register, self.modify, self.unregister = self._poll.register, self._poll.modify, self._poll.unregister
+
+        def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+            return self._poll.poll(None if timeout is None else timeout * 1000)
+
+        def close(self) -> None:
+            pass
+
+    def _poller() -> tuple[Any, Callable[[float | None], list[tuple[int, int]]]]:
+        poller = _Poll()
+        return poller, poller.poll
+
+
+_NOT_OUT, _NOT_IN = ~_OUT, ~_IN
 
 
 def _record_signal(signum: int, frame: FrameType | None) -> None:

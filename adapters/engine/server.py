@@ -141,7 +141,7 @@ class WSGIEngine:
 
     def _watch_listener(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
         if listener in self.listeners:  # not closed by a drain while it rested
-            self.loop.add_reader(listener.fileno(), self._accept, listener, kind, local)
+            self.loop.add_listener(listener.fileno(), self._accept, listener, kind, local)
 
     def _accept(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
         """Accept and serve; again at once while each connection was answered and closed right away.
