@@ -47,7 +47,7 @@ import report
 import sections
 from loadgen import LoadGenerator, LoadResult, LoadSpec, PythonClient, pick
 from quiet import Patience
-from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps
+from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps, with_default
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -336,13 +336,25 @@ class Setup:
     versions: dict[str, str | None]
     pairs: list[tuple[App, Server]]
     notes: list[str]
+    baseline: str  # the server key of clusterrun's default policy: the ratio columns divide by its figures
+
+
+def read_default_policy(python: str, notes: list[str]) -> str:
+    """clusterrun's default --policy in the servers' interpreter; rr, with a note, when it cannot be read."""
+    try:
+        return benchenv.default_policy(python, APPS_DIR)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        notes.append(f"{exc}; the ratio columns divide by clusterrun rr")
+        return "rr"
 
 
 def prepare(args: argparse.Namespace) -> Setup:
     """The servers' interpreter (installing into bench/.venv unless --no-install) and what can run in it."""
     python = sys.executable if args.no_install else str(benchenv.ensure_venv(args.venv, REPO))
     python_version, versions = benchenv.probe(python, benchenv.REPORTED, APPS_DIR)
-    servers, notes = select(args.servers, SERVERS), []
+    notes: list[str] = []
+    policy = read_default_policy(python, notes) if versions.get("clusterrun") else "rr"
+    servers = select(args.servers, with_default(SERVERS, policy))
     if versions.get("clusterrun") and any(s.family == "clusterrun" for s in servers):
         if benchenv.clusterrun_has(python, "--preload", APPS_DIR):
             servers = (*servers, PRELOAD)
@@ -351,7 +363,7 @@ def prepare(args: argparse.Namespace) -> Setup:
     pairs = plan(select_apps(args.apps), servers, versions, notes)
     if any(server.key == "uwsgi" for _, server in pairs) and "keep-alive" in args.modes:
         notes.append(UWSGI_KEEPALIVE)
-    return Setup(python, python_version, versions, pairs, notes)
+    return Setup(python, python_version, versions, pairs, notes, f"clusterrun-{policy}")
 
 
 # Measured on uWSGI 2.0.30, --http11-socket, 2 workers, 64 keep-alive connections: p50 0.07 ms, and the other 62
@@ -410,17 +422,20 @@ def main(argv: Sequence[str]) -> int:
                             ceilings, setup.notes)
 
     goals = report.check_goals(trials, setup.pairs, settings.modes)
+    cpu_goals = report.check_cpu_goals(trials, setup.pairs, settings.modes, setup.baseline)
     took = time.monotonic() - began
     meta = {
         "mode": settings.mode,
-        "header": header(settings, setup.python_version, setup.python, setup.versions, client, client_note, took),
+        "header": header(settings, setup.python_version, setup.python, setup.versions, client, client_note, took)
+        | {"clusterrun default policy": setup.baseline.removeprefix("clusterrun-")},
         "notes": [*setup.notes, disturbance_note(trials, patience)],
         "commands": command_lines(setup.pairs, setup.python, settings.workers, uvloop),
         "settings": asdict(settings),
     }
-    text = report.markdown(meta, trials, setup.pairs, settings.modes, goals, ceilings, settings.workers)
+    text = report.markdown(meta, trials, setup.pairs, settings.modes, goals, ceilings, settings.workers,
+                           setup.baseline, cpu_goals)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{settings.mode}"
-    written = write_results(args.out, stamp, text, report.as_json(meta, trials, goals, ceilings),
+    written = write_results(args.out, stamp, text, report.as_json(meta, trials, goals, ceilings, cpu_goals),
                             latest_name(args, settings))
     print(text)
     print(f"bench: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
