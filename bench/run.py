@@ -8,6 +8,7 @@
     python bench/run.py --section least-conn # issue 12: open-loop p99 per policy, 10% slow requests, about 1 minute
     python bench/run.py --section handover   # issue 12: what one primary hands over per CPU second, under a minute
     python bench/run.py --section metrics --quick  # issue 13: what --metrics costs; status calls under load, <1 min
+    python bench/run.py --section syscalls   # issue 24: system calls per request of one worker, by strace, <1 min
 
 Each round starts every server once per app (in a rotated order, so that drift of
 the machine spreads over all servers instead of favouring the first), waits for
@@ -45,6 +46,7 @@ import procs
 import reload
 import report
 import sections
+import syscalls
 from loadgen import LoadGenerator, LoadResult, LoadSpec, PythonClient, pick
 from quiet import Patience
 from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps, with_default
@@ -52,7 +54,7 @@ from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps, 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 APPS_DIR = BENCH / "apps"
-SECTIONS = ("main", "policies", "reload", "least-conn", "handover", "metrics")
+SECTIONS = ("main", "policies", "reload", "least-conn", "handover", "metrics", "syscalls")
 READY_TIMEOUT = 60.0  # uvicorn and hypercorn spawn fresh interpreters: slow on a loaded 2-core machine
 STOP_TIMEOUT = 15.0
 CEILING_S = 1.0  # at most, per in-process ceiling: a rate of calls per CPU second settles well within it
@@ -78,7 +80,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              " and respawn time after SIGKILL (issue 5); least-conn: p50/p99 per policy under an"
                              " open-loop load where 10%% of requests sleep 100 ms; handover: connections one"
                              " primary hands over per CPU second under rr (issue 12); metrics: what --metrics costs"
-                             " per request, and status and /metrics calls during full load (issue 13)")
+                             " per request, and status and /metrics calls during full load (issue 13); syscalls: system"
+                             " calls per request of one worker, by strace, keep-alive and a new connection per"
+                             " request (issue 24)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 1 s runs, 0.5 s warm-up, no re-measuring, instead of 3 rounds of 3 s")
     parser.add_argument("--no-install", action="store_true",
@@ -452,7 +456,7 @@ def run_section(args: argparse.Namespace, began: float) -> int:
     # A smaller budget than the main bench's: each section is meant to stay under about 4 minutes.
     patience = Patience(args.patience if args.patience is not None else (0.0 if args.quick else 30.0))
     section = {"policies": policies.run, "reload": reload.run, "least-conn": leastconn.run,
-               "handover": handover.run, "metrics": metricscost.run}[args.section]
+               "handover": handover.run, "metrics": metricscost.run, "syscalls": syscalls.run}[args.section]
     with tempfile.TemporaryDirectory(prefix=f"clusterrun-bench-{args.section}-") as logs:
         ctx = sections.Context(python, versions, args.servers, args.apps, args.workers, args.quick, args.duration,
                                patience, client, client_note, Path(logs))
