@@ -77,3 +77,23 @@ def clusterrun_has(python: str, flag: str, cwd: Path) -> bool:
     out = subprocess.run([python, "-m", "clusterrun", "--help"], capture_output=True, text=True, timeout=60,
                          check=False, cwd=cwd)
     return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", out.stdout) is not None
+
+
+# The policy a user gets without --policy: the option table's Config default, read from the clusterrun the servers
+# run (not written here: it may change, as it did when issue 24 asked for a new default).
+_DEFAULT_POLICY = """
+import dataclasses
+from clusterrun.config.options import Config
+print(next(f.default for f in dataclasses.fields(Config) if f.name == "policy"))
+"""
+
+
+def default_policy(python: str, cwd: Path) -> str:
+    """clusterrun's default --policy in ``python``'s clusterrun; raises RuntimeError when it cannot be read."""
+    out = subprocess.run([python, "-c", _DEFAULT_POLICY], capture_output=True, text=True, timeout=60, check=False,
+                         cwd=cwd)
+    policy = out.stdout.strip()
+    if out.returncode != 0 or not re.fullmatch(r"[a-z][a-z-]*", policy):
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"cannot read clusterrun's default policy from {python}: {tail}")
+    return policy

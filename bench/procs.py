@@ -192,16 +192,31 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
+class SessionCpu:
+    """CPU seconds of a session's processes: user (the server's own code: Python, the app, a parser) and system
+    (the kernel working for it: sockets, polling, system calls), each as the kernel charges them."""
+
+    user_s: float
+    system_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.user_s + self.system_s
+
+
+@dataclass(frozen=True)
 class CpuSample:
     busy_s: float  # all cores, everything not idle, since boot
-    server_s: float  # the server's session: live processes and the children they reaped
+    server: SessionCpu  # the server's session: live processes and the children they reaped
     children_s: float  # this process's reaped children (the load generator, once it has finished)
 
 
 @dataclass(frozen=True)
 class CpuUse:
-    server_s: float  # CPU seconds the server used during the measurement
+    server_s: float  # CPU seconds the server used during the measurement (user + system)
     elsewhere_cores: float  # average cores busy with something else, kernel time not charged to a process included
+    user_s: float = 0.0  # of server_s: in user mode
+    system_s: float = 0.0  # of server_s: in the kernel, on the server's behalf
 
 
 def _busy_s() -> float:
@@ -212,13 +227,18 @@ def _busy_s() -> float:
     return 0.0
 
 
-def _session_cpu_s(sid: int) -> float:
-    total = 0
+def _session_cpu(sid: int) -> SessionCpu:
+    user = system = 0
     for pid in session_pids(sid):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-    return total / _TICK
+            utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+            user, system = user + utime + cutime, system + stime + cstime
+    return SessionCpu(user / _TICK, system / _TICK)
+
+
+def _session_cpu_s(sid: int) -> float:
+    return _session_cpu(sid).total_s
 
 
 def wait_idle(sid: int, timeout: float = 2.0, window: float = 0.05) -> bool:
@@ -239,12 +259,14 @@ def wait_idle(sid: int, timeout: float = 2.0, window: float = 0.05) -> bool:
 
 def cpu_sample(sid: int) -> CpuSample:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return CpuSample(_busy_s(), _session_cpu_s(sid), usage.ru_utime + usage.ru_stime)
+    return CpuSample(_busy_s(), _session_cpu(sid), usage.ru_utime + usage.ru_stime)
 
 
 def cpu_use(before: CpuSample, after: CpuSample, seconds: float, own_s: float) -> CpuUse:
     """``own_s``: CPU this process used meanwhile (the Python client runs in it; wrk is a reaped child)."""
-    server = after.server_s - before.server_s
+    user = after.server.user_s - before.server.user_s
+    system = after.server.system_s - before.server.system_s
+    server = user + system
     client = after.children_s - before.children_s + own_s
     elsewhere = (after.busy_s - before.busy_s) - server - client
-    return CpuUse(server, max(0.0, elsewhere) / seconds if seconds > 0 else 0.0)
+    return CpuUse(server, max(0.0, elsewhere) / seconds if seconds > 0 else 0.0, user, system)

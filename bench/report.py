@@ -16,7 +16,7 @@ from typing import Any
 from ceiling import Ceiling
 from loadgen import LoadResult
 from procs import DISTURBED_CORES, CpuUse, Memory
-from servers import BASELINE, SERVERS, App, Server
+from servers import ISSUE3_BASELINE, SERVERS, App, Server
 
 MODES = ("keep-alive", "close")
 CEILING_TITLE = "in-process ceiling"
@@ -46,6 +46,8 @@ class Row:
     p99_ms: float | None = None
     errors: int = 0
     cpu_us: float | None = None  # server CPU time per request, in microseconds
+    user_us: float | None = None  # of cpu_us: user mode
+    system_us: float | None = None  # of cpu_us: the kernel, on the server's behalf
     elsewhere_cores: float = 0.0  # the worst round
     failed: str | None = None
 
@@ -66,12 +68,26 @@ def load_row(trials: Sequence[Trial], server: Server, mode: str) -> Row:
         return Row(server, 0, len(trials), failed=failures[0].splitlines()[0] if failures else "not measured")
     results = [t.loads[mode] for t in measured]
     cpus = [t.cpu[mode] for t in measured if mode in t.cpu]
-    per_request = [c.server_s / r.requests * 1e6 for c, r in zip(cpus, results, strict=True) if r.requests]
+    cpu_us, user_us, system_us = median_split(
+        [(c.server_s / r.requests * 1e6, c.user_s / r.requests * 1e6, c.system_s / r.requests * 1e6)
+         for c, r in zip(cpus, results, strict=True) if r.requests])
     return Row(
         server, len(results), len(trials), statistics.median(r.rps for r in results),
         statistics.median(r.p50_ms for r in results), statistics.median(r.p99_ms for r in results),
-        sum(r.errors for r in results), _median(per_request), max((c.elsewhere_cores for c in cpus), default=0.0),
+        sum(r.errors for r in results), cpu_us, user_us, system_us,
+        max((c.elsewhere_cores for c in cpus), default=0.0),
     )
+
+
+def median_split(rounds: Sequence[tuple[float, float, float]]) -> tuple[float | None, float | None, float | None]:
+    """(total, user, system) of the round whose total is the median (the mean of the two middle rounds for an even
+    count): a median of each part on its own would not add up to the median total."""
+    if not rounds:
+        return None, None, None
+    ranked = sorted(rounds)
+    middle = ranked[(len(ranked) - 1) // 2: len(ranked) // 2 + 1]
+    total, user, system = (statistics.fmean(parts) for parts in zip(*middle, strict=True))
+    return total, user, system
 
 
 Pairs = Sequence[tuple[App, Server]]  # what was run: each app with each server that could serve it here
@@ -94,28 +110,35 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def load_table(rows: Sequence[Row], ceiling: Ceiling | None = None, workers: int = 1) -> list[str]:
+def load_table(rows: Sequence[Row], ceiling: Ceiling | None = None, workers: int = 1,
+               baseline: str = ISSUE3_BASELINE) -> list[str]:
     """The servers' rows, and the in-process ceiling's (ceiling.py) when measured: its rate per core times the
-    workers; each server's req/s over it is the ``vs ceiling`` column."""
-    base = next((r.rps for r in rows if r.server.key == BASELINE), None)
+    workers; each server's req/s over it is the ``vs ceiling`` column. ``baseline``: the server key the two
+    ``vs clusterrun`` columns divide by (clusterrun's default policy)."""
+    mine = next((r for r in rows if r.server.key == baseline), None)
+    base, base_cpu = (mine.rps, mine.cpu_us) if mine else (None, None)
+    named = baseline.replace("clusterrun-", "clusterrun ")
     top = ceiling.per_core * workers if ceiling and ceiling.per_core else None
-    lines = ["| server | req/s | p50 ms | p99 ms | errors | vs clusterrun rr | vs ceiling | server CPU µs/req |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"| server | req/s | p50 ms | p99 ms | errors | vs {named} | vs ceiling | server CPU µs/req | user µs/req"
+             f" | sys µs/req | CPU vs {named} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if r.rps is None:
-            lines.append(f"| {r.server.title} | failed: {r.failed} | | | | | | |")
+            lines.append(f"| {r.server.title} | failed: {r.failed} | | | | | | | | | |")
             continue
         ratio = f"{r.rps / base:.2f}x" if base else "-"
         mark = " †" if r.disturbed else ""
         # A median over fewer rounds than planned (the others failed: see Failures) says so.
         partial = f" ({r.rounds} of {r.planned} rounds)" if r.rounds < r.planned else ""
         cells = [f"{r.server.title}{partial}", f"{r.rps:,.0f}{mark}", _fmt(r.p50_ms, ".2f"), _fmt(r.p99_ms, ".2f"),
-                 str(r.errors), ratio, _share(r.rps / top) if top else "-", _fmt(r.cpu_us, ".0f")]
+                 str(r.errors), ratio, _share(r.rps / top) if top else "-", _fmt(r.cpu_us, ".0f"),
+                 _fmt(r.user_us, ".0f"), _fmt(r.system_us, ".0f"), _cpu_ratio(r.cpu_us, base_cpu)]
         lines.append(f"| {' | '.join(cells)} |")
     if ceiling and top:
         versus = f"{top / base:.2f}x" if base else "-"
+        own = 1e6 / ceiling.per_core
         lines.append(f"| {CEILING_TITLE} (1 core x {workers}) | {top:,.0f} | - | - | - | {versus} | 1.00x"
-                     f" | {1e6 / ceiling.per_core:.1f} |")
+                     f" | {own:.1f} | - | - | {_cpu_ratio(own, base_cpu)} |")
     if any(r.disturbed for r in rows):
         lines += ["", f"† more than {DISTURBED_CORES} cores were busy with other work during at least one round"]
     if ceiling and top:
@@ -124,6 +147,13 @@ def load_table(rows: Sequence[Row], ceiling: Ceiling | None = None, workers: int
                       " (median over rounds). Its CPU µs/req is the app's own cost. On this machine the load generator"
                       " shares the cores, so no server can reach it: compare the servers' fractions of it."]
     return lines
+
+
+def _cpu_ratio(cpu_us: float | None, base_us: float | None) -> str:
+    """A row's CPU per request over the baseline's: below 1.00x it costs less per request."""
+    if cpu_us is None or not base_us:
+        return "-"
+    return _share(cpu_us / base_us)
 
 
 def _share(ratio: float) -> str:
@@ -186,7 +216,7 @@ def _goal_line(trials: Sequence[Trial], servers: dict[str, Server], goal: Goal, 
     def row(key: str) -> Row | None:
         return load_row(trials_of(trials, app, key), servers[key], mode) if key in servers else None
 
-    mine, other = row(BASELINE), row(goal.versus)
+    mine, other = row(ISSUE3_BASELINE), row(goal.versus)
     ours, theirs = (mine.rps if mine else None), (other.rps if other else None)
     title = next((s.title for s in SERVERS if s.key == goal.versus), goal.versus)
     where = f"{app.title}, {mode}"
@@ -203,6 +233,86 @@ def _goal_line(trials: Sequence[Trial], servers: dict[str, Server], goal: Goal, 
     return f"{verdict}  {text}, target >= {goal.minimum:.1f}x"
 
 
+# Targets of issue 24: server CPU per request of clusterrun's default policy against the fastest peer of each row.
+
+
+@dataclass(frozen=True)
+class CpuGoal:
+    app: str
+    mode: str
+    versus: str  # server key: the peer that this row measures (uWSGI's keep-alive and close are two servers)
+    maximum: float  # clusterrun's CPU per request over the peer's, at most
+
+
+CPU_GOALS = (
+    CpuGoal("wsgi", "keep-alive", "granian", 0.80),
+    CpuGoal("wsgi", "close", "uwsgi-close", 1.0),
+    CpuGoal("flask", "keep-alive", "uwsgi", 1.0),
+    CpuGoal("flask", "close", "uwsgi-close", 1.0),
+)
+CPU_INFO_APPS = ("starlette",)  # figures only: issue 24 asks that they get no worse, against no fixed figure
+
+
+def check_cpu_goals(trials: Sequence[Trial], pairs: Pairs, modes: Sequence[str], baseline: str) -> list[str]:
+    """One PASS/FAIL/SKIP line per goal whose app and mode this run measured, then INFO lines for the Starlette
+    rows; ``baseline``: clusterrun's default policy's server key."""
+    run_apps = {a.key: a for a in apps_of(pairs)}
+    lines = []
+    for goal in CPU_GOALS:
+        app = run_apps.get(goal.app)
+        if app is not None and goal.mode in modes:
+            lines.append(_cpu_goal_line(trials, pairs, app, goal, baseline))
+    for key in CPU_INFO_APPS:
+        if key in run_apps:
+            lines += [_cpu_info_line(trials, pairs, run_apps[key], mode, baseline) for mode in modes]
+    return lines
+
+
+def _cpu_row(trials: Sequence[Trial], pairs: Pairs, app: App, key: str, mode: str) -> Row | None:
+    server = next((s for a, s in pairs if a is app and s.key == key and mode in s.modes and s.load), None)
+    if server is None:
+        return None
+    row = load_row(trials_of(trials, app, key), server, mode)
+    return row if row.cpu_us is not None else None
+
+
+def _cpu_figure(row: Row) -> str:
+    return f"{_fmt(row.cpu_us, '.0f')} µs/req (user {_fmt(row.user_us, '.0f')} + sys {_fmt(row.system_us, '.0f')})"
+
+
+def _cpu_goal_line(trials: Sequence[Trial], pairs: Pairs, app: App, goal: CpuGoal, baseline: str) -> str:
+    mine, other = (_cpu_row(trials, pairs, app, key, goal.mode) for key in (baseline, goal.versus))
+    named = baseline.replace("clusterrun-", "clusterrun ")
+    title = next((s.title for s in SERVERS if s.key == goal.versus), goal.versus)
+    where = f"{app.title}, {goal.mode}"
+    if mine is None or other is None or not other.cpu_us:
+        return f"SKIP  {where}: {named if mine is None else title} not measured"
+    assert mine.cpu_us is not None
+    ratio = mine.cpu_us / other.cpu_us
+    text = (f"{where}: {named} (the default) {_cpu_figure(mine)} = {ratio:.2f}x {title}'s {_cpu_figure(other)},"
+            f" target <= {goal.maximum:.2f}x")
+    if ratio > goal.maximum:
+        text += f": {mine.cpu_us - goal.maximum * other.cpu_us:.0f} µs/req over"
+    if mine.disturbed or other.disturbed:
+        text += " [disturbed by other jobs]"
+    return f"{'PASS' if ratio <= goal.maximum else 'FAIL'}  {text}"
+
+
+def _cpu_info_line(trials: Sequence[Trial], pairs: Pairs, app: App, mode: str, baseline: str) -> str:
+    named = baseline.replace("clusterrun-", "clusterrun ")
+    where = f"{app.title}, {mode}"
+    mine = _cpu_row(trials, pairs, app, baseline, mode)
+    if mine is None or not mine.cpu_us:
+        return f"SKIP  {where}: {named} not measured"
+    others = [row for a, s in pairs if a is app and s.key != baseline
+              if (row := _cpu_row(trials, pairs, app, s.key, mode)) is not None and row.cpu_us]
+    versus = "; ".join(f"{r.server.title} {r.cpu_us:.0f} ({mine.cpu_us / r.cpu_us:.2f}x)" for r in others
+                       if r.cpu_us)
+    disturbed = " [disturbed by other jobs]" if mine.disturbed or any(r.disturbed for r in others) else ""
+    return (f"INFO  {where}: {named} (the default) {_cpu_figure(mine)}"
+            f"{'; ours over theirs: ' + versus if versus else ''}, no target{disturbed}")
+
+
 def median_ceiling(ceilings: Sequence[Ceiling]) -> Ceiling | None:
     """The round whose rate per core is the median (a median of the rates, kept as one measurement)."""
     if not ceilings:
@@ -212,7 +322,10 @@ def median_ceiling(ceilings: Sequence[Ceiling]) -> Ceiling | None:
 
 
 def markdown(meta: dict[str, Any], trials: Sequence[Trial], pairs: Pairs, modes: Sequence[str],
-             goals: Sequence[str], ceilings: dict[str, list[Ceiling]] | None = None, workers: int = 1) -> str:
+             goals: Sequence[str], ceilings: dict[str, list[Ceiling]] | None = None, workers: int = 1,
+             baseline: str = ISSUE3_BASELINE, cpu_goals: Sequence[str] = ()) -> str:
+    """``baseline``: the server key of clusterrun's default policy; ``goals``, ``cpu_goals``: the target lines of
+    issues 3 and 24."""
     out = [f"# clusterrun benchmark ({meta['mode']})", ""]
     out += [f"- {name}: {value}" for name, value in meta["header"].items()]
     out += [f"- note: {note}" for note in meta["notes"]]
@@ -221,10 +334,13 @@ def markdown(meta: dict[str, Any], trials: Sequence[Trial], pairs: Pairs, modes:
             rows = rows_for(trials, pairs, app, mode)
             if rows:
                 top = median_ceiling((ceilings or {}).get(app.key, []))
-                out += ["", f"## {app.title}, {mode}", "", *load_table(rows, top, workers)]
+                out += ["", f"## {app.title}, {mode}", "", *load_table(rows, top, workers, baseline)]
     out += ["", "## Memory after warm-up and start-up time (medians over rounds)", "",
             *memory_table(trials, pairs)]
     out += ["", "## Targets (issue 3)", "", "```", *goals, "```"]
+    out += ["", "## Targets (issue 24)", "",
+            "Server CPU per request (user + system, whole process tree), medians over rounds, of clusterrun's"
+            " default policy against the peer each row measures.", "", "```", *cpu_goals, "```"]
     failed = [t for t in trials if t.error]
     if failed:
         out += ["", "## Failures", ""]
@@ -236,7 +352,8 @@ def markdown(meta: dict[str, Any], trials: Sequence[Trial], pairs: Pairs, modes:
 
 
 def as_json(meta: dict[str, Any], trials: Sequence[Trial], goals: Sequence[str],
-            ceilings: dict[str, list[Ceiling]] | None = None) -> dict[str, Any]:
+            ceilings: dict[str, list[Ceiling]] | None = None, cpu_goals: Sequence[str] = ()) -> dict[str, Any]:
     """``ceilings``: per app, each round's in-process measurement (calls, CPU seconds)."""
     per_app = {app: [asdict(c) | {"per_core": c.per_core} for c in found] for app, found in (ceilings or {}).items()}
-    return {"meta": meta, "targets": goals, "trials": [asdict(t) for t in trials], "ceilings": per_app}
+    return {"meta": meta, "targets": goals, "targets_issue24": list(cpu_goals), "trials": [asdict(t) for t in trials],
+            "ceilings": per_app}

@@ -8,6 +8,7 @@
     python bench/run.py --section least-conn # issue 12: open-loop p99 per policy, 10% slow requests, about 1 minute
     python bench/run.py --section handover   # issue 12: what one primary hands over per CPU second, under a minute
     python bench/run.py --section metrics --quick  # issue 13: what --metrics costs; status calls under load, <1 min
+    python bench/run.py --section syscalls   # issue 24: system calls per request of one worker, by strace, <1 min
 
 Each round starts every server once per app (in a rotated order, so that drift of
 the machine spreads over all servers instead of favouring the first), waits for
@@ -45,14 +46,15 @@ import procs
 import reload
 import report
 import sections
+import syscalls
 from loadgen import LoadGenerator, LoadResult, LoadSpec, PythonClient, pick
 from quiet import Patience
-from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps
+from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps, with_default
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 APPS_DIR = BENCH / "apps"
-SECTIONS = ("main", "policies", "reload", "least-conn", "handover", "metrics")
+SECTIONS = ("main", "policies", "reload", "least-conn", "handover", "metrics", "syscalls")
 READY_TIMEOUT = 60.0  # uvicorn and hypercorn spawn fresh interpreters: slow on a loaded 2-core machine
 STOP_TIMEOUT = 15.0
 CEILING_S = 1.0  # at most, per in-process ceiling: a rate of calls per CPU second settles well within it
@@ -78,7 +80,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              " and respawn time after SIGKILL (issue 5); least-conn: p50/p99 per policy under an"
                              " open-loop load where 10%% of requests sleep 100 ms; handover: connections one"
                              " primary hands over per CPU second under rr (issue 12); metrics: what --metrics costs"
-                             " per request, and status and /metrics calls during full load (issue 13)")
+                             " per request, and status and /metrics calls during full load (issue 13); syscalls: system"
+                             " calls per request of one worker, by strace, keep-alive and a new connection per"
+                             " request (issue 24)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 1 s runs, 0.5 s warm-up, no re-measuring, instead of 3 rounds of 3 s")
     parser.add_argument("--no-install", action="store_true",
@@ -336,13 +340,25 @@ class Setup:
     versions: dict[str, str | None]
     pairs: list[tuple[App, Server]]
     notes: list[str]
+    baseline: str  # the server key of clusterrun's default policy: the ratio columns divide by its figures
+
+
+def read_default_policy(python: str, notes: list[str]) -> str:
+    """clusterrun's default --policy in the servers' interpreter; rr, with a note, when it cannot be read."""
+    try:
+        return benchenv.default_policy(python, APPS_DIR)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        notes.append(f"{exc}; the ratio columns divide by clusterrun rr")
+        return "rr"
 
 
 def prepare(args: argparse.Namespace) -> Setup:
     """The servers' interpreter (installing into bench/.venv unless --no-install) and what can run in it."""
     python = sys.executable if args.no_install else str(benchenv.ensure_venv(args.venv, REPO))
     python_version, versions = benchenv.probe(python, benchenv.REPORTED, APPS_DIR)
-    servers, notes = select(args.servers, SERVERS), []
+    notes: list[str] = []
+    policy = read_default_policy(python, notes) if versions.get("clusterrun") else "rr"
+    servers = select(args.servers, with_default(SERVERS, policy))
     if versions.get("clusterrun") and any(s.family == "clusterrun" for s in servers):
         if benchenv.clusterrun_has(python, "--preload", APPS_DIR):
             servers = (*servers, PRELOAD)
@@ -351,7 +367,7 @@ def prepare(args: argparse.Namespace) -> Setup:
     pairs = plan(select_apps(args.apps), servers, versions, notes)
     if any(server.key == "uwsgi" for _, server in pairs) and "keep-alive" in args.modes:
         notes.append(UWSGI_KEEPALIVE)
-    return Setup(python, python_version, versions, pairs, notes)
+    return Setup(python, python_version, versions, pairs, notes, f"clusterrun-{policy}")
 
 
 # Measured on uWSGI 2.0.30, --http11-socket, 2 workers, 64 keep-alive connections: p50 0.07 ms, and the other 62
@@ -410,17 +426,20 @@ def main(argv: Sequence[str]) -> int:
                             ceilings, setup.notes)
 
     goals = report.check_goals(trials, setup.pairs, settings.modes)
+    cpu_goals = report.check_cpu_goals(trials, setup.pairs, settings.modes, setup.baseline)
     took = time.monotonic() - began
     meta = {
         "mode": settings.mode,
-        "header": header(settings, setup.python_version, setup.python, setup.versions, client, client_note, took),
+        "header": header(settings, setup.python_version, setup.python, setup.versions, client, client_note, took)
+        | {"clusterrun default policy": setup.baseline.removeprefix("clusterrun-")},
         "notes": [*setup.notes, disturbance_note(trials, patience)],
         "commands": command_lines(setup.pairs, setup.python, settings.workers, uvloop),
         "settings": asdict(settings),
     }
-    text = report.markdown(meta, trials, setup.pairs, settings.modes, goals, ceilings, settings.workers)
+    text = report.markdown(meta, trials, setup.pairs, settings.modes, goals, ceilings, settings.workers,
+                           setup.baseline, cpu_goals)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{settings.mode}"
-    written = write_results(args.out, stamp, text, report.as_json(meta, trials, goals, ceilings),
+    written = write_results(args.out, stamp, text, report.as_json(meta, trials, goals, ceilings, cpu_goals),
                             latest_name(args, settings))
     print(text)
     print(f"bench: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
@@ -437,7 +456,7 @@ def run_section(args: argparse.Namespace, began: float) -> int:
     # A smaller budget than the main bench's: each section is meant to stay under about 4 minutes.
     patience = Patience(args.patience if args.patience is not None else (0.0 if args.quick else 30.0))
     section = {"policies": policies.run, "reload": reload.run, "least-conn": leastconn.run,
-               "handover": handover.run, "metrics": metricscost.run}[args.section]
+               "handover": handover.run, "metrics": metricscost.run, "syscalls": syscalls.run}[args.section]
     with tempfile.TemporaryDirectory(prefix=f"clusterrun-bench-{args.section}-") as logs:
         ctx = sections.Context(python, versions, args.servers, args.apps, args.workers, args.quick, args.duration,
                                patience, client, client_note, Path(logs))

@@ -134,9 +134,16 @@ BOTH = frozenset({"asgi", "wsgi"})
 ASGI = frozenset({"asgi"})
 WSGI = frozenset({"wsgi"})
 
+
+def clusterrun_server(policy: str) -> Server:
+    """clusterrun with ``--policy policy``, WSGI inline; its key is ``clusterrun-POLICY``."""
+    return Server(f"clusterrun-{policy}", "clusterrun", f"clusterrun {policy}", BOTH, ("clusterrun",),
+                  _clusterrun(policy))
+
+
 SERVERS: tuple[Server, ...] = (
-    Server("clusterrun-rr", "clusterrun", "clusterrun rr", BOTH, ("clusterrun",), _clusterrun("rr")),
-    Server("clusterrun-shared", "clusterrun", "clusterrun shared", BOTH, ("clusterrun",), _clusterrun("shared")),
+    clusterrun_server("rr"),
+    clusterrun_server("shared"),
     Server("uvicorn", "uvicorn", "uvicorn --workers", BOTH, ("uvicorn",), _uvicorn),
     Server("gunicorn-sync", "gunicorn", "gunicorn sync", WSGI, ("gunicorn",), _gunicorn("--worker-class", "sync")),
     Server("gunicorn-gthread", "gunicorn", "gunicorn gthread 4", WSGI, ("gunicorn",),
@@ -155,7 +162,15 @@ SERVERS: tuple[Server, ...] = (
 PRELOAD = Server("clusterrun-rr-preload", "clusterrun", "clusterrun rr --preload", BOTH, ("clusterrun",),
                  _clusterrun("rr", "--preload"), load=False)
 
-BASELINE = "clusterrun-rr"  # the ratio column divides by this server's req/s
+ISSUE3_BASELINE = "clusterrun-rr"  # issue 3's targets were set for rr, the default then
+
+
+def with_default(catalogue: tuple[Server, ...], policy: str) -> tuple[Server, ...]:
+    """The catalogue, and clusterrun on its default policy first among clusterrun's servers when the catalogue has
+    no server for it (the ratio columns and issue 24's targets divide by that server's figures)."""
+    if any(s.key == f"clusterrun-{policy}" for s in catalogue):
+        return catalogue
+    return (clusterrun_server(policy), *catalogue)
 
 
 def select(keys: str | None, catalogue: tuple[Server, ...]) -> tuple[Server, ...]:

@@ -6,14 +6,19 @@ is installed: ``--no-install`` runs clusterrun from the interpreter running the 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from clusterrun.config.options import Config
 
 from helpers import ROOT
 
@@ -34,13 +39,19 @@ def _loopback_works() -> bool:
     return True
 
 
+def _default_policy() -> str:
+    """The policy clusterrun uses without --policy: the bench divides its ratios by this server's figures."""
+    return str(next(f.default for f in dataclasses.fields(Config) if f.name == "policy"))
+
+
 def test_quick_bench_writes_a_table_with_a_clusterrun_row(tmp_path: Path) -> None:
     if not shutil.which("wrk") and not _loopback_works():
         pytest.skip("no load generator can run: wrk is not on PATH and no TCP socket can be opened on 127.0.0.1")
     out = tmp_path / "results"
+    default = f"clusterrun {_default_policy()}"
     proc = subprocess.run(
-        [sys.executable, str(RUN), "--quick", "--no-install", "--servers", "clusterrun-rr", "--apps", "asgi",
-         "--duration", "1", "--warmup", "1", "--patience", "0", "--out", str(out),
+        [sys.executable, str(RUN), "--quick", "--no-install", "--servers", default.replace(" ", "-"),
+         "--apps", "asgi,wsgi", "--duration", "1", "--warmup", "1", "--patience", "0", "--out", str(out),
          "--venv", str(tmp_path / "unused-venv")],
         cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )
@@ -51,8 +62,18 @@ def test_quick_bench_writes_a_table_with_a_clusterrun_row(tmp_path: Path) -> Non
     assert not (out / "latest.md").exists(), "a filtered run must not replace the committed latest.md"
     text = tables[0].read_text()
     # A measured row: a req/s figure after the server name, not "failed: ..." (the numbers themselves vary).
-    assert re.search(r"^\| clusterrun rr \| [\d,]+ ", text, re.MULTILINE), text
+    assert re.search(rf"^\| {default} \| [\d,]+ ", text, re.MULTILINE), text
     assert "## raw ASGI hello, keep-alive" in text and "## raw ASGI hello, close" in text, text
+    # Server CPU per request, split into user and system, and over the default policy's (its own row: 1.00x).
+    assert (f"| server CPU µs/req | user µs/req | sys µs/req | CPU vs {default} |") in text, text
+    cells = re.search(rf"^\| {default} \| [\d,]+ .*\| (\d+) \| (\d+) \| (\d+) \| (\S+) \|$", text, re.MULTILINE)
+    assert cells, text
+    total, user, system = (int(v) for v in cells.groups()[:3])
+    assert cells.group(4) == "1.00x" and total > 0 and abs(total - (user + system)) <= 1, text
+    # Issue 24's targets name the peer they need; none ran here, so each line says what was not measured.
+    targets = text.split("## Targets (issue 24)", 1)[1].split("## Server commands", 1)[0]
+    assert "SKIP  raw WSGI hello, keep-alive: granian not measured" in targets, targets
+    assert "SKIP  raw WSGI hello, close: uWSGI http-socket not measured" in targets, targets
 
 
 def test_policies_and_reload_sections_write_their_tables(tmp_path: Path) -> None:
@@ -76,3 +97,55 @@ def test_policies_and_reload_sections_write_their_tables(tmp_path: Path) -> None
         # A measured row (a number after the server name), not "failed: ...": the numbers themselves vary.
         assert re.search(r"^\| clusterrun rr \| (complete|[\d,]+)", text, re.MULTILINE), text
     assert not list(out.glob("latest*")), "a filtered run must not replace the committed latest-*.md"
+
+
+def _strace_can_attach() -> str | None:
+    """Why strace cannot count another process's calls here (not installed, ptrace not allowed), or None."""
+    if not shutil.which("strace"):
+        return "strace is not on PATH"
+    target = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], stdin=subprocess.DEVNULL)
+    tracer = subprocess.Popen(["strace", "-q", "-o", "/dev/null", "-p", str(target.pid)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and tracer.poll() is None:
+            status = Path(f"/proc/{target.pid}/status").read_text()
+            if f"TracerPid:\t{tracer.pid}\n" in status:
+                return None
+            time.sleep(0.01)
+        return "strace could not attach to another process here"
+    finally:
+        for proc in (tracer, target):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        if tracer.stderr:
+            tracer.stderr.close()
+
+
+def test_syscalls_section_writes_calls_per_request(tmp_path: Path) -> None:
+    """Issue 24's syscalls section, clusterrun's default policy alone, in quick mode: both loads have a table
+    whose total is a positive count per request, with the requests it was divided by."""
+    why = _strace_can_attach()
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "results"
+    default = f"clusterrun {_default_policy()}"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--section", "syscalls", "--quick", "--no-install", "--servers",
+         default.replace(" ", "-"), "--patience", "0", "--out", str(out), "--venv", str(tmp_path / "unused-venv")],
+        cwd=ROOT, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    tables = sorted(out.glob("*-syscalls-quick.md"))
+    assert len(tables) == 1, f"expected one syscalls table in {out}: {sorted(out.iterdir())}"
+    assert not list(out.glob("latest*")), "a filtered run must not replace the committed latest-syscalls.md"
+    text = tables[0].read_text()
+    for load in ("keep-alive", "a new connection per request"):
+        section = text.split(f"## raw WSGI hello, {load}: system calls per request of one worker", 1)
+        assert len(section) == 2, text
+        body = section[1].split("\n## ", 1)[0]
+        assert f"| system call | {default} |" in body, body
+        total = re.search(r"^\| \*\*total\*\* \| \*\*(\d+\.\d+)\*\* \|$", body, re.MULTILINE)
+        assert total and float(total.group(1)) > 0, body
+        assert re.search(r"^\| requests traced \| [1-9][\d,]*( †)? \|$", body, re.MULTILINE), body
