@@ -35,7 +35,7 @@ import httptools
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.deadline import TimedGate
 from clusterrun.adapters.engine.reactor import SelectorLoop
-from clusterrun.adapters.engine.respond import Framing, Response, SendFile, error_head, respond
+from clusterrun.adapters.engine.respond import Framing, Response, SendFile, call, error_head
 from clusterrun.adapters.limits import Exceeded, Limits, check_head, check_trailers, measure_head
 from clusterrun.adapters.methods import stand_in
 from clusterrun.adapters.wsgi_app import Environ, WSGIApp
@@ -135,6 +135,36 @@ class Connection:
     # takes no flags (TLS) is made non-blocking instead and sets this to 0.
     dontwait: int = socket.MSG_DONTWAIT
 
+    # The state every new connection starts in, as class attributes: a connection sets only what it changes,
+    # and one that lives for a single request (a new connection per request) changes little of it. Each is
+    # replaced on the instance, never changed in place, so none is shared between connections.
+    url = b""
+    parsing: Request | None = None  # the request whose body is being parsed
+    out: bytes | bytearray = b""  # written, not yet taken by the socket (a bytearray once something waits)
+    response: Response | None = None  # a response being written
+    framing: Framing | None = None
+    request: Request | None = None  # the request being answered on the loop
+    began = 0.0  # when its answer began (only measured for on_response)
+    file: SendFile | None = None  # a file being sent with sendfile
+    reading = False  # registered for reading
+    sent_before = nodelay = False  # a write happened; TCP_NODELAY is set
+    handed = False  # an upload thread owns the connection
+    closing = False  # close once the response in flight is out
+    closed = False
+    rejected = False  # refused: reading and dropping what still comes, then closing
+    admitted = False  # holds a place of --limit-concurrency (from its first request until it closes)
+    discarded = 0
+    framing_run = 0  # bytes of a body received since its last body data, chunk or trailer field
+    extension: bytes | None = None  # the method of the request being parsed, when the parser was shown GET
+    unparsed = b""  # received, not parsed yet: the queue was long (pipelining)
+    refusal: Refused | None = None  # what follows the queued requests was refused: said after them
+    head_size = 0  # bytes of the open request head so far
+    head_tail = b""
+    line_seen = False
+    idle_since: float | None = None  # kept alive with nothing going on since then
+    environ_keys: dict[str, str] | None = None  # its addresses as environ keys (adapters.engine.server)
+    proxied = False  # its peer is a trusted proxy (adapters.proxy), with environ_keys
+
     def __init__(self, engine: Engine, sock: socket.socket, peer: Any, local: Any) -> None:
         self.engine = engine
         self.sock = sock
@@ -142,32 +172,8 @@ class Connection:
         self.peer, self.local = peer, local  # addresses; None until asked (adopted connections)
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Request] = deque()
-        self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.parsing: Request | None = None  # the request whose body is being parsed
-        self.out = bytearray()  # written, not yet taken by the socket
-        self.response: Response | None = None  # a response being written
-        self.framing: Framing | None = None
-        self.request: Request | None = None  # the request being answered on the loop
-        self.began = 0.0  # when its answer began (only measured for on_response)
-        self.file: SendFile | None = None  # a file being sent with sendfile
-        self.reading = False  # registered for reading
-        self.sent_before = self.nodelay = False  # a write happened; TCP_NODELAY is set
-        self.handed = False  # an upload thread owns the connection
-        self.closing = False  # close once the response in flight is out
-        self.closed = False
-        self.rejected = False  # refused: reading and dropping what still comes, then closing
-        self.admitted = False  # holds a place of --limit-concurrency (from its first request until it closes)
-        self.discarded = 0
-        self.framing_run = 0  # bytes of a body received since its last body data, chunk or trailer field
-        self.extension: bytes | None = None  # the method of the request being parsed, when the parser was shown GET
-        self.unparsed = b""  # received, not parsed yet: the queue was long (pipelining)
-        self.refusal: Refused | None = None  # what follows the queued requests was refused: said after them
-        self.head_size = 0  # bytes of the open request head so far
-        self.head_tail = b""
-        self.line_seen = False
         self.head_since: float | None = engine.loop.time()  # the head clock: a fresh connection owes a head
-        self.idle_since: float | None = None  # kept alive with nothing going on since then
 
     # httptools' callbacks (called inside parser.feed_data).
 
@@ -408,14 +414,14 @@ class Connection:
                 return
             queue.popleft()
             answered += 1
-            self.answer(request)
-            if not self.pump():
+            if not self.answer(request):
                 return
         if not queue and self.response is None and not self.out and not self.handed:
             self.done()
 
-    def answer(self, request: Request) -> None:
-        """Call the app for ``request``; its response is then pumped."""
+    def answer(self, request: Request) -> bool:
+        """Call the app for ``request`` and write its response; True once it is all produced and written (the
+        caller takes the next request), False while it is held up or the connection closed."""
         engine = self.engine
         body = request.body
         stream = io.BytesIO(body[0] if len(body) == 1 else b"".join(body))
@@ -427,7 +433,14 @@ class Connection:
         engine.began()
         if engine.on_response is not None:
             self.began = time.perf_counter()
-        self.response = respond(engine.app, environ, framing)
+        with engine.gate:  # app code: one place at a time, also with an upload thread running app code
+            produced = call(engine.app, environ, framing)
+        if type(produced) is bytes:  # the whole response at once (a list or tuple body): one write, no generator
+            if produced and not self.write(produced):
+                return False
+            return self.finish()
+        self.response = produced  # type: ignore[assignment]
+        return self.pump()
 
     def pump(self) -> bool:
         """Write the response in flight, a few chunks per turn; pause where the socket is full.
@@ -463,7 +476,7 @@ class Connection:
     def write(self, data: bytes) -> bool:
         """Send ``data``, keeping what the socket does not take; False if the connection broke."""
         if self.out:
-            self.out += data
+            self.out += data  # a bytearray: grown in place
             return True
         if self.sent_before and not self.nodelay:
             self.no_delay()
@@ -476,7 +489,7 @@ class Connection:
             self.close()
             return False
         if sent < len(data):
-            self.out += data[sent:]
+            self.out = bytearray(data[sent:])
         return True
 
     def no_delay(self) -> None:
@@ -630,8 +643,10 @@ class Connection:
             return
         self.closed = True
         response, self.response = self.response, None
-        if response is not None:
+        if self.request is not None:  # a request being answered on the loop: its answer ends here
+            self.request = None
             self.engine.ended()
+        if response is not None:
             with self.engine.gate:
                 response.close()  # closes the app's iterable: app code
         loop = self.engine.loop

@@ -1,10 +1,11 @@
-"""One WSGI response as the bytes to write: a generator that calls the app and yields them, framed for HTTP/1.x.
+"""One WSGI response as the bytes to write, framed for HTTP/1.x: ``call`` calls the app and gives them.
 
-Whoever drives it (the inline engine's loop, or an upload's thread) runs each ``next()`` as app code (the
-app call, each step of its iterable, ``close()``) and writes what it yields: the head joined with the first
-body chunk (one send for a whole response), then each further chunk, framed as chunked transfer coding when
-the app gave no Content-Length on an HTTP/1.1 connection. Closing the generator (the client left, the drain
-cut the connection) closes the app's iterable.
+Most apps give their body as a list: ``call`` then returns the whole response, head and body, as one bytes
+object to write in one send. Any other iterable gets a generator: whoever drives it (the inline engine's loop)
+runs each ``next()`` as app code (each step of the iterable, ``close()``) and writes what it yields: the head
+joined with the first body chunk, then each further chunk, framed as chunked transfer coding when the app gave
+no Content-Length on an HTTP/1.1 connection. Closing the generator (the client left, the drain cut the
+connection) closes the app's iterable. ``respond`` is the same as one generator, for an upload's thread.
 
 ``Framing`` carries what the connection knows (HEAD, HTTP/1.0, keep-alive) in, and out what it must do after
 (keep the connection, or close it because the response had no length, said ``Connection: close``, or broke
@@ -23,7 +24,7 @@ from typing import Any
 from clusterrun.adapters.wsgi_app import Environ, Exchange, FileWrapper, WSGIApp, body_chunks, log_app_error
 from clusterrun.adapters.wsgi_input import ClientDisconnected
 
-__all__ = ["Framing", "Response", "SendFile", "error_head", "respond"]
+__all__ = ["Framing", "Response", "SendFile", "call", "error_head", "respond"]
 
 Response = Generator["bytes | SendFile", None, None]
 
@@ -103,29 +104,59 @@ def error_head(server_head: bytes, status: int, text: bytes, framing: Framing | 
             b"connection: close\r\n\r\n%s" % (status, _PHRASES[status], server_head, len(text), text))
 
 
-def respond(app: WSGIApp, environ: Environ, framing: Framing) -> Response:
-    """Call ``app`` and yield the bytes of its response; ``framing.keep_alive`` says after what comes next."""
+def call(app: WSGIApp, environ: Environ, framing: Framing) -> bytes | Response:
+    """Call ``app``: its whole response as bytes when it gave its body as a list or tuple (what most apps do:
+    nothing of the response is left to make, so no generator is made), else a generator of the bytes to come.
+    ``framing.keep_alive`` says after what comes next. App code: the caller holds the gate."""
     exchange = Exchange()
     try:
         result = app(environ, exchange.start_response)
+        if type(result) in (list, tuple) and not framing.head_only:
+            return _whole(exchange, result, framing)  # type: ignore[arg-type]
+    except ClientDisconnected:
+        framing.keep_alive = False  # the client left while the app read its body: nobody to answer
+        return b""
+    except Exception as exc:
+        return _failed(environ, exc, exchange, framing)
+    return _rest(environ, exchange, result, framing)
+
+
+def respond(app: WSGIApp, environ: Environ, framing: Framing) -> Response:
+    """The same as one generator, the app called at its first step (an upload's thread drives it so)."""
+    produced = call(app, environ, framing)
+    if type(produced) is bytes:
+        if produced:
+            yield produced
+    else:
+        yield from produced  # type: ignore[misc]
+
+
+def _rest(environ: Environ, exchange: Exchange, result: Iterable[bytes], framing: Framing) -> Response:
+    """The response of an app whose body is another iterable, made as the driver asks for it; closing the
+    generator closes the iterable."""
+    try:
         try:
-            if type(result) in (list, tuple) and not framing.head_only:
-                yield _whole(exchange, result, framing)  # type: ignore[arg-type]
-            elif not (type(result) is FileWrapper and (yield from _send_file(exchange, result, framing))):
+            if not (type(result) is FileWrapper and (yield from _send_file(exchange, result, framing))):
                 yield from _stream(exchange, result, framing)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
     except ClientDisconnected:
-        framing.keep_alive = False  # the client left while the app read its body: nobody to answer
+        framing.keep_alive = False
     except Exception as exc:
         # Only app code raises in here: the driver writes outside this generator, and its close() raises
         # GeneratorExit, which is no Exception.
-        log_app_error(environ, exc)
-        framing.keep_alive = False
-        if not exchange.started:
-            yield error_head(framing.server_head, 500, b"Internal Server Error", framing)
+        failed = _failed(environ, exc, exchange, framing)
+        if failed:
+            yield failed
+
+
+def _failed(environ: Environ, exc: Exception, exchange: Exchange, framing: Framing) -> bytes:
+    """The app raised: log it, close the connection after, and answer 500 if nothing of the response went out."""
+    log_app_error(environ, exc)
+    framing.keep_alive = False
+    return b"" if exchange.started else error_head(framing.server_head, 500, b"Internal Server Error", framing)
 
 
 def _whole(exchange: Exchange, result: list[bytes] | tuple[bytes, ...], framing: Framing) -> bytes:
