@@ -65,10 +65,12 @@ class FileWrapper:
             close()
 
 
-# An app sends the same few header names on every response: each is checked and encoded once. Bounded, since
-# an app may build names from request data.
-_NAMES: dict[str, bytes] = {}
-_NAME_CACHE_LIMIT = 512
+# An app sends the same status lines and header fields on nearly every response: each is checked and encoded
+# once, and a pair seen before is known good. Cleared when full, so that values an app makes per response (dates,
+# cookies) neither grow the memory without end nor keep the common ones out for long.
+_STATUSES: dict[str, int] = {}
+_PAIRS: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_CACHE_LIMIT = 1024
 
 
 def _latin1(text: str) -> bool:
@@ -79,14 +81,43 @@ def _latin1(text: str) -> bool:
     return True
 
 
-def _check_name(name: str, value: str) -> bytes:
-    """``name`` encoded, after checking that it is an HTTP token (ValueError, naming it, if not)."""
+def _check_status(status: object) -> int:
+    """The code of a status line, after checking it (TypeError or ValueError, naming it, if bad)."""
+    if not isinstance(status, str):
+        raise TypeError(f"WSGI status must be a str, got {type(status).__name__}")
+    if not (status[:3].isascii() and status[:3].isdigit() and len(status) >= 3 and status[0] in "12345"):
+        raise ValueError(f"WSGI status must start with a 3-digit code from 100 to 599, got {status!r}")
+    if not (status.isprintable() and (status.isascii() or _latin1(status))):  # a CR or LF would end it early
+        raise ValueError(f"WSGI status must be printable latin-1 text, got {status!r}")
+    code = int(status[:3])
+    if type(status) is str:
+        _remember(_STATUSES, status, code)
+    return code
+
+
+def _check_pair(item: object) -> tuple[bytes, bytes]:
+    """A response header field encoded, after checking it (TypeError or ValueError, naming it, if bad)."""
+    if type(item) is not tuple or len(item) != 2 or not isinstance(item[0], str) or not isinstance(item[1], str):
+        raise TypeError(f"each WSGI response header must be a (str, str) tuple, got {item!r}")
+    name, value = item
     if TOKEN.fullmatch(name) is None:
         raise ValueError(f"invalid WSGI response header name {name!r} (value {value!r})")
-    encoded = name.encode("latin-1")
-    if len(_NAMES) < _NAME_CACHE_LIMIT and type(name) is str:
-        _NAMES[name] = encoded
-    return encoded
+    # isprintable() is the fast path: true means no control character at all.
+    if not value.isprintable() and BAD_VALUE.search(value) is not None:
+        raise ValueError(f"WSGI response header {name!r} has a control character in its value {value!r}")
+    if len(name) == 14 and name.lower() == "content-length" and not value.strip().isdecimal():
+        raise ValueError(f"invalid Content-Length response header {value!r}")
+    # Encoding here rather than when sending makes a non-latin-1 header fail inside the app's frame.
+    pair = (name.encode("latin-1"), value.encode("latin-1"))
+    if type(name) is str and type(value) is str:
+        _remember(_PAIRS, item, pair)
+    return pair
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
 
 
 class Exchange:
@@ -117,36 +148,24 @@ class Exchange:
                 exc_info = None  # PEP 3333: drop the traceback reference to avoid a frame cycle
         elif self.headers is not None:
             raise RuntimeError("start_response() called a second time without exc_info")
-        if not isinstance(status, str):
-            raise TypeError(f"WSGI status must be a str, got {type(status).__name__}")
-        if not (status[:3].isascii() and status[:3].isdigit() and len(status) >= 3 and status[0] in "12345"):
-            raise ValueError(f"WSGI status must start with a 3-digit code from 100 to 599, got {status!r}")
-        if not (status.isprintable() and (status.isascii() or _latin1(status))):  # a CR or LF would end it early
-            raise ValueError(f"WSGI status must be printable latin-1 text, got {status!r}")
+        code = _STATUSES.get(status) if type(status) is str else None
+        if code is None:
+            code = _check_status(status)
         if not isinstance(headers, list):
             raise TypeError(f"WSGI response headers must be a list, got {type(headers).__name__}")
         encoded: list[tuple[bytes, bytes]] = []
         length = None
         for item in headers:
-            if (
-                type(item) is not tuple
-                or len(item) != 2
-                or not isinstance(item[0], str)
-                or not isinstance(item[1], str)
-            ):
-                raise TypeError(f"each WSGI response header must be a (str, str) tuple, got {item!r}")
-            name, value = item
-            raw_name = _NAMES.get(name) or _check_name(name, value)
-            # isprintable() is the fast path: true means no control character at all.
-            if not value.isprintable() and BAD_VALUE.search(value) is not None:
-                raise ValueError(f"WSGI response header {name!r} has a control character in its value {value!r}")
-            if len(name) == 14 and name.lower() == "content-length":
-                if not value.strip().isdecimal():
-                    raise ValueError(f"invalid Content-Length response header {value!r}")
-                length = int(value)
-            # Encoding here rather than when sending makes a non-latin-1 header fail inside the app's frame.
-            encoded.append((raw_name, value.encode("latin-1")))
-        self.status, self.headers, self.length = int(status[:3]), encoded, length
+            try:
+                pair = _PAIRS.get(item)
+            except TypeError:  # unhashable: no (str, str) tuple, which _check_pair says
+                pair = None
+            if pair is None:
+                pair = _check_pair(item)
+            encoded.append(pair)
+            if len(pair[0]) == 14 and pair[0].lower() == b"content-length":
+                length = int(pair[1])
+        self.status, self.headers, self.length = code, encoded, length
         self.reason = status[4:]
         return self.write
 
