@@ -35,7 +35,7 @@ DEADLINE = 30.0  # seconds any awaited state may take on a loaded 2-core CI mach
 SUP_APP_PAIR = ["sup_app:wsgi", "sup_app:asgi"]  # tests/apps/sup_app.py: identity, /slow, /crash, /hang...
 SAMPLE_APP_PAIR = ["flask_app:app", "starlette_app:app"]  # sample_apps/
 HEAVY_RESULT = sum(i * i for i in range(100_000))  # what sample_apps' /heavy computes
-POLICIES = ["rr", "least-conn", "sticky", "shared", "reuseport"]  # every --policy
+POLICIES = ["rr", "least-conn", "sticky", "shared", "balanced", "reuseport"]  # every --policy
 
 
 class Cluster:
