@@ -153,6 +153,29 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEAD
         time.sleep(0.02)
 
 
+def connections_held(pid: int) -> int:
+    """TCP connections a process still holds a descriptor of, from /proc, listeners aside.
+
+    Not "ESTABLISHED": a connection the client closed is in CLOSE_WAIT until the worker's event loop gets to
+    it, and only then does the worker close it and count the close.
+    """
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes and fields[3] != "0A":  # 0A: LISTEN
+                count += 1
+    return count
+
+
 def limit_descriptors(soft: int) -> None:
     """Set the soft descriptor limit (``ulimit -n``), in a child between fork and exec."""
     _old, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -214,29 +214,29 @@ class StackServer:
                                   head_limit=request_limits.head, upgraded_close=admission is not None)
         if self.closes.shared:
             self.stack.notify_close(self.closes.add)
+        if self._load is not None:  # before the protocols are made: they report each close from then on
+            self.balance = AcceptBalance(self._load, self, loop.call_later)
+            self.stack.notify_close(self.balance.closed)
         self._protocol_factory = self.stack.protocol_factory(loop, app_state)
         self._tick(self.stack.encoded_headers)
-        if self._load is not None:
-            self._listen_balanced(loop, sockets, self._load)
+        if self.balance is not None:
+            self._listen_balanced(sockets, self.balance)
             return
         self._servers = [
             await loop.create_server(self._protocol_factory, sock=sock, backlog=self.config.backlog, **self._tls)
             for sock in sockets
         ]
 
-    def _listen_balanced(self, loop: asyncio.AbstractEventLoop, sockets: Sequence[socket.socket],
-                         cell: LoadCell) -> None:
+    def _listen_balanced(self, sockets: Sequence[socket.socket], balance: AcceptBalance) -> None:
         """--policy balanced: accept here, from a reader on each listener, and serve each connection as a passed
         one. An asyncio server accepts up to its backlog per wake-up and has no way to stop accepting for a
         while; a reader stops and starts again with the loop's remove_reader/add_reader, on asyncio's loops and
         uvloop's alike (clusterrun.wire.loads decides when)."""
-        self.balance = AcceptBalance(cell, self, loop.call_later)
-        self.stack.notify_close(self.balance.closed)
         for sock in sockets:
             sock.setblocking(False)
             self._listening.append(sock)
         self.resume_accepting()
-        self.balance.start()
+        balance.start()
 
     def pause_accepting(self) -> None:
         loop = asyncio.get_running_loop()

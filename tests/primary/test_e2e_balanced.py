@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import DEADLINE, SUP_APP_PAIR, Cluster, start
+from helpers import DEADLINE, SUP_APP_PAIR, Cluster, connections_held, start, wait_until
 
 
 class Clients:
@@ -85,6 +85,31 @@ def test_keep_alive_clients_arriving_while_a_worker_is_busy_are_spread(
         clients.add_at_once(7)
         blocker.join(DEADLINE)
         assert_spread(clients.held(), workers=2, each=4)
+    finally:
+        clients.close()
+
+
+@pytest.mark.parametrize("app", SUP_APP_PAIR)
+def test_the_worker_whose_clients_left_takes_the_newcomers(run_cli: Callable[..., Cluster], app: str) -> None:
+    cluster = balanced(run_cli, app)
+    url = cluster.wait_ready()
+    workers = {w["id"]: w for w in cluster.serving().values()}
+    clients = Clients(url)
+    try:
+        for _ in range(12):
+            clients.add()
+        held = clients.held()
+        freed = max(workers, key=lambda id_: held.get(id_, 0))  # it held 6 or more
+        kept = 12 - held[freed]
+        for http, owner in zip(clients.clients, clients.owners, strict=True):
+            if owner == freed:
+                http.close()
+        wait_until(lambda: connections_held(workers[freed]["pid"]) == 0, "the freed worker to see its clients leave")
+        # The workers end within 2 of each other (a worker stops once it holds 2 more than the least loaded), so
+        # the freed one takes at least (kept + 6 - 2) / 2 of 6 newcomers. Were its closes not counted, it would
+        # still count its 6 or more old clients and take at most (kept + 6 - 6 + 2) / 2.
+        newcomers = [clients.add() for _ in range(6)]
+        assert 2 * newcomers.count(freed) >= kept + 6 - 2, (newcomers, held)
     finally:
         clients.close()
 
