@@ -519,7 +519,7 @@ OPTIONS: tuple[Option, ...] = (
            types=(int,)),
     Option("policy", ("--policy",), "how connections reach workers: rr, least-conn, sticky (the primary "
            "accepts and hands each one to a worker), shared or reuseport (workers accept; the kernel picks), "
-           "balanced (workers accept, each only while it is not the busiest by more than one connection); "
+           "balanced (workers accept, each only while it holds no more connections than the least-loaded one); "
            "`--policy help` explains each; default rr", _choice("--policy", POLICIES), "POLICY",
            env="CLUSTERRUN_SCHED_POLICY", choices=POLICIES),
     Option("threads", ("--threads",), "WSGI only: 1 calls the app on the event loop, one request at a time "

@@ -135,8 +135,8 @@ class Shared(Policy):
 class Balanced(Shared):
     name = "balanced"
     summary = ("workers accept on the inherited socket as under shared, but one that holds more open connections "
-               "than the least-loaded worker plus one stops accepting until that no longer holds; no hop "
-               "through the primary, keep-alive clients spread evenly")
+               "than the least-loaded worker stops accepting until that no longer holds; no hop through the "
+               "primary, keep-alive clients spread evenly")
 
     def __init__(self) -> None:
         # Made here, when the primary starts and before it forks: every worker and every respawn inherits the

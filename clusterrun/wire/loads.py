@@ -4,9 +4,9 @@ worker follows with it (when to stop watching the shared listener, and when to w
 Under ``shared`` the kernel hands a new connection to whichever worker calls ``accept`` first, and under
 keep-alive the awake one takes them all (8/0 measured). Under ``balanced`` the workers accept on the same
 listener, but each publishes how many connections it holds, and a worker stops watching the listener while it
-holds more than the least-loaded live worker plus a slack; the least-loaded worker never stops, so the others
-take what it leaves. No hop through the primary, no frame, no system call per connection: a count is one
-aligned 64-bit store into memory every worker maps.
+holds more than the least-loaded live worker plus a slack (``SLACK``: none); the least-loaded worker never
+stops, so the others take what it leaves. No hop through the primary, no frame, no system call per
+connection: a count is one aligned 64-bit store into memory every worker maps.
 
 The array (``Loads``) is an anonymous shared mapping the primary makes when the policy is chosen, before any
 fork, so every worker and every respawn maps the same pages. The primary gives each worker its own cell when
@@ -40,10 +40,12 @@ from typing import Any, Protocol
 
 __all__ = ["SLACK", "AcceptBalance", "LoadCell", "Loads"]
 
-# A worker stops watching while it holds more than the least-loaded live worker plus this many. 1 measured
-# against 0 and 2 (docs/policies.md): with 0, a burst of new keep-alive clients has workers stop and wait for
-# one another's re-checks at every second connection.
-SLACK = 1
+# A worker stops watching while it holds more than the least-loaded live worker plus this many. Measured on 2
+# workers (docs/policies.md): 8 keep-alive clients opened at once end 4/4 with 0 every time (5 of 5), 5/3 in 2
+# of 5 runs with 1 and with 2; 64 opened at once are all answered in 25-60 ms with 0 or 1 (13-17 with 2; 5-9
+# under shared, where they end 14/50 to 28/36), since at each step two workers may both wait for a re-check; a
+# new connection per request costs the same CPU with 0, 1 or shared (134-143 us per request, Flask).
+SLACK = 0
 TICK = 0.1  # a watching worker's stamp and re-check
 RECHECK_FIRST = 0.002  # a worker that stopped watching looks again this soon...
 RECHECK_MAX = 0.05  # ...then twice as late each time, up to this

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from clusterrun.wire.loads import STALE, AcceptBalance, Loads
+from clusterrun.wire.loads import SLACK, STALE, AcceptBalance, Loads
 from clusterrun.wire.pages import WorkerPages
 
 
@@ -48,11 +48,11 @@ class Timers:
             timer.callback()
 
 
-def worker(loads: Loads) -> tuple[AcceptBalance, FakeServing, Timers]:
+def worker(loads: Loads, slack: int = SLACK) -> tuple[AcceptBalance, FakeServing, Timers]:
     cell = loads.take()
     assert cell is not None
     serving, timers = FakeServing(), Timers()
-    balance = AcceptBalance(cell, serving, timers.call_later)
+    balance = AcceptBalance(cell, serving, timers.call_later, slack)
     balance.start()
     return balance, serving, timers
 
@@ -63,22 +63,34 @@ def accept(balance: AcceptBalance, count: int = 1) -> None:
         balance.held()
 
 
-def test_the_busiest_stops_past_the_least_loaded_plus_one_and_the_least_loaded_never_stops() -> None:
+def test_the_busiest_stops_and_the_least_loaded_never_stops() -> None:
+    assert SLACK == 0
     loads = Loads()
-    a, a_serving, _ = worker(loads)
+    a, a_serving, a_timers = worker(loads)
     b, b_serving, _ = worker(loads)
+    accept(a)
+    assert not a_serving.watching  # 1 > 0
+    accept(b)
+    assert b_serving.watching  # 1 against 1: b is among the least loaded
+    accept(b)
+    assert not b_serving.watching  # 2 > 1: both wait, a for its re-check, which comes soon
+    a_timers.run()
+    assert a_serving.watching  # 1 against 2
+    b.closed()  # its own close: 1 against 1
+    assert b_serving.watching
+
+
+def test_a_slack_lets_a_worker_hold_that_many_more() -> None:
+    loads = Loads()
+    a, a_serving, _ = worker(loads, slack=1)
+    b, b_serving, _ = worker(loads, slack=1)
     accept(a, 2)
     assert not a_serving.watching  # 2 > 0 + 1
     accept(b, 3)
-    assert b_serving.watching  # 3 against 2: within the slack
-    a.closed()  # its own close: 1 against 3, a is the least loaded now
-    assert a_serving.watching
-    accept(b)
-    assert not b_serving.watching  # 4 > 1 + 1
-    b.closed()
-    assert not b_serving.watching  # 3 > 1 + 1 still
-    b.closed()
-    assert b_serving.watching
+    assert b_serving.watching  # 3 > 2 + 1 is false
+    b.opened()
+    b.held()
+    assert not b_serving.watching  # 4 > 2 + 1
 
 
 def test_a_worker_that_stopped_watching_looks_again_on_its_timer() -> None:
@@ -87,7 +99,9 @@ def test_a_worker_that_stopped_watching_looks_again_on_its_timer() -> None:
     b, _, _ = worker(loads)
     accept(a, 2)
     assert not a_serving.watching
-    accept(b, 1)  # b changes without telling a
+    a_timers.run()
+    assert not a_serving.watching  # nothing changed: still 2 against 0
+    accept(b, 2)  # b changes without telling a
     a_timers.run()
     assert a_serving.watching
 
