@@ -48,7 +48,10 @@ __all__ = ["SLACK", "AcceptBalance", "LoadCell", "Loads"]
 SLACK = 0
 TICK = 0.1  # a watching worker's stamp and re-check
 RECHECK_FIRST = 0.002  # a worker that stopped watching looks again this soon...
-RECHECK_MAX = 0.05  # ...then twice as late each time, up to this
+# ...then twice as late each time, up to this: the longest a new client waits in a burst where both workers
+# stopped. A worker that stays stopped (it holds one more than the other and no client comes or goes) wakes 50
+# times a second for it, about 0.1% of a core.
+RECHECK_MAX = 0.02
 # A stamp older than this: the worker's loop has not turned (stopped, hung, in a long request). Until then new
 # clients may wait for it, as they wait under rr for a worker in a slow request; longer, and the others take them.
 STALE = 1.0
