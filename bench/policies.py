@@ -1,4 +1,4 @@
-"""The policies section (issue 4): clusterrun's five policies side by side, and the peers, on the sample apps.
+"""The policies section (issue 4): clusterrun's six policies side by side, and the peers, on the sample apps.
 
     python bench/run.py --section policies           # about 3 minutes on 2 cores
     python bench/run.py --section policies --quick   # about a minute
@@ -74,9 +74,9 @@ PACE = 0.005
 # 2 workers serve when the connections are spread evenly, and about all that one worker serves.
 MIX_PACE = 0.003
 
-FAIR_MAX = 1.10  # busiest/idlest share, rr and least-conn
+FAIR_MAX = 1.10  # busiest/idlest share, rr, least-conn and balanced
 P99_MAX = 0.5  # least-conn p99 / shared p99 under the mixed load
-CLOSE_MIN = 0.90  # rr and least-conn req/s / shared req/s, a new connection per request
+CLOSE_MIN = 0.90  # rr, least-conn and balanced req/s / shared req/s, a new connection per request
 SHARED = "clusterrun-shared"
 # CPU per request of the server's whole process tree, and of its main process alone (clusterrun's primary
 # accepts and hands over every connection under rr, least-conn and sticky; the peers' is a supervisor).
@@ -428,12 +428,13 @@ def close_table(app: App, trials: Sequence[Trial], spans: Durations, client: str
 
 def check_targets(app: App, trials: Sequence[Trial]) -> list[str]:
     by_key = {t.server.key: t for t in trials}
-    lines = [_fair_line(app, by_key.get(f"clusterrun-{p}"), p, paced) for p in ("rr", "least-conn")
+    lines = [_fair_line(app, by_key.get(f"clusterrun-{p}"), p, paced) for p in ("rr", "least-conn", "balanced")
              for paced in (False, True)]
     lines.append(_fair_line(app, by_key.get("clusterrun-sticky"), "sticky", paced=True))
     lines.append(_p99_line(app, by_key.get("clusterrun-least-conn"), by_key.get(SHARED), paced=False))
     lines.append(_p99_line(app, by_key.get("clusterrun-least-conn"), by_key.get(SHARED), paced=True))
-    lines += [_close_line(app, by_key.get(f"clusterrun-{p}"), by_key.get(SHARED), p) for p in ("rr", "least-conn")]
+    lines += [_close_line(app, by_key.get(f"clusterrun-{p}"), by_key.get(SHARED), p)
+              for p in ("rr", "least-conn", "balanced")]
     return [line for line in lines if line]
 
 

@@ -38,7 +38,7 @@ STARLETTE = App("starlette", "Starlette sample", "starlette_app:app", "asgi", ("
 FLASK = App("flask", "Flask sample", "flask_app:app", "wsgi", ("flask", "clusterrun"))
 APPS = (STARLETTE, FLASK)
 
-POLICIES = ("rr", "least-conn", "sticky", "shared", "reuseport")
+POLICIES = ("rr", "least-conn", "sticky", "shared", "balanced", "reuseport")
 BOTH = frozenset({"asgi", "wsgi"})
 CLUSTERRUN = tuple(Server(f"clusterrun-{p}", "clusterrun", f"clusterrun {p}", BOTH, ("clusterrun",),
                           clusterrun_command(p)) for p in POLICIES)

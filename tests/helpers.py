@@ -35,7 +35,7 @@ DEADLINE = 30.0  # seconds any awaited state may take on a loaded 2-core CI mach
 SUP_APP_PAIR = ["sup_app:wsgi", "sup_app:asgi"]  # tests/apps/sup_app.py: identity, /slow, /crash, /hang...
 SAMPLE_APP_PAIR = ["flask_app:app", "starlette_app:app"]  # sample_apps/
 HEAVY_RESULT = sum(i * i for i in range(100_000))  # what sample_apps' /heavy computes
-POLICIES = ["rr", "least-conn", "sticky", "shared", "reuseport"]  # every --policy
+POLICIES = ["rr", "least-conn", "sticky", "shared", "balanced", "reuseport"]  # every --policy
 
 
 class Cluster:
@@ -151,6 +151,29 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEAD
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def connections_held(pid: int) -> int:
+    """TCP connections a process still holds a descriptor of, from /proc, listeners aside.
+
+    Not "ESTABLISHED": a connection the client closed is in CLOSE_WAIT until the worker's event loop gets to
+    it, and only then does the worker close it and count the close.
+    """
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes and fields[3] != "0A":  # 0A: LISTEN
+                count += 1
+    return count
 
 
 def limit_descriptors(soft: int) -> None:

@@ -111,8 +111,12 @@ class SelectorLoop:
         to accept (EPOLLEXCLUSIVE, Linux 4.5+). Such a descriptor has a reader only: epoll cannot change it.
         """
         fd = fd if type(fd) is int else fd.fileno()
-        if fd in self._masks:
-            raise ValueError(f"descriptor {fd} is already watched: a listener is watched alone")
+        mask = self._masks.get(fd)
+        if mask is not None:
+            if mask != _IN | _EXCLUSIVE:
+                raise ValueError(f"descriptor {fd} is already watched: a listener is watched alone")
+            self._watch(fd, self._readers, _IN, Handle(callback, args))  # watched: the new callback replaces it
+            return
         self._readers[fd] = Handle(callback, args)
         self._poller.register(fd, _IN | _EXCLUSIVE)
         self._masks[fd] = _IN | _EXCLUSIVE

@@ -93,6 +93,7 @@ class WSGIEngine:
         self._in_flight_peak = 0
         self.connections: set[Connection] = set()
         self.listeners: list[socket.socket] = []
+        self._accepting: dict[socket.socket, tuple[tuple[int, int, int], Any]] = {}  # _accept's arguments
         self.closing_all = False  # draining: every response says Connection: close
         self.server_head = b""
         self.read_buffer = bytearray(256 * 1024)  # every recv() on the loop's thread lands here first
@@ -133,15 +134,30 @@ class WSGIEngine:
 
     # Connections in.
 
+    # --policy balanced: an AcceptBalance (clusterrun.wire.loads) that counts each connection accepted (and, as
+    # on_close, each closed) and calls pause_accepting/resume_accepting; None under every other policy.
+    balance: Any = None
+
     def listen(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.listeners.append(sock)
         kind = (int(sock.family), int(sock.type), sock.proto)  # ints: the properties convert to enums per call
-        self._watch_listener(sock, kind, sock.getsockname())
+        accept_args = self._accepting[sock] = kind, sock.getsockname()
+        self._watch_listener(sock, *accept_args)
 
     def _watch_listener(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
-        if listener in self.listeners:  # not closed by a drain while it rested
+        # Not closed by a drain while it rested, nor left unwatched by the balanced policy meanwhile.
+        if listener in self.listeners and not (self.balance is not None and self.balance.paused):
             self.loop.add_listener(listener.fileno(), self._accept, listener, kind, local)
+
+    def pause_accepting(self) -> None:
+        """Stop watching the listeners (balanced: this worker holds more than its share); what is open goes on."""
+        for sock in self.listeners:
+            self.loop.remove_reader(sock.fileno())
+
+    def resume_accepting(self) -> None:
+        for sock in self.listeners:
+            self._watch_listener(sock, *self._accepting[sock])
 
     def _accept(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
         """Accept and serve; again at once while each connection was answered and closed right away.
@@ -150,6 +166,7 @@ class WSGIEngine:
         clients; one that is already closed holds no place, and taking the next spares the loop a round
         (an epoll_wait and its Python) per connection when clients open one per request.
         """
+        balance = self.balance
         for _ in range(_ACCEPT_BATCH):
             try:
                 # _accept(): the descriptor and the address, without socket.accept()'s enum conversions and
@@ -166,10 +183,14 @@ class WSGIEngine:
                 self.loop.remove_reader(listener.fileno())
                 self.loop.call_later(_ACCEPT_REST, self._watch_listener, listener, kind, local)
                 return
+            if balance is not None:
+                balance.opened()  # before it is served: a connection answered and closed at once is counted out
             # A plain connection needs only the C socket type: socket.socket's Python layer (its __init__,
             # close() and reference counting for makefile) costs a new connection about 0.3 us and serves none.
             sock = socket.SocketType(*kind, fd) if self.tls is None else socket.socket(*kind, fd)
             if self._open(sock, peer, local):
+                if balance is not None:
+                    balance.held()  # it stays open: this worker may now hold too many to accept more
                 return
 
     def adopt(self, sock: socket.socket) -> None:
@@ -206,6 +227,7 @@ class WSGIEngine:
             self.loop.remove_reader(sock.fileno())
             sock.close()
         self.listeners.clear()
+        self._accepting.clear()
 
     @property
     def open_connections(self) -> int:

@@ -25,7 +25,7 @@ from clusterrun.host.privileges import Target, parse_group, parse_user
 from clusterrun.host.tls import TLSSettings, parse_cert_reqs
 from clusterrun.wire.heartbeat import MIN_TIMEOUT
 
-POLICIES = ("rr", "least-conn", "sticky", "shared", "reuseport")
+POLICIES = ("rr", "least-conn", "sticky", "shared", "balanced", "reuseport")
 INTERFACES = ("auto", "wsgi", "asgi")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -518,7 +518,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", ("--port",), "shortcut for --bind HOST:PORT with --host; default 8000", parse_port, "PORT",
            types=(int,)),
     Option("policy", ("--policy",), "how connections reach workers: rr, least-conn, sticky (the primary "
-           "accepts and hands each one to a worker), shared or reuseport (workers accept; the kernel picks); "
+           "accepts and hands each one to a worker), shared or reuseport (workers accept; the kernel picks), "
+           "balanced (workers accept, each only while it holds no more connections than the least-loaded one); "
            "`--policy help` explains each; default rr", _choice("--policy", POLICIES), "POLICY",
            env="CLUSTERRUN_SCHED_POLICY", choices=POLICIES),
     Option("threads", ("--threads",), "WSGI only: 1 calls the app on the event loop, one request at a time "

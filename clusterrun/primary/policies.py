@@ -17,6 +17,9 @@ changes when one is added:
 - ``tracks_connections``: workers count the connections they close where the
   primary reads them (``clusterrun.wire.counters``), so that its count of each
   worker's open connections is exact.
+- ``loads``: only ``balanced`` has one: the array of open connections every
+  worker reads (``clusterrun.wire.loads``), mapped when the policy is made,
+  before any fork; each worker gets a cell of it with its pages.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import ClassVar, Protocol, TypeVar
 from clusterrun.errors import ConfigError
 from clusterrun.host import listeners as listening
 from clusterrun.host.listeners import BindAddress
+from clusterrun.wire.loads import Loads
 
 
 class Candidate(Protocol):
@@ -50,6 +54,7 @@ class Policy:
     summary: ClassVar[str]
     dispatches: ClassVar[bool] = False
     tracks_connections: ClassVar[bool] = False
+    loads: Loads | None = None
 
     def bind(self, address: BindAddress, backlog: int) -> socket.socket:
         return listening.bind(address, backlog)
@@ -127,6 +132,21 @@ class Shared(Policy):
         return list(listeners)
 
 
+class Balanced(Shared):
+    name = "balanced"
+    summary = ("workers accept on the inherited socket as under shared, but one that holds more open connections "
+               "than the least-loaded worker stops accepting until that no longer holds; no hop through the "
+               "primary, keep-alive clients spread evenly")
+
+    def __init__(self) -> None:
+        # Made here, when the primary starts and before it forks: every worker and every respawn inherits the
+        # same shared pages.
+        self.loads = self._loads = Loads()
+
+    def close(self) -> None:
+        self._loads.close()
+
+
 class ReusePort(Shared):
     name = "reuseport"
     summary = ("each slot has its own SO_REUSEPORT socket and the kernel hashes connections over them; a "
@@ -177,7 +197,7 @@ class ReusePort(Shared):
 
 
 POLICY_CLASSES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (RoundRobin, LeastConnections, Sticky, Shared, ReusePort)
+    cls.name: cls for cls in (RoundRobin, LeastConnections, Sticky, Shared, Balanced, ReusePort)
 }
 
 

@@ -69,7 +69,8 @@ class Forker:
         parent_end, child_end = Channel.socketpair()
         pages: WorkerPages | None = None  # mapped before the fork: the worker writes them, the primary reads them
         try:
-            pages = WorkerPages.map(count_closes=self.policy.dispatches, time_requests=self.config.request_timeout > 0)
+            pages = WorkerPages.map(count_closes=self.policy.dispatches, time_requests=self.config.request_timeout > 0,
+                                    loads=self.policy.loads)
             sockets = self.policy.worker_sockets(index, self.listeners, self.config.backlog)
             to_close = [*self.primary_fds(), parent_end.fileno()]
             to_close += [s.fileno() for s in (*self.listeners, *self.policy.held_sockets()) if s not in sockets]

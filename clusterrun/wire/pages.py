@@ -1,4 +1,4 @@
-"""The memory one worker shares with the primary: three pages mapped before the fork, read without a frame.
+"""The memory one worker shares with the primary: pages mapped before the fork, read without a frame.
 
 The worker writes them as it serves, the primary reads them whenever it looks, also after the worker died:
 
@@ -9,6 +9,9 @@ The worker writes them as it serves, the primary reads them whenever it looks, a
   worker that never took one counts toward giving its slot up (the pool's restart throttling).
 - ``request_clock``: when the inline app began the work in hand, and for which request (--request-timeout;
   no page without it). The watchdog reads it.
+- ``load``: under --policy balanced only, the worker's cell in the array of open connections that every worker
+  reads (clusterrun.wire.loads); the primary takes it for the worker before the fork and releases it once the
+  worker is reaped.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.loads import LoadCell, Loads
 from clusterrun.wire.requestclock import RequestClock
 
 
@@ -25,18 +29,23 @@ class WorkerPages:
     closes: SharedCounter = field(default_factory=lambda: SharedCounter(shared=False))
     first_request: SharedCounter = field(default_factory=lambda: SharedCounter(shared=False))
     request_clock: RequestClock = field(default_factory=lambda: RequestClock(False))
+    load: LoadCell | None = None
 
     @classmethod
-    def map(cls, *, count_closes: bool, time_requests: bool) -> WorkerPages:
-        """Map the pages for a worker about to be forked; OSError (ENOMEM, the map limit) leaves none mapped."""
+    def map(cls, *, count_closes: bool, time_requests: bool, loads: Loads | None = None) -> WorkerPages:
+        """Map the pages for a worker about to be forked; OSError (ENOMEM, the map limit) leaves none mapped.
+
+        ``loads``: the balanced policy's array, where the worker gets a cell (none when every cell is taken).
+        """
         with contextlib.ExitStack() as undo:
             closes = SharedCounter(shared=count_closes)
             undo.callback(closes.close)
             first_request = SharedCounter()
             undo.callback(first_request.close)
             request_clock = RequestClock(time_requests)
-            undo.pop_all()  # all three mapped: they are the worker's now
-        return cls(closes, first_request, request_clock)
+            load = loads.take() if loads is not None else None
+            undo.pop_all()  # all mapped: they are the worker's now
+        return cls(closes, first_request, request_clock, load)
 
     @property
     def took_request(self) -> bool:
@@ -48,3 +57,6 @@ class WorkerPages:
         self.closes.close()
         self.first_request.close()
         self.request_clock.close()
+        if self.load is not None:
+            self.load.release()
+            self.load = None  # released once: the cell may be another worker's next

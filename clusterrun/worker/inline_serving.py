@@ -17,6 +17,7 @@ from clusterrun.adapters import entry
 from clusterrun.config.options import Config
 from clusterrun.identity import WorkerInfo
 from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.loads import AcceptBalance
 from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import Beat
 from clusterrun.wire.requeststats import RequestStats
@@ -47,6 +48,12 @@ class InlineServer:
         )
         self.engine: Any = entry.inline_engine(loop, loaded, settings)
         self.engine.app = _marking_the_first_request(self.engine, pages.first_request)
+        # --policy balanced: the engine counts what it accepts and closes where every worker reads it, and stops
+        # watching its listeners while this worker holds more than its share (clusterrun.wire.loads).
+        self.balance = None if pages.load is None else AcceptBalance(pages.load, self.engine, loop.call_later)
+        if self.balance is not None:
+            self.engine.balance = self.balance
+            self.engine.on_close = self.balance.closed
 
     def counts(self) -> Beat:
         """The heartbeat, with what this worker served and holds now."""
@@ -68,6 +75,8 @@ class InlineServer:
     def listen(self, sockets: Sequence[socket.socket]) -> None:
         for sock in sockets:
             self.engine.listen(sock)
+        if self.balance is not None:
+            self.balance.start()
 
     def adopt(self, sock: socket.socket) -> None:
         self.engine.adopt(sock)
@@ -75,6 +84,8 @@ class InlineServer:
     def drain(self, linger: bool, done: Callable[[], object]) -> None:
         """Stop listening, finish what is in flight, then call ``done`` (adapters.engine.server: never racing a
         keep-alive client; idle connections linger up to --timeout-keep-alive when other workers take over)."""
+        if self.balance is not None:
+            self.balance.stop()  # accepting no more: the others must not wait for this worker
         self.engine.drain(self.config.timeout_keep_alive if linger else 0.0, done)
 
 

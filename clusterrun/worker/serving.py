@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -28,6 +29,7 @@ from clusterrun.config.options import Config
 from clusterrun.errors import BootError
 from clusterrun.identity import WorkerInfo
 from clusterrun.wire.counters import SharedCounter
+from clusterrun.wire.loads import AcceptBalance, LoadCell
 from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import Beat
 from clusterrun.wire.requeststats import RequestStats
@@ -36,6 +38,12 @@ from clusterrun.worker.settings import forwarding, limits, response_headers
 logger = logging.getLogger("clusterrun")
 
 _DRAIN_POLL = 0.02
+# --policy balanced: new connections taken per wake-up of a listener, while this worker may take more.
+_ACCEPT_BATCH = 8
+# Out of descriptors, a listener stays readable while every accept fails: it rests this long (as asyncio's own
+# server does, and the inline engine).
+_ACCEPT_REST = 1.0
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> Any:
@@ -165,6 +173,9 @@ class StackServer:
         # (clusterrun.wire.counters): least-conn orders by it, and every such policy keeps a worker's open
         # connections within its descriptor table.
         self.closes = pages.closes
+        self._load: LoadCell | None = pages.load  # --policy balanced: this worker's cell
+        self.balance: AcceptBalance | None = None
+        self._listening: list[socket.socket] = []  # balanced: the listeners this worker accepts on itself
         self._servers: list[asyncio.Server] = []
         self._adopting: set[asyncio.Task[Any]] = set()
         self._protocol_factory: Any = None
@@ -203,12 +214,66 @@ class StackServer:
                                   head_limit=request_limits.head, upgraded_close=admission is not None)
         if self.closes.shared:
             self.stack.notify_close(self.closes.add)
+        if self._load is not None:  # before the protocols are made: they report each close from then on
+            self.balance = AcceptBalance(self._load, self, loop.call_later)
+            self.stack.notify_close(self.balance.closed)
         self._protocol_factory = self.stack.protocol_factory(loop, app_state)
         self._tick(self.stack.encoded_headers)
+        if self.balance is not None:
+            self._listen_balanced(sockets, self.balance)
+            return
         self._servers = [
             await loop.create_server(self._protocol_factory, sock=sock, backlog=self.config.backlog, **self._tls)
             for sock in sockets
         ]
+
+    def _listen_balanced(self, sockets: Sequence[socket.socket], balance: AcceptBalance) -> None:
+        """--policy balanced: accept here, from a reader on each listener, and serve each connection as a passed
+        one. An asyncio server accepts up to its backlog per wake-up and has no way to stop accepting for a
+        while; a reader stops and starts again with the loop's remove_reader/add_reader, on asyncio's loops and
+        uvloop's alike (clusterrun.wire.loads decides when)."""
+        for sock in sockets:
+            sock.setblocking(False)
+            self._listening.append(sock)
+        self.resume_accepting()
+        balance.start()
+
+    def pause_accepting(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._listening:
+            loop.remove_reader(sock.fileno())
+
+    def resume_accepting(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._listening:
+            loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, listener: socket.socket) -> None:
+        balance = self.balance
+        assert balance is not None
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _peer = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # another worker took it, or the client left before the accept
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    logger.warning("accept failed: %s", exc)
+                    return
+                logger.warning("accept failed: %s; not accepting for %g s (raise ulimit -n)", exc, _ACCEPT_REST)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(listener.fileno())
+                loop.call_later(_ACCEPT_REST, self._rested, listener)
+                return
+            balance.opened()
+            self.adopt(sock)
+            balance.held()
+            if balance.paused:
+                return
+
+    def _rested(self, listener: socket.socket) -> None:
+        if listener in self._listening and self.balance is not None and not self.balance.paused:
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
 
     async def stop(self) -> None:
         """Run the app's lifespan shutdown."""
@@ -231,6 +296,8 @@ class StackServer:
             logger.debug("dropping a passed connection: %s", exc)
             sock.close()
             self.closes.add()  # no protocol saw it, so none counts its close
+            if self.balance is not None:
+                self.balance.closed()
 
     async def drain(self, linger: bool) -> None:
         """Stop listening; finish every request in flight; close each connection only where none can race.
@@ -243,6 +310,12 @@ class StackServer:
         """
         for server in self._servers:
             server.close()
+        if self.balance is not None:
+            self.balance.stop()  # accepting no more: the others must not wait for this worker
+            self.pause_accepting()
+            for sock in self._listening:
+                sock.close()
+            self._listening.clear()
         # A connection the listener accepted in the loop turn that brought the stop order is not counted yet:
         # its protocol's connection_made is still scheduled (asyncio and uvloop both defer it), so the first
         # count could find the worker idle and let it exit under that client's request. One poll of the loop

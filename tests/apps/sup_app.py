@@ -5,6 +5,7 @@
 /crash     the worker exits at once with code 1
 /peak      the largest number of requests this worker ran at the same time (WSGI threads)
 /hang      blocks the event loop (a hung worker)
+/block?s=N blocks the event loop for N seconds, then answers (a long inline request, a CPU-bound handler)
 /leak?mb=N keeps N MiB more alive in this worker
 /garbage   writes garbage into this worker's channel to the primary
 Every answer carries "imported_in": the pid that imported this module (the primary under --preload).
@@ -50,6 +51,9 @@ def _misbehave(path: str, query: str) -> None:
     if path == "/hang":
         logger.warning("hanging on purpose in pid %d", os.getpid())
         time.sleep(3600)  # blocks the event loop in both interfaces: no heartbeat can be sent
+    if path == "/block":
+        logger.warning("blocking the loop in pid %d", os.getpid())  # tests wait for this line
+        time.sleep(_seconds(query))
     if path == "/leak":
         _kept.append(b"x" * (int(parse_qs(query)["mb"][0]) * 1024 * 1024))
     if path == "/garbage":

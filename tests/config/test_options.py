@@ -59,7 +59,8 @@ def test_build_config_defaults_and_environment() -> None:
 
 @pytest.mark.parametrize("values, message", [
     ({"wrokers": 2}, "unknown option 'wrokers'"),
-    ({"policy": "bogus"}, "unknown --policy value 'bogus': choose one of rr, least-conn, sticky, shared, reuseport"),
+    ({"policy": "bogus"},
+     "unknown --policy value 'bogus': choose one of rr, least-conn, sticky, shared, balanced, reuseport"),
     ({"threads": "0"}, "bad --threads value '0'"),
     ({"graceful_timeout": "soon"}, "bad --graceful-timeout value 'soon'"),
     ({"binds": ["127.0.0.1:1"], "port": "2"}, "--bind cannot be combined with --host/--port"),

@@ -163,6 +163,8 @@ ENGINES = [
     pytest.param("tls_app:wsgi", "least-conn", ("--threads", "2"), id="wsgi-threads-least-conn"),
     pytest.param("tls_app:asgi", "rr", (), id="asgi-rr"),
     pytest.param("tls_app:asgi", "reuseport", (), id="asgi-reuseport"),
+    pytest.param("tls_app:wsgi", "balanced", (), id="wsgi-inline-balanced"),
+    pytest.param("tls_app:asgi", "balanced", (), id="asgi-balanced"),  # accepts itself, serves as passed ones
 ]
 
 
@@ -180,7 +182,7 @@ def test_https_survives_plain_http_and_the_app_sees_https(
     # Plain HTTP to the TLS port fails that connection only: the same worker answers HTTPS next.
     assert not plain_http_to(url).startswith(b"HTTP/"), "a plain HTTP answer from the TLS port"
     assert get_json(pki, url)["pid"] == first["pid"]
-    if app.endswith("asgi") and policy == "rr":
+    if app.endswith("asgi") and policy in ("rr", "balanced"):
         # A passed connection that never starts its handshake is closed after --timeout-request-head (the
         # inline engine's own sweep: test_inline_engine_over_tls).
         with socket.create_connection(address(url), timeout=DEADLINE) as silent:

@@ -11,12 +11,11 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import POLICIES, SAMPLE_APP_PAIR, SUP_APP_PAIR, Cluster, start, wait_until, who
+from helpers import POLICIES, SAMPLE_APP_PAIR, SUP_APP_PAIR, Cluster, connections_held, start, wait_until, who
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
@@ -178,29 +177,6 @@ def test_killing_a_worker_loses_only_what_was_on_it(run_cli: Callable[..., Clust
     # instant between SIGKILL and the kernel closing that channel (it reached the victim's socket buffer).
     assert len(failures) <= 2, failures
     assert results[done:].count("ok") == len(results) - done
-
-
-def connections_held(pid: int) -> int:
-    """TCP connections a process still holds a descriptor of, from /proc, listeners aside.
-
-    Not "ESTABLISHED": a connection the client closed is in CLOSE_WAIT until the worker's event loop gets to
-    it, and only then does the worker close it and count the close.
-    """
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    count = 0
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[9] in inodes and fields[3] != "0A":  # 0A: LISTEN
-                count += 1
-    return count
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
