@@ -104,23 +104,6 @@ class SelectorLoop:
     def add_writer(self, fd: Any, callback: Callback, *args: Any) -> None:
         self._watch(fd if type(fd) is int else fd.fileno(), self._writers, _OUT, Handle(callback, args))
 
-    def add_listener(self, fd: Any, callback: Callback, *args: Any) -> None:
-        """Read ``fd``, a listening socket that other processes watch too, waking only one of them per event.
-
-        Workers sharing a listener would otherwise all wake for each new connection and all but one find nothing
-        to accept (EPOLLEXCLUSIVE, Linux 4.5+). Such a descriptor has a reader only: epoll cannot change it.
-        """
-        fd = fd if type(fd) is int else fd.fileno()
-        mask = self._masks.get(fd)
-        if mask is not None:
-            if mask != _IN | _EXCLUSIVE:
-                raise ValueError(f"descriptor {fd} is already watched: a listener is watched alone")
-            self._watch(fd, self._readers, _IN, Handle(callback, args))  # watched: the new callback replaces it
-            return
-        self._readers[fd] = Handle(callback, args)
-        self._poller.register(fd, _IN | _EXCLUSIVE)
-        self._masks[fd] = _IN | _EXCLUSIVE
-
     def remove_reader(self, fd: Any) -> bool:
         return self._unwatch(fd if type(fd) is int else fd.fileno(), self._readers, _IN)
 
@@ -145,7 +128,7 @@ class SelectorLoop:
         if handle is None:
             return False
         handle.cancelled = True
-        mask = self._masks[fd] & ~(event | _EXCLUSIVE)
+        mask = self._masks[fd] & ~event
         if mask:
             self._masks[fd] = mask
             self._poller.modify(fd, mask)
@@ -274,14 +257,13 @@ class SelectorLoop:
 
 if hasattr(select, "epoll"):
     _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
-    _EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 
     def _poller() -> tuple[Any, Callable[[float | None], list[tuple[int, int]]]]:
         poller = select.epoll()
         return poller, poller.poll  # seconds; None waits
 
 else:  # no epoll (not Linux): poll(2), which has the same event bits and wants milliseconds
-    _IN, _OUT, _EXCLUSIVE = select.POLLIN, select.POLLOUT, 0
+    _IN, _OUT = select.POLLIN, select.POLLOUT
 
     class _Poll:
         """poll(2) with epoll's methods."""

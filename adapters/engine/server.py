@@ -148,7 +148,7 @@ class WSGIEngine:
     def _watch_listener(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
         # Not closed by a drain while it rested, nor left unwatched by the balanced policy meanwhile.
         if listener in self.listeners and not (self.balance is not None and self.balance.paused):
-            self.loop.add_listener(listener.fileno(), self._accept, listener, kind, local)
+            self.loop.add_reader(listener.fileno(), self._accept, listener, kind, local)
 
     def pause_accepting(self) -> None:
         """Stop watching the listeners (balanced: this worker holds more than its share); what is open goes on."""
