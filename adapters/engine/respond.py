@@ -105,8 +105,9 @@ def error_head(server_head: bytes, status: int, text: bytes, framing: Framing | 
 
 
 def call(app: WSGIApp, environ: Environ, framing: Framing) -> bytes | Response:
-    """Call ``app``: its whole response as bytes when it gave its body as a list or tuple (what most apps do:
-    nothing of the response is left to make, so no generator is made), else a generator of the bytes to come.
+    """Call ``app``: its whole response as bytes when nothing of it is left to make, else a generator of the bytes
+    to come. Whole: a body given as a list or tuple (what most plain WSGI apps do), or an iterable whose
+    Content-Length was declared and whose first chunk holds all of it (what Flask and most frameworks give).
     ``framing.keep_alive`` says after what comes next. App code: the caller holds the gate."""
     exchange = Exchange()
     try:
@@ -118,7 +119,41 @@ def call(app: WSGIApp, environ: Environ, framing: Framing) -> bytes | Response:
         return b""
     except Exception as exc:
         return _failed(environ, exc, exchange, framing)
-    return _rest(environ, exchange, result, framing)
+    if exchange.length is None or framing.head_only or type(result) is FileWrapper or exchange.pending:
+        return _rest(environ, exchange, result, result, framing)
+    return _first(environ, exchange, result, framing)
+
+
+def _first(environ: Environ, exchange: Exchange, result: Iterable[bytes], framing: Framing) -> bytes | Response:
+    """An iterable that declared its length: its first chunk is asked for at once (the driver would ask for it
+    first anyway); when it holds the whole body, the whole response as bytes, the iterable closed."""
+    length = exchange.length
+    assert length is not None
+    try:
+        try:
+            chunks = iter(result)
+            chunk = next(chunks, None)
+        except BaseException:
+            _close(result)
+            raise
+        if type(chunk) is bytes and len(chunk) >= length:
+            try:
+                return _whole(exchange, (chunk,), framing)
+            finally:
+                _close(result)
+    except ClientDisconnected:
+        framing.keep_alive = False
+        return b""
+    except Exception as exc:
+        return _failed(environ, exc, exchange, framing)
+    # More is to come (or an empty or bad chunk, which _stream judges): the rest as it is made, this chunk first.
+    return _rest(environ, exchange, chunks if chunk is None else chain((chunk,), chunks), result, framing)
+
+
+def _close(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
 
 
 def respond(app: WSGIApp, environ: Environ, framing: Framing) -> Response:
@@ -131,17 +166,16 @@ def respond(app: WSGIApp, environ: Environ, framing: Framing) -> Response:
         yield from produced  # type: ignore[misc]
 
 
-def _rest(environ: Environ, exchange: Exchange, result: Iterable[bytes], framing: Framing) -> Response:
-    """The response of an app whose body is another iterable, made as the driver asks for it; closing the
-    generator closes the iterable."""
+def _rest(environ: Environ, exchange: Exchange, chunks: Iterable[bytes], result: Iterable[bytes],
+          framing: Framing) -> Response:
+    """The response of an app whose body is another iterable (``result``; ``chunks`` what is left of it), made as
+    the driver asks for it; closing the generator closes the iterable."""
     try:
         try:
             if not (type(result) is FileWrapper and (yield from _send_file(exchange, result, framing))):
-                yield from _stream(exchange, result, framing)
+                yield from _stream(exchange, chunks, framing)
         finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            _close(result)
     except ClientDisconnected:
         framing.keep_alive = False
     except Exception as exc:

@@ -54,6 +54,10 @@ def _stream() -> Iterator[bytes]:
     yield from (b"one,", b"two,", b"three")
 
 
+def _raise() -> bytes:
+    raise RuntimeError("the body failed")
+
+
 def _loop_running() -> bool:
     try:
         asyncio.get_running_loop()
@@ -107,6 +111,10 @@ def app(environ: dict[str, Any], start_response: Any) -> Any:
     if path == "/file":
         start_response("200 OK", [*TEXT, ("Content-Length", query)])
         return environ["wsgi.file_wrapper"](_file(int(query)), 8192)
+    if path == "/sized":  # a framework's response: an iterable that declared its length; ?declared,chunk,chunk...
+        declared, *parts = query.split(",")
+        start_response("200 OK", [*TEXT, ("Content-Length", declared)])
+        return _Counted(part.encode() if part != "raise" else _raise() for part in parts)
     if path == "/endless":
         start_response("200 OK", TEXT)
         return _Counted(_endless())

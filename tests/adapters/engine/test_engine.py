@@ -129,6 +129,28 @@ def test_head_streams_write_and_exc_info(run_cli: Callable[..., Cluster]) -> Non
         assert http.get("/").text == "ok"  # the same connection serves on
 
 
+def test_an_iterable_that_declared_its_length_is_answered_whole_or_streamed(run_cli: Callable[..., Cluster]) -> None:
+    # respond.call() asks such an iterable for its first chunk at once: the whole body there is one write with
+    # no generator, less streams on. Either way the body is the declared bytes, close() runs once, and the
+    # connection serves on; a first chunk that raises is a 500.
+    cluster, host, port = serve(run_cli, "engine_app:app")
+    with socket.create_connection((host, port), timeout=DEADLINE) as sock:
+        closes = int(httpx.get(f"http://{host}:{port}/closes", timeout=DEADLINE).text)
+        for query, body in [("5,hello", b"hello"), ("5,hello!!", b"hello"), ("11,hello,+,world", b"hello+world"),
+                            ("0,", b""), ("5,,hel,lo", b"hello")]:
+            sock.sendall(b"GET /sized?%s HTTP/1.1\r\nHost: t\r\n\r\n" % query.encode())
+            head, got, rest = read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200 OK") and got == body and rest == b"", query
+            assert b"content-length: %d" % len(body) in head.lower() and b"connection: close" not in head.lower()
+        after = int(httpx.get(f"http://{host}:{port}/closes", timeout=DEADLINE).text)
+        assert after == closes + 5
+        sock.sendall(b"GET /sized?5,raise HTTP/1.1\r\nHost: t\r\n\r\n")
+        failed = read_all(sock)
+    assert failed.startswith(b"HTTP/1.1 500 ") and failed.endswith(b"Internal Server Error")
+    cluster.wait_for_line(r"ERROR Exception in WSGI application, GET /sized: RuntimeError: the body failed")
+    assert int(httpx.get(f"http://{host}:{port}/closes", timeout=DEADLINE).text) == after + 1
+
+
 def test_chunked_and_large_uploads_and_expect_continue(run_cli: Callable[..., Cluster]) -> None:
     _, host, port = serve(run_cli, "engine_app:app")
     block = bytes(range(256)) * 4096
