@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from clusterrun.adapters.accepting import ACCEPT_BATCH, ACCEPT_REST, accept
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.engine.settings import EngineSettings
@@ -27,6 +28,8 @@ from clusterrun.adapters.proxy import ForwardedApp, Forwarding
 from clusterrun.errors import BootError
 
 __all__ = [
+    "ACCEPT_BATCH",
+    "ACCEPT_REST",
     "Admission",
     "EngineSettings",
     "ForwardedApp",
@@ -35,6 +38,7 @@ __all__ = [
     "LoadedApp",
     "ResponseHeaders",
     "SelectorLoop",
+    "accept",
     "check_module_exists",
     "inline_engine",
     "inline_engine_available",

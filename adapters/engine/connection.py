@@ -165,7 +165,7 @@ class Connection:
     environ_keys: dict[str, str] | None = None  # its addresses as environ keys (adapters.engine.server)
     proxied = False  # its peer is a trusted proxy (adapters.proxy), with environ_keys
 
-    def __init__(self, engine: Engine, sock: socket.socket, peer: Any, local: Any) -> None:
+    def __init__(self, engine: Engine, sock: socket.SocketType, peer: Any, local: Any) -> None:
         self.engine = engine
         self.sock = sock
         self.fd = sock.fileno()
@@ -535,6 +535,7 @@ class Connection:
             except OSError:
                 self.close()
                 return
+            assert isinstance(out, bytearray)  # not empty: write() made it one
             del out[:sent]
             if out:
                 return

@@ -19,7 +19,6 @@ messages cost WSGI serving 2-3x (DESIGN.md, "Where WSGI speed comes from").
 
 from __future__ import annotations
 
-import errno
 import http
 import logging
 import socket
@@ -33,6 +32,7 @@ from typing import IO, Any
 from urllib.parse import unquote, unquote_to_bytes
 
 import httptools
+from clusterrun.adapters.accepting import ACCEPT_BATCH, ACCEPT_REST, accept
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.deadline import RequestStamp, TimedGate
 from clusterrun.adapters.engine.connection import Connection, Request
@@ -57,15 +57,6 @@ logger = logging.getLogger("clusterrun")
 # can retry) rather than a wait behind stalled clients; each stalled one frees its thread within --body-timeout.
 _UPLOAD_THREADS = 128
 _DRAIN_CHECK = 0.02
-# New connections taken per wake-up while each is answered and closed at once: bounds how long timers and the
-# worker's other connections wait meanwhile (a few hundred microseconds with a small app).
-_ACCEPT_BATCH = 8
-# Out of descriptors (or kernel memory), a listener stays readable while every accept fails: watched, it would
-# wake the loop at once, again and again, each time with a warning. It rests this long instead (asyncio's
-# own delay for the same case); its clients wait in the kernel's backlog, or another worker takes them.
-_ACCEPT_REST = 1.0
-_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-
 
 _DEFAULTS = EngineSettings()
 
@@ -167,22 +158,11 @@ class WSGIEngine:
         (an epoll_wait and its Python) per connection when clients open one per request.
         """
         balance = self.balance
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                # _accept(): the descriptor and the address, without socket.accept()'s enum conversions and
-                # default-timeout checks; the socket is built from the listener's kind, given as ints.
-                fd, peer = listener._accept()  # type: ignore[attr-defined]
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # another worker took it, or the client left before the accept
-            except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    logger.warning("accept failed: %s", exc)
-                    return
-                # Keep serving what is open; take new connections again after a rest.
-                logger.warning("accept failed: %s; not accepting for %g s (raise ulimit -n)", exc, _ACCEPT_REST)
-                self.loop.remove_reader(listener.fileno())
-                self.loop.call_later(_ACCEPT_REST, self._watch_listener, listener, kind, local)
+        for _ in range(ACCEPT_BATCH):
+            taken = accept(listener, self._rest, listener, kind, local)
+            if taken is None:
                 return
+            fd, peer = taken
             if balance is not None:
                 balance.opened()  # before it is served: a connection answered and closed at once is counted out
             # A plain connection needs only the C socket type: socket.socket's Python layer (its __init__,
@@ -193,11 +173,16 @@ class WSGIEngine:
                     balance.held()  # it stays open: this worker may now hold too many to accept more
                 return
 
+    def _rest(self, listener: socket.socket, kind: tuple[int, int, int], local: Any) -> None:
+        """Out of descriptors: keep serving what is open; take new connections again after a rest."""
+        self.loop.remove_reader(listener.fileno())
+        self.loop.call_later(ACCEPT_REST, self._watch_listener, listener, kind, local)
+
     def adopt(self, sock: socket.socket) -> None:
         """Serve a connection the primary accepted, as if this worker's own listener had."""
         self._open(sock, None, None)
 
-    def _open(self, sock: socket.socket, peer: Any, local: Any) -> bool:
+    def _open(self, sock: socket.SocketType, peer: Any, local: Any) -> bool:
         """Serve a new connection what already came with it; whether it is still open after."""
         # A plain connection stays in blocking mode: its reads and writes on the loop say MSG_DONTWAIT, which
         # spares the ioctl that setblocking(False) costs per connection (Connection.dontwait).

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import ssl
@@ -38,14 +37,6 @@ from clusterrun.worker.settings import forwarding, limits, response_headers
 logger = logging.getLogger("clusterrun")
 
 _DRAIN_POLL = 0.02
-# --policy balanced: new connections taken per wake-up of a listener, while this worker may take more.
-_ACCEPT_BATCH = 8
-# Out of descriptors, a listener stays readable while every accept fails: it rests this long (as asyncio's own
-# server does, and the inline engine).
-_ACCEPT_REST = 1.0
-_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-
-
 def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> Any:
     """The ASGI app, each HTTP response recorded in ``stats`` (--metrics) and written to the access log."""
 
@@ -251,25 +242,21 @@ class StackServer:
     def _accept(self, listener: socket.socket) -> None:
         balance = self.balance
         assert balance is not None
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                sock, _peer = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return  # another worker took it, or the client left before the accept
-            except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    logger.warning("accept failed: %s", exc)
-                    return
-                logger.warning("accept failed: %s; not accepting for %g s (raise ulimit -n)", exc, _ACCEPT_REST)
-                loop = asyncio.get_running_loop()
-                loop.remove_reader(listener.fileno())
-                loop.call_later(_ACCEPT_REST, self._rested, listener)
+        kind = (listener.family, listener.type, listener.proto)
+        for _ in range(entry.ACCEPT_BATCH):
+            taken = entry.accept(listener, self._rest, listener)
+            if taken is None:
                 return
             balance.opened()
-            self.adopt(sock)
+            self.adopt(socket.socket(*kind, taken[0]))
             balance.held()
             if balance.paused:
                 return
+
+    def _rest(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener.fileno())
+        loop.call_later(entry.ACCEPT_REST, self._rested, listener)
 
     def _rested(self, listener: socket.socket) -> None:
         if listener in self._listening and self.balance is not None and not self.balance.paused:
