@@ -435,7 +435,7 @@ class Connection:
             self.began = time.perf_counter()
         with engine.gate:  # app code: one place at a time, also with an upload thread running app code
             produced = call(engine.app, environ, framing)
-        if type(produced) is bytes:  # the whole response at once (a list or tuple body): one write, no generator
+        if type(produced) is bytes:  # the whole response at once (respond.call says when): one write, no generator
             if produced and not self.write(produced):
                 return False
             return self.finish()
