@@ -1,11 +1,12 @@
 """One WSGI response as the bytes to write, framed for HTTP/1.x: ``call`` calls the app and gives them.
 
-Most apps give their body as a list: ``call`` then returns the whole response, head and body, as one bytes
-object to write in one send. Any other iterable gets a generator: whoever drives it (the inline engine's loop)
-runs each ``next()`` as app code (each step of the iterable, ``close()``) and writes what it yields: the head
-joined with the first body chunk, then each further chunk, framed as chunked transfer coding when the app gave
-no Content-Length on an HTTP/1.1 connection. Closing the generator (the client left, the drain cut the
-connection) closes the app's iterable. ``respond`` is the same as one generator, for an upload's thread.
+Most apps give their body as a list, and frameworks an iterable whose first chunk holds its declared length:
+``call`` then returns the whole response, head and body, as one bytes object to write in one send. Any other
+iterable gets a generator: whoever drives it (the inline engine's loop) runs each ``next()`` as app code (each
+step of the iterable, ``close()``) and writes what it yields: the head joined with the first body chunk, then
+each further chunk, framed as chunked transfer coding when the app gave no Content-Length on an HTTP/1.1
+connection. Closing the generator (the client left, the drain cut the connection) closes the app's iterable.
+``respond`` is the same as one generator, for an upload's thread.
 
 ``Framing`` carries what the connection knows (HEAD, HTTP/1.0, keep-alive) in, and out what it must do after
 (keep the connection, or close it because the response had no length, said ``Connection: close``, or broke
