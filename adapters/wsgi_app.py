@@ -14,6 +14,8 @@ from itertools import chain
 from types import TracebackType
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 __all__ = [
     "BAD_VALUE", "TOKEN", "Environ", "ExcInfo", "Exchange", "FileWrapper", "Readable", "StartResponse", "WSGIApp",
     "environ_key", "log_app_error", "path_info", "split_host",
@@ -25,7 +27,8 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tupl
 
 class StartResponse(Protocol):
     def __call__(
-        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = ..., /
+        # None, not ``...``, as the default: mypyc compiles this stub too and checks the default against the type.
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
     ) -> Callable[[bytes], object]: ...
 
 
@@ -120,6 +123,8 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
     cache[key] = value
 
 
+# adapters/stack/bridge.py subclasses it, and bridge.py is not compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Exchange:
     """start_response()/write() state of one request; bound methods avoid building closures per request.
 
@@ -137,8 +142,10 @@ class Exchange:
         self.pending: list[bytes] = []  # write() data not sent yet
         self.reason = ""  # the status line's text after the code, as the app gave it
 
+    # status, headers and data are typed object: compiled by mypyc, a typed argument is checked on the way in and
+    # refused with mypyc's own TypeError, before the checks below could name what the app got wrong.
     def start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
+        self, status: object, headers: object, exc_info: ExcInfo | None = None, /
     ) -> Callable[[bytes], None]:
         if exc_info is not None and exc_info[1] is not None:
             try:
@@ -166,10 +173,10 @@ class Exchange:
             if len(pair[0]) == 14 and pair[0].lower() == b"content-length":
                 length = int(pair[1])
         self.status, self.headers, self.length = code, encoded, length
-        self.reason = status[4:]
+        self.reason = str(status)[4:]  # a str: _check_status refused anything else
         return self.write
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: object) -> None:  # object: see start_response
         if self.headers is None:
             raise RuntimeError("write() called before start_response()")
         if not isinstance(data, bytes):

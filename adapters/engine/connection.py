@@ -134,6 +134,8 @@ class Connection:
     # one more system call per connection), and each call on the loop's thread says not to wait. A socket that
     # takes no flags (TLS) is made non-blocking instead and sets this to 0.
     dontwait: int = socket.MSG_DONTWAIT
+    # close() deletes the parser; a class compiled by mypyc allows ``del`` only of the attributes listed here.
+    __deletable__ = ("parser",)
 
     # The state every new connection starts in, as class attributes: a connection sets only what it changes,
     # and one that lives for a single request (a new connection per request) changes little of it. Each is
@@ -147,7 +149,8 @@ class Connection:
     began = 0.0  # when its answer began (only measured for on_response)
     file: SendFile | None = None  # a file being sent with sendfile
     reading = False  # registered for reading
-    sent_before = nodelay = False  # a write happened; TCP_NODELAY is set
+    sent_before = False  # a write happened
+    nodelay = False  # TCP_NODELAY is set (one name per line: mypyc refuses a chained one)
     handed = False  # an upload thread owns the connection
     closing = False  # close once the response in flight is out
     closed = False
@@ -258,7 +261,10 @@ class Connection:
 
     def recv(self) -> bytes:
         buffer = self.engine.read_buffer
-        return bytes(buffer[: self.sock.recv_into(buffer, _READ, self.dontwait)])
+        # The count in a local first: mypyc 2.4.1 evaluates a slice bound twice when it falls off its fast
+        # path, and a second recv_into() would take the next bytes and lose the first.
+        count = self.sock.recv_into(buffer, _READ, self.dontwait)
+        return bytes(buffer[:count])
 
     def resume_reading(self) -> None:
         if not self.reading and not self.closed:

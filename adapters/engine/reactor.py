@@ -86,7 +86,9 @@ class SelectorLoop:
         self._timers: list[TimerHandle] = []
         self._ready: deque[Handle] = deque()
         self._stopping = False
-        self._thread: int | None = None
+        # Not ``_thread``: the compiled build (mypyc) names a C struct field after the attribute with one more
+        # underscore, and ``__thread`` is a C keyword that gcc refuses.
+        self._runner: int | None = None  # the thread running the loop
         self._signals: dict[int, Handle] = {}
         self._old_wakeup_fd: int | None = None
         self._wake_read, self._wake_write = os.pipe()
@@ -198,7 +200,7 @@ class SelectorLoop:
 
     def stop(self) -> None:
         self._stopping = True
-        if self._thread is not None and self._thread != threading.get_ident():
+        if self._runner is not None and self._runner != threading.get_ident():
             self._wake()
 
     def run_forever(self) -> None:
@@ -207,12 +209,12 @@ class SelectorLoop:
     def run_until(self, predicate: Callable[[], bool]) -> None:
         """Run until ``predicate()`` is true (checked after each round) or ``stop()`` is called."""
         self._stopping = False
-        self._thread = threading.get_ident()
+        self._runner = threading.get_ident()
         try:
             while not (self._stopping or predicate()):
                 self._run_once()
         finally:
-            self._thread = None
+            self._runner = None
 
     def _run_once(self) -> None:
         timeout: float | None = None
@@ -255,32 +257,29 @@ class SelectorLoop:
         os.close(self._wake_write)
 
 
-if hasattr(select, "epoll"):
-    _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+class _Poll:
+    """poll(2) with epoll's methods, where there is no epoll (not Linux)."""
 
-    def _poller() -> tuple[Any, Callable[[float | None], list[tuple[int, int]]]]:
-        poller = select.epoll()
-        return poller, poller.poll  # seconds; None waits
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self.register, self.modify, self.unregister = self._poll.register, self._poll.modify, self._poll.unregister
 
-else:  # no epoll (not Linux): poll(2), which has the same event bits and wants milliseconds
-    _IN, _OUT = select.POLLIN, select.POLLOUT
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        return self._poll.poll(None if timeout is None else timeout * 1000)  # poll(2) wants milliseconds
 
-    class _Poll:
-        """poll(2) with epoll's methods."""
+    def close(self) -> None:
+        pass
 
-        def __init__(self) -> None:
-            self._poll = select.poll()
-            self.register, self.modify, self.unregister = self._poll.register, self._poll.modify, self._poll.unregister
 
-        def poll(self, timeout: float | None) -> list[tuple[int, int]]:
-            return self._poll.poll(None if timeout is None else timeout * 1000)
+# One definition chosen at run time, not two under an ``if``: the compiled build (mypyc) refuses a name defined
+# twice and a class defined inside a branch. poll(2) has the same event bits as epoll.
+_EPOLL = hasattr(select, "epoll")
+_IN, _OUT = (select.EPOLLIN, select.EPOLLOUT) if _EPOLL else (select.POLLIN, select.POLLOUT)
 
-        def close(self) -> None:
-            pass
 
-    def _poller() -> tuple[Any, Callable[[float | None], list[tuple[int, int]]]]:
-        poller = _Poll()
-        return poller, poller.poll
+def _poller() -> tuple[Any, Callable[[float | None], list[tuple[int, int]]]]:
+    poller: Any = select.epoll() if _EPOLL else _Poll()
+    return poller, poller.poll  # epoll's poll takes seconds; None waits
 
 
 _NOT_OUT, _NOT_IN = ~_OUT, ~_IN

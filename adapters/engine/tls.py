@@ -22,10 +22,11 @@ from __future__ import annotations
 import errno
 import logging
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from clusterrun.adapters.engine.connection import Connection
 from clusterrun.adapters.wsgi_app import FileWrapper, Readable
+from mypy_extensions import mypyc_attr
 
 __all__ = ["TLSConnection", "TLSFileWrapper", "TLSSocket", "prepare", "wrap"]
 
@@ -34,6 +35,8 @@ logger = logging.getLogger("clusterrun")
 _FILE_BLOCK = 64 * 1024  # a file's block through TLS: four full records per write, few turns of the loop
 
 
+# A Python class in the compiled build too: mypyc cannot compile a subclass of socket.socket (its __slots__).
+@mypyc_attr(native_class=False)
 class TLSSocket(ssl.SSLSocket):
     """An SSLSocket that the engine drives like a plain non-blocking socket: "not now" is BlockingIOError."""
 
@@ -80,7 +83,6 @@ class TLSFileWrapper(FileWrapper):
 class TLSConnection(Connection):
     """A connection whose TLS handshake runs first; then it is served as any other."""
 
-    sock: TLSSocket
     dontwait = 0  # an SSLSocket takes no flags: the engine made it non-blocking before wrapping it
 
     def start(self) -> None:
@@ -89,7 +91,8 @@ class TLSConnection(Connection):
     def shake(self) -> None:
         """One step of the handshake; the loop calls it again when the socket is ready for the next."""
         try:
-            self.sock.do_handshake()
+            # A cast, not ``sock: TLSSocket`` on the class: mypyc refuses an attribute's type narrowed in a subclass.
+            cast(TLSSocket, self.sock).do_handshake()
         except ssl.SSLWantReadError:
             self._wait(readable=True)
             return
