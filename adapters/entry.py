@@ -68,13 +68,13 @@ def selector_loop() -> SelectorLoop:
 
 
 def inline_engine(loop: SelectorLoop, loaded: LoadedApp, settings: EngineSettings) -> Any:
-    """The inline WSGI engine (adapters.engine.server.WSGIEngine) serving ``loaded`` on ``loop`` as ``settings``
+    """The inline WSGI engine (adapters.engine.server.new_engine) serving ``loaded`` on ``loop`` as ``settings``
     say: with an ``ssl_context``, HTTPS (the handshake in this worker, adapters.engine.tls); with a
     ``request_clock``, each stretch of app code stamped in it (--request-timeout, adapters.deadline)."""
     # Here, not at the top: the engine needs httptools, an optional dependency ('clusterrun[standard]').
-    from clusterrun.adapters.engine.server import WSGIEngine
+    from clusterrun.adapters.engine.server import new_engine
 
-    return WSGIEngine(loop, loaded.app, settings)
+    return new_engine(loop, loaded.app, settings)
 
 
 def preimport(http: str, *, threads: int = 1, interface: str = "auto") -> None:

@@ -47,7 +47,7 @@ from clusterrun.adapters.wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIA
 
 from clusterrun._version import __version__
 
-__all__ = ["WSGIEngine"]
+__all__ = ["TimedWSGIEngine", "WSGIEngine", "new_engine"]
 
 logger = logging.getLogger("clusterrun")
 
@@ -77,8 +77,7 @@ class WSGIEngine:
         self.forwarding = settings.forwarding  # None: --no-proxy-headers
         self.root_path, self.on_close = settings.root_path, settings.on_close
         self.on_response = settings.on_response  # after each response (EngineSettings.on_response)
-        request_clock = settings.request_clock
-        self.gate = threading.Lock() if request_clock is None else self._timed_gate(request_clock)  # app code
+        self.gate = self._new_gate(settings.request_clock)  # app code runs holding it
         self.total_requests = 0
         self.active = self.uploading = 0  # requests being answered now, and of them by upload threads
         self._in_flight_peak = 0
@@ -110,18 +109,8 @@ class WSGIEngine:
             self._base["wsgi.file_wrapper"] = TLSFileWrapper  # no sendfile through TLS
         self._tick()
 
-    def _timed_gate(self, request_clock: RequestStamp) -> Any:
-        """--request-timeout: the gate, each hold of it stamped for the primary (adapters.deadline), and each
-        request named where its environ is made, on the thread that will run it. Off, neither costs anything."""
-        gate = TimedGate(request_clock)
-        plain_environ = self.environ
-
-        def named_environ(conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
-            gate.name(request.method, request.url)
-            return plain_environ(conn, request, stream, size)
-
-        self.environ = named_environ  # type: ignore[method-assign]
-        return gate
+    def _new_gate(self, request_clock: RequestStamp | None) -> Any:
+        return threading.Lock()  # without --request-timeout (TimedWSGIEngine has the other)
 
     # Connections in.
 
@@ -250,7 +239,9 @@ class WSGIEngine:
             url = url.partition(b"#")[0]
         if url[:1] != b"/" and url != b"*":  # absolute form (a proxy's): the path is what counts here
             try:
-                parsed = httptools.parse_url(url)
+                # Any: httptools' stub types path and query as bytes, but either is None when absent, and the
+                # compiled build checks what it reads against the stub (a TypeError for a target with no path).
+                parsed: Any = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
                 pass  # authority form (CONNECT host:port): passed on as it came
             else:
@@ -383,3 +374,29 @@ class WSGIEngine:
             done()
             return
         self.loop.call_later(_DRAIN_CHECK, self._drain_step, deadline, done)
+
+
+class TimedWSGIEngine(WSGIEngine):
+    """The engine under --request-timeout: the gate, each hold of it stamped for the primary (adapters.deadline),
+    and each request named where its environ is made, on the thread that will run it.
+
+    A subclass, so that without the option neither costs anything; not a method replaced on the instance, which
+    a compiled class (setup.py) does not allow."""
+
+    timed: TimedGate
+
+    def _new_gate(self, request_clock: RequestStamp | None) -> Any:
+        assert request_clock is not None  # new_engine makes this class only with a clock
+        self.timed = TimedGate(request_clock)
+        return self.timed
+
+    def environ(self, conn: Connection, request: Request, stream: IO[bytes] | Any, size: int) -> Environ:
+        self.timed.name(request.method, request.url)
+        return super().environ(conn, request, stream, size)
+
+
+def new_engine(loop: SelectorLoop, app: WSGIApp, settings: EngineSettings = _DEFAULTS) -> WSGIEngine:
+    """The engine ``settings`` ask for: timed with a ``request_clock`` (--request-timeout), plain without."""
+    if settings.request_clock is None:
+        return WSGIEngine(loop, app, settings)
+    return TimedWSGIEngine(loop, app, settings)
