@@ -9,12 +9,16 @@ What a user who installs the wheel gets must work without the clone beside it. S
 2. reads the wheel: every package of the source tree is in it (the package list in pyproject.toml is kept by
    hand, because setuptools' discovery cannot map ``adapters/`` to ``clusterrun.adapters``), with every module
    and ``py.typed``, and nothing else at the top (no tests/, bench/ or sample_apps/); its version, the sdist's
-   and the wheel file name's all equal ``clusterrun/_version.py``'s;
+   and the wheel file name's all equal ``clusterrun/_version.py``'s; it ships the compiled core: an extension
+   for each module setup.py compiles, beside its source, and their shared library;
 3. installs the wheel with its flask and starlette extras into a fresh virtual environment, copies
    sample_apps/flask_app.py and sample_apps/starlette_app.py to a temporary folder and, from there (where
    nothing of the clone is importable), starts ``clusterrun APP --workers 2`` on 127.0.0.1, waits for its
    ready line, GETs ``/`` and checks the answer carries the integration's ``X-Worker-Id`` header naming the
-   worker that answered; then stops it with SIGTERM and reaps it by pid (exit code 0, no worker left).
+   worker that answered, and that the WSGI app's worker said it serves on the compiled engine; then stops it
+   with SIGTERM and reaps it by pid (exit code 0, no worker left);
+4. builds the wheel again from the sdist with ``CLUSTERRUN_PURE_PYTHON=1``: the pure-Python fallback is a
+   wheel for any Python 3 (``py3-none-any``) with no extension in it.
 
 Standard library only, so that it runs on the bare ``python3`` that runs .ci/run. Everything it starts is
 stopped and reaped in ``finally``; the temporary folder is removed.
@@ -56,6 +60,8 @@ SOURCE_ROOTS = {"clusterrun": "clusterrun", "adapters": "clusterrun.adapters"}
 # APP argument, the interface the ready line must report, the sample file.
 SAMPLES = [("flask_app:app", "wsgi", "flask_app.py"), ("starlette_app:app", "asgi", "starlette_app.py")]
 INSTALL_TIMEOUT = 300.0  # seconds for one pip install or build: a bound for a stuck index, not an expected time
+# The engine's line in a WSGI worker's log, as a wheel built with a compiler serves (setup.py).
+COMPILED_ENGINE = re.compile(r"serving with the inline WSGI engine \(httptools, compiled\)$")
 SERVE_TIMEOUT = 30.0  # seconds for any awaited state of a running cluster (the tests' DEADLINE)
 STARTED = time.monotonic()
 
@@ -123,6 +129,25 @@ def source_modules(root: Path) -> tuple[set[str], set[str]]:
     return packages, files
 
 
+def hot_modules(root: Path) -> list[str]:
+    """setup.py's HOT: the installed paths of the modules it compiles, read without running it."""
+    tree = ast.parse((root / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["HOT"]:
+            return [ast.literal_eval(item) for item in node.value.elts]  # type: ignore[attr-defined]
+    raise CheckFailed("setup.py assigns no HOT list")
+
+
+def check_compiled(names: set[str], root: Path) -> int:
+    """The compiled core is in the wheel: each hot module's extension beside its source, and the shared library."""
+    extensions = [name for name in names if name.endswith(".so")]
+    wanted = [*(path.removesuffix(".py") for path in hot_modules(root)), "clusterrun/adapters/engine/_core__mypyc"]
+    lacking = [module for module in wanted if not any(so.startswith(module + ".") for so in extensions)]
+    if lacking:
+        raise CheckFailed(f"wheel lacks the compiled core's extensions for {lacking}; it holds {sorted(extensions)}")
+    return len(extensions)
+
+
 def check_wheel(wheel: Path, sdist: Path, version: str, root: Path) -> None:
     if not wheel.name.startswith(f"{NAME}-{version}-"):
         raise CheckFailed(f"wheel {wheel.name}: its name does not carry version {version}")
@@ -155,6 +180,7 @@ def check_wheel(wheel: Path, sdist: Path, version: str, root: Path) -> None:
     missing = sorted(files - names)
     if missing:
         raise CheckFailed(f"wheel lacks modules: {missing}")
+    extensions = check_compiled(names, root)
     if f"{NAME}/py.typed" not in names:
         raise CheckFailed("wheel lacks clusterrun/py.typed")
     if f"{NAME}-{version}.dist-info/licenses/LICENSE" not in names:
@@ -167,7 +193,8 @@ def check_wheel(wheel: Path, sdist: Path, version: str, root: Path) -> None:
         sdist_version = email.parser.Parser().parsestr(member.read().decode())["Version"]
     if sdist_version != version:
         raise CheckFailed(f"sdist metadata version {sdist_version}, clusterrun/_version.py {version}")
-    say(f"wheel: version {version}, {len(packages)} packages, {len(files)} modules, py.typed, LICENSE, nothing else")
+    say(f"wheel: version {version}, {len(packages)} packages, {len(files)} modules, {extensions} compiled "
+        "extensions, py.typed, LICENSE, nothing else")
 
 
 def build(work: Path, root: Path) -> tuple[Path, Path]:
@@ -187,6 +214,21 @@ def build(work: Path, root: Path) -> tuple[Path, Path]:
     run(tools / "bin" / "twine", "check", "--strict", wheels[0], sdists[0])
     say("twine check --strict: passed")
     return wheels[0], sdists[0]
+
+
+def build_pure(work: Path, sdist: Path) -> None:
+    """The fallback: the wheel built from the sdist with CLUSTERRUN_PURE_PYTHON=1 holds no extension."""
+    out = work / "dist-pure"
+    env = {**os.environ, "CLUSTERRUN_PURE_PYTHON": "1"}
+    run(work / "tools" / "bin" / "python", "-m", "build", "--wheel", "--outdir", out, sdist, env=env)
+    wheels = sorted(out.glob("*.whl"))
+    if len(wheels) != 1 or not wheels[0].name.endswith("-py3-none-any.whl"):
+        raise CheckFailed(f"CLUSTERRUN_PURE_PYTHON=1 built {[p.name for p in out.iterdir()]}, not one py3-none-any wheel")
+    with zipfile.ZipFile(wheels[0]) as archive:
+        extensions = [name for name in archive.namelist() if name.endswith(".so")]
+    if extensions:
+        raise CheckFailed(f"the pure-Python wheel holds extensions: {extensions}")
+    say(f"CLUSTERRUN_PURE_PYTHON=1: {wheels[0].name}, no extension")
 
 
 def install(work: Path, root: Path, wheel: Path, version: str, env: dict[str, str]) -> tuple[Path, Path]:
@@ -270,6 +312,8 @@ def serve(bin_dir: Path, apps: Path, app: str, interface: str, env: dict[str, st
         if status != 200 or header is None or str(worker.get("id")) != header or body.get("pid") not in pids \
                 or worker.get("pid") != body.get("pid"):
             raise CheckFailed(f"{app}: GET / answered {status}, X-Worker-Id {header!r}, body {body}")
+        if interface == "wsgi" and not any(COMPILED_ENGINE.search(line) for line in seen):
+            wait_for(COMPILED_ENGINE.pattern)  # said by worker 1 before it served, maybe after the ready line
         say(f"{app}: {ready.group(1)} on {url}, GET / from worker {header} (pid {body['pid']})")
 
         proc.send_signal(signal.SIGTERM)
@@ -308,6 +352,7 @@ def main(argv: list[str]) -> int:
         bin_dir, apps = install(work, root, wheel, version, env)
         for app, interface, _ in SAMPLES:
             serve(bin_dir, apps, app, interface, env)
+        build_pure(work, sdist)
     except CheckFailed as exc:
         print(f"wheel-check FAILED: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -40,6 +40,7 @@ __all__ = [
     "SelectorLoop",
     "accept",
     "check_module_exists",
+    "engine_build",
     "inline_engine",
     "inline_engine_available",
     "load_app",
@@ -65,6 +66,15 @@ def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bo
 def selector_loop() -> SelectorLoop:
     """The inline engine's loop: a selectors loop with asyncio's loop API, and no asyncio."""
     return SelectorLoop()
+
+
+def engine_build() -> str:
+    """How the inline engine was installed: "compiled" (mypyc, the default of a build with a C compiler) or "pure
+    Python" (``CLUSTERRUN_PURE_PYTHON=1`` at install, or no compiler; setup.py). The engine's hot modules are built
+    all or none, so its loop says for all of them."""
+    from clusterrun.adapters.engine import reactor
+
+    return "pure Python" if reactor.__file__.endswith(".py") else "compiled"
 
 
 def inline_engine(loop: SelectorLoop, loaded: LoadedApp, settings: EngineSettings) -> Any:

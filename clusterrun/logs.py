@@ -265,7 +265,8 @@ def _restore(target: logging.Logger, saved: _Saved) -> None:
 
 
 def announce_engine(worker: WorkerInfo, engine: str) -> None:
-    """What serves HTTP in the workers ("inline WSGI engine (httptools)", "uvicorn h11 + asyncio"): said once, by
-    the first worker forked, so that a parser or loop fallen back to (h11 without httptools) shows in the log."""
+    """What serves HTTP in the workers ("inline WSGI engine (httptools, compiled)", "uvicorn h11 + asyncio"): said
+    once, by the first worker forked, so that a parser, loop or build fallen back to (h11 without httptools, the
+    pure-Python engine where no compiler was) shows in the log."""
     if worker.id == 1:
         logger.info("serving with the %s", engine)

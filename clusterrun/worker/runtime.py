@@ -92,7 +92,7 @@ def serve(
         channel.send_blocking(BootFailed(str(exc)))
         return EXIT_BOOT
     if inline:
-        logs.announce_engine(info, "inline WSGI engine (httptools)")
+        logs.announce_engine(info, f"inline WSGI engine (httptools, {entry.engine_build()})")
         return _serve_inline(config, info, channel, sockets, pages, loaded, ssl_context)
     loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
     logs.announce_engine(info, f"uvicorn {server.stack.parser} + {loop_name}")

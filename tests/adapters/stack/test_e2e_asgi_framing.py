@@ -72,7 +72,7 @@ def test_engine_named_in_start_log(run_cli: Callable[..., Cluster], parser: str)
 
 def test_inline_engine_named_in_start_log(run_cli: Callable[..., Cluster]) -> None:
     cluster, _port = start(run_cli, app="e2e_wsgi_raw:app")
-    cluster.wait_for_line(r"serving with the inline WSGI engine \(httptools\)$")
+    cluster.wait_for_line(r"serving with the inline WSGI engine \(httptools, (compiled|pure Python)\)$")
 
 
 @pytest.mark.parametrize("parser", PARSERS)
