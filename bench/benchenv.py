@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+PURE_ENV = "CLUSTERRUN_PURE_PYTHON"  # setup.py: build the engine as pure Python
 PEERS = ("gunicorn", "uvicorn", "uvicorn-worker", "granian", "hypercorn", "pyuwsgi", "flask", "starlette", "httpx")
 # Distributions whose versions go in the report header (uvloop and httptools decide the event loop and parser).
 REPORTED = ("clusterrun", "uvicorn", "gunicorn", "uvicorn-worker", "granian", "hypercorn", "pyuwsgi", "flask",
@@ -24,8 +26,10 @@ def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def ensure_venv(venv: Path, repo: Path) -> Path:
-    """Create ``venv`` if needed and install the peers and clusterrun into it; its python.
+def ensure_venv(venv: Path, repo: Path, *, peers: tuple[str, ...] = PEERS, pure: bool = False,
+                interpreter: str = sys.executable) -> Path:
+    """Create ``venv`` with ``interpreter`` if needed and install ``peers`` and clusterrun into it; its python.
+    ``pure``: clusterrun built with ``CLUSTERRUN_PURE_PYTHON=1``, its engine not compiled (setup.py).
 
     clusterrun is installed as a wheel would install it, afresh from the checkout on every run, not editable:
     an editable install imports the package through setuptools' finder, which measured 20-30 ms slower to
@@ -33,9 +37,9 @@ def ensure_venv(venv: Path, repo: Path) -> Path:
     one of the figures here."""
     python = venv_python(venv)
     if not python.exists():
-        print(f"bench: creating {venv} with {sys.executable}", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    wanted = [*PEERS, f"{repo}[standard,metrics]"]  # metrics: the metrics section runs --metrics
+        print(f"bench: creating {venv} with {interpreter}", file=sys.stderr, flush=True)
+        subprocess.run([interpreter, "-m", "venv", str(venv)], check=True)
+    wanted = [*peers, f"{repo}[standard,metrics]"]  # metrics: the metrics section runs --metrics
     stamp = venv / ".bench-installed"
     digest = hashlib.sha256(json.dumps(wanted).encode() + (repo / "pyproject.toml").read_bytes()).hexdigest()
     if not (stamp.exists() and stamp.read_text().strip() == digest):
@@ -43,9 +47,13 @@ def ensure_venv(venv: Path, repo: Path) -> Path:
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", *wanted], check=True)
         stamp.write_text(digest + "\n")
     # The dependencies stay; clusterrun itself is the checkout as it is now.
-    print(f"bench: pip install --force-reinstall --no-deps {repo}", file=sys.stderr, flush=True)
+    env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
+    if pure:
+        env[PURE_ENV] = "1"
+    build = "pure Python" if pure else "compiled where a C compiler is"
+    print(f"bench: pip install --force-reinstall --no-deps {repo} ({build})", file=sys.stderr, flush=True)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", str(repo)],
-                   check=True)
+                   check=True, env=env)
     return python
 
 

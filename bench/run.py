@@ -9,6 +9,7 @@
     python bench/run.py --section handover   # issue 12: what one primary hands over per CPU second, under a minute
     python bench/run.py --section metrics --quick  # issue 13: what --metrics costs; status calls under load, <1 min
     python bench/run.py --section syscalls   # issue 24: system calls per request of one worker, by strace, <1 min
+    python bench/run.py --section compiled   # issue 24: the compiled core against pure Python, about 3 minutes
 
 Each round starts every server once per app (in a rotated order, so that drift of
 the machine spreads over all servers instead of favouring the first), waits for
@@ -38,6 +39,7 @@ from typing import Any
 
 import benchenv
 import ceiling
+import compiled
 import handover
 import leastconn
 import metricscost
@@ -54,7 +56,7 @@ from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps, 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 APPS_DIR = BENCH / "apps"
-SECTIONS = ("main", "policies", "reload", "least-conn", "handover", "metrics", "syscalls")
+SECTIONS = ("main", "policies", "reload", "least-conn", "handover", "metrics", "syscalls", "compiled")
 READY_TIMEOUT = 60.0  # uvicorn and hypercorn spawn fresh interpreters: slow on a loaded 2-core machine
 STOP_TIMEOUT = 15.0
 CEILING_S = 1.0  # at most, per in-process ceiling: a rate of calls per CPU second settles well within it
@@ -82,7 +84,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              " primary hands over per CPU second under rr (issue 12); metrics: what --metrics costs"
                              " per request, and status and /metrics calls during full load (issue 13); syscalls: system"
                              " calls per request of one worker, by strace, keep-alive and a new connection per"
-                             " request (issue 24)")
+                             " request (issue 24); compiled: server CPU per request of the compiled engine against"
+                             " the same code built as pure Python (issue 24)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 1 s runs, 0.5 s warm-up, no re-measuring, instead of 3 rounds of 3 s")
     parser.add_argument("--no-install", action="store_true",
@@ -105,6 +108,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="load generator (default: wrk if on PATH, else the Python client)")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="results folder (default bench/results)")
     parser.add_argument("--venv", type=Path, default=BENCH / ".venv", help="venv for the servers (default bench/.venv)")
+    parser.add_argument("--pure-venv", type=Path, default=BENCH / ".venv-pure",
+                        help="--section compiled: the venv of the pure-Python build (default bench/.venv-pure)")
     return parser.parse_args(argv)
 
 
@@ -456,10 +461,11 @@ def run_section(args: argparse.Namespace, began: float) -> int:
     # A smaller budget than the main bench's: each section is meant to stay under about 4 minutes.
     patience = Patience(args.patience if args.patience is not None else (0.0 if args.quick else 30.0))
     section = {"policies": policies.run, "reload": reload.run, "least-conn": leastconn.run,
-               "handover": handover.run, "metrics": metricscost.run, "syscalls": syscalls.run}[args.section]
+               "handover": handover.run, "metrics": metricscost.run, "syscalls": syscalls.run,
+               "compiled": compiled.run}[args.section]
     with tempfile.TemporaryDirectory(prefix=f"clusterrun-bench-{args.section}-") as logs:
         ctx = sections.Context(python, versions, args.servers, args.apps, args.workers, args.quick, args.duration,
-                               patience, client, client_note, Path(logs))
+                               patience, client, client_note, Path(logs), pure_venv=args.pure_venv)
         output = section(ctx)
     took = time.monotonic() - began
     head = section_header(python_version, python, versions, client_note, took)

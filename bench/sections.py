@@ -62,6 +62,7 @@ class Context:
     client_note: str
     logs: Path  # server output, one file per server run
     notes: list[str] = field(default_factory=list)
+    pure_venv: Path = BENCH / ".venv-pure"  # --section compiled: where the pure-Python build is installed
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The benchmark still runs end to end: one short clusterrun measurement, and its table is written.
 
 No timing is asserted (timings belong in the benchmark's own output), and nothing
-is installed: ``--no-install`` runs clusterrun from the interpreter running the tests.
+is installed: ``--no-install`` runs clusterrun from the interpreter running the tests. The one exception is
+the compiled section, whose pure-Python build goes into a venv of the test's own.
 """
 
 from __future__ import annotations
@@ -149,3 +150,29 @@ def test_syscalls_section_writes_calls_per_request(tmp_path: Path) -> None:
         total = re.search(r"^\| \*\*total\*\* \| \*\*(\d+\.\d+)\*\* \|$", body, re.MULTILINE)
         assert total and float(total.group(1)) > 0, body
         assert re.search(r"^\| requests traced \| [1-9][\d,]*( †)? \|$", body, re.MULTILINE), body
+
+
+def test_compiled_section_compares_the_two_builds(tmp_path: Path) -> None:
+    """Issue 24's compiled section on raw WSGI hello, quick: the interpreter running the tests is the compiled
+    build, the section installs the pure one into a venv under tmp_path, and the table has both builds' CPU per
+    request and their ratio for both loads; each server's log named the build it was meant to run."""
+    from clusterrun.adapters.entry import engine_build
+
+    if engine_build() != "compiled":
+        pytest.skip("the compiled section compares against the compiled build; this install is pure Python")
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--section", "compiled", "--quick", "--no-install", "--apps", "wsgi",
+         "--patience", "0", "--out", str(out), "--venv", str(tmp_path / "unused-venv"),
+         "--pure-venv", str(tmp_path / "pure")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    tables = sorted(out.glob("*-compiled-quick.md"))
+    assert len(tables) == 1, f"expected one compiled table in {out}: {sorted(out.iterdir())}"
+    text = tables[0].read_text()
+    assert "FAIL" not in text, text
+    cell = r"\d+\.\d \(\d+\.\d \+ \d+\.\d\)( †)?"
+    for load in ("keep-alive", "new connection"):
+        row = rf"^\| raw WSGI hello \| {_default_policy()} \| {load} \| {cell} \| {cell} \| \d+\.\d\dx \|"
+        assert re.search(row, text, re.MULTILINE), text
