@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 PURE_ENV = "CLUSTERRUN_PURE_PYTHON"  # setup.py: build the engine as pure Python
-PEERS = ("gunicorn", "uvicorn", "uvicorn-worker", "granian", "hypercorn", "pyuwsgi", "flask", "starlette", "httpx")
+PEERS = ("gunicorn", "uvicorn", "uvicorn-worker", "granian", "hypercorn", "pyuwsgi", "flask", "starlette", "fastapi",
+         "httpx")
 # Distributions whose versions go in the report header (uvloop and httptools decide the event loop and parser).
 REPORTED = ("clusterrun", "uvicorn", "gunicorn", "uvicorn-worker", "granian", "hypercorn", "pyuwsgi", "flask",
-            "starlette", "uvloop", "httptools", "prometheus_client")
+            "starlette", "fastapi", "pydantic", "uvloop", "httptools", "prometheus_client")
 
 
 def venv_python(venv: Path) -> Path:

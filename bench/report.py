@@ -233,7 +233,8 @@ def _goal_line(trials: Sequence[Trial], servers: dict[str, Server], goal: Goal, 
     return f"{verdict}  {text}, target >= {goal.minimum:.1f}x"
 
 
-# Targets of issue 24: server CPU per request of clusterrun's default policy against the fastest peer of each row.
+# Targets of issues 24 (WSGI) and 25 (ASGI): server CPU per request of clusterrun's default policy against the
+# fastest peer of each row.
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,7 @@ class CpuGoal:
     mode: str
     versus: str  # server key: the peer that this row measures (uWSGI's keep-alive and close are two servers)
     maximum: float  # clusterrun's CPU per request over the peer's, at most
+    issue: int = 24
 
 
 CPU_GOALS = (
@@ -249,20 +251,27 @@ CPU_GOALS = (
     CpuGoal("wsgi", "close", "uwsgi-close", 1.0),
     CpuGoal("flask", "keep-alive", "uwsgi", 1.0),
     CpuGoal("flask", "close", "uwsgi-close", 1.0),
+    CpuGoal("starlette", "keep-alive", "granian", 1.0, 25),
+    CpuGoal("starlette", "close", "granian", 1.0, 25),
+    CpuGoal("fastapi", "keep-alive", "granian", 1.0, 25),
+    CpuGoal("fastapi", "close", "granian", 1.0, 25),
 )
-CPU_INFO_APPS = ("starlette",)  # figures only: issue 24 asks that they get no worse, against no fixed figure
+# Figures beside the goals: every server's CPU per request against clusterrun's, for the rows with a goal on the
+# ASGI side (issue 24 asked that Starlette get no worse; issue 25 sets its goal against granian).
+CPU_INFO_APPS = ("starlette", "fastapi")
 
 
-def check_cpu_goals(trials: Sequence[Trial], pairs: Pairs, modes: Sequence[str], baseline: str) -> list[str]:
-    """One PASS/FAIL/SKIP line per goal whose app and mode this run measured, then INFO lines for the Starlette
-    rows; ``baseline``: clusterrun's default policy's server key."""
+def check_cpu_goals(trials: Sequence[Trial], pairs: Pairs, modes: Sequence[str], baseline: str,
+                    issue: int = 24) -> list[str]:
+    """One PASS/FAIL/SKIP line per goal of ``issue`` whose app and mode this run measured, then, for issue 25, INFO
+    lines for the ASGI framework rows; ``baseline``: clusterrun's default policy's server key."""
     run_apps = {a.key: a for a in apps_of(pairs)}
     lines = []
     for goal in CPU_GOALS:
         app = run_apps.get(goal.app)
-        if app is not None and goal.mode in modes:
+        if goal.issue == issue and app is not None and goal.mode in modes:
             lines.append(_cpu_goal_line(trials, pairs, app, goal, baseline))
-    for key in CPU_INFO_APPS:
+    for key in CPU_INFO_APPS if issue == 25 else ():
         if key in run_apps:
             lines += [_cpu_info_line(trials, pairs, run_apps[key], mode, baseline) for mode in modes]
     return lines
@@ -323,9 +332,9 @@ def median_ceiling(ceilings: Sequence[Ceiling]) -> Ceiling | None:
 
 def markdown(meta: dict[str, Any], trials: Sequence[Trial], pairs: Pairs, modes: Sequence[str],
              goals: Sequence[str], ceilings: dict[str, list[Ceiling]] | None = None, workers: int = 1,
-             baseline: str = ISSUE3_BASELINE, cpu_goals: Sequence[str] = ()) -> str:
-    """``baseline``: the server key of clusterrun's default policy; ``goals``, ``cpu_goals``: the target lines of
-    issues 3 and 24."""
+             baseline: str = ISSUE3_BASELINE, cpu_goals: Sequence[str] = (), asgi_goals: Sequence[str] = ()) -> str:
+    """``baseline``: the server key of clusterrun's default policy; ``goals``, ``cpu_goals``, ``asgi_goals``: the
+    target lines of issues 3, 24 and 25."""
     out = [f"# clusterrun benchmark ({meta['mode']})", ""]
     out += [f"- {name}: {value}" for name, value in meta["header"].items()]
     out += [f"- note: {note}" for note in meta["notes"]]
@@ -341,6 +350,9 @@ def markdown(meta: dict[str, Any], trials: Sequence[Trial], pairs: Pairs, modes:
     out += ["", "## Targets (issue 24)", "",
             "Server CPU per request (user + system, whole process tree), medians over rounds, of clusterrun's"
             " default policy against the peer each row measures.", "", "```", *cpu_goals, "```"]
+    out += ["", "## Targets (issue 25)", "",
+            "The same, for the ASGI frameworks against granian; then every server's figure beside clusterrun's.", "",
+            "```", *asgi_goals, "```"]
     failed = [t for t in trials if t.error]
     if failed:
         out += ["", "## Failures", ""]
@@ -352,8 +364,10 @@ def markdown(meta: dict[str, Any], trials: Sequence[Trial], pairs: Pairs, modes:
 
 
 def as_json(meta: dict[str, Any], trials: Sequence[Trial], goals: Sequence[str],
-            ceilings: dict[str, list[Ceiling]] | None = None, cpu_goals: Sequence[str] = ()) -> dict[str, Any]:
+            ceilings: dict[str, list[Ceiling]] | None = None, cpu_goals: Sequence[str] = (),
+            asgi_goals: Sequence[str] = ()) -> dict[str, Any]:
     """``ceilings``: per app, each round's in-process measurement (calls, CPU seconds)."""
     per_app = {app: [asdict(c) | {"per_core": c.per_core} for c in found] for app, found in (ceilings or {}).items()}
-    return {"meta": meta, "targets": goals, "targets_issue24": list(cpu_goals), "trials": [asdict(t) for t in trials],
+    return {"meta": meta, "targets": goals, "targets_issue24": list(cpu_goals),
+            "targets_issue25": list(asgi_goals), "trials": [asdict(t) for t in trials],
             "ceilings": per_app}

@@ -91,8 +91,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--no-install", action="store_true",
                         help="run the servers with this interpreter; skip the ones it lacks")
     parser.add_argument("--servers", help="comma-separated server keys or families, e.g. clusterrun,granian")
-    parser.add_argument("--apps", help="comma-separated apps: asgi, starlette, wsgi, flask (sections: the sample"
-                                       " apps starlette, flask)")
+    parser.add_argument("--apps", help="comma-separated apps: asgi, starlette, fastapi, wsgi, flask (sections: the"
+                                       " sample apps starlette, flask)")
     parser.add_argument("--workers", type=int,
                         help="worker processes for every server (default 2; --section reload: 4, or 2 with --quick)")
     parser.add_argument("--rounds", type=int, help="rounds (default 3, or 1 with --quick)")
@@ -432,6 +432,7 @@ def main(argv: Sequence[str]) -> int:
 
     goals = report.check_goals(trials, setup.pairs, settings.modes)
     cpu_goals = report.check_cpu_goals(trials, setup.pairs, settings.modes, setup.baseline)
+    asgi_goals = report.check_cpu_goals(trials, setup.pairs, settings.modes, setup.baseline, issue=25)
     took = time.monotonic() - began
     meta = {
         "mode": settings.mode,
@@ -442,9 +443,9 @@ def main(argv: Sequence[str]) -> int:
         "settings": asdict(settings),
     }
     text = report.markdown(meta, trials, setup.pairs, settings.modes, goals, ceilings, settings.workers,
-                           setup.baseline, cpu_goals)
+                           setup.baseline, cpu_goals, asgi_goals)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{settings.mode}"
-    written = write_results(args.out, stamp, text, report.as_json(meta, trials, goals, ceilings, cpu_goals),
+    written = write_results(args.out, stamp, text, report.as_json(meta, trials, goals, ceilings, cpu_goals, asgi_goals),
                             latest_name(args, settings))
     print(text)
     print(f"bench: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)

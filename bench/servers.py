@@ -29,6 +29,8 @@ class App:
 APPS: tuple[App, ...] = (
     App("asgi", "raw ASGI hello", "raw_asgi:app", "asgi"),
     App("starlette", "Starlette hello", "starlette_hello:app", "asgi", ("starlette",)),
+    App("fastapi", "FastAPI hello", "fastapi_hello:app", "asgi", ("fastapi",),
+        b'{"message":"Hello, world!","count":1}'),
     App("wsgi", "raw WSGI hello", "raw_wsgi:app", "wsgi"),
     App("flask", "Flask hello", "flask_hello:app", "wsgi", ("flask",)),
 )

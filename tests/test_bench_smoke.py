@@ -75,6 +75,9 @@ def test_quick_bench_writes_a_table_with_a_clusterrun_row(tmp_path: Path) -> Non
     targets = text.split("## Targets (issue 24)", 1)[1].split("## Server commands", 1)[0]
     assert "SKIP  raw WSGI hello, keep-alive: granian not measured" in targets, targets
     assert "SKIP  raw WSGI hello, close: uWSGI http-socket not measured" in targets, targets
+    # Issue 25's block is there; its apps (Starlette, FastAPI) did not run, so it holds no line.
+    asgi_targets = text.split("## Targets (issue 25)", 1)[1].split("## Server commands", 1)[0]
+    assert "```\n```" in asgi_targets, asgi_targets
 
 
 def test_policies_and_reload_sections_write_their_tables(tmp_path: Path) -> None:
