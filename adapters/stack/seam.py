@@ -507,6 +507,47 @@ class _Http10Writer:
         return getattr(self._transport, name)
 
 
+class _JoinedWriter:
+    """A request cycle's transport that sends the response head with the first write after it: one system call
+    for the usual answer, where uvicorn writes the head and the body apart (two sends, each of which wakes the
+    client). A head whose body does not follow in the same turn of the loop (a streamed answer, an interim
+    100 Continue) goes out at the end of that turn on its own."""
+
+    __slots__ = ("_fresh", "_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._fresh = True  # nothing written yet: the first write (the head) is held
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.writelines((held, data))  # one writev: a large body is not copied to be joined
+        elif self._fresh:
+            self._fresh = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():  # the client left meanwhile: nothing to tell it
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _MethodStandIn:
     """What the guarded httptools protocol keeps of a request besides uvicorn's: the method the parser was given a
     stand-in for (HttpConnection.reparse), the trailer fields."""
@@ -540,8 +581,10 @@ def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], R
                 self.trailing = None
             else:
                 self.headers = self.trailing = []
+                cycle = self.cycle
+                cycle.transport = _JoinedWriter(cycle.transport, self.loop)
                 if version == "1.0":  # uvicorn answers "HTTP/1.1" to every request; gunicorn answers in kind
-                    self.cycle.transport = _Http10Writer(self.cycle.transport)
+                    cycle.transport = _Http10Writer(cycle.transport)
 
         def on_body(self, body: bytes) -> None:
             self._guard.body_received(len(body))

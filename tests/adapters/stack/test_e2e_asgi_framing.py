@@ -253,3 +253,22 @@ def test_http10_request_gets_an_http10_status_line(run_cli: Callable[..., Cluste
     assert exchange(port, b"GET /a HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200 OK\r\n")
     raw = exchange(port, b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and seen(responses(raw)[0][1])["path"] == "/b"
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_a_head_whose_body_is_not_ready_goes_out_at_once(run_cli: Callable[..., Cluster], parser: str) -> None:
+    """The stack sends an answer's head with its first body write, in one system call (adapters/stack/seam.py,
+    _JoinedWriter). A head with no body behind it in the same turn of the loop must still go out then: a client
+    of a streamed answer (server-sent events, a long poll) reads the head while the app waits. Held until the
+    body came, this head would never arrive: the app sends none while the client is connected."""
+    _cluster, port = start(run_cli, "--http", parser, app="head_first:app")
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(4096)
+            assert data, f"closed before the head: {head!r}"
+            head += data
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    assert head.endswith(b"\r\n\r\n"), f"a body byte came with the head: {head!r}"
