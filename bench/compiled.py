@@ -27,7 +27,17 @@ from typing import Any
 import benchenv
 import procs
 from loadgen import LoadResult, LoadSpec
-from sections import BENCH_APPS, DAGGER_NOTE, Context, Measured, Output, command_line, dagger, started_bench_app, steady
+from sections import (
+    DAGGER_NOTE,
+    Context,
+    Measured,
+    Output,
+    command_line,
+    dagger,
+    default_policy,
+    started_bench_app,
+    steady,
+)
 from servers import APPS, App, Server, clusterrun_server
 
 BENCH = Path(__file__).resolve().parent
@@ -110,11 +120,7 @@ def pure_venv(ctx: Context) -> Path:
 
 
 def catalogue(ctx: Context) -> tuple[Server, ...]:
-    try:
-        policy = benchenv.default_policy(ctx.python, BENCH_APPS)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        ctx.notes.append(f"{exc}; clusterrun rr stands for the default")
-        policy = "rr"
+    policy = default_policy(ctx)
     return (clusterrun_server(policy), *([clusterrun_server("shared")] if policy != "shared" else []))
 
 

@@ -14,12 +14,14 @@ import http.client
 import os
 import shlex
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import benchenv
 import procs
 from loadgen import LoadGenerator
 from procs import DISTURBED_CORES, CpuUse
@@ -104,6 +106,15 @@ def _filter(words: str | None, items: Sequence[T], names: Callable[[T], set[str]
     if wanted - known:
         raise SystemExit(f"unknown {', '.join(sorted(wanted - known))}; known here: {', '.join(sorted(known))}")
     return [i for i in items if names(i) & wanted]
+
+
+def default_policy(ctx: Context) -> str:
+    """clusterrun's default policy in the servers' interpreter; rr, with a note, when it cannot be read."""
+    try:
+        return benchenv.default_policy(ctx.python, BENCH_APPS)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        ctx.notes.append(f"{exc}; clusterrun rr stands for the default")
+        return "rr"
 
 
 def server_env(apps: Path = SAMPLES) -> dict[str, str]:

@@ -36,11 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import benchenv
 import procs
 from loadgen import LoadResult, LoadSpec
 from sections import (
-    BENCH_APPS,
     DAGGER_NOTE,
     Context,
     Measured,
@@ -48,6 +46,7 @@ from sections import (
     choose,
     command_line,
     dagger,
+    default_policy,
     measure,
     started_bench_app,
     worker_pids,
@@ -125,11 +124,7 @@ class Trial:
 
 def catalogue(ctx: Context) -> tuple[Server, ...]:
     """clusterrun's default policy and shared, uWSGI's two sockets (each serves one of the loads), granian."""
-    try:
-        policy = benchenv.default_policy(ctx.python, BENCH_APPS)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        ctx.notes.append(f"{exc}; clusterrun rr stands for the default")
-        policy = "rr"
+    policy = default_policy(ctx)
     clusterrun = [clusterrun_server(policy)] + ([clusterrun_server("shared")] if policy != "shared" else [])
     peers = [s for key in ("uwsgi", "uwsgi-close", "granian") for s in SERVERS if s.key == key]
     return (*clusterrun, *peers)

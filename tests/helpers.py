@@ -115,6 +115,17 @@ def ask_control(path: str, request: bytes) -> dict[str, Any]:
     return exchange(path, request, timeout=DEADLINE)
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """What the server sends up to the end of a response head (``\r\n\r\n``), and whatever came with it;
+    fails if the server closes first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection before a whole head: {data!r}"
+        data += chunk
+    return data
+
+
 def read_all(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection."""
     sock.settimeout(DEADLINE)

@@ -15,7 +15,17 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from helpers import POLICIES, SAMPLE_APP_PAIR, SUP_APP_PAIR, Cluster, connections_held, start, wait_until, who
+from helpers import (
+    POLICIES,
+    SAMPLE_APP_PAIR,
+    SUP_APP_PAIR,
+    Cluster,
+    connections_held,
+    read_head,
+    start,
+    wait_until,
+    who,
+)
 
 
 @pytest.mark.parametrize("app", SUP_APP_PAIR)
@@ -200,11 +210,7 @@ def _open_websocket(port: int) -> tuple[socket.socket, int]:
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(f"GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        assert chunk, f"the server closed during the handshake: {head!r}"
-        head += chunk
+    head = read_head(sock)
     assert head.startswith(b"HTTP/1.1 101"), head
     pid = re.search(rb"x-pid: (\d+)", head)
     assert pid, head

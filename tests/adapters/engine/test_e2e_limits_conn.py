@@ -22,7 +22,17 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import DEADLINE, FRESH, TEST_APPS, Cluster, assert_config_error, read_all, run_to_exit, wait_until
+from helpers import (
+    DEADLINE,
+    FRESH,
+    TEST_APPS,
+    Cluster,
+    assert_config_error,
+    read_all,
+    read_head,
+    run_to_exit,
+    wait_until,
+)
 
 
 def start(run_cli: Callable[..., Cluster], app: str, *args: str) -> tuple[Cluster, int]:
@@ -38,12 +48,7 @@ def connect(port: int) -> socket.socket:
 def ask(sock: socket.socket) -> tuple[int, bytes]:
     """One keep-alive GET / on ``sock``: the status and the response head (the body is read by its length)."""
     sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed the connection: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, body = read_head(sock).partition(b"\r\n\r\n")
     fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:])
     length = int(fields[b"content-length"])
     while len(body) < length:

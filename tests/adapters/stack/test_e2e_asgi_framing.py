@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from helpers import DEADLINE, TEST_APPS, Cluster, read_all
+from helpers import DEADLINE, TEST_APPS, Cluster, read_all, read_head
 
 PARSERS = ["httptools", "h11"]
 
@@ -264,11 +264,7 @@ def test_a_head_whose_body_is_not_ready_goes_out_at_once(run_cli: Callable[..., 
     _cluster, port = start(run_cli, "--http", parser, app="head_first:app")
     with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
         sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = sock.recv(4096)
-            assert data, f"closed before the head: {head!r}"
-            head += data
+        head = read_head(sock)
     assert head.startswith(b"HTTP/1.1 200 "), head
     assert b"transfer-encoding: chunked" in head.lower(), head
     assert head.endswith(b"\r\n\r\n"), f"a body byte came with the head: {head!r}"
