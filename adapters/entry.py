@@ -51,8 +51,8 @@ __all__ = [
 
 def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bool:
     """Whether a worker serves ``loaded`` on the inline engine: a WSGI app called on the worker's thread
-    (``--threads 1``), parsed by httptools (``--http h11`` keeps uvicorn's stack)."""
-    if loaded.interface != "wsgi" or threads != 1 or http == "h11":
+    (``--threads 1``), parsed by httptools (``--http h11`` and ``--http uvicorn`` keep uvicorn's stack)."""
+    if loaded.interface != "wsgi" or threads != 1 or http in ("h11", "uvicorn"):
         return False
     try:
         import httptools  # noqa: F401
@@ -91,16 +91,16 @@ def preimport(http: str, *, threads: int = 1, interface: str = "auto") -> None:
     """Import what serving needs in the primary before forking: workers start faster and share the pages.
 
     The inline engine whenever a worker may serve on it; uvicorn's stack only where every worker will (an ASGI
-    app, ``--threads N``, ``--http h11``): what the primary imports is in every forked worker, and a WSGI worker
-    on the inline engine must not carry uvicorn, nor asyncio. With ``--interface auto`` and no --preload, the app
-    decides in each worker: one that then serves on the stack imports it there.
+    app, ``--threads N``, ``--http h11`` or ``uvicorn``): what the primary imports is in every forked worker, and a
+    WSGI worker on the inline engine must not carry uvicorn, nor asyncio. With ``--interface auto`` and no
+    --preload, the app decides in each worker: one that then serves on the stack imports it there.
     """
-    if http == "httptools":
+    if http in ("httptools", "uvicorn"):
         try:
             import httptools  # noqa: F401
         except ImportError:
-            raise BootError("--http httptools needs httptools: pip install httptools") from None
-    if interface == "asgi" or threads != 1 or http == "h11":
+            raise BootError(f"--http {http} needs httptools: pip install httptools") from None
+    if interface == "asgi" or threads != 1 or http in ("h11", "uvicorn"):
         from clusterrun.adapters.stack import serving  # every worker serves on the stack: share it
 
         serving.preimport(http)

@@ -20,7 +20,7 @@ discarded for a moment before closing ("lingering close", as nginx does): closin
 makes the kernel send a reset that can destroy the answer before the client reads it.
 
 The limits reach uvicorn's protocols only through the seam (adapters.stack.seam): ``Guard`` is the seam's
-``RequestGuard``, one per connection, and sees the connection as the seam's ``HttpConnection``. A limit found
+``RequestGuard``, one per connection, and sees the connection as the seam's ``ConnectionView``. A limit found
 inside the parser raises ``Exceeded`` (the seam's ``RequestRefused``); the parser then fails and the answer is
 ours instead of a 400. The checks themselves are engine-neutral (adapters.limits): the inline engine makes the
 same ones.
@@ -35,7 +35,7 @@ import logging
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.limits import Exceeded, Headers, Limits, check_head, check_trailers, measure_head
 from clusterrun.adapters.methods import conventional, stand_in
-from clusterrun.adapters.stack.seam import HttpConnection
+from clusterrun.adapters.stack.seam import ConnectionView
 
 __all__ = ["Guard", "HeadClock"]
 
@@ -87,7 +87,7 @@ class Guard:
     request's head is parsed.
     """
 
-    def __init__(self, conn: HttpConnection, limits: Limits, clock: HeadClock,
+    def __init__(self, conn: ConnectionView, limits: Limits, clock: HeadClock,
                  admission: Admission | None = None) -> None:
         self._conn = conn
         self._limits = limits

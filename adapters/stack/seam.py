@@ -49,7 +49,8 @@ from clusterrun.adapters.limits import Exceeded, Headers
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-__all__ = ["HttpConnection", "OpenConnection", "RequestGuard", "RequestRefused", "Stack", "WebSocketLimits"]
+__all__ = ["ConnectionView", "HttpConnection", "OpenConnection", "RequestGuard", "RequestRefused", "Stack",
+           "WebSocketLimits"]
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
@@ -97,8 +98,34 @@ class RequestGuard(Protocol):
         ...
 
 
+class ConnectionView(Protocol):
+    """What a ``RequestGuard`` may see and do of one HTTP connection: ``HttpConnection`` for uvicorn's protocols,
+    clusterrun's own protocol (adapters.stack.http1) for itself."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def transport(self) -> asyncio.Transport: ...
+    @property
+    def client(self) -> tuple[str, int] | None: ...
+    @property
+    def default_headers(self) -> Headers: ...
+    @property
+    def running_requests(self) -> int: ...
+    @property
+    def has_request(self) -> bool: ...
+    @property
+    def in_flight(self) -> bool: ...
+    @property
+    def response_started(self) -> bool: ...
+    def parse(self, data: bytes) -> None: ...
+    def reparse(self, data: bytes, method: bytes) -> bool: ...
+    def after_responses(self, callback: Callable[[], None]) -> None: ...
+    def disconnect_app(self) -> None: ...
+
+
 class HttpConnection:
-    """What a ``RequestGuard`` may see and do of one of uvicorn's HTTP connections."""
+    """What a ``RequestGuard`` may see and do of one of uvicorn's HTTP connections (a ``ConnectionView``)."""
 
     __slots__ = ("_protocol", "parse")
 
@@ -265,18 +292,25 @@ class WebSocketLimits:
     ping_timeout: float = 20.0
 
 
-class Stack:
-    """uvicorn's protocols set up for one worker: the classes to serve with and the state they share."""
+# A Stack's HTTP protocols: clusterrun's own on httptools (adapters.stack.http1), or uvicorn's on httptools or h11.
+PROTOCOLS = ("clusterrun", "httptools", "h11")
 
-    def __init__(self, app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
+
+class Stack:
+    """A worker's HTTP protocols for the stack, the classes to serve with and the state they share: clusterrun's
+    own (``protocol="clusterrun"``) or uvicorn's ("httptools", "h11"); WebSockets always on uvicorn's."""
+
+    def __init__(self, app: Any, *, protocol: str, access_log: bool, timeout_keep_alive: int, backlog: int,
                  headers: list[tuple[str, str]] | None = None, root_path: str = "",
                  ws: WebSocketLimits | None = None) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown HTTP protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
         ws = ws or WebSocketLimits()
         config = uvicorn.Config(
             app=lambda: app,  # a factory, so that uvicorn does not probe the app by calling it
             factory=True,
             interface="asgi3",
-            http=http,  # type: ignore[arg-type]
+            http="h11" if protocol == "h11" else "httptools",
             lifespan="off",  # clusterrun runs the lifespan itself (adapters.stack.lifespan)
             log_config=None,
             access_log=access_log,
@@ -294,25 +328,35 @@ class Stack:
         config.load()  # imports the protocol classes, sets encoded_headers and loaded_app
         if issubclass(config.http_protocol_class, H11Protocol) or _version(uvicorn.__version__) < (0, 53):
             config.loaded_app = _announcing_close(config.loaded_app)  # every protocol reads it in __init__
+        self._app = app
         self._config = config
         self._state = ServerState()
+        self._own = protocol == "clusterrun"
         self._http_protocol: type[Any] = config.http_protocol_class
+        self._make_guard: Callable[[ConnectionView], RequestGuard] | None = None
+        self._upgraded_close = False
+        self._on_close: list[Callable[[], None]] = []
         self.encoded_headers: Headers = list(config.encoded_headers)
 
     @property
-    def parser(self) -> str:
-        """The HTTP parser uvicorn's protocol class uses: "httptools" or "h11" (for the start log)."""
-        return "h11" if issubclass(self._config.http_protocol_class, H11Protocol) else "httptools"
+    def name(self) -> str:
+        """What serves HTTP, for the start log: "clusterrun http1 (httptools)", "uvicorn httptools", "uvicorn h11"."""
+        if self._own:
+            return "clusterrun http1 (httptools)"
+        return "uvicorn h11" if issubclass(self._config.http_protocol_class, H11Protocol) else "uvicorn httptools"
 
     # Building the protocol classes (before serving).
 
-    def guard_requests(self, make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int, *,
+    def guard_requests(self, make_guard: Callable[[ConnectionView], RequestGuard], head_limit: int, *,
                        upgraded_close: bool = True) -> None:
         """Give every HTTP connection a guard (adapters.stack.guard); ``head_limit`` bounds a request head in bytes.
 
         ``upgraded_close``: the guard must hear when a connection upgraded to WebSocket closes (it holds a place
         of --limit-concurrency until then). Without it, an upgrade's HTTP protocol is left to the collector.
         """
+        if self._own:  # the protocol calls the guard itself, and is its own view (ConnectionView)
+            self._make_guard, self._upgraded_close = make_guard, upgraded_close
+            return
         base = self._http_protocol
         if issubclass(base, H11Protocol):
             self._http_protocol = _guarded_h11(base, make_guard, head_limit, upgraded_close)
@@ -325,15 +369,42 @@ class Stack:
         Both protocols are wrapped: a connection upgraded to WebSocket closes through the WebSocket protocol
         only, which uvicorn takes from the config on each upgrade.
         """
-        self._http_protocol = _counting(self._http_protocol, on_close)
+        if self._own:
+            self._on_close.append(on_close)
+        else:
+            self._http_protocol = _counting(self._http_protocol, on_close)
         if self._config.ws_protocol_class is not None:
             self._config.ws_protocol_class = _counting(self._config.ws_protocol_class, on_close)
 
     def protocol_factory(self, loop: asyncio.AbstractEventLoop, app_state: dict[str, Any]) -> ProtocolFactory:
         """What ``loop.create_server`` and ``loop.connect_accepted_socket`` call for each connection."""
+        if self._own:
+            # Here, not at the top: http1 needs httptools, an optional dependency (h11 alone serves uvicorn's).
+            from clusterrun.adapters.stack.http1 import H1Protocol, Shared
+
+            config = self._config
+            shared = Shared(self._app, self._state, app_state, loop, root_path=config.root_path,
+                            timeout_keep_alive=config.timeout_keep_alive)
+            shared.make_guard = self._make_guard
+            shared.on_close = self._on_close
+            if config.ws_protocol_class is not None:
+                shared.upgrade = functools.partial(self._upgrade, app_state)
+            return functools.partial(H1Protocol, shared)
         protocol: Callable[..., asyncio.Protocol] = self._http_protocol
         return functools.partial(protocol, config=self._config, server_state=self._state, app_state=app_state,
                                  _loop=loop)
+
+    def _upgrade(self, app_state: dict[str, Any], guard: RequestGuard) -> asyncio.Protocol:
+        """The WebSocket protocol (uvicorn's) that takes over a connection of clusterrun's own protocol; ``guard``,
+        the connection's, hears of its close where --limit-concurrency needs it."""
+        config = self._config
+        # Read on each upgrade: notify_close may have wrapped it.
+        ws_class: type[Any] = config.ws_protocol_class  # type: ignore[assignment]
+        extra: dict[str, Any] = {}
+        if self._upgraded_close:
+            ws_class, extra = _reporting_close(ws_class), {"on_close": guard.connection_lost}
+        protocol: asyncio.Protocol = ws_class(config=config, server_state=self._state, app_state=app_state, **extra)
+        return protocol
 
     # The server state the connections share (while serving).
 
@@ -443,7 +514,7 @@ def _make_reporting_close(base: type[Any]) -> type[Any]:
     return ReportingClose
 
 
-def _guarded(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], upgraded_close: bool
+def _guarded(base: type[Any], make_guard: Callable[[ConnectionView], RequestGuard], upgraded_close: bool
              ) -> type[Any]:
     """``base`` calling a guard around uvicorn's transport-side methods (both parsers)."""
 
@@ -557,7 +628,7 @@ class _MethodStandIn:
     trailing: Headers | None = None  # the trailer fields of the request being parsed
 
 
-def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], upgraded_close: bool
+def _guarded_httptools(base: type[Any], make_guard: Callable[[ConnectionView], RequestGuard], upgraded_close: bool
                        ) -> type[Any]:
     class GuardedHttptools(_guarded(base, make_guard, upgraded_close), _MethodStandIn):  # type: ignore[misc]
         headers: Headers  # uvicorn's: the request's header fields (the scope's list, until the head is parsed)
@@ -600,7 +671,7 @@ def _guarded_httptools(base: type[Any], make_guard: Callable[[HttpConnection], R
 
 
 def _guarded_h11(
-    base: type[Any], make_guard: Callable[[HttpConnection], RequestGuard], head_limit: int, upgraded_close: bool
+    base: type[Any], make_guard: Callable[[ConnectionView], RequestGuard], head_limit: int, upgraded_close: bool
 ) -> type[Any]:
     class GuardedConnection(h11.Connection):
         """h11's connection, showing the guard each request event before uvicorn acts on it."""

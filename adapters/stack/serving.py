@@ -58,14 +58,20 @@ def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo, body_timeout: 
 def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
                headers: ResponseHeaders | None = None, root_path: str = "",
                ws: WebSocketLimits | None = None) -> Stack:
-    """uvicorn's HTTP protocols set up to serve ``app``; --http httptools without httptools is a BootError."""
-    if http == "httptools":
+    """The HTTP protocols --http names, set up to serve ``app``: clusterrun's own (auto and httptools, where
+    httptools is installed; adapters.stack.http1), uvicorn's on httptools (uvicorn), uvicorn's on h11 (h11, or
+    auto without httptools). --http httptools or uvicorn without httptools is a BootError."""
+    protocol = "h11"
+    if http != "h11":
         try:
             import httptools  # noqa: F401
         except ImportError:
-            raise BootError("--http httptools needs httptools: pip install httptools") from None
+            if http != "auto":
+                raise BootError(f"--http {http} needs httptools: pip install httptools") from None
+        else:
+            protocol = "httptools" if http == "uvicorn" else "clusterrun"
     fixed = (headers or ResponseHeaders()).fixed()
-    return Stack(app, http=http, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
+    return Stack(app, protocol=protocol, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
                  headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed],
                  root_path=root_path, ws=ws)
 

@@ -29,7 +29,7 @@ POLICIES = ("rr", "least-conn", "sticky", "shared", "balanced", "reuseport")
 INTERFACES = ("auto", "wsgi", "asgi")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPS = ("auto", "asyncio", "uvloop")
-HTTP_IMPLS = ("auto", "httptools", "h11")
+HTTP_IMPLS = ("auto", "httptools", "uvicorn", "h11")
 LIFESPANS = ("auto", "on", "off")
 LOG_FORMATS = ("text", "json")
 
@@ -583,7 +583,9 @@ OPTIONS: tuple[Option, ...] = (
            "reopens it)", _log_file("--access-log-file"), "FILE"),
     Option("loop", ("--loop",), "event loop: auto (uvloop when installed), asyncio or uvloop; default auto",
            _choice("--loop", LOOPS), "LOOP", choices=LOOPS),
-    Option("http", ("--http",), "HTTP parser: auto (httptools when installed), httptools or h11; default auto",
+    Option("http", ("--http",), "HTTP/1.1 protocol: auto or httptools (clusterrun's own engines on httptools, "
+           "auto falling back to uvicorn's h11 without it), uvicorn (uvicorn's httptools protocol) or h11 (uvicorn's "
+           "h11 protocol); default auto",
            _choice("--http", HTTP_IMPLS), "IMPL", choices=HTTP_IMPLS),
     Option("lifespan", ("--lifespan",), "ASGI lifespan: auto (run it if the app supports it), on or off; "
            "default auto", _choice("--lifespan", LIFESPANS), "MODE", choices=LIFESPANS),

@@ -95,7 +95,7 @@ def serve(
         logs.announce_engine(info, f"inline WSGI engine (httptools, {entry.engine_build()})")
         return _serve_inline(config, info, channel, sockets, pages, loaded, ssl_context)
     loop_name = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-    logs.announce_engine(info, f"uvicorn {server.stack.parser} + {loop_name}")
+    logs.announce_engine(info, f"{server.stack.name} + {loop_name}")
     try:
         code = serving.run(loop, WorkerRuntime(config, channel, server, sockets, pages.closes, loop).run())
         workerhooks.exit(info)

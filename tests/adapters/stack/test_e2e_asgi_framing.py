@@ -1,8 +1,9 @@
-"""End-to-end: request framing on uvicorn's stack (issue 22: faults item 9 and 11, corpus items 1, 2, 3, 5).
+"""End-to-end: request framing on the stack (issue 22: faults item 9 and 11, corpus items 1, 2, 3, 5).
 
-ASGI apps are served by uvicorn's protocols with clusterrun's guard (adapters/limits.py, adapters/uvicorn_seam.py).
-Each test sends raw bytes to the real CLI, with the default parser (httptools) and with ``--http h11``, and reads
-what came back: the app (tests/apps/framing_echo.py) answers what it saw of the request as JSON.
+ASGI apps are served by clusterrun's own HTTP/1.1 protocol (adapters/stack/http1.py, the default) or uvicorn's
+(``--http uvicorn``, ``--http h11``), with clusterrun's guard (adapters/limits.py, adapters/stack/guard.py). Each
+test sends raw bytes to the real CLI on all three and reads what came back: the app (tests/apps/framing_echo.py)
+answers what it saw of the request as JSON.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pytest
 
 from helpers import DEADLINE, TEST_APPS, Cluster, read_all, read_head
 
-PARSERS = ["httptools", "h11"]
+PARSERS = ["httptools", "uvicorn", "h11"]
+SERVED_BY = {"httptools": "clusterrun http1 \\(httptools\\)", "uvicorn": "uvicorn httptools", "h11": "uvicorn h11"}
 
 
 def start(run_cli: Callable[..., Cluster], *args: str, app: str = "framing_echo:app") -> tuple[Cluster, int]:
@@ -67,7 +69,7 @@ def seen(body: bytes) -> dict[str, Any]:
 @pytest.mark.parametrize("parser", PARSERS)
 def test_engine_named_in_start_log(run_cli: Callable[..., Cluster], parser: str) -> None:
     cluster, _port = start(run_cli, "--http", parser, "--loop", "asyncio")
-    cluster.wait_for_line(rf"serving with the uvicorn {parser} \+ asyncio$")
+    cluster.wait_for_line(rf"serving with the {SERVED_BY[parser]} \+ asyncio$")
 
 
 def test_inline_engine_named_in_start_log(run_cli: Callable[..., Cluster]) -> None:

@@ -1,0 +1,632 @@
+"""clusterrun's own HTTP/1.1 protocol for ASGI apps: httptools parsing on an asyncio (or uvloop) loop.
+
+The default for ASGI (``--http auto`` or ``httptools``); ``--http uvicorn`` keeps uvicorn's protocol classes
+(adapters.stack.seam). Written here rather than taken from uvicorn because a request on uvicorn's protocol pays
+for what this one does not (measured in bench/, issue 25):
+
+* the scope is copied from a template built once per connection, not rebuilt key by key;
+* a request's ``receive`` waits on a future made only when it must wait, not on an ``asyncio.Event`` per
+  request, and a request whose body is already complete never waits;
+* the response head is held until the first body write and both go out in one ``writelines`` (one system
+  call), or at the end of the loop turn for a streamed answer;
+* the guard (adapters.stack.guard) sees this object itself as its connection: no view, no wrapper subclass,
+  no logger proxy per connection.
+
+What it keeps, as uvicorn's httptools protocol does: keep-alive and pipelining (answers in order, reading
+paused while a request waits its turn), request bodies streamed to ``receive`` with reading paused past
+64 KiB, responses streamed with the app's ``send`` waiting while the transport's buffer is full, Expect:
+100-continue, HTTP/1.0 (answered as 1.0, closed after), ``Connection: close`` announced when the connection
+closes after the answer (a drain), the 500 for an app that fails before answering, and the WebSocket
+upgrade, handed to uvicorn's WebSocket protocol through the ``upgrade`` callable the seam gives.
+
+Imports asyncio and httptools only: what it needs of uvicorn (the WebSocket protocol, the server state) comes
+in through ``Shared``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+__all__ = ["H1Protocol", "Shared"]
+
+logger = logging.getLogger("clusterrun")
+
+Headers = list[tuple[bytes, bytes]]
+
+# Reading pauses while this many bytes of a request body wait for the app's receive() (uvicorn's figure).
+_HIGH_WATER = 65536
+# A header name is a token (RFC 9110 5.6.2); a value may hold no control character but HTAB (RFC 9110 5.5).
+_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _status_lines(version: bytes) -> dict[int, bytes]:
+    lines = {}
+    for status in range(100, 600):
+        try:
+            phrase = http.HTTPStatus(status).phrase.encode()
+        except ValueError:
+            phrase = b""
+        lines[status] = b"HTTP/%s %d %s\r\n" % (version, status, phrase)
+    return lines
+
+
+_STATUS = {"1.1": _status_lines(b"1.1"), "1.0": _status_lines(b"1.0")}
+_INTERNAL_ERROR = {"type": "http.response.start", "status": 500, "headers": [
+    (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"), (b"connection", b"close")]}
+_INTERNAL_ERROR_BODY = {"type": "http.response.body", "body": b"Internal Server Error", "more_body": False}
+_DISCONNECT = {"type": "http.disconnect"}
+
+
+class Shared:
+    """What a worker's connections share: the app, the server state (uvicorn's ``ServerState``: connections, tasks,
+    default headers, total requests), and the hooks the seam plugs in before serving."""
+
+    def __init__(self, app: Any, state: Any, app_state: dict[str, Any], loop: asyncio.AbstractEventLoop, *,
+                 root_path: str, timeout_keep_alive: float) -> None:
+        self.app = app
+        self.state = state
+        self.app_state = app_state
+        self.loop = loop
+        self.root_path = root_path
+        self.timeout_keep_alive = timeout_keep_alive
+        self.make_guard: Callable[[H1Protocol], Any] | None = None
+        self.on_close: list[Callable[[], None]] = []
+        # Builds the WebSocket protocol that takes over an upgraded connection, given the connection's guard (the
+        # seam's: uvicorn's class); None where no WebSocket library is installed.
+        self.upgrade: Callable[[Any], asyncio.Protocol] | None = None
+
+
+class H1Protocol(asyncio.Protocol):
+    """One HTTP/1.1 connection serving an ASGI app; also the guard's view of it (adapters.stack.guard)."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.loop = shared.loop
+        self.app = shared.app  # read for each request: a drain wraps it (seam.OpenConnection.wrap_app)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.cycle: _Cycle | None = None  # the newest request's
+        self.parser: Any = None
+        self.stand_in_for: bytes | None = None  # the method a parser stand-in replaced (guard: methods)
+        self._guard: Any = None
+        self._template: dict[str, Any] = {}
+        self._pipeline: deque[_Cycle] = deque()
+        self._keep_alive_timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._drained: list[asyncio.Future[None]] = []
+        self._reading_paused = False
+        self._upgrading = False
+        # The request being parsed.
+        self._url = b""
+        self._headers: Headers = []
+        self._trailing: Headers | None = None
+        self._expect_100 = False
+
+    # asyncio's protocol.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # An asyncio.Transport in effect (uvloop's transports do not subclass it: no isinstance check).
+        transport = cast(asyncio.Transport, transport)
+        shared = self.shared
+        shared.state.connections.add(self)
+        self.transport = transport
+        self.client = _address(transport.get_extra_info("peername"))
+        scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        self._template = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+                          "http_version": "1.1", "server": _address(transport.get_extra_info("sockname")),
+                          "client": self.client, "scheme": scheme, "root_path": shared.root_path}
+        self.parser = self._new_parser()
+        make_guard = shared.make_guard
+        assert make_guard is not None, "the seam installs a guard before serving"
+        self._guard = guard = make_guard(self)
+        guard.connection_made()
+
+    def _new_parser(self) -> Any:
+        parser = httptools.HttpRequestParser(self)
+        # Answer a request followed by bytes after its Connection: close (httptools 0.6.3 on).
+        if hasattr(parser, "set_dangerous_leniencies"):
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        return parser
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        guard = self._guard
+        if guard is not None:
+            guard.connection_lost()
+        self.shared.state.connections.discard(self)
+        cycle = self.cycle
+        if cycle is not None:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+            cycle.wake()
+        self._release_writers()
+        self._cancel_keep_alive()
+        if exc is None:
+            self.transport.close()
+        for on_close in self.shared.on_close:
+            on_close()
+        self._forget()
+
+    def _forget(self) -> None:
+        """Let go of what points back here (parser, guard, cycles): the connection is freed by reference counting,
+        not left to the cycle collector (tests/adapters/test_e2e_garbage.py)."""
+        self.parser = None
+        self._guard = None
+        self.cycle = None
+        self._pipeline.clear()
+
+    def eof_received(self) -> None:
+        """The client shut its side: answer what it sent, then the transport closes (False: the default)."""
+
+    def data_received(self, data: bytes) -> None:
+        if self._keep_alive_timer is not None:
+            self._cancel_keep_alive()
+        self._guard.data_received(data)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._release_writers()
+
+    def _release_writers(self) -> None:
+        drained, self._drained = self._drained, []
+        for waiter in drained:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer drains below its low-water mark (or the connection is lost)."""
+        waiter = self.loop.create_future()
+        self._drained.append(waiter)
+        await waiter
+
+    # The guard's view of the connection (adapters.stack.guard; the seam's ConnectionView).
+
+    def parse(self, data: bytes) -> None:
+        """Feed ``data`` to the parser; a request it rejects is answered 400 (by the guard, if it takes it)."""
+        parser = self.parser
+        if parser is None:
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._upgrading:
+                self._hand_over()
+            else:
+                logger.warning("unsupported upgrade request: answered as plain HTTP/1.1")
+        except httptools.HttpParserError:
+            if not self._guard.refusing():
+                logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+
+    @property
+    def default_headers(self) -> Headers:
+        return self.shared.state.default_headers  # type: ignore[no-any-return]
+
+    @property
+    def running_requests(self) -> int:
+        return len(self.shared.state.tasks)
+
+    @property
+    def has_request(self) -> bool:
+        return self.cycle is not None
+
+    @property
+    def in_flight(self) -> bool:
+        cycle = self.cycle
+        return cycle is not None and not cycle.response_complete
+
+    @property
+    def response_started(self) -> bool:
+        cycle = self.cycle
+        return cycle is not None and cycle.response_started
+
+    def reparse(self, data: bytes, method: bytes) -> bool:
+        """Parse ``data`` again with a new parser, the request's method being ``method`` (adapters.methods)."""
+        self.parser = self._new_parser()
+        self.stand_in_for = method
+        self.parse(data)
+        return True
+
+    def after_responses(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every request parsed so far is answered (at once if none is in flight)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            callback()
+            return
+        cycle.after.append(callback)
+
+    def disconnect_app(self) -> None:
+        """The app's request sees the client gone: ``receive()`` says disconnect, its sends are dropped."""
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.wake()
+
+    def release(self) -> None:
+        """The seam's call once an upgraded connection closed: nothing to let go of that _forget did not."""
+        self._guard = None
+
+    def send_400_response(self, msg: str) -> None:
+        if self._guard.bad_request():
+            return
+        text = msg.encode("ascii")
+        head = [_STATUS["1.1"][400]]
+        head += [name + b": " + value + b"\r\n" for name, value in self.default_headers]
+        head.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                    % len(text))
+        self.transport.write(b"".join(head) + text)
+        self.transport.close()
+
+    # The drain (seam.OpenConnection).
+
+    def shutdown(self) -> None:
+        """Close now if idle, else after the response in flight (which then says Connection: close)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()
+        else:
+            cycle.keep_alive = False
+            for waiting in self._pipeline:
+                waiting.keep_alive = False
+
+    # httptools' callbacks (found by name when the parser is built); an exception in one fails the parse.
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._expect_100 = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_100 = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        method = self.stand_in_for or parser.get_method()
+        version = parser.get_http_version()
+        headers = self._headers
+        self._guard.head_parsed(method, self._url, version, headers)
+        self.stand_in_for = None
+        if parser.should_upgrade() and self.shared.upgrade is not None and _upgrade(headers) == b"websocket":
+            self._upgrading = True  # feed_data raises HttpParserUpgrade next: _hand_over
+            self._trailing = None
+            return
+        # Trailer fields (a chunked body's end) go to a list of their own: they never reach the scope.
+        self._headers = self._trailing = []
+        url = self._url
+        if url[:1] == b"/" and b"#" not in url:  # origin-form, the usual: no URL parser needed
+            raw_path, _, query = url.partition(b"?")
+        else:
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        scope = self._template.copy()
+        root_path = scope["root_path"]
+        if root_path:
+            path = root_path + path
+            raw_path = root_path.encode("ascii") + raw_path
+        scope["method"] = method.decode("ascii")
+        if version != "1.1":
+            scope["http_version"] = version
+        scope["path"] = path
+        scope["raw_path"] = raw_path
+        scope["query_string"] = query
+        scope["headers"] = headers
+        scope["state"] = self.shared.app_state.copy()
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        cycle = _Cycle(self, scope, keep_alive, version, self._expect_100)
+        previous = self.cycle
+        self.cycle = cycle
+        if previous is None or previous.response_complete:
+            self._run(cycle)
+        else:  # pipelined: answered once the ones before it are (responses go out in order)
+            self._pipeline.append(cycle)
+            self._pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        self._guard.body_received(len(body))
+        cycle = self.cycle
+        if self._upgrading or cycle is None or cycle.response_complete:
+            return
+        cycle.body += body
+        if len(cycle.body) > _HIGH_WATER:
+            self._pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        trailing = self._trailing
+        if trailing:
+            self._guard.trailers_received(trailing)
+        cycle = self.cycle
+        if not self._upgrading and cycle is not None and not cycle.response_complete:
+            cycle.more_body = False
+            cycle.wake()
+        self._guard.message_completed()
+
+    # Requests.
+
+    def _run(self, cycle: _Cycle) -> None:
+        tasks = self.shared.state.tasks
+        task = self.loop.create_task(cycle.run(self.app))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def response_done(self, cycle: _Cycle) -> None:
+        """``cycle``'s response is complete: start the next pipelined request, or the keep-alive clock."""
+        self.shared.state.total_requests += 1
+        if not self.transport.is_closing():
+            self._resume_reading()
+            if self._pipeline:
+                self._run(self._pipeline.popleft())
+            else:
+                self._keep_alive_timer = self.loop.call_later(self.shared.timeout_keep_alive, self._idle_too_long)
+        if cycle.after:  # the guard's refusal of a request pipelined behind this one
+            after, cycle.after = cycle.after, []
+            for callback in after:
+                callback()
+
+    def _idle_too_long(self) -> None:
+        self._keep_alive_timer = None
+        self.transport.close()
+
+    def _cancel_keep_alive(self) -> None:
+        timer = self._keep_alive_timer
+        if timer is not None:
+            self._keep_alive_timer = None
+            timer.cancel()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _hand_over(self) -> None:
+        """Give the connection to a WebSocket protocol: it reads the request head again, rebuilt from the parse."""
+        upgrade = self.shared.upgrade
+        assert upgrade is not None
+        self.shared.state.connections.discard(self)
+        head = [self.stand_in_for or self.parser.get_method(), b" ", self._url, b" HTTP/1.1\r\n"]
+        for name, value in self._headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        protocol = upgrade(self._guard)
+        transport = self.transport
+        protocol.connection_made(transport)
+        protocol.data_received(b"".join(head))
+        transport.set_protocol(protocol)
+        self._forget()
+
+
+def _address(info: Any) -> Any:
+    """A (host, port) from a transport's peername or sockname; None for a Unix socket's."""
+    if isinstance(info, (list, tuple)) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None
+
+
+def _upgrade(headers: Headers) -> bytes | None:
+    """The protocol a request asks to upgrade to (its Upgrade field, if Connection names upgrade)."""
+    connection: list[bytes] = []
+    upgrade = None
+    for name, value in headers:
+        if name == b"connection":
+            connection = [token.strip().lower() for token in value.split(b",")]
+        elif name == b"upgrade":
+            upgrade = value.lower()
+    return upgrade if b"upgrade" in connection else None
+
+
+class _Cycle:
+    """One request and its response: the ASGI ``receive`` and ``send`` of the app's call."""
+
+    __slots__ = (
+        "after",
+        "body",
+        "chunked",
+        "conn",
+        "disconnected",
+        "expect_100",
+        "head_only",
+        "held",
+        "keep_alive",
+        "lines",
+        "more_body",
+        "pending",
+        "remaining",
+        "response_complete",
+        "response_started",
+        "scope",
+        "waiter",
+    )
+
+    def __init__(self, conn: H1Protocol, scope: dict[str, Any], keep_alive: bool, version: str,
+                 expect_100: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.lines = _STATUS.get(version) or _STATUS["1.1"]  # status lines in the request's version
+        self.expect_100 = expect_100
+        self.body = bytearray()
+        self.more_body = True
+        self.pending = False  # body bytes or the body's end arrived since the last receive()
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.head_only = scope["method"] == "HEAD"
+        self.remaining = 0  # Content-Length bytes still owed
+        self.held: bytes | None = None  # the response head, until the first body write joins it
+        self.after: list[Callable[[], None]] = []
+
+    def wake(self) -> None:
+        self.pending = True
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def run(self, app: Any) -> None:
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            logger.error("Exception in ASGI application", exc_info=exc)
+            if not self.response_started:
+                await self._internal_error()
+            else:
+                self._abort()
+        else:
+            if result is not None:
+                logger.error("the ASGI app returned %r instead of None", result)
+                self._abort()
+            elif not self.response_started and not self.disconnected:
+                logger.error("the ASGI app returned without starting a response")
+                await self._internal_error()
+            elif not self.response_complete and not self.disconnected:
+                logger.error("the ASGI app returned without completing its response")
+                self._abort()
+
+    async def _internal_error(self) -> None:
+        self.keep_alive = False
+        await self.send(_INTERNAL_ERROR)
+        await self.send(_INTERNAL_ERROR_BODY)
+
+    def _abort(self) -> None:
+        self.flush()
+        self.conn.transport.close()
+
+    async def receive(self) -> dict[str, Any]:
+        conn = self.conn
+        if self.expect_100:
+            self.expect_100 = False
+            if not conn.transport.is_closing():
+                conn.transport.write(self.lines[100] + b"\r\n")
+        if not (self.pending or self.disconnected or self.response_complete):
+            conn._resume_reading()
+            self.waiter = waiter = conn.loop.create_future()
+            await waiter
+        if self.disconnected or self.response_complete:
+            return _DISCONNECT
+        self.pending = False
+        body = bytes(self.body)
+        self.body.clear()
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        conn = self.conn
+        if conn._write_paused and not self.disconnected:
+            await conn.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"expected ASGI message 'http.response.start', got {kind!r}")
+            self._start(message["status"], message.get("headers", ()))
+        elif not self.response_complete:
+            if kind != "http.response.body":
+                raise RuntimeError(f"expected ASGI message 'http.response.body', got {kind!r}")
+            self._body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(f"ASGI message {kind!r} sent after the response was complete")
+
+    def _start(self, status: int, headers: Any) -> None:
+        self.response_started = True
+        self.expect_100 = False
+        head = [self.lines[status]]
+        for name, value in self.conn.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        length: int | None = None
+        closing = False
+        for name, value in headers:
+            if _BAD_NAME.search(name):
+                raise RuntimeError(f"invalid HTTP header name {name!r}")
+            if _BAD_VALUE.search(value):
+                raise RuntimeError(f"invalid HTTP header value for {name!r}")
+            name = name.lower()
+            if name == b"content-length":
+                if length is None:
+                    length = int(value)
+            elif name == b"transfer-encoding":
+                if value.lower() == b"chunked" and length is None:
+                    self.chunked = True
+            elif name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+                self.keep_alive = False
+                closing = True
+            head += [name, b": ", value, b"\r\n"]
+        if not self.keep_alive and not closing:
+            head.append(b"connection: close\r\n")
+        if length is not None and not self.chunked:
+            self.remaining = length
+        elif not (self.chunked or self.head_only or status in (204, 304)):
+            self.chunked = True  # neither length nor chunked said: chunked, so that keep-alive stays framed
+            head.append(b"transfer-encoding: chunked\r\n")
+        head.append(b"\r\n")
+        self.held = b"".join(head)
+        self.conn.loop.call_soon(self.flush)  # a streamed answer's head goes out at the end of this loop turn
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            transport = self.conn.transport
+            if not transport.is_closing():
+                transport.write(held)
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        out: list[bytes] = []
+        held = self.held
+        if held is not None:
+            self.held = None
+            out.append(held)
+        if self.head_only:
+            pass
+        elif self.chunked:
+            if body:
+                out += [b"%x\r\n" % len(body), body, b"\r\n"]
+            if not more_body:
+                out.append(b"0\r\n\r\n")
+        elif body:
+            if len(body) > self.remaining:
+                raise RuntimeError("the response body is longer than its Content-Length")
+            self.remaining -= len(body)
+            out.append(body)
+        transport = self.conn.transport
+        if out:
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)  # one writev: a large body is not copied to be joined
+        if not more_body:
+            if self.remaining and not self.head_only:
+                raise RuntimeError("the response body is shorter than its Content-Length")
+            self.response_complete = True
+            self.wake()
+            if not self.keep_alive:
+                transport.close()
+            self.conn.response_done(self)

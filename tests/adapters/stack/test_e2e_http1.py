@@ -1,0 +1,207 @@
+"""End-to-end: what an ASGI app's HTTP/1.1 connections keep, on clusterrun's own protocol (adapters/stack/http1.py,
+``--http httptools``, the default) and on uvicorn's (``--http uvicorn``), sent the same bytes and expected to
+answer alike: pipelining, streamed bodies both ways with a slow reader, Expect: 100-continue, HEAD, app failures,
+the scope, the WebSocket upgrade and the keep-alive timeout. The app is tests/apps/http1_app.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from helpers import DEADLINE, TEST_APPS, Cluster, read_all, read_head
+
+PROTOCOLS = pytest.mark.parametrize("http", ["httptools", "uvicorn"], ids=["clusterrun", "uvicorn"])
+
+
+def start(run_cli: Callable[..., Cluster], http: str, *args: str) -> int:
+    cluster = run_cli("http1_app:app", "--workers", "1", "--port", "0", "--http", http, *args, cwd=TEST_APPS)
+    return int(cluster.wait_ready().rsplit(":", 1)[1])
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+
+
+class Reader:
+    """Responses read one by one off a kept connection, whatever each recv brings (pipelined answers share one)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self, size: int) -> None:
+        while len(self.buffer) < size:
+            chunk = self.sock.recv(65536)
+            assert chunk, f"the server closed the connection mid-response: {self.buffer[:200]!r}"
+            self.buffer += chunk
+
+    def _take(self, size: int) -> bytes:
+        self._fill(size)
+        taken, self.buffer = self.buffer[:size], self.buffer[size:]
+        return taken
+
+    def _line(self, end: bytes = b"\r\n") -> bytes:
+        while end not in self.buffer:
+            self._fill(len(self.buffer) + 1)
+        line, _, self.buffer = self.buffer.partition(end)
+        return line
+
+    def head(self) -> bytes:
+        return self._line(b"\r\n\r\n") + b"\r\n\r\n"
+
+    def response(self, *, bodiless: bool = False) -> tuple[bytes, bytes]:
+        """The next response's head and body (Content-Length or chunked)."""
+        head = self.head()
+        fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:] if line)
+        if bodiless:
+            return head, b""
+        if b"content-length" in fields:
+            return head, self._take(int(fields[b"content-length"]))
+        body = b""
+        while size := int(self._line(), 16):
+            body += self._take(size)
+            self._take(2)
+        self._take(2)
+        return head, body
+
+
+@PROTOCOLS
+def test_pipelined_requests_are_answered_in_order(run_cli: Callable[..., Cluster], http: str) -> None:
+    port = start(run_cli, http)
+    with connect(port) as sock:
+        sock.sendall(b"GET /scope?i=1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                     b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+                     b"GET /scope?i=3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        reader = Reader(sock)
+        answers = [reader.response()[1] for _ in range(3)]
+    assert json.loads(answers[0])["query_string"] == "i=1"
+    assert json.loads(answers[1]) == {"size": 5, "sha256": hashlib.sha256(b"hello").hexdigest()}
+    assert json.loads(answers[2])["query_string"] == "i=3"
+
+
+@PROTOCOLS
+def test_a_large_upload_streams_to_the_app_intact(run_cli: Callable[..., Cluster], http: str) -> None:
+    port = start(run_cli, http)
+    body = os.urandom(4 * 1024 * 1024)  # past the 64 KiB at which reading pauses for the app
+    with connect(port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for offset in range(0, len(body), 1 << 20):
+            piece = body[offset:offset + (1 << 20)]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        sock.sendall(b"0\r\n\r\n")
+        head, answer = Reader(sock).response()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(answer) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+@PROTOCOLS
+def test_a_streamed_answer_reaches_a_slow_reader_intact(run_cli: Callable[..., Cluster], http: str) -> None:
+    port = start(run_cli, http)
+    chunks = 64  # 4 MiB: far more than the kernel's buffers hold, so the app's sends wait for the client
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(DEADLINE)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /stream?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % chunks)
+        reader = Reader(sock)
+        head, body = reader.response()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")  # the connection is still good for another
+        assert reader.response()[1] == b"ok"
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == b"".join(bytes([index]) * 65536 for index in range(chunks))
+
+
+@PROTOCOLS
+def test_expect_100_continue_is_answered_before_the_body(run_cli: Callable[..., Cluster], http: str) -> None:
+    port = start(run_cli, http)
+    with connect(port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        reader = Reader(sock)
+        assert reader.head() == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"abc")
+        assert json.loads(reader.response()[1])["size"] == 3
+
+
+@PROTOCOLS
+def test_head_gets_the_head_only(run_cli: Callable[..., Cluster], http: str) -> None:
+    port = start(run_cli, http)
+    with connect(port) as sock:
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        reader = Reader(sock)
+        head, _ = reader.response(bodiless=True)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 2\r\n" in head.lower()
+        assert reader.response() == (head, b"ok")  # no body came between the two heads
+
+
+@PROTOCOLS
+def test_an_app_failing_before_its_answer_gets_500_and_a_close(run_cli: Callable[..., Cluster], http: str) -> None:
+    port = start(run_cli, http)
+    with connect(port) as sock:
+        sock.sendall(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
+        raw = read_all(sock)
+    assert raw.startswith(b"HTTP/1.1 500 ")
+    assert b"connection: close" in raw.lower() and raw.endswith(b"Internal Server Error")
+
+
+@PROTOCOLS
+def test_an_app_failing_mid_answer_cuts_the_connection(run_cli: Callable[..., Cluster], http: str) -> None:
+    port = start(run_cli, http)
+    with connect(port) as sock:
+        sock.sendall(b"GET /half HTTP/1.1\r\nHost: t\r\n\r\n")
+        raw = read_all(sock)
+    assert raw.startswith(b"HTTP/1.1 200 ") and raw.endswith(b"\r\n\r\nhalf")  # 4 of 10 bytes, then the close
+
+
+@PROTOCOLS
+def test_the_scope_names_the_request_the_connection_and_the_worker(run_cli: Callable[..., Cluster],
+                                                                    http: str) -> None:
+    port = start(run_cli, http, "--root-path", "/api")
+    with connect(port) as sock:
+        sock.sendall(b"GET /sc%6fpe?a=%20b HTTP/1.0\r\n\r\n")
+        raw = read_all(sock)
+    assert raw.startswith(b"HTTP/1.0 200 ")
+    shown = json.loads(raw.partition(b"\r\n\r\n")[2])
+    client_port = shown.pop("client")[1]
+    assert client_port > 0
+    assert shown == {"http_version": "1.0", "method": "GET", "path": "/api/scope", "scheme": "http",
+                     "root_path": "/api", "raw_path": "/api/sc%6fpe", "query_string": "a=%20b",
+                     "server": ["127.0.0.1", port], "state": "yes", "worker": 1}
+
+
+@PROTOCOLS
+@pytest.mark.skipif(importlib.util.find_spec("wsproto") is None and importlib.util.find_spec("websockets") is None,
+                    reason="uvicorn serves WebSockets with wsproto or websockets")
+def test_a_websocket_upgrade_is_served_and_echoes(run_cli: Callable[..., Cluster], http: str) -> None:
+    port = start(run_cli, http)
+    with connect(port) as sock:
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key)
+        head = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        assert b"sec-websocket-accept: " + accept in head.lower().replace(accept.lower(), accept)
+        mask = os.urandom(4)
+        sock.sendall(b"\x81\x85" + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(b"hello")))
+        frame = head.partition(b"\r\n\r\n")[2]
+        while len(frame) < 7:
+            frame += sock.recv(64)
+    assert frame[:7] == b"\x81\x05hello"
+
+
+@PROTOCOLS
+def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(run_cli: Callable[..., Cluster],
+                                                                  http: str) -> None:
+    port = start(run_cli, http, "--timeout-keep-alive", "1")
+    with connect(port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert Reader(sock).response()[1] == b"ok"
+        assert sock.recv(1) == b""  # the server closed it: nothing more to read
