@@ -101,7 +101,11 @@ class H1Protocol(asyncio.Protocol):
         self._guard: Any = None
         self._template: dict[str, Any] = {}
         self._pipeline: deque[_Cycle] = deque()
+        # The keep-alive clock: one timer per connection at most, not one per request. A response's end stamps
+        # ``_idle_since``; the next request's bytes clear it; the timer, when it fires, closes the connection if
+        # it has been idle for the whole timeout and otherwise sets itself again for what is left.
         self._keep_alive_timer: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None
         self._write_paused = False
         self._drained: list[asyncio.Future[None]] = []
         self._reading_paused = False
@@ -168,8 +172,7 @@ class H1Protocol(asyncio.Protocol):
         """The client shut its side: answer what it sent, then the transport closes (False: the default)."""
 
     def data_received(self, data: bytes) -> None:
-        if self._keep_alive_timer is not None:
-            self._cancel_keep_alive()
+        self._idle_since = None
         self._guard.data_received(data)
 
     def pause_writing(self) -> None:
@@ -378,7 +381,10 @@ class H1Protocol(asyncio.Protocol):
             if self._pipeline:
                 self._run(self._pipeline.popleft())
             else:
-                self._keep_alive_timer = self.loop.call_later(self.shared.timeout_keep_alive, self._idle_too_long)
+                self._idle_since = now = self.loop.time()
+                if self._keep_alive_timer is None:
+                    self._keep_alive_timer = self.loop.call_at(now + self.shared.timeout_keep_alive,
+                                                               self._idle_too_long)
         if cycle.after:  # the guard's refusal of a request pipelined behind this one
             after, cycle.after = cycle.after, []
             for callback in after:
@@ -386,7 +392,14 @@ class H1Protocol(asyncio.Protocol):
 
     def _idle_too_long(self) -> None:
         self._keep_alive_timer = None
-        self.transport.close()
+        since = self._idle_since
+        if since is None:  # a request came meanwhile: its response's end sets the clock again
+            return
+        due = since + self.shared.timeout_keep_alive
+        if self.loop.time() >= due:
+            self.transport.close()
+        else:
+            self._keep_alive_timer = self.loop.call_at(due, self._idle_too_long)
 
     def _cancel_keep_alive(self) -> None:
         timer = self._keep_alive_timer

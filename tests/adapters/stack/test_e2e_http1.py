@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -205,3 +206,21 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(run_cli: Call
         sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         assert Reader(sock).response()[1] == b"ok"
         assert sock.recv(1) == b""  # the server closed it: nothing more to read
+
+
+@PROTOCOLS
+def test_the_keep_alive_clock_starts_again_with_each_response(run_cli: Callable[..., Cluster], http: str) -> None:
+    """A connection reused before its timeout gets the whole timeout again from its latest response: a clock
+    left running from the first response would close it 0.3 s after the second."""
+    port = start(run_cli, http, "--timeout-keep-alive", "1")
+    with connect(port) as sock:
+        reader = Reader(sock)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert reader.response()[1] == b"ok"
+        time.sleep(0.7)  # the time itself is what is tested: most of the timeout, not all of it
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert reader.response()[1] == b"ok"
+        answered = time.monotonic()
+        assert sock.recv(1) == b""
+        idle = time.monotonic() - answered
+    assert idle >= 0.9, f"closed {idle:.2f} s after the second response, within its 1 s keep-alive timeout"
