@@ -146,6 +146,9 @@ def clusterrun_server(policy: str) -> Server:
 SERVERS: tuple[Server, ...] = (
     clusterrun_server("rr"),
     clusterrun_server("shared"),
+    # Issue 25: the same cluster on uvicorn's HTTP protocol instead of clusterrun's own (adapters/stack/http1.py).
+    Server("clusterrun-rr-uvicorn", "clusterrun", "clusterrun rr --http uvicorn", ASGI, ("clusterrun",),
+           _clusterrun("rr", "--http", "uvicorn")),
     Server("uvicorn", "uvicorn", "uvicorn --workers", BOTH, ("uvicorn",), _uvicorn),
     Server("gunicorn-sync", "gunicorn", "gunicorn sync", WSGI, ("gunicorn",), _gunicorn("--worker-class", "sync")),
     Server("gunicorn-gthread", "gunicorn", "gunicorn gthread 4", WSGI, ("gunicorn",),
