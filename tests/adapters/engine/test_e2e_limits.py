@@ -259,7 +259,8 @@ def test_limit_request_body_bad_value(value: str) -> None:
 
 # --- request heads (item 7) ------------------------------------------------------------------------------
 
-PARSERS = pytest.mark.parametrize("http", ["httptools", "h11"])
+# httptools: the inline engine (WSGI) or clusterrun's own protocol (ASGI); uvicorn and h11: uvicorn's protocols.
+PARSERS = pytest.mark.parametrize("http", ["httptools", "uvicorn", "h11"])
 
 
 @PARSERS
@@ -285,7 +286,7 @@ def test_head_limits(run_cli: Callable[..., Cluster], http: str, app: str) -> No
     assert "refused a request" in cluster.output() and "Invalid HTTP request" not in cluster.output()
 
 
-@pytest.mark.parametrize("app", ["wsgi", "asgi"])  # the inline engine, and uvicorn's stack
+@pytest.mark.parametrize("app", ["wsgi", "asgi"])  # the inline engine, and clusterrun's own ASGI protocol
 def test_head_limit_flags_take_effect(run_cli: Callable[..., Cluster], app: str) -> None:
     _cluster, host, port = start(run_cli, f"limits_app:{app}", "--limit-request-line", "100",
                                  "--limit-request-fields", "5", "--limit-request-field-size", "64")
