@@ -257,10 +257,6 @@ class H1Protocol(asyncio.Protocol):
             cycle.disconnected = True
             cycle.wake()
 
-    def release(self) -> None:
-        """The seam's call once an upgraded connection closed: nothing to let go of that _forget did not."""
-        self._guard = None
-
     def send_400_response(self, msg: str) -> None:
         if self._guard.bad_request():
             return
