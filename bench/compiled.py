@@ -19,7 +19,8 @@ import dataclasses
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def trial(ctx: Context, app: App, server: Server, build: str, spans: Durations, 
     name = f"compiled-{app.key}-{server.key}-{build.split()[0]}-{round_}"
     try:
         with started_bench_app(ctx, app, server, WORKERS, name) as live:
-            said = engine_said(live.log_text())
+            said = wait_for_engine_line(live.log_text)
             if said != build:
                 raise RuntimeError(f"meant to run the {build} engine, its worker said {said!r}")
             url = f"http://127.0.0.1:{live.port}/"
@@ -156,6 +157,17 @@ def trial(ctx: Context, app: App, server: Server, build: str, spans: Durations, 
     except Exception as exc:  # one run failing must not cost the others their results
         for mode in MODES:
             cells.setdefault((app.key, server.key, mode, build), Cell()).error = f"{type(exc).__name__}: {exc}"
+
+
+def wait_for_engine_line(log_text: Callable[[], str], timeout: float = 10.0) -> str | None:
+    """The build the first worker's start line names, waited for: the first answer may come from another worker
+    (under shared, whichever wakes first) before worker 1 has written its line, or before the log is read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        said = engine_said(log_text())
+        if said is not None or time.monotonic() > deadline:
+            return said
+        time.sleep(0.05)
 
 
 def engine_said(log: str) -> str | None:
