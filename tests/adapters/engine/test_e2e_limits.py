@@ -260,7 +260,7 @@ def test_limit_request_body_bad_value(value: str) -> None:
 # --- request heads (item 7) ------------------------------------------------------------------------------
 
 # httptools: the inline engine (WSGI) or clusterrun's own protocol (ASGI); uvicorn and h11: uvicorn's protocols.
-PARSERS = pytest.mark.parametrize("http", ["httptools", "uvicorn", "h11"])
+PARSERS = pytest.mark.parametrize("http", ["httptools", pytest.param("uvicorn", marks=pytest.mark.slow), "h11"])
 
 
 @PARSERS

@@ -18,7 +18,8 @@ import pytest
 
 from helpers import DEADLINE, TEST_APPS, Cluster, read_all, read_head
 
-PARSERS = ["httptools", "uvicorn", "h11"]
+# --http uvicorn, the alternative to the default's protocol on the same parser, is checked once per CI run (slow).
+PARSERS = ["httptools", pytest.param("uvicorn", marks=pytest.mark.slow), "h11"]
 SERVED_BY = {"httptools": "clusterrun http1 \\(httptools\\)", "uvicorn": "uvicorn httptools", "h11": "uvicorn h11"}
 
 

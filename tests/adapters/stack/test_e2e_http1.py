@@ -19,7 +19,9 @@ import pytest
 
 from helpers import DEADLINE, TEST_APPS, Cluster, read_all, read_head
 
-PROTOCOLS = pytest.mark.parametrize("http", ["httptools", "uvicorn"], ids=["clusterrun", "uvicorn"])
+# uvicorn's protocol, the alternative, is checked once per CI run (slow: py311), clusterrun's on every Python.
+PROTOCOLS = pytest.mark.parametrize("http", ["httptools", pytest.param("uvicorn", marks=pytest.mark.slow)],
+                                    ids=["clusterrun", "uvicorn"])
 
 
 def start(run_cli: Callable[..., Cluster], http: str, *args: str) -> int:
