@@ -8,6 +8,7 @@ engine loads it without loading the stack.
 
 from __future__ import annotations
 
+import http
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 from clusterrun.adapters.methods import COMMON, conventional
 
 __all__ = ["Exceeded", "Headers", "Limits", "check_framing", "check_head", "check_trailers", "head_end",
-           "measure_head"]
+           "header_lines", "measure_head", "plain_answer"]
 
 Headers = list[tuple[bytes, bytes]]  # (name, value) of a head's fields, as the parsers give them
 
@@ -185,3 +186,16 @@ def check_trailers(trailers: Headers) -> Exceeded | None:
         if name in _FORBIDDEN_TRAILERS:
             return Exceeded(400, f"a {name.decode('latin-1')} trailer field")
     return None
+
+
+def header_lines(headers: Headers) -> bytes:
+    """Header fields as they go on the wire, each line ending in CRLF."""
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+
+
+def plain_answer(status: int, text: bytes, server_lines: bytes = b"") -> bytes:
+    """A whole text/plain answer that closes the connection: what both engines send for a refused request or an
+    app that failed before answering. ``server_lines``: the server's own fields (header_lines), e.g. date."""
+    return (b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, http.HTTPStatus(status).phrase.encode(), server_lines, len(text),
+                                              text))

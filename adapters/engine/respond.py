@@ -22,6 +22,7 @@ from collections.abc import Callable, Generator, Iterable
 from itertools import chain
 from typing import Any
 
+from clusterrun.adapters.limits import plain_answer
 from clusterrun.adapters.wsgi_app import Environ, Exchange, FileWrapper, WSGIApp, body_chunks, log_app_error
 from clusterrun.adapters.wsgi_input import ClientDisconnected
 
@@ -101,8 +102,7 @@ def error_head(server_head: bytes, status: int, text: bytes, framing: Framing | 
     """A whole plain-text answer that closes the connection (500 from a failed app, a refused request)."""
     if framing is not None:
         framing.status, framing.size = status, len(text)
-    return (b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, _PHRASES[status], server_head, len(text), text))
+    return plain_answer(status, text, server_head)
 
 
 def call(app: WSGIApp, environ: Environ, framing: Framing) -> bytes | Response:

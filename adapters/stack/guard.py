@@ -33,7 +33,16 @@ import http
 import logging
 
 from clusterrun.adapters.admission import Admission
-from clusterrun.adapters.limits import Exceeded, Headers, Limits, check_head, check_trailers, measure_head
+from clusterrun.adapters.limits import (
+    Exceeded,
+    Headers,
+    Limits,
+    check_head,
+    check_trailers,
+    header_lines,
+    measure_head,
+    plain_answer,
+)
 from clusterrun.adapters.methods import conventional, stand_in
 from clusterrun.adapters.stack.seam import ConnectionView
 
@@ -303,13 +312,8 @@ class Guard:
                 transport.close()
                 return
         if hit is not None:
-            status, phrase = hit.status, http.HTTPStatus(hit.status).phrase
-            text = f"{phrase}: {hit.why}\n".encode()
-            head = [f"HTTP/1.1 {status} {phrase}\r\n".encode()]
-            head += [name + b": " + value + b"\r\n" for name, value in conn.default_headers]
-            head.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                        b"connection: close\r\n\r\n" % len(text))
-            transport.write(b"".join(head) + text)
+            text = f"{http.HTTPStatus(hit.status).phrase}: {hit.why}\n".encode()
+            transport.write(plain_answer(hit.status, text, header_lines(conn.default_headers)))
         if not transport.can_write_eof():
             transport.close()
             return

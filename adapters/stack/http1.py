@@ -19,8 +19,8 @@ paused while a request waits its turn), request bodies streamed to ``receive`` w
 closes after the answer (a drain), the 500 for an app that fails before answering, and the WebSocket
 upgrade, handed to uvicorn's WebSocket protocol through the ``upgrade`` callable the seam gives.
 
-Imports asyncio and httptools only: what it needs of uvicorn (the WebSocket protocol, the server state) comes
-in through ``Shared``.
+Imports asyncio, httptools and adapters.limits (the plain-text refusal both engines send) only: what it needs of
+uvicorn (the WebSocket protocol, the server state) comes in through ``Shared``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
+from clusterrun.adapters.limits import header_lines, plain_answer
 
 __all__ = ["H1Protocol", "Shared"]
 
@@ -72,18 +73,19 @@ class Shared:
     default headers, total requests), and the hooks the seam plugs in before serving."""
 
     def __init__(self, app: Any, state: Any, app_state: dict[str, Any], loop: asyncio.AbstractEventLoop, *,
-                 root_path: str, timeout_keep_alive: float) -> None:
+                 root_path: str, timeout_keep_alive: float, make_guard: Callable[[H1Protocol], Any],
+                 on_close: list[Callable[[], None]], upgrade: Callable[[Any], asyncio.Protocol] | None) -> None:
         self.app = app
         self.state = state
         self.app_state = app_state
         self.loop = loop
         self.root_path = root_path
         self.timeout_keep_alive = timeout_keep_alive
-        self.make_guard: Callable[[H1Protocol], Any] | None = None
-        self.on_close: list[Callable[[], None]] = []
+        self.make_guard = make_guard
+        self.on_close = on_close  # the seam's list, read at each close: a drain adds to it while serving
         # Builds the WebSocket protocol that takes over an upgraded connection, given the connection's guard (the
         # seam's: uvicorn's class); None where no WebSocket library is installed.
-        self.upgrade: Callable[[Any], asyncio.Protocol] | None = None
+        self.upgrade = upgrade
 
 
 class H1Protocol(asyncio.Protocol):
@@ -130,9 +132,7 @@ class H1Protocol(asyncio.Protocol):
                           "http_version": "1.1", "server": _address(transport.get_extra_info("sockname")),
                           "client": self.client, "scheme": scheme, "root_path": shared.root_path}
         self.parser = self._new_parser()
-        make_guard = shared.make_guard
-        assert make_guard is not None, "the seam installs a guard before serving"
-        self._guard = guard = make_guard(self)
+        self._guard = guard = shared.make_guard(self)
         guard.connection_made()
 
     def _new_parser(self) -> Any:
@@ -260,12 +260,7 @@ class H1Protocol(asyncio.Protocol):
     def send_400_response(self, msg: str) -> None:
         if self._guard.bad_request():
             return
-        text = msg.encode("ascii")
-        head = [_STATUS["1.1"][400]]
-        head += [name + b": " + value + b"\r\n" for name, value in self.default_headers]
-        head.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-                    % len(text))
-        self.transport.write(b"".join(head) + text)
+        self.transport.write(plain_answer(400, msg.encode("ascii"), header_lines(self.default_headers)))
         self.transport.close()
 
     # The drain (seam.OpenConnection).

@@ -382,13 +382,13 @@ class Stack:
             # Here, not at the top: http1 needs httptools, an optional dependency (h11 alone serves uvicorn's).
             from clusterrun.adapters.stack.http1 import H1Protocol, Shared
 
-            config = self._config
+            config, make_guard = self._config, self._make_guard
+            if make_guard is None:  # the order of the worker's set-up (adapters.stack.serving), not a request's
+                raise RuntimeError("guard_requests() must come before protocol_factory()")
+            upgrade = functools.partial(self._upgrade, app_state) if config.ws_protocol_class is not None else None
             shared = Shared(self._app, self._state, app_state, loop, root_path=config.root_path,
-                            timeout_keep_alive=config.timeout_keep_alive)
-            shared.make_guard = self._make_guard
-            shared.on_close = self._on_close
-            if config.ws_protocol_class is not None:
-                shared.upgrade = functools.partial(self._upgrade, app_state)
+                            timeout_keep_alive=config.timeout_keep_alive, make_guard=make_guard,
+                            on_close=self._on_close, upgrade=upgrade)
             return functools.partial(H1Protocol, shared)
         protocol: Callable[..., asyncio.Protocol] = self._http_protocol
         return functools.partial(protocol, config=self._config, server_state=self._state, app_state=app_state,
