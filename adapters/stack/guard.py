@@ -222,6 +222,13 @@ class Guard:
         self._head_tail = b""
         self._line_seen = False
 
+    def body_stalled(self, timeout: float) -> None:
+        """The body being read sent nothing for ``timeout`` seconds while the app waited for it (--body-timeout,
+        called by clusterrun's own protocol): 408, or a close once the response began."""
+        if not (self._rejected or self._head_open):
+            self._limit_hit = Exceeded(408, f"no byte of the request body for {timeout:g} s (--body-timeout)")
+            self._reject()
+
     def _exceeded(self, status: int, why: str) -> Exceeded:
         self._limit_hit = hit = Exceeded(status, why)
         return hit

@@ -45,6 +45,10 @@ Headers = list[tuple[bytes, bytes]]
 
 # Reading pauses while this many bytes of a request body wait for the app's receive() (uvicorn's figure).
 _HIGH_WATER = 65536
+# Bytes parsed at a time from one read. A read can hold thousands of pipelined requests; once one of them waits
+# its turn, the rest of the read is held unparsed, so a client that pipelines without reading the answers costs
+# what it sent, not a scope and a request cycle for each request in it.
+_PARSE_SLICE = 8192
 # A header name is a token (RFC 9110 5.6.2); a value may hold no control character but HTAB (RFC 9110 5.5).
 _BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -74,7 +78,8 @@ class Shared:
 
     def __init__(self, app: Any, state: Any, app_state: dict[str, Any], loop: asyncio.AbstractEventLoop, *,
                  root_path: str, timeout_keep_alive: float, make_guard: Callable[[H1Protocol], Any],
-                 on_close: list[Callable[[], None]], upgrade: Callable[[Any], asyncio.Protocol] | None) -> None:
+                 on_close: list[Callable[[], None]], upgrade: Callable[[Any], asyncio.Protocol] | None,
+                 body_timeout: float | None = None, send_timeout: float | None = None) -> None:
         self.app = app
         self.state = state
         self.app_state = app_state
@@ -86,6 +91,11 @@ class Shared:
         # Builds the WebSocket protocol that takes over an upgraded connection, given the connection's guard (the
         # seam's: uvicorn's class); None where no WebSocket library is installed.
         self.upgrade = upgrade
+        # --body-timeout, as the inline engine applies it: the seconds a request body still arriving may send
+        # nothing while the app waits for it (None where the app's input keeps its own clock: the --threads
+        # bridge), and the seconds a client may take nothing of a response while the app waits to send more.
+        self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
 
 
 class H1Protocol(asyncio.Protocol):
@@ -103,12 +113,14 @@ class H1Protocol(asyncio.Protocol):
         self._guard: Any = None
         self._template: dict[str, Any] = {}
         self._pipeline: deque[_Cycle] = deque()
+        self._held: list[bytes] = []  # bytes read behind a request that waits its turn, parsed once it runs
         # The keep-alive clock: one timer per connection at most, not one per request. A response's end stamps
         # ``_idle_since``; the next request's bytes clear it; the timer, when it fires, closes the connection if
         # it has been idle for the whole timeout and otherwise sets itself again for what is left.
         self._keep_alive_timer: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None
         self._write_paused = False
+        self._send_timer: asyncio.TimerHandle | None = None
         self._drained: list[asyncio.Future[None]] = []
         self._reading_paused = False
         self._upgrading = False
@@ -167,13 +179,32 @@ class H1Protocol(asyncio.Protocol):
         self._guard = None
         self.cycle = None
         self._pipeline.clear()
+        self._held.clear()
 
     def eof_received(self) -> None:
         """The client shut its side: answer what it sent, then the transport closes (False: the default)."""
 
     def data_received(self, data: bytes) -> None:
         self._idle_since = None
-        self._guard.data_received(data)
+        if self._pipeline or self._held:  # a request waits its turn: these came with the read that paused
+            self._held.append(data)
+        elif len(data) <= _PARSE_SLICE:
+            self._guard.data_received(data)
+        else:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` a slice at a time, holding what is left once a request has to wait its turn."""
+        end = len(data)
+        for start in range(0, end, _PARSE_SLICE):
+            guard = self._guard
+            if guard is None:  # closed, or handed over to a WebSocket protocol
+                return
+            guard.data_received(data[start:start + _PARSE_SLICE])
+            if self._pipeline and start + _PARSE_SLICE < end:
+                self._held.append(data[start + _PARSE_SLICE:])
+                self._pause_reading()
+                return
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -189,10 +220,38 @@ class H1Protocol(asyncio.Protocol):
                 waiter.set_result(None)
 
     async def drain(self) -> None:
-        """Wait until the transport's buffer drains below its low-water mark (or the connection is lost)."""
+        """Wait until the transport's buffer drains below its low-water mark (or the connection is lost).
+
+        A client that takes nothing of the response for --body-timeout is cut off (the app's later sends are
+        dropped), as the inline engine does: otherwise a client that never reads holds the request forever."""
         waiter = self.loop.create_future()
         self._drained.append(waiter)
-        await waiter
+        timeout = self.shared.send_timeout
+        if not timeout:
+            await waiter
+            return
+        self._send_timer = self.loop.call_later(timeout, self._send_stalled, timeout,
+                                                self.transport.get_write_buffer_size())
+        try:
+            await waiter
+        finally:
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+
+    def _send_stalled(self, timeout: float, size_then: int) -> None:
+        self._send_timer = None
+        transport = self.transport
+        if transport.is_closing() or not self._write_paused:
+            return
+        size = transport.get_write_buffer_size()
+        if size < size_then:  # the client took some: it gets another full timeout
+            self._send_timer = self.loop.call_later(timeout, self._send_stalled, timeout, size)
+            return
+        client = self.client
+        logger.warning("closed the connection%s: the client took nothing of the response for %g s (--body-timeout)",
+                       f" from {client[0]}:{client[1]}" if client else "", timeout)
+        transport.abort()  # close() would wait for the buffer to be sent, which this client never reads
 
     # The guard's view of the connection (adapters.stack.guard; the seam's ConnectionView).
 
@@ -256,6 +315,13 @@ class H1Protocol(asyncio.Protocol):
         if cycle is not None:
             cycle.disconnected = True
             cycle.wake()
+
+    def body_stalled(self, cycle: _Cycle, timeout: float) -> None:
+        """``cycle``'s body sent nothing for ``timeout`` seconds while its app waited: the guard answers 408 (or
+        closes, once the response began), and the app sees a disconnect."""
+        guard = self._guard
+        if guard is not None and cycle is self.cycle and not cycle.response_complete:
+            guard.body_stalled(timeout)
 
     def send_400_response(self, msg: str) -> None:
         if self._guard.bad_request():
@@ -368,14 +434,19 @@ class H1Protocol(asyncio.Protocol):
         """``cycle``'s response is complete: start the next pipelined request, or the keep-alive clock."""
         self.shared.state.total_requests += 1
         if not self.transport.is_closing():
-            self._resume_reading()
             if self._pipeline:
                 self._run(self._pipeline.popleft())
-            else:
-                self._idle_since = now = self.loop.time()
-                if self._keep_alive_timer is None:
-                    self._keep_alive_timer = self.loop.call_at(now + self.shared.timeout_keep_alive,
-                                                               self._idle_too_long)
+            if not self._pipeline and self._held:  # what was read behind it: the running request's body, or more
+                held = b"".join(self._held)
+                self._held.clear()
+                self._feed(held)
+            if not (self._pipeline or self._held):
+                self._resume_reading()
+                if self.cycle is cycle:  # nothing after it: the keep-alive clock runs
+                    self._idle_since = now = self.loop.time()
+                    if self._keep_alive_timer is None:
+                        self._keep_alive_timer = self.loop.call_at(now + self.shared.timeout_keep_alive,
+                                                                   self._idle_too_long)
         if cycle.after:  # the guard's refusal of a request pipelined behind this one
             after, cycle.after = cycle.after, []
             for callback in after:
@@ -404,7 +475,9 @@ class H1Protocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused:
+        """Read again, unless a request waits its turn: reading stays paused until every request parsed so far
+        has run (response_done)."""
+        if self._reading_paused and not (self._pipeline or self._held):
             self._reading_paused = False
             self.transport.resume_reading()
 
@@ -533,7 +606,15 @@ class _Cycle:
         if not (self.pending or self.disconnected or self.response_complete):
             conn._resume_reading()
             self.waiter = waiter = conn.loop.create_future()
-            await waiter
+            timeout = conn.shared.body_timeout
+            if timeout and self.more_body:  # waiting for the body's bytes, not for a disconnect after it
+                timer = conn.loop.call_later(timeout, conn.body_stalled, self, timeout)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+            else:
+                await waiter
         if self.disconnected or self.response_complete:
             return _DISCONNECT
         self.pending = False

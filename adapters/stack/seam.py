@@ -89,6 +89,10 @@ class RequestGuard(Protocol):
     def message_completed(self) -> None:
         """A request ended (after uvicorn's own handling of its end)."""
 
+    def body_stalled(self, timeout: float) -> None:
+        """The body being read sent nothing for ``timeout`` seconds while the app waited (clusterrun's protocol
+        only: --body-timeout)."""
+
     def refusing(self) -> bool:
         """True while a refusal is being answered: uvicorn's generic warnings are then muted."""
         ...
@@ -302,7 +306,10 @@ class Stack:
 
     def __init__(self, app: Any, *, protocol: str, access_log: bool, timeout_keep_alive: int, backlog: int,
                  headers: list[tuple[str, str]] | None = None, root_path: str = "",
-                 ws: WebSocketLimits | None = None) -> None:
+                 ws: WebSocketLimits | None = None, body_timeout: float | None = None,
+                 send_timeout: float | None = None) -> None:
+        """``body_timeout`` and ``send_timeout``: --body-timeout on the request body and on the response, which
+        clusterrun's own protocol applies (http1.Shared); uvicorn's protocols have neither."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown HTTP protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
         ws = ws or WebSocketLimits()
@@ -330,6 +337,7 @@ class Stack:
             config.loaded_app = _announcing_close(config.loaded_app)  # every protocol reads it in __init__
         self._app = app
         self._config = config
+        self._body_timeout, self._send_timeout = body_timeout, send_timeout
         self._state = ServerState()
         self._own = protocol == "clusterrun"
         self._http_protocol: type[Any] = config.http_protocol_class
@@ -388,7 +396,8 @@ class Stack:
             upgrade = functools.partial(self._upgrade, app_state) if config.ws_protocol_class is not None else None
             shared = Shared(self._app, self._state, app_state, loop, root_path=config.root_path,
                             timeout_keep_alive=config.timeout_keep_alive, make_guard=make_guard,
-                            on_close=self._on_close, upgrade=upgrade)
+                            on_close=self._on_close, upgrade=upgrade, body_timeout=self._body_timeout,
+                            send_timeout=self._send_timeout)
             return functools.partial(H1Protocol, shared)
         protocol: Callable[..., asyncio.Protocol] = self._http_protocol
         return functools.partial(protocol, config=self._config, server_state=self._state, app_state=app_state,

@@ -647,7 +647,8 @@ OPTIONS: tuple[Option, ...] = (
            _positive_seconds("--timeout-request-head"), "SECONDS"),
     Option("body_timeout", ("--body-timeout",), "answer 408 (or close, once the response began) when a request "
            "body still arriving sends nothing for this many seconds, so that a stalled upload frees what serves "
-           "it; default 30", _positive_seconds("--body-timeout"), "SECONDS"),
+           "it, and cut off a client that takes nothing of a response for as long (ASGI: on clusterrun's own "
+           "protocol, not --http uvicorn/h11); default 30", _positive_seconds("--body-timeout"), "SECONDS"),
     Option("request_timeout", ("--request-timeout",), "a request's deadline in seconds (uWSGI's harakiri): an "
            "inline WSGI worker whose app runs longer on one request is killed and respawned, the request named "
            "in the log; with --threads N or ASGI the client gets 504 (a pooled worker with a thread stuck past "

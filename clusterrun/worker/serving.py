@@ -158,6 +158,8 @@ class StackServer:
             served, http=config.http, access_log=False, headers=response_headers(config),
             timeout_keep_alive=int(config.timeout_keep_alive), backlog=config.backlog, root_path=config.root_path,
             ws=websocket_limits(config),
+            # --body-timeout: on an ASGI app's body here; a WSGI app's input (the --threads bridge) keeps its own.
+            body_timeout=config.body_timeout if loaded.interface == "asgi" else None, send_timeout=config.body_timeout,
         )
         self.lifespan = uvicorn_stack.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
         # Under a primary-side policy every closed connection is counted where the primary reads it

@@ -226,3 +226,77 @@ def test_the_keep_alive_clock_starts_again_with_each_response(run_cli: Callable[
         assert sock.recv(1) == b""
         idle = time.monotonic() - answered
     assert idle >= 0.9, f"closed {idle:.2f} s after the second response, within its 1 s keep-alive timeout"
+
+
+# What clusterrun's protocol adds to uvicorn's against a hostile client (clusterrun's protocol only: uvicorn's
+# protocols, under --http uvicorn or h11, keep uvicorn's behaviour, as docs/asgi.md says).
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0])
+
+
+def test_requests_pipelined_behind_a_waiting_one_cost_their_bytes(run_cli: Callable[..., Cluster]) -> None:
+    """A client that pipelines thousands of requests and reads no answer: the worker holds the bytes, not a request
+    cycle for each (before, every request of each read got its scope and cycle: 145 MB for this client)."""
+    cluster = run_cli("http1_app:app", "--workers", "1", "--port", "0", cwd=TEST_APPS)
+    port = int(cluster.wait_ready().rsplit(":", 1)[1])
+    (worker,) = cluster.worker_pids()
+    before = _rss_kib(worker)
+    request = b"GET /stream?n=4 HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        sent, until = 0, time.monotonic() + 4  # a bounded flood: 4 s, at most 20 MB
+        while time.monotonic() < until and sent < 20_000_000:
+            try:
+                sent += sock.send(request * 512)
+            except BlockingIOError:
+                time.sleep(0.05)  # the server reads no more for now: the flood paces its retries
+        grown = _rss_kib(worker) - before
+    assert sent // len(request) > 5_000, "the test sent too little to tell"
+    assert grown < 30_000, f"the worker grew {grown} KiB holding {sent // len(request)} unread pipelined requests"
+    with connect(port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_a_pipelined_burst_with_bodies_is_answered_whole(run_cli: Callable[..., Cluster]) -> None:
+    """Bytes held behind a waiting request include the next request's body: each upload arrives intact, in order."""
+    port = start(run_cli, "httptools")
+    bodies = [os.urandom(size) for size in (10, 70_000, 5, 200_000, 0)]
+    burst = b"".join(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                     for body in bodies)
+    with connect(port) as sock:
+        sock.sendall(burst)
+        reader = Reader(sock)
+        for body in bodies:
+            head, answer = reader.response()
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert json.loads(answer) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_a_stalled_asgi_upload_is_answered_408(run_cli: Callable[..., Cluster]) -> None:
+    """--body-timeout on an ASGI app: a body that sends nothing while the app waits for it gets 408 and a close."""
+    cluster = run_cli("http1_app:app", "--workers", "1", "--port", "0", "--body-timeout", "1", cwd=TEST_APPS)
+    port = int(cluster.wait_ready().rsplit(":", 1)[1])
+    with connect(port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    cluster.wait_for_line(r"no byte of the request body for 1 s \(--body-timeout\) \(408")
+
+
+def test_a_client_that_reads_nothing_of_a_response_is_cut_off(run_cli: Callable[..., Cluster]) -> None:
+    """--body-timeout on the response: a client that takes nothing of a streamed answer for that long is cut off,
+    and the worker serves on."""
+    cluster = run_cli("http1_app:app", "--workers", "1", "--port", "0", "--body-timeout", "1", cwd=TEST_APPS)
+    port = int(cluster.wait_ready().rsplit(":", 1)[1])
+    with connect(port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /stream?n=2000 HTTP/1.1\r\nHost: x\r\n\r\n")  # 125 MiB, far past every buffer
+        cluster.wait_for_line(r"the client took nothing of the response for 1 s \(--body-timeout\)")
+    with connect(port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.1 200")
