@@ -4,8 +4,11 @@ least-conn needs each worker's open connections every time the primary
 dispatches. The primary knows how many connections it has passed to a worker;
 the worker counts how many of those have closed. The difference is what is open
 there or still on its way, exact whenever the primary looks, and it cannot
-drift: both sides only ever count up, and a dead worker's count goes with its
-handle.
+drift: a dead worker's count goes with its handle. A connection the worker
+serves that the primary never dispatched (a handle the program passed with a
+message, served with clusterrun.serve_connection) is counted down when the
+worker takes it, so that its close nets out: the difference stays what is open
+there, and the count may go below zero.
 
 The cell is an anonymous shared mapping that the primary makes before the fork.
 Only the worker writes it, with one aligned 64-bit store per update; the primary
@@ -38,8 +41,10 @@ class SharedCounter:
         self._cell[0] = self._value
 
     def read(self) -> int:
-        """In the primary: the worker's count so far (its last count once closed)."""
-        return int(self._cell[0])
+        """In the primary: the worker's count so far (its last count once closed), negative after more adds of
+        -1 than of 1 (the cell holds it modulo 2**64)."""
+        value = int(self._cell[0])
+        return value - _WRAP if value >= _WRAP // 2 else value
 
     def close(self) -> None:
         """In the primary, once the worker is reaped: unmap the page now rather than whenever this is freed."""
