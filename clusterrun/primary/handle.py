@@ -157,7 +157,7 @@ class WorkerHandle:
             self.channel.send(Message(message))
             return
         frame = encode(Handle(message), nfds=1)
-        self.channel.send_bytes(frame, [handles.take(handle)])  # the channel closes its copy once sent
+        self.channel.send_handle(frame, handles.take(handle))  # the channel closes its copy once sent
 
     def dump_threads(self) -> None:
         """Ask the worker to write every thread's traceback to the log (faulthandler, see worker.py)."""
