@@ -3,8 +3,9 @@
 /   the worker's id, index and pid as JSON (on any connection: the cluster's own, or one passed as a handle)
 
 Messages from the primary (tests/apps/handles_runner.py) say what to do with the socket that came with them:
-"serve" hands it to clusterrun.serve_connection; "raw" writes one line on it and closes it. A callback of
-one argument is registered too: it must keep receiving the message alone.
+"serve" hands it to clusterrun.serve_connection; "raw" writes one line on it and closes it; "accept" (a
+listener) accepts one connection on it and writes one line there. A callback of one argument is registered
+too: it must keep receiving the message alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 from typing import Any
 
 import clusterrun
@@ -30,6 +32,16 @@ def with_handle(message: Any, handle: socket.socket | None) -> None:
     elif message["mode"] == "raw":
         handle.sendall(f"raw from worker {worker.id} index {worker.index}\n".encode())
         handle.close()
+    elif message["mode"] == "accept":  # a listener: one connection, accepted off the event loop
+        threading.Thread(target=_accept_one, args=(handle, worker.id), daemon=True).start()
+
+
+def _accept_one(listener: socket.socket, worker_id: int) -> None:
+    with listener:
+        listener.setblocking(True)
+        conn, _address = listener.accept()
+        with conn:
+            conn.sendall(f"accepted by worker {worker_id}\n".encode())
 
 
 @clusterrun.on_message

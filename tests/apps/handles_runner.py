@@ -2,9 +2,9 @@
 
 Listens on a port of its own (logged as "routing on PORT") and passes each connection to a ready worker chosen by
 a rule: a hash of the client's address and port (crc32 of "HOST:PORT") modulo the number of ready workers, in slot
-order. MODE goes with the message: "serve"
-(the worker serves HTTP on it) or "raw" (the worker writes one line). Once the first worker listens, it also tries
-to send what is no socket, and logs each refusal as "refused: MESSAGE".
+order. MODE goes with the message: "serve" (the worker serves HTTP on it) or "raw" (the worker writes one line).
+Once the first worker listens, the runner tries to send it what is no socket, and logs each refusal as "refused:
+MESSAGE"; with MODE "listener" it then passes that worker a listener of its own ("passed a listener on PORT").
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ log = logging.getLogger("runner")
 app, workers, mode = sys.argv[1:4]
 extra = dict(arg.split("=", 1) for arg in sys.argv[4:])
 cluster = Cluster(app, workers=workers, port=0, **extra)
+
+
+kept: list[socket.socket] = []
 
 
 def route(conn: socket.socket, address: Any) -> None:
@@ -51,6 +54,12 @@ def try_bad_handles(worker: Worker) -> None:
         udp.close()
         unconnected.close()
     worker.send({"plain": True})  # a message with no handle still reaches both kinds of callback
+    if mode == "listener":  # a listener of the runner's own, passed to the worker, which accepts on it
+        extra_listener = socket.create_server(("127.0.0.1", 0))
+        kept.append(extra_listener)
+        worker.send({"mode": "accept"}, extra_listener)
+        log.warning("passed a listener on %d; open here still: %s", extra_listener.getsockname()[1],
+                    extra_listener.fileno() >= 0)
 
 
 listener = cluster.listen(("127.0.0.1", 0), route)

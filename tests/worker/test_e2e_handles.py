@@ -194,3 +194,15 @@ def test_a_handle_its_worker_never_read_is_closed_not_served_by_another(run_cli:
         os.kill(stopped, signal.SIGKILL)
     assert read_all(sock) == b""
     sock.close()
+
+
+@pytest.mark.parametrize("app", HANDLE_APPS)
+def test_a_passed_listener_is_the_workers_to_accept_on_and_stays_open_in_the_primary(
+    run_cli: Callable[..., Cluster], app: str
+) -> None:
+    cluster, _port = router(run_cli, app, "1", "listener")
+    match = cluster.wait_for_line(r"passed a listener on (\d+); open here still: (\w+)")[0]
+    assert match.group(2) == "True"
+    sock = connect(int(match.group(1)))
+    assert read_all(sock) == b"accepted by worker 1\n"
+    sock.close()
