@@ -23,6 +23,7 @@ import array
 import mmap
 
 _WRAP = 1 << 64
+_NEGATIVE = 1 << 63  # from here up, a cell holds a count below zero
 
 
 class SharedCounter:
@@ -44,7 +45,7 @@ class SharedCounter:
         """In the primary: the worker's count so far (its last count once closed), negative after more adds of
         -1 than of 1 (the cell holds it modulo 2**64)."""
         value = int(self._cell[0])
-        return value - _WRAP if value >= _WRAP // 2 else value
+        return value - _WRAP if value >= _NEGATIVE else value
 
     def close(self) -> None:
         """In the primary, once the worker is reaped: unmap the page now rather than whenever this is freed."""
