@@ -22,9 +22,6 @@ from __future__ import annotations
 import array
 import mmap
 
-_WRAP = 1 << 64
-_NEGATIVE = 1 << 63  # from here up, a cell holds a count below zero
-
 
 class SharedCounter:
     """``shared``: False under a kernel-side policy, where the primary never reads it: no page is mapped."""
@@ -33,19 +30,19 @@ class SharedCounter:
         self.shared = shared
         # Shared and anonymous: the forked worker writes the same page.
         self._map = mmap.mmap(-1, mmap.PAGESIZE) if shared else None
-        self._cell = memoryview(self._map).cast("Q") if self._map is not None else memoryview(array.array("Q", [0]))
+        # Signed 64 bits: a count may go below zero (see above), and no worker closes 2**63 connections.
+        self._cell = memoryview(self._map).cast("q") if self._map is not None else memoryview(array.array("q", [0]))
         self._value = 0  # the writer's own copy, so that it never reads the shared page
 
     def add(self, amount: int = 1) -> None:
         """In the worker."""
-        self._value = (self._value + amount) % _WRAP
+        self._value += amount
         self._cell[0] = self._value
 
     def read(self) -> int:
-        """In the primary: the worker's count so far (its last count once closed), negative after more adds of
-        -1 than of 1 (the cell holds it modulo 2**64)."""
-        value = int(self._cell[0])
-        return value - _WRAP if value >= _NEGATIVE else value
+        """In the primary: the worker's count so far (its last count once closed); below zero after more adds of
+        -1 than of 1."""
+        return int(self._cell[0])
 
     def close(self) -> None:
         """In the primary, once the worker is reaped: unmap the page now rather than whenever this is freed."""
@@ -54,4 +51,4 @@ class SharedCounter:
         last = self._cell[0]
         self._cell.release()
         self._map.close()
-        self._cell = memoryview(array.array("Q", [last]))  # read() goes on answering the last count
+        self._cell = memoryview(array.array("q", [last]))  # read() goes on answering the last count
