@@ -172,7 +172,8 @@ class Cluster:
         there like an event handler: pass ``conn`` on with ``worker.send(message, conn)`` (the worker's copy is
         then the only one), or close it; keep it no longer than the call (a worker forked meanwhile would
         inherit it). It is in blocking mode, as ``accept()`` gives it. A handler that raises is logged and its
-        connection closed. Accepting stops when the cluster stops; the listener itself stays the program's.
+        connection closed. Accepting stops when the cluster stops, or when the program closes the listener,
+        which stays the program's (it may close it any time).
         """
         if isinstance(listener, tuple):
             try:
@@ -190,6 +191,7 @@ class Cluster:
         if self._primary is not None:
             accepting.watch(self._primary)
         self.events.on("on_starting", lambda config: accepting.watch(self._running()))  # every later run()
+        self.events.on("on_exit", lambda config: accepting.release())  # after the run closed its selector
         return sock
 
     def _running(self) -> Primary:
@@ -218,7 +220,13 @@ class Cluster:
 
 
 class _ProgramListener:
-    """Cluster.listen's accepting, in the primary's loop: ``on_connection(conn, address)`` per connection."""
+    """Cluster.listen's accepting, in the primary's loop: ``on_connection(conn, address)`` per connection.
+
+    The loop watches a duplicate of the program's socket, its own: a program that closes its socket while the
+    cluster runs would otherwise leave the selector holding a number the next socket the primary opens (a
+    worker's channel) may get, and registering that one would fail. Once the program's socket is closed, the
+    next wake-up stops watching; the duplicate is closed then, or when the cluster's run ends.
+    """
 
     _BATCH = 64  # accepts per wake-up, then back to the loop: the workers' frames are not starved
     _FULL_PAUSE = 0.1  # out of descriptors, the listener stays readable: stop watching it this long
@@ -226,32 +234,45 @@ class _ProgramListener:
     def __init__(self, sock: socket.socket, on_connection: Callable[[socket.socket, Any], object]) -> None:
         self.sock = sock
         self.on_connection = on_connection
-        sock.setblocking(False)
+        self.watched: socket.socket | None = None  # the duplicate the running primary's loop watches
+        sock.setblocking(False)  # the duplicate shares the mode: an accept never blocks the loop
         handles.primary_only(sock)  # workers close their copies
 
     def watch(self, primary: Primary) -> None:
         if self.sock.fileno() < 0 or primary.stopping:
             return
+        if self.watched is None:
+            self.watched = self.sock.dup()
+            handles.primary_only(self.watched)
         with contextlib.suppress(KeyError, ValueError):  # watched already
-            primary.selector.register(self.sock, selectors.EVENT_READ, lambda mask: self.accept(primary))
+            primary.selector.register(self.watched, selectors.EVENT_READ, lambda mask: self.accept(primary))
 
-    def unwatch(self, primary: Primary) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            primary.selector.unregister(self.sock)
+    def pause(self, primary: Primary) -> None:
+        if self.watched is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                primary.selector.unregister(self.watched)
+
+    def release(self) -> None:
+        """Close the duplicate (unregistered already, or its selector closed with the run)."""
+        if self.watched is not None:
+            self.watched.close()
+            self.watched = None
 
     def accept(self, primary: Primary) -> None:
+        assert self.watched is not None
         for _ in range(self._BATCH):
             if primary.stopping or self.sock.fileno() < 0:
-                self.unwatch(primary)
+                self.pause(primary)
+                self.release()
                 return
             try:
-                conn, address = self.sock.accept()
+                conn, address = self.watched.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     logger.warning("Cluster.listen(): cannot accept (%s); pausing %gs", exc.strerror, self._FULL_PAUSE)
-                    self.unwatch(primary)
+                    self.pause(primary)
                     primary.timers.add(self._FULL_PAUSE, lambda: self.watch(primary))
                 return  # else the client left before it was accepted
             conn.setblocking(True)  # where accepted sockets inherit the listener's mode (BSD), undo it

@@ -5,6 +5,7 @@ a rule: a hash of the client's address and port (crc32 of "HOST:PORT") modulo th
 order. MODE goes with the message: "serve" (the worker serves HTTP on it) or "raw" (the worker writes one line).
 Once the first worker listens, the runner tries to send it what is no socket, and logs each refusal as "refused:
 MESSAGE"; with MODE "listener" it then passes that worker a listener of its own ("passed a listener on PORT").
+With MODE "close" it closes its listener once the second worker listens, and forks one more.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def route(conn: socket.socket, address: Any) -> None:
 
 @cluster.on("listening")
 def try_bad_handles(worker: Worker) -> None:
+    log.warning("worker %d listening", worker.id)
+    if mode == "close" and worker.id == 2:  # the program closes its listener while the cluster runs, then forks
+        listener.close()
+        log.warning("closed the listener")
+        cluster.fork()
     if worker.id != 1:
         return
     closed = socket.socket()

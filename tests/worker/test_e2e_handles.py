@@ -206,3 +206,30 @@ def test_a_passed_listener_is_the_workers_to_accept_on_and_stays_open_in_the_pri
     sock = connect(int(match.group(1)))
     assert read_all(sock) == b"accepted by worker 1\n"
     sock.close()
+
+
+def test_a_listener_the_program_closes_while_the_cluster_runs_stops_being_watched(
+    run_cli: Callable[..., Cluster]
+) -> None:
+    cluster, port = router(run_cli, "handles_app:wsgi", "2", "close")
+    cluster.wait_for_line(r"closed the listener")
+    cluster.wait_for_line(r"worker 3 listening")  # the fork after it: the primary's loop goes on
+    url = cluster.wait_ready()
+    with socket.create_connection(url.removeprefix("http://").split(":"), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.1 200")
+    # The listener is gone once the loop saw it closed: a connection is refused, or accepted and dropped.
+    wait_until(lambda: _refused_or_dropped(port), "the closed listener to stop taking connections")
+
+
+def _refused_or_dropped(port: int) -> bool:
+    try:
+        sock = connect(port)
+    except ConnectionRefusedError:
+        return True
+    with sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        try:
+            return read_all(sock) == b""
+        except OSError:
+            return True
