@@ -33,10 +33,13 @@ def is_listener(sock: socket.socket) -> bool:
 
 
 def _connected(sock: socket.socket) -> bool:
+    """Connected, or was: a connection the client reset after it was accepted has no peer any more but a pending
+    error. It still travels (the worker reads the end of it and closes it): a router must not fail on a client
+    that left between its accept and its send."""
     try:
         sock.getpeername()
     except OSError:
-        return False
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
     return True
 
 

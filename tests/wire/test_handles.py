@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import struct
+import time
 
 import pytest
 
@@ -27,6 +29,28 @@ def test_a_connection_is_detached_and_a_listener_kept() -> None:
         os.close(dup)
     finally:
         theirs.close()
+        listener.close()
+
+
+def test_a_connection_its_client_reset_still_travels() -> None:
+    # A client may leave between the router's accept and its send: that is no error of the router's.
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    accepted, _address = listener.accept()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # a reset
+    try:
+        deadline = time.monotonic() + 5
+        while True:  # until the reset arrives: the socket has no peer any more
+            try:
+                accepted.getpeername()
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "the reset never arrived"
+            time.sleep(0.01)
+        os.close(handles.take(accepted))
+    finally:
+        accepted.close()
         listener.close()
 
 
