@@ -3,9 +3,9 @@
 /   the worker's id, index and pid as JSON (on any connection: the cluster's own, or one passed as a handle)
 
 Messages from the primary (tests/apps/handles_runner.py) say what to do with the socket that came with them:
-"serve" hands it to clusterrun.serve_connection; "raw" writes one line on it and closes it; "accept" (a
-listener) accepts one connection on it and writes one line there. A callback of one argument is registered
-too: it must keep receiving the message alone.
+"serve" hands it to clusterrun.serve_connection ("thread": from a thread of its own); "raw" writes one line on
+it and closes it; "accept" (a listener) accepts one connection on it and writes one line there. A callback of
+one argument is registered too: it must keep receiving the message alone.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def with_handle(message: Any, handle: socket.socket | None) -> None:
         logger.warning("worker %d got %s without a handle", worker.id, json.dumps(message))
     elif message["mode"] == "serve":
         clusterrun.serve_connection(handle)
+    elif message["mode"] == "thread":  # handed to the server from another thread than the event loop's
+        threading.Thread(target=clusterrun.serve_connection, args=(handle,)).start()
     elif message["mode"] == "raw":
         handle.sendall(f"raw from worker {worker.id} index {worker.index}\n".encode())
         handle.close()

@@ -82,6 +82,14 @@ def test_a_routed_connection_is_answered_by_the_worker_the_rule_picked(
 
 
 @pytest.mark.parametrize("app", HANDLE_APPS)
+def test_serve_connection_works_from_any_thread_of_the_worker(run_cli: Callable[..., Cluster], app: str) -> None:
+    _cluster, port = router(run_cli, app, "2", "thread")
+    for _ in range(3):
+        client_port, worker, _sock = ask(port)
+        assert worker["index"] == rule(client_port, 2), (client_port, worker)
+
+
+@pytest.mark.parametrize("app", HANDLE_APPS)
 def test_a_worker_writes_on_a_raw_socket_it_was_passed(run_cli: Callable[..., Cluster], app: str) -> None:
     _cluster, port = router(run_cli, app, "2", "raw")
     sock = connect(port)
