@@ -12,7 +12,7 @@ from clusterrun.api import Cluster
 from clusterrun.errors import BindError, BootError, ClusterrunError, ConfigError, MessageError, RestartLimitError
 from clusterrun.identity import WorkerInfo, current_worker, is_primary, is_worker
 from clusterrun.primary.handle import Worker
-from clusterrun.worker.messaging import broadcast, on_message, send
+from clusterrun.worker.messaging import broadcast, on_message, send, serve_connection
 
 __all__ = [
     "BindError",
@@ -31,4 +31,5 @@ __all__ = [
     "is_worker",
     "on_message",
     "send",
+    "serve_connection",
 ]

@@ -15,16 +15,20 @@ The CLI is this class too: ``clusterrun APP --flags`` builds the same Config and
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import logging
 import os
+import selectors
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from clusterrun import logs
 from clusterrun.config.build import build_config
 from clusterrun.config.options import OPTIONS, OPTIONS_BY_NAME, Config
-from clusterrun.errors import ConfigError
+from clusterrun.errors import BindError, ConfigError
 from clusterrun.host import privileges
 from clusterrun.ops.appmetrics import AppMetricsDir
 from clusterrun.ops.endpoints import Endpoints
@@ -35,6 +39,7 @@ from clusterrun.primary.events import EVENTS, Events, Handler, check_handler
 from clusterrun.primary.handle import Worker
 from clusterrun.primary.reloader import require_watchfiles
 from clusterrun.primary.supervisor import Primary
+from clusterrun.wire import handles
 from clusterrun.worker import child
 from clusterrun.worker import hooks as workerhooks
 from clusterrun.worker.hooks import WORKER_EVENTS
@@ -152,6 +157,43 @@ class Cluster:
         """Send ``message`` to every live worker."""
         self._running().broadcast(message)
 
+    def listen(
+        self, listener: socket.socket | tuple[str, int], on_connection: Callable[[socket.socket, Any], object]
+    ) -> socket.socket:
+        """Accept on a listener of the program's own, in the primary's loop: ``on_connection(conn, address)`` for
+        each connection, as Node's ``net.createServer(onConnection)`` in the primary. The listening socket.
+
+        ``listener``: a listening ``socket.socket``, or a ``(host, port)`` address to open one on. Callable
+        before ``run()`` (the loop watches it from the start) or from an event handler while it runs.
+
+        Why in the loop rather than in a thread of the program's: the primary is one thread (it forks, and a
+        fork from a threaded process is unsafe), and ``Worker.send`` touches the workers' channels, which only
+        the loop may. So accepting is one more descriptor in the loop's one wait, and ``on_connection`` runs
+        there like an event handler: pass ``conn`` on with ``worker.send(message, conn)`` (the worker's copy is
+        then the only one), or close it; keep it no longer than the call (a worker forked meanwhile would
+        inherit it). It is in blocking mode, as ``accept()`` gives it. A handler that raises is logged and its
+        connection closed. Accepting stops when the cluster stops, or when the program closes the listener,
+        which stays the program's (it may close it any time).
+        """
+        if isinstance(listener, tuple):
+            try:
+                sock = socket.create_server(listener)
+            except OSError as exc:
+                raise BindError(f"Cluster.listen() cannot listen on {listener!r}: {exc.strerror or exc}; choose "
+                                "a free address") from None
+        elif isinstance(listener, socket.socket) and listener.fileno() >= 0 and handles.is_listener(listener):
+            sock = listener
+        else:
+            raise ConfigError(f"Cluster.listen() takes a listening socket.socket or a (host, port) address, not "
+                              f"{listener!r:.80}: call listen() on the socket first")
+        check_handler("listen", on_connection)
+        accepting = _ProgramListener(sock, on_connection)
+        if self._primary is not None:
+            accepting.watch(self._primary)
+        self.events.on("on_starting", lambda config: accepting.watch(self._running()))  # every later run()
+        self.events.on("on_exit", lambda config: accepting.release())  # after the run closed its selector
+        return sock
+
     def _running(self) -> Primary:
         if self._primary is None:
             raise ConfigError("the cluster is not running: call this from an event handler while run() serves")
@@ -175,6 +217,71 @@ class Cluster:
         if not found:
             raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event: "
                               f"{', '.join(EVENTS + WORKER_EVENTS)}")
+
+
+class _ProgramListener:
+    """Cluster.listen's accepting, in the primary's loop: ``on_connection(conn, address)`` per connection.
+
+    The loop watches a duplicate of the program's socket, its own: a program that closes its socket while the
+    cluster runs would otherwise leave the selector holding a number the next socket the primary opens (a
+    worker's channel) may get, and registering that one would fail. Once the program's socket is closed, the
+    next wake-up stops watching; the duplicate is closed then, or when the cluster's run ends.
+    """
+
+    _BATCH = 64  # accepts per wake-up, then back to the loop: the workers' frames are not starved
+    _FULL_PAUSE = 0.1  # out of descriptors, the listener stays readable: stop watching it this long
+
+    def __init__(self, sock: socket.socket, on_connection: Callable[[socket.socket, Any], object]) -> None:
+        self.sock = sock
+        self.on_connection = on_connection
+        self.watched: socket.socket | None = None  # the duplicate the running primary's loop watches
+        sock.setblocking(False)  # the duplicate shares the mode: an accept never blocks the loop
+        handles.primary_only(sock)  # workers close their copies
+
+    def watch(self, primary: Primary) -> None:
+        if self.sock.fileno() < 0 or primary.stopping:
+            return
+        if self.watched is None:
+            self.watched = self.sock.dup()
+            handles.primary_only(self.watched)
+        with contextlib.suppress(KeyError, ValueError):  # watched already
+            primary.selector.register(self.watched, selectors.EVENT_READ, lambda mask: self.accept(primary))
+
+    def pause(self, primary: Primary) -> None:
+        if self.watched is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                primary.selector.unregister(self.watched)
+
+    def release(self) -> None:
+        """Close the duplicate (unregistered already, or its selector closed with the run)."""
+        if self.watched is not None:
+            self.watched.close()
+            self.watched = None
+
+    def accept(self, primary: Primary) -> None:
+        assert self.watched is not None
+        for _ in range(self._BATCH):
+            if primary.stopping or self.sock.fileno() < 0:
+                self.pause(primary)
+                self.release()
+                return
+            try:
+                conn, address = self.watched.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logger.warning("Cluster.listen(): cannot accept (%s); pausing %gs", exc.strerror, self._FULL_PAUSE)
+                    self.pause(primary)
+                    primary.timers.add(self._FULL_PAUSE, lambda: self.watch(primary))
+                return  # else the client left before it was accepted
+            conn.setblocking(True)  # where accepted sockets inherit the listener's mode (BSD), undo it
+            try:
+                self.on_connection(conn, address)
+            except Exception:
+                logger.exception("the Cluster.listen() handler %s raised; its connection is closed",
+                                 getattr(self.on_connection, "__qualname__", self.on_connection))
+                conn.close()  # nothing if it was passed on already (it is detached then)
 
 
 def build_ops(primary: Primary, app_metrics_dir: str | None) -> Endpoints:

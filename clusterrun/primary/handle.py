@@ -14,10 +14,11 @@ from typing import Any
 from clusterrun.errors import MessageError, StateError
 from clusterrun.host.timers import NO_TIMER, Timer
 from clusterrun.identity import WorkerInfo
-from clusterrun.wire.channel import Channel
+from clusterrun.wire import handles
+from clusterrun.wire.channel import Channel, encode
 from clusterrun.wire.heartbeat import DUMP_SIGNAL
 from clusterrun.wire.pages import WorkerPages
-from clusterrun.wire.protocol import Beat, Message, Stop, check_message
+from clusterrun.wire.protocol import Beat, Handle, Message, Stop, check_message
 
 logger = logging.getLogger("clusterrun")
 
@@ -144,11 +145,19 @@ class WorkerHandle:
         else:
             self.terminate()
 
-    def send_message(self, message: Any) -> None:
+    def send_message(self, message: Any, handle: object = None) -> None:
+        """Send a user message, with ``handle`` (a socket: clusterrun.wire.handles) when given.
+
+        Every check comes before the handle is taken: when this raises, the caller still holds its socket.
+        """
         check_message(message)
         if not self.channel.is_open:
             raise MessageError(f"cannot send to {self.info}: its channel is closed (it stopped or died)")
-        self.channel.send(Message(message))
+        if handle is None:
+            self.channel.send(Message(message))
+            return
+        frame = encode(Handle(message), nfds=1)
+        self.channel.send_handle(frame, handles.take(handle))  # the channel closes its copy once sent
 
     def dump_threads(self) -> None:
         """Ask the worker to write every thread's traceback to the log (faulthandler, see worker.py)."""
@@ -194,9 +203,14 @@ class Worker:
         """starting, ready, draining, or exited once it has been reaped."""
         return self._handle.state.value
 
-    def send(self, message: Any) -> None:
-        """Send a JSON message to this worker (its clusterrun.on_message callbacks); MessageError if refused."""
-        self._handle.send_message(message)
+    def send(self, message: Any, handle: object = None) -> None:
+        """Send a JSON message to this worker (its clusterrun.on_message callbacks); MessageError if refused.
+
+        ``handle``: a socket to pass with it, as Node's ``worker.send(message, sendHandle)``: an accepted
+        connection (the worker owns it from now on: this process's copy is closed once sent) or a listening
+        socket (it stays open here too). The worker's callbacks that take two arguments receive it.
+        """
+        self._handle.send_message(message, handle)
 
     def __repr__(self) -> str:
         return f"<Worker id={self.id} index={self.index} pid={self.pid} {self.state}>"

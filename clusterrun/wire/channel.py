@@ -18,6 +18,12 @@ worker, and ``take_undelivered_fds`` reads the descriptors back out of it. No
 copy, frame or system call per connection: the cost is one descriptor per
 worker in the primary.
 
+A handle (a socket the program passed with a message: handles.py) is not a connection for any worker: when
+its worker dies before reading it, ``take_undelivered_fds`` closes it rather than hand it back with the
+connections, as Node loses a handle sent to a process that exits. The channel tells them apart by position:
+what a dead worker never read is the tail of all that was queued for it, in order, and the channel keeps the
+positions of the last handles it queued (no bookkeeping per connection, one addition per frame).
+
 A receiver whose descriptor table is full gets a frame without (some of) its
 descriptors: the kernel drops what it cannot install and says so with
 MSG_CTRUNC. That is not a malformed frame: the frame is delivered with the
@@ -55,6 +61,9 @@ def encode(frame: Frame, nfds: int = 0) -> bytes:
 
 
 MAX_FDS_PER_FRAME = 64
+# Handles whose position a channel keeps: more than this many unread by a dead worker, and the oldest of them
+# would be handed back as connections.
+_HANDLES_TRACKED = 4096
 _connection_frames: dict[tuple[int, int], bytes] = {}
 
 
@@ -88,6 +97,8 @@ class Channel:
         self._landing = memoryview(bytearray(_RECV_BYTES))
         self._fds: deque[int] = deque()
         self._outbox: deque[tuple[bytes, list[int]]] = deque()
+        self._queued_fds = 0  # descriptors ever queued to send, in one sequence: handles and connections
+        self._handles_at: deque[int] = deque(maxlen=_HANDLES_TRACKED)  # the positions of the handles in it
         self._waiting = False  # bytes are queued until the socket is writable again
         self.broken = False  # a send failed: the peer is gone
         self.is_open = True  # False once the owner stopped talking on it (hang_up); closed for good by close()
@@ -118,10 +129,17 @@ class Channel:
 
     def send_bytes(self, data: bytes, fds: list[int] | None = None) -> None:
         """Queue a frame; the channel owns ``fds`` from here and closes them once they are sent."""
+        if fds:
+            self._queued_fds += len(fds)
         was_idle = not self._outbox
         self._outbox.append((data, fds or []))
         if was_idle:
             self.flush()
+
+    def send_handle(self, data: bytes, fd: int) -> None:
+        """Queue a frame with a handle (see above): the channel owns ``fd``, as ``send_bytes``."""
+        self._handles_at.append(self._queued_fds)
+        self.send_bytes(data, [fd])
 
     def flush(self) -> bool:
         """Write queued frames until the socket would block; True once nothing waits."""
@@ -221,17 +239,23 @@ class Channel:
         return dropped
 
     def take_undelivered_fds(self) -> list[int]:
-        """After the peer died: every descriptor it never received, oldest first; the caller owns them now.
+        """After the peer died: every connection it never received, oldest first; the caller owns them now.
 
         First those still in the dead peer's receive queue (readable through the end kept open), then those
-        this side never got to send.
+        this side never got to send. Handles among them are closed here (see above).
         """
         fds: list[int] = []
         if self._peer_end is not None:
             fds += _drain_fds(self._peer_end)
         fds += [fd for _data, frame_fds in self._outbox for fd in frame_fds]
         self._outbox.clear()
-        return fds
+        first = self._queued_fds - len(fds)  # the position of the first of them among all that were queued
+        handles = {at - first for at in self._handles_at if at >= first}
+        if not handles:
+            return fds
+        for index in handles:
+            os.close(fds[index])
+        return [fd for index, fd in enumerate(fds) if index not in handles]
 
     def _drop_outbox(self) -> None:
         for _data, fds in self._outbox:

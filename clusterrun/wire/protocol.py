@@ -9,7 +9,7 @@ receiver (the primary). How frames travel — length prefix, passed descriptors 
 is the channel's business (channel.py).
 
 Worker to primary: Online, Ready, BootFailed, Beat, Recycle, Draining,
-Message, Broadcast. Primary to worker: Connections, Message, Stop, ReopenLogs.
+Message, Broadcast. Primary to worker: Connections, Message, Handle, Stop, ReopenLogs.
 
 A new kind is a dataclass here with its ``KIND`` (and, if it has fields, a
 ``parse`` that checks them), a line in ``_KINDS``, and a ``case`` where it is
@@ -160,6 +160,22 @@ class Message(_Kind):
 
 
 @dataclass(frozen=True)
+class Handle(_Kind):
+    """A user message with a socket (Node's ``worker.send(message, handle)``): its one descriptor travels with it.
+
+    A kind of its own rather than a field of Message, so that plain messages keep their shape both ways and a
+    worker never takes a connection the primary passed for rr (Connections) for one the user passed.
+    """
+
+    KIND: ClassVar[str] = "handle"
+    data: Any
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Handle:
+        return cls(obj.get("data"))
+
+
+@dataclass(frozen=True)
 class Broadcast(_Kind):
     """A user message from a worker, for the primary to relay to every other live worker."""
 
@@ -202,12 +218,12 @@ class ReopenLogs(_Kind):
     KIND: ClassVar[str] = "reopen_logs"
 
 
-Frame = (Online | Ready | BootFailed | Beat | Recycle | Draining | Message | Broadcast | Connections | Stop
-         | ReopenLogs)
+Frame = (Online | Ready | BootFailed | Beat | Recycle | Draining | Message | Handle | Broadcast | Connections
+         | Stop | ReopenLogs)
 
 _KINDS: dict[str, Callable[[Mapping[str, Any]], Frame]] = {
     kind.KIND: kind.parse
-    for kind in (Online, Ready, BootFailed, Beat, Recycle, Draining, Message, Broadcast, Connections, Stop,
+    for kind in (Online, Ready, BootFailed, Beat, Recycle, Draining, Message, Handle, Broadcast, Connections, Stop,
                  ReopenLogs)
 }
 

@@ -29,6 +29,7 @@ from clusterrun.config.options import Config
 from clusterrun.errors import EXIT_BOOT, EXIT_OK, BootError, ChannelError
 from clusterrun.host import tls
 from clusterrun.identity import WorkerInfo
+from clusterrun.wire import handles
 from clusterrun.wire.channel import Channel
 from clusterrun.wire.counters import SharedCounter
 from clusterrun.wire.heartbeat import heartbeat_interval
@@ -38,6 +39,7 @@ from clusterrun.wire.protocol import (
     Broadcast,
     Connections,
     Draining,
+    Handle,
     Message,
     Online,
     Ready,
@@ -73,6 +75,7 @@ def serve(
     A WSGI app called inline (``--threads 1``) is served by clusterrun's own engine on a loop with no asyncio;
     anything else by uvicorn's stack on an asyncio loop.
     """
+    handles.close_primary_only()  # the program's own listeners (Cluster.listen) are the primary's alone
     channel.send(Online())
     try:
         ssl_context = tls.worker_context(config.tls)  # the certificate files as they are now
@@ -174,14 +177,20 @@ class WorkerRuntime:
         self._request_limit = config.max_requests + random.randint(0, config.max_requests_jitter)
         self._recycle_asked = False
         self._linger = False  # on stop, other workers take over: idle keep-alive connections may linger
+        # Connections given to clusterrun.serve_connection before the server listens (during an ASGI app's
+        # lifespan startup, say): served once it does. None from then on.
+        self._early: list[socket.socket] | None = []
 
     def _attach(self) -> None:
         """Messages, the channel and SIGTERM reach this runtime from now on."""
-        messaging.attach(self._deliver_factory(self.loop))
+        messaging.attach(self._deliver_factory(self.loop), self._serve_factory(self.loop))
         self._watch_channel(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self._on_sigterm, self.loop)
 
     def _serving(self) -> None:
+        early, self._early = self._early or [], None
+        for sock in early:
+            self._serve_connection(sock)
         self._beat(heartbeat_interval(self.config.timeout))
         self.channel.send(Ready(self.server.interface, connection_room()))
 
@@ -285,6 +294,15 @@ class WorkerRuntime:
                         self.server.adopt(socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd))
                 case Message(data):
                     messaging.dispatch(data, _scheduler(loop))
+                case Handle(data):
+                    if not fds and self.closes.shared:
+                        # The kernel dropped it (full table) and _on_dropped counted it as a passed connection that
+                        # closed; the primary never counted a handle as passed.
+                        self.closes.add(-1)
+                    handle = handles.receive(fds[0]) if fds else None
+                    for extra in fds[1:]:  # a primary sends one: more would be a bug there, never kept here
+                        os.close(extra)
+                    messaging.dispatch(data, _scheduler(loop), handle)
                 case Stop(linger):
                     self._linger = linger
                     self.stop()
@@ -321,6 +339,37 @@ class WorkerRuntime:
                 loop.call_soon_threadsafe(self.channel.send, frame)
 
         return deliver
+
+    def _serve_factory(self, loop: Loop) -> Callable[[socket.socket], None]:
+        """How clusterrun.serve_connection() reaches the server: directly on the loop's thread, else through it."""
+        loop_thread = threading.get_ident()
+
+        def serve(sock: socket.socket) -> None:
+            if threading.get_ident() == loop_thread:
+                self._serve_connection(sock)
+            else:
+                loop.call_soon_threadsafe(self._serve_connection, sock)
+
+        return serve
+
+    def _serve_connection(self, sock: socket.socket) -> None:
+        """Serve a connection the program handed over (a handle), as the server serves one the primary passed.
+
+        Counted as the server's own accepts are, so that the primary's view of this worker stays exact: under a
+        primary-side policy the shared close count goes down by one first (its close nets out: see
+        clusterrun.wire.counters), under --policy balanced the worker's load goes up by one.
+        """
+        if self._early is not None:
+            self._early.append(sock)
+            return
+        if self.closes.shared:
+            self.closes.add(-1)
+        balance = self.server.balance
+        if balance is not None:
+            balance.opened()
+        self.server.adopt(sock)
+        if balance is not None:
+            balance.held()
 
     def _send_last_counts(self) -> None:
         if not self.channel.eof:

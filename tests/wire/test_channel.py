@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from clusterrun.errors import ChannelError
-from clusterrun.wire.channel import HEADER, MAX_PAYLOAD, Channel, connection_frame
+from clusterrun.wire.channel import HEADER, MAX_PAYLOAD, Channel, connection_frame, encode
 from clusterrun.wire.counters import SharedCounter
-from clusterrun.wire.protocol import Connections, Message
+from clusterrun.wire.protocol import Connections, Handle, Message
 
 # Channel
 
@@ -56,6 +56,44 @@ def test_descriptors_a_dead_receiver_never_read_are_taken_back_in_order() -> Non
             with socket.socket(fileno=fd) as passed:
                 passed.sendall(b"x")
                 assert theirs.recv(1) == b"x"
+    finally:
+        sender.close()
+        for _ours, theirs in peers:
+            theirs.close()
+
+
+def test_handles_a_dead_receiver_never_read_are_closed_not_taken_back() -> None:
+    # A socket the program passed with a message (Worker.send(message, handle)) was meant for that worker: it is
+    # never handed on as a connection for another. Some were read before the receiver died, some are in its
+    # queue, one was never sent (the socket was full).
+    left, right = Channel.socketpair()
+    sender, receiver = Channel(left, keep=right), Channel(socket.socket(fileno=os.dup(right.fileno())))
+    peers = [socket.socketpair() for _ in range(6)]
+    handle_frame = encode(Handle("h"), nfds=1)
+    try:
+        sender.send_handle(handle_frame, peers[0][0].detach())
+        sender.send_bytes(connection_frame(1, socket.AF_UNIX), [peers[1][0].detach()])
+        read = receiver.receive()
+        read += receiver.receive()  # one read stops where the next descriptors begin
+        # The receiver took these two, then dies.
+        assert [len(fds) for _frame, fds in read] == [1, 1]
+        for _frame, fds in read:
+            os.close(fds[0])
+        receiver.close()
+        sender.send_bytes(connection_frame(1, socket.AF_UNIX), [peers[2][0].detach()])
+        sender.send_handle(handle_frame, peers[3][0].detach())
+        sender.send_bytes(connection_frame(1, socket.AF_UNIX), [peers[4][0].detach()])
+        sender.broken = True  # what is queued now stays unsent, as behind a full socket
+        sender.send_handle(handle_frame, peers[5][0].detach())
+        back = sender.take_undelivered_fds()
+        assert len(back) == 2
+        for fd, (_ours, theirs) in zip(back, [peers[2], peers[4]], strict=True):
+            with socket.socket(fileno=fd) as passed:
+                passed.sendall(b"x")
+                assert theirs.recv(1) == b"x"
+        for _ours, theirs in (peers[3], peers[5]):  # every copy of the handles is closed: their peers see the end
+            theirs.settimeout(5)
+            assert theirs.recv(1) == b""
     finally:
         sender.close()
         for _ours, theirs in peers:
