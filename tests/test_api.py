@@ -24,7 +24,7 @@ def test_the_door_routes_worker_hooks_to_the_worker_and_cluster_events_to_the_pr
         assert seen == [WorkerInfo(1, 0, os.getpid())]  # the hook ran as the worker would run it
         assert cluster.events.wanted("exit") and not cluster.events.wanted("online")
         with pytest.raises(ConfigError, match=r"unknown cluster event 'bogus': choose one of fork, .*, on_exit, "
-                                              r"worker_init, worker_exit$"):
+                                              r"error, setup, worker_init, worker_exit$"):
             cluster.on("bogus", print)
         with pytest.raises(ConfigError, match="the handler for event 'worker_exit' is a int, not a function"):
             cluster.on("worker_exit", 3)
