@@ -4,8 +4,10 @@ the worker's own current_worker().disconnect()."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import time
 from collections.abc import Callable
 
 import httpx
@@ -78,8 +80,6 @@ def test_a_crash_is_no_planned_exit_and_sending_to_the_dead_is_an_error_event(
     cluster.wait_for_line(r"^error 1 MessageError$")
     # Killed from outside is a crash too; kill("SIGKILL") from the runner is planned, whatever the signal.
     pid = int(ask(url, "/")["pid"])  # type: ignore[call-overload]
-    import os
-
     os.kill(pid, signal.SIGKILL)
     line = exit_line(cluster, 2)
     assert line.groups()[1:] == ("None", "SIGKILL", "False", "True", "True", "None", "SIGKILL"), line.group(0)
@@ -134,3 +134,26 @@ def test_the_worker_disconnects_itself_and_its_slot_is_respawned(run_cli: Callab
     assert left["id"] not in [w["id"] for w in status["workers"]]
     cluster.signal(signal.SIGTERM)
     assert cluster.wait_exit(DEADLINE) == 0
+
+
+def test_the_restart_runner_sample_replaces_every_worker_while_requests_succeed(
+    run_cli: Callable[..., Cluster]
+) -> None:
+    cluster = run_cli(script="restart_runner.py", env={"BIND": "127.0.0.1:0", "WORKERS": "3"})
+    url = cluster.wait_ready()
+    ask(url, "/restart")
+    answered: set[int] = set()
+    deadline = time.monotonic() + DEADLINE
+    # New connections, one after another, for as long as the restart runs: every one is answered.
+    while "every worker was restarted" not in cluster.output():
+        response = FRESH.get(url + "/")
+        assert response.status_code == 200, response.text
+        answered.add(response.json()["worker"]["id"])
+        assert time.monotonic() < deadline, cluster.output()
+    assert len(re.findall(r"worker \d left \(exited_after_disconnect True\); worker \d replaces it",
+                          cluster.output())) == 3
+    serving = cluster.wait_for_line(r"every worker was restarted; serving: \[(.*)\]")[0].group(1)
+    assert serving == "4, 5, 6"
+    assert answered & {1, 2, 3} and answered & {4, 5, 6}  # the old ones served during it, the new ones after
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0
