@@ -90,7 +90,7 @@ def test_a_crash_is_no_planned_exit_and_sending_to_the_dead_is_an_error_event(
 
 
 @pytest.mark.parametrize("app", APPS)
-def test_fork_env_reaches_the_worker_and_its_respawn_and_setup_primary_every_fork(
+def test_fork_env_reaches_the_worker_its_respawn_and_replacement_and_setup_primary_every_fork(
     run_cli: Callable[..., Cluster], app: str
 ) -> None:
     cluster = runner(run_cli, app, "1")
@@ -111,6 +111,11 @@ def test_fork_env_reaches_the_worker_and_its_respawn_and_setup_primary_every_for
     respawned = answer_from(url, 3)
     assert (respawned["X"], respawned["Y"]) == ("1", "2")
     assert ask(url, "/")["id"] in (1, 3) and answer_from(url, 1)["X"] is None
+    # A rolling restart's replacement of the slot keeps it too.
+    cluster.signal(signal.SIGHUP)
+    cluster.wait_for_line(r"rolling restart complete")
+    cluster.wait_for_line(r"^listening 5 index 1 ")
+    assert answer_from(url, 5)["X"] == "1" and answer_from(url, 4)["X"] is None
 
 
 def _crash_if_x(url: str) -> bool:
