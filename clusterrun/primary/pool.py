@@ -223,6 +223,9 @@ class Pool:
                         "disconnect()" if signum is None else "kill()", self.target, "" if self.target == 1 else "s")
         if self.rollout.current is handle:
             self.rollout.cancel(f"its new {handle.info} was let go")
+        for other in list(self.workers.values()):
+            if other.replaces is handle and other.state is WorkerState.STARTING:
+                self.let_go(other, None)  # it would fill the slot given up again, once ready
         if handle.state is WorkerState.STARTING:
             handle.move(WorkerState.DRAINING)  # nothing to drain yet
             handle.terminate()

@@ -18,8 +18,8 @@ from helpers import DEADLINE, FRESH, TEST_APPS, Cluster, wait_until
 APPS = ["node_app:wsgi", "node_app:asgi"]
 
 
-def runner(run_cli: Callable[..., Cluster], app: str, workers: str) -> Cluster:
-    return run_cli(app, workers, cwd=TEST_APPS, script="node_runner.py")
+def runner(run_cli: Callable[..., Cluster], app: str, workers: str, *extra: str) -> Cluster:
+    return run_cli(app, workers, *extra, cwd=TEST_APPS, script="node_runner.py")
 
 
 def ask(url: str, path: str) -> dict[str, object]:
@@ -126,9 +126,12 @@ def _crash_if_x(url: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("app", APPS)
-def test_the_worker_disconnects_itself_and_its_slot_is_respawned(run_cli: Callable[..., Cluster], app: str) -> None:
-    cluster = runner(run_cli, app, "2")
+@pytest.mark.parametrize("app, extra", [("node_app:wsgi", ()), ("node_app:wsgi", ("threads=4",)),
+                                        ("node_app:asgi", ())])
+def test_the_worker_disconnects_itself_and_its_slot_is_respawned(
+    run_cli: Callable[..., Cluster], app: str, extra: tuple[str, ...]
+) -> None:
+    cluster = runner(run_cli, app, "2", *extra)
     url = cluster.wait_ready()
     left = ask(url, "/leave")  # answered: the request that decides it finishes
     assert left["connected"] is True

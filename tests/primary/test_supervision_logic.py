@@ -667,3 +667,17 @@ def test_a_worker_let_go_leaves_its_slot_vacant_until_a_fork_fills_it(spawn: Spa
     assert not pool.workers and not pool.vacant
     with pytest.raises(ValueError, match="unknown signal 'SIGNOPE'"):
         first.public.kill("SIGNOPE")
+
+
+def test_a_worker_let_go_during_its_replacement_takes_the_replacement_with_it(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    old = pool.slots[0]
+    pool.rollout.start()
+    new = pool.rollout.current
+    assert new is not None and new.replaces is old
+    old.public.disconnect()
+    # The slot is given up: the replacement that would fill it again goes too, and the rolling restart ends.
+    assert new.state is S.DRAINING and not pool.rollout.active and pool.rollout.outcome == "aborted"
+    assert pool.target == 1 and pool.vacant == {0} and sorted(pool.slots) == [1]
+    assert pool.reaped(new.pid, _status(killed_by=signal.SIGTERM)) is None
+    assert new.public.exited_after_disconnect is True and sorted(pool.slots) == [1]
