@@ -1,7 +1,9 @@
 """Test app for Node's Worker calls, as raw WSGI (``wsgi``) and raw ASGI (``asgi``).
 
 /                     the worker's id, index, pid and the variables X and Y of its environment, with sys.argv[1:]
-/ask?cmd=C            clusterrun.current_worker().send({"cmd": C}): the runner (node_runner.py) acts on this worker
+/ask?cmd=C[&id=N]     clusterrun.current_worker().send({"cmd": C}): the runner (node_runner.py) acts on this worker
+                      (or on worker N)
+/slow?s=N             logs "slow request in worker ID", then blocks N seconds before it answers
 /leave                clusterrun.current_worker().disconnect(): the worker leaves gracefully (answers first)
 /crash?if_env=NAME    the worker exits at once with code 1 (only if NAME is in its environment, when given)
 """
@@ -9,8 +11,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,7 +28,10 @@ def _answer(path: str, query: str) -> dict[str, Any]:
     if path == "/crash" and ("if_env" not in params or params["if_env"] in os.environ):
         os._exit(1)
     if path == "/ask":
-        worker.send({"cmd": params["cmd"]})
+        worker.send({"cmd": params["cmd"], "id": int(params.get("id", worker.id))})
+    if path == "/slow":
+        logging.getLogger("node_app").warning("slow request in worker %d", worker.id)
+        time.sleep(float(params["s"]))  # blocks the ASGI worker's loop too: a request that cannot finish in time
     if path == "/leave":
         worker.disconnect()
     return {"id": worker.id, "index": worker.index, "pid": worker.pid, "X": os.environ.get("X"),

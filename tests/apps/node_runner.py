@@ -2,7 +2,7 @@
 
 Before run() it calls setup_primary(env={"Y": "2"}, args=["--from-setup"]). It reports on stdout, one line
 each: every "setup", "listening", "disconnect", "exit" and "error" event, with what the Worker says of itself
-there. A worker's message {"cmd": C} makes it act on that worker: "kill" (kill()), "kill9" (kill("SIGKILL")),
+there. A worker's message {"cmd": C, "id": N} makes it act on worker N: "kill" (kill()), "kill9" (kill("SIGKILL")),
 "disconnect" (disconnect()), "fork-env" (fork(env={"X": "1"})), "send-dead" (sends to the last worker that
 exited, which must fail).
 """
@@ -53,8 +53,8 @@ def error(worker: Worker | None, exc: Exception) -> None:
 
 
 @cluster.on("message")
-def message(worker: Worker, message: Any) -> None:
-    cmd = message["cmd"]
+def message(sender: Worker, message: Any) -> None:
+    cmd, worker = message["cmd"], cluster.workers[message["id"]]
     if cmd == "kill":
         worker.kill()
     elif cmd == "kill9":

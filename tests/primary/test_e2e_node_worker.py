@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -165,3 +166,27 @@ def test_the_restart_runner_sample_replaces_every_worker_while_requests_succeed(
     assert answered & {1, 2, 3} and answered & {4, 5, 6}  # the old ones served during it, the new ones after
     cluster.signal(signal.SIGTERM)
     assert cluster.wait_exit() == 0
+
+
+def test_a_disconnected_worker_that_overruns_graceful_timeout_is_killed(run_cli: Callable[..., Cluster]) -> None:
+    cluster = runner(run_cli, "node_app:wsgi", "2", "graceful_timeout=1")
+    url = cluster.wait_ready()
+    failed: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            FRESH.get(url + "/slow?s=60")
+        except httpx.TransportError as exc:
+            failed.append(exc)
+
+    client = threading.Thread(target=slow)
+    client.start()
+    try:
+        busy = int(cluster.wait_for_line(r"slow request in worker (\d+)")[0].group(1))
+        ask(url, f"/ask?cmd=disconnect&id={busy}")  # answered by the other worker
+        line = exit_line(cluster, busy)
+        assert line.groups()[1:] == ("None", "SIGKILL", "True", "True", "True", "None", "SIGKILL"), line.group(0)
+        assert "did not finish within --graceful-timeout 1s: killing it" in cluster.output()
+    finally:
+        client.join(DEADLINE)
+    assert failed  # its request in flight was cut off
