@@ -196,7 +196,10 @@ class Pool:
 
     def add(self, env: dict[str, str] | None = None) -> WorkerHandle | None:
         """One worker more, in the lowest free slot (one left vacant first), with ``env`` for the slot's forks:
-        Node's ``cluster.fork(env)``. None when the system refused the fork (retried, see spawn)."""
+        Node's ``cluster.fork(env)``. None when the system refused the fork (retried, see spawn), or at the limit."""
+        if self.target >= MAX_WORKERS:
+            logger.warning("cannot fork one worker more: one cluster runs at most %d", MAX_WORKERS)
+            return None
         taken = self.slots.keys() | self.pending_respawns  # a slot waiting for its respawn is not free
         free = next(i for i in range(len(taken) + 1) if i not in taken)
         self.target += 1

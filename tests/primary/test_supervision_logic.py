@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from clusterrun.config.build import build_config
+from clusterrun.config.options import MAX_WORKERS
 from clusterrun.errors import StateError
 from clusterrun.host.listeners import parse_bind
 from clusterrun.host.timers import Timers
@@ -681,3 +682,12 @@ def test_a_worker_let_go_during_its_replacement_takes_the_replacement_with_it(sp
     assert pool.target == 1 and pool.vacant == {0} and sorted(pool.slots) == [1]
     assert pool.reaped(new.pid, _status(killed_by=signal.SIGTERM)) is None
     assert new.public.exited_after_disconnect is True and sorted(pool.slots) == [1]
+
+
+def test_a_fork_past_the_worker_limit_is_refused_with_a_warning(
+    spawn: Spawner, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = _serving(spawn, clock, workers=1)
+    pool.target = MAX_WORKERS  # as if that many served: only the count matters here
+    assert pool.add() is None and len(spawn.made) == 1
+    assert f"cannot fork one worker more: one cluster runs at most {MAX_WORKERS}" in caplog.text
