@@ -10,8 +10,9 @@ from __future__ import annotations
 from clusterrun._version import __version__
 from clusterrun.api import Cluster
 from clusterrun.errors import BindError, BootError, ClusterrunError, ConfigError, MessageError, RestartLimitError
-from clusterrun.identity import WorkerInfo, current_worker, is_primary, is_worker
+from clusterrun.identity import WorkerInfo, is_primary, is_worker
 from clusterrun.primary.handle import Worker
+from clusterrun.worker.current import CurrentWorker, current_worker
 from clusterrun.worker.messaging import broadcast, on_message, send, serve_connection
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Cluster",
     "ClusterrunError",
     "ConfigError",
+    "CurrentWorker",
     "MessageError",
     "RestartLimitError",
     "Worker",

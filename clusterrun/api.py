@@ -22,7 +22,7 @@ import logging
 import os
 import selectors
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from clusterrun import logs
@@ -38,6 +38,7 @@ from clusterrun.ops.status import StatusLine
 from clusterrun.primary.events import EVENTS, Events, Handler, check_handler
 from clusterrun.primary.handle import Worker
 from clusterrun.primary.reloader import require_watchfiles
+from clusterrun.primary.spawn import ForkSettings, checked_env
 from clusterrun.primary.supervisor import Primary
 from clusterrun.wire import handles
 from clusterrun.worker import child
@@ -74,6 +75,7 @@ class Cluster:
         self.config = config
         self.events = Events()
         self._primary: Primary | None = None
+        self._fork_settings = ForkSettings()  # setup_primary(); the primary and its forker share this object
 
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Register ``handler`` for ``event`` (see clusterrun.primary.events); without a handler, a decorator."""
@@ -120,7 +122,8 @@ class Cluster:
             preloaded = prepare_engine(self.config)
             metrics_dir = app_metrics.path
             self._primary = Primary(self.config, child.run, lambda primary: build_ops(primary, metrics_dir),
-                                    preloaded=preloaded, events=self.events, warm_up=warm_up(self.config))
+                                    preloaded=preloaded, events=self.events, warm_up=warm_up(self.config),
+                                    fork_settings=self._fork_settings)
             return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:
             self._primary = None
@@ -138,9 +141,28 @@ class Cluster:
             return {}
         return {handle.id: handle.public for handle in self._primary.workers.values()}
 
-    def fork(self) -> None:
-        """One worker more (a new slot), as Node's ``cluster.fork()``."""
-        self._running().scale(self._running().pool.target + 1)
+    def fork(self, env: Mapping[str, str] | None = None) -> Worker | None:
+        """One worker more, as Node's ``cluster.fork(env)``: the new worker, or None when the system refused the
+        fork (the ``error`` event says why; it is tried again). It takes the lowest free slot; ``env`` is added to
+        its environment, and the slot's respawns and rolling-restart replacements keep it."""
+        checked = checked_env(env, "fork(env=...)") if env is not None else None
+        primary = self._running()
+        if primary.stopping:
+            return None
+        handle = primary.pool.add(checked)
+        return None if handle is None else handle.public
+
+    def setup_primary(self, **settings: Any) -> None:
+        """Node's ``cluster.setupPrimary(settings)``: defaults for the workers forked from now on (``env``, a dict
+        added to their environment; ``args``, their ``sys.argv[1:]``); emits ``setup`` with ``settings``.
+        Callable before run() and from handlers; workers already running keep what they had."""
+        self._fork_settings.update(settings)
+        self.events.emit("setup", self.settings)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Node's ``cluster.settings``: what setup_primary() set so far (a copy)."""
+        return self._fork_settings.as_dict()
 
     def scale(self, workers: int) -> None:
         self._running().scale(workers)

@@ -24,9 +24,26 @@ def test_the_door_routes_worker_hooks_to_the_worker_and_cluster_events_to_the_pr
         assert seen == [WorkerInfo(1, 0, os.getpid())]  # the hook ran as the worker would run it
         assert cluster.events.wanted("exit") and not cluster.events.wanted("online")
         with pytest.raises(ConfigError, match=r"unknown cluster event 'bogus': choose one of fork, .*, on_exit, "
-                                              r"worker_init, worker_exit$"):
+                                              r"error, setup, worker_init, worker_exit$"):
             cluster.on("bogus", print)
         with pytest.raises(ConfigError, match="the handler for event 'worker_exit' is a int, not a function"):
             cluster.on("worker_exit", 3)
     finally:
         workerhooks.clear()
+
+
+def test_setup_primary_takes_env_and_args_and_names_anything_else() -> None:
+    cluster = Cluster("app:app", bind="127.0.0.1:0")
+    seen: list[object] = []
+    cluster.on("setup", seen.append)
+    cluster.setup_primary(env={"A": "1"}, args=["--x"])
+    cluster.setup_primary(env={"B": "2"})
+    assert seen[-1] == cluster.settings == {"env": {"A": "1", "B": "2"}, "args": ["--x"]} and len(seen) == 2
+    with pytest.raises(ConfigError, match=r"setup_primary\(\) has no setting 'silent': it takes env, args"):
+        cluster.setup_primary(silent=True)
+    with pytest.raises(ConfigError, match="env entry 'A': 1 is not a variable name and a string value"):
+        cluster.setup_primary(env={"A": 1})
+    with pytest.raises(ConfigError, match=r"fork\(env=\.\.\.\): env is a list; give a dict of strings"):
+        cluster.fork(env=["A=1"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"setup_primary\(args='--x'\): give a list of strings"):
+        cluster.setup_primary(args="--x")

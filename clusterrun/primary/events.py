@@ -8,6 +8,8 @@ Events and their arguments (``worker`` is a ``clusterrun.api.Worker``):
     message(worker, message)       it sent a message with clusterrun.send()
     disconnect(worker)             its channel to the primary closed (it is stopping or died)
     exit(worker, code, signal)     it exited: an exit code, or the name of the signal that killed it
+    error(worker, error)           a worker could not be forked (worker None, an OSError) or sent to (MessageError)
+    setup(settings)                Cluster.setup_primary() changed the settings of later forks (Node's cluster.settings)
 
 The cluster's own moments, under gunicorn's names (``config`` is the cluster's Config):
 
@@ -32,7 +34,7 @@ from clusterrun.errors import ConfigError
 logger = logging.getLogger("clusterrun")
 
 EVENTS = ("fork", "online", "listening", "message", "disconnect", "exit", "on_starting", "when_ready", "on_reload",
-          "on_exit")
+          "on_exit", "error", "setup")
 
 Handler = Callable[..., Any]
 

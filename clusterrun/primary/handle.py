@@ -9,7 +9,7 @@ import os
 import signal
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from clusterrun.errors import MessageError, StateError
 from clusterrun.host.timers import NO_TIMER, Timer
@@ -47,12 +47,14 @@ _MOVES: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
+class Owner(Protocol):
+    """What a worker's public view asks of the pool that owns it (pool.py): letting it go, and the events."""
 
+    def let_go(self, handle: WorkerHandle, signum: int | None) -> None:
+        """Worker.disconnect() (``signum`` None) and Worker.kill(signum): it leaves on purpose."""
 
-
-
-
-
+    def failed(self, handle: WorkerHandle | None, error: Exception) -> None:
+        """The ``error`` event: a worker could not be forked (``handle`` None) or sent to."""
 
 
 @dataclass(eq=False)
@@ -76,6 +78,10 @@ class WorkerHandle:
     counts: Beat = field(default_factory=Beat)  # its counts, as of its last heartbeat
     cpu_seconds: float = 0.0  # its CPU time, read from /proc at its last heartbeat (folded when it exits)
     _public: weakref.ref[Worker] | None = field(default=None, init=False, repr=False)
+    owner: Owner | None = field(default=None, repr=False)  # the pool, for Worker.kill() and disconnect()
+    status: int | None = None  # its wait status, once reaped
+    # Node's exitedAfterDisconnect: set when it is reaped, True when it had been told to leave (it was draining).
+    exited_after_disconnect: bool | None = None
 
     @property
     def public(self) -> Worker:
@@ -152,7 +158,10 @@ class WorkerHandle:
         """
         check_message(message)
         if not self.channel.is_open:
-            raise MessageError(f"cannot send to {self.info}: its channel is closed (it stopped or died)")
+            error = MessageError(f"cannot send to {self.info}: its channel is closed (it stopped or died)")
+            if self.owner is not None:
+                self.owner.failed(self, error)  # the error event, as Node's worker.send without a callback
+            raise error
         if handle is None:
             self.channel.send(Message(message))
             return
@@ -168,6 +177,10 @@ class WorkerHandle:
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
+
+    def send_signal(self, signum: int) -> None:
+        """Any signal, for Worker.kill(signal)."""
+        self._signal(signum)
 
     def _signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -215,11 +228,74 @@ class Worker:
     def __repr__(self) -> str:
         return f"<Worker id={self.id} index={self.index} pid={self.pid} {self.state}>"
 
+    # Node's Worker: leaving on purpose, and how it went.
+
+    def disconnect(self) -> None:
+        """Let the worker go gracefully, as Node's ``worker.disconnect()``: nothing more is routed to it, it
+        finishes what it has in flight and exits; ``disconnect`` then ``exit`` follow, with
+        ``exited_after_disconnect`` True. Past --graceful-timeout it is killed. Its slot is not respawned: the
+        cluster keeps one worker fewer (``Cluster.fork()`` adds one again), as Node's user would not fork anew."""
+        self._owner().let_go(self._handle, None)
+
+    def kill(self, signal: str | int = "SIGTERM") -> None:
+        """Node's ``worker.kill(signal)``: disconnect, then send ``signal`` at once (a name or a number).
+
+        SIGTERM lets the worker finish its requests in flight (its own SIGTERM drain, bounded by
+        --graceful-timeout); SIGKILL cuts them off. As disconnect(): the slot goes, the exit is planned.
+        """
+        self._owner().let_go(self._handle, signal_number(signal))
+
+    def is_dead(self) -> bool:
+        """Its process has exited (and been reaped), as Node's ``worker.isDead()``."""
+        return self._handle.status is not None
+
+    def is_connected(self) -> bool:
+        """Its channel to the primary is open, as Node's ``worker.isConnected()``: False from ``disconnect`` on."""
+        return self._handle.channel.is_open
+
+    @property
+    def exited_after_disconnect(self) -> bool | None:
+        """True when it exited after being told to leave: kill(), disconnect(), a rolling restart or recycling,
+        a scale-down, a stop, or the worker's own clusterrun.current_worker().disconnect(); False when it
+        crashed or was killed from outside; None while it lives (Node's undefined)."""
+        return self._handle.exited_after_disconnect
+
+    @property
+    def process(self) -> WorkerProcess:
+        """Its process, as Node's ``worker.process``: ``pid``, then ``exitcode`` or ``signal`` once it exited."""
+        status = self._handle.status
+        code, signal_name = exit_of(status) if status is not None else (None, None)
+        return WorkerProcess(self._handle.pid, code, signal_name)
+
+    def _owner(self) -> Owner:
+        owner = self._handle.owner
+        if owner is None:
+            raise StateError(f"{self._handle.info} belongs to no running cluster")
+        return owner
 
 
+@dataclass(frozen=True)
+class WorkerProcess:
+    """A worker's process as its exit left it: ``exitcode`` (None while it runs, or when a signal killed it)
+    and ``signal`` (the name of the signal that killed it, else None); ``multiprocessing.Process``'s names."""
+
+    pid: int
+    exitcode: int | None
+    signal: str | None
 
 
-
+def signal_number(value: str | int) -> int:
+    """A signal given by name ("SIGTERM", "TERM") or number, as a number; ValueError naming the bad value."""
+    if isinstance(value, int):
+        try:
+            return int(signal.Signals(value))
+        except ValueError:
+            raise ValueError(f"{value} is not a signal number: give a name such as 'SIGTERM'") from None
+    name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise ValueError(f"unknown signal {value!r}: give a name such as 'SIGTERM' or 'SIGKILL'") from None
 
 
 def exit_of(status: int) -> tuple[int | None, str | None]:

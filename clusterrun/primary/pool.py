@@ -17,6 +17,7 @@ import contextlib
 import enum
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from clusterrun.primary.events import Events
 from clusterrun.primary.handle import WorkerHandle, WorkerState, describe_status, exit_of
 from clusterrun.primary.policies import Policy
 from clusterrun.primary.rollout import Rollout
+from clusterrun.primary.spawn import ForkSettings
 from clusterrun.primary.tally import Tally
 from clusterrun.primary.throttle import RestartThrottle
 from clusterrun.wire.channel import encode
@@ -53,7 +55,7 @@ class Verdict(enum.Enum):
 class Pool:
     def __init__(
         self, config: Config, clock: Callable[[], float], timers: Timers, spawner: Spawner, dispatcher: Dispatcher,
-        policy: Policy, events: Events,
+        policy: Policy, events: Events, fork_settings: ForkSettings | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -67,6 +69,10 @@ class Pool:
         self.workers: dict[int, WorkerHandle] = {}  # by pid: every live child
         self.slots: dict[int, WorkerHandle] = {}  # by index: the worker that serves the slot now
         self.target = config.workers
+        # Slots below the highest one left empty on purpose by Worker.kill() or disconnect(): not respawned, and
+        # the first filled again by a fork. The slots in use are those under target + len(vacant), less these.
+        self.vacant: set[int] = set()
+        self.fork_settings = fork_settings or ForkSettings()  # shared with the forker, which applies it
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
         self.last_exit: dict[int, str] = {}  # per slot: how its last unplanned exit went (for status)
         self.tally = Tally()  # what exited workers did, per slot (for metrics that never go backwards)
@@ -89,6 +95,7 @@ class Pool:
             self._fork_refused(index, replaces, exc)
             return None
         self._next_id += 1
+        handle.owner = self
         self.workers[handle.pid] = handle
         if replaces is None:
             self.slots[index] = handle
@@ -130,6 +137,7 @@ class Pool:
     def _fork_refused(self, index: int, replaces: WorkerHandle | None, exc: OSError) -> None:
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         serving = sum(1 for w in self.slots.values() if w.is_ready)
+        self.failed(None, exc)
         if replaces is not None:
             logger.error("cannot fork a replacement for %s: %s (the process limit, ulimit -u, or memory); it keeps "
                          "serving", replaces.info, why)
@@ -172,20 +180,84 @@ class Pool:
             logger.warning("cannot scale to %d workers; one cluster runs at most %d", target, MAX_WORKERS)
             return
         while self.target < target:
-            taken = self.slots.keys() | self.pending_respawns  # a slot waiting for its respawn is not free
-            free = next(i for i in range(len(taken) + 1) if i not in taken)
-            self.target += 1
-            self.spawn(free)
+            self.add()
         while self.target > target:
             self.target -= 1
             # The highest slot goes, whether it serves or waits for its respawn (whose timer then finds it unwanted):
             # retiring a lower one instead would leave the waiting slot above the target, never filled again.
             highest = max(self.slots.keys() | self.pending_respawns)
+            self.fork_settings.slot_env.pop(highest, None)
             if highest in self.slots:
                 self.retire(self.slots.pop(highest))
             else:
                 self.pending_respawns.discard(highest)
+            self._trim_vacant()
         logger.info("scaled to %d worker%s", self.target, "" if self.target == 1 else "s")
+
+    def add(self, env: dict[str, str] | None = None) -> WorkerHandle | None:
+        """One worker more, in the lowest free slot (one left vacant first), with ``env`` for the slot's forks:
+        Node's ``cluster.fork(env)``. None when the system refused the fork (retried, see spawn), or at the limit."""
+        if self.target >= MAX_WORKERS:
+            logger.warning("cannot fork one worker more: one cluster runs at most %d", MAX_WORKERS)
+            return None
+        taken = self.slots.keys() | self.pending_respawns  # a slot waiting for its respawn is not free
+        free = next(i for i in range(len(taken) + 1) if i not in taken)
+        self.target += 1
+        self.vacant.discard(free)
+        if env:
+            self.fork_settings.slot_env[free] = dict(env)
+        else:
+            self.fork_settings.slot_env.pop(free, None)  # a slot's environment was its last fork's, not this one's
+        return self.spawn(free)
+
+    def let_go(self, handle: WorkerHandle, signum: int | None) -> None:
+        """Worker.disconnect() (``signum`` None) and Worker.kill(signum): the worker leaves on purpose, drained
+        (killed past --graceful-timeout), and its slot with it: the cluster keeps one worker fewer, as a Node
+        cluster would until its runner forks again."""
+        if handle.state is WorkerState.EXITED:
+            return
+        if self.slots.get(handle.index) is handle and not self.stopping:
+            del self.slots[handle.index]
+            self.target -= 1
+            self.vacant.add(handle.index)
+            self.fork_settings.slot_env.pop(handle.index, None)
+            self._trim_vacant()
+            logger.info("%s leaves (Worker.%s); %d worker%s kept", handle.info,
+                        "disconnect()" if signum is None else "kill()", self.target, "" if self.target == 1 else "s")
+        if self.rollout.current is handle:
+            self.rollout.cancel(f"its new {handle.info} was let go")
+        for other in list(self.workers.values()):
+            if other.replaces is handle and other.state is WorkerState.STARTING:
+                self.let_go(other, None)  # it would fill the slot given up again, once ready
+        if handle.state is WorkerState.STARTING:
+            handle.move(WorkerState.DRAINING)  # nothing to drain yet
+            handle.terminate()
+        else:
+            self.retire(handle)
+        if signum is not None:
+            handle.send_signal(signum)
+        ref = weakref.ref(handle)  # the deadline must not keep a reaped worker's handle alive
+        self.timers.add(self.config.graceful_timeout, lambda: self._leave_overdue(ref))
+
+    def _leave_overdue(self, ref: weakref.ref[WorkerHandle]) -> None:
+        handle = ref()
+        if handle is not None and handle.pid in self.workers:
+            logger.warning("%s did not finish within --graceful-timeout %gs: killing it", handle.info,
+                           self.config.graceful_timeout)
+            handle.kill()
+
+    def failed(self, handle: WorkerHandle | None, error: Exception) -> None:
+        """The ``error`` event (Node's worker "error"): a worker could not be forked, or sent to."""
+        self.events.emit("error", None if handle is None else handle.public, error)
+
+    def _trim_vacant(self) -> None:
+        """A vacant slot at the top is simply one slot fewer."""
+        while self.vacant and max(self.vacant) == self.target + len(self.vacant) - 1:
+            self.vacant.remove(max(self.vacant))
+
+    def wanted(self, index: int) -> bool:
+        """The pool keeps slot ``index`` filled (it is under the target, and not left vacant on purpose)."""
+        return index < self.target + len(self.vacant) and index not in self.vacant
 
     def stop_all(self) -> None:
         """Every worker drains (a starting one is stopped at once); nothing is respawned from now on."""
@@ -257,10 +329,12 @@ class Pool:
         free(handle)
         how = describe_status(status)
         self.tally.fold(handle)
+        was = handle.state
+        handle.status = status  # before the event: its handlers see is_dead() and process.exitcode
+        handle.exited_after_disconnect = was is WorkerState.DRAINING  # told to leave: retired, or stopping
         self.events.emit("exit", handle.public, *exit_of(status))
         if self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
-        was = handle.state
         handle.move(WorkerState.EXITED)
         verdict = None
         if was is WorkerState.STARTING:
@@ -269,9 +343,11 @@ class Pool:
             logger.debug("%s exited (%s)", handle.info, how)
         else:
             self._crashed(handle, how)
-        if handle.index >= self.target and all(w.index != handle.index for w in self.workers.values()):
+        if not self.wanted(handle.index) and all(w.index != handle.index for w in self.workers.values()):
             self.policy.release(handle.index)  # scaled down: the slot's own sockets (reuseport) go with it
-        if verdict is None and not (self.slots or self.pending_respawns or self.stopping or self.rollout.active):
+        # target 0: every worker was let go on purpose (Worker.kill, disconnect); the runner forks again or stops.
+        if verdict is None and self.target and not (self.slots or self.pending_respawns or self.stopping
+                                                    or self.rollout.active):
             logger.error("no worker is left: stopping")
             verdict = Verdict.NONE_LEFT
         return verdict
@@ -321,7 +397,7 @@ class Pool:
 
     def _respawn(self, index: int) -> None:
         self.pending_respawns.discard(index)
-        if not self.stopping and index not in self.slots and index < self.target:
+        if not self.stopping and index not in self.slots and self.wanted(index):
             self.spawn(index)
 
 

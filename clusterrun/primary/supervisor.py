@@ -36,7 +36,7 @@ from clusterrun.primary.handle import WorkerHandle
 from clusterrun.primary.policies import make_policy
 from clusterrun.primary.pool import Pool
 from clusterrun.primary.reloader import make_reloader
-from clusterrun.primary.spawn import Forker, WorkerEntry
+from clusterrun.primary.spawn import Forker, ForkSettings, WorkerEntry
 from clusterrun.primary.watchdog import Watchdog
 from clusterrun.wire.heartbeat import late_after
 from clusterrun.wire.protocol import ReopenLogs
@@ -61,7 +61,7 @@ class Primary:
     def __init__(
         self, config: Config, target: WorkerEntry, ops: Callable[[Primary], Ops],
         clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None, events: Events | None = None,
-        warm_up: Callable[[str], None] | None = None,
+        warm_up: Callable[[str], None] | None = None, fork_settings: ForkSettings | None = None,
     ) -> None:
         """The door hands in ``target``, what each forked worker runs (clusterrun.worker.child.run), and ``ops``,
         which builds what runs beside the workers from the parts made here (pool, dispatcher, selector, timers);
@@ -79,8 +79,8 @@ class Primary:
                                      config.limit_concurrency)
         # The forker calls the frames late: they act on the pool, which needs the forker first.
         forker = Forker(config, target, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
-                        lambda handle, mask: self.frames.on_channel(handle, mask), clock, preloaded)
-        self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events)
+                        lambda handle, mask: self.frames.on_channel(handle, mask), clock, preloaded, fork_settings)
+        self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events, forker.settings)
         self.frames = WorkerFrames(self.pool, self.dispatcher, self.events, clock, warm_up)
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers, config.request_timeout)
         self.preloaded = preloaded

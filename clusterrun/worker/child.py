@@ -24,6 +24,7 @@ from clusterrun.host import priority, privileges
 from clusterrun.wire.channel import Channel
 from clusterrun.wire.heartbeat import DUMP_SIGNAL
 from clusterrun.wire.pages import WorkerPages
+from clusterrun.worker.current import CurrentWorker
 
 if TYPE_CHECKING:  # a type only: at run time the core imports adapters lazily (see api.prepare_engine)
     from clusterrun.adapters.entry import LoadedApp
@@ -49,7 +50,7 @@ def run(
         faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True)
         if signal_mask is not None:  # held since the fork (signals.fork_holding_signals): now they are ours
             signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
-        info = identity.WorkerInfo(worker_id, index, os.getpid())
+        info = CurrentWorker(worker_id, index, os.getpid())  # current_worker() gives it, with send, disconnect
         identity.become(info)
         logs.setup(config, info)  # as root still: the log files open whatever folder they are in
         # --user: right after the fork, before the serving modules and the app are imported (privileges.py).

@@ -47,8 +47,8 @@ from clusterrun.wire.protocol import (
     ReopenLogs,
     Stop,
 )
+from clusterrun.worker import current, messaging
 from clusterrun.worker import hooks as workerhooks
-from clusterrun.worker import messaging
 from clusterrun.worker.inline_serving import InlineServer
 
 if TYPE_CHECKING:
@@ -184,6 +184,7 @@ class WorkerRuntime:
     def _attach(self) -> None:
         """Messages, the channel and SIGTERM reach this runtime from now on."""
         messaging.attach(self._deliver_factory(self.loop), self._serve_factory(self.loop))
+        current.attach(self._leave_factory(self.loop), lambda: not self.channel.eof)
         self._watch_channel(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self._on_sigterm, self.loop)
 
@@ -254,6 +255,19 @@ class WorkerRuntime:
             return
         self.channel.send(Draining())
         loop.call_later(_PRIMARY_ANSWER_WAIT, self.stop)
+
+    def _leave_factory(self, loop: Loop) -> Callable[[], None]:
+        """How current_worker().disconnect() reaches this runtime: as SIGTERM would, on the loop's thread."""
+        loop_thread = threading.get_ident()
+
+        def leave() -> None:
+            logger.info("the app asked to disconnect: draining, then exiting")
+            if threading.get_ident() == loop_thread:
+                self._on_sigterm(loop)
+            else:
+                loop.call_soon_threadsafe(self._on_sigterm, loop)
+
+        return leave
 
     def stop(self) -> None:
         if not self._stop_asked:

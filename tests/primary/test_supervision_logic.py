@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from clusterrun.config.build import build_config
+from clusterrun.config.options import MAX_WORKERS
 from clusterrun.errors import StateError
 from clusterrun.host.listeners import parse_bind
 from clusterrun.host.timers import Timers
@@ -28,7 +29,7 @@ from clusterrun.ops.status import StatusLine
 from clusterrun.primary.dispatch import Dispatcher
 from clusterrun.primary.events import Events
 from clusterrun.primary.frames import WorkerFrames
-from clusterrun.primary.handle import WorkerHandle, WorkerState
+from clusterrun.primary.handle import WorkerHandle, WorkerProcess, WorkerState
 from clusterrun.primary.policies import RoundRobin
 from clusterrun.primary.pool import Pool, Verdict
 from clusterrun.primary.throttle import Decision, RestartThrottle
@@ -626,3 +627,67 @@ def test_frames_act_on_the_pool_the_dispatcher_and_the_events(spawn: Spawner, cl
     handle.worker_end.send(Online())
     frames.on_channel(handle, selectors.EVENT_READ)
     assert handle.counts.requests == 9 and handle.last_seen == clock.now and online == [handle.id]
+
+
+def test_a_worker_let_go_leaves_its_slot_vacant_until_a_fork_fills_it(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, workers=3)
+    errors: list[tuple[object, str]] = []
+    pool.events.on("error", lambda worker, error: errors.append((worker, type(error).__name__)))
+    first = pool.slots[0]
+    first.public.disconnect()
+    assert first.state is S.DRAINING and pool.target == 2 and pool.vacant == {0}
+    assert first.public.exited_after_disconnect is None and not first.public.is_dead()
+    assert pool.reaped(first.pid, _status(code=0)) is None
+    assert first.public.exited_after_disconnect is True and first.public.is_dead()
+    assert first.public.process == WorkerProcess(first.pid, 0, None)
+    clock.now += 60
+    pool.timers.run_due()
+    assert sorted(pool.slots) == [1, 2]  # not respawned
+    # A crash below the top is still respawned into its slot, and is no planned exit.
+    third = pool.slots[2]
+    assert pool.reaped(third.pid, _status(killed_by=signal.SIGKILL)) is None
+    assert third.public.exited_after_disconnect is False and third.public.process.signal == "SIGKILL"
+    pool.timers.run_due()
+    assert pool.slots[2] is not third
+    # A fork takes the vacant slot first, with its environment; a refused one is the error event, and retried.
+    spawn.refusals = 1
+    assert pool.add({"X": "1"}) is None and errors == [(None, "BlockingIOError")]
+    clock.now += 0.1
+    pool.timers.run_due()
+    assert pool.slots[0].state is S.STARTING and pool.target == 3 and not pool.vacant
+    assert pool.fork_settings.slot_env == {0: {"X": "1"}}
+    # The top slot let go is one slot fewer, its signal sent at once; down to none, the cluster waits for a fork.
+    top = pool.slots[2]
+    top.public.kill("KILL")
+    assert pool.target == 2 and not pool.vacant and str(int(signal.SIGKILL)) in top.signals  # type: ignore[attr-defined]
+    for handle in list(pool.slots.values()):
+        handle.public.kill()
+    assert pool.target == 0
+    for handle in list(pool.workers.values()):
+        assert pool.reaped(handle.pid, _status(code=0)) is None
+    assert not pool.workers and not pool.vacant
+    with pytest.raises(ValueError, match="unknown signal 'SIGNOPE'"):
+        first.public.kill("SIGNOPE")
+
+
+def test_a_worker_let_go_during_its_replacement_takes_the_replacement_with_it(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock)
+    old = pool.slots[0]
+    pool.rollout.start()
+    new = pool.rollout.current
+    assert new is not None and new.replaces is old
+    old.public.disconnect()
+    # The slot is given up: the replacement that would fill it again goes too, and the rolling restart ends.
+    assert new.state is S.DRAINING and not pool.rollout.active and pool.rollout.outcome == "aborted"
+    assert pool.target == 1 and pool.vacant == {0} and sorted(pool.slots) == [1]
+    assert pool.reaped(new.pid, _status(killed_by=signal.SIGTERM)) is None
+    assert new.public.exited_after_disconnect is True and sorted(pool.slots) == [1]
+
+
+def test_a_fork_past_the_worker_limit_is_refused_with_a_warning(
+    spawn: Spawner, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = _serving(spawn, clock, workers=1)
+    pool.target = MAX_WORKERS  # as if that many served: only the count matters here
+    assert pool.add() is None and len(spawn.made) == 1
+    assert f"cannot fork one worker more: one cluster runs at most {MAX_WORKERS}" in caplog.text
