@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from clusterrun.config.options import MAX_WORKERS, Config
 from clusterrun.host.timers import Timers
+from clusterrun.identity import WorkerInfo
 from clusterrun.primary.dispatch import Dispatcher
 from clusterrun.primary.events import Events
 from clusterrun.primary.handle import WorkerHandle, WorkerState, describe_status, exit_of
@@ -33,6 +34,9 @@ from clusterrun.wire.channel import encode
 from clusterrun.wire.protocol import Frame, Message, check_message
 
 logger = logging.getLogger("clusterrun")
+
+# SIGQUIT's quick stop: how long a worker has to run its worker_int hooks and exit before it is killed.
+_QUIT_GRACE = 1.0
 
 
 class Spawner(Protocol):
@@ -67,6 +71,8 @@ class Pool:
         self.workers: dict[int, WorkerHandle] = {}  # by pid: every live child
         self.slots: dict[int, WorkerHandle] = {}  # by index: the worker that serves the slot now
         self.target = config.workers
+        # gunicorn's order: its arbiter sets the number when it is made, before on_starting.
+        self.events.emit("nworkers_changed", config, self.target, None)
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
         self.last_exit: dict[int, str] = {}  # per slot: how its last unplanned exit went (for status)
         self.tally = Tally()  # what exited workers did, per slot (for metrics that never go backwards)
@@ -83,6 +89,8 @@ class Pool:
         None when the system refuses the fork: the primary never dies of it. A slot's fork is tried again
         after a growing wait, while the other workers serve; a replacement's is given up (the caller's to say).
         """
+        if self.events.wanted("pre_fork"):  # pid 0: there is no process yet
+            self.events.emit("pre_fork", self.config, WorkerInfo(self._next_id, index, 0))
         try:
             handle = self.spawner.spawn(self._next_id, index, replaces)
         except OSError as exc:
@@ -171,6 +179,7 @@ class Pool:
         if target > MAX_WORKERS:
             logger.warning("cannot scale to %d workers; one cluster runs at most %d", target, MAX_WORKERS)
             return
+        old = self.target
         while self.target < target:
             taken = self.slots.keys() | self.pending_respawns  # a slot waiting for its respawn is not free
             free = next(i for i in range(len(taken) + 1) if i not in taken)
@@ -186,6 +195,8 @@ class Pool:
             else:
                 self.pending_respawns.discard(highest)
         logger.info("scaled to %d worker%s", self.target, "" if self.target == 1 else "s")
+        if self.target != old:
+            self.events.emit("nworkers_changed", self.config, self.target, old)
 
     def stop_all(self) -> None:
         """Every worker drains (a starting one is stopped at once); nothing is respawned from now on."""
@@ -201,6 +212,13 @@ class Pool:
     def kill_all(self) -> None:
         for handle in self.workers.values():
             handle.kill()
+
+    def quit_all(self) -> None:
+        """gunicorn's quick stop: SIGQUIT to every worker (it runs the worker_int hooks and exits, no drain), then
+        SIGKILL to what is left after a grace."""
+        for handle in self.workers.values():
+            handle.quit()
+        self.timers.add(_QUIT_GRACE, self.kill_all)
 
     def close(self) -> None:
         """The primary is leaving: kill and reap every worker, and free what it held for each."""
@@ -258,6 +276,7 @@ class Pool:
         how = describe_status(status)
         self.tally.fold(handle)
         self.events.emit("exit", handle.public, *exit_of(status))
+        self.events.emit("child_exit", self.config, handle.public)
         if self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
         was = handle.state
