@@ -38,26 +38,42 @@ __all__ = ["Request", "Response", "wrap"]
 
 
 class Request:
-    """A request under gunicorn's names (gunicorn.http.message.Request)."""
+    """A request under gunicorn's names (gunicorn.http.message.Request); what needs work is made on first use."""
 
-    __slots__ = ("_header_source", "_headers", "fragment", "method", "path", "query", "remote_addr", "scheme",
-                 "uri", "version")
+    __slots__ = ("_header_source", "_headers", "_parts", "method", "remote_addr", "scheme", "uri", "version")
 
     def __init__(self, method: str, uri: str, version: tuple[int, int], scheme: str, remote_addr: Any,
                  header_source: Callable[[], list[tuple[str, str]]]) -> None:
         self.method = method
         self.uri = uri
-        parts = urlsplit(uri)
-        self.path, self.query, self.fragment = parts.path or "", parts.query or "", parts.fragment or ""
         self.version = version
         self.scheme = scheme
         self.remote_addr = remote_addr
         self._header_source = header_source
         self._headers: list[tuple[str, str]] | None = None
+        self._parts: tuple[str, str, str] | None = None
+
+    def _split(self) -> tuple[str, str, str]:
+        if self._parts is None:
+            parts = urlsplit(self.uri)
+            self._parts = parts.path or "", parts.query or "", parts.fragment or ""
+        return self._parts
+
+    @property
+    def path(self) -> str:
+        return self._split()[0]
+
+    @property
+    def query(self) -> str:
+        return self._split()[1]
+
+    @property
+    def fragment(self) -> str:
+        return self._split()[2]
 
     @property
     def headers(self) -> list[tuple[str, str]]:
-        """(NAME, value) pairs, names upper-case, as gunicorn's parser gives them; made on first use."""
+        """(NAME, value) pairs, names upper-case, as gunicorn's parser gives them."""
         if self._headers is None:
             self._headers = self._header_source()
         return self._headers
@@ -67,22 +83,41 @@ class Request:
 
 
 class Response:
-    """What the app answered, under gunicorn's names (gunicorn.http.wsgi.Response): status, status_code, headers."""
+    """What the app answered, under gunicorn's names (gunicorn.http.wsgi.Response): status ("200 OK"),
+    status_code and headers; None and [] while the app has started no response."""
 
-    __slots__ = ("headers", "status", "status_code")
+    __slots__ = ("_headers", "_raw_headers", "_status", "status_code")
 
     def __init__(self) -> None:
-        self.status: str | None = None
+        self._status: str | None = None
         self.status_code: int | None = None
-        self.headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[str, str]] | None = []
+        self._raw_headers: Any = ()  # ASGI's (bytes, bytes) pairs, decoded on first use
 
-    def started(self, status: str, status_code: int, headers: list[tuple[str, str]]) -> None:
-        self.status, self.status_code, self.headers = status, status_code, headers
+    def started(self, status: str | None, status_code: int, headers: list[tuple[str, str]] | None,
+                raw_headers: Any = ()) -> None:
+        self._status, self.status_code, self._headers, self._raw_headers = status, status_code, headers, raw_headers
 
     def failed(self) -> None:
         """The app failed before it started a response: the client gets a 500."""
-        if self.status is None:
-            self.status, self.status_code = "500 Internal Server Error", 500
+        if self.status_code is None:
+            self.started("500 Internal Server Error", 500, [])
+
+    @property
+    def status(self) -> str | None:
+        if self._status is None and self.status_code is not None:
+            try:
+                self._status = f"{self.status_code} {http.HTTPStatus(self.status_code).phrase}"
+            except ValueError:
+                self._status = str(self.status_code)
+        return self._status
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        if self._headers is None:
+            self._headers = [(bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
+                             for name, value in self._raw_headers]
+        return self._headers
 
     def __repr__(self) -> str:
         return f"<Response {self.status}>"
@@ -242,14 +277,7 @@ def _asgi(app: Any, worker: WorkerInfo, pre: tuple[Hook, ...], post: tuple[Hook,
 
         async def send_seen(message: Any) -> None:
             if message["type"] == "http.response.start":
-                code = int(message["status"])
-                try:
-                    phrase = http.HTTPStatus(code).phrase
-                except ValueError:
-                    phrase = ""
-                resp.started(f"{code} {phrase}".rstrip(), code, [
-                    (bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
-                    for name, value in message.get("headers", ())])
+                resp.started(None, int(message["status"]), None, message.get("headers", ()))
             await send(message)
 
         try:
