@@ -158,3 +158,20 @@ def test_a_post_fork_hook_that_raises_is_a_boot_failure(run_cli: Callable[..., C
                       env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert cluster.wait_exit(DEADLINE) == 3
     assert "the post_fork hook post_fork raised OSError: no such device" in cluster.output()
+
+
+@pytest.mark.parametrize("args", [(), ("--threads", "2")], ids=["inline", "threads"])
+def test_post_request_runs_after_a_streamed_body_and_a_file(
+    run_cli: Callable[..., Cluster], args: tuple[str, ...], tmp_path: Path,
+) -> None:
+    """Bodies that are no list: post_request runs when the app's iterable is closed, the file sent whole."""
+    log = tmp_path / "hooks.log"
+    cluster = _run(run_cli, "engine_app:app", log, "--workers", "1", *args)
+    url = cluster.wait_ready()
+    file = FRESH.get(url + "/file?300000")
+    assert file.status_code == 200 and len(file.content) == 300000
+    stream = FRESH.get(url + "/stream")
+    assert stream.status_code == 200 and stream.headers["transfer-encoding"] == "chunked"
+    wait_until(lambda: len(_lines(log, "post_request")) == 2, "the post_request lines")
+    assert [line[2:] for line in _lines(log, "post_request")] == [["GET", "/file", "environ", "200", "200_OK"],
+                                                                  ["GET", "/stream", "environ", "200", "200_OK"]]
