@@ -48,11 +48,11 @@ def run(
         # On SIGUSR1 (sent by the primary to a hung worker before killing it), every thread's Python
         # traceback goes to the log: at C level, so it works while Python code is stuck.
         faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True)
+        info = identity.WorkerInfo(worker_id, index, os.getpid())
+        _quit_and_abort(info)  # before the signals held since the fork arrive: a SIGABRT would dump core
         if signal_mask is not None:  # held since the fork (signals.fork_holding_signals): now they are ours
             signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
-        info = identity.WorkerInfo(worker_id, index, os.getpid())
         identity.become(info)
-        _quit_and_abort(info)
         logs.setup(config, info)  # as root still: the log files open whatever folder they are in
         # --user: right after the fork, before the serving modules and the app are imported (privileges.py).
         privileges.drop(privileges.check(config.run_as))
