@@ -171,8 +171,8 @@ class Primary:
         elif signum == signal.SIGQUIT:
             # gunicorn's quick stop: no drain; requests in flight are cut off.
             logger.warning("received SIGQUIT: quick stop, every worker quits now")
+            self.pool.quit_all()  # first: an idle worker told to drain would be gone before worker_int
             self.stop(delay=0.0)
-            self.pool.quit_all()
         elif signum == signal.SIGUSR1:  # logrotate's postrotate, as in gunicorn and nginx
             logger.info("received SIGUSR1: reopening %d log file%s here and in every worker", count := logs.reopen(),
                         "" if count == 1 else "s")
