@@ -105,6 +105,7 @@ def test_the_fork_hooks_and_the_number_of_workers(run_cli: Callable[..., Cluster
     wait_until(lambda: _lines(log, "child_exit"), "the child_exit line")
     [gone] = _lines(log, "child_exit")
     assert gone[0].endswith(f"/{victim}") and gone[1] == str(cluster.pid)
+    wait_until(lambda: len(_lines(log, "post_worker_init")) == 4, "the respawned worker")
     cluster.signal(signal.SIGTERM)
     assert cluster.wait_exit() == 0
     assert len(_lines(log, "child_exit")) == 4  # the crashed one, then the three stopped
