@@ -563,7 +563,9 @@ OPTIONS: tuple[Option, ...] = (
            "copy-on-write and start faster, but a rolling restart then serves the code loaded at start",
            _switch("--preload"), switch=True),
     Option("hooks", ("--hooks",), "a module (or module:object) whose functions named after cluster events (fork, "
-           "online, listening, message, disconnect, exit) are called in the primary", str, "MODULE"),
+           "online, listening, message, disconnect, exit) or gunicorn's server hooks (on_starting, pre_fork, "
+           "post_fork, pre_request, post_request, worker_exit ...: a gunicorn config's hooks) are registered, each "
+           "run where and when gunicorn runs it", str, "MODULE"),
     Option("backlog", ("--backlog",), "listen queue length; default 2048", _int_at_least(1, "--backlog"), "N"),
     Option("log_level", ("--log-level",), "debug, info, warning or error; debug adds tracebacks to errors; "
            "default info", _choice("--log-level", LOG_LEVELS), "LEVEL", choices=LOG_LEVELS),

@@ -17,10 +17,16 @@ The cluster's own moments, under gunicorn's names (``config`` is the cluster's C
     when_ready(config)             every worker of the first generation serves
     on_reload(config)              a rolling restart begins
     on_exit(config)                the cluster stopped; every worker is gone
+    pre_fork(config, worker)       a worker is about to be forked (``worker`` a WorkerInfo, its pid 0: none yet)
+    child_exit(config, worker)     a worker was reaped (right after ``exit``)
+    nworkers_changed(config, new, old)   the target number of workers changed (``old`` None at start)
+    pre_exec(config)               never: gunicorn's moment before it re-executes its master on USR2, which
+                                   clusterrun never does (USR2 is a rolling restart: on_reload). Accepted, so
+                                   that a gunicorn config loads, and said once in the log.
 
-A handler that raises is logged and skipped: it never stops the primary. ``worker_init`` and ``worker_exit``
-run in the worker processes instead: ``Cluster.on`` (clusterrun.api) hands those to clusterrun.worker.hooks,
-so that the primary's events and the worker's hooks never import each other.
+A handler that raises is logged and skipped: it never stops the primary. The hooks that run in the worker
+processes (worker_init, pre_request ...: clusterrun.worker.hooks) are handed there by ``Cluster.on``
+(clusterrun.api), so that the primary's events and the worker's hooks never import each other.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from clusterrun.errors import ConfigError
 logger = logging.getLogger("clusterrun")
 
 EVENTS = ("fork", "online", "listening", "message", "disconnect", "exit", "on_starting", "when_ready", "on_reload",
-          "on_exit", "error", "setup")
+          "on_exit", "pre_fork", "child_exit", "nworkers_changed", "pre_exec", "error", "setup")
 
 Handler = Callable[..., Any]
 
@@ -53,6 +59,9 @@ class Events:
         if event not in self._handlers:
             raise ConfigError(f"unknown cluster event {event!r}: choose one of {', '.join(EVENTS)}")
         check_handler(event, handler)
+        if event == "pre_exec":
+            logger.warning("the pre_exec hook %s never runs: clusterrun never re-executes its primary (USR2 is a "
+                           "rolling restart; on_reload marks its start)", getattr(handler, "__qualname__", handler))
         self._handlers[event].append(handler)
         return handler
 

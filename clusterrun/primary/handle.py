@@ -182,6 +182,14 @@ class WorkerHandle:
         """Any signal, for Worker.kill(signal)."""
         self._signal(signum)
 
+    def abort(self) -> None:
+        """gunicorn's word to a timed-out worker: SIGABRT, on which it runs its worker_abort hooks and exits."""
+        self._signal(signal.SIGABRT)
+
+    def quit(self) -> None:
+        """gunicorn's quick stop: SIGQUIT, on which it runs its worker_int hooks and exits without draining."""
+        self._signal(signal.SIGQUIT)
+
     def _signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signum)

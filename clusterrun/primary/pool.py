@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from clusterrun.config.options import MAX_WORKERS, Config
 from clusterrun.host.timers import Timers
+from clusterrun.identity import WorkerInfo
 from clusterrun.primary.dispatch import Dispatcher
 from clusterrun.primary.events import Events
 from clusterrun.primary.handle import WorkerHandle, WorkerState, describe_status, exit_of
@@ -35,6 +36,9 @@ from clusterrun.wire.channel import encode
 from clusterrun.wire.protocol import Frame, Message, check_message
 
 logger = logging.getLogger("clusterrun")
+
+# SIGQUIT's quick stop: how long a worker has to run its worker_int hooks and exit before it is killed.
+_QUIT_GRACE = 1.0
 
 
 class Spawner(Protocol):
@@ -73,6 +77,8 @@ class Pool:
         # the first filled again by a fork. The slots in use are those under target + len(vacant), less these.
         self.vacant: set[int] = set()
         self.fork_settings = fork_settings or ForkSettings()  # shared with the forker, which applies it
+        # gunicorn's order: its arbiter sets the number when it is made, before on_starting.
+        self.events.emit("nworkers_changed", config, self.target, None)
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
         self.last_exit: dict[int, str] = {}  # per slot: how its last unplanned exit went (for status)
         self.tally = Tally()  # what exited workers did, per slot (for metrics that never go backwards)
@@ -89,6 +95,8 @@ class Pool:
         None when the system refuses the fork: the primary never dies of it. A slot's fork is tried again
         after a growing wait, while the other workers serve; a replacement's is given up (the caller's to say).
         """
+        if self.events.wanted("pre_fork"):  # pid 0: there is no process yet
+            self.events.emit("pre_fork", self.config, WorkerInfo(self._next_id, index, 0))
         try:
             handle = self.spawner.spawn(self._next_id, index, replaces)
         except OSError as exc:
@@ -179,8 +187,9 @@ class Pool:
         if target > MAX_WORKERS:
             logger.warning("cannot scale to %d workers; one cluster runs at most %d", target, MAX_WORKERS)
             return
+        old = self.target
         while self.target < target:
-            self.add()
+            self._add()
         while self.target > target:
             self.target -= 1
             # The highest slot goes, whether it serves or waits for its respawn (whose timer then finds it unwanted):
@@ -193,10 +202,19 @@ class Pool:
                 self.pending_respawns.discard(highest)
             self._trim_vacant()
         logger.info("scaled to %d worker%s", self.target, "" if self.target == 1 else "s")
+        if self.target != old:
+            self.events.emit("nworkers_changed", self.config, self.target, old)
 
     def add(self, env: dict[str, str] | None = None) -> WorkerHandle | None:
         """One worker more, in the lowest free slot (one left vacant first), with ``env`` for the slot's forks:
         Node's ``cluster.fork(env)``. None when the system refused the fork (retried, see spawn), or at the limit."""
+        old = self.target
+        handle = self._add(env)
+        if self.target != old:
+            self.events.emit("nworkers_changed", self.config, self.target, old)
+        return handle
+
+    def _add(self, env: dict[str, str] | None = None) -> WorkerHandle | None:
         if self.target >= MAX_WORKERS:
             logger.warning("cannot fork one worker more: one cluster runs at most %d", MAX_WORKERS)
             return None
@@ -219,6 +237,7 @@ class Pool:
         if self.slots.get(handle.index) is handle and not self.stopping:
             del self.slots[handle.index]
             self.target -= 1
+            self.events.emit("nworkers_changed", self.config, self.target, self.target + 1)
             self.vacant.add(handle.index)
             self.fork_settings.slot_env.pop(handle.index, None)
             self._trim_vacant()
@@ -273,6 +292,13 @@ class Pool:
     def kill_all(self) -> None:
         for handle in self.workers.values():
             handle.kill()
+
+    def quit_all(self) -> None:
+        """gunicorn's quick stop: SIGQUIT to every worker (it runs the worker_int hooks and exits, no drain), then
+        SIGKILL to what is left after a grace."""
+        for handle in self.workers.values():
+            handle.quit()
+        self.timers.add(_QUIT_GRACE, self.kill_all)
 
     def close(self) -> None:
         """The primary is leaving: kill and reap every worker, and free what it held for each."""
@@ -333,6 +359,7 @@ class Pool:
         handle.status = status  # before the event: its handlers see is_dead() and process.exitcode
         handle.exited_after_disconnect = was is WorkerState.DRAINING  # told to leave: retired, or stopping
         self.events.emit("exit", handle.public, *exit_of(status))
+        self.events.emit("child_exit", self.config, handle.public)
         if self.slots.get(handle.index) is handle:
             del self.slots[handle.index]
         handle.move(WorkerState.EXITED)

@@ -170,9 +170,9 @@ class Primary:
             self.stop()
         elif signum == signal.SIGQUIT:
             # gunicorn's quick stop: no drain; requests in flight are cut off.
-            logger.warning("received SIGQUIT: quick stop, killing every worker now")
+            logger.warning("received SIGQUIT: quick stop, every worker quits now")
+            self.pool.quit_all()  # first: an idle worker told to drain would be gone before worker_int
             self.stop(delay=0.0)
-            self.pool.kill_all()
         elif signum == signal.SIGUSR1:  # logrotate's postrotate, as in gunicorn and nginx
             logger.info("received SIGUSR1: reopening %d log file%s here and in every worker", count := logs.reopen(),
                         "" if count == 1 else "s")

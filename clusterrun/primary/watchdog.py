@@ -84,8 +84,18 @@ class Watchdog:
 
     def _dump_and_kill(self, handle: WorkerHandle) -> None:
         handle.dump_threads()
-        self._timers.add(_DUMP_GRACE, handle.kill)
+        # With the dump, gunicorn's word to a timed-out worker: its SIGABRT handler runs the worker_abort hooks and
+        # exits. The dump goes first all the same: faulthandler writes it from the C signal handler, at once, where
+        # a Python handler waits for the next bytecode. A worker stuck in C code gets the SIGKILL.
+        handle.abort()
+        self._timers.add(_DUMP_GRACE, lambda: _kill_unless_reaped(handle))
 
+
+
+def _kill_unless_reaped(handle: WorkerHandle) -> None:
+    """SIGKILL for a worker still there: one that left on SIGABRT is reaped, and its pid may be another's by now."""
+    if handle.state is not WorkerState.EXITED:
+        handle.kill()
 
 
 def is_stopped(pid: int) -> bool:

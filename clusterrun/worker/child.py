@@ -15,15 +15,16 @@ import socket
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from clusterrun import identity, logs
 from clusterrun.config.options import Config
-from clusterrun.errors import EXIT_BOOT, EXIT_ERROR, BootError
+from clusterrun.errors import EXIT_BOOT, EXIT_ERROR, EXIT_OK, BootError
 from clusterrun.host import priority, privileges
 from clusterrun.wire.channel import Channel
 from clusterrun.wire.heartbeat import DUMP_SIGNAL
 from clusterrun.wire.pages import WorkerPages
+from clusterrun.worker import hooks as workerhooks
 from clusterrun.worker.current import CurrentWorker
 
 if TYPE_CHECKING:  # a type only: at run time the core imports adapters lazily (see api.prepare_engine)
@@ -48,9 +49,10 @@ def run(
         # On SIGUSR1 (sent by the primary to a hung worker before killing it), every thread's Python
         # traceback goes to the log: at C level, so it works while Python code is stuck.
         faulthandler.register(DUMP_SIGNAL, file=sys.stderr, all_threads=True)
+        info = CurrentWorker(worker_id, index, os.getpid())  # current_worker() gives it, with send, disconnect
+        _quit_and_abort(info)  # before the signals held since the fork arrive: a SIGABRT would dump core
         if signal_mask is not None:  # held since the fork (signals.fork_holding_signals): now they are ours
             signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
-        info = CurrentWorker(worker_id, index, os.getpid())  # current_worker() gives it, with send, disconnect
         identity.become(info)
         logs.setup(config, info)  # as root still: the log files open whatever folder they are in
         # --user: right after the fork, before the serving modules and the app are imported (privileges.py).
@@ -83,6 +85,42 @@ def _leave_primary(inherited_fds: Sequence[int]) -> None:
     for fd in inherited_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _quit_and_abort(info: identity.WorkerInfo) -> None:
+    """gunicorn's worker signals: SIGQUIT runs the worker_int hooks and quits at once (no drain), SIGABRT the
+    worker_abort hooks and quits too, and SIGINT runs the worker_int hooks.
+
+    SIGABRT is what the primary's watchdog sends a hung worker with the request for its tracebacks, a second before
+    it kills it: a Python handler runs at the next bytecode (or when a blocking call is interrupted), so the
+    worker_abort hooks run unless the worker is stuck in C code, which the SIGKILL ends. SIGINT alone stops no
+    worker: Ctrl-C reaches the whole process group, and the primary decides how its workers stop.
+    """
+
+    def quit_now(signum: int, frame: Any) -> None:
+        workerhooks.interrupted(info)
+        _leave_now(info, EXIT_OK)
+
+    def abort_now(signum: int, frame: Any) -> None:
+        workerhooks.aborted(info)
+        _leave_now(info, EXIT_ERROR)
+
+    signal.signal(signal.SIGQUIT, quit_now)
+    # Without worker_abort hooks the watchdog's SIGABRT changes nothing: the SIGKILL that follows ends the worker.
+    signal.signal(signal.SIGABRT, abort_now if workerhooks.wanted("worker_abort") else signal.SIG_IGN)
+    if workerhooks.wanted("worker_int"):
+        signal.signal(signal.SIGINT, lambda signum, frame: workerhooks.interrupted(info))
+
+
+def _leave_now(info: identity.WorkerInfo, code: int) -> NoReturn:
+    """Exit from a signal handler, with no drain: the worker_exit hooks run first, as gunicorn's do."""
+    try:
+        workerhooks.exit(info)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 def _set_title(config: Config, info: identity.WorkerInfo) -> None:

@@ -78,10 +78,12 @@ def serve(
     handles.close_primary_only()  # the program's own listeners (Cluster.listen) are the primary's alone
     channel.send(Online())
     try:
-        ssl_context = tls.worker_context(config.tls)  # the certificate files as they are now
+        workerhooks.post_fork(config, info)  # before the app loads, as gunicorn's
+        ssl_context = _ssl_context(config)  # the certificate files as they are now
         loaded = preloaded or entry.load_app(
             config.app, app_dir=config.app_dir, factory=config.factory, interface=config.interface
         )
+        loaded = with_request_hooks(loaded, info)
         inline = entry.inline_engine_available(loaded, threads=config.threads, http=config.http)
         if not inline:
             # The one place the stack is chosen, so the one place its serving is imported (with uvicorn and asyncio):
@@ -105,6 +107,33 @@ def serve(
         return code
     finally:
         serving.close_loop(loop)
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The worker's TLS context: from the --ssl-* files, or what the ssl_context hook makes of that."""
+    settings = config.tls
+    if settings is None:
+        return None
+
+    def default_ssl_context_factory() -> ssl.SSLContext:
+        context = tls.worker_context(settings)
+        assert context is not None  # settings are given
+        return context
+
+    return workerhooks.ssl_context(config, default_ssl_context_factory)()
+
+
+def with_request_hooks(loaded: entry.LoadedApp, info: WorkerInfo) -> entry.LoadedApp:
+    """The app, wrapped to run the pre_request and post_request hooks; the app itself when there are none.
+
+    Decided once per worker, here: without the hooks no request pays anything for them.
+    """
+    pre, post = workerhooks.request_hooks()
+    if not pre and not post:
+        return loaded
+    from clusterrun.worker import requesthooks  # only where hooks are set
+
+    return requesthooks.wrap(loaded, info, pre, post)
 
 
 def _serve_inline(

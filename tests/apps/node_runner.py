@@ -1,10 +1,10 @@
 """A runner on Node's Worker and Cluster calls: python node_runner.py APP WORKERS [EXTRA_OPTION=VALUE ...]
 
 Before run() it calls setup_primary(env={"Y": "2"}, args=["--from-setup"]). It reports on stdout, one line
-each: every "setup", "listening", "disconnect", "exit" and "error" event, with what the Worker says of itself
-there. A worker's message {"cmd": C, "id": N} makes it act on worker N: "kill" (kill()), "kill9" (kill("SIGKILL")),
-"disconnect" (disconnect()), "fork-env" (fork(env={"X": "1"})), "send-dead" (sends to the last worker that
-exited, which must fail).
+each: every "setup", "listening", "disconnect", "exit", "error" and "nworkers_changed" event, with what the
+Worker says of itself there. A worker's message {"cmd": C, "id": N} makes it act on worker N: "kill"
+(kill()), "kill9" (kill("SIGKILL")), "disconnect" (disconnect()), "fork-env" (fork(env={"X": "1"})),
+"send-dead" (sends to the last worker that exited, which must fail).
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ def exit_(worker: Worker, code: int | None, signal: str | None) -> None:
     say("exit", worker.id, "code", code, "signal", signal, "after", worker.exited_after_disconnect, "dead",
         worker.is_dead(), "process", process.pid == worker.pid, process.exitcode, process.signal)
     exited.append(worker)
+
+
+@cluster.on("nworkers_changed")
+def nworkers_changed(config: Any, new: int, old: int | None) -> None:
+    say("nworkers", new, old)
 
 
 @cluster.on("error")

@@ -301,3 +301,20 @@ def test_a_rolling_restart_serves_renewed_certificate_files(run_cli: Callable[..
     wait_until(lambda: {peer_fingerprint(pki, url) for _ in range(4)} == {pki.renewed.fingerprint},
                "every worker to show the renewed certificate")
     assert get_json(pki, url)["scheme"] == "https"
+
+
+@pytest.mark.parametrize("app", ["sup_app:wsgi", "sup_app:asgi"])
+def test_the_ssl_context_hook_makes_the_workers_context(run_cli: Callable[..., Cluster], pki: PKI, app: str,
+                                                        tmp_path: Path) -> None:
+    """gunicorn's ssl_context(config, default_ssl_context_factory): here it refuses anything older than TLS 1.3."""
+    log = tmp_path / "hooks.log"
+    _cluster, url = start_tls(run_cli, app, "--workers", "1", "--ssl-certfile", str(pki.first.cert),
+                              "--ssl-keyfile", str(pki.first.key), "--hooks", "gunicorn_hooks",
+                              env={"HOOK_LOG": str(log), "HOOK_TLS13": "1"})
+    pid = get_json(pki, url)["pid"]  # a TLS 1.3 client is served
+    assert [line for line in log.read_text().splitlines() if line.startswith("ssl_context")] == [f"ssl_context {pid}"]
+    old = client_context(pki)
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    with socket.create_connection(address(url), timeout=DEADLINE) as raw, pytest.raises(ssl.SSLError):
+        old.wrap_socket(raw, server_hostname="localhost")
+    assert get_json(pki, url)["pid"] == pid  # the worker serves on

@@ -60,6 +60,8 @@ def test_kill_and_disconnect_are_planned_exits_and_the_cluster_keeps_fewer(
     status = cluster.wait_status(lambda s: s["target"] == 1 and s["ready"] == 1, "one worker kept")
     assert [w["id"] for w in status["workers"]] == [id for id in (1, 2, 3) if id not in (killed, disconnected)]
     assert not re.search(r"^listening 4 ", cluster.output(), re.MULTILINE)  # neither was respawned
+    cluster.wait_for_line(r"^nworkers 2 3$")  # gunicorn's nworkers_changed hears of each
+    cluster.wait_for_line(r"^nworkers 1 2$")
     assert ask(url, "/")["id"] not in (killed, disconnected)
 
 
@@ -101,6 +103,7 @@ def test_fork_env_reaches_the_worker_its_respawn_and_replacement_and_setup_prima
     assert (first["X"], first["Y"], first["args"]) == (None, "2", ["--from-setup"])
     ask(url, "/ask?cmd=fork-env")
     cluster.wait_for_line(r"^forked 2$")
+    cluster.wait_for_line(r"^nworkers 2 1$")
     cluster.wait_for_line(r"^listening 2 index 1 ")
     forked = answer_from(url, 2)
     assert (forked["X"], forked["Y"], forked["args"]) == ("1", "2", ["--from-setup"])

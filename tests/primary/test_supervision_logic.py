@@ -226,13 +226,13 @@ def test_the_watchdog_kills_only_a_silent_worker_once(spawn: Spawner, clock: Clo
         clock.now += 0.5
         chatty.last_seen = clock()
         timers.run_due()
-    dump, kill = str(int(signal.SIGUSR1)), str(int(signal.SIGKILL))
-    assert quiet.signals == [dump, kill]  # tracebacks first, then SIGKILL a second later
+    dump, abort, kill = str(int(signal.SIGUSR1)), str(int(signal.SIGABRT)), str(int(signal.SIGKILL))
+    assert quiet.signals == [dump, abort, kill]  # tracebacks and worker_abort first, then SIGKILL a second later
     assert chatty.signals == [] and starting.signals == []  # a starting worker has --boot-timeout instead
     for _ in range(20):
         clock.now += 0.5
         timers.run_due()
-    assert quiet.signals == [dump, kill]  # found once
+    assert quiet.signals == [dump, abort, kill]  # found once
 
 
 def test_one_watchdog_for_both_deadlines_names_the_request_a_hung_worker_ran(
@@ -250,7 +250,7 @@ def test_one_watchdog_for_both_deadlines_names_the_request_a_hung_worker_ran(
     for _ in range(12):
         clock.now += 0.5
         timers.run_due()
-    assert stuck.signals == [str(int(signal.SIGUSR1)), str(int(signal.SIGKILL))]
+    assert stuck.signals == [str(int(signal.SIGUSR1)), str(int(signal.SIGABRT)), str(int(signal.SIGKILL))]
     assert "sent no heartbeat for 5.0s (--timeout) while its app ran request GET /report" in caplog.text
     stuck.pages.request_clock.close()
 
