@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from clusterrun.identity import WorkerInfo
+from clusterrun.primary.handle import WorkerState
 from clusterrun.primary.watchdog import Watchdog
 from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.requestclock import RequestClock
@@ -34,9 +35,13 @@ class FakeWorker:
     pages: WorkerPages = field(default_factory=lambda: WorkerPages(request_clock=RequestClock(True)))
     info: WorkerInfo = field(default_factory=lambda: WorkerInfo(1, 0, 4242))
     signals: list[str] = field(default_factory=list)
+    state: WorkerState = WorkerState.READY
 
     def dump_threads(self) -> None:
         self.signals.append("dump")
+
+    def abort(self) -> None:
+        self.signals.append("abort")
 
     def kill(self) -> None:
         self.signals.append("kill")
@@ -75,13 +80,13 @@ def test_the_primary_kills_only_past_the_deadline() -> None:
     assert [delay for delay, _ in timers.pending] == [1.0]  # woken again just when it reaches the deadline
     now[0] = 1001.0  # 2 s in: at the deadline
     timers.run()
-    assert worker.signals == ["dump"]
+    assert worker.signals == ["dump", "abort"]  # the abort: gunicorn's worker_abort hooks run, if any
     kills = [callback for delay, callback in timers.pending if delay == 1.0]
     assert len(kills) == 1  # SIGKILL after the traceback dump's grace
     timers.run()
-    assert worker.signals == ["dump", "kill"]
+    assert worker.signals == ["dump", "abort", "kill"]
     timers.run()  # still stamped (not reaped yet): killed once, not again
-    assert worker.signals == ["dump", "kill"]
+    assert worker.signals == ["dump", "abort", "kill"]
 
 
 def test_off_the_primary_never_checks() -> None:
