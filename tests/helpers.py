@@ -164,12 +164,8 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEAD
         time.sleep(0.02)
 
 
-def connections_held(pid: int) -> int:
-    """TCP connections a process still holds a descriptor of, from /proc, listeners aside.
-
-    Not "ESTABLISHED": a connection the client closed is in CLOSE_WAIT until the worker's event loop gets to
-    it, and only then does the worker close it and count the close.
-    """
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets a process holds a descriptor of, from /proc (what /proc/net/* tables name)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -178,6 +174,16 @@ def connections_held(pid: int) -> int:
             continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def connections_held(pid: int) -> int:
+    """TCP connections a process still holds a descriptor of, from /proc, listeners aside.
+
+    Not "ESTABLISHED": a connection the client closed is in CLOSE_WAIT until the worker's event loop gets to
+    it, and only then does the worker close it and count the close.
+    """
+    inodes = socket_inodes(pid)
     count = 0
     for table in ("tcp", "tcp6"):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DEADLINE, TEST_APPS, Cluster, connections_held, read_all, wait_until
+from helpers import DEADLINE, TEST_APPS, Cluster, connections_held, read_all, socket_inodes, wait_until
 
 HANDLE_APPS = ["handles_app:wsgi", "handles_app:asgi"]
 
@@ -156,18 +156,6 @@ def listener_inode(port: int) -> str:
         if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
             return fields[9]
     pytest.fail(f"no listener on port {port}")
-
-
-def socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    return inodes
 
 
 def test_workers_hold_no_copy_of_the_programs_listener(run_cli: Callable[..., Cluster]) -> None:
