@@ -60,11 +60,8 @@ class AppTable:
     envs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # envname -> the variables it overrides
 
     def environment(self, envname: str) -> dict[str, str]:
-        """``env`` with ``env_<envname>``'s variables over it; ConfigError for an envname the app does not have."""
-        if envname and envname not in self.envs:
-            known = ", ".join(sorted(self.envs)) or "none"
-            raise ConfigError(f"app {self.name!r} has no [apps.env_{envname}] table (its envs: {known}): add one, "
-                              "or start without --env")
+        """``env`` with ``env_<envname>``'s variables over it (an app without that table keeps its ``env``, as
+        PM2 does; the caller refuses an envname that no app of the set has: a typo)."""
         return {**self.env, **(self.envs.get(envname, {}) if envname else {})}
 
 

@@ -78,7 +78,31 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    path = resolve(args.name, args.control)
+    if args.name == "all" and not args.control:
+        return _stop_all(args)
+    return _stop_one(resolve(args.name, args.control), args)
+
+
+def _stop_all(args: argparse.Namespace) -> int:
+    """Every running cluster of this user (what ls lists): asked to stop together, then waited for."""
+    clusters = live_clusters()
+    if not clusters:
+        print("no cluster is running")
+        return 0
+    failed = []
+    for path, info in clusters:
+        try:
+            print(f"{info['name']}: ", end="")
+            _stop_one(path, args)
+        except ControlError as exc:
+            print(f"error: {exc}")
+            failed.append(info["name"])
+    if failed:
+        raise ControlError(f"{', '.join(failed)} did not stop: see above")
+    return 0
+
+
+def _stop_one(path: str, args: argparse.Namespace) -> int:
     pid = request(path, "stop", **({} if args.timeout is None else {"timeout": args.timeout}))["pid"]
     deadline = time.monotonic() + (args.timeout if args.timeout is not None else 30.0) + 30.0
     # The primary closes its control socket last, once every worker is reaped; then its process ends.
@@ -128,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale = add("scale", cmd_scale, "set the number of workers: N, +K or -K; waits until they serve")
     scale.add_argument("workers", metavar="N|+K|-K")
     scale.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="default 120")
-    add("stop", cmd_stop, "stop gracefully; waits until the primary exits").add_argument(
+    add("stop", cmd_stop, "stop gracefully (NAME, or all: every running cluster); waits until the primary exits"
+        ).add_argument(
         "--timeout", type=float, default=None, metavar="SECONDS",
         help="seconds the workers get to drain before they are killed; default the cluster's --graceful-timeout")
     restart = add("restart-worker", cmd_restart_worker, "replace one worker, no request lost")
