@@ -32,6 +32,7 @@ class Started:
     pid: int
     offset: int  # where this start's lines begin in the app's error log
     status: dict[str, Any] | None = None
+    reaped: bool = False  # its primary exited and was waited for: its pid may already be another process's
 
 
 def check_free(home: Home, name: str) -> None:
@@ -93,7 +94,7 @@ def start_set(home: Home, records: Sequence[Record], boot_timeout: float) -> lis
             one.status = _wait_serving(home, one, deadline, boot_timeout)
     except BaseException:
         for one in started:
-            _stop_child(one.pid)
+            _stop_child(one)
         raise
     return started
 
@@ -103,6 +104,7 @@ def _wait_serving(home: Home, one: Started, deadline: float, boot_timeout: float
     while True:
         done, code = os.waitpid(one.pid, os.WNOHANG)
         if done:
+            one.reaped = True
             exit_code = os.waitstatus_to_exitcode(code)
             raise _failed(home, one, f"exited with code {exit_code}", exit_code)
         status = _status(path)
@@ -142,17 +144,24 @@ def log_reason(path: str, offset: int) -> str:
     return (errors or lines or ["it wrote nothing"])[-1]
 
 
-def _stop_child(pid: int) -> None:
-    """Stop a primary this process spawned, with its workers (its process group): TERM, then KILL; reap it."""
+def _stop_child(one: Started) -> None:
+    """Stop a primary this process spawned, with its workers (its process group): TERM, then KILL; reap it.
+
+    The group outlives a reaped primary while a worker of it lives (its id is not reused until then), so the
+    group is signalled even when the primary is gone: no worker is left behind.
+    """
+    pid = one.pid
     _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
+    while not one.reaped and time.monotonic() < deadline:
         if os.waitpid(pid, os.WNOHANG)[0]:
-            break
-        time.sleep(_POLL)
-    else:
+            one.reaped = True
+        else:
+            time.sleep(_POLL)
+    if not one.reaped:
         _signal_group(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        one.reaped = True
     _signal_group(pid, signal.SIGKILL)  # a worker that outlived its primary
 
 
