@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from clusterrun.config.build import build_config
 from clusterrun.config.sources import AppTable, FileValues, find_file, read_file
 from clusterrun.ctl.client import answers, request
 from clusterrun.ctl.text import duration, table
@@ -148,6 +149,8 @@ def _start_records(home: Home, records: list[Record], boot_timeout: float) -> in
     if twice:
         raise ConfigError(f"app {twice[0]!r} is named twice in this start: give each app its own name")
     for record in records:
+        _check_options(record)
+    for record in records:
         check_free(home, record.name)
     started = start_set(home, records, boot_timeout)
     rows = [[one.record.name, one.pid, f"{status['ready']}/{status['target']}", " ".join(status["binds"]),
@@ -155,6 +158,25 @@ def _start_records(home: Home, records: list[Record], boot_timeout: float) -> in
             for one in started if (status := one.status) is not None]
     print(table(["NAME", "PID", "WORKERS", "LISTENING", "STATUS"], rows))
     return 0
+
+
+def _check_options(record: Record) -> None:
+    """Build the app's configuration here, as its primary will (in its folder, with its environment): a bad value
+    is refused before any app of the set is spawned, naming the apps file it came from."""
+    if not record.options:
+        return  # a bare start's flags are checked by its primary, which reports through its log
+    label = f"{os.path.basename(record.file) or 'start'} [[apps]] {record.name!r}"
+    previous = os.getcwd()
+    try:
+        os.chdir(record.cwd)
+    except OSError as exc:
+        raise ConfigError(f"app {record.name!r}: cannot use its cwd {record.cwd} ({exc.strerror}): fix cwd in "
+                          f"{label}") from None
+    try:
+        build_config(record.app, {}, environ={**os.environ, **record.env},
+                     file=FileValues(label, record.options, record.app))
+    finally:
+        os.chdir(previous)
 
 
 def cmd_start(argv: Sequence[str]) -> int:

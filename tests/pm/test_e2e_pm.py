@@ -247,6 +247,11 @@ def test_bad_input_gets_one_line_with_the_fix(pm: PM) -> None:
     apps_file(pm, a_port, b_port, extra='\n[[apps]]\nname = "delta"\napp = "env_app:app"\nworkerz = 2\n')
     one_error_line(pm("start"), 2, "start", "unknown key 'workerz'", "did you mean 'workers'?")
 
+    # A bad value is refused before any app of the set is spawned, naming the file and the app it is in.
+    apps_file(pm, a_port, b_port, extra='\n[[apps]]\nname = "gamma"\napp = "env_app:app"\nworkers = "lots"\n')
+    one_error_line(pm("start"), 2, "start", "bad --workers value 'lots'", "clusterrun.toml [[apps]] 'gamma'")
+    assert not (pm.home / "logs" / "alpha-error.log").exists()
+
     apps_file(pm, a_port, b_port, extra='\n[[apps]]\napp = "env_app:app"\nport = 0\n')
     one_error_line(pm("start"), 2, "start", "has no name")
 
