@@ -80,7 +80,12 @@ def cmd_scale(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     if args.name == "all" and not args.control:
         return _stop_all(args)
-    return _stop_one(resolve(args.name, args.control), args)
+    path = resolve(args.name, args.control)
+    if not args.control and not answers(path):
+        running_names = ", ".join(info["name"] for _path, info in live_clusters()) or "none"
+        raise ControlError(f"no cluster named {args.name!r} is running (running: {running_names}); clusterrun ls "
+                           "lists them")
+    return _stop_one(path, args)
 
 
 def _stop_all(args: argparse.Namespace) -> int:

@@ -205,6 +205,14 @@ def test_a_bare_app_starts_in_the_background_by_its_flags(pm: PM) -> None:
     assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
     assert os.readlink(f"/proc/{pid}/fd/2") == str(pm.home / "logs" / "solo-error.log")
     assert pm("stop", "solo").returncode == 0
+    assert refuses(port)
+    # Started again by its name alone: with the settings it was first started with.
+    again = pm("start", "solo")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert greeting(port) is None
+    restarted = pm("restart", "all")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert greeting(port) is None
 
 
 def test_an_app_that_fails_to_boot_stops_the_whole_set(pm: PM) -> None:
@@ -275,4 +283,5 @@ def test_bad_input_gets_one_line_with_the_fix(pm: PM) -> None:
     assert refuses(a_port)
 
     one_error_line(pm("restart", "nosuch"), 2, "restart", "no app named 'nosuch'", "known: beta")
+    one_error_line(pm("stop", "nosuch"), 1, "stop", "no cluster named 'nosuch' is running (running: beta)")
     one_error_line(pm("delete", "nosuch"), 2, "delete", "known: beta")
