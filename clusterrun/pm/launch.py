@@ -85,6 +85,7 @@ def spawn(home: Home, record: Record) -> Started:
 def start_set(home: Home, records: Sequence[Record], boot_timeout: float) -> list[Started]:
     """Start every app and wait until each serves; on any failure stop them all and raise the first reason."""
     started: list[Started] = []
+    new = [record.name for record in records if home.record(record.name) is None]
     try:
         for record in records:
             home.keep(record)
@@ -95,6 +96,8 @@ def start_set(home: Home, records: Sequence[Record], boot_timeout: float) -> lis
     except BaseException:
         for one in started:
             _stop_child(one)
+        for name in new:  # an app that never served is not one to restart or save; its logs stay, for the reason
+            home.forget(name)
         raise
     return started
 

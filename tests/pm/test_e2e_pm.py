@@ -239,6 +239,7 @@ port = {bad}
     assert not any(alive(pid) for pid in pm.seen)
     assert children_of(os.getpid()) == []  # no primary and no worker left behind
     assert not (pm.home / "pids" / "good.pid").exists()
+    assert list((pm.home / "apps").iterdir()) == []  # nothing recorded of a start that did not happen
     assert pm("ls").stdout.strip() == "no cluster is running"
 
 
