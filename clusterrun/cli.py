@@ -47,7 +47,7 @@ the process manager (like PM2; state in $CLUSTERRUN_HOME, default ~/.clusterrun;
   describe NAME             settings, env names (values hidden), pid, restarts, uptime, log paths
   save                      record the running apps in dump.json
   resurrect                 start the apps of dump.json again, with their env
-  stop all                  stop every running cluster
+  stop all, reload all      stop / rolling-restart every running cluster
 
 signals to the primary:
   TERM, INT    stop gracefully (a second INT kills at once)

@@ -170,6 +170,11 @@ def test_two_apps_start_with_an_env_list_restart_save_stop_all_and_resurrect(pm:
     assert pm.pid("alpha") != old and not alive(old)
     assert greeting(a_port) == "hello from production"
 
+    reloaded = pm("reload", "all")
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+    assert reloaded.stdout.count("complete: ") == 2
+    assert greeting(b_port) == "beta production"
+
     saved = pm("save")
     assert saved.returncode == 0, saved.stderr
     assert [app["name"] for app in json.loads((pm.home / "dump.json").read_text())] == ["alpha", "beta"]
