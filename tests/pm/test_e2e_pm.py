@@ -257,8 +257,19 @@ port = {bad}
     assert pm("ls").stdout.strip() == "no cluster is running"
 
 
+def test_an_app_that_does_not_serve_by_the_deadline_is_stopped_with_its_workers(pm: PM) -> None:
+    port = free_port()
+    pm.folder = TEST_APPS
+    result = pm("start", "pm_slow_import:app", "--workers", "2", "--port", str(port), "--boot-timeout", "2")
+    one_error_line(result, 3, "start", "'pm_slow_import' failed to boot", "did not serve within 2s")
+    assert not any(alive(pid) for pid in pm.seen)
+    assert children_of(os.getpid()) == []  # the workers, stuck in the import, were killed with their primary
+    assert refuses(port)
+
+
 def test_bad_input_gets_one_line_with_the_fix(pm: PM) -> None:
     a_port, b_port = free_port(), free_port()
+    one_error_line(pm("resurrect"), 2, "resurrect", "no dump at", "run clusterrun save")
     one_error_line(pm("describe", "nosuch"), 2, "describe", "no app named 'nosuch'", "known: none")
 
     apps_file(pm, a_port, b_port, extra=f'\n[[apps]]\nname = "alpha"\napp = "env_app:app"\nport = {free_port()}\n')
