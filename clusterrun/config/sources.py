@@ -164,8 +164,9 @@ def _app_table(table: Mapping[str, Any], label: str, folder: str) -> AppTable:
     options = {key: value for key, value in table.items()
                if key not in ("name", "app", "cwd", "env") and not (key.startswith("env_") and key[4:])}
     values, _app = _option_values(options, label, _APP_KEYS)
-    if "name" in values or "pid_file" in values or "control" in values:
-        bad = next(key for key in options if _KEYS.get(key.replace("-", "_")) in ("name", "pid_file", "control"))
+    managed = ("name", "pid_file", "control", "no_control")  # start names each app and follows it by its socket
+    bad = next((key for key in options if _KEYS.get(key.replace("-", "_")) in managed), None)
+    if bad is not None:
         raise ConfigError(f"key {bad!r} in {label} is set by clusterrun start for each app: remove it")
     return AppTable(name, app, os.path.normpath(os.path.join(folder, cwd)), values, env, envs)
 

@@ -58,6 +58,9 @@ def _records_from_file(found: FileValues, envname: str, only: set[str]) -> list[
         if found.app is None:
             raise ConfigError(f"{found.label} holds neither [[apps]] nor app = \"module:attribute\": add one")
         name = str(found.values.get("name") or found.app.partition(":")[0])
+        if found.values.get("control") or found.values.get("no_control"):
+            raise ConfigError(f"{found.label} sets control or no-control: clusterrun start follows each app by its "
+                              "own control socket; remove the key, or run the app in the foreground")
         return [Record(name, found.app, os.path.dirname(found.path), found.path, envname,
                        options={k: v for k, v in found.values.items() if k not in ("name", "pid_file")})]
     apps: Sequence[AppTable] = found.apps
@@ -87,7 +90,7 @@ def _bare_record(app: str, args: list[str], envname: str) -> Record:
                 index += 1
                 value = args[index] if index < len(args) else ""
             name = value
-        elif flag in ("--pid-file", "--control", "--config"):
+        elif flag in ("--pid-file", "--control", "--no-control", "--config"):
             raise ConfigError(f"{flag} is set by clusterrun start for each app: remove it (the state folder holds "
                               "the pid file; the control socket is found by name)")
         else:

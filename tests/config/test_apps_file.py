@@ -47,6 +47,7 @@ A = "prod"
     ('[[apps]]\nname = "a"\n', "app 'a' in clusterrun.toml [[apps]] 'a' has no app"),
     ('[[apps]]\nname = "a"\napp = "m:a"\nworkerz = 2\n', "unknown key 'workerz'"),
     ('[[apps]]\nname = "a"\napp = "m:a"\npid-file = "x.pid"\n', "is set by clusterrun start"),
+    ('[[apps]]\nname = "a"\napp = "m:a"\nno-control = true\n', "key 'no-control' in clusterrun.toml [[apps]] 'a'"),
     ('[[apps]]\nname = "a"\napp = "m:a"\nenv = {A = [1]}\n', "bad clusterrun.toml [[apps]] 'a' env value 'A'"),
     ('apps = "x"\n', "write each app as an [[apps]] table"),
 ])
