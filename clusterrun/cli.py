@@ -21,6 +21,7 @@ from clusterrun.config.options import OPTIONS
 from clusterrun.config.sources import find_file
 from clusterrun.ctl import commands as ctl
 from clusterrun.errors import EXIT_CONFIG, ClusterrunError
+from clusterrun.pm import commands as pm
 from clusterrun.primary.policies import POLICY_CLASSES
 
 EPILOG = """\
@@ -38,6 +39,15 @@ commands for running clusters (clusterrun COMMAND --help):
   scale NAME N|+K|-K        set the number of workers
   stop NAME [--timeout S]   graceful stop
   restart-worker NAME ID    replace one worker
+
+the process manager (like PM2; state in $CLUSTERRUN_HOME, default ~/.clusterrun; docs: pm2.md):
+  start [FILE|APP|NAME ...] [--env NAME] [--only NAME]   start apps in the background, return once they serve
+  restart NAME|all          stop, then start with the recorded settings
+  delete NAME|all           stop and forget (logs are kept)
+  describe NAME             settings, env names (values hidden), pid, restarts, uptime, log paths
+  save                      record the running apps in dump.json
+  resurrect                 start the apps of dump.json again, with their env
+  stop all, reload all      stop / rolling-restart every running cluster
 
 signals to the primary:
   TERM, INT    stop gracefully (a second INT kills at once)
@@ -102,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw and raw[0] in ctl.COMMANDS:  # an APP always has a colon: no command name can be one
         return ctl.main(raw)
+    if raw and raw[0] in pm.COMMANDS:  # the process manager's: start, restart, delete, describe, save, resurrect
+        return pm.main(raw)
     if _asks_policy_help(raw):
         for cls in POLICY_CLASSES.values():
             print(f"{cls.name:<8} {cls.summary}")

@@ -28,7 +28,8 @@ ADAPTERS = Path(adapters.__file__).parent  # a folder of its own in a checkout, 
 LEAVES = {"errors", "identity", "logs", "accesslog", "_version"}
 DOORS = {"__init__", "__main__", "cli", "api"}
 MAY_IMPORT: Mapping[str, set[str]] = {
-    "door": {"door", "ctl", "ops", "primary", "worker", "config", "host", "wire", "leaf", "adapters.entry"},
+    "door": {"door", "pm", "ctl", "ops", "primary", "worker", "config", "host", "wire", "leaf", "adapters.entry"},
+    "pm": {"pm", "ctl", "config", "host", "wire", "leaf"},  # the process manager: apps steered through ctl's client
     "ctl": {"ctl", "config", "host", "wire", "leaf"},  # a client: it talks to a primary over the control socket
     "ops": {"ops", "primary", "config", "host", "wire", "leaf"},
     "primary": {"primary", "config", "host", "wire", "leaf", "adapters.entry"},  # never worker/: it is handed in

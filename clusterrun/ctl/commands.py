@@ -56,6 +56,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    if args.name == "all" and not args.control:
+        return for_all(cmd_reload, args)
     path = resolve(args.name, args.control)
     reload_id = request(path, "reload")["reload"]
     print(f"rolling restart {reload_id} of {args.name or 'the cluster'} started")
@@ -78,7 +80,36 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    if args.name == "all" and not args.control:
+        return for_all(cmd_stop, args)
     path = resolve(args.name, args.control)
+    if not args.control and not answers(path):
+        running_names = ", ".join(info["name"] for _path, info in live_clusters()) or "none"
+        raise ControlError(f"no cluster named {args.name!r} is running (running: {running_names}); clusterrun ls "
+                           "lists them")
+    return _stop_one(path, args)
+
+
+def for_all(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``command`` for every running cluster of this user (what ls lists), one after the other, by name."""
+    clusters = live_clusters()
+    if not clusters:
+        print("no cluster is running")
+        return 0
+    failed = []
+    for _path, info in clusters:
+        try:
+            print(f"{info['name']}: ", end="", flush=True)
+            command(argparse.Namespace(**{**vars(args), "name": info["name"]}))
+        except ControlError as exc:
+            print(f"error: {exc}")
+            failed.append(info["name"])
+    if failed:
+        raise ControlError(f"{', '.join(failed)} failed: see above")
+    return 0
+
+
+def _stop_one(path: str, args: argparse.Namespace) -> int:
     pid = request(path, "stop", **({} if args.timeout is None else {"timeout": args.timeout}))["pid"]
     deadline = time.monotonic() + (args.timeout if args.timeout is not None else 30.0) + 30.0
     # The primary closes its control socket last, once every worker is reaped; then its process ends.
@@ -123,12 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="as JSON (documented in the README, stable)")
     top = add("top", cmd_top, "a live monitor, redrawn every second (keys: q quit, r reload, + and - scale)")
     top.add_argument("--count", type=int, metavar="N", help="print N plain text frames, a second apart, and exit")
-    add("reload", cmd_reload, "rolling restart; waits until it completes (exit 1 if it aborts)").add_argument(
+    add("reload", cmd_reload, "rolling restart (NAME or all); waits until done (exit 1 if it aborts)").add_argument(
         "--timeout", type=float, default=600.0, metavar="SECONDS", help="give up waiting after this; default 600")
     scale = add("scale", cmd_scale, "set the number of workers: N, +K or -K; waits until they serve")
     scale.add_argument("workers", metavar="N|+K|-K")
     scale.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="default 120")
-    add("stop", cmd_stop, "stop gracefully; waits until the primary exits").add_argument(
+    add("stop", cmd_stop, "stop gracefully (NAME, or all: every running cluster); waits until the primary exits"
+        ).add_argument(
         "--timeout", type=float, default=None, metavar="SECONDS",
         help="seconds the workers get to drain before they are killed; default the cluster's --graceful-timeout")
     restart = add("restart-worker", cmd_restart_worker, "replace one worker, no request lost")
