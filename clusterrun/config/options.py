@@ -573,7 +573,9 @@ OPTIONS: tuple[Option, ...] = (
            _switch("--access-log"), switch=True),
     Option("access_log_format", ("--access-log-format",), "the access line, with named fields: {client}, "
            "{method}, {path}, {query}, {request_line}, {status}, {bytes}, {duration_ms}, {duration_us}, "
-           "{referer}, {user_agent}, {worker_id}, {worker_index}, {pid}; default " + DEFAULT_ACCESS_FORMAT.replace(
+           "{referer}, {user_agent}, {worker_id}, {worker_index}, {pid}, and any header: {header_x_request_id} (the "
+           "request's X-Request-Id), {response_header_content_type} (the app's Content-Type), '-' when absent; "
+           "default " + DEFAULT_ACCESS_FORMAT.replace(
                "%", "%%"), check_format, "FORMAT"),
     Option("log_format", ("--log-format",), "text (default) or json: one JSON object per line",
            _choice("--log-format", LOG_FORMATS), "FORMAT", choices=LOG_FORMATS),
