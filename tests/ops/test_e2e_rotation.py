@@ -1,0 +1,103 @@
+"""--log-max-size and --log-keep: the primary rotates the log files its writers append to, with no writer told.
+
+Clusters are started as ``clusterrun start`` will start them (helpers.start_in_home: stdout and stderr appended to
+files under a CLUSTERRUN_HOME in tmp_path), and always stopped and reaped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    FRESH,
+    TEST_APPS,
+    Cluster,
+    assert_config_error,
+    run_to_exit,
+    start_in_home,
+    stop_and_reap,
+    wait_until,
+)
+
+MAX = 2048
+
+
+@pytest.fixture
+def named(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    started: list[Cluster] = []
+
+    def start(name: str, app: str, *args: str) -> Cluster:
+        started.append(start_in_home(tmp_path / "home", name, app, *args))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for cluster in started:
+            stop_and_reap(cluster)
+
+
+def numbers(path: Path) -> list[int]:
+    """The request numbers of the access lines in ``path`` (GET /n/<number>), in the file's order."""
+    text = path.read_text() if path.exists() else ""
+    assert "\0" not in text, f"{path.name} has a hole: a writer went on at its old offset after the truncation"
+    return [int(m.group(1)) for m in re.finditer(r"GET /n/(\d+) ", text)]
+
+
+@pytest.mark.parametrize("app", ["sup_app:wsgi", "sup_app:asgi"])
+def test_the_logs_rotate_past_the_size_and_every_writer_goes_on(named: Callable[..., Cluster], tmp_path: Path,
+                                                                 app: str) -> None:
+    cluster = named("rot", app, "--workers", "2", "--access-log", "--log-max-size", str(MAX), "--log-keep", "2")
+    url = cluster.wait_ready()
+    out = tmp_path / "home" / "logs" / "rot-out.log"
+    sent = 0
+
+    def send_until(done: Callable[[], bool]) -> bool:
+        nonlocal sent
+        sent += 1
+        assert FRESH.get(f"{url}/n/{sent}").status_code == 200  # a new connection each: both workers write
+        return done()
+
+    # Until the copies shifted twice: FILE.1 moved to FILE.2, then a new FILE.1.
+    wait_until(lambda: send_until(lambda: Path(f"{out}.2").exists() and Path(f"{out}.1").exists()), "two rotations")
+    wait_until(lambda: send_until(lambda: bool(numbers(out))), "a line in the truncated file")
+    assert not Path(f"{out}.3").exists()  # --log-keep 2
+    older, old, current = numbers(Path(f"{out}.2")), numbers(Path(f"{out}.1")), numbers(out)
+    # Each file goes on where the one before ended (a line in the copy's window could be lost: none duplicated).
+    assert older and old and current
+    assert older == sorted(older) and old == sorted(old) and current == sorted(current)
+    assert max(older) < min(old) and max(old) < min(current)
+    for rotated in (Path(f"{out}.1"), Path(f"{out}.2")):
+        assert rotated.stat().st_size > MAX  # copied once past the size, whole
+    assert "rotating" in cluster.output() and str(out) in cluster.output()
+
+
+def test_the_log_file_and_the_access_log_file_rotate_too(named: Callable[..., Cluster], tmp_path: Path) -> None:
+    log, access = tmp_path / "clusterrun.log", tmp_path / "access.log"
+    cluster = named("files", "sup_app:wsgi", "--workers", "1", "--access-log", "--log-file", str(log),
+                    "--access-log-file", str(access), "--log-max-size", "1K", "--log-keep", "1", "--log-level",
+                    "debug")
+    wait_until(lambda: log.exists() and "ready: 1 worker" in log.read_text(), "the ready line in --log-file")
+    url = re.findall(r"listening on (\S+)", log.read_text())[0]
+    count = 0
+
+    def rotated() -> bool:
+        nonlocal count
+        count += 1
+        FRESH.get(f"{url}/n/{count}")
+        return Path(f"{access}.1").exists() and Path(f"{log}.1").exists()
+
+    wait_until(rotated, "--log-file and --access-log-file rotated")
+    assert not Path(f"{access}.2").exists()
+    wait_until(lambda: rotated() and bool(numbers(access)), "an access line after the truncation")
+    assert cluster.proc.poll() is None
+
+
+@pytest.mark.parametrize("value", ["10X", "-1", "ten"])
+def test_a_bad_size_is_named(value: str) -> None:
+    result = run_to_exit("sup_app:wsgi", "--log-max-size", value, cwd=TEST_APPS)
+    assert_config_error(result, 2, f"bad --log-max-size value {value!r}", "10M")
