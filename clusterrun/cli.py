@@ -20,6 +20,7 @@ from clusterrun.config.build import build_config, describe_config
 from clusterrun.config.options import OPTIONS
 from clusterrun.config.sources import find_file
 from clusterrun.ctl import commands as ctl
+from clusterrun.ctl import logs as logs_command
 from clusterrun.ctl import startup as startup_command
 from clusterrun.errors import EXIT_CONFIG, ClusterrunError
 from clusterrun.primary.policies import POLICY_CLASSES
@@ -39,6 +40,8 @@ commands for running clusters (clusterrun COMMAND --help):
   scale NAME N|+K|-K        set the number of workers
   stop NAME [--timeout S]   graceful stop
   restart-worker NAME ID    replace one worker
+  logs NAME|all [--lines N] [--follow] [--worker ID] [--err|--out]
+                            the last lines of a background app's logs ($CLUSTERRUN_HOME/logs), then new ones
   startup [systemd] [--install]
                             a systemd unit that runs clusterrun resurrect at boot; --install writes it
 
@@ -105,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw and raw[0] in ctl.COMMANDS:  # an APP always has a colon: no command name can be one
         return ctl.main(raw)
+    if raw and raw[0] == "logs":
+        return logs_command.main(raw[1:])
     if raw and raw[0] == "startup":
         return startup_command.main(raw[1:])
     if _asks_policy_help(raw):
