@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from clusterrun.ops.rotation import rotate
+
 from helpers import (
     FRESH,
     TEST_APPS,
@@ -101,3 +103,21 @@ def test_the_log_file_and_the_access_log_file_rotate_too(named: Callable[..., Cl
 def test_a_bad_size_is_named(value: str) -> None:
     result = run_to_exit("sup_app:wsgi", "--log-max-size", value, cwd=TEST_APPS)
     assert_config_error(result, 2, f"bad --log-max-size value {value!r}", "10M")
+
+
+def test_a_rotation_shifts_the_copies_and_drops_the_oldest(tmp_path: Path) -> None:
+    # In-process: the file operations alone, with copies already there.
+    log = tmp_path / "app.log"
+    for index, text in ((1, "one\n"), (2, "two\n"), (3, "three\n")):
+        Path(f"{log}.{index}").write_text(text)
+    log.write_text("now\n")
+    rotate(str(log), 3)
+    assert [Path(f"{log}.{i}").read_text() for i in (1, 2, 3)] == ["now\n", "one\n", "two\n"]
+    assert log.read_text() == "" and not Path(f"{log}.4").exists()
+
+
+def test_keep_0_only_truncates(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("now\n")
+    rotate(str(log), 0)
+    assert log.read_text() == "" and sorted(p.name for p in tmp_path.iterdir()) == ["app.log"]
