@@ -66,25 +66,26 @@ def worker_of(line: bytes) -> int | None:
     return None
 
 
-def last_lines(path: Path, count: int, worker: int | None) -> list[bytes]:
-    """The last ``count`` lines of ``path`` (of ``worker``'s, with one), from its rotated copy too when it holds
-    fewer (``FILE.1``, --log-max-size)."""
+def last_lines(path: Path, count: int, worker: int | None, end: int | None = None) -> list[bytes]:
+    """The last ``count`` lines of ``path`` (of ``worker``'s, with one) before ``end`` (default: its end), from its
+    rotated copy too when it holds fewer (``FILE.1``, --log-max-size)."""
     if count <= 0:
         return []
-    found = _tail(path, count, worker)
+    found = _tail(path, count, worker, end)
     if len(found) < count:
         found = _tail(Path(f"{path}.1"), count - len(found), worker) + found
     return found
 
 
-def _tail(path: Path, count: int, worker: int | None) -> list[bytes]:
-    """Read ``path`` backwards, a block at a time, until ``count`` kept lines are found or its start is."""
+def _tail(path: Path, count: int, worker: int | None, end: int | None = None) -> list[bytes]:
+    """Read ``path`` backwards from ``end``, a block at a time, until ``count`` kept lines are found or its start
+    is."""
     try:
         file = open(path, "rb")
     except OSError:
         return []
     with file:
-        end = file.seek(0, os.SEEK_END)
+        end = min(file.seek(0, os.SEEK_END), end if end is not None else 1 << 62)
         kept: list[bytes] = []
         rest = b""
         while end > 0 and len(kept) < count:
@@ -179,13 +180,11 @@ def _write(out: IO[bytes], name: str, width: int, lines: list[bytes], worker: in
     out.write(b"".join(tag + line + b"\n" for line in lines if worker is None or worker_of(line) == worker))
 
 
-def follow(folder: Path, names: list[str], kinds: list[str], worker: int | None, every_app: bool) -> None:
+def follow(folder: Path, followed: dict[Path, Followed], kinds: list[str], worker: int | None,
+           every_app: bool) -> None:
     """Print what is appended to the files until interrupted; with ``every_app``, apps whose logs appear later
     too."""
     out = sys.stdout.buffer
-    followed = {path: Followed(name, path) for name, path in _files(folder, names, kinds)}
-    for entry in followed.values():
-        entry.open_at_end()
     while True:
         if every_app:
             for name, path in _files(folder, known_apps(folder), kinds):
@@ -231,14 +230,20 @@ def main(argv: Sequence[str]) -> int:
     kinds = ["err"] if args.err else ["out"] if args.out else ["out", "err"]
     width = max(map(len, names))
     out = sys.stdout.buffer
+    # Following starts where the last lines end: a line written in between is printed once, not lost or twice.
+    followed = {path: Followed(name, path) for name, path in _files(folder, names, kinds)} if args.follow else {}
+    for entry in followed.values():
+        entry.open_at_end()
     try:
         for name, path in _files(folder, names, kinds):
             if args.lines > 0:
                 out.write(f"{path} (last {args.lines} lines):\n".encode())
-                _write(out, name, width, last_lines(path, args.lines, args.worker), None)
+                start = followed.get(path)
+                end = start.file.tell() if start is not None and start.file is not None else None
+                _write(out, name, width, last_lines(path, args.lines, args.worker, end), None)
         out.flush()
         if args.follow:
-            follow(folder, names, kinds, args.worker, args.name == "all")
+            follow(folder, followed, kinds, args.worker, args.name == "all")
     except KeyboardInterrupt:
         return 0  # Ctrl-C is how --follow ends
     except BrokenPipeError:  # | head: the reader had enough

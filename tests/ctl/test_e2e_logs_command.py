@@ -93,14 +93,17 @@ def test_follow_goes_on_across_a_rotation_and_a_replaced_file_and_ends_on_ctrl_c
         named: Callable[..., Cluster], home: Path, tmp_path: Path) -> None:
     cluster = named("rot", "sup_app:wsgi", "--workers", "2", "--access-log", "--log-max-size", "2K")
     url = cluster.wait_ready()
+    for number in (1, 2, 3):
+        FRESH.get(f"{url}/n/{number}")
+    wait_until(lambda: "GET /n/3 " in (home / "logs" / "rot-out.log").read_text(), "the first lines")
     followed = tmp_path / "followed"
     with open(followed, "wb") as output:
-        command = [sys.executable, "-m", "clusterrun", "logs", "rot", "--follow", "--lines", "0", "--out"]
+        command = [sys.executable, "-m", "clusterrun", "logs", "rot", "--follow", "--lines", "2", "--out"]
         proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "CLUSTERRUN_HOME": str(home)}, start_new_session=True)
     try:
         out = home / "logs" / "rot-out.log"
-        sent = 0
+        sent = 3
 
         def send() -> str:
             nonlocal sent
@@ -108,11 +111,13 @@ def test_follow_goes_on_across_a_rotation_and_a_replaced_file_and_ends_on_ctrl_c
             FRESH.get(f"{url}/n/{sent}")
             return followed.read_text()
 
-        wait_until(lambda: "GET /n/" in send(), "the follower reading")
+        wait_until(lambda: "GET /n/3 " in followed.read_text(), "the last lines, printed")
+        wait_until(lambda: "GET /n/4 " in send(), "the follower reading")
         wait_until(lambda: send() and Path(f"{out}.1").exists(), "a rotation")
         send()  # the last one: written after the rotation
         wait_until(lambda: f"GET /n/{sent} " in followed.read_text(), "the line written after the rotation, followed")
         seen = [int(n) for n in re.findall(r"^rot \| .*GET /n/(\d+) ", followed.read_text(), re.MULTILINE)]
+        assert seen[:2] == [2, 3]  # the last 2 lines, then what came after them
         assert seen == sorted(set(seen))  # in order, none twice
         assert {int(n) for n in re.findall(r"GET /n/(\d+) ", out.read_text())} <= set(seen)
 
