@@ -11,6 +11,9 @@ logging opens --log-file so), so after the truncation each next write lands at t
 writer is told anything, and the file gets no hole. A shift renames FILE.1 to FILE.2 and so on (dropping the
 copy past --log-keep), then the file is copied to FILE.1 up to its end and truncated at once.
 
+Why a timer, in a loop that otherwise never polls: nothing tells the primary that a file grew (inotify would wake
+it at every line written), and the timer runs only with --log-max-size.
+
 The window: a line appended between the copy reaching the end and the truncation (a few microseconds, only
 under a steady stream of writes) is in neither file: it is lost. No line is ever duplicated. A file is checked
 once a second (an ``os.stat`` each), so it may pass SIZE by what is written within a second; the copy runs in the

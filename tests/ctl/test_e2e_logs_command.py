@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from clusterrun.ctl.logs import worker_of
+
 from helpers import DEADLINE, FRESH, Cluster, run_to_exit, start_in_home, stop_and_reap, wait_until
 
 
@@ -133,3 +135,12 @@ def test_follow_goes_on_across_a_rotation_and_a_replaced_file_and_ends_on_ctrl_c
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(DEADLINE)
+
+
+def test_a_line_names_its_worker_in_text_and_json_and_an_app_print_names_none() -> None:
+    # In-process: what --worker keeps.
+    assert worker_of(b"2026-12-07 14:25:09 [worker 12 index 1 pid 7] INFO ...") == 12
+    assert worker_of(b'{"message": "x", "worker": {"id": 3, "index": 0, "pid": 9}}') == 3
+    assert worker_of(b'{"message": "x", "primary": 8}') is None
+    assert worker_of(b"2026-12-07 14:25:01 [primary pid 8] INFO ready") is None
+    assert worker_of(b"hello from print()") is None
