@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from clusterrun.ctl.startup import Target
 
@@ -65,3 +69,19 @@ def test_another_init_system_is_refused() -> None:
     result = run_to_exit("startup", "launchd")
     assert result.returncode == 2 and "init system 'launchd' is not supported" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+@pytest.mark.parametrize("kind", ["system", "user"])
+def test_the_unit_verifies(tmp_path: Path, kind: str) -> None:
+    # systemd's own check of the unit as written: every directive known, ExecStart/ExecStop programs found.
+    env = {**os.environ, "CLUSTERRUN_HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    if kind == "user":
+        assert run_to_exit("startup", "systemd", "--install", "--user", env=env).returncode == 0
+        unit = tmp_path / "config" / "systemd" / "user" / "clusterrun.service"
+    else:
+        unit = tmp_path / "clusterrun-test.service"
+        unit.write_text(run_to_exit("startup", "systemd", env=env).stdout)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *(["--user"] if kind == "user" else []),
+                             unit.name], cwd=unit.parent, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
