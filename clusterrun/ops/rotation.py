@@ -6,9 +6,10 @@ named twice (``2>&1``, or --log-file naming stderr's file) is rotated once.
 
 How: copy, then truncate in place (logrotate's ``copytruncate``). The writers are the primary and every worker,
 each with its own descriptor of the file; for stdout and stderr those descriptors are inherited and nobody could
-reopen them by name. Every one of them appends (O_APPEND: ``clusterrun start`` opens them so, and Python's
-logging opens --log-file so), so after the truncation each next write lands at the new end, at offset 0: no
-writer is told anything, and the file gets no hole. A shift renames FILE.1 to FILE.2 and so on (dropping the
+reopen them by name. Every one of them appends (O_APPEND: ``clusterrun start`` opens them so, Python's logging
+opens --log-file so, and the primary sets it on a stdout or stderr a shell's ``>`` opened without), so after
+the truncation each next write lands at the new end, at offset 0: no writer is told anything, and the file gets
+no hole. A shift renames FILE.1 to FILE.2 and so on (dropping the
 copy past --log-keep), then the file is copied to FILE.1 up to its end and truncated at once.
 
 Why a timer, in a loop that otherwise never polls: nothing tells the primary that a file grew (inotify would wake
@@ -23,6 +24,7 @@ primary's loop, in the kernel where it can (``os.copy_file_range``): a 10 MiB fi
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import stat
@@ -42,7 +44,6 @@ def descriptor_path(fd: int) -> str | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         if sys.platform == "darwin":
-            import fcntl
             return fcntl.fcntl(fd, fcntl.F_GETPATH, b"\0" * 1024).rstrip(b"\0").decode()  # type: ignore[attr-defined]
         path = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
@@ -75,6 +76,17 @@ def _copy_to_end(source: int, target: int) -> None:
             return
 
 
+def _append(fd: int) -> None:
+    """Make every write through ``fd`` an append (a shell's ``> FILE`` opens it without O_APPEND).
+
+    The flag belongs to the open file, which the workers forked later share: after a truncation each of them then
+    writes at the new end, where without it each would go on at its old offset and leave a hole of zeros.
+    """
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not flags & os.O_APPEND:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_APPEND)
+
+
 class Rotation:
     """The files to watch and the timer that watches them; ``start`` in the primary, ``stop`` when it stops."""
 
@@ -92,6 +104,9 @@ class Rotation:
             return None
         paths: list[str] = []
         seen: set[tuple[int, int]] = set()
+        for fd in (1, 2):
+            if descriptor_path(fd) is not None:
+                _append(fd)
         for path in (descriptor_path(1), descriptor_path(2), log_file or None, access_log_file or None):
             if path is None:
                 continue

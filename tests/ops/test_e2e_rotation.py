@@ -6,7 +6,10 @@ files under a CLUSTERRUN_HOME in tmp_path), and always stopped and reaped.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -121,3 +124,31 @@ def test_keep_0_only_truncates(tmp_path: Path) -> None:
     log.write_text("now\n")
     rotate(str(log), 0)
     assert log.read_text() == "" and sorted(p.name for p in tmp_path.iterdir()) == ["app.log"]
+
+
+def test_a_stdout_opened_without_append_rotates_with_no_hole(tmp_path: Path) -> None:
+    # A shell's `clusterrun ... > out.log`: opened for writing at an offset, not for appending.
+    out = tmp_path / "out.log"
+    with open(out, "wb") as stdout, open(tmp_path / "err.log", "ab") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clusterrun", "sup_app:wsgi", "--port", "0", "--workers", "2", "--access-log",
+             "--no-control", "--log-max-size", "1K", "--log-keep", "1"],
+            cwd=TEST_APPS, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cluster = Cluster(proc, tmp_path / "err.log")
+    try:
+        url = cluster.wait_ready()
+        count = 0
+
+        def send() -> bool:
+            nonlocal count
+            count += 1
+            FRESH.get(f"{url}/n/{count}")
+            return Path(f"{out}.1").exists()
+
+        wait_until(send, "a rotation")
+        first = count
+        wait_until(lambda: not send() or any(n > first for n in numbers(out)), "a line after the rotation")
+        assert all(n > first - 10 for n in numbers(out))  # numbers() fails on a hole of zeros
+    finally:
+        stop_and_reap(cluster)
