@@ -204,7 +204,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="clusterrun logs", description="The last lines of an app's logs, from "
                      "$CLUSTERRUN_HOME/logs (default ~/.clusterrun/logs), each after its app's name.")
-    parser.add_argument("name", metavar="NAME|all", help="the app's name, or all: every app with logs there")
+    parser.add_argument("name", metavar="NAME|all", nargs="?", default="all", help="the app's name, or all (the "
+                        "default, as pm2 logs): every app with logs there")
     parser.add_argument("--lines", type=int, default=DEFAULT_LINES, metavar="N", help="the last N lines of each "
                         f"file; default {DEFAULT_LINES}")
     parser.add_argument("--follow", "-f", action="store_true", help="then print new lines until Ctrl-C")

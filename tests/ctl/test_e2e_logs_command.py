@@ -77,7 +77,7 @@ def test_logs_prints_the_last_lines_of_each_app_tagged_and_by_worker(named: Call
     by_one = [line for line in out.read_text().splitlines() if "[worker 1 index" in line]
     assert one == by_one and 0 < len(one) < 20  # rr: the other worker answered the rest
 
-    both = logs(home, "all", "--lines", "1", "--out").stdout
+    both = logs(home, "--lines", "1", "--out").stdout  # no name: all, as pm2 logs
     assert any("GET /a/1 " in line for line in tagged(both, "api")), both
     assert any("GET /n/20 " in line for line in tagged(both, "shop")), both
     assert "api  | " in both  # the names padded to one width
