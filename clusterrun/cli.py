@@ -40,7 +40,7 @@ commands for running clusters (clusterrun COMMAND --help):
   scale NAME N|+K|-K        set the number of workers
   stop NAME [--timeout S]   graceful stop
   restart-worker NAME ID    replace one worker
-  logs NAME|all [--lines N] [--follow] [--worker ID] [--err|--out]
+  logs [NAME|all] [--lines N] [--follow] [--worker ID] [--err|--out]
                             the last lines of a background app's logs ($CLUSTERRUN_HOME/logs), then new ones
   startup [systemd] [--install]
                             a systemd unit that runs clusterrun resurrect at boot; --install writes it
