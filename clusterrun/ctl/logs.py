@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NoReturn
 
@@ -109,7 +109,6 @@ class Followed:
     inode: int = 0
     mark: bytes = b""
     partial: bytes = b""
-    ended: list[bytes] = field(default_factory=list)
 
     def open_at_end(self) -> None:
         try:
