@@ -59,8 +59,13 @@ def rotate(path: str, keep: int) -> None:
                 os.replace(f"{path}.{index}", f"{path}.{index + 1}")
     with open(path, "rb") as source:
         if keep:
-            with open(f"{path}.1", "wb") as copy:
-                _copy_to_end(source.fileno(), copy.fileno())
+            # The copy is as private as the file (a log may hold what the app printed of its secrets).
+            copy = os.open(f"{path}.1", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.fchmod(copy, stat.S_IMODE(os.fstat(source.fileno()).st_mode))
+                _copy_to_end(source.fileno(), copy)
+            finally:
+                os.close(copy)
         # At once after the copy read the end: what comes between the two is the window the docstring names.
         os.truncate(path, 0)
 

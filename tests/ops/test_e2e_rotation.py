@@ -114,7 +114,9 @@ def test_a_rotation_shifts_the_copies_and_drops_the_oldest(tmp_path: Path) -> No
     for index, text in ((1, "one\n"), (2, "two\n"), (3, "three\n")):
         Path(f"{log}.{index}").write_text(text)
     log.write_text("now\n")
+    log.chmod(0o640)
     rotate(str(log), 3)
+    assert Path(f"{log}.1").stat().st_mode & 0o777 == 0o640  # as private as the file
     assert [Path(f"{log}.{i}").read_text() for i in (1, 2, 3)] == ["now\n", "one\n", "two\n"]
     assert log.read_text() == "" and not Path(f"{log}.4").exists()
 
