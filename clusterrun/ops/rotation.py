@@ -100,6 +100,7 @@ class Rotation:
         self.max_size = max_size
         self.keep = keep
         self.paths = paths
+        self.failing: set[str] = set()
         self.timer = NO_TIMER
 
     @classmethod
@@ -137,7 +138,12 @@ class Rotation:
                 if os.stat(path).st_size > self.max_size:
                     rotate(path, self.keep)
             except OSError as exc:  # moved away, a full disk, no permission: the next look tries again
-                logger.warning("cannot rotate the log file %s (%s); trying again in %gs", path, exc, CHECK_EVERY)
+                if path not in self.failing:  # said once, not every second
+                    logger.warning("cannot rotate the log file %s (%s); trying again every %gs", path, exc,
+                                   CHECK_EVERY)
+                self.failing.add(path)
+            else:
+                self.failing.discard(path)
         self.timer = self.timers.add(CHECK_EVERY, self.check)
 
     def stop(self) -> None:

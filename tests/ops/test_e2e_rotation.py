@@ -6,6 +6,7 @@ files under a CLUSTERRUN_HOME in tmp_path), and always stopped and reaped.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from clusterrun.ops.rotation import rotate
+from clusterrun.host.timers import Timers
+from clusterrun.ops.rotation import Rotation, rotate
 
 from helpers import (
     FRESH,
@@ -154,3 +156,15 @@ def test_a_stdout_opened_without_append_rotates_with_no_hole(tmp_path: Path) -> 
         assert all(n > first - 10 for n in numbers(out))  # numbers() fails on a hole of zeros
     finally:
         stop_and_reap(cluster)
+
+
+def test_a_file_that_cannot_be_rotated_is_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # In-process, the timer driven by hand: a file moved away and never made again.
+    rotation = Rotation(Timers(lambda: 0.0), 10, 1, [str(tmp_path / "gone.log")])
+    with caplog.at_level(logging.WARNING, logger="clusterrun"):
+        for _ in range(3):
+            rotation.check()
+    assert [r.getMessage() for r in caplog.records if "cannot rotate" in r.getMessage()] == [
+        f"cannot rotate the log file {tmp_path / 'gone.log'} ([Errno 2] No such file or directory: "
+        f"'{tmp_path / 'gone.log'}'); trying again every 1s"]
+    rotation.stop()
