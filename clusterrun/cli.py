@@ -20,6 +20,8 @@ from clusterrun.config.build import build_config, describe_config
 from clusterrun.config.options import OPTIONS
 from clusterrun.config.sources import find_file
 from clusterrun.ctl import commands as ctl
+from clusterrun.ctl import logs as logs_command
+from clusterrun.ctl import startup as startup_command
 from clusterrun.errors import EXIT_CONFIG, ClusterrunError
 from clusterrun.pm import commands as pm
 from clusterrun.primary.policies import POLICY_CLASSES
@@ -39,6 +41,10 @@ commands for running clusters (clusterrun COMMAND --help):
   scale NAME N|+K|-K        set the number of workers
   stop NAME [--timeout S]   graceful stop
   restart-worker NAME ID    replace one worker
+  logs [NAME|all] [--lines N] [--follow] [--worker ID] [--err|--out]
+                            the last lines of a background app's logs ($CLUSTERRUN_HOME/logs), then new ones
+  startup [systemd] [--install]
+                            a systemd unit that runs clusterrun resurrect at boot; --install writes it
 
 the process manager (like PM2; state in $CLUSTERRUN_HOME, default ~/.clusterrun; docs: pm2.md):
   start [FILE|APP|NAME ...] [--env NAME] [--only NAME]   start apps in the background, return once they serve
@@ -114,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ctl.main(raw)
     if raw and raw[0] in pm.COMMANDS:  # the process manager's: start, restart, delete, describe, save, resurrect
         return pm.main(raw)
+    if raw and raw[0] == "logs":
+        return logs_command.main(raw[1:])
+    if raw and raw[0] == "startup":
+        return startup_command.main(raw[1:])
     if _asks_policy_help(raw):
         for cls in POLICY_CLASSES.values():
             print(f"{cls.name:<8} {cls.summary}")

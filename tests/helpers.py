@@ -290,3 +290,36 @@ def ready_line(cluster: Cluster) -> Ready:
     match = cluster.wait_for_line(r"ready: (\d+) workers? serving (\S+) \((\w+)\), pids ([\d, ]+)$")[0]
     pids = [int(pid) for pid in match.group(4).split(",")]
     return Ready(int(match.group(1)), match.group(2), match.group(3), pids)
+
+
+def start_in_home(home: Path, name: str, app: str, *args: str, env: dict[str, str] | None = None) -> Cluster:
+    """A cluster started as ``clusterrun start`` starts one (the shared contract of issue 27): ``--name NAME``, its
+    stdout and stderr appended (O_APPEND) to ``HOME/logs/NAME-out.log`` and ``NAME-error.log``, in its own session.
+    The caller stops it (``stop_and_reap``); ``Cluster.log`` is the error log, where clusterrun's lines go."""
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    out = os.open(logs / f"{name}-out.log", flags, 0o600)
+    err = os.open(logs / f"{name}-error.log", flags, 0o600)
+    full_env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "CLUSTERRUN_SCHED_POLICY")}
+    full_env.update({"PYTHONUNBUFFERED": "1", "CLUSTERRUN_HOME": str(home), **(env or {})})
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clusterrun", app, "--name", name, "--port", "0", "--log-level", "info", *args],
+            cwd=TEST_APPS, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=full_env, start_new_session=True)
+    finally:
+        os.close(out)
+        os.close(err)
+    return Cluster(proc, logs / f"{name}-error.log")
+
+
+def stop_and_reap(cluster: Cluster) -> None:
+    """SIGTERM the cluster's process group, SIGKILL it if it is still there after the deadline; reap the primary."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(cluster.pid, 15)
+    try:
+        cluster.proc.wait(DEADLINE)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(cluster.pid, 9)
+        cluster.proc.wait(DEADLINE)

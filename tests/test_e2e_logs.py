@@ -81,6 +81,25 @@ def test_the_access_line_takes_the_format_given(run_cli: Any) -> None:
     assert line
 
 
+@pytest.mark.parametrize("app", [*SUP_APP_PAIR, "sup_app:wsgi --threads 2"])
+def test_the_access_line_carries_request_and_response_headers(run_cli: Any, app: str) -> None:
+    # Inline WSGI, ASGI on the stack, and WSGI in a thread pool (the stack's bridge): every engine alike.
+    cluster = start(run_cli, *app.split(), "--workers", "1", "--access-log", "--log-format", "json",
+                    "--access-log-format", "{path} id={header_x_request_id} tag={header_x_tag} "
+                    "type={response_header_content_type} none={header_x_missing}")
+    url = cluster.wait_ready()
+    FRESH.get(url + "/hdr", headers=[("X-Request-Id", "abc-1"), ("X-Tag", "a"), ("X-Tag", "b")])
+    [line] = cluster.wait_for_line('"logger": "clusterrun.access"')
+    record = json.loads(line.string)
+    assert record["message"] == "/hdr id=abc-1 tag=a, b type=application/json none=-"
+    assert (record["header_x_request_id"], record["response_header_content_type"]) == ("abc-1", "application/json")
+
+
+def test_a_header_field_in_capitals_is_refused_with_the_spelling() -> None:
+    result = run_to_exit("sup_app:wsgi", "--access-log-format", "{header_X_Request_Id}", cwd=TEST_APPS)
+    assert_config_error(result, 2, "no field 'header_X_Request_Id'", "header_x_request_id")
+
+
 def test_a_bad_access_log_format_names_the_field() -> None:
     result = run_to_exit("sup_app:wsgi", "--access-log-format", "{status} {nope}", cwd=TEST_APPS)
     assert_config_error(result, 2, "bad --access-log-format", "no field 'nope'", "{status}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import http
 import os
 import stat
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -38,7 +38,8 @@ class Framing:
     """How one response is framed on its connection, and whether the connection stays open after it."""
 
     __slots__ = (
-        "bodiless", "body_unread", "chunked", "head_only", "http11", "keep_alive", "server_head", "size", "status",
+        "bodiless", "body_unread", "chunked", "head_only", "headers", "http11", "keep_alive", "server_head", "size",
+        "status",
     )
 
     def __init__(self, server_head: bytes, head_only: bool, http11: bool, keep_alive: bool) -> None:
@@ -50,6 +51,7 @@ class Framing:
         self.chunked = False
         self.status = 0  # the status sent, once the head went out
         self.size = 0  # body bytes sent (before chunked framing)
+        self.headers: Sequence[tuple[bytes, bytes]] = ()  # the app's headers, once the head went out (access log)
         # Asked when the head goes out: true while the request's body is not all read (the connection then
         # cannot carry another request, and the head says so).
         self.body_unread: Callable[[], bool] | None = None
@@ -58,7 +60,7 @@ class Framing:
         """The status line and headers; decides the body's framing and the connection's fate."""
         status, headers = exchange.status, exchange.headers
         assert headers is not None
-        self.status = status
+        self.status, self.headers = status, headers
         self.bodiless = self.head_only or status < 200 or status in _NO_BODY
         keep = self.keep_alive and not (self.body_unread is not None and self.body_unread())
         for name, value in headers:

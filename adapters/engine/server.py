@@ -322,7 +322,7 @@ class WSGIEngine:
                 user_agent = value.decode("latin-1")
         self.on_response(client, request.method.decode("ascii"), unquote(path) if "%" in path else path,
                          query.decode("latin-1"), request.version, framing.status or 500, framing.size, seconds,
-                         referer, user_agent)
+                         referer, user_agent, request.headers, framing.headers)
 
     def log_refusal(self, peer: Any, hit: Exceeded) -> None:
         if hit.logged:

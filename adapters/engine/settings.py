@@ -34,7 +34,8 @@ class EngineSettings:
     # Told of each closed connection (how many): the primary counts them under a primary-side policy.
     on_close: Callable[[int], object] | None = None
     # Told of each response (access log, --metrics) with: client, method, path, query, HTTP version, status,
-    # body bytes, seconds from the request's head to its last byte, referer, user agent.
+    # body bytes, seconds from the request's head to its last byte, referer, user agent, the request's headers,
+    # the app's response headers (both as lists of (name, value) bytes, as they are: only the access log reads them).
     on_response: Callable[..., object] | None = None
     # --request-timeout: where each stretch of app code is stamped for the primary (adapters.deadline).
     request_clock: RequestStamp | None = None

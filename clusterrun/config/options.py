@@ -64,6 +64,8 @@ class Config:
     log_config: str = ""
     log_file: str = ""
     access_log_file: str = ""
+    log_max_size: int = 0  # bytes; 0: no rotation (clusterrun.ops.rotation)
+    log_keep: int = 5
     loop: str = "auto"
     http: str = "auto"
     lifespan: str = "auto"
@@ -403,6 +405,19 @@ def _directory_for(flag: str) -> Callable[[Any], str]:
     return parse
 
 
+_SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def parse_size(value: Any) -> int:
+    """--log-max-size: bytes, or a number with K, M or G (binary multiples: 10M is 10 MiB); 0 is off."""
+    match = _SIZE_RE.fullmatch(str(value).strip())
+    if match is None or isinstance(value, bool):
+        raise ConfigError(f"bad --log-max-size value {value!r}: give a size like 10M, 500K or 1G (or bytes, no "
+                          "unit); 0 turns rotation off")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -573,7 +588,9 @@ OPTIONS: tuple[Option, ...] = (
            _switch("--access-log"), switch=True),
     Option("access_log_format", ("--access-log-format",), "the access line, with named fields: {client}, "
            "{method}, {path}, {query}, {request_line}, {status}, {bytes}, {duration_ms}, {duration_us}, "
-           "{referer}, {user_agent}, {worker_id}, {worker_index}, {pid}; default " + DEFAULT_ACCESS_FORMAT.replace(
+           "{referer}, {user_agent}, {worker_id}, {worker_index}, {pid}, and any header: {header_x_request_id} (the "
+           "request's X-Request-Id), {response_header_content_type} (the app's Content-Type), '-' when absent; "
+           "default " + DEFAULT_ACCESS_FORMAT.replace(
                "%", "%%"), check_format, "FORMAT"),
     Option("log_format", ("--log-format",), "text (default) or json: one JSON object per line",
            _choice("--log-format", LOG_FORMATS), "FORMAT", choices=LOG_FORMATS),
@@ -583,6 +600,13 @@ OPTIONS: tuple[Option, ...] = (
            _log_file("--log-file"), "FILE"),
     Option("access_log_file", ("--access-log-file",), "write access lines to FILE instead of stdout (SIGUSR1 "
            "reopens it)", _log_file("--access-log-file"), "FILE"),
+    Option("log_max_size", ("--log-max-size",), "rotate a log file once it grows past SIZE (10M, 500K, 1G or "
+           "bytes): the primary's stdout and stderr when they are files (clusterrun start's logs), --log-file and "
+           "--access-log-file; checked every second, copied to FILE.1 (older copies shifted to FILE.2 ...) and "
+           "truncated in place, so that no writer needs to reopen it; 0 (default) never", parse_size, "SIZE",
+           types=(int,)),
+    Option("log_keep", ("--log-keep",), "with --log-max-size: the rotated copies kept (FILE.1 ... FILE.N); 0 keeps "
+           "none (the file is only truncated); default 5", _int_at_least(0, "--log-keep"), "N"),
     Option("loop", ("--loop",), "event loop: auto (uvloop when installed), asyncio or uvloop; default auto",
            _choice("--loop", LOOPS), "LOOP", choices=LOOPS),
     Option("http", ("--http",), "HTTP/1.1 protocol: auto or httptools (clusterrun's own engines on httptools, "

@@ -1,6 +1,6 @@
 """What ops/ runs in the primary's one wait: the primary's own endpoints beside the app's listeners (the control
-socket, the metrics and health endpoints), the status line systemd shows, and the start banner that says where
-all of them are.
+socket, the metrics and health endpoints), the status line systemd shows, the start banner that says where
+all of them are, and the log files' rotation (--log-max-size).
 
 The door (clusterrun.api) builds them and hands them to the Primary, which knows them only by the Protocol it
 declares (clusterrun.primary.supervisor.Ops): ops/ sits above primary/. Each part takes what it reads.
@@ -19,6 +19,7 @@ from clusterrun.host import listeners
 from clusterrun.host.timers import Timers
 from clusterrun.ops.control import ControlServer, Handler
 from clusterrun.ops.metrics import MetricsServer, Probe
+from clusterrun.ops.rotation import Rotation
 
 logger = logging.getLogger("clusterrun")
 
@@ -40,6 +41,9 @@ class Endpoints:
             config.metrics, selector, timers, probe, app_metrics_dir)
         self.health = None if config.health is None else MetricsServer(
             config.health, selector, timers, probe, None, metrics=False)
+        # --log-max-size: a timer in the same wait (the log files are the primary's to keep in bounds).
+        self.rotation = Rotation.of(timers, config.log_max_size, config.log_keep, config.log_file,
+                                    config.access_log_file)
 
     @property
     def control_path(self) -> str | None:
@@ -53,6 +57,8 @@ class Endpoints:
             self.metrics_url = self.metrics.open()
         if self.health is not None:
             self.health_url = self.health.open()
+        if self.rotation is not None:
+            self.rotation.start()
 
     def announce(self, policy: str, sockets: Sequence[socket.socket]) -> None:
         """The primary's first lines: what runs, how many workers and why, where it listens and is steered."""
@@ -80,6 +86,8 @@ class Endpoints:
         for server in (self.control, self.metrics, self.health):
             if server is not None:
                 server.close()
+        if self.rotation is not None:
+            self.rotation.stop()
 
     def status(self) -> str:
         """The line people read in systemctl status (sd_notify's STATUS=)."""

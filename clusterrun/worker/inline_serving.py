@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clusterrun.accesslog import AccessLog
+from clusterrun.accesslog import AccessLog, Headers
 from clusterrun.adapters import entry
 from clusterrun.config.options import Config
 from clusterrun.identity import WorkerInfo
@@ -109,10 +109,12 @@ def _observer(stats: RequestStats | None, access: AccessLog | None) -> Callable[
     """What the engine calls after each response: --metrics counts it, the access log writes its line."""
 
     def served(client: str, method: str, path: str, query: str, http_version: str, status: int, size: int,
-               seconds: float, referer: str, user_agent: str) -> None:
+               seconds: float, referer: str, user_agent: str, request_headers: Headers,
+               response_headers: Headers) -> None:
         if stats is not None:
             stats.record(status, seconds)
         if access is not None:
-            access.log(client, method, path, query, http_version, status, size, seconds, referer, user_agent)
+            access.log(client, method, path, query, http_version, status, size, seconds, referer, user_agent,
+                       request_headers, response_headers)
 
     return served

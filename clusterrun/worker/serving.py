@@ -47,11 +47,12 @@ def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> 
         started = time.perf_counter()
         status = 500  # what the client gets when the app fails before it starts a response
         size = 0
+        headers: Any = ()
 
         async def send_observed(message: Any) -> None:
-            nonlocal status, size
+            nonlocal status, size, headers
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, headers = message["status"], message.get("headers", ())
             elif message["type"] == "http.response.body":
                 size += len(message.get("body", b""))
             await send(message)
@@ -63,7 +64,7 @@ def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> 
             if stats is not None:
                 stats.record(status, seconds)
             if access is not None:
-                _log_access(access, scope, status, size, seconds)
+                _log_access(access, scope, status, size, seconds, headers)
 
     return observed_app
 
@@ -86,12 +87,15 @@ def marking_the_first_request(app: Any, mark: SharedCounter) -> Any:
     return marking
 
 
-def _log_access(access: AccessLog, scope: Any, status: int, size: int, seconds: float) -> None:
+def _log_access(access: AccessLog, scope: Any, status: int, size: int, seconds: float, sent: Any) -> None:
+    """One access line; ``sent``: the response headers the app gave (ASGI allows any iterable of pairs)."""
     client = scope.get("client")
-    headers = dict(scope.get("headers") or ())
+    received = scope.get("headers") or ()
+    headers = dict(received)
     access.log(f"{client[0]}:{client[1]}" if client else "-", scope["method"], scope["path"],
                scope["query_string"].decode("latin-1"), scope["http_version"], status, size, seconds,
-               headers.get(b"referer", b"").decode("latin-1"), headers.get(b"user-agent", b"").decode("latin-1"))
+               headers.get(b"referer", b"").decode("latin-1"), headers.get(b"user-agent", b"").decode("latin-1"),
+               received, sent)
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
