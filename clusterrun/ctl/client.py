@@ -23,12 +23,12 @@ from clusterrun.host.controlsocket import (
     MAX_ANSWER,
     allowed,
     control_dir,
-    control_dirs,
     distrust,
     encode,
     first_line,
     peer_uid,
     probe,
+    search_dirs,
     socket_path,
 )
 
@@ -119,7 +119,7 @@ def answers(path: str) -> bool:
 def trusted_sockets() -> list[str]:
     """The socket files in this user's control folders that may be trusted; a warning on stderr for the rest."""
     paths = []
-    for folder in control_dirs():
+    for folder in search_dirs():
         if not os.path.lexists(folder):
             continue
         reason = distrust(folder)

@@ -56,8 +56,20 @@ def control_dirs() -> list[str]:
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if runtime and os.path.isdir(runtime):
         return [os.path.join(runtime, "clusterrun")]
+    return _fallback_dirs()
+
+
+def _fallback_dirs() -> list[str]:
     return [os.path.join(tempfile.gettempdir(), f"clusterrun-{os.getuid()}"),
             os.path.join(os.path.expanduser("~"), ".clusterrun", "run")]
+
+
+def search_dirs() -> list[str]:
+    """Where a client looks for this user's clusters: control_dirs(), then the folders a cluster started without
+    $XDG_RUNTIME_DIR uses. A cluster started at boot by a systemd unit has none, while a login shell has one:
+    ``clusterrun ls`` there must still find it."""
+    dirs = control_dirs()
+    return dirs + [path for path in _fallback_dirs() if path not in dirs]
 
 
 def control_dir() -> str:
@@ -91,7 +103,7 @@ def socket_path(name: str, control: str = "") -> str:
     has one (a cluster that fell back from a squatted folder is found too), else where the next one would go."""
     if control:
         return control
-    for folder in control_dirs():
+    for folder in search_dirs():
         path = os.path.join(folder, f"{name}.sock")
         if os.path.lexists(path) and distrust(folder) is None:
             return path

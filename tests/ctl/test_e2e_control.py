@@ -409,3 +409,24 @@ def test_the_client_refuses_a_socket_served_by_another_user() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         with os.fdopen(reading, "rb") as pipe:
             assert pipe.read() in (b"", b"-")  # it got no request
+
+
+def test_a_cluster_started_without_a_runtime_folder_is_found_from_a_shell_with_one(run_cli: Any,
+                                                                                  tmp_path: Path) -> None:
+    """A systemd unit starts clusters with no $XDG_RUNTIME_DIR (their sockets go to the temp folder); a login shell
+    has one. ls, status and stop from that shell must still find them."""
+    base, home = tmp_path / "tmp", tmp_path / "home"
+    base.mkdir()
+    home.mkdir()
+    booted = {**os.environ, "XDG_RUNTIME_DIR": "", "TMPDIR": str(base), "HOME": str(home)}
+    cluster = start(run_cli, "sup_app:wsgi", "--workers", "1", "--name", "atboot", env=booted)
+    cluster.wait_ready()
+    cluster.wait_for_line(rf"control socket {base}/clusterrun-{os.getuid()}/atboot.sock")
+    shell = {**booted, "XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"]}
+    listed = run_to_exit("ls", "--json", env=shell)
+    assert listed.returncode == 0, listed.stderr
+    assert [c["pid"] for c in json.loads(listed.stdout)] == [cluster.pid]
+    assert run_to_exit("status", "atboot", "--json", env=shell).returncode == 0
+    stopped = run_to_exit("stop", "atboot", env=shell)
+    assert stopped.returncode == 0, stopped.stderr
+    assert cluster.wait_exit() == 0
