@@ -329,6 +329,11 @@ def test_bad_workers_value_exits_2(app: str, value: str) -> None:
     assert_config_error(result, 2, "--workers", repr(value), "auto")
 
 
+def test_the_name_all_is_refused_since_commands_read_it_as_every_app() -> None:
+    result = run_to_exit(SAMPLE_APP_PAIR[0], "--name", "all", "--port", "0")
+    assert_config_error(result, 2, "--name", "'all'", "stop all", "choose another name")
+
+
 @pytest.mark.parametrize("app", SAMPLE_APP_PAIR)
 def test_unknown_policy_exits_2(app: str) -> None:
     result = run_to_exit(app, "--policy", "bogus", "--port", "0")

@@ -427,6 +427,9 @@ def parse_name(value: Any) -> str:
     if not _NAME_RE.fullmatch(text):
         raise ConfigError(f"bad --name value {value!r}: use up to 64 letters, digits, '.', '-' or '_', starting "
                           "with a letter or digit, e.g. shop-api")
+    if text == "all":  # stop all, restart all, logs all ... mean every app: no app can have that name
+        raise ConfigError("bad --name value 'all': the commands read it as every app (stop all, logs all); "
+                          "choose another name")
     return text
 
 

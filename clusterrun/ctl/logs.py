@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, NoReturn
 
 from clusterrun.errors import EXIT_CONFIG, EXIT_ERROR
+from clusterrun.host.statehome import state_home
 
 KINDS = (("out", "-out.log"), ("err", "-error.log"))
 DEFAULT_LINES = 15
@@ -35,11 +36,6 @@ FOLLOW_POLL = 0.2  # seconds between two looks at the files while following
 _TAGGED = re.compile(rb"\[worker (\d+) index \d+ pid \d+\]")
 _BLOCK = 64 * 1024
 _MARK = 64  # bytes before the read position remembered to see a truncate-and-regrow between two looks
-
-
-def clusterrun_home() -> Path:
-    """``$CLUSTERRUN_HOME``, by default ``~/.clusterrun``: where background apps keep their state."""
-    return Path(os.environ.get("CLUSTERRUN_HOME") or Path.home() / ".clusterrun")
 
 
 def known_apps(folder: Path) -> list[str]:
@@ -218,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    folder = clusterrun_home() / "logs"
+    folder = Path(state_home()) / "logs"
     known = known_apps(folder)
     names = known if args.name == "all" else [args.name]
     if not names or (args.name not in known and args.name != "all"):

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from clusterrun.errors import ConfigError
+from clusterrun.host.statehome import state_home
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Record:
 
 class Home:
     def __init__(self, root: str | None = None) -> None:
-        self.root = root or os.environ.get("CLUSTERRUN_HOME") or os.path.join(os.path.expanduser("~"), ".clusterrun")
+        self.root = root or state_home()
 
     def folder(self, *parts: str) -> str:
         path = os.path.join(self.root, *parts)

@@ -58,7 +58,9 @@ def command_line(home: Home, record: Record) -> list[str]:
 def spawn(home: Home, record: Record) -> Started:
     """Start the app's primary in a session of its own, detached from the terminal; it is our child until we exit."""
     argv = command_line(home, record)
-    env = {**os.environ, **record.env}
+    # Unbuffered: the app's prints go to a file, where Python would buffer them 8 KiB at a time, and the lines of
+    # several workers would then reach the log cut and mixed. The app's own env may still say otherwise.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **record.env}
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     out = os.open(home.out_log(record.name), flags, 0o600)
     err = os.open(home.error_log(record.name), flags, 0o600)

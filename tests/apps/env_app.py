@@ -18,6 +18,13 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body.encode()]
 
 
+def printing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Prints a line per request, as apps do for their logs: it goes to the app's stdout."""
+    print(f"served {environ.get('PATH_INFO')}")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"printed\n"]
+
+
 def orphan(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """Leaves an orphan behind: a child forks a grandchild and exits at once; the grandchild exits 0.2 s later.
 

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import DEADLINE, TEST_APPS, alive, children_of
+from helpers import DEADLINE, TEST_APPS, alive, children_of, wait_until
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -43,7 +43,9 @@ class PM:
         self.seen: set[int] = set()
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "CLUSTERRUN_SCHED_POLICY")}
+        # As a user's shell has them: no PYTHONUNBUFFERED (the test runner's may have it), no option variables.
+        dropped = ("WEB_CONCURRENCY", "CLUSTERRUN_SCHED_POLICY", "PYTHONUNBUFFERED")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         env["CLUSTERRUN_HOME"] = str(self.home)
         result = subprocess.run([sys.executable, "-m", "clusterrun", *args], cwd=self.folder, capture_output=True,
                                 text=True, timeout=DEADLINE * 3, stdin=subprocess.DEVNULL, env=env)
@@ -227,6 +229,19 @@ def test_a_bare_app_starts_in_the_background_by_its_flags(pm: PM) -> None:
     restarted = pm("restart", "all")
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     assert greeting(port) is None
+
+
+def test_an_apps_prints_reach_its_out_log_as_they_are_made(pm: PM) -> None:
+    """stdout is a file in the background, where Python would hold prints 8 KiB at a time (and cut lines of
+    several workers into each other): start runs the app unbuffered."""
+    port = free_port()
+    pm.folder = TEST_APPS
+    started = pm("start", "env_app:printing", "--workers", "2", "--port", str(port), "--name", "talker")
+    assert started.returncode == 0, started.stdout + started.stderr
+    httpx.get(f"http://127.0.0.1:{port}/hello", timeout=DEADLINE).raise_for_status()
+    out_log = pm.home / "logs" / "talker-out.log"
+    wait_until(lambda: "served /hello\n" in out_log.read_text(), "the print in talker-out.log")
+    assert pm("stop", "talker").returncode == 0
 
 
 def test_an_app_that_fails_to_boot_stops_the_whole_set(pm: PM) -> None:
