@@ -84,6 +84,7 @@ def build_config(
         if limit:  # a container's limit: recycle a growing worker before the OOM killer ends them all
             given["max_memory"] = per_worker_mib(limit, workers)
             sources["max_memory"] = f"cgroup memory limit {limit / MIB:.0f} MiB"
+    _check_backoff(given, sources)
     if given.get("reload") and given.get("preload"):
         raise ConfigError("--reload cannot work with --preload: new workers would fork from the code loaded at "
                           "start; drop --preload in development")
@@ -92,6 +93,18 @@ def build_config(
         workers_from=sources.get("workers", "--workers"), binds=_binds(given, environ), usable_cpus=cpus,
         run_as=_run_as(given, sources), sources=sources, **given,
     ))
+
+
+
+def _check_backoff(given: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """--restart-delay-max is the cap of a wait that starts at --restart-delay: a cap below the start is a typo."""
+    first = given.get("restart_delay", Config.restart_delay)
+    cap = given.get("restart_delay_max", Config.restart_delay_max)
+    if cap < first:
+        blamed = "restart_delay_max" if "restart_delay_max" in sources else "restart_delay"
+        with _blaming(sources[blamed]):
+            raise ConfigError(f"bad --restart-delay-max {cap:g}: it is below --restart-delay {first:g}; give a "
+                              f"maximum of at least {first:g}, or a smaller --restart-delay")
 
 
 
