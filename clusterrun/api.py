@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from clusterrun import logs
-from clusterrun.config.build import build_config
+from clusterrun.config.build import ConfigSource
 from clusterrun.config.options import OPTIONS, OPTIONS_BY_NAME, Config
 from clusterrun.errors import BindError, ConfigError
 from clusterrun.host import privileges
@@ -63,16 +63,19 @@ class Cluster:
             if name is None:
                 raise ConfigError(f"unknown option {key!r}: known options are {', '.join(sorted(API_NAMES))}")
             values[name] = value
-        self._setup(build_config(app, values))
+        source = ConfigSource.capture(app, values, read_file=False)  # the API reads no file: SIGHUP finds the same
+        self._setup(source.build(), source)
 
     @classmethod
-    def from_config(cls, config: Config) -> Cluster:
+    def from_config(cls, config: Config, source: ConfigSource | None = None) -> Cluster:
+        """A cluster of a Config built already; with its ``source``, SIGHUP builds it again from there."""
         cluster = cls.__new__(cls)
-        cluster._setup(config)
+        cluster._setup(config, source)
         return cluster
 
-    def _setup(self, config: Config) -> None:
+    def _setup(self, config: Config, source: ConfigSource | None = None) -> None:
         self.config = config
+        self._source = source
         self.events = Events()
         self._primary: Primary | None = None
         self._fork_settings = ForkSettings()  # setup_primary(); the primary and its forker share this object
@@ -123,7 +126,8 @@ class Cluster:
             metrics_dir = app_metrics.path
             self._primary = Primary(self.config, child.run, lambda primary: build_ops(primary, metrics_dir),
                                     preloaded=preloaded, events=self.events, warm_up=warm_up(self.config),
-                                    fork_settings=self._fork_settings)
+                                    fork_settings=self._fork_settings,
+                                    rebuild=self._source.build if self._source is not None else None)
             return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:
             self._primary = None
@@ -177,7 +181,7 @@ class Cluster:
 
     def broadcast(self, message: Any) -> None:
         """Send ``message`` to every live worker."""
-        self._running().broadcast(message)
+        self._running().pool.broadcast(message)
 
     def listen(
         self, listener: socket.socket | tuple[str, int], on_connection: Callable[[socket.socket, Any], object]
@@ -310,7 +314,7 @@ def build_ops(primary: Primary, app_metrics_dir: str | None) -> Endpoints:
     """What ops/ runs in the primary's wait, each part given what it reads of the primary: ops/ sits above the
     primary and never imports the supervisor, so the door wires the two."""
     config, pool, clock, policy = primary.config, primary.pool, primary.clock, primary.policy.name
-    commands = Operations(config, pool, primary, clock, policy, primary.listeners, primary.started)
+    commands = Operations(pool, primary, clock, policy, primary.listeners, primary.started)
     probe = Probe(pool, backlog=lambda: len(primary.dispatcher.held), shutting_down=lambda: primary.shutting_down)
     return Endpoints(config, primary.selector, primary.timers, commands.answer, probe, StatusLine(pool, clock, policy),
                      app_metrics_dir)

@@ -7,10 +7,11 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from clusterrun.config.options import OPTIONS, OPTIONS_BY_NAME, Config, Option, app_dir_under, app_spec, resolve_workers
-from clusterrun.config.sources import FileValues, env_names, flag_name
+from clusterrun.config.sources import FileValues, env_names, find_file, flag_name
 from clusterrun.errors import ConfigError
 from clusterrun.host.cpus import usable_cpus
 from clusterrun.host.listeners import BindAddress, activated
@@ -105,6 +106,55 @@ def _check_backoff(given: Mapping[str, Any], sources: Mapping[str, str]) -> None
         with _blaming(sources[blamed]):
             raise ConfigError(f"bad --restart-delay-max {cap:g}: it is below --restart-delay {first:g}; give a "
                               f"maximum of at least {first:g}, or a smaller --restart-delay")
+
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """What a Config was built from, kept so that the primary can build it again (SIGHUP, ``clusterrun reload NAME
+    --config``), as gunicorn re-reads its config file on SIGHUP.
+
+    The file is read again: ``--config FILE``, else pyproject.toml's [tool.clusterrun] or clusterrun.toml looked
+    for anew in the folder the cluster started in. The command line (or the API's keywords) is kept as given and
+    still wins over the file; so does the environment, kept as it was at start: a running process's environment
+    cannot be changed from outside, and a variable set since by --env-file or the app must not become an option.
+    """
+
+    app: str | None
+    values: Mapping[str, Any]
+    environ: Mapping[str, str] = field(repr=False)
+    folder: str  # where the cluster started: relative paths in the options and the file are taken from there
+    config_file: str | None = None  # --config FILE, made absolute
+    read_file: bool = True  # False for the API, which reads no file
+
+    @classmethod
+    def capture(cls, app: str | None, values: Mapping[str, Any], config_file: str | None = None,
+                read_file: bool = True) -> ConfigSource:
+        """The source as it is now: this folder, this environment (copied)."""
+        path = os.path.abspath(config_file) if config_file else None
+        return cls(app, dict(values), dict(os.environ), os.getcwd(), path, read_file)
+
+    def build(self) -> Config:
+        """The Config, built from the source as it reads now: ConfigError as a start would give it."""
+        with _in_folder(self.folder):
+            file = find_file(self.config_file, self.folder) if self.read_file else None
+            return build_config(self.app, self.values, self.environ, file=file)
+
+
+
+@contextlib.contextmanager
+def _in_folder(folder: str) -> Iterator[None]:
+    """In ``folder`` for the build (--chdir has moved the primary since), and back."""
+    here = os.getcwd()
+    try:
+        os.chdir(folder)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration from {folder}: {exc.strerror}; restart the cluster "
+                          "from an existing folder") from None
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 

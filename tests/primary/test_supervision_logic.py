@@ -587,8 +587,7 @@ def test_the_status_line_reads_the_pool_and_the_clock(spawn: Spawner, clock: Clo
 def test_the_control_commands_read_the_pool_and_start_what_the_steering_does(spawn: Spawner, clock: Clock) -> None:
     pool = _serving(spawn, clock)
     steered = Steered()
-    config = build_config("app:app", {"workers": "2"}, environ={}, cpus=2)
-    commands = Operations(config, pool, steered, clock, "rr", [], started=clock() - 5)
+    commands = Operations(pool, steered, clock, "rr", [], started=clock() - 5)
     info = commands.answer({"command": "info"})
     assert (info["target"], info["ready"], info["policy"], info["uptime"], info["binds"]) == (2, 2, "rr", 5.0, [])
     assert commands.answer({"command": "scale", "workers": "+1"})["ok"]
