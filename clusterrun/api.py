@@ -79,6 +79,7 @@ class Cluster:
         self.events = Events()
         self._primary: Primary | None = None
         self._fork_settings = ForkSettings()  # setup_primary(); the primary and its forker share this object
+        self._hooked: list[tuple[str, Handler]] = []  # what --hooks registered, for SIGHUP to swap
 
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Register ``handler`` for ``event`` (see clusterrun.primary.events); without a handler, a decorator."""
@@ -93,13 +94,23 @@ class Cluster:
     def _register(self, event: str, handler: Handler) -> Handler:
         """Cluster events to the primary's Events; worker_init and worker_exit to the worker's hooks, which every
         worker inherits with the fork (registered here, at the door: events and hooks never import each other)."""
+        self._attach(event, handler)
+        return handler
+
+    def _attach(self, event: str, handler: Handler) -> Handler:
+        """Register ``handler``; what was registered (the worker's hooks may wrap it), for ``_detach``."""
         if event not in EVENTS + WORKER_EVENTS:
             raise ConfigError(f"unknown cluster event {event!r}: choose one of {', '.join(EVENTS + WORKER_EVENTS)}")
         if event in WORKER_EVENTS:
             check_handler(event, handler)
-            workerhooks.add(event, handler)
-            return handler
+            return workerhooks.add(event, handler)
         return self.events.on(event, handler)
+
+    def _detach(self, event: str, registered: Handler) -> None:
+        if event in WORKER_EVENTS:
+            workerhooks.remove(event, registered)
+        else:
+            self.events.off(event, registered)
 
     def run(self) -> int:
         """Start the primary and serve until stopped; the exit code (0 clean, 3 boot failure, 4 restart limit).
@@ -127,7 +138,7 @@ class Cluster:
             self._primary = Primary(self.config, child.run, lambda primary: build_ops(primary, metrics_dir),
                                     preloaded=preloaded, events=self.events, warm_up=warm_up(self.config),
                                     fork_settings=self._fork_settings,
-                                    rebuild=self._source.build if self._source is not None else None)
+                                    rebuild=self._rebuild if self._source is not None else None)
             return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:
             self._primary = None
@@ -226,23 +237,55 @@ class Cluster:
         return self._primary
 
     def _load_hooks(self, spec: str) -> None:
+        self._hooked = [(event, self._attach(event, handler)) for event, handler in self._import_hooks(spec)]
+
+    def _import_hooks(self, spec: str, again: bool = False) -> list[tuple[str, Handler]]:
+        """The functions of the --hooks module (or module:object) named after cluster events; ``again``: the module
+        executed anew (SIGHUP), so that a hooks file edited since is what runs."""
         from clusterrun.adapters import entry  # lazily: see prepare_engine
 
         entry.put_app_dir_first(self.config.app_dir)
         module_name, _, attr = spec.partition(":")
         try:
             hooks: Any = importlib.import_module(module_name)
+            if again:
+                hooks = importlib.reload(hooks)
             for part in filter(None, attr.split(".")):
                 hooks = getattr(hooks, part)
         except Exception as exc:
             raise ConfigError(f"cannot load --hooks {spec!r}: {type(exc).__name__}: {exc}; give an importable "
                               "module (or module:object) whose functions are named after cluster events") from None
-        found = [event for event in EVENTS + WORKER_EVENTS if getattr(hooks, event, None) is not None]
-        for event in found:
-            self._register(event, getattr(hooks, event))
+        found = [(event, getattr(hooks, event)) for event in EVENTS + WORKER_EVENTS
+                 if getattr(hooks, event, None) is not None]
         if not found:
             raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event: "
                               f"{', '.join(EVENTS + WORKER_EVENTS)}")
+        for event, handler in found:
+            check_handler(event, handler)
+        return found
+
+    def _rebuild(self) -> Config:
+        """SIGHUP's build (the primary's ``rebuild``): the Config from its source, and the --hooks module imported
+        anew, its functions put in place of the ones it registered before. Either fails as a whole (ConfigError),
+        with the hooks in place left as they were."""
+        assert self._source is not None
+        config = self._source.build()
+        found = self._import_hooks(config.hooks, again=True) if config.hooks else []
+        old, self._hooked = self._hooked, []
+        for event, registered in old:
+            self._detach(event, registered)
+        try:
+            for event, handler in found:
+                self._hooked.append((event, self._attach(event, handler)))
+        except ConfigError:  # a second ssl_context, say: the hooks go back as they were
+            for event, registered in self._hooked:
+                self._detach(event, registered)
+            self._hooked = [(event, self._attach(event, registered)) for event, registered in old]
+            raise
+        if config.hooks:
+            count = len(found)
+            logger.info("--hooks %s imported again: %d hook%s", config.hooks, count, "" if count == 1 else "s")
+        return config
 
 
 class _ProgramListener:

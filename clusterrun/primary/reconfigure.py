@@ -35,10 +35,11 @@ from clusterrun.wire.heartbeat import heartbeat_interval, late_after
 logger = logging.getLogger("clusterrun")
 
 # What a running cluster cannot take: bound (listeners, policy, control and metrics sockets), imported or
-# checked in the primary before the first fork (the app and its engine, --hooks), or set up once for the
-# process (its folder, environment, ids, pid file, log handlers, the file watcher). A change is said, not taken.
+# checked in the primary before the first fork (the app and its engine), or set up once for the process (its
+# folder, environment, ids, pid file, log handlers, the file watcher). A change is said, not taken. (--hooks is
+# taken: the door's rebuild imports the module anew and swaps its handlers, clusterrun.api.Cluster._rebuild.)
 NEEDS_RESTART = (
-    "app", "app_dir", "factory", "preload", "interface", "http", "loop", "lifespan", "threads", "hooks",
+    "app", "app_dir", "factory", "preload", "interface", "http", "loop", "lifespan", "threads",
     "binds", "fds", "uds_mode", "backlog", "policy", "name", "control", "no_control", "metrics", "health",
     "chdir", "env_file", "pid_file", "user", "group", "run_as",
     "log_format", "log_config", "log_file", "access_log_file", "reload", "reload_dirs", "reload_include",

@@ -111,3 +111,50 @@ def test_reload_config_reads_the_file_again_and_the_command_line_still_wins(
     wait_until(lambda: cluster.status()["reload"]["id"] == 1, "the status")
     cluster.signal(signal.SIGTERM)
     assert cluster.wait_exit() == 0
+
+
+HOOKS = '''
+import logging
+
+log = logging.getLogger("clusterrun")
+
+
+def post_fork(config, worker):
+    log.warning("hooks {version}: post_fork of worker %d", worker.id)
+
+
+def on_reload(config):
+    log.warning("hooks {version}: on_reload")
+'''
+
+
+def test_sighup_imports_the_hooks_module_anew_and_a_broken_one_changes_nothing(
+    run_cli: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    hooks = tmp_path / "edited_hooks.py"
+    hooks.write_text(HOOKS.format(version="v1"))
+    file = tmp_path / "clusterrun.toml"
+    write(file, "sup_app:wsgi", workers=2, hooks="edited_hooks")
+    # No bytecode cache: an edit within the same second, of the same size, must not be read from a stale .pyc.
+    cluster = run_cli("--config", str(file), cwd=TEST_APPS,
+                      env={"PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"})
+    url = cluster.wait_ready()
+    cluster.wait_for_line(r"hooks v1: post_fork of worker 2")
+    hooks.write_text(HOOKS.format(version="v2"))
+    cluster.signal(signal.SIGHUP)
+    reloaded(cluster, 1)
+    after = cluster.output().split("received SIGHUP", 1)[1]
+    assert "--hooks edited_hooks imported again: 2 hooks" in after
+    assert "hooks v2: on_reload" in after and "hooks v2: post_fork of worker 3" in after, after
+    assert "hooks v1" not in after, after  # the old functions run no more, in the primary or in a new worker
+    hooks.write_text("def post_fork(config, worker) oops\n")
+    cluster.signal(signal.SIGHUP)
+    line = cluster.wait_for_line(r"the configuration was not re-read: .*")[0].group(0)
+    assert "cannot load --hooks 'edited_hooks': SyntaxError" in line, line
+    assert cluster.status()["reload"]["id"] == 1 and get(url).status_code == 200
+    cluster.signal(signal.SIGUSR2)  # a plain rolling restart: the v2 hooks are still the ones in place
+    reloaded(cluster, 2)
+    last = cluster.output().split("received SIGUSR2", 1)[1]
+    assert "hooks v2: on_reload" in last and "hooks v2: post_fork" in last and "hooks v1" not in last, last
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0
