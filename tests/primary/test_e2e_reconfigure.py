@@ -17,9 +17,9 @@ from helpers import FRESH, SUP_APP_PAIR, TEST_APPS, Cluster, get, run_to_exit, w
 NAME = "reconfigured"
 
 
-def write(file: Path, app: str, **options: object) -> None:
+def write(file: Path, app: str, log_level: str = "info", **options: object) -> None:
     """A clusterrun.toml for ``app`` with ``options`` (TOML values: ints, floats, quoted strings)."""
-    lines = [f'app = "{app}"', f'name = "{NAME}"', 'bind = ["127.0.0.1:0"]', 'log-level = "info"']
+    lines = [f'app = "{app}"', f'name = "{NAME}"', 'bind = ["127.0.0.1:0"]', f'log-level = "{log_level}"']
     lines += [f"{key} = {value!r}".replace("'", '"') for key, value in options.items()]
     file.write_text("\n".join(lines) + "\n")
 
@@ -92,17 +92,19 @@ def test_reload_config_reads_the_file_again_and_the_command_line_still_wins(
     file = tmp_path / "clusterrun.toml"
     write(file, "sup_app:wsgi", workers=2, **{"max-requests": 0})
     cluster, _url = launch(run_cli, file, "--max-requests", "50")
-    write(file, "sup_app:wsgi", workers=3, **{"max-requests": 7}, policy="shared")
+    write(file, "sup_app:wsgi", workers=3, **{"max-requests": 7}, policy="shared", log_level="debug")
     result = run_to_exit("reload", NAME, "--config")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[:3] == [
-        "configuration re-read: --workers 2 -> 3",  # --max-requests 50 from the command line wins over the file
+        # --max-requests 50 from the command line wins over the file
+        "configuration re-read: --workers 2 -> 3; --log-level info -> debug",
         "needs a restart (kept as it was): --policy changed from rr to shared",
         f"rolling restart 1 of {NAME} started",
     ] and lines[3].startswith("rolling restart 1 complete: "), result.stdout
     status = cluster.wait_status(lambda s: s["target"] == s["ready"] == 3, "3 workers serving")
     assert status["policy"] == "rr"
+    cluster.wait_for_line(r"\[primary pid \d+\] DEBUG spawned worker")  # the primary's own level too
     file.write_text("workers = [")
     result = run_to_exit("reload", NAME, "--config")
     assert result.returncode == 1 and result.stdout == "", result
