@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from clusterrun.config.options import OPTIONS_BY_NAME, Config
 from clusterrun.errors import ClusterrunError
 from clusterrun.host.listeners import BindAddress
+from clusterrun.host.sdnotify import Notifier
 from clusterrun.primary.dispatch import Dispatcher
 from clusterrun.primary.pool import Pool
 from clusterrun.primary.spawn import Forker
@@ -66,6 +67,7 @@ class Parts(Protocol):
     forker: Forker
     watchdog: Watchdog
     dispatcher: Dispatcher
+    notifier: Notifier
 
     def reload(self) -> None: ...
 
@@ -83,6 +85,10 @@ def reread(parts: Parts, build: Callable[[], Config]) -> Outcome:
         new = build()
     except ClusterrunError as exc:
         logger.error("the configuration was not re-read: %s; nothing changed, the cluster keeps serving", exc)
+        if parts.pool.booted:
+            # systemd's Type=notify-reload sends SIGHUP and waits for RELOADING=1, then READY=1: this reload is over.
+            parts.notifier.reloading()
+            parts.notifier.reload_finished()
         return Outcome(error=str(exc))
     old = parts.config
     outcome = Outcome()

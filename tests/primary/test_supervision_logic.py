@@ -22,6 +22,7 @@ from clusterrun.config.build import build_config
 from clusterrun.config.options import MAX_WORKERS, Config
 from clusterrun.errors import ConfigError, StateError
 from clusterrun.host.listeners import parse_bind
+from clusterrun.host.sdnotify import Notifier
 from clusterrun.host.timers import Timers
 from clusterrun.ops.metrics import ClusterCollector, MetricsServer, Probe
 from clusterrun.ops.operations import Operations
@@ -705,6 +706,7 @@ class _Parts:
         self.forker: Any = type("FakeForker", (), {"config": pool.config})()
         self.watchdog = Watchdog(pool.config.timeout, clock, pool.timers, pool.workers, pool.config.request_timeout)
         self.dispatcher = pool.dispatcher
+        self.notifier = Notifier(pool.timers, lambda: "", environ={})  # no systemd
 
     def reload(self) -> None:
         self.pool.rollout.start()
