@@ -22,6 +22,7 @@ import logging
 import os
 import selectors
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -247,9 +248,8 @@ class Cluster:
         entry.put_app_dir_first(self.config.app_dir)
         module_name, _, attr = spec.partition(":")
         try:
-            hooks: Any = importlib.import_module(module_name)
-            if again:
-                hooks = importlib.reload(hooks)
+            loaded = sys.modules.get(module_name) if again else None  # imported before: executed anew
+            hooks: Any = importlib.reload(loaded) if loaded is not None else importlib.import_module(module_name)
             for part in filter(None, attr.split(".")):
                 hooks = getattr(hooks, part)
         except Exception as exc:
