@@ -59,6 +59,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     path = resolve(args.name, args.control)
     answer = request(path, "reload", **({"config": True} if args.config else {}))
     reload_id = answer["reload"]
+    if args.config and "changed" not in answer:  # a primary of an older clusterrun ignores "config"
+        raise ControlError(f"rolling restart {reload_id} started, but this cluster runs an older clusterrun that does "
+                           "not read its configuration again: restart it to take the file")
     if args.config:  # what the re-read took, and what it could not (kept until a restart)
         print(f"configuration re-read: {'; '.join(answer['changed']) or 'nothing that applies changed'}")
         for line in answer["needs_restart"]:
