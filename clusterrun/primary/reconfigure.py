@@ -109,12 +109,14 @@ def reread(parts: Parts, build: Callable[[], Config]) -> Outcome:
     for line in outcome.kept:
         logger.warning("the configuration changed, but this needs a restart: %s (kept as it was)", line)
     logger.info("configuration re-read: %s", "; ".join(outcome.changed) or "nothing that applies changed")
-    # Fewer workers: before the rolling restart, which then replaces only those kept. More: after it has begun,
-    # so that the new slots are forked with the new settings once and not replaced again.
-    if new.workers < old.workers:
+    # A new --workers (the number running may differ: scaled since): fewer, before the rolling restart, which
+    # then replaces only those kept; more, once it has begun, so that the new slots are forked with the new
+    # settings once and not replaced again.
+    scale, running = new.workers != old.workers, parts.pool.target
+    if scale and new.workers < running:
         parts.scale(new.workers)
     parts.reload()
-    if new.workers > old.workers:
+    if scale and new.workers > running:
         parts.scale(new.workers)
     return outcome
 

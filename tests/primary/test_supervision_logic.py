@@ -767,3 +767,15 @@ def test_a_reread_that_fails_or_comes_during_a_rolling_restart_changes_nothing(
     pool.rollout.start()
     outcome = reread(parts, lambda: build_config("app:app", {"workers": "4"}, environ={}, cpus=2))
     assert "a rolling restart is running" in outcome.error and pool.config is before and pool.target == 2
+
+
+def test_a_reread_scales_from_the_number_running_and_forks_a_new_slot_once(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, workers=4)
+    parts = _Parts(pool, clock)
+    pool.scale(2)  # scaled since the start: 2 run, the file said 4
+    reread(parts, lambda: build_config("app:app", {"workers": "3"}, environ={}, cpus=2))
+    assert pool.target == 3 and sorted(pool.slots) == [0, 1, 2]
+    _finish_rollout(pool)
+    assert pool.rollout.outcome == "complete" and sorted(pool.slots) == [0, 1, 2]
+    # 4 at start, 2 replacements, and slot 2 forked once with the new settings: not forked, then replaced.
+    assert len(spawn.made) == 7
