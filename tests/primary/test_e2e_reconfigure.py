@@ -5,6 +5,7 @@ kept, and a file that no longer reads changes nothing. Real CLI, real signals, a
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -158,5 +159,23 @@ def test_sighup_imports_the_hooks_module_anew_and_a_broken_one_changes_nothing(
     reloaded(cluster, 2)
     last = cluster.output().split("received SIGUSR2", 1)[1]
     assert "hooks v2: on_reload" in last and "hooks v2: post_fork" in last and "hooks v1" not in last, last
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit() == 0
+
+
+def test_sighup_finds_the_file_and_relative_paths_where_the_cluster_started_after_chdir(
+    run_cli: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    shutil.copy(TEST_APPS / "sup_app.py", apps / "sup_app.py")
+    file = tmp_path / "clusterrun.toml"  # found as ./clusterrun.toml, in the folder the cluster starts in
+    write(file, "sup_app:wsgi", workers=1, chdir="apps")
+    cluster = run_cli(cwd=tmp_path)  # the primary then moves to apps/ (--chdir), before it serves
+    cluster.wait_ready()
+    write(file, "sup_app:wsgi", workers=2, chdir="apps")
+    cluster.signal(signal.SIGHUP)
+    status = reloaded(cluster, 1)
+    assert status["target"] == 2 and "configuration re-read: --workers 1 -> 2" in cluster.output()
     cluster.signal(signal.SIGTERM)
     assert cluster.wait_exit() == 0
