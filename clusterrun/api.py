@@ -22,11 +22,12 @@ import logging
 import os
 import selectors
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from clusterrun import logs
-from clusterrun.config.build import build_config
+from clusterrun.config.build import ConfigSource
 from clusterrun.config.options import OPTIONS, OPTIONS_BY_NAME, Config
 from clusterrun.errors import BindError, ConfigError
 from clusterrun.host import privileges
@@ -63,19 +64,23 @@ class Cluster:
             if name is None:
                 raise ConfigError(f"unknown option {key!r}: known options are {', '.join(sorted(API_NAMES))}")
             values[name] = value
-        self._setup(build_config(app, values))
+        source = ConfigSource.capture(app, values, read_file=False)  # the API reads no file: SIGHUP finds the same
+        self._setup(source.build(), source)
 
     @classmethod
-    def from_config(cls, config: Config) -> Cluster:
+    def from_config(cls, config: Config, source: ConfigSource | None = None) -> Cluster:
+        """A cluster of a Config built already; with its ``source``, SIGHUP builds it again from there."""
         cluster = cls.__new__(cls)
-        cluster._setup(config)
+        cluster._setup(config, source)
         return cluster
 
-    def _setup(self, config: Config) -> None:
+    def _setup(self, config: Config, source: ConfigSource | None = None) -> None:
         self.config = config
+        self._source = source
         self.events = Events()
         self._primary: Primary | None = None
         self._fork_settings = ForkSettings()  # setup_primary(); the primary and its forker share this object
+        self._hooked: list[tuple[str, Handler]] = []  # what --hooks registered, for SIGHUP to swap
 
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Register ``handler`` for ``event`` (see clusterrun.primary.events); without a handler, a decorator."""
@@ -90,13 +95,23 @@ class Cluster:
     def _register(self, event: str, handler: Handler) -> Handler:
         """Cluster events to the primary's Events; worker_init and worker_exit to the worker's hooks, which every
         worker inherits with the fork (registered here, at the door: events and hooks never import each other)."""
+        self._attach(event, handler)
+        return handler
+
+    def _attach(self, event: str, handler: Handler) -> Handler:
+        """Register ``handler``; what was registered (the worker's hooks may wrap it), for ``_detach``."""
         if event not in EVENTS + WORKER_EVENTS:
             raise ConfigError(f"unknown cluster event {event!r}: choose one of {', '.join(EVENTS + WORKER_EVENTS)}")
         if event in WORKER_EVENTS:
             check_handler(event, handler)
-            workerhooks.add(event, handler)
-            return handler
+            return workerhooks.add(event, handler)
         return self.events.on(event, handler)
+
+    def _detach(self, event: str, registered: Handler) -> None:
+        if event in WORKER_EVENTS:
+            workerhooks.remove(event, registered)
+        else:
+            self.events.off(event, registered)
 
     def run(self) -> int:
         """Start the primary and serve until stopped; the exit code (0 clean, 3 boot failure, 4 restart limit).
@@ -123,7 +138,8 @@ class Cluster:
             metrics_dir = app_metrics.path
             self._primary = Primary(self.config, child.run, lambda primary: build_ops(primary, metrics_dir),
                                     preloaded=preloaded, events=self.events, warm_up=warm_up(self.config),
-                                    fork_settings=self._fork_settings)
+                                    fork_settings=self._fork_settings,
+                                    rebuild=self._rebuild if self._source is not None else None)
             return self._primary.run()  # puts the host's signal handlers back before it returns
         finally:
             self._primary = None
@@ -177,7 +193,7 @@ class Cluster:
 
     def broadcast(self, message: Any) -> None:
         """Send ``message`` to every live worker."""
-        self._running().broadcast(message)
+        self._running().pool.broadcast(message)
 
     def listen(
         self, listener: socket.socket | tuple[str, int], on_connection: Callable[[socket.socket, Any], object]
@@ -222,23 +238,54 @@ class Cluster:
         return self._primary
 
     def _load_hooks(self, spec: str) -> None:
+        self._hooked = [(event, self._attach(event, handler)) for event, handler in self._import_hooks(spec)]
+
+    def _import_hooks(self, spec: str, again: bool = False) -> list[tuple[str, Handler]]:
+        """The functions of the --hooks module (or module:object) named after cluster events; ``again``: the module
+        executed anew (SIGHUP), so that a hooks file edited since is what runs."""
         from clusterrun.adapters import entry  # lazily: see prepare_engine
 
         entry.put_app_dir_first(self.config.app_dir)
         module_name, _, attr = spec.partition(":")
         try:
-            hooks: Any = importlib.import_module(module_name)
+            loaded = sys.modules.get(module_name) if again else None  # imported before: executed anew
+            hooks: Any = importlib.reload(loaded) if loaded is not None else importlib.import_module(module_name)
             for part in filter(None, attr.split(".")):
                 hooks = getattr(hooks, part)
         except Exception as exc:
             raise ConfigError(f"cannot load --hooks {spec!r}: {type(exc).__name__}: {exc}; give an importable "
                               "module (or module:object) whose functions are named after cluster events") from None
-        found = [event for event in EVENTS + WORKER_EVENTS if getattr(hooks, event, None) is not None]
-        for event in found:
-            self._register(event, getattr(hooks, event))
+        found = [(event, getattr(hooks, event)) for event in EVENTS + WORKER_EVENTS
+                 if getattr(hooks, event, None) is not None]
         if not found:
             raise ConfigError(f"--hooks {spec!r} has no function named after a cluster event: "
                               f"{', '.join(EVENTS + WORKER_EVENTS)}")
+        for event, handler in found:
+            check_handler(event, handler)
+        return found
+
+    def _rebuild(self) -> Config:
+        """SIGHUP's build (the primary's ``rebuild``): the Config from its source, and the --hooks module imported
+        anew, its functions put in place of the ones it registered before. Either fails as a whole (ConfigError),
+        with the hooks in place left as they were."""
+        assert self._source is not None
+        config = self._source.build()
+        found = self._import_hooks(config.hooks, again=True) if config.hooks else []
+        old, self._hooked = self._hooked, []
+        for event, registered in old:
+            self._detach(event, registered)
+        try:
+            for event, handler in found:
+                self._hooked.append((event, self._attach(event, handler)))
+        except ConfigError:  # a second ssl_context, say: the hooks go back as they were
+            for event, registered in self._hooked:
+                self._detach(event, registered)
+            self._hooked = [(event, self._attach(event, registered)) for event, registered in old]
+            raise
+        if config.hooks:
+            count = len(found)
+            logger.info("--hooks %s imported again: %d hook%s", config.hooks, count, "" if count == 1 else "s")
+        return config
 
 
 class _ProgramListener:
@@ -310,7 +357,7 @@ def build_ops(primary: Primary, app_metrics_dir: str | None) -> Endpoints:
     """What ops/ runs in the primary's wait, each part given what it reads of the primary: ops/ sits above the
     primary and never imports the supervisor, so the door wires the two."""
     config, pool, clock, policy = primary.config, primary.pool, primary.clock, primary.policy.name
-    commands = Operations(config, pool, primary, clock, policy, primary.listeners, primary.started)
+    commands = Operations(pool, primary, clock, policy, primary.listeners, primary.started)
     probe = Probe(pool, backlog=lambda: len(primary.dispatcher.held), shutting_down=lambda: primary.shutting_down)
     return Endpoints(config, primary.selector, primary.timers, commands.answer, probe, StatusLine(pool, clock, policy),
                      app_metrics_dir)

@@ -16,9 +16,8 @@ from typing import NoReturn
 
 from clusterrun._version import __version__
 from clusterrun.api import Cluster, check_app
-from clusterrun.config.build import build_config, describe_config
+from clusterrun.config.build import ConfigSource, describe_config
 from clusterrun.config.options import OPTIONS
-from clusterrun.config.sources import find_file
 from clusterrun.ctl import commands as ctl
 from clusterrun.ctl import logs as logs_command
 from clusterrun.ctl import startup as startup_command
@@ -37,7 +36,7 @@ commands for running clusters (clusterrun COMMAND --help):
   ls                        this user's running clusters
   status [NAME] [--json]    a cluster and each worker: state, requests, connections, memory, CPU
   top [NAME]                a live monitor: req/s, latency, connections, CPU, memory per worker
-  reload NAME               rolling restart, waits until it completes
+  reload NAME [--config]    rolling restart, waits until it completes; --config reads the file again first
   scale NAME N|+K|-K        set the number of workers
   stop NAME [--timeout S]   graceful stop
   restart-worker NAME ID    replace one worker
@@ -57,7 +56,8 @@ the process manager (like PM2; state in $CLUSTERRUN_HOME, default ~/.clusterrun;
 
 signals to the primary:
   TERM, INT    stop gracefully (a second INT kills at once)
-  HUP, USR2    rolling restart: replace each worker, one at a time, with no failed request
+  HUP          read the configuration file again, then a rolling restart (what needs a restart is logged)
+  USR2         rolling restart: replace each worker, one at a time, with no failed request
   TTIN, TTOU   one worker more / one fewer
 
 exit codes:
@@ -136,14 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     values = {option.name: getattr(args, option.name) for option in OPTIONS}
     debug = values.get("log_level") == "debug"
     try:
-        config = build_config(args.app, values, file=find_file(args.config))
+        source = ConfigSource.capture(args.app, values, args.config)  # kept: SIGHUP reads the file again
+        config = source.build()
         if show_config:
             checked = check_app(config) if "--check" in raw else None  # a failure is its one line alone
             print(describe_config(config, as_json="--json" in raw))
             if checked is not None:
                 print(checked, file=sys.stderr)
             return 0
-        return Cluster.from_config(config).run()
+        return Cluster.from_config(config, source).run()
     except ClusterrunError as exc:
         if debug:  # the traceback behind the one line (logging is the host's again once run() returns)
             traceback.print_exc(file=sys.stderr)

@@ -20,6 +20,7 @@ from typing import Any
 
 from clusterrun.config.options import OPTIONS, Config, Option
 from clusterrun.config.sources import env_names, flag_name
+from clusterrun.primary.reconfigure import NEEDS_RESTART
 
 PAGE = Path(__file__).resolve().parent / "settings.md"
 COMMAND = "python docs/gen_settings.py"
@@ -47,6 +48,10 @@ Besides the options below, the command line takes:
 - `APP`: the app as `module:attribute` (e.g. `flask_app:app`); also `app = "..."` in the file or
   `CLUSTERRUN_APP`.
 - `--config FILE`: read options from this TOML file instead of `./pyproject.toml` or `./clusterrun.toml`.
+
+**On SIGHUP** (and `clusterrun reload NAME --config`) the running cluster reads its configuration file again
+([Operating](operating.md#reading-the-configuration-again)): each option below says whether a change is taken
+then (the workers, restarted one by one, get it) or needs a restart (the change is logged and not taken).
 - `--help` prints the options; `--version` prints clusterrun's version.
 """
 
@@ -101,6 +106,9 @@ def _section(option: Option) -> str:
     default = _default(option)
     if default is not None:
         lines.append(f"- Default: `{default}`")
+    # --host and --port have no field of their own: they are folded into the listeners, as --bind.
+    restart = option.name in NEEDS_RESTART or option.name in ("host", "port")
+    lines.append("- On SIGHUP: " + ("needs a restart" if restart else "taken"))
     return "\n".join(lines) + "\n"
 
 

@@ -7,10 +7,11 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from clusterrun.config.options import OPTIONS, OPTIONS_BY_NAME, Config, Option, app_dir_under, app_spec, resolve_workers
-from clusterrun.config.sources import FileValues, env_names, flag_name
+from clusterrun.config.sources import FileValues, env_names, find_file, flag_name
 from clusterrun.errors import ConfigError
 from clusterrun.host.cpus import usable_cpus
 from clusterrun.host.listeners import BindAddress, activated
@@ -84,6 +85,7 @@ def build_config(
         if limit:  # a container's limit: recycle a growing worker before the OOM killer ends them all
             given["max_memory"] = per_worker_mib(limit, workers)
             sources["max_memory"] = f"cgroup memory limit {limit / MIB:.0f} MiB"
+    _check_backoff(given, sources)
     if given.get("reload") and given.get("preload"):
         raise ConfigError("--reload cannot work with --preload: new workers would fork from the code loaded at "
                           "start; drop --preload in development")
@@ -92,6 +94,67 @@ def build_config(
         workers_from=sources.get("workers", "--workers"), binds=_binds(given, environ), usable_cpus=cpus,
         run_as=_run_as(given, sources), sources=sources, **given,
     ))
+
+
+
+def _check_backoff(given: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """--restart-delay-max is the cap of a wait that starts at --restart-delay: a cap below the start is a typo."""
+    first = given.get("restart_delay", Config.restart_delay)
+    cap = given.get("restart_delay_max", Config.restart_delay_max)
+    if cap < first:
+        blamed = "restart_delay_max" if "restart_delay_max" in sources else "restart_delay"
+        with _blaming(sources[blamed]):
+            raise ConfigError(f"bad --restart-delay-max {cap:g}: it is below --restart-delay {first:g}; give a "
+                              f"maximum of at least {first:g}, or a smaller --restart-delay")
+
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """What a Config was built from, kept so that the primary can build it again (SIGHUP, ``clusterrun reload NAME
+    --config``), as gunicorn re-reads its config file on SIGHUP.
+
+    The file is read again: ``--config FILE``, else pyproject.toml's [tool.clusterrun] or clusterrun.toml looked
+    for anew in the folder the cluster started in. The command line (or the API's keywords) is kept as given and
+    still wins over the file; so does the environment, kept as it was at start: a running process's environment
+    cannot be changed from outside, and a variable set since by --env-file or the app must not become an option.
+    """
+
+    app: str | None
+    values: Mapping[str, Any]
+    environ: Mapping[str, str] = field(repr=False)
+    folder: str  # where the cluster started: relative paths in the options and the file are taken from there
+    config_file: str | None = None  # --config FILE, made absolute
+    read_file: bool = True  # False for the API, which reads no file
+
+    @classmethod
+    def capture(cls, app: str | None, values: Mapping[str, Any], config_file: str | None = None,
+                read_file: bool = True) -> ConfigSource:
+        """The source as it is now: this folder, this environment (copied)."""
+        path = os.path.abspath(config_file) if config_file else None
+        return cls(app, dict(values), dict(os.environ), os.getcwd(), path, read_file)
+
+    def build(self) -> Config:
+        """The Config, built from the source as it reads now: ConfigError as a start would give it."""
+        with _in_folder(self.folder):
+            file = find_file(self.config_file, self.folder) if self.read_file else None
+            return build_config(self.app, self.values, self.environ, file=file)
+
+
+
+@contextlib.contextmanager
+def _in_folder(folder: str) -> Iterator[None]:
+    """In ``folder`` for the build (--chdir has moved the primary since), and back."""
+    here = os.getcwd()
+    try:
+        os.chdir(folder)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration from {folder}: {exc.strerror}; restart the cluster "
+                          "from an existing folder") from None
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 

@@ -48,6 +48,9 @@ class Config:
     max_restarts: int = 5
     restart_window: float = 60.0
     min_uptime: float = 1.0
+    # The respawn backoff after unstable deaths in a row (PM2's exp_backoff_restart_delay), doubling up to the max.
+    restart_delay: float = 0.1
+    restart_delay_max: float = 10.0
     graceful_timeout: float = 30.0
     boot_timeout: float = 60.0
     timeout: float = 30.0
@@ -562,6 +565,12 @@ OPTIONS: tuple[Option, ...] = (
            "request is always respawned at once, so no request that crashes a worker can stop the service; "
            "default 1",
            _seconds("--min-uptime"), "SECONDS"),
+    Option("restart_delay", ("--restart-delay",), "the backoff before respawning a slot whose workers die unstable "
+           "in a row (PM2's exp_backoff_restart_delay): the second such death in a row waits this many seconds, "
+           "each next one twice as long, up to --restart-delay-max; the first is respawned at once, and so is any "
+           "while no other worker serves; default 0.1", _seconds("--restart-delay"), "SECONDS"),
+    Option("restart_delay_max", ("--restart-delay-max",), "the longest backoff wait before a respawn (see "
+           "--restart-delay); at least --restart-delay; default 10", _seconds("--restart-delay-max"), "SECONDS"),
     Option("graceful_timeout", ("--graceful-timeout",), "seconds in-flight requests get to finish on stop or "
            "restart before their worker is killed; default 30", _seconds("--graceful-timeout"), "SECONDS"),
     Option("boot_timeout", ("--boot-timeout",), "seconds a new worker gets to import the app and become "

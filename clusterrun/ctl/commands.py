@@ -1,4 +1,4 @@
-"""The control commands' client: clusterrun ls, status, reload, scale, stop, restart-worker.
+"""The control commands' client: clusterrun ls, status, reload [--config], scale, stop, restart-worker.
 
 Each sends the cluster one request through clusterrun.ctl.client (which finds its socket) and prints the
 answer.
@@ -59,7 +59,15 @@ def cmd_reload(args: argparse.Namespace) -> int:
     if args.name == "all" and not args.control:
         return for_all(cmd_reload, args)
     path = resolve(args.name, args.control)
-    reload_id = request(path, "reload")["reload"]
+    answer = request(path, "reload", **({"config": True} if args.config else {}))
+    reload_id = answer["reload"]
+    if args.config and "changed" not in answer:  # a primary of an older clusterrun ignores "config"
+        raise ControlError(f"rolling restart {reload_id} started, but this cluster runs an older clusterrun that does "
+                           "not read its configuration again: restart it to take the file")
+    if args.config:  # what the re-read took, and what it could not (kept until a restart)
+        print(f"configuration re-read: {'; '.join(answer['changed']) or 'nothing that applies changed'}")
+        for line in answer["needs_restart"]:
+            print(f"needs a restart (kept as it was): {line}")
     print(f"rolling restart {reload_id} of {args.name or 'the cluster'} started")
     status = wait_for(path, lambda s: s["reload"]["id"] != reload_id or s["reload"]["state"] != "running",
                       "the rolling restart", args.timeout)
@@ -154,8 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="as JSON (documented in the README, stable)")
     top = add("top", cmd_top, "a live monitor, redrawn every second (keys: q quit, r reload, + and - scale)")
     top.add_argument("--count", type=int, metavar="N", help="print N plain text frames, a second apart, and exit")
-    add("reload", cmd_reload, "rolling restart (NAME or all); waits until done (exit 1 if it aborts)").add_argument(
-        "--timeout", type=float, default=600.0, metavar="SECONDS", help="give up waiting after this; default 600")
+    reload = add("reload", cmd_reload, "rolling restart (NAME or all); waits until done (exit 1 if it aborts)")
+    reload.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="give up waiting after this; default 600")
+    reload.add_argument("--config", action="store_true", help="read the configuration file again first, as SIGHUP "
+                        "does: what can change without a restart is taken, the rest is listed (exit 1 if the file "
+                        "does not read: nothing changes)")
     scale = add("scale", cmd_scale, "set the number of workers: N, +K or -K; waits until they serve")
     scale.add_argument("workers", metavar="N|+K|-K")
     scale.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="default 120")

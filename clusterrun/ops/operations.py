@@ -1,4 +1,5 @@
-"""The control commands, as the primary answers them: info, status, reload, scale, stop, restart-worker.
+"""The control commands, as the primary answers them: info, status, reload (``config``: SIGHUP's re-read of the
+configuration first), scale, stop, restart-worker.
 
 Each takes the request (a JSON object) and returns the answer: ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "..."}``. Commands that take time (a rolling restart, a stop) start it and answer
@@ -16,11 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from clusterrun._version import __version__
-from clusterrun.config.options import MAX_WORKERS, Config
+from clusterrun.config.options import MAX_WORKERS
 from clusterrun.host import listeners
 from clusterrun.host.procstats import ProcSampler
 from clusterrun.ops.status import started_at, worker_row
 from clusterrun.primary.pool import Pool
+from clusterrun.primary.reconfigure import Outcome
 
 Answer = dict[str, Any]
 
@@ -36,6 +38,8 @@ class Steering(Protocol):
 
     def reload(self) -> None: ...
 
+    def reconfigure(self) -> Outcome: ...
+
     def scale(self, target: int) -> None: ...
 
     def stop(self, timeout: float | None = None) -> None: ...
@@ -43,12 +47,11 @@ class Steering(Protocol):
 
 class Operations:
     def __init__(
-        self, config: Config, pool: Pool, steering: Steering, clock: Callable[[], float], policy: str,
+        self, pool: Pool, steering: Steering, clock: Callable[[], float], policy: str,
         sockets: Sequence[socket.socket], started: float,
     ) -> None:
         """``sockets``: the app's listeners, as the primary fills them when it binds; ``started``: when the primary
-        started, by ``clock``."""
-        self.config = config
+        started, by ``clock``. The configuration is the pool's: the one in force (SIGHUP may read it again)."""
         self.pool = pool
         self.steering = steering
         self.clock = clock
@@ -69,7 +72,7 @@ class Operations:
 
     def info(self, request: dict[str, Any]) -> Answer:
         """The cluster in one line (clusterrun ls)."""
-        config, pool = self.config, self.pool
+        config, pool = self.pool.config, self.pool
         now = self.clock()
         scheme = "https" if config.tls else "http"
         return {
@@ -103,8 +106,13 @@ class Operations:
             return _error("the cluster is stopping")
         if pool.rollout.active:
             return _error(f"a rolling restart (reload {pool.rollout.reloads}) is already running")
-        self.steering.reload()
-        return {"ok": True, "reload": pool.rollout.reloads}
+        if not request.get("config"):
+            self.steering.reload()
+            return {"ok": True, "reload": pool.rollout.reloads}
+        outcome = self.steering.reconfigure()  # as SIGHUP: the configuration read again, then the rolling restart
+        if outcome.error:
+            return _error(f"the configuration was not re-read: {outcome.error}; nothing changed")
+        return {"ok": True, "reload": pool.rollout.reloads, "changed": outcome.changed, "needs_restart": outcome.kept}
 
     def scale(self, request: dict[str, Any]) -> Answer:
         value = str(request.get("workers", ""))

@@ -65,6 +65,11 @@ class Events:
         self._handlers[event].append(handler)
         return handler
 
+    def off(self, event: str, handler: Handler) -> None:
+        """Take ``handler`` back (SIGHUP imports --hooks anew); nothing if it is not registered."""
+        if handler in self._handlers.get(event, ()):
+            self._handlers[event].remove(handler)
+
     def wanted(self, event: str) -> bool:
         return bool(self._handlers[event])
 

@@ -68,8 +68,8 @@ class Pool:
         self.dispatcher = dispatcher
         self.policy = policy
         self.events = events
-        self.throttle = RestartThrottle(config.max_restarts, config.restart_window, clock,
-                                        min_uptime=config.min_uptime)
+        self.throttle = RestartThrottle(config.max_restarts, config.restart_window, clock, config.restart_delay,
+                                        config.restart_delay_max, config.min_uptime)
         self.workers: dict[int, WorkerHandle] = {}  # by pid: every live child
         self.slots: dict[int, WorkerHandle] = {}  # by index: the worker that serves the slot now
         self.target = config.workers

@@ -1,15 +1,12 @@
 """The primary: one thread, one wait — the loop, and the wiring between the pieces that do the work.
 
-Everything the primary reacts to is a file descriptor in one selector: the
-signal inbox (signals.py), every worker's channel, and the listeners under a
-dispatching policy (dispatch.py). Timers (boot, respawn and drain deadlines, the
-watchdog) only shorten the wait. No polling, and nothing ever blocks on one
-worker. The workers and their slots are the pool's (pool.py); forking one is
-spawn.py's; what each frame kind is, protocol.py's. Here: what each signal and
-each frame makes happen, and stopping. The door hands in the worker's entry
-(``target``) and what ops/ runs in the same wait (``Ops``: ops/ sits above).
+Everything the primary reacts to is a file descriptor in one selector: the signal inbox (signals.py), every worker's
+channel, and the listeners under a dispatching policy (dispatch.py). Timers (boot, respawn and drain deadlines, the
+watchdog) only shorten the wait. No polling, and nothing ever blocks on one worker. The workers and their slots are
+the pool's (pool.py); forking one is spawn.py's; what each frame kind is, protocol.py's; taking a configuration read
+again, reconfigure.py's. Here: what each signal and each frame makes happen, and stopping. The door hands in the
+worker's entry (``target``) and what ops/ runs in the same wait (``Ops``: ops/ sits above).
 """
-
 from __future__ import annotations
 
 import gc
@@ -19,7 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from clusterrun import identity, logs
 from clusterrun.config.options import Config
@@ -35,6 +32,7 @@ from clusterrun.primary.frames import WorkerFrames
 from clusterrun.primary.handle import WorkerHandle
 from clusterrun.primary.policies import make_policy
 from clusterrun.primary.pool import Pool
+from clusterrun.primary.reconfigure import Outcome, reread
 from clusterrun.primary.reloader import make_reloader
 from clusterrun.primary.spawn import Forker, ForkSettings, WorkerEntry
 from clusterrun.primary.watchdog import Watchdog
@@ -62,10 +60,12 @@ class Primary:
         self, config: Config, target: WorkerEntry, ops: Callable[[Primary], Ops],
         clock: Callable[[], float] = time.monotonic, preloaded: LoadedApp | None = None, events: Events | None = None,
         warm_up: Callable[[str], None] | None = None, fork_settings: ForkSettings | None = None,
+        rebuild: Callable[[], Config] | None = None,
     ) -> None:
-        """The door hands in ``target``, what each forked worker runs (clusterrun.worker.child.run), and ``ops``,
-        which builds what runs beside the workers from the parts made here (pool, dispatcher, selector, timers);
-        ``warm_up(interface)`` is called once a first worker says what it serves (see WorkerFrames)."""
+        """The door hands in ``target``, what each forked worker runs (clusterrun.worker.child.run), ``ops``, which
+        builds what runs beside the workers from the parts made here (pool, dispatcher, selector, timers), and
+        ``rebuild()``, the Config built again from its source (SIGHUP); ``warm_up(interface)`` is called once a
+        first worker says what it serves (see WorkerFrames)."""
         self.config = config
         self.events = events or Events()
         self.clock = clock
@@ -78,12 +78,14 @@ class Primary:
         self.dispatcher = Dispatcher(self.policy, self.selector, self.timers, late_after(config.timeout), clock,
                                      config.limit_concurrency)
         # The forker calls the frames late: they act on the pool, which needs the forker first.
-        forker = Forker(config, target, self.policy, self.listeners, self.selector, self._own_fds, self.dispatcher,
-                        lambda handle, mask: self.frames.on_channel(handle, mask), clock, preloaded, fork_settings)
+        self.forker = forker = Forker(config, target, self.policy, self.listeners, self.selector, self._own_fds,
+                                      self.dispatcher, lambda h, mask: self.frames.on_channel(h, mask), clock,
+                                      preloaded, fork_settings)
         self.pool = Pool(config, clock, self.timers, forker, self.dispatcher, self.policy, self.events, forker.settings)
         self.frames = WorkerFrames(self.pool, self.dispatcher, self.events, clock, warm_up)
         self.watchdog = Watchdog(config.timeout, clock, self.timers, self.pool.workers, config.request_timeout)
         self.preloaded = preloaded
+        self.rebuild = rebuild or (lambda: self.config)  # no source (embedded with a Config): nothing to re-read
         self.started = clock()
         self.shutting_down = False  # told to stop: /readyz answers 503 (during --shutdown-delay, still serving)
         self.endpoints = ops(self)  # the control socket, /metrics: once every part they read is made
@@ -117,7 +119,10 @@ class Primary:
             identity.become_primary()
             self.events.emit("on_starting", self.config)
             self.endpoints.open()
-            self._bind()
+            for address in self.config.binds:
+                self.listeners.append(self.policy.bind(address, self.config.backlog))
+            listeners.forget_activation()
+            self.dispatcher.listen(self.listeners)
             if self.pid_file is not None:
                 self.pid_file.write()
             self.signals.install()
@@ -149,18 +154,14 @@ class Primary:
             self._cleanup()
             self.events.emit("on_exit", self.config)
 
-    def _bind(self) -> None:
-        for address in self.config.binds:
-            self.listeners.append(self.policy.bind(address, self.config.backlog))
-        listeners.forget_activation()
-        self.dispatcher.listen(self.listeners)
-
     # Signals.
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGCHLD:
-            self._reap()
+            while (verdict := self.pool.reap()) is not None:
+                self.exit_code = self.exit_code or verdict.value
+                self.stop(delay=0.0)
         elif signum == signal.SIGINT and self.shutting_down:
             logger.warning("second interrupt: killing every worker now")
             self.stop(delay=0.0)
@@ -177,18 +178,16 @@ class Primary:
             logger.info("received SIGUSR1: reopening %d log file%s here and in every worker", count := logs.reopen(),
                         "" if count == 1 else "s")
             self.pool.broadcast_frame(ReopenLogs())
-        elif signum in (signal.SIGHUP, signal.SIGUSR2):
-            logger.info("received %s: rolling restart", name)
+        elif signum == signal.SIGHUP:  # as gunicorn's: the configuration is read again first
+            logger.info("received SIGHUP: re-reading the configuration, then a rolling restart")
+            self.reconfigure()
+        elif signum == signal.SIGUSR2:
+            logger.info("received SIGUSR2: rolling restart")
             self.reload()
         elif signum in (signal.SIGTTIN, signal.SIGTTOU):
             self.scale(self.pool.target + (1 if signum == signal.SIGTTIN else -1))
         else:
             logger.warning("received %s, which clusterrun does not use: ignored", name)
-
-    def _reap(self) -> None:
-        while (verdict := self.pool.reap()) is not None:
-            self.exit_code = self.exit_code or verdict.value
-            self.stop(delay=0.0)
 
     # Steering: the signals' actions and the Cluster API's.
 
@@ -196,11 +195,12 @@ class Primary:
         if not self.stopping:
             self.pool.rollout.start()
 
+    def reconfigure(self) -> Outcome:
+        """SIGHUP's: the configuration read again, what can change taken, then a rolling restart."""
+        return reread(self, self.rebuild)
+
     def scale(self, target: int) -> None:
         self.pool.scale(target)
-
-    def broadcast(self, message: Any, sender: WorkerHandle | None = None) -> None:
-        self.pool.broadcast(message, sender)
 
     # Stopping.
 

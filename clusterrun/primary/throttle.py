@@ -14,7 +14,8 @@ A worker's death is one of three kinds, told apart by the primary from what the 
   within ``window`` seconds is not respawned again.
 
 Backoff, as PM2's ``exp_backoff_restart_delay``, for unstable deaths only: the first of a run of them is
-respawned at once, the n-th in a row waits ``first_delay * 2**(n-2)`` seconds, at most ``max_delay``; a
+respawned at once, the n-th in a row waits ``first_delay * 2**(n-2)`` seconds (``--restart-delay``), at most
+``max_delay`` (``--restart-delay-max``); a
 served or stable death ends the run. And a delay never leaves the cluster with nothing: when no other
 worker is serving, the respawn is at once, whatever the run (the limit above still ends a crash loop).
 
@@ -31,8 +32,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-FIRST_DELAY = 0.1
-MAX_DELAY = 10.0
+from clusterrun.config.options import Config
+
+# The defaults of --restart-delay and --restart-delay-max.
+FIRST_DELAY = Config.restart_delay
+MAX_DELAY = Config.restart_delay_max
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import logging
 import weakref
 from collections.abc import Callable, Mapping
 
-from clusterrun.host.timers import Timers
+from clusterrun.host.timers import NO_TIMER, Timers
 from clusterrun.primary.handle import WorkerHandle, WorkerState
 
 logger = logging.getLogger("clusterrun")
@@ -36,10 +36,18 @@ class Watchdog:
         # Workers found overdue: being dumped and killed. Weak: a reaped worker's handle must not stay alive here.
         self._killing: weakref.WeakSet[WorkerHandle] = weakref.WeakSet()
         self._period = min((t for t in (timeout, request_timeout) if t > 0), default=0.0)
+        self._timer = NO_TIMER  # the next check
 
     def start(self) -> None:
         if self._period:
-            self._timers.add(self._period, self._check)
+            self._timer = self._timers.add(self._period, self._check)
+
+    def retime(self, timeout: float, request_timeout: float) -> None:
+        """New deadlines (the configuration was re-read): the next check comes within the new period."""
+        self._timer.cancel()
+        self.timeout, self.request_timeout = timeout, request_timeout
+        self._period = min((t for t in (timeout, request_timeout) if t > 0), default=0.0)
+        self.start()
 
     def _check(self) -> None:
         now = self._clock()
@@ -66,7 +74,7 @@ class Watchdog:
                     continue
                 wake = min(wake, due)
         # Never at once: a stamp at its deadline to the microsecond must not spin the primary.
-        self._timers.add(max(0.05, wake - now), self._check)
+        self._timer = self._timers.add(max(0.05, wake - now), self._check)
 
     def _kill_hung(self, handle: WorkerHandle, silence: float) -> None:
         self._killing.add(handle)

@@ -43,7 +43,8 @@ _SAME_AS = {"post_worker_init": "worker_init"}
 _hooks: dict[str, list[Callable[..., Any]]] = {name: [] for name in WORKER_EVENTS if name not in _SAME_AS}
 
 
-def add(event: str, handler: Callable[..., Any]) -> None:
+def add(event: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Register ``handler``; what was registered (post_request's is wrapped), which ``remove`` takes."""
     event = _SAME_AS.get(event, event)
     if event == "ssl_context" and _hooks[event]:
         raise ConfigError("a second ssl_context hook: it returns the one SSLContext of the workers, so give one "
@@ -51,6 +52,14 @@ def add(event: str, handler: Callable[..., Any]) -> None:
     if event == "post_request":
         handler = _four_parameters(handler)
     _hooks[event].append(handler)
+    return handler
+
+
+def remove(event: str, registered: Callable[..., Any]) -> None:
+    """Take back what ``add`` registered (SIGHUP imports --hooks anew): later forks run it no more."""
+    handlers = _hooks[_SAME_AS.get(event, event)]
+    if registered in handlers:
+        handlers.remove(registered)
 
 
 def clear() -> None:

@@ -203,3 +203,24 @@ def test_the_metrics_endpoint_answers_the_probes_too(run_cli: Any) -> None:
     base = cluster.wait_for_line(r"metrics on (\S+)/metrics")[0].group(1)
     assert FRESH.get(base + "/readyz").text == "1/1 workers serving\n"
     assert FRESH.get(base + "/nothing").status_code == 404
+
+
+def test_a_sighup_whose_configuration_does_not_read_still_ends_the_reload_for_systemd(
+    run_cli: Any, tmp_path: Path
+) -> None:
+    # Type=notify-reload: systemd sends SIGHUP and waits for RELOADING=1, then READY=1, whatever the outcome.
+    address = str(tmp_path / "notify")
+    config = tmp_path / "clusterrun.toml"
+    config.write_text("workers = 2\n")
+    with NotifySocket(address) as systemd:
+        cluster = start(run_cli, "sup_app:wsgi", "--config", str(config), env={"NOTIFY_SOCKET": address})
+        cluster.wait_ready()
+        systemd.wait_for("READY")
+        config.write_text("workers = = 3\n")
+        cluster.signal(signal.SIGHUP)
+        systemd.wait_for("READY", 2)
+        assert "the configuration was not re-read" in cluster.output()
+        assert cluster.status()["reload"]["id"] == 0
+        cluster.signal(signal.SIGTERM)
+        assert cluster.wait_exit() == 0
+        assert systemd.states() == ["READY", "RELOADING", "READY", "STOPPING"]

@@ -288,10 +288,14 @@ def test_a_rolling_restart_serves_renewed_certificate_files(run_cli: Callable[..
                              "--ssl-keyfile", str(key), env={"CLUSTERRUN_SSL_KEYFILE_PASSWORD": PASSWORD})
     assert {peer_fingerprint(pki, url) for _ in range(4)} == {pki.first.fingerprint}  # both workers (rr)
 
-    # A renewal gone wrong (a key that is not the certificate's): the new worker fails to boot, the rolling
-    # restart stops there, and the old workers keep serving the old certificate.
+    # A renewal gone wrong (a key that is not the certificate's). SIGHUP reads the configuration again and
+    # checks the files as a start does: nothing changes, no worker is replaced. A plain rolling restart (USR2)
+    # finds it in its first new worker, which fails to boot: the restart stops there. Either way the old
+    # workers keep serving the old certificate.
     shutil.copy(pki.renewed.cert, cert)
     cluster.signal(signal.SIGHUP)
+    cluster.wait_for_line(r"the configuration was not re-read: bad --ssl-keyfile value .*does not belong")
+    cluster.signal(signal.SIGUSR2)
     cluster.wait_for_line(r"rolling restart aborted: .*TLS: bad --ssl-keyfile value .*does not belong")
     assert {peer_fingerprint(pki, url) for _ in range(4)} == {pki.first.fingerprint}
 

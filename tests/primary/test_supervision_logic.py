@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from clusterrun.config.build import build_config
-from clusterrun.config.options import MAX_WORKERS
-from clusterrun.errors import StateError
+from clusterrun.config.options import MAX_WORKERS, Config
+from clusterrun.errors import ConfigError, StateError
 from clusterrun.host.listeners import parse_bind
+from clusterrun.host.sdnotify import Notifier
 from clusterrun.host.timers import Timers
 from clusterrun.ops.metrics import ClusterCollector, MetricsServer, Probe
 from clusterrun.ops.operations import Operations
@@ -32,6 +33,7 @@ from clusterrun.primary.frames import WorkerFrames
 from clusterrun.primary.handle import WorkerHandle, WorkerProcess, WorkerState
 from clusterrun.primary.policies import RoundRobin
 from clusterrun.primary.pool import Pool, Verdict
+from clusterrun.primary.reconfigure import reread
 from clusterrun.primary.throttle import Decision, RestartThrottle
 from clusterrun.primary.watchdog import Watchdog
 from clusterrun.wire.channel import Channel
@@ -587,8 +589,7 @@ def test_the_status_line_reads_the_pool_and_the_clock(spawn: Spawner, clock: Clo
 def test_the_control_commands_read_the_pool_and_start_what_the_steering_does(spawn: Spawner, clock: Clock) -> None:
     pool = _serving(spawn, clock)
     steered = Steered()
-    config = build_config("app:app", {"workers": "2"}, environ={}, cpus=2)
-    commands = Operations(config, pool, steered, clock, "rr", [], started=clock() - 5)
+    commands = Operations(pool, steered, clock, "rr", [], started=clock() - 5)
     info = commands.answer({"command": "info"})
     assert (info["target"], info["ready"], info["policy"], info["uptime"], info["binds"]) == (2, 2, "rr", 5.0, [])
     assert commands.answer({"command": "scale", "workers": "+1"})["ok"]
@@ -691,3 +692,90 @@ def test_a_fork_past_the_worker_limit_is_refused_with_a_warning(
     pool.target = MAX_WORKERS  # as if that many served: only the count matters here
     assert pool.add() is None and len(spawn.made) == 1
     assert f"cannot fork one worker more: one cluster runs at most {MAX_WORKERS}" in caplog.text
+
+
+# Taking the configuration read again (clusterrun/primary/reconfigure.py)
+
+
+class _Parts:
+    """What a re-read changes and starts, as the Primary holds it: the pool's config, a forker, the watchdog."""
+
+    def __init__(self, pool: Pool, clock: Clock) -> None:
+        self.config = pool.config
+        self.pool = pool
+        self.forker: Any = type("FakeForker", (), {"config": pool.config})()
+        self.watchdog = Watchdog(pool.config.timeout, clock, pool.timers, pool.workers, pool.config.request_timeout)
+        self.dispatcher = pool.dispatcher
+        self.notifier = Notifier(pool.timers, lambda: "", environ={})  # no systemd
+
+    def reload(self) -> None:
+        self.pool.rollout.start()
+
+    def scale(self, target: int) -> None:
+        self.pool.scale(target)
+
+
+def _finish_rollout(pool: Pool) -> None:
+    while pool.rollout.current is not None:
+        pool.ready(pool.rollout.current, "wsgi")
+
+
+def test_a_reread_takes_what_can_change_and_keeps_what_needs_a_restart(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, workers=2, timeout="120")
+    parts = _Parts(pool, clock)
+    new = build_config("app:app", {"workers": "3", "timeout": "1", "binds": ["127.0.0.1:9"], "restart_delay": "0.5",
+                                   "max_requests": "9", "policy": "shared"}, environ={}, cpus=2)
+    outcome = reread(parts, lambda: new)
+    assert outcome.error == ""
+    assert outcome.changed == ["--workers 2 -> 3", "--restart-delay 0.1 -> 0.5", "--timeout 120 -> 1",
+                               "--max-requests 0 -> 9"]
+    assert outcome.kept == ["--bind changed from 127.0.0.1:8000 to 127.0.0.1:9", "--policy changed from rr to shared"]
+    taken = parts.config
+    assert taken is pool.config is parts.forker.config  # what later forks get
+    assert (str(taken.binds[0]), taken.policy, taken.max_requests, taken.workers) == ("127.0.0.1:8000", "rr", 9, 3)
+    assert pool.throttle.first_delay == 0.5 and pool.target == 3 and pool.rollout.active
+    # The running workers beat for --timeout 120: the stricter deadline waits until each is replaced.
+    assert parts.watchdog.timeout == 120 and pool.dispatcher.late_after == late_after(120)
+    _finish_rollout(pool)
+    assert pool.rollout.outcome == "complete"
+    assert parts.watchdog.timeout == 1 and pool.dispatcher.late_after == late_after(1)
+
+
+def test_a_stricter_timeout_is_not_taken_when_the_rolling_restart_aborts(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, workers=2, timeout="120")
+    parts = _Parts(pool, clock)
+    reread(parts, lambda: build_config("app:app", {"workers": "2", "timeout": "1"}, environ={}, cpus=2))
+    replacement = pool.rollout.current
+    assert replacement is not None and pool.reaped(replacement.pid, _status(code=3)) is None
+    assert pool.rollout.outcome == "aborted" and parts.watchdog.timeout == 120
+    assert pool.dispatcher.late_after == late_after(120)
+
+
+def test_a_reread_that_fails_or_comes_during_a_rolling_restart_changes_nothing(
+    spawn: Spawner, clock: Clock
+) -> None:
+    pool = _serving(spawn, clock, workers=2)
+    parts = _Parts(pool, clock)
+    before = parts.config
+
+    def broken() -> Config:
+        raise ConfigError("cannot read clusterrun.toml: Invalid value")
+
+    outcome = reread(parts, broken)
+    assert outcome.error == "cannot read clusterrun.toml: Invalid value"
+    assert parts.config is before and pool.config is before and not pool.rollout.active
+    pool.rollout.start()
+    outcome = reread(parts, lambda: build_config("app:app", {"workers": "4"}, environ={}, cpus=2))
+    assert "a rolling restart is running" in outcome.error and pool.config is before and pool.target == 2
+
+
+def test_a_reread_scales_from_the_number_running_and_forks_a_new_slot_once(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, workers=4)
+    parts = _Parts(pool, clock)
+    pool.scale(2)  # scaled since the start: 2 run, the file said 4
+    reread(parts, lambda: build_config("app:app", {"workers": "3"}, environ={}, cpus=2))
+    assert pool.target == 3 and sorted(pool.slots) == [0, 1, 2]
+    _finish_rollout(pool)
+    assert pool.rollout.outcome == "complete" and sorted(pool.slots) == [0, 1, 2]
+    # 4 at start, 2 replacements, and slot 2 forked once with the new settings: not forked, then replaced.
+    assert len(spawn.made) == 7
