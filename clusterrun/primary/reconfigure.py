@@ -45,6 +45,7 @@ NEEDS_RESTART = (
     "chdir", "env_file", "pid_file", "user", "group", "run_as",
     "log_format", "log_config", "log_file", "access_log_file", "reload", "reload_dirs", "reload_include",
     "reload_exclude",
+    "log_max_size", "log_keep",  # the primary's rotation (ops.rotation) is set up once, at start
 )
 # Not options: what the build derives, taken with the rest (the workers' spec and source go with --workers).
 DERIVED = ("workers_spec", "usable_cpus", "workers_from", "sources")
