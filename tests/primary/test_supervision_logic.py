@@ -741,6 +741,15 @@ def test_a_reread_takes_what_can_change_and_keeps_what_needs_a_restart(spawn: Sp
     assert parts.watchdog.timeout == 1 and pool.dispatcher.late_after == late_after(1)
 
 
+def test_a_reread_keeps_the_log_rotation_which_is_set_up_once(spawn: Spawner, clock: Clock) -> None:
+    pool = _serving(spawn, clock, workers=2)
+    parts = _Parts(pool, clock)
+    new = build_config("app:app", {"workers": "2", "log_max_size": "10M", "log_keep": "2"}, environ={}, cpus=2)
+    outcome = reread(parts, lambda: new)
+    assert outcome.kept == ["--log-max-size changed from 0 to 10485760", "--log-keep changed from 5 to 2"]
+    assert (parts.config.log_max_size, parts.config.log_keep) == (0, 5)
+
+
 def test_a_stricter_timeout_is_not_taken_when_the_rolling_restart_aborts(spawn: Spawner, clock: Clock) -> None:
     pool = _serving(spawn, clock, workers=2, timeout="120")
     parts = _Parts(pool, clock)
