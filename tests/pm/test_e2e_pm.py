@@ -169,6 +169,10 @@ def test_two_apps_start_with_an_env_list_restart_save_stop_all_and_resurrect(pm:
     listed = pm("ls")
     assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["alpha", "beta"]
 
+    logged = pm("logs", "alpha", "--err", "--lines", "50")  # the logs of an app start began, tagged with its name
+    assert logged.returncode == 0, logged.stderr
+    assert any(line.startswith("alpha") and "ready: 2 workers" in line for line in logged.stdout.splitlines())
+
     described = pm("describe", "alpha")
     assert described.returncode == 0, described.stderr
     assert "GREETING=****" in described.stdout and "ONLY_ALPHA=****" in described.stdout
