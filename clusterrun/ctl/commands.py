@@ -16,12 +16,12 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from clusterrun.ctl.client import answers, live_clusters, request, resolve
-from clusterrun.ctl.text import cluster_table, status_text
+from clusterrun.ctl.text import CommandParser, cluster_table, status_text
 from clusterrun.ctl.top import cmd_top
-from clusterrun.errors import EXIT_CONFIG, ClusterrunError, ControlError
+from clusterrun.errors import ClusterrunError, ControlError
 from clusterrun.host.pidfile import running
 
 COMMANDS = ("ls", "status", "top", "reload", "scale", "stop", "restart-worker")
@@ -138,14 +138,9 @@ def cmd_restart_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clusterrun", description="See and steer running clusters.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = CommandParser(prog="clusterrun", description="See and steer running clusters.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     def add(name: str, run: Callable[[argparse.Namespace], int], help: str, named: bool = True) -> Any:
         command = commands.add_parser(name, help=help, description=help)

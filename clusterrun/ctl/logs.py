@@ -25,9 +25,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO
 
-from clusterrun.errors import EXIT_CONFIG, EXIT_ERROR
+from clusterrun.ctl.text import CommandParser
+from clusterrun.errors import EXIT_ERROR
 from clusterrun.host.statehome import state_home
 
 KINDS = (("out", "-out.log"), ("err", "-error.log"))
@@ -191,13 +192,8 @@ def follow(folder: Path, followed: dict[Path, Followed], kinds: list[str], worke
         time.sleep(FOLLOW_POLL)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"clusterrun logs: error: {message}; see clusterrun logs --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clusterrun logs", description="The last lines of an app's logs, from "
+    parser = CommandParser(prog="clusterrun logs", description="The last lines of an app's logs, from "
                      "$CLUSTERRUN_HOME/logs (default ~/.clusterrun/logs), each after its app's name.")
     parser.add_argument("name", metavar="NAME|all", nargs="?", default="all", help="the app's name, or all (the "
                         "default, as pm2 logs): every app with logs there")

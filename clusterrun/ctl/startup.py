@@ -22,8 +22,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
+from clusterrun.ctl.text import CommandParser
 from clusterrun.errors import EXIT_CONFIG, EXIT_ERROR
 
 TIMEOUT_START = 300  # seconds resurrect may take to have every app serving
@@ -106,13 +106,8 @@ def enable_commands(to: Target) -> list[str]:
             f"loginctl enable-linger {to.user}"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"clusterrun startup: error: {message}; see clusterrun startup --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clusterrun startup", description="A systemd unit that runs clusterrun resurrect at "
+    parser = CommandParser(prog="clusterrun startup", description="A systemd unit that runs clusterrun resurrect at "
                      "boot as you (pm2 startup).")
     parser.add_argument("init", metavar="INIT", nargs="?", default="systemd", help="the init system: systemd (the "
                         "only one supported)")

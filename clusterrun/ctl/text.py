@@ -1,9 +1,20 @@
-"""Status and cluster lists as text for people: aligned columns, durations and sizes in short units."""
+"""Text for people: status and cluster lists (aligned columns, durations and sizes in short units), and the
+commands' argument parser, whose usage errors exit 2 in one line that points to --help."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+from clusterrun.errors import EXIT_CONFIG
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for clusterrun's commands: a usage error is exit 2 (EXIT_CONFIG) in one line naming --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def duration(seconds: float) -> str:

@@ -11,13 +11,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from clusterrun.config.build import build_config
 from clusterrun.config.sources import AppTable, FileValues, find_file, read_file
 from clusterrun.ctl.client import answers, request
-from clusterrun.ctl.text import duration, table
-from clusterrun.errors import EXIT_CONFIG, ClusterrunError, ConfigError, ControlError
+from clusterrun.ctl.text import CommandParser, duration, table
+from clusterrun.errors import ClusterrunError, ConfigError, ControlError
 from clusterrun.host.controlsocket import socket_path
 from clusterrun.pm.home import Home, Record
 from clusterrun.pm.launch import check_free, start_set, stop_app
@@ -311,14 +311,9 @@ def cmd_resurrect(args: argparse.Namespace) -> int:
     return _start_records(home, records, args.boot_timeout)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clusterrun", description="Manage apps started in the background.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = CommandParser(prog="clusterrun", description="Manage apps started in the background.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     for name, run, help in (("restart", cmd_restart, "stop the app (or all) and start it with its recorded settings"),
                             ("delete", cmd_delete, "stop the app (or all) and forget it; its logs are kept"),
                             ("describe", cmd_describe, "the app's settings, env names (values hidden), pid, logs")):
