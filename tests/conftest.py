@@ -24,7 +24,7 @@ import pytest
 # helpers' asserts get pytest's introspection on failure, as they had when they lived in conftest and test modules.
 pytest.register_assert_rewrite("helpers")
 
-from helpers import DEADLINE, FRESH, SAMPLE_APPS, Cluster, limit_descriptors  # noqa: E402
+from helpers import DEADLINE, FRESH, SAMPLE_APPS, Cluster, limit_descriptors, start_in_home, stop_and_reap  # noqa: E402
 
 
 @pytest.fixture
@@ -64,6 +64,29 @@ def run_cli(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(cluster.proc.pid, signal.SIGKILL)
             cluster.proc.wait(DEADLINE)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """This test's $CLUSTERRUN_HOME."""
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def named(home: Path) -> Iterator[Callable[..., Cluster]]:
+    """``named(NAME, APP, *flags)``: a cluster started as ``clusterrun start`` starts one (helpers.start_in_home), in
+    ``home``; each is stopped and reaped after the test."""
+    started: list[Cluster] = []
+
+    def start(name: str, app: str, *args: str) -> Cluster:
+        started.append(start_in_home(home, name, app, *args))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for cluster in started:
+            stop_and_reap(cluster)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,34 +12,12 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from clusterrun.ctl.logs import worker_of
 
-from helpers import DEADLINE, FRESH, Cluster, run_to_exit, start_in_home, stop_and_reap, wait_until
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def named(home: Path) -> Iterator[Callable[..., Cluster]]:
-    started: list[Cluster] = []
-
-    def start(name: str, app: str, *args: str) -> Cluster:
-        started.append(start_in_home(home, name, app, *args))
-        return started[-1]
-
-    try:
-        yield start
-    finally:
-        for cluster in started:
-            stop_and_reap(cluster)
+from helpers import DEADLINE, FRESH, Cluster, run_to_exit, wait_until
 
 
 def logs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:

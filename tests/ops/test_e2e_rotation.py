@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,27 +25,11 @@ from helpers import (
     Cluster,
     assert_config_error,
     run_to_exit,
-    start_in_home,
     stop_and_reap,
     wait_until,
 )
 
 MAX = 2048
-
-
-@pytest.fixture
-def named(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    started: list[Cluster] = []
-
-    def start(name: str, app: str, *args: str) -> Cluster:
-        started.append(start_in_home(tmp_path / "home", name, app, *args))
-        return started[-1]
-
-    try:
-        yield start
-    finally:
-        for cluster in started:
-            stop_and_reap(cluster)
 
 
 def numbers(path: Path) -> list[int]:
