@@ -106,13 +106,18 @@ def _private_control_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     """Every cluster the suite starts puts its control socket under a folder of the session's own.
 
     Not the user's: a cluster of the developer's named like a test app (flask_app) would refuse the test's
-    cluster of the same name, and the tests would see each other's sockets in clusterrun ls otherwise.
+    cluster of the same name, and the tests would see each other's sockets in clusterrun ls otherwise. The temp
+    folder and HOME are the session's too: the commands also look in clusterrun-UID there and in
+    ~/.clusterrun/run (where clusters started without a runtime folder go), which must not show the user's.
     """
     runtime = tmp_path_factory.mktemp("xdg-runtime")
-    saved = os.environ.get("XDG_RUNTIME_DIR")
-    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    private = {"XDG_RUNTIME_DIR": str(runtime), "TMPDIR": str(tmp_path_factory.mktemp("tmp")),
+               "HOME": str(tmp_path_factory.mktemp("home"))}
+    saved = {name: os.environ.get(name) for name in private}
+    os.environ.update(private)
     yield runtime
-    if saved is None:
-        os.environ.pop("XDG_RUNTIME_DIR", None)
-    else:
-        os.environ["XDG_RUNTIME_DIR"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
