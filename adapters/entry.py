@@ -24,6 +24,7 @@ from clusterrun.adapters.headers import ResponseHeaders
 from clusterrun.adapters.limits import Limits
 from clusterrun.adapters.loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from clusterrun.adapters.proxy import ForwardedApp, Forwarding
+from clusterrun.adapters.static import StaticASGI, StaticFiles, StaticWSGI
 
 from clusterrun.errors import BootError
 
@@ -38,6 +39,9 @@ __all__ = [
     "LoadedApp",
     "ResponseHeaders",
     "SelectorLoop",
+    "StaticASGI",
+    "StaticFiles",
+    "StaticWSGI",
     "accept",
     "check_module_exists",
     "engine_build",

@@ -36,3 +36,11 @@ def limits(config: Config) -> entry.Limits:
         body_timeout=config.body_timeout,
         request_timeout=config.request_timeout,
     )
+
+
+def static_files(config: Config) -> entry.StaticFiles | None:
+    """--static's mounts with --static-max-age and --static-fallthrough; None without --static (nothing in front
+    of the app, so a server without static files pays nothing per request)."""
+    if not config.static:
+        return None
+    return entry.StaticFiles(config.static, max_age=config.static_max_age, fallthrough=config.static_fallthrough)
