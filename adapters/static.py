@@ -165,7 +165,7 @@ def _http_date(header: str | None) -> float | None:
     return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
-def _range(header: str, size: int) -> tuple[int, int] | None | bool:
+def _range(header: str, size: int) -> tuple[int, int] | bool | None:
     """A single byte range as (first, last); None when the header is to be ignored (not bytes=, malformed, or
     several ranges: the whole file is served); False when it cannot be satisfied (416)."""
     unit, _, spec = header.partition("=")
@@ -185,11 +185,11 @@ def _range(header: str, size: int) -> tuple[int, int] | None | bool:
             return False
         return max(0, size - length), size - 1
     first = int(first_text)
+    if first >= size:
+        return False
     last = int(last_text) if last_text else size - 1
     if last < first:
         return None
-    if first >= size:
-        return False
     return first, min(last, size - 1)
 
 
@@ -271,6 +271,7 @@ class StaticFiles:
 
     def _file(self, fd: int, info: os.stat_result, path: str, header: GetHeader) -> Answer:
         headers = [("Content-Type", content_type(path))]
+        suffix = ""  # the sibling's, when one is sent: its ETag differs from the plain file's
         if self._has_sibling(path):
             headers.append(("Vary", "Accept-Encoding"))
             sibling = self._sibling(path, header)
@@ -279,8 +280,6 @@ class StaticFiles:
                 os.close(fd)
                 fd, info = encoded_fd, encoded
                 headers.append(("Content-Encoding", coding))
-        else:
-            suffix = ""
         etag = f'"{info.st_mtime_ns:x}-{info.st_size:x}{suffix.replace(".", "-")}"'
         modified = email.utils.formatdate(info.st_mtime, usegmt=True)
         headers += [("ETag", etag), ("Last-Modified", modified), ("Accept-Ranges", "bytes")]
