@@ -320,9 +320,20 @@ def _static_mount(value: Any) -> tuple[str, str]:
             part in (".", "..") for part in prefix.split("/")):
         raise ConfigError(f"bad --static value {value!r}: the PREFIX must be a URL path starting with /, without "
                           f"%, ?, #, spaces or dot segments; {_STATIC_FIX}")
-    if not folder or not os.path.isdir(folder):
-        raise ConfigError(f"bad --static value {value!r}: no such directory {folder!r}; {_STATIC_FIX}")
-    return prefix.rstrip("/") or "/", os.path.abspath(folder)
+    if not folder:
+        raise ConfigError(f"bad --static value {value!r}: no DIR; {_STATIC_FIX}")
+    return prefix.rstrip("/") or "/", folder
+
+
+def static_under(mounts: tuple[tuple[str, str], ...], chdir: str) -> tuple[tuple[str, str], ...]:
+    """--static's folders made absolute, taken from --chdir's folder when relative (as --app-dir); each must exist."""
+    found = []
+    for prefix, folder in mounts:
+        path = os.path.abspath(os.path.join(chdir, folder) if chdir else folder)
+        if not os.path.isdir(path):
+            raise ConfigError(f"bad --static value '{prefix}={folder}': no such directory {path!r}; {_STATIC_FIX}")
+        found.append((prefix, path))
+    return tuple(found)
 
 
 def _positive_seconds(flag: str) -> Callable[[Any], float]:

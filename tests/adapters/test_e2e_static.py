@@ -1,8 +1,8 @@
 """--static PREFIX=DIR: files served by the worker before the app, on the inline engine and on the stack.
 
-Each test runs on a WSGI app (the inline engine: sendfile), an ASGI app (clusterrun's own HTTP/1.1 protocol) and
-an ASGI app on uvicorn's h11 protocol. Traversal attempts go as raw bytes on a socket: HTTP clients normalise
-``..`` and percent-escapes before they send a path.
+Each test runs on a WSGI app (the inline engine: sendfile), an ASGI app (clusterrun's own HTTP/1.1 protocol), an
+ASGI app on uvicorn's h11 protocol and a WSGI app with --threads 2 (the stack). Traversal attempts go as raw bytes
+on a socket: HTTP clients normalise ``..`` and percent-escapes before they send a path.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ ENGINES = {
     "inline": ("sup_app:wsgi",),
     "asgi": ("sup_app:asgi",),
     "h11": ("sup_app:asgi", "--http", "h11"),
+    "threads": ("sup_app:wsgi", "--threads", "2"),  # a WSGI app on the stack: the ASGI layer in front of the bridge
 }
 SECRET = b"top secret, outside the folder"
 TEXT = b"hello, static world\n"
@@ -226,3 +227,19 @@ def test_the_access_log_counts_static_answers(run_cli: Callable[..., Cluster], e
 def test_a_bad_static_value_is_named(value: str, named: str) -> None:
     result = run_to_exit("sup_app:wsgi", "--static", value, cwd=TEST_APPS)
     assert_config_error(result, 2, "bad --static value", repr(value), named)
+
+
+def test_mounts_from_the_config_file_relative_to_chdir(run_cli: Callable[..., Cluster], tmp_path: Path,
+                                                       folder: Path) -> None:
+    """A list in clusterrun.toml; a relative DIR is taken from --chdir's folder, as --app-dir is."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "note.txt").write_bytes(b"note\n")
+    (tmp_path / "clusterrun.toml").write_text('static = ["/assets=pub", "/more/=other"]\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cluster = run_cli("sup_app:wsgi", "--chdir", str(tmp_path), "--app-dir", str(TEST_APPS), "--port", "0",
+                      "--workers", "1", "--config", str(tmp_path / "clusterrun.toml"), cwd=elsewhere)
+    url = cluster.wait_ready()
+    assert FRESH.get(url + "/assets/hello.txt").content == TEXT
+    assert FRESH.get(url + "/more/note.txt").content == b"note\n"
