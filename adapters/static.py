@@ -227,9 +227,10 @@ class StaticFiles:
         except _Refused as refused:
             return None if self.fallthrough and refused.status == 404 else _error(refused.status)
         path = os.path.join(mount.root, *parts)
-        fd, info = self._open(mount.root, path)
-        if fd < 0:
+        opened = self._open(mount.root, path)
+        if opened is None:
             return None if self.fallthrough else _error(404)
+        fd, info = opened
         try:
             return self._file(fd, info, path, header)
         except BaseException:
@@ -237,20 +238,20 @@ class StaticFiles:
             raise
 
     @staticmethod
-    def _open(root: str, path: str) -> tuple[int, os.stat_result | None]:
-        """The regular file at ``path`` opened, if its real path lies in ``root``; (-1, None) otherwise."""
+    def _open(root: str, path: str) -> tuple[int, os.stat_result] | None:
+        """The regular file at ``path`` opened, with its stat, if its real path lies in ``root``; else None."""
         real = os.path.realpath(path)
         if not real.startswith(root + os.sep):
-            return -1, None
+            return None
         try:
             # O_NOFOLLOW: a symlink swapped in after the check above is refused, not followed.
             fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError:
-            return -1, None
+            return None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            return -1, None
+            return None
         return fd, info
 
     def _sibling(self, path: str, header: GetHeader) -> tuple[str, str, int, os.stat_result] | None:
@@ -261,9 +262,9 @@ class StaticFiles:
         for coding, suffix in _ENCODINGS:
             if _wanted(accepted, coding):
                 root = os.path.dirname(os.path.realpath(path))
-                fd, info = self._open(root, path + suffix)
-                if fd >= 0 and info is not None:
-                    return coding, suffix, fd, info
+                opened = self._open(root, path + suffix)
+                if opened is not None:
+                    return coding, suffix, *opened
         return None
 
     def _has_sibling(self, path: str) -> bool:
