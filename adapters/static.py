@@ -21,6 +21,7 @@ Imports no asyncio: the inline engine's worker must not load it.
 from __future__ import annotations
 
 import email.utils
+import functools
 import mimetypes
 import os
 import stat
@@ -35,6 +36,7 @@ _ALLOW = "GET, HEAD"
 # Which precompressed sibling answers which coding, best first: brotli is smaller where the client takes both.
 _ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_PROC_FD = os.path.isdir("/proc/self/fd")  # Linux: an open descriptor's real path is one readlink away
 # Types that are text without a text/ prefix: they are sent with charset=utf-8 as well.
 _TEXTLIKE = frozenset({"application/javascript", "application/json", "application/xml", "image/svg+xml",
                        "application/manifest+json"})
@@ -139,7 +141,12 @@ def _wanted(accepted: dict[str, float], coding: str) -> bool:
 
 
 def content_type(name: str) -> str:
-    kind, _ = mimetypes.guess_type(name, strict=False)
+    return _type_of(os.path.splitext(name)[1].lower())
+
+
+@functools.lru_cache(maxsize=256)  # one entry per extension a mount holds: mimetypes costs microseconds per call
+def _type_of(extension: str) -> str:
+    kind, _ = mimetypes.guess_type("x" + extension, strict=False)
     if kind is None:
         return "application/octet-stream"
     if kind.startswith("text/") or kind in _TEXTLIKE:
@@ -232,55 +239,55 @@ class StaticFiles:
             return None if self.fallthrough else _error(404)
         fd, info = opened
         try:
-            return self._file(fd, info, path, header)
+            return self._file(mount.root, fd, info, path, header)
         except BaseException:
             os.close(fd)
             raise
 
     @staticmethod
     def _open(root: str, path: str) -> tuple[int, os.stat_result] | None:
-        """The regular file at ``path`` opened, with its stat, if its real path lies in ``root``; else None."""
-        real = os.path.realpath(path)
-        if not real.startswith(root + os.sep):
-            return None
+        """The regular file at ``path`` opened, with its stat, if its real path lies in ``root``; else None.
+
+        The check is on what was opened (Linux: the descriptor's own path in /proc, one readlink): a symlink
+        swapped in between a check and the open cannot lead out. Elsewhere, the path's realpath after the open.
+        """
         try:
-            # O_NOFOLLOW: a symlink swapped in after the check above is refused, not followed.
-            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: opening a FIFO someone left in the folder must not stall the worker.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError:
             return None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            return None
-        return fd, info
-
-    def _sibling(self, path: str, header: GetHeader) -> tuple[str, str, int, os.stat_result] | None:
-        """A precompressed sibling the client accepts, as (coding, ETag suffix, fd, stat); None when none."""
-        accepted = _accepts(header("accept-encoding"))
-        if not accepted:
-            return None
-        for coding, suffix in _ENCODINGS:
-            if _wanted(accepted, coding):
-                root = os.path.dirname(os.path.realpath(path))
-                opened = self._open(root, path + suffix)
-                if opened is not None:
-                    return coding, suffix, *opened
+        try:
+            info = os.fstat(fd)
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}") if _PROC_FD else os.path.realpath(path)
+            except OSError:
+                real = os.path.realpath(path)
+            if stat.S_ISREG(info.st_mode) and real.startswith(root + os.sep):
+                return fd, info
+        except OSError:
+            pass
+        os.close(fd)
         return None
 
-    def _has_sibling(self, path: str) -> bool:
-        return any(os.path.isfile(path + suffix) for _, suffix in _ENCODINGS)
-
-    def _file(self, fd: int, info: os.stat_result, path: str, header: GetHeader) -> Answer:
+    def _file(self, root: str, fd: int, info: os.stat_result, path: str, header: GetHeader) -> Answer:
         headers = [("Content-Type", content_type(path))]
         suffix = ""  # the sibling's, when one is sent: its ETag differs from the plain file's
-        if self._has_sibling(path):
-            headers.append(("Vary", "Accept-Encoding"))
-            sibling = self._sibling(path, header)
-            if sibling is not None:
-                coding, suffix, encoded_fd, encoded = sibling
-                os.close(fd)
-                fd, info = encoded_fd, encoded
-                headers.append(("Content-Encoding", coding))
+        accepted = _accepts(header("accept-encoding"))
+        if accepted:  # a client that names no coding gets the file: no sibling is looked up, so no Vary
+            chosen = False
+            for coding, ending in _ENCODINGS:
+                opened = self._open(root, path + ending)  # in the mount's folder too
+                if opened is None:
+                    continue
+                if not chosen and _wanted(accepted, coding):
+                    chosen, suffix = True, ending
+                    os.close(fd)
+                    fd, info = opened
+                    headers.append(("Content-Encoding", coding))
+                else:
+                    os.close(opened[0])
+                if ("Vary", "Accept-Encoding") not in headers:
+                    headers.insert(1, ("Vary", "Accept-Encoding"))
         etag = f'"{info.st_mtime_ns:x}-{info.st_size:x}{suffix.replace(".", "-")}"'
         modified = email.utils.formatdate(info.st_mtime, usegmt=True)
         headers += [("ETag", etag), ("Last-Modified", modified), ("Accept-Ranges", "bytes")]

@@ -42,6 +42,7 @@ def folder(tmp_path: Path) -> Path:
     (pub / "app.js.gz").write_bytes(gzip.compress(SCRIPT))
     (pub / "out.txt").symlink_to(tmp_path / "secret.txt")  # a symlink whose real path leaves the folder
     (pub / "outdir").symlink_to(tmp_path)
+    os.mkfifo(pub / "pipe")  # opening it for reading would wait for a writer: the worker must not
     return pub
 
 
@@ -148,6 +149,7 @@ ESCAPES = [
     (b"/assets/out.txt", 404),  # a symlink out of the folder
     (b"/assets/outdir/secret.txt", 404),  # through a symlinked folder out of it
     (b"/assets/sub", 404),  # a folder: no listing
+    (b"/assets/pipe", 404),  # no regular file
     (b"/assets/", 404),
     (b"/assets//hello.txt", 404),
     (b"/assets/hello.txt%00", 400),
