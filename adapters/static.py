@@ -432,6 +432,11 @@ class StaticASGI:
                 os.close(answer.fd)
             await send({"type": "http.response.body", "body": answer.body if scope["method"] != "HEAD" else b""})
             return
+        if "http.response.zerocopysend" in scope.get("extensions", ()):  # the kernel copies the file (sendfile)
+            with open(answer.fd, "rb", buffering=0) as file:
+                await send({"type": "http.response.zerocopysend", "file": file, "offset": answer.offset,
+                            "count": answer.count, "more_body": False})
+            return
         part = _Part(answer.fd, answer.offset, answer.count)
         try:
             # Reads from the page cache on the loop's thread, a block at a time: each send waits for the client

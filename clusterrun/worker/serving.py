@@ -55,6 +55,8 @@ def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> 
                 status, headers = message["status"], message.get("headers", ())
             elif message["type"] == "http.response.body":
                 size += len(message.get("body", b""))
+            elif message["type"] == "http.response.zerocopysend":  # a static file, sent with loop.sendfile
+                size += message.get("count") or 0
             await send(message)
 
         try:
