@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -246,3 +247,22 @@ def test_mounts_from_the_config_file_relative_to_chdir(run_cli: Callable[..., Cl
     url = cluster.wait_ready()
     assert FRESH.get(url + "/assets/hello.txt").content == TEXT
     assert FRESH.get(url + "/more/note.txt").content == b"note\n"
+
+
+@pytest.mark.parametrize("engine", ["inline", "asgi-asyncio"])
+def test_over_tls_the_file_is_read_not_sent_with_sendfile(run_cli: Callable[..., Cluster], engine: str,
+                                                          folder: Path, tmp_path: Path) -> None:
+    """Under TLS the bytes must pass the encryption: a range of a big file arrives exact, not the file's rest."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-subj", "/CN=localhost", "-days", "1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=DEADLINE)
+    data = os.urandom(3 * 1024 * 1024)
+    (folder / "big.bin").write_bytes(data)
+    url = serve(run_cli, engine, folder, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    assert url.startswith("https://")
+    with httpx.Client(timeout=DEADLINE, verify=False) as client:
+        middle = client.get(url + "/assets/big.bin", headers={"Range": "bytes=1000000-2500000"})
+        assert (middle.status_code, middle.content) == (206, data[1_000_000:2_500_001])
+        assert client.get(url + "/assets/big.bin").content == data
+        assert client.get(url + "/assets/hello.txt").content == TEXT
