@@ -49,7 +49,7 @@ class InlineServer:
         self.engine: Any = entry.inline_engine(loop, loaded, settings)
         files = static_files(config)
         if files is not None:  # in front of the app, inside the engine: the access log and --metrics count it
-            self.engine.app = entry.StaticWSGI(self.engine.app, files)
+            self.engine.app = entry.static_wsgi(self.engine.app, files)
         self.engine.app = _marking_the_first_request(self.engine, pages.first_request)
         # --policy balanced: the engine counts what it accepts and closes where every worker reads it, and stops
         # watching its listeners while this worker holds more than its share (clusterrun.wire.loads).

@@ -152,7 +152,7 @@ class StackServer:
             self.app = uvicorn_stack.with_deadline(self.app, config.request_timeout)
         files = static_files(config)
         if files is not None:  # before the app, inside the access log and --metrics, which count it
-            self.app = entry.StaticASGI(self.app, files)
+            self.app = entry.static_asgi(self.app, files)
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
         if self.stats is not None or access is not None:

@@ -6,6 +6,8 @@ other.
 
 from __future__ import annotations
 
+from typing import Any
+
 from clusterrun.adapters import entry
 from clusterrun.config.options import Config
 
@@ -38,9 +40,9 @@ def limits(config: Config) -> entry.Limits:
     )
 
 
-def static_files(config: Config) -> entry.StaticFiles | None:
+def static_files(config: Config) -> Any:
     """--static's mounts with --static-max-age and --static-fallthrough; None without --static (nothing in front
     of the app, so a server without static files pays nothing per request)."""
     if not config.static:
         return None
-    return entry.StaticFiles(config.static, max_age=config.static_max_age, fallthrough=config.static_fallthrough)
+    return entry.static_files(config.static, config.static_max_age, config.static_fallthrough)
