@@ -6,8 +6,10 @@ mount (the app gets it), or an ``Answer``: a status, the response headers, and t
 
 - The inline WSGI engine gets ``StaticWSGI`` in front of the app: the file goes out as the environ's
   ``wsgi.file_wrapper``, which the engine sends with ``os.sendfile`` (zero-copy) on a plain connection.
-- uvicorn's stack (ASGI apps, ``--threads N``, ``--http uvicorn|h11``) gets ``StaticASGI``: the file is read in
-  blocks of ``_BLOCK`` and sent as body messages, so it works on every ASGI protocol.
+- uvicorn's stack (ASGI apps, ``--threads N``, ``--http uvicorn|h11``) gets ``StaticASGI``: a file larger than
+  ``_BLOCK`` goes as one ``http.response.zerocopysend`` message where the protocol offers that extension
+  (clusterrun's own, on asyncio's loops over plain HTTP: loop.sendfile); otherwise the file is read in blocks
+  of ``_BLOCK`` and sent as body messages, which works on every ASGI protocol.
 
 The path is checked segment by segment on the raw bytes, before any file is opened: an encoded slash (``%2f``)
 or backslash, ``.`` or ``..`` (raw or encoded), and an empty segment are a 404; a NUL byte (raw or ``%00``),
@@ -15,7 +17,8 @@ bad percent-encoding or a path that is not UTF-8 is a 400. What is left is joine
 its real path (symlinks resolved) must still lie in the folder's real path, else 404. A directory is a 404 too
 (no listing, no index.html): a static mount serves named files only.
 
-Imports no asyncio: the inline engine's worker must not load it.
+Imports no asyncio: the inline engine's worker must not load it. Imported (through adapters.entry) only by a
+worker given --static.
 """
 
 from __future__ import annotations
