@@ -418,6 +418,9 @@ class StaticASGI:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        root = scope.get("root_path", "").encode("latin-1")
+        if root and raw_path.startswith(root):  # the protocols put --root-path first: match what the client sent
+            raw_path = raw_path[len(root):]
         headers: list[tuple[bytes, bytes]] = scope["headers"]
 
         def header(name: str) -> str | None:

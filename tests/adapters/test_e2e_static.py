@@ -266,3 +266,11 @@ def test_over_tls_the_file_is_read_not_sent_with_sendfile(run_cli: Callable[...,
         assert (middle.status_code, middle.content) == (206, data[1_000_000:2_500_001])
         assert client.get(url + "/assets/big.bin").content == data
         assert client.get(url + "/assets/hello.txt").content == TEXT
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_prefix_is_matched_against_the_path_the_client_sent(run_cli: Callable[..., Cluster], engine: str,
+                                                                 folder: Path) -> None:
+    """With --root-path (a proxy took /api off), the mount sees the path as it arrived, on every engine."""
+    url = serve(run_cli, engine, folder, "--root-path", "/api")
+    assert FRESH.get(url + "/assets/hello.txt").content == TEXT
