@@ -47,6 +47,9 @@ __all__ = [
     "preimport",
     "put_app_dir_first",
     "selector_loop",
+    "static_asgi",
+    "static_files",
+    "static_wsgi",
 ]
 
 def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bool:
@@ -85,6 +88,28 @@ def inline_engine(loop: SelectorLoop, loaded: LoadedApp, settings: EngineSetting
     from clusterrun.adapters.engine.server import new_engine
 
     return new_engine(loop, loaded.app, settings)
+
+
+def static_files(mounts: tuple[tuple[str, str], ...], max_age: int, fallthrough: bool) -> Any:
+    """--static's mounts (adapters.static.StaticFiles), imported only by a worker that serves static files: the
+    module and what it needs (email.utils, mimetypes) cost a worker without --static nothing, not even import time."""
+    from clusterrun.adapters.static import StaticFiles
+
+    return StaticFiles(mounts, max_age=max_age, fallthrough=fallthrough)
+
+
+def static_wsgi(app: Any, files: Any) -> Any:
+    """The WSGI app with the static mounts in front (the inline engine: sendfile through wsgi.file_wrapper)."""
+    from clusterrun.adapters.static import StaticWSGI
+
+    return StaticWSGI(app, files)
+
+
+def static_asgi(app: Any, files: Any) -> Any:
+    """The ASGI app with the static mounts in front (uvicorn's stack and clusterrun's own protocol)."""
+    from clusterrun.adapters.static import StaticASGI
+
+    return StaticASGI(app, files)
 
 
 def preimport(http: str, *, threads: int = 1, interface: str = "auto") -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import os
 import re
 from collections import deque
 from collections.abc import Callable
@@ -68,6 +69,7 @@ def _status_lines(version: bytes) -> dict[int, bytes]:
 _STATUS = {"1.1": _status_lines(b"1.1"), "1.0": _status_lines(b"1.0")}
 _INTERNAL_ERROR = {"type": "http.response.start", "status": 500, "headers": [
     (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"), (b"connection", b"close")]}
+_ZEROCOPY: dict[str, Any] = {"http.response.zerocopysend": {}}
 _INTERNAL_ERROR_BODY = {"type": "http.response.body", "body": b"Internal Server Error", "more_body": False}
 _DISCONNECT = {"type": "http.disconnect"}
 
@@ -96,6 +98,9 @@ class Shared:
         # bridge), and the seconds a client may take nothing of a response while the app waits to send more.
         self.body_timeout = body_timeout
         self.send_timeout = send_timeout
+        # The ASGI zero-copy extension (http.response.zerocopysend), offered where loop.sendfile sends from the
+        # kernel: asyncio's own loops do, uvloop's raises NotImplementedError (and it is no BaseEventLoop).
+        self.zerocopy = isinstance(loop, asyncio.BaseEventLoop)
 
 
 class H1Protocol(asyncio.Protocol):
@@ -143,6 +148,8 @@ class H1Protocol(asyncio.Protocol):
         self._template = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
                           "http_version": "1.1", "server": _address(transport.get_extra_info("sockname")),
                           "client": self.client, "scheme": scheme, "root_path": shared.root_path}
+        if shared.zerocopy and scheme == "http":  # through TLS the bytes must pass the encryption: no sendfile
+            self._template["extensions"] = _ZEROCOPY
         self.parser = self._new_parser()
         self._guard = guard = shared.make_guard(self)
         guard.connection_made()
@@ -634,6 +641,9 @@ class _Cycle:
                 raise RuntimeError(f"expected ASGI message 'http.response.start', got {kind!r}")
             self._start(message["status"], message.get("headers", ()))
         elif not self.response_complete:
+            if kind == "http.response.zerocopysend" and "extensions" in self.scope:
+                await self._send_file(message)
+                return
             if kind != "http.response.body":
                 raise RuntimeError(f"expected ASGI message 'http.response.body', got {kind!r}")
             self._body(message.get("body", b""), message.get("more_body", False))
@@ -682,6 +692,34 @@ class _Cycle:
             transport = self.conn.transport
             if not transport.is_closing():
                 transport.write(held)
+
+    async def _send_file(self, message: dict[str, Any]) -> None:
+        """http.response.zerocopysend: ``count`` bytes of ``file`` from ``offset`` with loop.sendfile (the kernel
+        copies them), framed as the response's body; then the body's end as for http.response.body."""
+        file = message["file"]
+        offset = message.get("offset")
+        offset = file.tell() if offset is None else offset
+        count = message.get("count")
+        if count is None:
+            count = os.fstat(file.fileno()).st_size - offset
+        if count and not self.head_only:
+            if not self.chunked and count > self.remaining:
+                raise RuntimeError("the response body is longer than its Content-Length")
+            self.flush()
+            transport = self.conn.transport
+            if self.chunked:
+                transport.write(b"%x\r\n" % count)
+            try:
+                await self.conn.loop.sendfile(transport, file, offset, count)
+            except (OSError, RuntimeError):  # the client left (RuntimeError: asyncio's "transport is closing")
+                if not transport.is_closing():
+                    raise
+                return
+            if self.chunked:
+                transport.write(b"\r\n")
+            else:
+                self.remaining -= count
+        self._body(b"", message.get("more_body", False))
 
     def _body(self, body: bytes, more_body: bool) -> None:
         out: list[bytes] = []

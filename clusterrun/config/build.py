@@ -10,7 +10,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterrun.config.options import OPTIONS, OPTIONS_BY_NAME, Config, Option, app_dir_under, app_spec, resolve_workers
+from clusterrun.config.options import (
+    OPTIONS,
+    OPTIONS_BY_NAME,
+    Config,
+    Option,
+    app_dir_under,
+    app_spec,
+    resolve_workers,
+    static_under,
+)
 from clusterrun.config.sources import FileValues, env_names, find_file, flag_name
 from clusterrun.errors import ConfigError
 from clusterrun.host.cpus import usable_cpus
@@ -80,6 +89,9 @@ def build_config(
     if "app_dir" in given or "chdir" in given:
         with _blaming(sources.get("app_dir", "-")):
             given["app_dir"] = app_dir_under(given.get("app_dir", "."), given.get("chdir", ""))
+    if "static" in given:
+        with _blaming(sources.get("static", "-")):
+            given["static"] = static_under(given["static"], given.get("chdir", ""))
     if not given.get("max_memory"):
         limit = memory_limit()
         if limit:  # a container's limit: recycle a growing worker before the OOM killer ends them all

@@ -82,6 +82,10 @@ class Config:
     proxy_host: bool = False
     root_path: str = ""
     headers: tuple[tuple[str, str], ...] = ()
+    # Static files (docs/operating.md "Static files"): (PREFIX, absolute DIR) pairs, served before the app.
+    static: tuple[tuple[str, str], ...] = ()
+    static_max_age: int = 0  # 0: no Cache-Control (clients revalidate with ETag / Last-Modified)
+    static_fallthrough: bool = False
     uds_mode: int = 0o666
     fds: tuple[int, ...] = ()
     chdir: str = ""
@@ -298,6 +302,38 @@ def _response_header(value: Any) -> tuple[str, str]:
         raise ConfigError(f"bad --header value {value!r}: write NAME:VALUE, a name of letters, digits and -, a value "
                           "in ASCII without line breaks, e.g. 'X-Frame-Options: DENY'")
     return name, text
+
+
+_STATIC_FIX = "write PREFIX=DIR, e.g. --static /assets=./public (an existing folder)"
+
+
+def _static_mount(value: Any) -> tuple[str, str]:
+    """--static PREFIX=DIR: a URL path prefix (starting with /, plain ASCII) and an existing folder, made absolute."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(part, str) for part in value):
+        prefix, folder = value[0], value[1]
+    else:
+        prefix, sep, folder = str(value).partition("=")
+        if not sep:
+            raise ConfigError(f"bad --static value {value!r}: {_STATIC_FIX}")
+    prefix, folder = prefix.strip(), folder.strip()
+    if not prefix.startswith("/") or not prefix.isascii() or any(c in prefix for c in "?#%\\ ") or any(
+            part in (".", "..") for part in prefix.split("/")):
+        raise ConfigError(f"bad --static value {value!r}: the PREFIX must be a URL path starting with /, without "
+                          f"%, ?, #, spaces or dot segments; {_STATIC_FIX}")
+    if not folder:
+        raise ConfigError(f"bad --static value {value!r}: no DIR; {_STATIC_FIX}")
+    return prefix.rstrip("/") or "/", folder
+
+
+def static_under(mounts: tuple[tuple[str, str], ...], chdir: str) -> tuple[tuple[str, str], ...]:
+    """--static's folders made absolute, taken from --chdir's folder when relative (as --app-dir); each must exist."""
+    found = []
+    for prefix, folder in mounts:
+        path = os.path.abspath(os.path.join(chdir, folder) if chdir else folder)
+        if not os.path.isdir(path):
+            raise ConfigError(f"bad --static value '{prefix}={folder}': no such directory {path!r}; {_STATIC_FIX}")
+        found.append((prefix, path))
+    return tuple(found)
 
 
 def _positive_seconds(flag: str) -> Callable[[Any], float]:
@@ -697,6 +733,16 @@ OPTIONS: tuple[Option, ...] = (
            _switch("--no-date-header"), switch=True),
     Option("headers", ("--header",), "add NAME:VALUE to every response (repeat), e.g. 'X-Frame-Options: DENY'",
            _response_header, "NAME:VALUE", repeat=True),
+    Option("static", ("--static",), "serve the files under DIR at URL prefix PREFIX, before the app (repeat for "
+           "several): GET and HEAD, ETag, Last-Modified, 304, single ranges, precompressed .br/.gz siblings; a "
+           "missing file is a 404 that never reaches the app (see --static-fallthrough)", _static_mount,
+           "PREFIX=DIR", repeat=True),
+    Option("static_max_age", ("--static-max-age",), "send Cache-Control: public, max-age=SECONDS with static "
+           "files; 0 (default) sends none, so clients revalidate with the ETag", _int_at_least(0, "--static-max-age"),
+           "SECONDS"),
+    Option("static_fallthrough", ("--static-fallthrough",), "hand a request under a --static PREFIX that names no "
+           "file (or uses another method than GET and HEAD) to the app instead of answering 404 (405)",
+           _switch("--static-fallthrough"), switch=True),
     Option("ssl_certfile", ("--ssl-certfile",), "serve HTTPS with this certificate (PEM, with its chain); each "
            "worker reads it when it starts, so a rolling restart (SIGHUP) serves a renewed one",
            _existing_file("--ssl-certfile"), "FILE"),

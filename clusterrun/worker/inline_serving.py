@@ -21,7 +21,7 @@ from clusterrun.wire.loads import AcceptBalance
 from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import Beat
 from clusterrun.wire.requeststats import RequestStats
-from clusterrun.worker.settings import forwarding, limits, response_headers
+from clusterrun.worker.settings import forwarding, limits, response_headers, static_files
 
 
 class InlineServer:
@@ -47,6 +47,9 @@ class InlineServer:
             request_clock=pages.request_clock if pages.request_clock.enabled else None,
         )
         self.engine: Any = entry.inline_engine(loop, loaded, settings)
+        files = static_files(config)
+        if files is not None:  # in front of the app, inside the engine: the access log and --metrics count it
+            self.engine.app = entry.static_wsgi(self.engine.app, files)
         self.engine.app = _marking_the_first_request(self.engine, pages.first_request)
         # --policy balanced: the engine counts what it accepts and closes where every worker reads it, and stops
         # watching its listeners while this worker holds more than its share (clusterrun.wire.loads).

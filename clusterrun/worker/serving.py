@@ -32,7 +32,7 @@ from clusterrun.wire.loads import AcceptBalance, LoadCell
 from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import Beat
 from clusterrun.wire.requeststats import RequestStats
-from clusterrun.worker.settings import forwarding, limits, response_headers
+from clusterrun.worker.settings import forwarding, limits, response_headers, static_files
 
 logger = logging.getLogger("clusterrun")
 
@@ -55,6 +55,8 @@ def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> 
                 status, headers = message["status"], message.get("headers", ())
             elif message["type"] == "http.response.body":
                 size += len(message.get("body", b""))
+            elif message["type"] == "http.response.zerocopysend":  # a static file, sent with loop.sendfile
+                size += message.get("count") or 0
             await send(message)
 
         try:
@@ -148,6 +150,9 @@ class StackServer:
                                                 body_timeout=config.body_timeout, request_clock=stamp)
         if config.request_timeout:  # each request cancelled at its deadline, 504 (adapters.deadline)
             self.app = uvicorn_stack.with_deadline(self.app, config.request_timeout)
+        files = static_files(config)
+        if files is not None:  # before the app, inside the access log and --metrics, which count it
+            self.app = entry.static_asgi(self.app, files)
         self.stats = RequestStats() if config.metrics is not None else None
         access = AccessLog(config.access_log_format, info) if config.access_log else None
         if self.stats is not None or access is not None:

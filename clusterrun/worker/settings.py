@@ -6,6 +6,8 @@ other.
 
 from __future__ import annotations
 
+from typing import Any
+
 from clusterrun.adapters import entry
 from clusterrun.config.options import Config
 
@@ -36,3 +38,11 @@ def limits(config: Config) -> entry.Limits:
         body_timeout=config.body_timeout,
         request_timeout=config.request_timeout,
     )
+
+
+def static_files(config: Config) -> Any:
+    """--static's mounts with --static-max-age and --static-fallthrough; None without --static (nothing in front
+    of the app, so a server without static files pays nothing per request)."""
+    if not config.static:
+        return None
+    return entry.static_files(config.static, config.static_max_age, config.static_fallthrough)

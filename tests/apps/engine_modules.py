@@ -1,9 +1,10 @@
 """Apps that answer which server modules their worker has loaded (tests/adapters/engine/test_engine.py).
 
-Both answer ``{"uvicorn": BOOL, "asyncio": BOOL, "pid": PID, "uvicorn_at_import": BOOL}``: whether ``uvicorn``
-and ``asyncio`` are in the worker's ``sys.modules`` when the request arrives, and whether uvicorn was already
-there when the worker imported this module (before it chose its engine: then it came with the fork, from the
-primary). Neither imports anything itself, so what they report is what clusterrun loaded.
+Both answer ``{"uvicorn": BOOL, "asyncio": BOOL, "pid": PID, "uvicorn_at_import": BOOL, "static": BOOL}``:
+whether ``uvicorn`` and ``asyncio`` are in the worker's ``sys.modules`` when the request arrives, and whether
+uvicorn was already there when the worker imported this module (before it chose its engine: then it came with
+the fork, from the primary); ``static``: whether the static files' module (--static) is loaded. Neither imports
+anything itself, so what they report is what clusterrun loaded.
 
 - ``wsgi``: a plain WSGI app (served on the inline engine by default, on uvicorn's stack with --threads N);
 - ``asgi``: a plain ASGI app (always on uvicorn's stack).
@@ -21,7 +22,8 @@ UVICORN_AT_IMPORT = "uvicorn" in sys.modules
 
 def _loaded() -> bytes:
     return json.dumps({"uvicorn": "uvicorn" in sys.modules, "asyncio": "asyncio" in sys.modules,
-                       "pid": os.getpid(), "uvicorn_at_import": UVICORN_AT_IMPORT}).encode()
+                       "pid": os.getpid(), "uvicorn_at_import": UVICORN_AT_IMPORT,
+                       "static": "clusterrun.adapters.static" in sys.modules}).encode()
 
 
 def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

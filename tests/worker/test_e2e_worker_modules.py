@@ -92,3 +92,12 @@ def test_the_inline_path_imports_no_uvicorn_nor_asyncio(tmp_path: Path) -> None:
                            check=False, cwd=tmp_path)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]", found.stdout
+
+
+@pytest.mark.parametrize("app", ["engine_modules:wsgi", "engine_modules:asgi"])
+def test_the_static_files_module_is_loaded_only_with_static(run_cli: Callable[..., Cluster], app: str,
+                                                            tmp_path: Path) -> None:
+    """Without --static a worker does not even import it (nor email.utils and mimetypes): off costs nothing."""
+    assert get(start(run_cli, app, "--workers", "1").wait_ready()).json()["static"] is False
+    cluster = start(run_cli, app, "--workers", "1", "--static", f"/assets={tmp_path}", "--name", "with-static")
+    assert get(cluster.wait_ready()).json()["static"] is True

@@ -14,7 +14,9 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import pytest
 
 from helpers import DEADLINE, TEST_APPS, Cluster, read_all, read_head
@@ -300,3 +302,30 @@ def test_a_client_that_reads_nothing_of_a_response_is_cut_off(run_cli: Callable[
     with connect(port) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert read_all(sock).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_zerocopysend_on_asyncio_loops(run_cli: Callable[..., Cluster], tmp_path: Path, framing: str) -> None:
+    """http.response.zerocopysend (the file sent with loop.sendfile), offered on asyncio's loop and plain HTTP:
+    after a body part, framed by Content-Length or chunked; the connection then serves the next request."""
+    data = os.urandom(3 * 1024 * 1024)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    cluster = run_cli("zerocopy_app:app", "--workers", "1", "--port", "0", "--loop", "asyncio", cwd=TEST_APPS)
+    url = cluster.wait_ready()
+    with httpx.Client(timeout=DEADLINE) as client:
+        assert client.get(url + "/extensions").json() == ["http.response.zerocopysend"]
+        for offset, count in ((100, 2_000_000), (0, len(data))):
+            response = client.get(url + "/", params={"file": str(path), "offset": offset, "count": count,
+                                                    "framing": framing})
+            assert response.status_code == 200
+            assert ("transfer-encoding" in response.headers) == (framing == "chunked")
+            assert response.content == b"head" + data[offset:offset + count]
+
+
+def test_zerocopysend_is_not_offered_on_uvloop(run_cli: Callable[..., Cluster]) -> None:
+    """uvloop's loop has no sendfile (NotImplementedError): the extension is not in the scope there."""
+    pytest.importorskip("uvloop")
+    cluster = run_cli("zerocopy_app:app", "--workers", "1", "--port", "0", "--loop", "uvloop", cwd=TEST_APPS)
+    with httpx.Client(timeout=DEADLINE) as client:
+        assert client.get(cluster.wait_ready() + "/extensions").json() == []
