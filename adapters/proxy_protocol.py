@@ -145,8 +145,9 @@ class HeaderReader:
     for v1 UNKNOWN and v2 LOCAL) or, refused, closes the socket and calls ``failed()``.
 
     Peeks at what arrived, then takes from the socket only bytes that belong to the header: the bytes after it
-    are never read here. The socket's blocking mode is left as it is (each read says MSG_DONTWAIT). A header that comes in pieces has its pieces taken as they come (so the socket does
-    not stay readable and wake the loop in a circle)."""
+    are never read here. A header that comes in pieces has its pieces taken as they come (so the socket does
+    not stay readable and wake the loop in a circle). The socket's blocking mode is left as it is: each read
+    says MSG_DONTWAIT."""
 
     def __init__(self, loop: Any, sock: Any, peer: Any, settings: ProxyProtocol,
                  done: Callable[[Any, Any], object], failed: Callable[[], object]) -> None:
@@ -193,10 +194,11 @@ class HeaderReader:
             return
         try:
             if header is None:
-                self.taken += self.sock.recv(len(seen), socket.MSG_DONTWAIT)  # all of it is header: take it, wait for the rest
+                # All of it is header: take it, and wait for the rest.
+                self.taken += self.sock.recv(len(seen), socket.MSG_DONTWAIT)
                 return
             length, client = header
-            self.sock.recv(length - len(self.taken), socket.MSG_DONTWAIT)  # exactly the header: the rest is the engine's
+            self.sock.recv(length - len(self.taken), socket.MSG_DONTWAIT)  # exactly the header: the rest is HTTP's
         except OSError as exc:
             self._stop()
             self._close(f"the client left ({exc})")
