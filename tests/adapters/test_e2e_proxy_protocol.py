@@ -28,15 +28,17 @@ from cryptography.x509.oid import NameOID
 from helpers import DEADLINE, Cluster, read_all, start
 
 # Every way a connection reaches app code: the inline WSGI engine, the WSGI bridge and ASGI on the asyncio stack
-# (clusterrun's http1, uvicorn's h11); each under the default worker-side policy and rr (the primary accepts and
-# passes the connection with its header unread).
+# (clusterrun's http1, uvicorn's h11 and httptools protocols); each under a worker-side policy (shared: the worker
+# accepts) and rr (the default: the primary accepts and passes the connection with its header unread); sticky and
+# balanced once.
 ENGINES = [
-    pytest.param("proxyproto_app:wsgi", (), id="wsgi-inline"),
+    pytest.param("proxyproto_app:wsgi", ("--policy", "shared"), id="wsgi-inline-shared"),
     pytest.param("proxyproto_app:wsgi", ("--policy", "rr"), id="wsgi-inline-rr"),
-    pytest.param("proxyproto_app:wsgi", ("--threads", "2"), id="wsgi-threads"),
-    pytest.param("proxyproto_app:asgi", (), id="asgi"),
+    pytest.param("proxyproto_app:wsgi", ("--threads", "2", "--policy", "sticky"), id="wsgi-threads-sticky"),
+    pytest.param("proxyproto_app:asgi", ("--policy", "shared"), id="asgi-shared"),
     pytest.param("proxyproto_app:asgi", ("--policy", "rr"), id="asgi-rr"),
-    pytest.param("proxyproto_app:asgi", ("--http", "h11"), id="asgi-h11"),
+    pytest.param("proxyproto_app:asgi", ("--http", "h11", "--policy", "balanced"), id="asgi-h11-balanced"),
+    pytest.param("proxyproto_app:asgi", ("--http", "uvicorn"), id="asgi-uvicorn-httptools"),
 ]
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
