@@ -77,6 +77,7 @@ class WSGIEngine:
         self.keep_alive = settings.keep_alive
         self.forwarding = settings.forwarding  # None: --no-proxy-headers
         self.proxy_protocol = settings.proxy_protocol  # None: connections begin with HTTP (or TLS) at once
+        self.reading_headers = 0  # --proxy-protocol: connections whose PROXY header is still coming
         self.root_path, self.on_close = settings.root_path, settings.on_close
         self.on_response = settings.on_response  # after each response (EngineSettings.on_response)
         self.gate = self._new_gate(settings.request_clock)  # app code runs holding it
@@ -178,12 +179,19 @@ class WSGIEngine:
         if self.proxy_protocol is not None:
             # --proxy-protocol: first the header, off the raw socket (before TLS); then served with the client's
             # address it names. Pending, it counts as open (the accept batch stops for it).
+            # A drain waits for it as for a request in flight: the worker took the connection.
+            self.reading_headers += 1
             HeaderReader(self.loop, sock, peer, self.proxy_protocol,
-                         lambda sock, client: self._serve(sock, client, local), self._refused).start()
+                         lambda sock, client: self._header_read(sock, client, local), self._refused).start()
             return True
         return self._serve(sock, peer, local)
 
+    def _header_read(self, sock: socket.SocketType, client: Any, local: Any) -> None:
+        self.reading_headers -= 1
+        self._serve(sock, client, local)
+
     def _refused(self) -> None:
+        self.reading_headers -= 1
         if self.on_close is not None:
             self.on_close(1)
 
@@ -383,7 +391,7 @@ class WSGIEngine:
         for conn in list(self.connections):
             if conn.idle and not patient:
                 conn.close()
-        if not self.connections:
+        if not self.connections and not self.reading_headers:
             if self._uploads is not None:
                 self._uploads.shutdown(wait=False)
             done()

@@ -179,6 +179,7 @@ class StackServer:
         # --proxy-protocol: each connection's PROXY header is read off its socket first, so this worker accepts
         # on its listeners itself (as under balanced) and serves every connection as a passed one.
         self.proxy_protocol = proxy_protocol(config)
+        self._reading_headers = 0  # connections taken whose PROXY header is still coming: a drain waits for them
 
     @property
     def total_requests(self) -> int:
@@ -288,18 +289,21 @@ class StackServer:
     def _adopt(self, sock: socket.socket, peer: Any) -> None:
         loop = asyncio.get_running_loop()
         if self.proxy_protocol is not None:  # the PROXY header first, off the raw socket (before TLS)
+            self._reading_headers += 1
             entry.HeaderReader(loop, sock, peer, self.proxy_protocol, self._adopt_named, self._refused).start()
             return
         _Adoption(self, sock, loop.connect_accepted_socket(self._protocol_factory, sock, **self._tls), loop).step()
 
     def _adopt_named(self, sock: socket.socket, client: Any) -> None:
         """A connection whose PROXY header named ``client``: served as if it came from there."""
+        self._reading_headers -= 1
         loop = asyncio.get_running_loop()
         factory = uvicorn_stack.naming_client(self._protocol_factory, client)
         _Adoption(self, sock, loop.connect_accepted_socket(factory, sock, **self._tls), loop).step()
 
     def _refused(self) -> None:
         """A connection closed for its PROXY header: no protocol saw it, so none counts its close."""
+        self._reading_headers -= 1
         self.closes.add()
         if self.balance is not None:
             self.balance.closed()
@@ -340,7 +344,9 @@ class StackServer:
         # count could find the worker idle and let it exit under that client's request. One poll of the loop
         # runs those callbacks first.
         await asyncio.sleep(_DRAIN_POLL)
-        while self._adopting:  # passed connections whose transport (and TLS handshake) is still being made
+        # Passed connections whose PROXY header is still coming (at most --timeout-request-head), or whose
+        # transport (and TLS handshake) is still being made.
+        while self._adopting or self._reading_headers:
             await asyncio.sleep(_DRAIN_POLL)
         deadline = time.monotonic() + (self.config.timeout_keep_alive if linger else 0.0)
         closing: set[int] = set()
