@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import signal
 import socket
 import ssl
 import struct
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from helpers import DEADLINE, Cluster, read_all, start
+from helpers import DEADLINE, Cluster, connections_held, read_all, start, wait_until
 
 # Every way a connection reaches app code: the inline WSGI engine, the WSGI bridge and ASGI on the asyncio stack
 # (clusterrun's http1, uvicorn's h11 and httptools protocols); each under a worker-side policy (shared: the worker
@@ -174,6 +175,26 @@ def test_a_header_that_never_completes_is_closed_at_the_head_timeout(run_cli: Ca
         sock.sendall(b"PROXY TCP4 ")  # and nothing more: the server gives up, the client does not
         assert read_all(sock) == b""
     cluster.wait_for_line(r"no complete PROXY header within 1 s")
+
+
+@pytest.mark.parametrize(("app", "extra"), [ENGINES[0], ENGINES[3]])
+def test_a_graceful_stop_waits_for_a_header_being_read(run_cli: Callable[..., Cluster], app: str,
+                                                       extra: tuple[str, ...]) -> None:
+    """A connection the worker took whose header is still coming is served by the stopping worker, as a request
+    in flight is: the worker does not exit under it."""
+    cluster = start(run_cli, app, "--workers", "1", "--proxy-protocol", "--log-level", "debug", *extra)
+    url = cluster.wait_ready()
+    [worker] = cluster.worker_pids()
+    with socket.create_connection(address(url), timeout=DEADLINE) as sock:
+        sock.sendall(b"PROXY TCP4 203.0.113.7 ")
+        wait_until(lambda: connections_held(worker) == 1, "the worker to take the connection")
+        cluster.signal(signal.SIGTERM)
+        cluster.wait_for_line(r"stopping: draining open connections")
+        sock.sendall(b"10.0.0.1 4711 443\r\n" + REQUEST)
+        reply = read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply
+    assert json.loads(reply.partition(b"\r\n\r\n")[2])["addr"] == "203.0.113.7"
+    assert cluster.wait_exit() == 0
 
 
 def test_without_the_option_a_header_is_not_http(run_cli: Callable[..., Cluster]) -> None:
