@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from helpers import DEADLINE, Cluster, connections_held, read_all, start, wait_until
+from helpers import DEADLINE, TEST_APPS, Cluster, connections_held, read_all, start, wait_until
 
 # Every way a connection reaches app code: the inline WSGI engine, the WSGI bridge and ASGI on the asyncio stack
 # (clusterrun's http1, uvicorn's h11 and httptools protocols); each under a worker-side policy (shared: the worker
@@ -195,6 +195,25 @@ def test_a_graceful_stop_waits_for_a_header_being_read(run_cli: Callable[..., Cl
     assert reply.startswith(b"HTTP/1.1 200 "), reply
     assert json.loads(reply.partition(b"\r\n\r\n")[2])["addr"] == "203.0.113.7"
     assert cluster.wait_exit() == 0
+
+
+@pytest.mark.parametrize("app", ["proxyproto_app:wsgi", "proxyproto_app:asgi"])
+def test_a_proxy_on_a_socket_file_names_the_client(run_cli: Callable[..., Cluster], tmp_path: Path,
+                                                   app: str) -> None:
+    """HAProxy to a socket file: its peer is trusted as 'unix' (in the default --forwarded-allow-ips)."""
+    path = tmp_path / "app.sock"
+    cluster = run_cli(app, "--workers", "1", "--bind", f"unix:{path}", "--proxy-protocol", "--policy", "shared",
+                      cwd=TEST_APPS)
+    cluster.wait_ready()
+    for header, client in ((v1("TCP4", "203.0.113.7", 4711), ["203.0.113.7", 4711]),
+                           (b"PROXY UNKNOWN\r\n", [None, 0])):  # the peer's: a socket file's has no address
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(DEADLINE)
+            sock.connect(str(path))
+            sock.sendall(header + REQUEST)
+            reply = read_all(sock)
+        seen = json.loads(reply.partition(b"\r\n\r\n")[2])
+        assert [seen["addr"], seen["port"]] == client, reply
 
 
 def test_without_the_option_a_header_is_not_http(run_cli: Callable[..., Cluster]) -> None:
