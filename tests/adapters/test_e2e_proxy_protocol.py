@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from helpers import DEADLINE, TEST_APPS, Cluster, connections_held, read_all, start, wait_until
+from helpers import DEADLINE, TEST_APPS, Cluster, connections_held, read_all, read_head, start, wait_until
 
 # Every way a connection reaches app code: the inline WSGI engine, the WSGI bridge and ASGI on the asyncio stack
 # (clusterrun's http1, uvicorn's h11 and httptools protocols); each under a worker-side policy (shared: the worker
@@ -214,6 +214,20 @@ def test_a_proxy_on_a_socket_file_names_the_client(run_cli: Callable[..., Cluste
             reply = read_all(sock)
         seen = json.loads(reply.partition(b"\r\n\r\n")[2])
         assert [seen["addr"], seen["port"]] == client, reply
+
+
+@pytest.mark.parametrize("extra", [(), ("--http", "uvicorn")], ids=["http1", "uvicorn-httptools"])
+def test_a_websocket_behind_the_header_has_the_client(run_cli: Callable[..., Cluster], extra: tuple[str, ...]) -> None:
+    """The upgraded protocol takes the connection, and the client, over from the HTTP one."""
+    cluster = start(run_cli, "proxyproto_app:asgi", "--workers", "1", "--proxy-protocol", *extra)
+    url = cluster.wait_ready()
+    upgrade = (b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    with socket.create_connection(address(url), timeout=DEADLINE) as sock:
+        sock.sendall(v2("2001:db8::42", 4242) + upgrade)
+        reply = read_head(sock)
+    assert reply.startswith(b"HTTP/1.1 101 "), reply
+    assert b"x-client: 2001:db8::42:4242\r\n" in reply.lower(), reply
 
 
 def test_without_the_option_a_header_is_not_http(run_cli: Callable[..., Cluster]) -> None:
