@@ -24,6 +24,7 @@ from clusterrun.adapters.headers import ResponseHeaders
 from clusterrun.adapters.limits import Limits
 from clusterrun.adapters.loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from clusterrun.adapters.proxy import ForwardedApp, Forwarding
+from clusterrun.adapters.proxy_protocol import HeaderReader, ProxyProtocol
 
 from clusterrun.errors import BootError
 
@@ -34,8 +35,10 @@ __all__ = [
     "EngineSettings",
     "ForwardedApp",
     "Forwarding",
+    "HeaderReader",
     "Limits",
     "LoadedApp",
+    "ProxyProtocol",
     "ResponseHeaders",
     "SelectorLoop",
     "accept",

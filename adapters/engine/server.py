@@ -43,6 +43,7 @@ from clusterrun.adapters.engine.tls import TLSConnection, TLSFileWrapper, prepar
 from clusterrun.adapters.engine.upload import serve_upload
 from clusterrun.adapters.limits import Exceeded
 from clusterrun.adapters.proxy import apply_to_environ
+from clusterrun.adapters.proxy_protocol import HeaderReader
 from clusterrun.adapters.wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, path_info, split_host
 
 from clusterrun._version import __version__
@@ -75,6 +76,8 @@ class WSGIEngine:
         self.admission = Admission(self.limits.concurrency)
         self.keep_alive = settings.keep_alive
         self.forwarding = settings.forwarding  # None: --no-proxy-headers
+        self.proxy_protocol = settings.proxy_protocol  # None: connections begin with HTTP (or TLS) at once
+        self.reading_headers = 0  # --proxy-protocol: connections whose PROXY header is still coming
         self.root_path, self.on_close = settings.root_path, settings.on_close
         self.on_response = settings.on_response  # after each response (EngineSettings.on_response)
         self.gate = self._new_gate(settings.request_clock)  # app code runs holding it
@@ -173,6 +176,26 @@ class WSGIEngine:
 
     def _open(self, sock: socket.SocketType, peer: Any, local: Any) -> bool:
         """Serve a new connection what already came with it; whether it is still open after."""
+        if self.proxy_protocol is not None:
+            # --proxy-protocol: first the header, off the raw socket (before TLS); then served with the client's
+            # address it names. Pending, it counts as open (the accept batch stops for it).
+            # A drain waits for it as for a request in flight: the worker took the connection.
+            self.reading_headers += 1
+            HeaderReader(self.loop, sock, peer, self.proxy_protocol,
+                         lambda sock, client: self._header_read(sock, client, local), self._refused).start()
+            return True
+        return self._serve(sock, peer, local)
+
+    def _header_read(self, sock: socket.SocketType, client: Any, local: Any) -> None:
+        self.reading_headers -= 1
+        self._serve(sock, client, local)
+
+    def _refused(self) -> None:
+        self.reading_headers -= 1
+        if self.on_close is not None:
+            self.on_close(1)
+
+    def _serve(self, sock: socket.SocketType, peer: Any, local: Any) -> bool:
         # A plain connection stays in blocking mode: its reads and writes on the loop say MSG_DONTWAIT, which
         # spares the ioctl that setblocking(False) costs per connection (Connection.dontwait).
         if self.tls is None:
@@ -368,7 +391,7 @@ class WSGIEngine:
         for conn in list(self.connections):
             if conn.idle and not patient:
                 conn.close()
-        if not self.connections:
+        if not self.connections and not self.reading_headers:
             if self._uploads is not None:
                 self._uploads.shutdown(wait=False)
             done()

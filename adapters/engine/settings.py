@@ -16,6 +16,7 @@ from clusterrun.adapters.deadline import RequestStamp
 from clusterrun.adapters.headers import ResponseHeaders
 from clusterrun.adapters.limits import Limits
 from clusterrun.adapters.proxy import Forwarding
+from clusterrun.adapters.proxy_protocol import ProxyProtocol
 
 __all__ = ["EngineSettings"]
 
@@ -28,6 +29,7 @@ class EngineSettings:
     keep_alive: float = 5.0  # --timeout-keep-alive: an idle connection closes after this many seconds
     headers: ResponseHeaders = field(default_factory=ResponseHeaders)  # Server, Date and --header's, on every response
     forwarding: Forwarding | None = None  # whose forwarding headers count; None: --no-proxy-headers
+    proxy_protocol: ProxyProtocol | None = None  # --proxy-protocol: each connection begins with a PROXY header
     root_path: str = ""  # --root-path: the environ's SCRIPT_NAME
     ssl_context: ssl.SSLContext | None = None  # HTTPS, the handshake in the worker (adapters.engine.tls)
     extra_environ: Mapping[str, Any] = field(default_factory=dict)  # added to every request's environ

@@ -18,6 +18,7 @@ from clusterrun.adapters.stack.bridge import WSGIBridge
 from clusterrun.adapters.stack.deadline import with_deadline
 from clusterrun.adapters.stack.guard import Guard, HeadClock
 from clusterrun.adapters.stack.lifespan import Lifespan
+from clusterrun.adapters.stack.proxied import naming_client
 from clusterrun.adapters.stack.seam import OpenConnection, Stack, WebSocketLimits
 
 from clusterrun.errors import BootError
@@ -33,6 +34,7 @@ __all__ = [
     "as_asgi",
     "closing_app",
     "http_stack",
+    "naming_client",
     "preimport",
     "stuck_threads",
     "with_deadline",

@@ -80,6 +80,7 @@ class Config:
     proxy_headers: bool = True
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1", "unix")
     proxy_host: bool = False
+    proxy_protocol: bool = False  # every connection begins with a PROXY header (adapters.proxy_protocol)
     root_path: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     # Static files (docs/operating.md "Static files"): (PREFIX, absolute DIR) pairs, served before the app.
@@ -766,6 +767,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("proxy_host", ("--proxy-host",), "also take the Host from a trusted proxy's X-Forwarded-Host or "
            "Forwarded host= (off by default: a proxy that passes a client's header on would let it choose the "
            "host your app builds URLs with)", _switch("--proxy-host"), switch=True),
+    Option("proxy_protocol", ("--proxy-protocol",), "every connection begins with a PROXY protocol header (v1 or "
+           "v2, as AWS NLB and HAProxy's send-proxy send it) naming the client, taken as its address; a connection "
+           "from a peer not in --forwarded-allow-ips, or whose header is missing, malformed or not complete within "
+           "--timeout-request-head, is closed without an answer (docs: deploying, PROXY protocol)",
+           _switch("--proxy-protocol"), switch=True),
     Option("root_path", ("--root-path",), "the path prefix the app is mounted under behind a proxy, e.g. /api: "
            "ASGI root_path and WSGI SCRIPT_NAME", _root_path, "PATH"),
     Option("limit_request_body", ("--limit-request-body",), "refuse a request body larger than this many bytes "

@@ -21,7 +21,7 @@ from clusterrun.wire.loads import AcceptBalance
 from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import Beat
 from clusterrun.wire.requeststats import RequestStats
-from clusterrun.worker.settings import forwarding, limits, response_headers, static_files
+from clusterrun.worker.settings import forwarding, limits, proxy_protocol, response_headers, static_files
 
 
 class InlineServer:
@@ -39,7 +39,8 @@ class InlineServer:
         # descriptor table.
         settings = entry.EngineSettings(
             limits=limits(config), keep_alive=config.timeout_keep_alive, headers=response_headers(config),
-            forwarding=forwarding(config), root_path=config.root_path, ssl_context=ssl_context,
+            forwarding=forwarding(config), proxy_protocol=proxy_protocol(config), root_path=config.root_path,
+            ssl_context=ssl_context,
             extra_environ={"clusterrun.worker": info},
             on_close=pages.closes.add if pages.closes.shared else None,
             on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,

@@ -32,7 +32,7 @@ from clusterrun.wire.loads import AcceptBalance, LoadCell
 from clusterrun.wire.pages import WorkerPages
 from clusterrun.wire.protocol import Beat
 from clusterrun.wire.requeststats import RequestStats
-from clusterrun.worker.settings import forwarding, limits, response_headers, static_files
+from clusterrun.worker.settings import forwarding, limits, proxy_protocol, response_headers, static_files
 
 logger = logging.getLogger("clusterrun")
 
@@ -177,10 +177,14 @@ class StackServer:
         self.closes = pages.closes
         self._load: LoadCell | None = pages.load  # --policy balanced: this worker's cell
         self.balance: AcceptBalance | None = None
-        self._listening: list[socket.socket] = []  # balanced: the listeners this worker accepts on itself
+        self._listening: list[socket.socket] = []  # balanced, --proxy-protocol: the listeners it accepts on itself
         self._servers: list[asyncio.Server] = []
         self._adopting: set[_Adoption] = set()
         self._protocol_factory: Any = None
+        # --proxy-protocol: each connection's PROXY header is read off its socket first, so this worker accepts
+        # on its listeners itself (as under balanced) and serves every connection as a passed one.
+        self.proxy_protocol = proxy_protocol(config)
+        self._reading_headers = 0  # connections taken whose PROXY header is still coming: a drain waits for them
 
     @property
     def total_requests(self) -> int:
@@ -221,24 +225,25 @@ class StackServer:
             self.stack.notify_close(self.balance.closed)
         self._protocol_factory = self.stack.protocol_factory(loop, app_state)
         self._tick(self.stack.encoded_headers)
-        if self.balance is not None:
-            self._listen_balanced(sockets, self.balance)
+        if self.balance is not None or self.proxy_protocol is not None:
+            self._listen_itself(sockets)
             return
         self._servers = [
             await loop.create_server(self._protocol_factory, sock=sock, backlog=self.config.backlog, **self._tls)
             for sock in sockets
         ]
 
-    def _listen_balanced(self, sockets: Sequence[socket.socket], balance: AcceptBalance) -> None:
-        """--policy balanced: accept here, from a reader on each listener, and serve each connection as a passed
-        one. An asyncio server accepts up to its backlog per wake-up and has no way to stop accepting for a
-        while; a reader stops and starts again with the loop's remove_reader/add_reader, on asyncio's loops and
-        uvloop's alike (clusterrun.wire.loads decides when)."""
+    def _listen_itself(self, sockets: Sequence[socket.socket]) -> None:
+        """--policy balanced (and --proxy-protocol): accept here, from a reader on each listener, and serve each
+        connection as a passed one. An asyncio server accepts up to its backlog per wake-up and has no way to stop
+        accepting for a while; a reader stops and starts again with the loop's remove_reader/add_reader, on
+        asyncio's loops and uvloop's alike (clusterrun.wire.loads decides when)."""
         for sock in sockets:
             sock.setblocking(False)
             self._listening.append(sock)
         self.resume_accepting()
-        balance.start()
+        if self.balance is not None:
+            self.balance.start()
 
     def pause_accepting(self) -> None:
         loop = asyncio.get_running_loop()
@@ -252,17 +257,18 @@ class StackServer:
 
     def _accept(self, listener: socket.socket) -> None:
         balance = self.balance
-        assert balance is not None
         kind = (listener.family, listener.type, listener.proto)
         for _ in range(entry.ACCEPT_BATCH):
             taken = entry.accept(listener, self._rest, listener)
             if taken is None:
                 return
-            balance.opened()
-            self.adopt(socket.socket(*kind, taken[0]))
-            balance.held()
-            if balance.paused:
-                return
+            if balance is not None:
+                balance.opened()
+            self._adopt(socket.socket(*kind, taken[0]), taken[1])
+            if balance is not None:
+                balance.held()
+                if balance.paused:
+                    return
 
     def _rest(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -270,7 +276,7 @@ class StackServer:
         loop.call_later(entry.ACCEPT_REST, self._rested, listener)
 
     def _rested(self, listener: socket.socket) -> None:
-        if listener in self._listening and self.balance is not None and not self.balance.paused:
+        if listener in self._listening and not (self.balance is not None and self.balance.paused):
             asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
 
     async def stop(self) -> None:
@@ -283,8 +289,29 @@ class StackServer:
         Nothing is set on the socket here: uvloop's and asyncio's transports both make it non-blocking and
         set TCP_NODELAY themselves, as for their own accepts.
         """
+        self._adopt(sock, None)
+
+    def _adopt(self, sock: socket.socket, peer: Any) -> None:
         loop = asyncio.get_running_loop()
+        if self.proxy_protocol is not None:  # the PROXY header first, off the raw socket (before TLS)
+            self._reading_headers += 1
+            entry.HeaderReader(loop, sock, peer, self.proxy_protocol, self._adopt_named, self._refused).start()
+            return
         _Adoption(self, sock, loop.connect_accepted_socket(self._protocol_factory, sock, **self._tls), loop).step()
+
+    def _adopt_named(self, sock: socket.socket, client: Any) -> None:
+        """A connection whose PROXY header named ``client``: served as if it came from there."""
+        self._reading_headers -= 1
+        loop = asyncio.get_running_loop()
+        factory = uvicorn_stack.naming_client(self._protocol_factory, client)
+        _Adoption(self, sock, loop.connect_accepted_socket(factory, sock, **self._tls), loop).step()
+
+    def _refused(self) -> None:
+        """A connection closed for its PROXY header: no protocol saw it, so none counts its close."""
+        self._reading_headers -= 1
+        self.closes.add()
+        if self.balance is not None:
+            self.balance.closed()
 
     def _adopted(self, adoption: _Adoption, exc: BaseException | None) -> None:
         self._adopting.discard(adoption)
@@ -312,6 +339,7 @@ class StackServer:
             server.close()
         if self.balance is not None:
             self.balance.stop()  # accepting no more: the others must not wait for this worker
+        if self._listening:  # balanced or --proxy-protocol: this worker's own readers on the listeners
             self.pause_accepting()
             for sock in self._listening:
                 sock.close()
@@ -321,7 +349,9 @@ class StackServer:
         # count could find the worker idle and let it exit under that client's request. One poll of the loop
         # runs those callbacks first.
         await asyncio.sleep(_DRAIN_POLL)
-        while self._adopting:  # passed connections whose transport (and TLS handshake) is still being made
+        # Passed connections whose PROXY header is still coming (at most --timeout-request-head), or whose
+        # transport (and TLS handshake) is still being made.
+        while self._adopting or self._reading_headers:
             await asyncio.sleep(_DRAIN_POLL)
         deadline = time.monotonic() + (self.config.timeout_keep_alive if linger else 0.0)
         closing: set[int] = set()

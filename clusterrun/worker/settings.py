@@ -25,6 +25,14 @@ def forwarding(config: Config) -> entry.Forwarding | None:
     return entry.Forwarding(config.forwarded_allow_ips, host=config.proxy_host)
 
 
+def proxy_protocol(config: Config) -> entry.ProxyProtocol | None:
+    """--proxy-protocol: whose PROXY headers count (--forwarded-allow-ips, whatever --proxy-headers says) and how
+    long one may take (--timeout-request-head); None without it."""
+    if not config.proxy_protocol:
+        return None
+    return entry.ProxyProtocol(entry.Forwarding(config.forwarded_allow_ips), config.timeout_request_head)
+
+
 def limits(config: Config) -> entry.Limits:
     """The request limits a worker enforces, from its Config (README "Limits")."""
     return entry.Limits(
