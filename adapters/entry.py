@@ -18,13 +18,13 @@ from typing import Any
 
 from clusterrun.adapters.accepting import ACCEPT_BATCH, ACCEPT_REST, accept
 from clusterrun.adapters.admission import Admission
+from clusterrun.adapters.edge.proxy_protocol import HeaderReader, ProxyProtocol
 from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.engine.settings import EngineSettings
 from clusterrun.adapters.headers import ResponseHeaders
 from clusterrun.adapters.limits import Limits
 from clusterrun.adapters.loading import LoadedApp, check_module_exists, load_app, put_app_dir_first
 from clusterrun.adapters.proxy import ForwardedApp, Forwarding
-from clusterrun.adapters.proxy_protocol import HeaderReader, ProxyProtocol
 
 from clusterrun.errors import BootError
 
@@ -94,23 +94,23 @@ def inline_engine(loop: SelectorLoop, loaded: LoadedApp, settings: EngineSetting
 
 
 def static_files(mounts: tuple[tuple[str, str], ...], max_age: int, fallthrough: bool) -> Any:
-    """--static's mounts (adapters.static.StaticFiles), imported only by a worker that serves static files: the
+    """--static's mounts (adapters.edge.static.StaticFiles), imported only by a worker that serves static files: the
     module and what it needs (email.utils, mimetypes) cost a worker without --static nothing, not even import time."""
-    from clusterrun.adapters.static import StaticFiles
+    from clusterrun.adapters.edge.static import StaticFiles
 
     return StaticFiles(mounts, max_age=max_age, fallthrough=fallthrough)
 
 
 def static_wsgi(app: Any, files: Any) -> Any:
     """The WSGI app with the static mounts in front (the inline engine: sendfile through wsgi.file_wrapper)."""
-    from clusterrun.adapters.static import StaticWSGI
+    from clusterrun.adapters.edge.static import StaticWSGI
 
     return StaticWSGI(app, files)
 
 
 def static_asgi(app: Any, files: Any) -> Any:
     """The ASGI app with the static mounts in front (uvicorn's stack and clusterrun's own protocol)."""
-    from clusterrun.adapters.static import StaticASGI
+    from clusterrun.adapters.edge.static import StaticASGI
 
     return StaticASGI(app, files)
 

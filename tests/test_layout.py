@@ -40,11 +40,13 @@ MAY_IMPORT: Mapping[str, set[str]] = {
     "wire": {"wire", "leaf"},
     "leaf": {"leaf"},
     # adapters/: the core's one door is entry; below it, the engine and uvicorn's stack never meet.
-    "adapters.entry": {"adapters", "adapters.engine", "adapters.stack", "adapters.stack.door", "leaf"},
-    "adapters.stack.door": {"adapters.stack", "adapters", "leaf"},
+    "adapters.entry": {"adapters", "adapters.engine", "adapters.stack", "adapters.stack.door", "adapters.edge",
+                       "leaf"},
+    "adapters.stack.door": {"adapters.stack", "adapters.edge", "adapters", "leaf"},
     "adapters": {"adapters", "leaf"},
-    "adapters.engine": {"adapters.engine", "adapters", "leaf"},
-    "adapters.stack": {"adapters.stack", "adapters", "leaf"},
+    "adapters.engine": {"adapters.engine", "adapters.edge", "adapters", "leaf"},
+    "adapters.stack": {"adapters.stack", "adapters.edge", "adapters", "leaf"},
+    "adapters.edge": {"adapters.edge", "adapters", "leaf"},  # both engines' edge: PROXY headers, static files
 }
 FRAMEWORKS = {"uvicorn", "flask", "starlette", "django", "httptools", "h11", "websockets"}
 MAX_MODULES_PER_FOLDER = 15

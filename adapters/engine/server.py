@@ -35,6 +35,7 @@ import httptools
 from clusterrun.adapters.accepting import ACCEPT_BATCH, ACCEPT_REST, accept
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.deadline import RequestStamp, TimedGate
+from clusterrun.adapters.edge.proxy_protocol import HeaderReader
 from clusterrun.adapters.engine.connection import Connection, Request
 from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.engine.respond import Framing
@@ -43,7 +44,6 @@ from clusterrun.adapters.engine.tls import TLSConnection, TLSFileWrapper, prepar
 from clusterrun.adapters.engine.upload import serve_upload
 from clusterrun.adapters.limits import Exceeded
 from clusterrun.adapters.proxy import apply_to_environ
-from clusterrun.adapters.proxy_protocol import HeaderReader
 from clusterrun.adapters.wsgi_app import Environ, FileWrapper, HeaderKeys, WSGIApp, path_info, split_host
 
 from clusterrun._version import __version__

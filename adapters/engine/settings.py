@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterrun.adapters.deadline import RequestStamp
+from clusterrun.adapters.edge.proxy_protocol import ProxyProtocol
 from clusterrun.adapters.headers import ResponseHeaders
 from clusterrun.adapters.limits import Limits
 from clusterrun.adapters.proxy import Forwarding
-from clusterrun.adapters.proxy_protocol import ProxyProtocol
 
 __all__ = ["EngineSettings"]
 

@@ -1,4 +1,4 @@
-"""The PROXY header parser (adapters.proxy_protocol.parse): what each version's header yields, where it ends,
+"""The PROXY header parser (adapters.edge.proxy_protocol.parse): what each version's header yields, where it ends,
 when more bytes are needed, and what is refused. The end-to-end behaviour is in test_e2e_proxy_protocol."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import socket
 import struct
 
 import pytest
-from clusterrun.adapters.proxy_protocol import V1_MAX, V2_SIGNATURE, HeaderError, parse
+from clusterrun.adapters.edge.proxy_protocol import V1_MAX, V2_SIGNATURE, HeaderError, parse
 
 
 def v2(command: int, family: int, body: bytes) -> bytes:

@@ -23,7 +23,7 @@ UVICORN_AT_IMPORT = "uvicorn" in sys.modules
 def _loaded() -> bytes:
     return json.dumps({"uvicorn": "uvicorn" in sys.modules, "asyncio": "asyncio" in sys.modules,
                        "pid": os.getpid(), "uvicorn_at_import": UVICORN_AT_IMPORT,
-                       "static": "clusterrun.adapters.static" in sys.modules}).encode()
+                       "static": "clusterrun.adapters.edge.static" in sys.modules}).encode()
 
 
 def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
