@@ -80,7 +80,7 @@ class Config:
     proxy_headers: bool = True
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1", "unix")
     proxy_host: bool = False
-    proxy_protocol: bool = False  # every connection begins with a PROXY header (adapters.proxy_protocol)
+    proxy_protocol: bool = False  # every connection begins with a PROXY header (adapters.edge.proxy_protocol)
     root_path: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     # Static files (docs/operating.md "Static files"): (PREFIX, absolute DIR) pairs, served before the app.
