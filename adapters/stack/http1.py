@@ -79,7 +79,8 @@ class Shared:
     def __init__(self, app: Any, state: Any, app_state: dict[str, Any], loop: asyncio.AbstractEventLoop, *,
                  root_path: str, timeout_keep_alive: float, make_guard: Callable[[H1Protocol], Any],
                  on_close: list[Callable[[], None]], upgrade: Callable[[Any], asyncio.Protocol] | None,
-                 body_timeout: float | None = None, send_timeout: float | None = None) -> None:
+                 body_timeout: float | None = None, send_timeout: float | None = None,
+                 h2: Callable[[], asyncio.Protocol] | None = None) -> None:
         self.app = app
         self.state = state
         self.app_state = app_state
@@ -96,6 +97,9 @@ class Shared:
         # bridge), and the seconds a client may take nothing of a response while the app waits to send more.
         self.body_timeout = body_timeout
         self.send_timeout = send_timeout
+        # Builds the HTTP/2 protocol (adapters.stack.http2) that takes over a connection; None
+        # where h2 is not installed. Offered by ALPN on TLS, taken on the preface in cleartext (h2c).
+        self.h2 = h2
 
 
 class H1Protocol(asyncio.Protocol):
@@ -140,6 +144,12 @@ class H1Protocol(asyncio.Protocol):
         self.transport = transport
         self.client = _address(transport.get_extra_info("peername"))
         scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        if scheme == "https" and shared.h2 is not None:  # decided once per connection: ALPN chose h2, or not
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                shared.state.connections.discard(self)
+                self._to_h2(b"")
+                return
         self._template = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
                           "http_version": "1.1", "server": _address(transport.get_extra_info("sockname")),
                           "client": self.client, "scheme": scheme, "root_path": shared.root_path}
@@ -268,6 +278,9 @@ class H1Protocol(asyncio.Protocol):
             else:
                 logger.warning("unsupported upgrade request: answered as plain HTTP/1.1")
         except httptools.HttpParserError:
+            if self.shared.h2 is not None and self.cycle is None and parser.get_method() == b"PRI":
+                self._to_h2(_after_preface_head(data))  # h2c with prior knowledge: the connection's first bytes
+                return
             if not self._guard.refusing():
                 logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
@@ -481,6 +494,22 @@ class H1Protocol(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
+    def _to_h2(self, data: bytes) -> None:
+        """Give the connection to the HTTP/2 protocol, with the bytes read for it so far."""
+        make = self.shared.h2
+        assert make is not None
+        self.shared.state.connections.discard(self)
+        guard = self._guard
+        if guard is not None:  # its head clock and --limit-concurrency are HTTP/1.1's; HTTP/2 has its own limits
+            guard.connection_lost()
+        protocol = make()
+        transport = self.transport
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if data:
+            protocol.data_received(data)
+        self._forget()
+
     def _hand_over(self) -> None:
         """Give the connection to a WebSocket protocol: it reads the request head again, rebuilt from the parse."""
         upgrade = self.shared.upgrade
@@ -496,6 +525,21 @@ class H1Protocol(asyncio.Protocol):
         protocol.data_received(b"".join(head))
         transport.set_protocol(protocol)
         self._forget()
+
+
+_PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"  # what httptools parses as a request before it stops
+
+
+def _after_preface_head(data: bytes) -> bytes:
+    """The HTTP/2 preface and what follows it, from the read on which httptools stopped at the preface's head (the
+    head may have begun in an earlier read: rebuilt from the part of it this read holds)."""
+    found = data.find(_PREFACE_HEAD)
+    if found >= 0:
+        return data[found:]
+    for start in range(1, len(_PREFACE_HEAD)):
+        if data.startswith(_PREFACE_HEAD[start:]):
+            return _PREFACE_HEAD + data[len(_PREFACE_HEAD) - start:]
+    return _PREFACE_HEAD + data
 
 
 def _address(info: Any) -> Any:
