@@ -67,6 +67,17 @@ class H2Limits:
     max_header_list_size: int = 0
 
 
+class _Connection(h2.connection.H2Connection):
+    """h2's connection, but a HEADERS frame past SETTINGS_MAX_CONCURRENT_STREAMS is taken (its header block decoded:
+    HPACK's table stays in step) so that H2Protocol refuses that stream alone with REFUSED_STREAM, as RFC 9113
+    5.1.2 asks: h2 would make it a connection error, ending the streams in flight with it."""
+
+    @property
+    def open_inbound_streams(self) -> int:
+        h2.connection.H2Connection.open_inbound_streams.fget(self)  # type: ignore[attr-defined]  # it culls closed streams
+        return 0
+
+
 class H2Protocol(asyncio.Protocol):
     """One HTTP/2 connection serving an ASGI app, taken over from the HTTP/1.1 protocol (see the module)."""
 
@@ -76,7 +87,7 @@ class H2Protocol(asyncio.Protocol):
         self.app = shared.app  # read for each stream: a drain wraps it (seam.OpenConnection.wrap_app)
         self.limits = limits
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self.conn = h2.connection.H2Connection(config=config)
+        self.conn = _Connection(config=config)
         settings: dict[Any, int] = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams}
         if limits.max_header_list_size:
             settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] = limits.max_header_list_size
@@ -189,8 +200,9 @@ class H2Protocol(asyncio.Protocol):
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
-        if self._draining and stream_id > self._last_stream:
-            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+        refused = self._draining and stream_id > self._last_stream
+        if refused or len(self.streams) >= self.limits.max_concurrent_streams:
+            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)  # safe for the client to send again
             return
         method = path = authority = b""
         scheme = b""
