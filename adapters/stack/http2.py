@@ -19,6 +19,7 @@ streams to ASGI request cycles and owns the rest:
 * drain (a rolling restart, seam.OpenConnection.shutdown): a GOAWAY naming the last stream taken goes out at
   once; streams up to it finish; streams the client opens after it are refused (REFUSED_STREAM, safe to retry
   elsewhere); once none is left, a final GOAWAY and the close;
+* --timeout-keep-alive: a connection with no stream for that long gets GOAWAY and closes;
 * the rapid-reset guard (CVE-2023-44487): a client that resets more than ``_RESETS`` streams before their
   response completed within ``_RESET_WINDOW`` seconds gets GOAWAY ENHANCE_YOUR_CALM and the connection closes.
 
@@ -101,6 +102,10 @@ class H2Protocol(asyncio.Protocol):
         self._last_stream = 0  # the last stream taken, once draining: newer ones are refused
         self._resets: deque[float] = deque()
         self._closed = False
+        # The keep-alive clock, as HTTP/1.1's: a connection with no stream for --timeout-keep-alive seconds gets
+        # GOAWAY and closes. One timer per connection, set again for what is left when a stream came meanwhile.
+        self._idle_since: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # Taking over.
 
@@ -115,6 +120,19 @@ class H2Protocol(asyncio.Protocol):
                           "root_path": self.shared.root_path}
         self.conn.initiate_connection()
         self._flush()
+        self._idle_since = now = self.loop.time()
+        self._idle_timer = self.loop.call_at(now + self.shared.timeout_keep_alive, self._idle_too_long)
+
+    def _idle_too_long(self) -> None:
+        self._idle_timer = None
+        if self._closed:
+            return
+        since = self._idle_since
+        due = (since if since is not None else self.loop.time()) + self.shared.timeout_keep_alive
+        if since is not None and self.loop.time() >= due:
+            self.shutdown()  # no stream: GOAWAY and the close at once
+            return
+        self._idle_timer = self.loop.call_at(due, self._idle_too_long)
 
     # asyncio's protocol.
 
@@ -133,6 +151,9 @@ class H2Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.shared.state.connections.discard(self)
+        timer, self._idle_timer = self._idle_timer, None
+        if timer is not None:
+            timer.cancel()
         for stream in self.streams.values():
             stream.gone()
         self.streams.clear()
@@ -247,6 +268,7 @@ class H2Protocol(asyncio.Protocol):
         scope["state"] = self.shared.app_state.copy()
         stream = _Stream(self, stream_id, scope)
         self.streams[stream_id] = stream
+        self._idle_since = None
         tasks = self.shared.state.tasks
         task = self.loop.create_task(stream.run(self.app))
         tasks.add(task)
@@ -282,6 +304,8 @@ class H2Protocol(asyncio.Protocol):
         self.shared.state.total_requests += 1
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
+        if not self.streams:
+            self._idle_since = self.loop.time()
         self._maybe_done()
 
     def _maybe_done(self) -> None:
@@ -444,7 +468,10 @@ class _Stream:
         elif not self.response_complete:
             if kind != "http.response.body":
                 raise RuntimeError(f"expected ASGI message 'http.response.body', got {kind!r}")
-            await self._body(message.get("body", b""), message.get("more_body", False))
+            try:
+                await self._body(message.get("body", b""), message.get("more_body", False))
+            except h2.exceptions.StreamClosedError:  # the client reset the stream meanwhile: sends are dropped
+                self.gone()
         else:
             raise RuntimeError(f"ASGI message {kind!r} sent after the response was complete")
 
