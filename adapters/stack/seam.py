@@ -352,7 +352,7 @@ class Stack:
     def name(self) -> str:
         """What serves HTTP, for the start log: "clusterrun http1 (httptools)", "uvicorn httptools", "uvicorn h11"."""
         if self._own:
-            return "clusterrun http1 (httptools) + http2 (h2)" if self.http2 else "clusterrun http1 (httptools)"
+            return "clusterrun http1 (httptools)"
         return "uvicorn h11" if issubclass(self._config.http_protocol_class, H11Protocol) else "uvicorn httptools"
 
     # Building the protocol classes (before serving).
