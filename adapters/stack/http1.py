@@ -128,6 +128,7 @@ class H1Protocol(asyncio.Protocol):
         self._drained: list[asyncio.Future[None]] = []
         self._reading_paused = False
         self._upgrading = False
+        self._h2c = False  # the request being parsed asks for Upgrade: h2c, and can have it
         # The request being parsed.
         self._url = b""
         self._headers: Headers = []
@@ -272,8 +273,10 @@ class H1Protocol(asyncio.Protocol):
             return
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._upgrading:
+        except httptools.HttpParserUpgrade as exc:
+            if self._h2c:
+                self._to_h2c(data[exc.args[0]:] if exc.args else b"")
+            elif self._upgrading:
                 self._hand_over()
             else:
                 logger.warning("unsupported upgrade request: answered as plain HTTP/1.1")
@@ -377,10 +380,16 @@ class H1Protocol(asyncio.Protocol):
         headers = self._headers
         self._guard.head_parsed(method, self._url, version, headers)
         self.stand_in_for = None
-        if parser.should_upgrade() and self.shared.upgrade is not None and _upgrade(headers) == b"websocket":
-            self._upgrading = True  # feed_data raises HttpParserUpgrade next: _hand_over
-            self._trailing = None
-            return
+        if parser.should_upgrade():
+            protocol = _upgrade(headers)
+            if protocol == b"websocket" and self.shared.upgrade is not None:
+                self._upgrading = True  # feed_data raises HttpParserUpgrade next: _hand_over
+                self._trailing = None
+                return
+            if protocol == b"h2c" and self.shared.h2 is not None and _h2c_ready(headers):
+                self._upgrading = self._h2c = True  # feed_data raises HttpParserUpgrade at its end: _to_h2c
+                self._trailing = None
+                return
         # Trailer fields (a chunked body's end) go to a list of their own: they never reach the scope.
         self._headers = self._trailing = []
         url = self._url
@@ -510,6 +519,26 @@ class H1Protocol(asyncio.Protocol):
             protocol.data_received(data)
         self._forget()
 
+    def _to_h2c(self, rest: bytes) -> None:
+        """Answer the ``Upgrade: h2c`` request 101, then in HTTP/2 on stream 1 (RFC 7540 3.2)."""
+        make = self.shared.h2
+        assert make is not None
+        self.shared.state.connections.discard(self)
+        guard = self._guard
+        if guard is not None:
+            guard.connection_lost()
+        headers = self._headers
+        settings = next(value for name, value in headers if name == b"http2-settings")
+        kept = [(name, value) for name, value in headers if name not in (b"connection", b"upgrade", b"http2-settings")]
+        method = self.stand_in_for or self.parser.get_method()
+        protocol: Any = make()
+        transport = self.transport
+        transport.set_protocol(protocol)
+        protocol.upgraded(transport, settings, method, self._url, kept)
+        if rest:
+            protocol.data_received(rest)
+        self._forget()
+
     def _hand_over(self) -> None:
         """Give the connection to a WebSocket protocol: it reads the request head again, rebuilt from the parse."""
         upgrade = self.shared.upgrade
@@ -547,6 +576,18 @@ def _address(info: Any) -> Any:
     if isinstance(info, (list, tuple)) and len(info) >= 2:
         return (str(info[0]), int(info[1]))
     return None
+
+
+def _h2c_ready(headers: Headers) -> bool:
+    """An ``Upgrade: h2c`` request that can be taken: HTTP2-Settings given, and no body (a body would have to be read
+    in HTTP/1.1 first; such a request is answered in HTTP/1.1, which RFC 7540 3.2 allows)."""
+    settings = length = False
+    for name, value in headers:
+        if name == b"http2-settings":
+            settings = True
+        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            length = True
+    return settings and not length
 
 
 def _upgrade(headers: Headers) -> bytes | None:

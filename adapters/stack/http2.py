@@ -118,10 +118,21 @@ class H2Protocol(asyncio.Protocol):
                           "server": _address(transport.get_extra_info("sockname")),
                           "client": _address(transport.get_extra_info("peername")), "scheme": scheme,
                           "root_path": self.shared.root_path}
-        self.conn.initiate_connection()
+        if self.conn.state_machine.state == h2.connection.ConnectionState.IDLE:  # not already (upgraded)
+            self.conn.initiate_connection()
         self._flush()
         self._idle_since = now = self.loop.time()
         self._idle_timer = self.loop.call_at(now + self.shared.timeout_keep_alive, self._idle_too_long)
+
+    def upgraded(self, transport: asyncio.BaseTransport, settings: bytes, method: bytes, target: bytes,
+                 headers: list[tuple[bytes, bytes]]) -> None:
+        """In place of connection_made: an ``Upgrade: h2c`` request (no body), answered 101 and then on stream 1."""
+        self.conn.initiate_upgrade_connection(settings)  # the server's SETTINGS, and stream 1 half-closed (remote)
+        cast(asyncio.Transport, transport).write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n"
+                                                 b"upgrade: h2c\r\n\r\n")
+        self.connection_made(transport)
+        stream = self._open(1, method, target, headers, b"http")
+        stream.more_body = False
 
     def _idle_too_long(self) -> None:
         self._idle_timer = None

@@ -346,3 +346,47 @@ def test_idle_connection_gets_goaway_after_keep_alive_timeout(run_cli: Callable[
         client.until(lambda: client.closed, "the close")
     finally:
         client.close()
+
+
+def test_upgrade_h2c_is_answered_on_stream_1(run_cli: Callable[..., Cluster]) -> None:
+    """``Upgrade: h2c`` with HTTP2-Settings: 101, then the request's answer in HTTP/2 on stream 1, and the
+    connection goes on in HTTP/2. A request with a body asking for it is answered in HTTP/1.1."""
+    _, url = start(run_cli, APP)
+    host = url.removeprefix("http://").encode()
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    settings = conn.initiate_upgrade_connection()
+    with socket.create_connection(address(url), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET /scope HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                     b"Upgrade: h2c\r\nHTTP2-Settings: %s\r\n\r\n" % (host, settings))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(1)
+            assert data, f"closed after {head!r}"
+            head += data
+        assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: h2c" in head.lower()
+        sock.sendall(conn.data_to_send())
+        events: list[h2.events.Event] = []
+        body = bytearray()
+        deadline = time.monotonic() + DEADLINE
+        while not any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 1 for e in events):
+            assert time.monotonic() < deadline, "no answer on stream 1"
+            data = sock.recv(65536)
+            assert data, f"closed before the answer: {events}"
+            for event in conn.receive_data(data):
+                events.append(event)
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+            sock.sendall(conn.data_to_send())
+        seen = json.loads(bytes(body))
+        assert seen["http_version"] == "2" and seen["method"] == "GET" and seen["path"] == "/scope"
+        assert ["host", host.decode()] in seen["headers"]
+        assert not any(name in ("upgrade", "http2-settings", "connection") for name, _ in seen["headers"])
+    with socket.create_connection(address(url), timeout=DEADLINE) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                     b"Upgrade: h2c\r\nHTTP2-Settings: %s\r\nContent-Length: 2\r\n\r\nhi" % settings)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            assert data
+            answer += data
+        assert answer.startswith(b"HTTP/1.1 200 ")
