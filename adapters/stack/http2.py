@@ -92,6 +92,9 @@ class H2Protocol(asyncio.Protocol):
         settings: dict[Any, int] = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams}
         if limits.max_header_list_size:
             settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] = limits.max_header_list_size
+            # h2 gives its HPACK decoder the limit only when a change of it is acknowledged; this one is the
+            # first SETTINGS the client reads, so it applies from the start.
+            self.conn.decoder.max_header_list_size = limits.max_header_list_size
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.streams: dict[int, _Stream] = {}

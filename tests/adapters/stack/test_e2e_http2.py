@@ -390,3 +390,21 @@ def test_upgrade_h2c_is_answered_on_stream_1(run_cli: Callable[..., Cluster]) ->
             assert data
             answer += data
         assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_header_list_past_limit_request_head_closes(run_cli: Callable[..., Cluster]) -> None:
+    """--limit-request-head is SETTINGS_MAX_HEADER_LIST_SIZE, enforced: a larger header list ends the connection."""
+    _, url = start(run_cli, APP, "--limit-request-head", "4096")
+    client = RawClient(url)
+    try:
+        client.until(lambda: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in client.events),
+                     "server SETTINGS")
+        settings = next(e for e in client.events if isinstance(e, h2.events.RemoteSettingsChanged))
+        assert settings.changed_settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE].new_value == 4096
+        assert client.answer(client.request("/", extra=[(b"x-small", b"v" * 1000)])) == (200, b"ok")
+        client.request("/", extra=[(b"x-large", b"v" * 8000)])
+        client.until(lambda: client.terminated() is not None or client.closed, "the connection's end")
+        goaway = client.terminated()
+        assert goaway is None or goaway.error_code != 0
+    finally:
+        client.close()
