@@ -15,7 +15,8 @@ streams to ASGI request cycles and owns the rest:
 * responses: DATA goes out no faster than the stream's and the connection's windows allow (``send`` waits for a
   WINDOW_UPDATE) and waits while the transport's buffer is full;
 * limits: SETTINGS_MAX_CONCURRENT_STREAMS (--h2-max-concurrent-streams), SETTINGS_MAX_HEADER_LIST_SIZE from
-  --limit-request-head (h2's HPACK decoder enforces it: a larger header list is a connection error);
+  --limit-request-head (h2's HPACK decoder enforces it: a larger header list is a connection error), and
+  --limit-request-fields (a request with more fields is answered 431, its stream alone);
 * drain (a rolling restart, seam.OpenConnection.shutdown): a GOAWAY naming the last stream taken goes out at
   once; streams up to it finish; streams the client opens after it are refused (REFUSED_STREAM, safe to retry
   elsewhere); once none is left, a final GOAWAY and the close;
@@ -32,7 +33,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote
@@ -62,10 +62,12 @@ _INTERNAL_ERROR_HEADERS = [(b":status", b"500"), (b"content-type", b"text/plain;
 
 @dataclass(frozen=True)
 class H2Limits:
-    """--h2-max-concurrent-streams, and the header-list size from --limit-request-head (0: h2's default)."""
+    """--h2-max-concurrent-streams, the header-list size from --limit-request-head (0: h2's default), and
+    --limit-request-fields."""
 
     max_concurrent_streams: int = 100
     max_header_list_size: int = 0
+    max_fields: int = 0  # --limit-request-fields: a request with more header fields is answered 431 (0: no limit)
 
 
 class _Connection(h2.connection.H2Connection):
@@ -255,6 +257,12 @@ class H2Protocol(asyncio.Protocol):
                     scheme = value
             else:
                 headers.append((name, value))
+        fields = self.limits.max_fields
+        if fields and len(headers) > fields:
+            logger.warning("refused a request from %s: more than %d header fields (431 Request Header Fields Too "
+                           "Large)", self._template.get("client"), fields)
+            self.conn.send_headers(stream_id, [(b":status", b"431"), (b"content-length", b"0")], end_stream=True)
+            return
         if authority and not any(name == b"host" for name, _ in headers):
             headers.insert(0, (b"host", authority))
         stream = self._open(stream_id, method, path, headers, scheme)
@@ -391,7 +399,6 @@ class _Stream:
         self.response_complete = False
         self.headers_out: list[tuple[bytes, bytes]] | None = None
         self.head_only = scope["method"] == "HEAD"
-        self.after: list[Callable[[], None]] = []
 
     def wake(self) -> None:
         waiter = self.waiter

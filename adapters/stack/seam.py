@@ -307,7 +307,7 @@ class Stack:
     def __init__(self, app: Any, *, protocol: str, access_log: bool, timeout_keep_alive: int, backlog: int,
                  headers: list[tuple[str, str]] | None = None, root_path: str = "",
                  ws: WebSocketLimits | None = None, body_timeout: float | None = None,
-                 send_timeout: float | None = None, h2_max_streams: int = 100) -> None:
+                 send_timeout: float | None = None, h2_max_streams: int = 100, h2_max_fields: int = 0) -> None:
         """``body_timeout`` and ``send_timeout``: --body-timeout on the request body and on the response, which
         clusterrun's own protocol applies (http1.Shared); uvicorn's protocols have neither."""
         if protocol not in PROTOCOLS:
@@ -344,7 +344,7 @@ class Stack:
         self._make_guard: Callable[[ConnectionView], RequestGuard] | None = None
         self._upgraded_close = False
         self._on_close: list[Callable[[], None]] = []
-        self._h2_max_streams = h2_max_streams
+        self._h2_max_streams, self._h2_max_fields = h2_max_streams, h2_max_fields
         self._head_limit = 0
         self.encoded_headers: Headers = list(config.encoded_headers)
 
@@ -404,7 +404,8 @@ class Stack:
             if self.http2:
                 from clusterrun.adapters.stack.http2 import H2Limits, H2Protocol
 
-                limits = H2Limits(max_concurrent_streams=self._h2_max_streams, max_header_list_size=self._head_limit)
+                limits = H2Limits(max_concurrent_streams=self._h2_max_streams, max_header_list_size=self._head_limit,
+                                  max_fields=self._h2_max_fields)
                 shared.h2 = functools.partial(H2Protocol, shared, limits)
             return functools.partial(H1Protocol, shared)
         protocol: Callable[..., asyncio.Protocol] = self._http_protocol
