@@ -55,6 +55,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # connection. Far above what a browser cancelling navigations does, far below an attack's thousands a second.
 _RESETS = 200
 _RESET_WINDOW = 10.0
+_STREAM_WINDOW = 65535  # SETTINGS_INITIAL_WINDOW_SIZE left at the default: a stream's receive window
 _DISCONNECT = {"type": "http.disconnect"}
 _INTERNAL_ERROR_HEADERS = [(b":status", b"500"), (b"content-type", b"text/plain; charset=utf-8"),
                            (b"content-length", b"21")]
@@ -125,6 +126,9 @@ class H2Protocol(asyncio.Protocol):
                           "root_path": self.shared.root_path}
         if self.conn.state_machine.state == h2.connection.ConnectionState.IDLE:  # not already (upgraded)
             self.conn.initiate_connection()
+        # The connection's window, room for every stream's: a stream whose app does not read its body holds at
+        # most its own window (64 KiB) unacknowledged, never the whole connection's, which would stall the others.
+        self.conn.increment_flow_control_window(self.limits.max_concurrent_streams * _STREAM_WINDOW)
         self._flush()
         self._idle_since = now = self.loop.time()
         self._idle_timer = self.loop.call_at(now + self.shared.timeout_keep_alive, self._idle_too_long)

@@ -421,3 +421,26 @@ def test_more_fields_than_limit_request_fields_is_431(run_cli: Callable[..., Clu
     finally:
         client.close()
     cluster.wait_for_line("more than 5 header fields")
+
+
+def test_a_stream_whose_app_reads_nothing_does_not_stall_the_others(run_cli: Callable[..., Cluster],
+                                                                   tmp_path: Path) -> None:
+    """A body the app does not read fills its stream's window only: another stream's upload still completes (with
+    the connection's window no larger than one stream's, the first stream held it all)."""
+    _, url = start(run_cli, APP)
+    client = RawClient(url)
+    try:
+        client.until(lambda: any(isinstance(e, h2.events.SettingsAcknowledged) for e in client.events), "SETTINGS ack")
+        held = client.request(f"/hold?dir={tmp_path}", method="POST", end=False)
+        for size in (16384, 16384, 16384, 16383):  # the stream's whole window (65535), in frames of 16 KiB at most
+            client.conn.send_data(held, b"x" * size)
+        client.flush()
+        wait_until(lambda: (tmp_path / "started").exists(), "the app holding the request")
+        upload = pattern(300_000)
+        stream_id = client.request("/echo", method="POST", end=False)
+        client.send_body(stream_id, upload)
+        status, body = client.answer(stream_id)
+        assert body.decode() == f"{len(upload)} {hashlib.sha256(upload).hexdigest()}"
+        (tmp_path / "release").touch()
+    finally:
+        client.close()
