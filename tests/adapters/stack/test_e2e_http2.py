@@ -242,7 +242,7 @@ def test_flow_control_both_ways_with_small_windows(run_cli: Callable[..., Cluste
         stream_id = client.request("/echo", method="POST", end=False)
         client.send_body(stream_id, upload)
         status, body = client.answer(stream_id)
-        assert body.decode() == f"{size} {hashlib.sha256(upload).hexdigest()}"
+        assert status == 200 and body.decode() == f"{size} {hashlib.sha256(upload).hexdigest()}"
     finally:
         client.close()
 
@@ -440,7 +440,7 @@ def test_a_stream_whose_app_reads_nothing_does_not_stall_the_others(run_cli: Cal
         stream_id = client.request("/echo", method="POST", end=False)
         client.send_body(stream_id, upload)
         status, body = client.answer(stream_id)
-        assert body.decode() == f"{len(upload)} {hashlib.sha256(upload).hexdigest()}"
+        assert status == 200 and body.decode() == f"{len(upload)} {hashlib.sha256(upload).hexdigest()}"
         (tmp_path / "release").touch()
     finally:
         client.close()
