@@ -129,6 +129,7 @@ class H1Protocol(asyncio.Protocol):
         self._reading_paused = False
         self._upgrading = False
         self._h2c = False  # the request being parsed asks for Upgrade: h2c, and can have it
+        self._successor: asyncio.Protocol | None = None  # the HTTP/2 protocol this connection was handed to
         # The request being parsed.
         self._url = b""
         self._headers: Headers = []
@@ -212,6 +213,11 @@ class H1Protocol(asyncio.Protocol):
             if guard is None:  # closed, or handed over to a WebSocket protocol
                 return
             guard.data_received(data[start:start + _PARSE_SLICE])
+            successor = self._successor
+            if successor is not None:  # handed over to HTTP/2 within this slice: the rest of the read is its
+                if start + _PARSE_SLICE < end:
+                    successor.data_received(data[start + _PARSE_SLICE:])
+                return
             if self._pipeline and start + _PARSE_SLICE < end:
                 self._held.append(data[start + _PARSE_SLICE:])
                 self._pause_reading()
@@ -511,7 +517,7 @@ class H1Protocol(asyncio.Protocol):
         guard = self._guard
         if guard is not None:  # its head clock and --limit-concurrency are HTTP/1.1's; HTTP/2 has its own limits
             guard.connection_lost()
-        protocol = make()
+        protocol = self._successor = make()
         transport = self.transport
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
@@ -532,6 +538,7 @@ class H1Protocol(asyncio.Protocol):
         kept = [(name, value) for name, value in headers if name not in (b"connection", b"upgrade", b"http2-settings")]
         method = self.stand_in_for or self.parser.get_method()
         protocol: Any = make()
+        self._successor = protocol
         transport = self.transport
         transport.set_protocol(protocol)
         protocol.upgraded(transport, settings, method, self._url, kept)

@@ -444,3 +444,29 @@ def test_a_stream_whose_app_reads_nothing_does_not_stall_the_others(run_cli: Cal
         (tmp_path / "release").touch()
     finally:
         client.close()
+
+
+def test_a_first_read_past_8_kib_reaches_http2_whole(run_cli: Callable[..., Cluster]) -> None:
+    """The preface, a request and 40 KB of its body in one send: the HTTP/1.1 protocol parses a read 8 KiB at a
+    time, and what followed the slice it handed over in was lost (the upload stalled)."""
+    _, url = start(run_cli, APP)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"localhost"),
+                          (b":path", b"/echo")])
+    upload = pattern(40_000)
+    for start_at in range(0, len(upload), 16384):
+        conn.send_data(1, upload[start_at:start_at + 16384], end_stream=start_at + 16384 >= len(upload))
+    with socket.create_connection(address(url), timeout=DEADLINE) as sock:
+        sock.sendall(conn.data_to_send())
+        body = bytearray()
+        ended = False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "closed before the answer"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                ended = ended or (isinstance(event, h2.events.StreamEnded) and event.stream_id == 1)
+            sock.sendall(conn.data_to_send())
+    assert body.decode() == f"{len(upload)} {hashlib.sha256(upload).hexdigest()}"
