@@ -48,6 +48,16 @@ _READ = 256 * 1024
 _PREREAD_LIMIT = 64 * 1024  # a body up to this is read on the loop before the app is called (uvicorn's window)
 _STEPS_PER_TURN = 16  # chunks of one streamed response written before other connections get a turn
 _LINGER_SECONDS = 2.0
+# HTTP/2 is served on the asyncio stack only (adapters.stack.http2; --threads N for a WSGI app): this engine
+# offers no h2 by ALPN, and answers a client that starts with the HTTP/2 preface (h2c with prior knowledge) the
+# way RFC 9113 3.3 and 9.2.3 allow, in HTTP/2: an empty SETTINGS frame (the server's preface), then GOAWAY with
+# last-stream-id 0 and HTTP_1_1_REQUIRED (0xd), then the close. Two fixed frames, so spelt out here.
+_H2_PREFACE_HEAD = b"PRI * HTTP/2.0\r\n"
+_H2_REFUSAL = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS, length 0, stream 0
+               b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"  # GOAWAY, length 8, stream 0
+               b"\x00\x00\x00\x00\x00\x00\x00\x0d")  # last-stream-id 0, HTTP_1_1_REQUIRED
+_H2_REFUSED = Exceeded(505, "an HTTP/2 client (h2c prior knowledge): the inline WSGI engine serves HTTP/1.1 only; "
+                            "serve the app with --threads N for HTTP/2")
 _LINGER_BYTES = 1024 * 1024
 # Pipelining: a read larger than this is parsed a slice at a time while fewer than _QUEUE_LIMIT requests wait,
 # the rest kept unparsed, reading paused; requests are answered _ANSWERS_PER_TURN at a time between turns of
@@ -368,6 +378,8 @@ class Connection:
                     raise Refused(None) from exc
                 data, fresh = rest, True
             except httptools.HttpParserError as exc:
+                if fresh and data.startswith(_H2_PREFACE_HEAD):  # a head that begins as the HTTP/2 preface
+                    raise Refused(_H2_REFUSED) from exc
                 raise Refused(None) from exc
         if self.framing_run > _FRAMING_LINE and self.parsing is not None:
             raise Refused(Exceeded(400, f"a chunk size line or trailer field longer than {_FRAMING_LINE} bytes"))
@@ -609,6 +621,10 @@ class Connection:
         if hit is not None:
             self.engine.log_refusal(self.peer_address(), hit)
         if self.response is not None:  # the app was called for this request: its answer is cut short
+            self.close()
+            return
+        if hit is _H2_REFUSED:
+            self.write(_H2_REFUSAL)
             self.close()
             return
         text = f"{HTTPStatus(status).phrase}: {why}\n".encode() if why else b"Invalid HTTP request received.\n"

@@ -81,7 +81,8 @@ class Shared:
     def __init__(self, app: Any, state: Any, app_state: dict[str, Any], loop: asyncio.AbstractEventLoop, *,
                  root_path: str, timeout_keep_alive: float, make_guard: Callable[[H1Protocol], Any],
                  on_close: list[Callable[[], None]], upgrade: Callable[[Any], asyncio.Protocol] | None,
-                 body_timeout: float | None = None, send_timeout: float | None = None) -> None:
+                 body_timeout: float | None = None, send_timeout: float | None = None,
+                 h2: Callable[[], asyncio.Protocol] | None = None) -> None:
         self.app = app
         self.state = state
         self.app_state = app_state
@@ -101,6 +102,9 @@ class Shared:
         # The ASGI zero-copy extension (http.response.zerocopysend), offered where loop.sendfile sends from the
         # kernel: asyncio's own loops do, uvloop's raises NotImplementedError (and it is no BaseEventLoop).
         self.zerocopy = isinstance(loop, asyncio.BaseEventLoop)
+        # Builds the HTTP/2 protocol (adapters.stack.http2) that takes over a connection; None
+        # where h2 is not installed. Offered by ALPN on TLS, taken on the preface in cleartext (h2c).
+        self.h2 = h2
 
 
 class H1Protocol(asyncio.Protocol):
@@ -129,6 +133,8 @@ class H1Protocol(asyncio.Protocol):
         self._drained: list[asyncio.Future[None]] = []
         self._reading_paused = False
         self._upgrading = False
+        self._h2c = False  # the request being parsed asks for Upgrade: h2c, and can have it
+        self._successor: asyncio.Protocol | None = None  # the HTTP/2 protocol this connection was handed to
         # The request being parsed.
         self._url = b""
         self._headers: Headers = []
@@ -145,6 +151,12 @@ class H1Protocol(asyncio.Protocol):
         self.transport = transport
         self.client = _address(transport.get_extra_info("peername"))
         scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        if scheme == "https" and shared.h2 is not None:  # decided once per connection: ALPN chose h2, or not
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                shared.state.connections.discard(self)
+                self._to_h2(b"")
+                return
         self._template = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
                           "http_version": "1.1", "server": _address(transport.get_extra_info("sockname")),
                           "client": self.client, "scheme": scheme, "root_path": shared.root_path}
@@ -208,6 +220,11 @@ class H1Protocol(asyncio.Protocol):
             if guard is None:  # closed, or handed over to a WebSocket protocol
                 return
             guard.data_received(data[start:start + _PARSE_SLICE])
+            successor = self._successor
+            if successor is not None:  # handed over to HTTP/2 within this slice: the rest of the read is its
+                if start + _PARSE_SLICE < end:
+                    successor.data_received(data[start + _PARSE_SLICE:])
+                return
             if self._pipeline and start + _PARSE_SLICE < end:
                 self._held.append(data[start + _PARSE_SLICE:])
                 self._pause_reading()
@@ -269,12 +286,17 @@ class H1Protocol(asyncio.Protocol):
             return
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._upgrading:
+        except httptools.HttpParserUpgrade as exc:
+            if self._h2c:
+                self._to_h2c(data[exc.args[0]:] if exc.args else b"")
+            elif self._upgrading:
                 self._hand_over()
             else:
                 logger.warning("unsupported upgrade request: answered as plain HTTP/1.1")
         except httptools.HttpParserError:
+            if self.shared.h2 is not None and self.cycle is None and parser.get_method() == b"PRI":
+                self._to_h2(_after_preface_head(data))  # h2c with prior knowledge: the connection's first bytes
+                return
             if not self._guard.refusing():
                 logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
@@ -371,10 +393,16 @@ class H1Protocol(asyncio.Protocol):
         headers = self._headers
         self._guard.head_parsed(method, self._url, version, headers)
         self.stand_in_for = None
-        if parser.should_upgrade() and self.shared.upgrade is not None and _upgrade(headers) == b"websocket":
-            self._upgrading = True  # feed_data raises HttpParserUpgrade next: _hand_over
-            self._trailing = None
-            return
+        if parser.should_upgrade():
+            protocol = _upgrade(headers)
+            if protocol == b"websocket" and self.shared.upgrade is not None:
+                self._upgrading = True  # feed_data raises HttpParserUpgrade next: _hand_over
+                self._trailing = None
+                return
+            if protocol == b"h2c" and self.shared.h2 is not None and _h2c_ready(headers):
+                self._upgrading = self._h2c = True  # feed_data raises HttpParserUpgrade at its end: _to_h2c
+                self._trailing = None
+                return
         # Trailer fields (a chunked body's end) go to a list of their own: they never reach the scope.
         self._headers = self._trailing = []
         url = self._url
@@ -488,6 +516,43 @@ class H1Protocol(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
+    def _to_h2(self, data: bytes) -> None:
+        """Give the connection to the HTTP/2 protocol, with the bytes read for it so far."""
+        make = self.shared.h2
+        assert make is not None
+        self.shared.state.connections.discard(self)
+        guard = self._guard
+        if guard is not None:  # its head clock and --limit-concurrency are HTTP/1.1's; HTTP/2 has its own limits
+            guard.connection_lost()
+        protocol = self._successor = make()
+        transport = self.transport
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if data:
+            protocol.data_received(data)
+        self._forget()
+
+    def _to_h2c(self, rest: bytes) -> None:
+        """Answer the ``Upgrade: h2c`` request 101, then in HTTP/2 on stream 1 (RFC 7540 3.2)."""
+        make = self.shared.h2
+        assert make is not None
+        self.shared.state.connections.discard(self)
+        guard = self._guard
+        if guard is not None:
+            guard.connection_lost()
+        headers = self._headers
+        settings = next(value for name, value in headers if name == b"http2-settings")
+        kept = [(name, value) for name, value in headers if name not in (b"connection", b"upgrade", b"http2-settings")]
+        method = self.stand_in_for or self.parser.get_method()
+        protocol: Any = make()
+        self._successor = protocol
+        transport = self.transport
+        transport.set_protocol(protocol)
+        protocol.upgraded(transport, settings, method, self._url, kept)
+        if rest:
+            protocol.data_received(rest)
+        self._forget()
+
     def _hand_over(self) -> None:
         """Give the connection to a WebSocket protocol: it reads the request head again, rebuilt from the parse."""
         upgrade = self.shared.upgrade
@@ -505,11 +570,38 @@ class H1Protocol(asyncio.Protocol):
         self._forget()
 
 
+_PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"  # what httptools parses as a request before it stops
+
+
+def _after_preface_head(data: bytes) -> bytes:
+    """The HTTP/2 preface and what follows it, from the read on which httptools stopped at the preface's head (the
+    head may have begun in an earlier read: rebuilt from the part of it this read holds)."""
+    found = data.find(_PREFACE_HEAD)
+    if found >= 0:
+        return data[found:]
+    for start in range(1, len(_PREFACE_HEAD)):
+        if data.startswith(_PREFACE_HEAD[start:]):
+            return _PREFACE_HEAD + data[len(_PREFACE_HEAD) - start:]
+    return _PREFACE_HEAD + data
+
+
 def _address(info: Any) -> Any:
     """A (host, port) from a transport's peername or sockname; None for a Unix socket's."""
     if isinstance(info, (list, tuple)) and len(info) >= 2:
         return (str(info[0]), int(info[1]))
     return None
+
+
+def _h2c_ready(headers: Headers) -> bool:
+    """An ``Upgrade: h2c`` request that can be taken: HTTP2-Settings given, and no body (a body would have to be read
+    in HTTP/1.1 first; such a request is answered in HTTP/1.1, which RFC 7540 3.2 allows)."""
+    settings = length = False
+    for name, value in headers:
+        if name == b"http2-settings":
+            settings = True
+        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            length = True
+    return settings and not length
 
 
 def _upgrade(headers: Headers) -> bytes | None:

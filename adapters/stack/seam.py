@@ -307,7 +307,7 @@ class Stack:
     def __init__(self, app: Any, *, protocol: str, access_log: bool, timeout_keep_alive: int, backlog: int,
                  headers: list[tuple[str, str]] | None = None, root_path: str = "",
                  ws: WebSocketLimits | None = None, body_timeout: float | None = None,
-                 send_timeout: float | None = None) -> None:
+                 send_timeout: float | None = None, h2_max_streams: int = 100, h2_max_fields: int = 0) -> None:
         """``body_timeout`` and ``send_timeout``: --body-timeout on the request body and on the response, which
         clusterrun's own protocol applies (http1.Shared); uvicorn's protocols have neither."""
         if protocol not in PROTOCOLS:
@@ -344,6 +344,8 @@ class Stack:
         self._make_guard: Callable[[ConnectionView], RequestGuard] | None = None
         self._upgraded_close = False
         self._on_close: list[Callable[[], None]] = []
+        self._h2_max_streams, self._h2_max_fields = h2_max_streams, h2_max_fields
+        self._head_limit = 0
         self.encoded_headers: Headers = list(config.encoded_headers)
 
     @property
@@ -362,6 +364,7 @@ class Stack:
         ``upgraded_close``: the guard must hear when a connection upgraded to WebSocket closes (it holds a place
         of --limit-concurrency until then). Without it, an upgrade's HTTP protocol is left to the collector.
         """
+        self._head_limit = head_limit
         if self._own:  # the protocol calls the guard itself, and is its own view (ConnectionView)
             self._make_guard, self._upgraded_close = make_guard, upgraded_close
             return
@@ -398,10 +401,27 @@ class Stack:
                             timeout_keep_alive=config.timeout_keep_alive, make_guard=make_guard,
                             on_close=self._on_close, upgrade=upgrade, body_timeout=self._body_timeout,
                             send_timeout=self._send_timeout)
+            if self.http2:
+                from clusterrun.adapters.stack.http2 import H2Limits, H2Protocol
+
+                limits = H2Limits(max_concurrent_streams=self._h2_max_streams, max_header_list_size=self._head_limit,
+                                  max_fields=self._h2_max_fields)
+                shared.h2 = functools.partial(H2Protocol, shared, limits)
             return functools.partial(H1Protocol, shared)
         protocol: Callable[..., asyncio.Protocol] = self._http_protocol
         return functools.partial(protocol, config=self._config, server_state=self._state, app_state=app_state,
                                  _loop=loop)
+
+    @property
+    def http2(self) -> bool:
+        """HTTP/2 is served: on clusterrun's own protocol, where the h2 library is installed (clusterrun[http2])."""
+        if not self._own:
+            return False
+        try:
+            import h2  # noqa: F401
+        except ImportError:
+            return False
+        return True
 
     def _upgrade(self, app_state: dict[str, Any], guard: RequestGuard) -> asyncio.Protocol:
         """The WebSocket protocol (uvicorn's) that takes over a connection of clusterrun's own protocol; ``guard``,

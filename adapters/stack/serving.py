@@ -60,7 +60,8 @@ def as_asgi(loaded: LoadedApp, *, threads: int, info: WorkerInfo, body_timeout: 
 def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int, backlog: int,
                headers: ResponseHeaders | None = None, root_path: str = "",
                ws: WebSocketLimits | None = None, body_timeout: float | None = None,
-               send_timeout: float | None = None) -> Stack:
+               send_timeout: float | None = None, h2_max_streams: int = 100,
+               h2_max_fields: int = 0) -> Stack:
     """The HTTP protocols --http names, set up to serve ``app``: clusterrun's own (auto and httptools, where
     httptools is installed; adapters.stack.http1), uvicorn's on httptools (uvicorn), uvicorn's on h11 (h11, or
     auto without httptools). --http httptools or uvicorn without httptools is a BootError."""
@@ -76,7 +77,8 @@ def http_stack(app: Any, *, http: str, access_log: bool, timeout_keep_alive: int
     fixed = (headers or ResponseHeaders()).fixed()
     return Stack(app, protocol=protocol, access_log=access_log, timeout_keep_alive=timeout_keep_alive, backlog=backlog,
                  headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in fixed],
-                 root_path=root_path, ws=ws, body_timeout=body_timeout, send_timeout=send_timeout)
+                 root_path=root_path, ws=ws, body_timeout=body_timeout, send_timeout=send_timeout,
+                 h2_max_streams=h2_max_streams, h2_max_fields=h2_max_fields)
 
 
 def preimport(http: str) -> None:

@@ -120,6 +120,7 @@ class Config:
     ws_max_size: int = 16 * 1024 * 1024
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
+    h2_max_concurrent_streams: int = 100  # HTTP/2 (docs/http2.md): SETTINGS_MAX_CONCURRENT_STREAMS
     name: str = ""  # the cluster's name, for the control commands; "" = the app's module (``cluster_name``)
     control: str = ""  # the control socket's path; "" = the default place (clusterrun.host.controlsocket)
     no_control: bool = False
@@ -790,6 +791,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ws_ping_timeout", ("--ws-ping-timeout",), "close a WebSocket whose client does not answer a ping "
            "within this many seconds (close code 1011); 0 waits forever; default 20, as uvicorn",
            _seconds("--ws-ping-timeout"), "SECONDS"),
+    Option("h2_max_concurrent_streams", ("--h2-max-concurrent-streams",), "HTTP/2: the streams (requests) a "
+           "client may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS); default 100",
+           _int_at_least(1, "--h2-max-concurrent-streams"), "N"),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}

@@ -169,7 +169,10 @@ class StackServer:
             ws=websocket_limits(config),
             # --body-timeout: on an ASGI app's body here; a WSGI app's input (the --threads bridge) keeps its own.
             body_timeout=config.body_timeout if loaded.interface == "asgi" else None, send_timeout=config.body_timeout,
+            h2_max_streams=config.h2_max_concurrent_streams, h2_max_fields=config.limit_request_fields,
         )
+        if ssl_context is not None and self.stack.http2:  # ALPN offers h2 first; a client without it gets HTTP/1.1
+            ssl_context.set_alpn_protocols(["h2", "http/1.1"])
         self.lifespan = uvicorn_stack.Lifespan(self.app, config.lifespan if loaded.interface == "asgi" else "off")
         # Under a primary-side policy every closed connection is counted where the primary reads it
         # (clusterrun.wire.counters): least-conn orders by it, and every such policy keeps a worker's open
