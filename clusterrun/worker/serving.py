@@ -132,6 +132,28 @@ def websocket_limits(config: Config) -> uvicorn_stack.WebSocketLimits:
                                  ping_timeout=config.ws_ping_timeout)
 
 
+def _layered(config: Config, info: WorkerInfo, loaded: entry.LoadedApp, pages: WorkerPages,
+             stats: RequestStats | None) -> tuple[Any, Any]:
+    """The app as an ASGI app (a WSGI app through the bridge: returned first, it counts stuck threads), then
+    with its layers, from the inside out: the request deadline, static files, the access log and --metrics
+    (which count static answers too), and the proxy headers outermost (every layer sees the client they name)."""
+    stamp = pages.request_clock if pages.request_clock.enabled else None
+    bridged = app = uvicorn_stack.as_asgi(loaded, threads=config.threads, info=info, body_timeout=config.body_timeout,
+                                          request_clock=stamp)
+    if config.request_timeout:  # each request cancelled at its deadline, 504 (adapters.deadline)
+        app = uvicorn_stack.with_deadline(app, config.request_timeout)
+    files = static_files(config)
+    if files is not None:
+        app = entry.static_asgi(app, files)
+    access = AccessLog(config.access_log_format, info) if config.access_log else None
+    if stats is not None or access is not None:
+        app = observed(app, stats, access)
+    proxies = forwarding(config)
+    if proxies is not None:
+        app = entry.ForwardedApp(app, proxies)
+    return bridged, app
+
+
 class StackServer:
     """The app on uvicorn's protocols: ``start`` (lifespan), ``listen``, ``adopt``, ``drain``, ``stop``."""
 
@@ -145,21 +167,8 @@ class StackServer:
             "ssl": ssl_context, "ssl_handshake_timeout": config.timeout_request_head}
         self.info = info
         self.interface = loaded.interface
-        stamp = pages.request_clock if pages.request_clock.enabled else None
-        self.app = self.bridged = uvicorn_stack.as_asgi(loaded, threads=config.threads, info=info,
-                                                body_timeout=config.body_timeout, request_clock=stamp)
-        if config.request_timeout:  # each request cancelled at its deadline, 504 (adapters.deadline)
-            self.app = uvicorn_stack.with_deadline(self.app, config.request_timeout)
-        files = static_files(config)
-        if files is not None:  # before the app, inside the access log and --metrics, which count it
-            self.app = entry.static_asgi(self.app, files)
         self.stats = RequestStats() if config.metrics is not None else None
-        access = AccessLog(config.access_log_format, info) if config.access_log else None
-        if self.stats is not None or access is not None:
-            self.app = observed(self.app, self.stats, access)
-        proxies = forwarding(config)
-        if proxies is not None:  # outermost: the access log and the app both see the client the proxy names
-            self.app = entry.ForwardedApp(self.app, proxies)
+        self.bridged, self.app = _layered(config, info, loaded, pages, self.stats)
         self.date_header = not config.no_date_header
         # Only the requests' app marks the first request: the lifespan below runs the app unmarked.
         served = marking_the_first_request(self.app, pages.first_request)
