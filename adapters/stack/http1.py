@@ -19,8 +19,9 @@ paused while a request waits its turn), request bodies streamed to ``receive`` w
 closes after the answer (a drain), the 500 for an app that fails before answering, and the WebSocket
 upgrade, handed to uvicorn's WebSocket protocol through the ``upgrade`` callable the seam gives.
 
-Imports asyncio, httptools and adapters.limits (the plain-text refusal both engines send) only: what it needs of
-uvicorn (the WebSocket protocol, the server state) comes in through ``Shared``.
+Imports asyncio, httptools, adapters.limits (the plain-text refusal both engines send) and stack.flow (the write
+flow control http2 shares) only: what it needs of uvicorn (the WebSocket protocol, the server state) and of
+HTTP/2 comes in through ``Shared``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from urllib.parse import unquote
 
 import httptools
 from clusterrun.adapters.limits import header_lines, plain_answer
+from clusterrun.adapters.stack.flow import WriteFlow
 
 __all__ = ["H1Protocol", "Shared"]
 
@@ -107,7 +109,7 @@ class Shared:
         self.h2 = h2
 
 
-class H1Protocol(asyncio.Protocol):
+class H1Protocol(WriteFlow, asyncio.Protocol):
     """One HTTP/1.1 connection serving an ASGI app; also the guard's view of it (adapters.stack.guard)."""
 
     def __init__(self, shared: Shared) -> None:
@@ -128,9 +130,8 @@ class H1Protocol(asyncio.Protocol):
         # it has been idle for the whole timeout and otherwise sets itself again for what is left.
         self._keep_alive_timer: asyncio.TimerHandle | None = None
         self._idle_since: float | None = None
-        self._write_paused = False
+        self._init_flow()
         self._send_timer: asyncio.TimerHandle | None = None
-        self._drained: list[asyncio.Future[None]] = []
         self._reading_paused = False
         self._upgrading = False
         self._h2c = False  # the request being parsed asks for Upgrade: h2c, and can have it
@@ -230,26 +231,12 @@ class H1Protocol(asyncio.Protocol):
                 self._pause_reading()
                 return
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._release_writers()
-
-    def _release_writers(self) -> None:
-        drained, self._drained = self._drained, []
-        for waiter in drained:
-            if not waiter.done():
-                waiter.set_result(None)
-
     async def drain(self) -> None:
         """Wait until the transport's buffer drains below its low-water mark (or the connection is lost).
 
         A client that takes nothing of the response for --body-timeout is cut off (the app's later sends are
         dropped), as the inline engine does: otherwise a client that never reads holds the request forever."""
-        waiter = self.loop.create_future()
-        self._drained.append(waiter)
+        waiter = self._writer()
         timeout = self.shared.send_timeout
         if not timeout:
             await waiter

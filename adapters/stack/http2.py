@@ -42,6 +42,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+from clusterrun.adapters.stack.flow import WriteFlow
 from clusterrun.adapters.stack.http1 import Shared
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
@@ -82,7 +83,7 @@ class _Connection(h2.connection.H2Connection):
         return 0
 
 
-class H2Protocol(asyncio.Protocol):
+class H2Protocol(WriteFlow, asyncio.Protocol):
     """One HTTP/2 connection serving an ASGI app, taken over from the HTTP/1.1 protocol (see the module)."""
 
     def __init__(self, shared: Shared, limits: H2Limits) -> None:
@@ -102,8 +103,7 @@ class H2Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.streams: dict[int, _Stream] = {}
         self._template: dict[str, Any] = {}
-        self._write_paused = False
-        self._writable: list[asyncio.Future[None]] = []
+        self._init_flow()
         self._draining = False
         self._last_stream = 0  # the last stream taken, once draining: newer ones are refused
         self._resets: deque[float] = deque()
@@ -181,24 +181,9 @@ class H2Protocol(asyncio.Protocol):
         for on_close in self.shared.on_close:
             on_close()
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._release_writers()
-
-    def _release_writers(self) -> None:
-        waiting, self._writable = self._writable, []
-        for future in waiting:
-            if not future.done():
-                future.set_result(None)
-
     async def writable(self) -> None:
         """Wait while the transport's buffer is full, or until a window may have opened (WINDOW_UPDATE, SETTINGS)."""
-        future = self.loop.create_future()
-        self._writable.append(future)
-        await future
+        await self._writer()
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
