@@ -36,6 +36,7 @@ class WorkerFrames:
         # only once a worker says ASGI: later forks (respawns, rolling restarts) then share it instead of each
         # importing it, and a WSGI worker never carries it.
         self.warm_up: Callable[[str], None] | None = warm_up
+        pool.last_words = lambda handle: self.on_channel(handle, selectors.EVENT_READ)
 
     def on_channel(self, handle: WorkerHandle, mask: int) -> None:
         """The worker's channel is readable (frames) or writable (a backlog to flush)."""

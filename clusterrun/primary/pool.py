@@ -80,6 +80,8 @@ class Pool:
         # gunicorn's order: its arbiter sets the number when it is made, before on_starting.
         self.events.emit("nworkers_changed", config, self.target, None)
         self.pending_respawns: set[int] = set()  # slots waiting out their backoff delay
+        # Reads a worker's unread frames (the primary's WorkerFrames sets it): see reaped().
+        self.last_words: Callable[[WorkerHandle], None] = lambda handle: None
         self.last_exit: dict[int, str] = {}  # per slot: how its last unplanned exit went (for status)
         self.tally = Tally()  # what exited workers did, per slot (for metrics that never go backwards)
         self.booted = False  # every slot of the first generation has served
@@ -345,9 +347,14 @@ class Pool:
 
     def reaped(self, pid: int, status: int) -> Verdict | None:
         """A child exited: release what it held, decide what comes next; a Verdict when the cluster must end."""
-        handle = self.workers.pop(pid, None)
+        handle = self.workers.get(pid)
         if handle is None:
             return None
+        if handle.channel.is_open:
+            # What it sent before it died and the loop has not read yet: when two workers fail to boot together,
+            # the SIGCHLD of the first may reap the second before its channel's turn, and its boot error is there.
+            self.last_words(handle)
+        del self.workers[pid]
         self.dispatcher.gone(handle)
         # Connections passed to it that it never read, and those still queued for it, go to another worker.
         self.dispatcher.redispatch(handle.channel.take_undelivered_fds())

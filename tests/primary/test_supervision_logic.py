@@ -38,7 +38,7 @@ from clusterrun.primary.throttle import Decision, RestartThrottle
 from clusterrun.primary.watchdog import Watchdog
 from clusterrun.wire.channel import Channel
 from clusterrun.wire.heartbeat import late_after
-from clusterrun.wire.protocol import Beat, Connections, Online, Stop
+from clusterrun.wire.protocol import Beat, BootFailed, Connections, Online, Stop
 from clusterrun.wire.requestclock import RequestClock
 
 S = WorkerState
@@ -628,6 +628,20 @@ def test_frames_act_on_the_pool_the_dispatcher_and_the_events(spawn: Spawner, cl
     handle.worker_end.send(Online())
     frames.on_channel(handle, selectors.EVENT_READ)
     assert handle.counts.requests == 9 and handle.last_seen == clock.now and online == [handle.id]
+
+
+def test_a_boot_error_still_unread_when_its_worker_is_reaped_is_the_reason_given(
+    spawn: Spawner, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers fail to boot together: the first one's SIGCHLD may reap the second before the loop read its
+    channel. Its boot error is read then, not lost for "it exited before it was ready" (seen once in CI)."""
+    pool = _pool(spawn, clock)
+    WorkerFrames(pool, pool.dispatcher, pool.events, clock)
+    pool.spawn(0)
+    handle = pool.slots[0]
+    handle.worker_end.send(BootFailed("ValueError: SECRET_KEY is missing"))
+    assert pool.reaped(handle.pid, _status(code=3)) is Verdict.BOOT_FAILED
+    assert "failed to boot in worker 1 (index 0, pid 900001): ValueError: SECRET_KEY is missing" in caplog.text
 
 
 def test_a_worker_let_go_leaves_its_slot_vacant_until_a_fork_fills_it(spawn: Spawner, clock: Clock) -> None:
