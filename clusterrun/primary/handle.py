@@ -246,7 +246,7 @@ class Worker:
         self._owner().let_go(self._handle, None)
 
     def kill(self, signal: str | int = "SIGTERM") -> None:
-        """Node's ``worker.kill(signal)``: disconnect, then send ``signal`` at once (a name or a number).
+        """Node's ``worker.kill(signal)``: send ``signal`` at once (a name or a number), then disconnect.
 
         SIGTERM lets the worker finish its requests in flight (its own SIGTERM drain, bounded by
         --graceful-timeout); SIGKILL cuts them off. As disconnect(): the slot goes, the exit is planned.

@@ -250,13 +250,16 @@ class Pool:
         for other in list(self.workers.values()):
             if other.replaces is handle and other.state is WorkerState.STARTING:
                 self.let_go(other, None)  # it would fill the slot given up again, once ready
+        if signum is not None:
+            # The signal first: sent after the Stop frame, it could land after an idle worker had drained and
+            # exited 0, and kill("SIGKILL") would read as a clean exit. Its own signal decides how a worker ends.
+            handle.send_signal(signum)
         if handle.state is WorkerState.STARTING:
             handle.move(WorkerState.DRAINING)  # nothing to drain yet
-            handle.terminate()
+            if signum is None:
+                handle.terminate()
         else:
             self.retire(handle)
-        if signum is not None:
-            handle.send_signal(signum)
         ref = weakref.ref(handle)  # the deadline must not keep a reaped worker's handle alive
         self.timers.add(self.config.graceful_timeout, lambda: self._leave_overdue(ref))
 

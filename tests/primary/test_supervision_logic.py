@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import signal
 import socket
@@ -683,6 +684,28 @@ def test_a_worker_let_go_leaves_its_slot_vacant_until_a_fork_fills_it(spawn: Spa
     assert not pool.workers and not pool.vacant
     with pytest.raises(ValueError, match="unknown signal 'SIGNOPE'"):
         first.public.kill("SIGNOPE")
+
+
+@pytest.mark.parametrize("starting", [False, True])
+def test_kill_sends_its_signal_before_the_stop_frame(spawn: Spawner, clock: Clock, starting: bool) -> None:
+    """Worker.kill(signal): the signal goes first. Sent after the Stop frame, it could come too late: an idle
+    worker drained and exited 0 before a kill("SIGKILL") landed (seen once in CI)."""
+    pool = _serving(spawn, clock)
+    handle = pool.slots[0]
+    if starting:
+        pool.rollout.start()
+        handle = pool.rollout.current  # type: ignore[assignment]
+        assert handle is not None and handle.state is S.STARTING
+    told: list[bool] = []  # at each signal: had the worker been sent anything yet?
+    record = handle._signal  # type: ignore[attr-defined]
+
+    def look_then_record(signum: int) -> None:
+        told.append(bool(select.select([handle.worker_end.fileno()], [], [], 0)[0]))  # type: ignore[attr-defined]
+        record(signum)
+
+    handle._signal = look_then_record  # type: ignore[attr-defined,method-assign]
+    handle.public.kill("SIGKILL")
+    assert handle.signals[0] == str(int(signal.SIGKILL)) and told[0] is False  # type: ignore[attr-defined]
 
 
 def test_a_worker_let_go_during_its_replacement_takes_the_replacement_with_it(spawn: Spawner, clock: Clock) -> None:
