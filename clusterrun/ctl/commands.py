@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from clusterrun.ctl.client import answers, live_clusters, request, resolve
-from clusterrun.ctl.text import CommandParser, cluster_table, status_text
+from clusterrun.ctl.text import CommandParser, cluster_table, run_command, status_text
 from clusterrun.ctl.top import cmd_top
-from clusterrun.errors import ClusterrunError, ControlError
+from clusterrun.errors import ControlError
 from clusterrun.host.pidfile import running
 
 COMMANDS = ("ls", "status", "top", "reload", "scale", "stop", "restart-worker")
@@ -178,11 +177,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    try:
-        code: int = args.run(args)
-        return code
-    except ClusterrunError as exc:
-        print(f"clusterrun {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.command, lambda: int(args.run(args)))

@@ -1,13 +1,15 @@
-"""Text for people: status and cluster lists (aligned columns, durations and sizes in short units), and the
-commands' argument parser, whose usage errors exit 2 in one line that points to --help."""
+"""Text for people: status and cluster lists (aligned columns, durations and sizes in short units), and how
+every command talks to them: its argument parser, whose usage errors exit 2 in one line that points to --help,
+and ``run_command``, which turns a command's error into one line and its exit code."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from clusterrun.errors import EXIT_CONFIG
+from clusterrun.errors import EXIT_CONFIG, ClusterrunError
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -15,6 +17,18 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def run_command(name: str, run: Callable[[], int]) -> int:
+    """Run the command ``name``: its ClusterrunError is one line on stderr and the error's exit code; Ctrl-C is
+    130, as a shell reports it, without a traceback."""
+    try:
+        return run()
+    except ClusterrunError as exc:
+        print(f"clusterrun {name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
 
 
 def duration(seconds: float) -> str:

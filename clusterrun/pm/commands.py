@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from clusterrun.config.build import build_config
 from clusterrun.config.sources import AppTable, FileValues, find_file, read_file
 from clusterrun.ctl.client import answers, request
-from clusterrun.ctl.text import CommandParser, duration, table
-from clusterrun.errors import ClusterrunError, ConfigError, ControlError
+from clusterrun.ctl.text import CommandParser, duration, run_command, table
+from clusterrun.errors import ConfigError, ControlError
 from clusterrun.host.controlsocket import socket_path
 from clusterrun.pm.home import Home, Record
 from clusterrun.pm.launch import check_free, start_set, stop_app
@@ -331,14 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     command = argv[0]
-    try:
-        if command == "start":
-            return cmd_start(argv[1:])
-        args = build_parser().parse_args(list(argv))
-        code: int = args.run(args)
-        return code
-    except ClusterrunError as exc:
-        print(f"clusterrun {command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    if command == "start":
+        return run_command(command, lambda: cmd_start(argv[1:]))
+    return run_command(command, lambda: _parse_and_run(argv))
+
+
+def _parse_and_run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    return int(args.run(args))
