@@ -22,7 +22,10 @@ streams to ASGI request cycles and owns the rest:
   elsewhere); once none is left, a final GOAWAY and the close;
 * --timeout-keep-alive: a connection with no stream for that long gets GOAWAY and closes;
 * the rapid-reset guard (CVE-2023-44487): a client that resets more than ``_RESETS`` streams before their
-  response completed within ``_RESET_WINDOW`` seconds gets GOAWAY ENHANCE_YOUR_CALM and the connection closes.
+  response completed within ``_RESET_WINDOW`` seconds gets GOAWAY ENHANCE_YOUR_CALM and the connection closes;
+* every close the server decides is a lingering one (``_end``): the last GOAWAY, the sending side shut, and the
+  client's frames still arriving read and discarded (bounded) until it closes, so that no reset destroys the
+  GOAWAY.
 
 Imports asyncio, h2 (an optional dependency: clusterrun[http2]) and adapters.stack.http1 (the Shared state).
 """
@@ -56,6 +59,13 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # connection. Far above what a browser cancelling navigations does, far below an attack's thousands a second.
 _RESETS = 200
 _RESET_WINDOW = 10.0
+# A connection the server ends (an error of the client's, the rapid-reset guard, the keep-alive timeout, the end
+# of a drain) closes lingering, as http1's guard and the inline engine do: its GOAWAY goes out, the sending side
+# is shut, and what the client still sends is read and discarded for this long or this many bytes, until the
+# client closes. Closing at once with the client's frames still arriving makes the kernel answer them with a
+# reset, which can destroy the GOAWAY before the client reads it (and the client's sends fail meanwhile).
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1024 * 1024
 _STREAM_WINDOW = 65535  # SETTINGS_INITIAL_WINDOW_SIZE left at the default: a stream's receive window
 _DISCONNECT = {"type": "http.disconnect"}
 _INTERNAL_ERROR_HEADERS = [(b":status", b"500"), (b"content-type", b"text/plain; charset=utf-8"),
@@ -107,7 +117,9 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         self._draining = False
         self._last_stream = 0  # the last stream taken, once draining: newer ones are refused
         self._resets: deque[float] = deque()
-        self._closed = False
+        self._closed = False  # the connection is ended (lingering or gone): no stream is served any more
+        self._lingering = -1  # bytes read and discarded since the GOAWAY that ended the connection (-1: not ended)
+        self._linger_timer: asyncio.TimerHandle | None = None
         # The keep-alive clock, as HTTP/1.1's: a connection with no stream for --timeout-keep-alive seconds gets
         # GOAWAY and closes. One timer per connection, set again for what is left when a stream came meanwhile.
         self._idle_since: float | None = None
@@ -157,23 +169,34 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
     # asyncio's protocol.
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering >= 0:  # ended: read and discarded until the client closes
+            self._lingering += len(data)
+            if self._lingering > _LINGER_BYTES:
+                self.transport.abort()
+            return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             logger.info("HTTP/2 connection from %s closed: %s", self._template.get("client"), exc)
-            self._flush()
-            self.transport.close()
+            self._end()  # h2 has queued its GOAWAY with the error's code
             return
         for event in events:
+            if self._closed:  # ended by one of them (the rapid-reset guard): the rest are the client's no more
+                break
             self._event(event)
         self._flush()
+
+    def eof_received(self) -> None:
+        """The client shut its side (after reading the GOAWAY of a lingering close, usually): the transport closes.
+        A half-closed client can read no answer to a stream it has not ended, and HTTP/2 has no half-close."""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.shared.state.connections.discard(self)
-        timer, self._idle_timer = self._idle_timer, None
-        if timer is not None:
-            timer.cancel()
+        for timer in (self._idle_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._linger_timer = None
         for stream in self.streams.values():
             stream.gone()
         self.streams.clear()
@@ -189,6 +212,29 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
+
+    def _end(self) -> None:
+        """End the connection once its last GOAWAY is queued in h2: send it, then close lingering (see
+        _LINGER_SECONDS). Streams still running see a disconnect; the connection stays counted until the close."""
+        if self._lingering >= 0:
+            return
+        self._closed = True
+        self._lingering = 0
+        self._flush()
+        for stream in list(self.streams.values()):
+            stream.gone()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():  # TLS cannot: its GOAWAY is followed by the close_notify at the close
+            try:
+                transport.write_eof()  # after what is buffered: the client reads the GOAWAY, then the end
+            except OSError:
+                transport.abort()
+                return
+        # A client that reads nothing (its window left shut, or simply gone) is not waited for past the linger:
+        # abort, as close() would wait for the buffer to be sent.
+        self._linger_timer = self.loop.call_later(_LINGER_SECONDS, transport.abort)
 
     # h2's events.
 
@@ -304,10 +350,7 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
             logger.warning("HTTP/2 client %s reset %d streams within %gs: closed (rapid reset)",
                            self._template.get("client"), len(resets), _RESET_WINDOW)
             self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
-            self._flush()
-            for stream in list(self.streams.values()):
-                stream.gone()
-            self.transport.close()
+            self._end()
 
     # A stream's end, the drain.
 
@@ -321,11 +364,9 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
 
     def _maybe_done(self) -> None:
         if self._draining and not self.streams and not self._closed:
-            self._closed = True
             if not self.transport.is_closing():
                 self.conn.close_connection(last_stream_id=self._last_stream)
-                self._flush()
-                self.transport.close()
+            self._end()
 
     @property
     def cycle(self) -> _Stream | None:
