@@ -435,19 +435,6 @@ def test_header_list_past_limit_request_head_closes(run_cli: Callable[..., Clust
         client.close()
 
 
-def test_more_fields_than_limit_request_fields_is_431(run_cli: Callable[..., Cluster]) -> None:
-    """--limit-request-fields applies to an HTTP/2 request: 431 on its stream; the connection serves on."""
-    cluster, url = start(run_cli, APP, "--limit-request-fields", "5")
-    client = RawClient(url)
-    try:
-        many = [(b"x-field-%d" % n, b"v") for n in range(6)]
-        assert client.answer(client.request("/", extra=many)) == (431, b"")
-        assert client.answer(client.request("/", extra=many[:5])) == (200, b"ok")
-    finally:
-        client.close()
-    cluster.wait_for_line("more than 5 header fields")
-
-
 def test_a_stream_whose_app_reads_nothing_does_not_stall_the_others(run_cli: Callable[..., Cluster],
                                                                    tmp_path: Path) -> None:
     """A body the app does not read fills its stream's window only: another stream's upload still completes (with
