@@ -484,6 +484,14 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         self.shared.state.total_requests += 1
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
+        if not self._closed:
+            if stream.more_body and not stream.disconnected:
+                # Answered before its body ended: the client stops sending it (RFC 9113 8.1).
+                stream._reset(ErrorCodes.NO_ERROR)
+            if stream.unacknowledged:  # body the app never read: the connection's window gets it back
+                self._acknowledge(stream.unacknowledged, stream.stream_id)
+                stream.unacknowledged = 0
+                self._flush()
         if not self.streams:
             self._idle_since = self.loop.time()
         self._maybe_done()

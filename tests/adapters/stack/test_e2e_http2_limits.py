@@ -202,6 +202,25 @@ def test_a_stream_whose_window_stays_shut_is_reset(run_cli: Callable[..., Cluste
     cluster.wait_for_line(r"its window stayed shut for 1 s, the response waiting \(--body-timeout\)")
 
 
+def test_answers_that_leave_bodies_unread_give_the_window_back(run_cli: Callable[..., Cluster]) -> None:
+    """An app that answers without reading the request body (``/`` here): the body's bytes count against the
+    connection's window all the same, and are given back when the stream is done (they were kept: after a few
+    hundred such requests the connection's window was spent and every upload on it stalled)."""
+    _, url = start(run_cli, APP)
+    client = RawClient(url)
+    try:
+        settled(client)
+        for _ in range(150):  # 9 MB: more than the connection's window (100 streams' windows and one)
+            stream_id = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(stream_id, [(b":method", b"POST"), *REQUEST[1:]])
+            for _ in range(4):  # with the head in one write: the stream is open when its body is read
+                client.conn.send_data(stream_id, b"x" * 15_000, end_stream=_ == 3)
+            client.flush()
+            assert client.answer(stream_id) == (200, b"ok")
+    finally:
+        client.close()
+
+
 def test_a_body_past_limit_request_body_is_413_on_its_stream(run_cli: Callable[..., Cluster]) -> None:
     """--limit-request-body applies to an HTTP/2 request: a Content-Length past it is answered 413 before the app
     is called; a body that grows past it as it arrives is answered 413 then (the app sees a disconnect). The
