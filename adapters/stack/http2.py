@@ -45,7 +45,9 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
+import hpack
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.limits import Exceeded
 from clusterrun.adapters.stack.flow import WriteFlow
@@ -92,10 +94,55 @@ class H2Limits:
     head_timeout: float = 0.0
 
 
+class _CompressionError(h2.exceptions.ProtocolError):
+    """A header block HPACK cannot decode: RFC 9113 4.3 makes it a connection error of type COMPRESSION_ERROR, where
+    h2 says PROTOCOL_ERROR. A ProtocolError still: h2 ends the connection with this code."""
+
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _Decoder(hpack.Decoder):
+    """h2's HPACK decoder, its decoding errors raised as _CompressionError (h2 turns an HPACKError into a
+    PROTOCOL_ERROR; this one passes through it). A header list past the limit stays h2's own (an HPACK bomb:
+    ENHANCE_YOUR_CALM)."""
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        try:
+            return super().decode(data, raw)
+        except hpack.OversizedHeaderListError:
+            raise
+        except hpack.HPACKError as exc:
+            raise _CompressionError(f"Error decoding header block: {exc}") from exc
+
+
+class _Frames(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer, but a SETTINGS frame with ACK and a payload is a FRAME_SIZE_ERROR (RFC 9113 6.5), where
+    hyperframe's parse makes it a PROTOCOL_ERROR. Checked where h2 checks a frame's length: its header is there."""
+
+    def _validate_frame_length(self, length: int) -> None:
+        super()._validate_frame_length(length)
+        if length:
+            header = cast(bytes, getattr(self, "_data", None) or getattr(self, "data", b""))  # "data" before h2 4.2
+            if len(header) >= 9 and header[3] == 0x4 and header[4] & 0x1:  # SETTINGS, ACK
+                raise h2.exceptions.FrameTooLargeError("a SETTINGS acknowledgement with a payload")
+
+
 class _Connection(h2.connection.H2Connection):
     """h2's connection, but a HEADERS frame past SETTINGS_MAX_CONCURRENT_STREAMS is taken (its header block decoded:
     HPACK's table stays in step) so that H2Protocol refuses that stream alone with REFUSED_STREAM, as RFC 9113
-    5.1.2 asks: h2 would make it a connection error, ending the streams in flight with it."""
+    5.1.2 asks: h2 would make it a connection error, ending the streams in flight with it; undecodable header
+    blocks are COMPRESSION_ERROR (_Decoder), and an acknowledgement of SETTINGS with a payload FRAME_SIZE_ERROR
+    (_Frames)."""
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        decoder = _Decoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
+        frames = _Frames(server=True)
+        frames.max_frame_size = self.incoming_buffer.max_frame_size
+        self.incoming_buffer = frames
 
     @property
     def open_inbound_streams(self) -> int:
@@ -127,6 +174,7 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         self._draining = False
         self._last_stream = 0  # the last stream taken, once draining: newer ones are refused
         self._resets: deque[float] = deque()
+        self._preface_read = False  # the client's preface (its SETTINGS frame first) was read
         self._closed = False  # the connection is ended (lingering or gone): no stream is served any more
         self._lingering = -1  # bytes read and discarded since the GOAWAY that ended the connection (-1: not ended)
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -236,6 +284,14 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
             logger.info("HTTP/2 connection from %s closed: %s", self._template.get("client"), exc)
             self._end()  # h2 has queued its GOAWAY with the error's code
             return
+        if not self._preface_read and events:
+            self._preface_read = True
+            if not isinstance(events[0], h2.events.RemoteSettingsChanged):  # h2 does not check it
+                logger.info("HTTP/2 connection from %s closed: its preface is not followed by SETTINGS",
+                            self._template.get("client"))
+                self.conn.close_connection(ErrorCodes.PROTOCOL_ERROR)  # RFC 9113 3.4
+                self._end()
+                return
         for event in events:
             if self._closed:  # ended by one of them (the rapid-reset guard): the rest are the client's no more
                 break
