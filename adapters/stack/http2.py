@@ -325,6 +325,19 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         for on_close in self.shared.on_close:
             on_close()
 
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client takes nothing. Nor is it read from until it takes some, as
+        every PING and SETTINGS it sends is answered: a client flooding them without reading would otherwise grow
+        the buffer without bound (PING and SETTINGS floods, CVE-2019-9512 and -9515)."""
+        super().pause_writing()
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
     async def writable(self) -> None:
         """Wait while the transport's buffer is full, or until a window may have opened (WINDOW_UPDATE, SETTINGS)."""
         await self._writer()
