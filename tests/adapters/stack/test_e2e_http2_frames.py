@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import hpack
+from h2_raw import APP, address, start
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
-from test_e2e_http2 import APP, address, start
 
 from helpers import DEADLINE, Cluster
 

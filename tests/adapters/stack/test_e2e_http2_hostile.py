@@ -8,8 +8,8 @@ import select
 from collections.abc import Callable
 from pathlib import Path
 
+from h2_raw import APP, RawClient, start
 from hyperframe.frame import PingFrame
-from test_e2e_http2 import APP, RawClient, start
 
 from helpers import DEADLINE, Cluster, wait_until
 

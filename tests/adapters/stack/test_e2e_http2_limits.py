@@ -14,8 +14,8 @@ from pathlib import Path
 import h2.errors
 import h2.events
 import h2.settings
+from h2_raw import APP, RawClient, pattern, start
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
-from test_e2e_http2 import APP, RawClient, pattern, start
 
 from helpers import Cluster, wait_until
 
