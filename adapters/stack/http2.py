@@ -719,7 +719,7 @@ class _Stream:
         due = conn.loop.time() + timeout if timeout else 0.0
         while not (self.body or not self.more_body or self.disconnected or self.response_complete):
             self.waiter = waiter = conn.loop.create_future()
-            if not due:
+            if not (due and self.more_body):  # the clock is on the body's bytes, not on a wait after its end
                 await waiter
                 continue
             # Bytes, not frames, reset the clock: empty DATA frames wake this wait and do not extend it.
