@@ -366,9 +366,20 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
             except OSError:
                 transport.abort()
                 return
-        # A client that reads nothing (its window left shut, or simply gone) is not waited for past the linger:
-        # abort, as close() would wait for the buffer to be sent.
-        self._linger_timer = self.loop.call_later(_LINGER_SECONDS, transport.abort)
+        self._linger_timer = self.loop.call_later(_LINGER_SECONDS, self._linger_over,
+                                                  transport.get_write_buffer_size())
+
+    def _linger_over(self, size_then: int) -> None:
+        """The linger's end: close. While what is still buffered for the client (the end of a drained stream's
+        response) goes on shrinking, it gets another linger; a client that takes nothing of it is aborted, as
+        close() would wait for the buffer to be sent."""
+        self._linger_timer = None
+        transport = self.transport
+        size = transport.get_write_buffer_size()
+        if size and size < size_then:
+            self._linger_timer = self.loop.call_later(_LINGER_SECONDS, self._linger_over, size)
+            return
+        transport.abort()
 
     # h2's events.
 
