@@ -175,6 +175,21 @@ def _http_date(header: str | None) -> float | None:
     return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²" and other scripts' digits, which int() refuses or reads."""
+    return text.isascii() and text.isdigit()
+
+
+# A position with more digits than this is past the end of any file, whatever its value: it is not converted
+# (int() refuses a string of more than 4300 digits, and the header may hold 8 KB of them).
+_POSITION_DIGITS = 19
+_BEYOND = 10**_POSITION_DIGITS
+
+
+def _position(text: str) -> int:
+    return int(text) if len(text) <= _POSITION_DIGITS else _BEYOND
+
+
 def _range(header: str, size: int) -> tuple[int, int] | bool | None:
     """A single byte range as (first, last); None when the header is to be ignored (not bytes=, malformed, or
     several ranges: the whole file is served); False when it cannot be satisfied (416)."""
@@ -185,19 +200,19 @@ def _range(header: str, size: int) -> tuple[int, int] | bool | None:
     if not dash:
         return None
     first_text, last_text = first_text.strip(), last_text.strip()
-    if not (first_text.isdigit() or first_text == "") or not (last_text.isdigit() or last_text == ""):
+    if not (_digits(first_text) or first_text == "") or not (_digits(last_text) or last_text == ""):
         return None
     if first_text == "":  # a suffix: the last N bytes
         if last_text == "":
             return None
-        length = int(last_text)
+        length = _position(last_text)
         if length == 0 or size == 0:
             return False
         return max(0, size - length), size - 1
-    first = int(first_text)
+    first = _position(first_text)
     if first >= size:
         return False
-    last = int(last_text) if last_text else size - 1
+    last = _position(last_text) if last_text else size - 1
     if last < first:
         return None
     return first, min(last, size - 1)

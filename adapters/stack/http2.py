@@ -22,7 +22,10 @@ streams to ASGI request cycles and owns the rest:
   elsewhere); once none is left, a final GOAWAY and the close;
 * --timeout-keep-alive: a connection with no stream for that long gets GOAWAY and closes;
 * the rapid-reset guard (CVE-2023-44487): a client that resets more than ``_RESETS`` streams before their
-  response completed within ``_RESET_WINDOW`` seconds gets GOAWAY ENHANCE_YOUR_CALM and the connection closes.
+  response completed within ``_RESET_WINDOW`` seconds gets GOAWAY ENHANCE_YOUR_CALM and the connection closes;
+* every close the server decides is a lingering one (``_end``): the last GOAWAY, the sending side shut, and the
+  client's frames still arriving read and discarded (bounded) until it closes, so that no reset destroys the
+  GOAWAY.
 
 Imports asyncio, h2 (an optional dependency: clusterrun[http2]) and adapters.stack.http1 (the Shared state).
 """
@@ -30,6 +33,7 @@ Imports asyncio, h2 (an optional dependency: clusterrun[http2]) and adapters.sta
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 import time
 from collections import deque
@@ -41,7 +45,11 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
+import hpack
+from clusterrun.adapters.admission import Admission
+from clusterrun.adapters.limits import Exceeded
 from clusterrun.adapters.stack.flow import WriteFlow
 from clusterrun.adapters.stack.http1 import Shared
 from h2.errors import ErrorCodes
@@ -56,6 +64,13 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # connection. Far above what a browser cancelling navigations does, far below an attack's thousands a second.
 _RESETS = 200
 _RESET_WINDOW = 10.0
+# A connection the server ends (an error of the client's, the rapid-reset guard, the keep-alive timeout, the end
+# of a drain) closes lingering, as http1's guard and the inline engine do: its GOAWAY goes out, the sending side
+# is shut, and what the client still sends is read and discarded for this long or this many bytes, until the
+# client closes. Closing at once with the client's frames still arriving makes the kernel answer them with a
+# reset, which can destroy the GOAWAY before the client reads it (and the client's sends fail meanwhile).
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1024 * 1024
 _STREAM_WINDOW = 65535  # SETTINGS_INITIAL_WINDOW_SIZE left at the default: a stream's receive window
 _DISCONNECT = {"type": "http.disconnect"}
 _INTERNAL_ERROR_HEADERS = [(b":status", b"500"), (b"content-type", b"text/plain; charset=utf-8"),
@@ -64,18 +79,70 @@ _INTERNAL_ERROR_HEADERS = [(b":status", b"500"), (b"content-type", b"text/plain;
 
 @dataclass(frozen=True)
 class H2Limits:
-    """--h2-max-concurrent-streams, the header-list size from --limit-request-head (0: h2's default), and
-    --limit-request-fields."""
+    """--h2-max-concurrent-streams, the header-list size from --limit-request-head (0: h2's default),
+    --limit-request-fields, --limit-request-field-size and --timeout-request-head."""
 
     max_concurrent_streams: int = 100
     max_header_list_size: int = 0
     max_fields: int = 0  # --limit-request-fields: a request with more header fields is answered 431 (0: no limit)
+    # --limit-request-field-size: a field longer than this, counted as HTTP/1.1 counts its line (name, ": ",
+    # value, CRLF), is answered 431 (0: no limit).
+    max_field_size: int = 0
+    max_body: int = 0  # --limit-request-body: a request body past it is answered 413 on its stream (0: no limit)
+    # --timeout-request-head: the seconds a connection may take to send its first complete header block, and a
+    # header block begun (HEADERS without END_HEADERS) to end (0: no limit).
+    head_timeout: float = 0.0
+
+
+class _CompressionError(h2.exceptions.ProtocolError):
+    """A header block HPACK cannot decode: RFC 9113 4.3 makes it a connection error of type COMPRESSION_ERROR, where
+    h2 says PROTOCOL_ERROR. A ProtocolError still: h2 ends the connection with this code."""
+
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _Decoder(hpack.Decoder):
+    """h2's HPACK decoder, its decoding errors raised as _CompressionError (h2 turns an HPACKError into a
+    PROTOCOL_ERROR; this one passes through it). A header list past the limit stays h2's own (an HPACK bomb:
+    ENHANCE_YOUR_CALM)."""
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        try:
+            return super().decode(data, raw)
+        except hpack.OversizedHeaderListError:
+            raise
+        except hpack.HPACKError as exc:
+            raise _CompressionError(f"Error decoding header block: {exc}") from exc
+
+
+class _Frames(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer, but a SETTINGS frame with ACK and a payload is a FRAME_SIZE_ERROR (RFC 9113 6.5), where
+    hyperframe's parse makes it a PROTOCOL_ERROR. Checked where h2 checks a frame's length: its header is there."""
+
+    def _validate_frame_length(self, length: int) -> None:
+        super()._validate_frame_length(length)
+        if length:
+            header = cast(bytes, getattr(self, "_data", None) or getattr(self, "data", b""))  # "data" before h2 4.2
+            if len(header) >= 9 and header[3] == 0x4 and header[4] & 0x1:  # SETTINGS, ACK
+                raise h2.exceptions.FrameTooLargeError("a SETTINGS acknowledgement with a payload")
 
 
 class _Connection(h2.connection.H2Connection):
     """h2's connection, but a HEADERS frame past SETTINGS_MAX_CONCURRENT_STREAMS is taken (its header block decoded:
     HPACK's table stays in step) so that H2Protocol refuses that stream alone with REFUSED_STREAM, as RFC 9113
-    5.1.2 asks: h2 would make it a connection error, ending the streams in flight with it."""
+    5.1.2 asks: h2 would make it a connection error, ending the streams in flight with it; undecodable header
+    blocks are COMPRESSION_ERROR (_Decoder), and an acknowledgement of SETTINGS with a payload FRAME_SIZE_ERROR
+    (_Frames)."""
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        decoder = _Decoder()
+        decoder.max_header_list_size = self.decoder.max_header_list_size
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
+        frames = _Frames(server=True)
+        frames.max_frame_size = self.incoming_buffer.max_frame_size
+        self.incoming_buffer = frames
 
     @property
     def open_inbound_streams(self) -> int:
@@ -86,7 +153,7 @@ class _Connection(h2.connection.H2Connection):
 class H2Protocol(WriteFlow, asyncio.Protocol):
     """One HTTP/2 connection serving an ASGI app, taken over from the HTTP/1.1 protocol (see the module)."""
 
-    def __init__(self, shared: Shared, limits: H2Limits) -> None:
+    def __init__(self, shared: Shared, limits: H2Limits, admission: Admission | None = None) -> None:
         self.shared = shared
         self.loop = shared.loop
         self.app = shared.app  # read for each stream: a drain wraps it (seam.OpenConnection.wrap_app)
@@ -107,11 +174,22 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         self._draining = False
         self._last_stream = 0  # the last stream taken, once draining: newer ones are refused
         self._resets: deque[float] = deque()
-        self._closed = False
+        self._preface_read = False  # the client's preface (its SETTINGS frame first) was read
+        self._closed = False  # the connection is ended (lingering or gone): no stream is served any more
+        self._lingering = -1  # bytes read and discarded since the GOAWAY that ended the connection (-1: not ended)
+        self._linger_timer: asyncio.TimerHandle | None = None
         # The keep-alive clock, as HTTP/1.1's: a connection with no stream for --timeout-keep-alive seconds gets
         # GOAWAY and closes. One timer per connection, set again for what is left when a stream came meanwhile.
         self._idle_since: float | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        # --limit-concurrency: the connection takes a place with its first stream, as an HTTP/1.1 one with its
+        # first request, and holds it until it closes.
+        self._admission = admission
+        self._admitted = False
+        # The head clock (--timeout-request-head): since when the connection owes a complete header block (its
+        # first, or one it began), None when it owes none.
+        self._head_since: float | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
 
     # Taking over.
 
@@ -132,6 +210,10 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         self._flush()
         self._idle_since = now = self.loop.time()
         self._idle_timer = self.loop.call_at(now + self.shared.timeout_keep_alive, self._idle_too_long)
+        timeout = self.limits.head_timeout
+        if timeout:
+            self._head_since = now
+            self._head_timer = self.loop.call_at(now + timeout, self._head_too_long)
 
     def upgraded(self, transport: asyncio.BaseTransport, settings: bytes, method: bytes, target: bytes,
                  headers: list[tuple[bytes, bytes]]) -> None:
@@ -140,6 +222,8 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         cast(asyncio.Transport, transport).write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\n"
                                                  b"upgrade: h2c\r\n\r\n")
         self.connection_made(transport)
+        if not self._admit(1, True):  # its head was checked in HTTP/1.1; its place is taken here
+            return
         stream = self._open(1, method, target, headers, b"http")
         stream.more_body = False
 
@@ -154,32 +238,105 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
             return
         self._idle_timer = self.loop.call_at(due, self._idle_too_long)
 
+    def _head_too_long(self) -> None:
+        """The head clock's timer: a connection that sent no complete header block within --timeout-request-head of
+        opening, or left one unfinished (HEADERS without END_HEADERS, which stops every other frame) that long,
+        gets GOAWAY and closes."""
+        self._head_timer = None
+        since = self._head_since
+        if self._closed or since is None:
+            return
+        pending = self._block_pending()
+        if not pending and self.conn.highest_inbound_stream_id:
+            self._head_since = None
+            return
+        timeout = self.limits.head_timeout
+        due = since + timeout
+        if self.loop.time() < due:
+            self._head_timer = self.loop.call_at(due, self._head_too_long)
+            return
+        client = self._template.get("client")
+        if pending:
+            logger.warning("HTTP/2 connection from %s closed: a header block not complete after %g s "
+                           "(--timeout-request-head)", client, timeout)
+            self.conn.close_connection(ErrorCodes.PROTOCOL_ERROR)
+        else:
+            logger.info("HTTP/2 connection from %s closed: no request within %g s (--timeout-request-head)",
+                        client, timeout)
+            self.conn.close_connection()
+        self._end()
+
+    def _block_pending(self) -> bool:
+        """A header block was begun and has not ended: h2 holds its frames until the END_HEADERS flag."""
+        return bool(getattr(self.conn.incoming_buffer, "_headers_buffer", None))
+
     # asyncio's protocol.
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering >= 0:  # ended: read and discarded until the client closes
+            self._lingering += len(data)
+            if self._lingering > _LINGER_BYTES:
+                self.transport.abort()
+            return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             logger.info("HTTP/2 connection from %s closed: %s", self._template.get("client"), exc)
-            self._flush()
-            self.transport.close()
+            self._end()  # h2 has queued its GOAWAY with the error's code
             return
+        if not self._preface_read and events:
+            self._preface_read = True
+            if not isinstance(events[0], h2.events.RemoteSettingsChanged):  # h2 does not check it
+                logger.info("HTTP/2 connection from %s closed: its preface is not followed by SETTINGS",
+                            self._template.get("client"))
+                self.conn.close_connection(ErrorCodes.PROTOCOL_ERROR)  # RFC 9113 3.4
+                self._end()
+                return
         for event in events:
+            if self._closed:  # ended by one of them (the rapid-reset guard): the rest are the client's no more
+                break
             self._event(event)
         self._flush()
+        if self.limits.head_timeout and self._head_since is None and self._block_pending():
+            # A header block begun in this read and not ended: the head clock runs for it.
+            self._head_since = now = self.loop.time()
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_at(now + self.limits.head_timeout, self._head_too_long)
+
+    def eof_received(self) -> None:
+        """The client shut its side (after reading the GOAWAY of a lingering close, usually): the transport closes.
+        A half-closed client can read no answer to a stream it has not ended, and HTTP/2 has no half-close."""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.shared.state.connections.discard(self)
-        timer, self._idle_timer = self._idle_timer, None
-        if timer is not None:
-            timer.cancel()
+        for timer in (self._idle_timer, self._linger_timer, self._head_timer):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._linger_timer = self._head_timer = None
+        if self._admitted:
+            self._admitted = False
+            assert self._admission is not None
+            self._admission.release()
         for stream in self.streams.values():
             stream.gone()
         self.streams.clear()
         self._release_writers()
         for on_close in self.shared.on_close:
             on_close()
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client takes nothing. Nor is it read from until it takes some, as
+        every PING and SETTINGS it sends is answered: a client flooding them without reading would otherwise grow
+        the buffer without bound (PING and SETTINGS floods, CVE-2019-9512 and -9515)."""
+        super().pause_writing()
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     async def writable(self) -> None:
         """Wait while the transport's buffer is full, or until a window may have opened (WINDOW_UPDATE, SETTINGS)."""
@@ -189,6 +346,40 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
+
+    def _end(self) -> None:
+        """End the connection once its last GOAWAY is queued in h2: send it, then close lingering (see
+        _LINGER_SECONDS). Streams still running see a disconnect; the connection stays counted until the close."""
+        if self._lingering >= 0:
+            return
+        self._closed = True
+        self._lingering = 0
+        self._flush()
+        for stream in list(self.streams.values()):
+            stream.gone()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():  # TLS cannot: its GOAWAY is followed by the close_notify at the close
+            try:
+                transport.write_eof()  # after what is buffered: the client reads the GOAWAY, then the end
+            except OSError:
+                transport.abort()
+                return
+        self._linger_timer = self.loop.call_later(_LINGER_SECONDS, self._linger_over,
+                                                  transport.get_write_buffer_size())
+
+    def _linger_over(self, size_then: int) -> None:
+        """The linger's end: close. While what is still buffered for the client (the end of a drained stream's
+        response) goes on shrinking, it gets another linger; a client that takes nothing of it is aborted, as
+        close() would wait for the buffer to be sent."""
+        self._linger_timer = None
+        transport = self.transport
+        size = transport.get_write_buffer_size()
+        if size and size < size_then:
+            self._linger_timer = self.loop.call_later(_LINGER_SECONDS, self._linger_over, size)
+            return
+        transport.abort()
 
     # h2's events.
 
@@ -204,6 +395,12 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
                 stream.unacknowledged += event.flow_controlled_length
                 if event.stream_ended is not None:
                     stream.more_body = False
+                limit = self.limits.max_body
+                if limit:
+                    stream.received += len(event.data)
+                    if stream.received > limit:
+                        stream.refuse_body(Exceeded(413, f"a body of more than {limit} bytes"))
+                        return
                 stream.wake()
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
@@ -226,6 +423,7 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
+        self._head_since = None  # a complete header block: the head clock stops (a begun one sets it again)
         refused = self._draining and stream_id > self._last_stream
         if refused or len(self.streams) >= self.limits.max_concurrent_streams:
             self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)  # safe for the client to send again
@@ -246,17 +444,71 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
                     scheme = value
             else:
                 headers.append((name, value))
-        fields = self.limits.max_fields
-        if fields and len(headers) > fields:
-            logger.warning("refused a request from %s: more than %d header fields (431 Request Header Fields Too "
-                           "Large)", self._template.get("client"), fields)
-            self.conn.send_headers(stream_id, [(b":status", b"431"), (b"content-length", b"0")], end_stream=True)
+        ended = event.stream_ended is not None
+        hit = self._check_fields(headers)
+        if hit is not None:
+            self._refuse(stream_id, hit, ended)
+            return
+        if not self._admit(stream_id, ended):
             return
         if authority and not any(name == b"host" for name, _ in headers):
             headers.insert(0, (b"host", authority))
         stream = self._open(stream_id, method, path, headers, scheme)
-        if event.stream_ended is not None:
+        if ended:
             stream.more_body = False
+
+    def _check_fields(self, headers: list[tuple[bytes, bytes]]) -> Exceeded | None:
+        """431 for more fields than --limit-request-fields, or one longer than --limit-request-field-size; 413 for a
+        Content-Length past --limit-request-body."""
+        limits = self.limits
+        if limits.max_fields and len(headers) > limits.max_fields:
+            return Exceeded(431, f"more than {limits.max_fields} header fields ({len(headers)})")
+        if limits.max_body:
+            for name, value in headers:
+                if name == b"content-length" and value.strip().isdigit() and int(value) > limits.max_body:
+                    return Exceeded(413, f"a body of {int(value)} bytes (the limit is {limits.max_body})")
+        if limits.max_field_size:
+            longest = limits.max_field_size - 4  # as HTTP/1.1 counts a field's line: ": " and CRLF besides
+            for name, value in headers:
+                if len(name) + len(value) > longest:
+                    return Exceeded(431, f"a header field of {len(name) + len(value) + 4} bytes (the limit is "
+                                         f"{limits.max_field_size})")
+        return None
+
+    def _admit(self, stream_id: int, ended: bool) -> bool:
+        """--limit-concurrency: the connection's first stream takes a place for the connection; with none left,
+        that stream is answered 503 and the connection ends after it (GOAWAY naming it), as HTTP/1.1's 503 comes
+        with Connection: close."""
+        admission = self._admission
+        if admission is None or self._admitted:
+            return True
+        if admission.admit(len(self.shared.state.tasks)):
+            self._admitted = True
+            return True
+        self._refuse(stream_id, admission.refusal(self._template.get("client")), ended)
+        self.conn.close_connection(last_stream_id=stream_id)
+        self._end()
+        return False
+
+    def _refuse(self, stream_id: int, hit: Exceeded, ended: bool) -> None:
+        """Answer ``hit`` on its stream alone, as HTTP/1.1 answers it: the status and a line saying why. A stream
+        whose request body is still coming is then reset with NO_ERROR (RFC 9113 8.1): the client stops sending
+        it, and the connection serves on."""
+        phrase = http.HTTPStatus(hit.status).phrase
+        if not hit.logged:
+            logger.warning("refused a request from %s: %s (%d %s)", self._template.get("client"), hit.why,
+                           hit.status, phrase)
+        body = f"{phrase}: {hit.why}\n".encode()
+        conn = self.conn
+        if len(body) > min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size):
+            body = b""  # the client's window has no room for the reason: the status alone says it
+        headers = [(b":status", str(hit.status).encode("ascii")), *self.shared.state.default_headers,
+                   (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        conn.send_headers(stream_id, headers, end_stream=not body)
+        if body:
+            conn.send_data(stream_id, body, end_stream=True)
+        if not ended:
+            conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
     def _open(self, stream_id: int, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
               scheme: bytes) -> _Stream:
@@ -304,10 +556,7 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
             logger.warning("HTTP/2 client %s reset %d streams within %gs: closed (rapid reset)",
                            self._template.get("client"), len(resets), _RESET_WINDOW)
             self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
-            self._flush()
-            for stream in list(self.streams.values()):
-                stream.gone()
-            self.transport.close()
+            self._end()
 
     # A stream's end, the drain.
 
@@ -315,17 +564,23 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
         self.shared.state.total_requests += 1
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
+        if not self._closed:
+            if stream.more_body and not stream.disconnected:
+                # Answered before its body ended: the client stops sending it (RFC 9113 8.1).
+                stream._reset(ErrorCodes.NO_ERROR)
+            if stream.unacknowledged:  # body the app never read: the connection's window gets it back
+                self._acknowledge(stream.unacknowledged, stream.stream_id)
+                stream.unacknowledged = 0
+                self._flush()
         if not self.streams:
             self._idle_since = self.loop.time()
         self._maybe_done()
 
     def _maybe_done(self) -> None:
         if self._draining and not self.streams and not self._closed:
-            self._closed = True
             if not self.transport.is_closing():
                 self.conn.close_connection(last_stream_id=self._last_stream)
-                self._flush()
-                self.transport.close()
+            self._end()
 
     @property
     def cycle(self) -> _Stream | None:
@@ -367,6 +622,7 @@ class _Stream:
         "head_only",
         "headers_out",
         "more_body",
+        "received",
         "response_complete",
         "response_started",
         "scope",
@@ -382,6 +638,7 @@ class _Stream:
         self.body = bytearray()
         self.more_body = True
         self.unacknowledged = 0  # body bytes received and not yet taken by the app: their window is still shut
+        self.received = 0  # body bytes received, counted with --limit-request-body only
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
         self.response_started = False
@@ -421,6 +678,30 @@ class _Stream:
             self.response_complete = True
             self.conn.stream_done(self)
 
+    def _body_stalled(self, timeout: float | None) -> None:
+        """The request body sent no byte for --body-timeout while the app waited for it."""
+        if self.more_body:
+            self.refuse_body(Exceeded(408, f"no byte of the request body for {timeout:g} s (--body-timeout)"))
+
+    def refuse_body(self, hit: Exceeded) -> None:
+        """The request body broke a limit (--body-timeout, --limit-request-body): ``hit`` answered on the stream
+        (the stream reset, once its response began); the app sees a disconnect. The connection serves on."""
+        conn = self.conn
+        if self.disconnected or self.response_complete or conn._closed:
+            return
+        if self.response_started:
+            logger.warning("reset a stream from %s: %s", conn._template.get("client"), hit.why)
+            self._reset(ErrorCodes.CANCEL)
+        else:
+            conn._refuse(self.stream_id, hit, ended=not self.more_body)
+            conn._flush()
+        self.response_complete = True
+        self.gone()
+        if self.unacknowledged:  # what it sent and the app did not take: the connection's window gets it back
+            conn._acknowledge(self.unacknowledged, self.stream_id)
+            self.unacknowledged = 0
+            conn._flush()
+
     def _answer_500(self) -> None:
         conn = self.conn
         if conn._closed:
@@ -444,16 +725,26 @@ class _Stream:
         conn._flush()
 
     async def receive(self) -> dict[str, Any]:
+        conn = self.conn
+        timeout = conn.shared.body_timeout  # None for the --threads bridge: its input keeps its own clock
+        due = conn.loop.time() + timeout if timeout else 0.0
         while not (self.body or not self.more_body or self.disconnected or self.response_complete):
-            self.waiter = self.conn.loop.create_future()
-            await self.waiter
+            self.waiter = waiter = conn.loop.create_future()
+            if not (due and self.more_body):  # the clock is on the body's bytes, not on a wait after its end
+                await waiter
+                continue
+            # Bytes, not frames, reset the clock: empty DATA frames wake this wait and do not extend it.
+            timer = conn.loop.call_at(due, self._body_stalled, timeout)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
         if self.disconnected or self.response_complete:
             return _DISCONNECT
         body = bytes(self.body)
         self.body.clear()
         # What the app took opens the window again: the client sends no more than a window ahead of the app.
         taken, self.unacknowledged = self.unacknowledged, 0
-        conn = self.conn
         conn._acknowledge(taken, self.stream_id)
         conn._flush()
         return {"type": "http.request", "body": body, "more_body": self.more_body}
@@ -485,6 +776,42 @@ class _Stream:
         else:
             raise RuntimeError(f"ASGI message {kind!r} sent after the response was complete")
 
+    async def _room(self, since: float) -> bool:
+        """Wait until a window may have opened or the transport drained; False once the client has taken nothing
+        since ``since`` for --body-timeout."""
+        conn = self.conn
+        waiter = conn._writer()
+        timeout = conn.shared.send_timeout
+        if not timeout:
+            await waiter
+            return True
+        due = since + timeout
+        if conn.loop.time() >= due:
+            return False
+        timer = conn.loop.call_at(due, _settle, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+        return True
+
+    def _send_stalled(self, paused: bool) -> None:
+        """The client took nothing of the response for --body-timeout while the app waited to send more: a stream
+        whose window stayed shut is reset (the others go on); a connection whose transport stayed full (the
+        client reads nothing at all) is aborted, as HTTP/1.1's is. The app's later sends are dropped."""
+        conn = self.conn
+        timeout = conn.shared.send_timeout
+        client = conn._template.get("client")
+        if paused:
+            logger.warning("closed the HTTP/2 connection from %s: the client took nothing for %g s (--body-timeout)",
+                           client, timeout)
+            conn.transport.abort()
+        else:
+            logger.warning("reset a stream from %s: its window stayed shut for %g s, the response waiting "
+                           "(--body-timeout)", client, timeout)
+            self._reset(ErrorCodes.CANCEL)
+        self.gone()
+
     async def _body(self, body: bytes, more_body: bool) -> None:
         conn = self.conn
         h2conn = conn.conn
@@ -498,15 +825,21 @@ class _Stream:
                 self.response_complete = True
                 return
         view = memoryview(body)
+        stalled: float | None = None  # since when the client has taken nothing: no window, or a full transport
         while view:
-            while conn._write_paused and not self.disconnected:
-                await conn.writable()
             if self.disconnected:
                 return
-            window = min(h2conn.local_flow_control_window(self.stream_id), h2conn.max_outbound_frame_size)
-            if window <= 0:  # wait for the client's WINDOW_UPDATE (or a SETTINGS that opens the window)
-                await conn.writable()
+            paused = conn._write_paused
+            window = 0 if paused else min(h2conn.local_flow_control_window(self.stream_id),
+                                          h2conn.max_outbound_frame_size)
+            if window <= 0:  # wait for the transport, or the client's WINDOW_UPDATE (or SETTINGS opening it)
+                if stalled is None:
+                    stalled = conn.loop.time()
+                if not await self._room(stalled):
+                    self._send_stalled(paused)
+                    return
                 continue
+            stalled = None
             chunk, view = view[:window], view[window:]
             h2conn.send_data(self.stream_id, bytes(chunk), end_stream=not view and not more_body)
             conn._flush()
@@ -515,6 +848,11 @@ class _Stream:
                 h2conn.end_stream(self.stream_id)
                 conn._flush()
             self.response_complete = True
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _address(info: Any) -> Any:

@@ -45,7 +45,8 @@ from typing import Any, Protocol
 
 import h11
 import uvicorn
-from clusterrun.adapters.limits import Exceeded, Headers
+from clusterrun.adapters.admission import Admission
+from clusterrun.adapters.limits import Exceeded, Headers, Limits
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
@@ -346,6 +347,8 @@ class Stack:
         self._on_close: list[Callable[[], None]] = []
         self._h2_max_streams, self._h2_max_fields = h2_max_streams, h2_max_fields
         self._head_limit = 0
+        self._limits: Limits | None = None
+        self._admission: Admission | None = None
         self.encoded_headers: Headers = list(config.encoded_headers)
 
     @property
@@ -358,13 +361,16 @@ class Stack:
     # Building the protocol classes (before serving).
 
     def guard_requests(self, make_guard: Callable[[ConnectionView], RequestGuard], head_limit: int, *,
-                       upgraded_close: bool = True) -> None:
+                       upgraded_close: bool = True, limits: Limits | None = None,
+                       admission: Admission | None = None) -> None:
         """Give every HTTP connection a guard (adapters.stack.guard); ``head_limit`` bounds a request head in bytes.
 
         ``upgraded_close``: the guard must hear when a connection upgraded to WebSocket closes (it holds a place
         of --limit-concurrency until then). Without it, an upgrade's HTTP protocol is left to the collector.
+        ``limits`` and ``admission`` (--limit-concurrency's places), the guards' own: HTTP/2 applies them itself.
         """
         self._head_limit = head_limit
+        self._limits, self._admission = limits, admission
         if self._own:  # the protocol calls the guard itself, and is its own view (ConnectionView)
             self._make_guard, self._upgraded_close = make_guard, upgraded_close
             return
@@ -404,9 +410,13 @@ class Stack:
             if self.http2:
                 from clusterrun.adapters.stack.http2 import H2Limits, H2Protocol
 
+                request = self._limits
                 limits = H2Limits(max_concurrent_streams=self._h2_max_streams, max_header_list_size=self._head_limit,
-                                  max_fields=self._h2_max_fields)
-                shared.h2 = functools.partial(H2Protocol, shared, limits)
+                                  max_fields=self._h2_max_fields,
+                                  max_field_size=request.header_field if request is not None else 0,
+                                  head_timeout=request.head_timeout if request is not None else 0.0,
+                                  max_body=request.body if request is not None else 0)
+                shared.h2 = functools.partial(H2Protocol, shared, limits, self._admission)
             return functools.partial(H1Protocol, shared)
         protocol: Callable[..., asyncio.Protocol] = self._http_protocol
         return functools.partial(protocol, config=self._config, server_state=self._state, app_state=app_state,

@@ -229,7 +229,8 @@ class StackServer:
         clock = uvicorn_stack.HeadClock()  # one sweep a second checks every connection's head clock
         clock.start(loop)
         self.stack.guard_requests(lambda conn: uvicorn_stack.Guard(conn, request_limits, clock, admission),
-                                  head_limit=request_limits.head, upgraded_close=admission is not None)
+                                  head_limit=request_limits.head, upgraded_close=admission is not None,
+                                  limits=request_limits, admission=admission)
         if self.closes.shared:
             self.stack.notify_close(self.closes.add)
         if self._load is not None:  # before the protocols are made: they report each close from then on

@@ -31,114 +31,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+from h2_raw import APP, RawClient, address, pattern, start
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, PingFrame
 
-from helpers import DEADLINE, TEST_APPS, Cluster, wait_until
-
-APP = "h2_app:app"
-
-
-def pattern(size: int) -> bytes:
-    return bytes(range(251)) * (size // 251) + bytes(range(size % 251))
-
-
-class RawClient:
-    """An HTTP/2 client on the h2 library over a plain socket (h2c with prior knowledge): it sends what the test
-    says and collects h2's events, with a deadline on every wait."""
-
-    def __init__(self, url: str, settings: dict[int, int] | None = None) -> None:
-        self.sock = socket.create_connection(address(url), timeout=DEADLINE)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-        self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings or {})
-        self.conn.initiate_connection()
-        self.host = url.split("://", 1)[1].encode()
-        self.events: list[h2.events.Event] = []
-        self.bodies: dict[int, bytearray] = {}
-        self.ended: set[int] = set()
-        self.closed = False
-        self.flush()
-
-    def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.sock.sendall(data)
-
-    def request(self, path: str, method: str = "GET", end: bool = True,
-                extra: list[tuple[bytes, bytes]] | None = None) -> int:
-        stream_id: int = self.conn.get_next_available_stream_id()
-        headers = [(b":method", method.encode()), (b":scheme", b"http"), (b":authority", self.host),
-                   (b":path", path.encode()), *(extra or [])]
-        self.conn.send_headers(stream_id, headers, end_stream=end)
-        self.flush()
-        return stream_id
-
-    def read(self) -> None:
-        """One read; its events recorded, received DATA acknowledged at once."""
-        data = self.sock.recv(65536)
-        if not data:
-            self.closed = True
-            return
-        for event in self.conn.receive_data(data):
-            self.events.append(event)
-            if isinstance(event, h2.events.DataReceived):
-                self.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
-                self.ended.add(event.stream_id)
-        self.flush()
-
-    def until(self, done: Callable[[], object], what: str) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while not done():
-            assert not self.closed, f"connection closed before {what}"
-            assert time.monotonic() < deadline, f"no {what} within {DEADLINE}s"
-            self.read()
-
-    def answer(self, stream_id: int) -> tuple[int, bytes]:
-        self.until(lambda: stream_id in self.ended, f"end of stream {stream_id}")
-        status = next(int(dict(event.headers)[b":status"]) for event in self.events
-                      if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id)
-        return status, bytes(self.bodies.get(stream_id, b""))
-
-    def send_body(self, stream_id: int, body: bytes) -> None:
-        """Send ``body`` (ending the stream) no faster than the server's windows allow."""
-        view = memoryview(body)
-        while view:
-            window = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
-            if window <= 0:
-                self.read()
-                continue
-            chunk, view = view[:window], view[window:]
-            self.conn.send_data(stream_id, bytes(chunk), end_stream=not view)
-            self.flush()
-
-    def raw_frames(self, done: Callable[[list[Frame]], bool]) -> list[Frame]:
-        """The frames the server sends from now on, parsed here (hyperframe), not by h2: h2's client state machine
-        takes nothing more once a GOAWAY came, where RFC 9113 6.8 lets streams up to its last-stream-id finish."""
-        frames: list[Frame] = []
-        buffer = b""
-        deadline = time.monotonic() + DEADLINE
-        while not done(frames):
-            assert time.monotonic() < deadline, f"the frames did not come within {DEADLINE}s: {frames}"
-            data = self.sock.recv(65536)
-            if not data:
-                frames.append(None)  # type: ignore[arg-type]  # the close: the test's done() looks for it
-                continue
-            buffer += data
-            while len(buffer) >= 9:
-                frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
-                if len(buffer) < 9 + length:
-                    break
-                frame.parse_body(memoryview(buffer[9:9 + length]))
-                buffer = buffer[9 + length:]
-                frames.append(frame)
-        return frames
-
-    def terminated(self) -> h2.events.ConnectionTerminated | None:
-        return next((e for e in self.events if isinstance(e, h2.events.ConnectionTerminated)), None)
-
-    def close(self) -> None:
-        self.sock.close()
+from helpers import DEADLINE, Cluster, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -160,16 +56,6 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
     return crt, pem
-
-
-def start(run_cli: Callable[..., Cluster], app: str, *args: str) -> tuple[Cluster, str]:
-    cluster = run_cli(app, "--port", "0", "--workers", "1", "--no-control", *args, cwd=TEST_APPS)
-    return cluster, cluster.wait_ready()
-
-
-def address(url: str) -> tuple[str, int]:
-    host, port = url.split("://", 1)[1].rsplit(":", 1)
-    return host, int(port)
 
 
 @pytest.mark.parametrize("app", [APP, "h2_app:wsgi --threads 2"])
@@ -297,17 +183,29 @@ def test_goaway_on_drain_lets_the_stream_in_flight_finish(run_cli: Callable[...,
 
 
 def test_rapid_reset_is_closed_with_enhance_your_calm(run_cli: Callable[..., Cluster]) -> None:
-    """CVE-2023-44487: a client opening streams and resetting each at once gets GOAWAY ENHANCE_YOUR_CALM."""
+    """CVE-2023-44487: a client opening streams and resetting each at once gets GOAWAY ENHANCE_YOUR_CALM, and the
+    close lingers: the frames the client still sends are read and discarded, never answered with a reset (which
+    failed the client's sends, and can destroy the GOAWAY before the client reads it), and the connection then
+    ends cleanly."""
     _, url = start(run_cli, APP)
     client = RawClient(url)
     try:
-        for _ in range(300):
+        # Far more than the guard's 200: on a loaded machine the app answers some streams before their reset
+        # arrives, and those do not count.
+        for _ in range(1000):
             stream_id = client.request("/")
             client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-        client.flush()
+            client.flush()
+            if client.send_failed is not None:  # the server ended the connection: its GOAWAY must be readable
+                break
         client.until(lambda: client.terminated() is not None, "GOAWAY")
         goaway = client.terminated()
         assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        ping = PingFrame(0, opaque_data=b"late")
+        for _ in range(3):  # in flight when the GOAWAY came: still taken, after the server's end of stream too
+            client.sock.sendall(ping.serialize() * 64)
+            assert client.sock.recv(65536) == b""
+        assert client.send_failed is None
     finally:
         client.close()
 
@@ -408,19 +306,6 @@ def test_header_list_past_limit_request_head_closes(run_cli: Callable[..., Clust
         assert goaway is None or goaway.error_code != 0
     finally:
         client.close()
-
-
-def test_more_fields_than_limit_request_fields_is_431(run_cli: Callable[..., Cluster]) -> None:
-    """--limit-request-fields applies to an HTTP/2 request: 431 on its stream; the connection serves on."""
-    cluster, url = start(run_cli, APP, "--limit-request-fields", "5")
-    client = RawClient(url)
-    try:
-        many = [(b"x-field-%d" % n, b"v") for n in range(6)]
-        assert client.answer(client.request("/", extra=many)) == (431, b"")
-        assert client.answer(client.request("/", extra=many[:5])) == (200, b"ok")
-    finally:
-        client.close()
-    cluster.wait_for_line("more than 5 header fields")
 
 
 def test_a_stream_whose_app_reads_nothing_does_not_stall_the_others(run_cli: Callable[..., Cluster],
