@@ -1,6 +1,6 @@
 """The http2 section (issue 28, item 4): HTTP/2 req/s and server CPU per request against granian and hypercorn.
 
-    python bench/run.py --section http2                 # about 80 s on 2 cores
+    python bench/run.py --section http2                 # about 65 s on 2 cores
     python bench/run.py --section http2 --apps asgi     # the ASGI half, about 35 s
     python bench/run.py --section http2 --quick         # about 45 s
 

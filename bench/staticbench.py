@@ -1,6 +1,6 @@
 """The static section (issue 28, item 4): serving files, clusterrun --static against granian and uWSGI.
 
-    python bench/run.py --section static           # about 70 s on 2 cores
+    python bench/run.py --section static           # about 50 s on 2 cores
     python bench/run.py --section static --quick   # about 35 s
 
 The same three files, written afresh into a temporary folder for each run (so that every server reads them from
