@@ -130,7 +130,7 @@ class Cell:
         if self.measured is None:
             return None
         result = self.measured.result
-        return result.load if isinstance(result, H2Result) else result  # type: ignore[no-any-return]
+        return result.load if isinstance(result, H2Result) else result
 
     def per_request_us(self) -> float | None:
         load = self.load()
