@@ -10,7 +10,7 @@
     python bench/run.py --section metrics --quick  # issue 13: what --metrics costs; status calls under load, <1 min
     python bench/run.py --section syscalls   # issue 24: system calls per request of one worker, by strace, <1 min
     python bench/run.py --section compiled   # issue 24: the compiled core against pure Python, about 3 minutes
-    python bench/run.py --section static     # issue 28: files by clusterrun --static, granian and uWSGI, 50 s
+    python bench/run.py --section static     # issue 28: files by clusterrun --static, granian and uWSGI, 65 s
     python bench/run.py --section http2      # issue 28: HTTP/2 beside HTTP/1.1, granian and hypercorn, about 65 s
 
 Each round starts every server once per app (in a rotated order, so that drift of

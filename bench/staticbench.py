@@ -1,13 +1,14 @@
 """The static section (issue 28, item 4): serving files, clusterrun --static against granian and uWSGI.
 
-    python bench/run.py --section static           # about 50 s on 2 cores
-    python bench/run.py --section static --quick   # about 35 s
+    python bench/run.py --section static           # about 65 s on 2 cores
+    python bench/run.py --section static --quick   # about 40 s
 
 The same three files, written afresh into a temporary folder for each run (so that every server reads them from
 the page cache): ``style.css`` (1 KiB), ``app.js`` (64 KiB) and ``photo.jpg`` (1 MiB), mounted at ``/assets`` by
 
 - clusterrun ``--static /assets=DIR``, on the inline WSGI engine (raw WSGI hello, the default engine: sendfile)
-  and on the asyncio stack (raw ASGI hello: uvloop when installed, blocks of 256 KiB);
+  and on the asyncio stack (raw ASGI hello: uvloop when installed, blocks of 256 KiB; and with ``--loop
+  asyncio``, whose ``loop.sendfile`` sends a file past 256 KiB zero-copy);
 - granian ``--static-path-route /assets --static-path-mount DIR`` (its files are served in Rust, before the app);
 - uWSGI ``--static-map /assets=DIR`` on ``--http11-socket`` (each worker process serves one keep-alive
   connection at a time: see the main bench's note on uWSGI keep-alive), with ``--tcp-nodelay``: without it a
@@ -86,6 +87,9 @@ def catalogue(ctx: Context, folder: Path) -> list[StaticServer]:
     def clusterrun(t: Target) -> list[str]:
         return [*_clusterrun(policy)(t), "--static", mount]
 
+    def clusterrun_asyncio(t: Target) -> list[str]:
+        return [*clusterrun(t), "--loop", "asyncio"]
+
     def granian(t: Target) -> list[str]:
         # --static-path-expires is left at its default (Cache-Control: max-age=86400): a user's command.
         return [*_granian(t)[:-1], "--static-path-route", PREFIX, "--static-path-mount", str(folder), t.app.target]
@@ -101,6 +105,9 @@ def catalogue(ctx: Context, folder: Path) -> list[StaticServer]:
                             ("clusterrun",), clusterrun), WSGI_APP),
         StaticServer(Server("clusterrun-asgi", "clusterrun", f"clusterrun {policy}, asyncio stack (ASGI)", both,
                             ("clusterrun",), clusterrun), ASGI_APP),
+        # uvloop has no loop.sendfile: on plain asyncio a file past 256 KiB goes out zero-copy (docs/static-files.md).
+        StaticServer(Server("clusterrun-asgi-asyncio", "clusterrun", f"clusterrun {policy}, asyncio stack, --loop"
+                            " asyncio", both, ("clusterrun",), clusterrun_asyncio), ASGI_APP),
         StaticServer(Server("granian", "granian", "granian", both, ("granian",), granian), WSGI_APP),
         StaticServer(Server("uwsgi", "uwsgi", "uWSGI --http11-socket", both, ("pyuwsgi",), uwsgi), WSGI_APP,
                      "uWSGI: each worker serves one keep-alive connection at a time, so 2 of wrk's 64 connections"
