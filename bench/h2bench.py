@@ -241,7 +241,7 @@ def check_h2(port: int, body: bytes) -> None:
     try:
         status, answer = h2load.probe(f"http://127.0.0.1:{port}/")
     except (OSError, ConnectionError) as exc:
-        raise RuntimeError(f"no HTTP/2 answer: {exc}") from None
+        raise RuntimeError(f"no HTTP/2 answer ({exc})") from None
     if status != 200 or answer != body:
         raise RuntimeError(f"HTTP/2 answer {status} {answer[:80]!r}")
 

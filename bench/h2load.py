@@ -333,14 +333,24 @@ def probe(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
                     conn.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, h2.events.StreamEnded):
                     return status, bytes(body)
-                elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
-                    raise ConnectionError(f"the server ended the stream: {event}")
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    raise ConnectionError(f"GOAWAY {_code(event.error_code)} before an answer")
+                elif isinstance(event, h2.events.StreamReset):
+                    raise ConnectionError(f"the stream was reset: {_code(event.error_code)}")
             conn.fill(may_open=False)
         raise TimeoutError(f"no HTTP/2 answer within {timeout:g} s")
     except h2.exceptions.ProtocolError as exc:
         raise ConnectionError(f"not an HTTP/2 answer: {exc}") from exc
     finally:
         conn.close()
+
+
+def _code(code: int | None) -> str:
+    """An HTTP/2 error code by its name (HTTP_1_1_REQUIRED), or its number when h2 knows no name for it."""
+    try:
+        return h2.errors.ErrorCodes(code).name if code is not None else "without a code"
+    except ValueError:
+        return str(code)
 
 
 def main(argv: Sequence[str]) -> int:
