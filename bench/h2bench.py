@@ -1,13 +1,15 @@
 """The http2 section (issue 28, item 4): HTTP/2 req/s and server CPU per request against granian and hypercorn.
 
-    python bench/run.py --section http2                 # about 65 s on 2 cores
-    python bench/run.py --section http2 --apps asgi     # the ASGI half, about 35 s
-    python bench/run.py --section http2 --quick         # about 45 s
+    python bench/run.py --section http2 --apps asgi     # the ASGI half, about 50 s on 2 cores
+    python bench/run.py --section http2 --apps wsgi     # the WSGI half, about 60 s
+    python bench/run.py --section http2 --quick         # both, about 50 s
 
-HTTP/2 load comes from bench/h2load.py (h2load itself is not installable here): 4 connections, each in a process
-of its own, each keeping 16 streams in flight, h2c with prior knowledge; HTTP/1.1 load from wrk with 64 keep-alive
-connections on the same server, so that each server's HTTP/2 cost sits beside its HTTP/1.1 cost. Servers, 2
-workers each, on raw ASGI hello and raw WSGI hello:
+HTTP/2 load comes from bench/h2load.py (a load generator on the h2 library): 4 connections, each in a process
+of its own, each keeping 16 streams in flight, h2c with prior knowledge; HTTP/1.1 load from wrk with 64
+keep-alive connections on the same server, so that each server's HTTP/2 cost sits beside its HTTP/1.1 cost.
+When nghttp2's ``h2load`` is installed (Debian: nghttp2-client), each HTTP/2 row is measured with it too, the
+same connections and streams from C: what the servers do when the client is not the limit, and a check of the
+Python client's figures. Servers, 2 workers each, on raw ASGI hello and raw WSGI hello:
 
 - clusterrun on its default policy: ASGI on the asyncio stack (clusterrun's own protocol); WSGI with
   ``--threads 4`` (the WSGI bridge on the same stack); and WSGI on the inline engine (``--threads 1``, the
@@ -27,6 +29,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +69,7 @@ THREADS = 4
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 PROTOCOLS = ("HTTP/1.1", "HTTP/2")
+NGHTTP2 = "HTTP/2, h2load"  # nghttp2's h2load, when installed (Debian: nghttp2-client): the same load from C
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,33 @@ def run_h2load(python: str, url: str, duration: float) -> H2Result:
         raise RuntimeError(f"h2load failed ({out.returncode}): {out.stderr.strip()[-500:]}") from None
     load = LoadResult(data["rps"], data["p50_ms"], data["p99_ms"], data["errors"], data["requests"])
     return H2Result(load, data["client_cpu_s"], data["refused"], data["first_error"])
+
+
+def run_nghttp2(path: str, url: str, duration: float) -> H2Result:
+    """nghttp2's h2load with the same shape of load: one thread, as wrk runs here; its CPU from the children's
+    rusage (it is reaped before this returns)."""
+    argv = [path, "-t1", "-c", str(H2_CONNECTIONS), "-m", str(H2_STREAMS), "-D", f"{max(1, round(duration))}", url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return H2Result(parse_nghttp2(out.stdout + out.stderr), cpu, 0, "")
+
+
+def parse_nghttp2(output: str) -> LoadResult:
+    """req/s from "finished in", the requests that succeeded, and failed + errored + timed out + non-2xx/3xx."""
+    rate = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", output)
+    counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored,"
+                       r" (\d+) timeout", output)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
+    if not (rate and counts and codes):
+        raise RuntimeError(f"could not parse h2load's output:\n{output[-800:]}")
+    succeeded, failed, errored, timeouts = (int(n) for n in counts.groups())
+    bad = int(codes.group(3)) + int(codes.group(4))
+    mean_ms = float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)] if mean else 0.0
+    # h2load prints no percentiles: its mean time per request stands in p50's column (the table shows neither).
+    return LoadResult(float(rate.group(3)), mean_ms, mean_ms, failed + errored + timeouts + bad, succeeded - bad)
 
 
 @dataclass
@@ -261,8 +294,8 @@ def trial(ctx: Context, app: App, entry: H2Server, workers: int, duration: float
         with started(ctx, app, entry, workers) as live:
             out.startup_s = live.startup_s
             url = f"http://127.0.0.1:{live.port}/"
-            for protocol in PROTOCOLS:
-                if protocol in entry.protocols:
+            for protocol in protocols():
+                if protocol.split(",")[0] in entry.protocols:
                     out.cells[protocol] = measure(ctx, live, app, protocol, url, duration)
                     print(progress(app, entry, protocol, out.cells[protocol]), file=sys.stderr, flush=True)
     except Exception as exc:  # one server failing must not cost the others their results
@@ -270,6 +303,10 @@ def trial(ctx: Context, app: App, entry: H2Server, workers: int, duration: float
         print(f"http2: {app.title} / {entry.server.title}: FAILED {out.error.splitlines()[0]}", file=sys.stderr,
               flush=True)
     return out
+
+
+def protocols() -> tuple[str, ...]:
+    return (*PROTOCOLS, NGHTTP2) if shutil.which("h2load") else PROTOCOLS
 
 
 def measure(ctx: Context, live: Live, app: App, protocol: str, url: str, duration: float) -> Cell:
@@ -283,6 +320,13 @@ def measure(ctx: Context, live: Live, app: App, protocol: str, url: str, duratio
 
             def go() -> Any:
                 return ctx.client.run(spec)
+        elif protocol == NGHTTP2:
+            check_h2(live.port, app.body)
+            nghttp2 = shutil.which("h2load") or "h2load"
+            run_nghttp2(nghttp2, url, 1.0)  # warm-up
+
+            def go() -> Any:
+                return run_nghttp2(nghttp2, url, duration)
         else:
             check_h2(live.port, app.body)
             run_h2load(ctx.python, url, 1.0)  # warm-up
@@ -321,11 +365,11 @@ def report(ctx: Context, apps: Sequence[App], entries: Sequence[H2Server], trial
                  "| server | protocol | req/s | server µs/req (user + sys) | vs clusterrun, same protocol |"
                  " client µs/req | errors |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         base_key = "clusterrun" if app.interface == "asgi" else "clusterrun-threads"
-        for protocol in PROTOCOLS:
+        for protocol in protocols():
             base = trials.get((app.key, base_key), Trial()).cells.get(protocol, Cell()).per_request_us()
             for entry in entries:
                 got = trials.get((app.key, entry.server.key))
-                if got is None or protocol not in entry.protocols:
+                if got is None or protocol.split(",")[0] not in entry.protocols:
                     continue
                 cell = got.cells.get(protocol, Cell(error=got.error))
                 load, per = cell.load(), cell.per_request_us()
@@ -344,8 +388,10 @@ def report(ctx: Context, apps: Sequence[App], entries: Sequence[H2Server], trial
                 targets.append(f"INFO {app.title} / {entry.server.title} / {protocol}: {per:.1f} µs/req,"
                                f" {load.rps:,.0f} req/s")
     body += ["", "server µs/req: user + system time of the server's whole process tree over the measured run,"
-                 " divided by the requests completed. client µs/req: the same for h2load.py's processes; its"
-                 " req/s is bounded by about (2 cores - the server's share) / that."]
+                 " divided by the requests completed. client µs/req: the same for the HTTP/2 client's processes;"
+                 " its req/s is bounded by about (2 cores - the server's share) / that. \"HTTP/2\": bench/h2load.py"
+                 " (Python, on h2); \"HTTP/2, h2load\": nghttp2's h2load (C) with the same connections and streams,"
+                 " when it is installed."]
     body += [f"- {e.server.title}: {e.note}" for e in entries if e.note]
     if disturbed:
         body += ["", DAGGER_NOTE]
