@@ -11,7 +11,7 @@
     python bench/run.py --section syscalls   # issue 24: system calls per request of one worker, by strace, <1 min
     python bench/run.py --section compiled   # issue 24: the compiled core against pure Python, about 3 minutes
     python bench/run.py --section static     # issue 28: files by clusterrun --static, granian and uWSGI, 65 s
-    python bench/run.py --section http2      # issue 28: HTTP/2 beside HTTP/1.1, granian and hypercorn, 110 s
+    python bench/run.py --section http2      # issue 28: HTTP/2 vs granian, hypercorn, 80 s (--apps asgi|wsgi: 40)
 
 Each round starts every server once per app (in a rotated order, so that drift of
 the machine spreads over all servers instead of favouring the first), waits for
