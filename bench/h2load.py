@@ -208,7 +208,7 @@ def drive(target: Target, streams: int, start_at: float, deadline: float, count:
     while True:
         now = time.monotonic()
         may_open = now < deadline and (count is None or opened < count)
-        if conn.closed:
+        if conn.closed and not conn.open:  # after a GOAWAY, the streams the server took are read to their end
             if not may_open:
                 break
             conn.close()
