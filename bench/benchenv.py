@@ -40,7 +40,7 @@ def ensure_venv(venv: Path, repo: Path, *, peers: tuple[str, ...] = PEERS, pure:
     if not python.exists():
         print(f"bench: creating {venv} with {interpreter}", file=sys.stderr, flush=True)
         subprocess.run([interpreter, "-m", "venv", str(venv)], check=True)
-    wanted = [*peers, f"{repo}[standard,metrics]"]  # metrics: the metrics section runs --metrics
+    wanted = [*peers, f"{repo}[standard,metrics,http2]"]  # metrics: the metrics section runs --metrics; http2: h2
     stamp = venv / ".bench-installed"
     digest = hashlib.sha256(json.dumps(wanted).encode() + (repo / "pyproject.toml").read_bytes()).hexdigest()
     if not (stamp.exists() and stamp.read_text().strip() == digest):

@@ -37,6 +37,7 @@ class LoadSpec:
     duration: float
     connections: int
     close: bool  # True: "Connection: close", a new connection per request
+    headers: tuple[str, ...] = ()  # more request header lines, "Name: value" (a conditional request, say)
 
 
 class LoadGenerator:
@@ -70,6 +71,8 @@ class Wrk(LoadGenerator):
         argv = [self.path, "-t1", f"-c{spec.connections}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
         if spec.close:
             argv += ["-H", "Connection: close"]
+        for line in spec.headers:
+            argv += ["-H", line]
         return [*argv, spec.url]
 
     def describe(self, spec: LoadSpec) -> str:
@@ -146,7 +149,7 @@ def _split_url(url: str) -> tuple[str, int, str]:
 
 async def _run_python(spec: LoadSpec) -> LoadResult:
     host, port, path = _split_url(spec.url)
-    header = "Connection: close\r\n" if spec.close else ""
+    header = "".join(f"{line}\r\n" for line in (*(("Connection: close",) if spec.close else ()), *spec.headers))
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{header}\r\n".encode()
     tally = _Tally([])
     started = time.monotonic()

@@ -10,6 +10,8 @@
     python bench/run.py --section metrics --quick  # issue 13: what --metrics costs; status calls under load, <1 min
     python bench/run.py --section syscalls   # issue 24: system calls per request of one worker, by strace, <1 min
     python bench/run.py --section compiled   # issue 24: the compiled core against pure Python, about 3 minutes
+    python bench/run.py --section static     # issue 28: files by clusterrun --static, granian and uWSGI, 65 s
+    python bench/run.py --section http2      # issue 28: HTTP/2 vs granian, hypercorn, 80 s (--apps asgi|wsgi: 40)
 
 Each round starts every server once per app (in a rotated order, so that drift of
 the machine spreads over all servers instead of favouring the first), waits for
@@ -40,6 +42,7 @@ from typing import Any
 import benchenv
 import ceiling
 import compiled
+import h2bench
 import handover
 import leastconn
 import metricscost
@@ -48,6 +51,7 @@ import procs
 import reload
 import report
 import sections
+import staticbench
 import syscalls
 from loadgen import LoadGenerator, LoadResult, LoadSpec, PythonClient, pick
 from quiet import Patience
@@ -56,7 +60,8 @@ from servers import PRELOAD, SERVERS, App, Server, Target, select, select_apps, 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 APPS_DIR = BENCH / "apps"
-SECTIONS = ("main", "policies", "reload", "least-conn", "handover", "metrics", "syscalls", "compiled")
+SECTIONS = ("main", "policies", "reload", "least-conn", "handover", "metrics", "syscalls", "compiled", "static",
+            "http2")
 READY_TIMEOUT = 60.0  # uvicorn and hypercorn spawn fresh interpreters: slow on a loaded 2-core machine
 STOP_TIMEOUT = 15.0
 CEILING_S = 1.0  # at most, per in-process ceiling: a rate of calls per CPU second settles well within it
@@ -85,7 +90,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              " per request, and status and /metrics calls during full load (issue 13); syscalls: system"
                              " calls per request of one worker, by strace, keep-alive and a new connection per"
                              " request (issue 24); compiled: server CPU per request of the compiled engine against"
-                             " the same code built as pure Python (issue 24)")
+                             " the same code built as pure Python (issue 24); static: files of 1 KiB, 64 KiB and 1 MiB"
+                             " and a 304, clusterrun --static against granian and uWSGI (issue 28); http2: HTTP/2"
+                             " req/s and server CPU per request beside HTTP/1.1, against granian and hypercorn"
+                             " (issue 28)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 1 s runs, 0.5 s warm-up, no re-measuring, instead of 3 rounds of 3 s")
     parser.add_argument("--no-install", action="store_true",
@@ -463,7 +471,7 @@ def run_section(args: argparse.Namespace, began: float) -> int:
     patience = Patience(args.patience if args.patience is not None else (0.0 if args.quick else 30.0))
     section = {"policies": policies.run, "reload": reload.run, "least-conn": leastconn.run,
                "handover": handover.run, "metrics": metricscost.run, "syscalls": syscalls.run,
-               "compiled": compiled.run}[args.section]
+               "compiled": compiled.run, "static": staticbench.run, "http2": h2bench.run}[args.section]
     with tempfile.TemporaryDirectory(prefix=f"clusterrun-bench-{args.section}-") as logs:
         ctx = sections.Context(python, versions, args.servers, args.apps, args.workers, args.quick, args.duration,
                                patience, client, client_note, Path(logs), pure_venv=args.pure_venv)

@@ -179,3 +179,31 @@ def test_compiled_section_compares_the_two_builds(tmp_path: Path) -> None:
     for load in ("keep-alive", "new connection"):
         row = rf"^\| raw WSGI hello \| {_default_policy()} \| {load} \| {cell} \| {cell} \| \d+\.\d\dx \|"
         assert re.search(row, text, re.MULTILINE), text
+
+
+def test_static_and_http2_sections_measure_clusterrun(tmp_path: Path) -> None:
+    """Issue 28's sections, clusterrun alone, quick: the static table has a measured row for each file and the
+    304 (asked with the ETag clusterrun sent) on both engines; the http2 table has an HTTP/2 row, driven by
+    bench/h2load.py, beside the HTTP/1.1 one, without errors."""
+    if not shutil.which("wrk"):
+        pytest.skip("the static and http2 sections load with wrk")
+    pytest.importorskip("h2")
+    out = tmp_path / "results"
+    for section, extra in (("static", []), ("http2", ["--apps", "asgi"])):
+        proc = subprocess.run(
+            [sys.executable, str(RUN), "--section", section, "--quick", "--no-install", "--servers", "clusterrun",
+             *extra, "--patience", "0", "--out", str(out), "--venv", str(tmp_path / "unused-venv")],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert not list(out.glob("latest*")), "a filtered run must not replace the committed tables"
+    static = "".join(p.read_text() for p in out.glob("*-static-quick.md"))
+    for row in ("1 KiB style.css", "64 KiB app.js", "1 MiB photo.jpg", "304 for style.css (If-None-Match)"):
+        for engine in ("inline WSGI engine", "asyncio stack (ASGI)"):
+            server = rf"clusterrun [\w-]+, {re.escape(engine)}"
+            line = rf"^\| {re.escape(row)} \| {server} \| [\d,]+( †)? \| \d+\.\d .*\| 0 \|$"
+            assert re.search(line, static, re.MULTILINE), static
+    http2 = "".join(p.read_text() for p in out.glob("*-http2-quick.md"))
+    for protocol in ("HTTP/1.1", "HTTP/2"):
+        line = rf"^\| clusterrun [\w-]+ \| {re.escape(protocol)} \| [\d,]+( †)? \| \d+\.\d .*\| 0 \|$"
+        assert re.search(line, http2, re.MULTILINE), http2
