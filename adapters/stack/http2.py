@@ -364,6 +364,7 @@ class _Stream:
         "body",
         "conn",
         "disconnected",
+        "end_taken",
         "head_only",
         "headers_out",
         "more_body",
@@ -381,6 +382,7 @@ class _Stream:
         self.scope = scope
         self.body = bytearray()
         self.more_body = True
+        self.end_taken = False  # the app took the body's last message: receive() now waits for the stream's end
         self.unacknowledged = 0  # body bytes received and not yet taken by the app: their window is still shut
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
@@ -444,7 +446,10 @@ class _Stream:
         conn._flush()
 
     async def receive(self) -> dict[str, Any]:
-        while not (self.body or not self.more_body or self.disconnected or self.response_complete):
+        # As uvicorn's: once the body is all taken, receive() waits for the client to leave or the response to
+        # complete, then says http.disconnect (the WSGI bridge's watcher of a streamed response relies on it).
+        while not (self.body or (not self.more_body and not self.end_taken) or self.disconnected
+                   or self.response_complete):
             self.waiter = self.conn.loop.create_future()
             await self.waiter
         if self.disconnected or self.response_complete:
@@ -456,6 +461,7 @@ class _Stream:
         conn = self.conn
         conn._acknowledge(taken, self.stream_id)
         conn._flush()
+        self.end_taken = not self.more_body
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -496,6 +502,7 @@ class _Stream:
             conn._flush()
             if not body and not more_body:
                 self.response_complete = True
+                self.wake()
                 return
         view = memoryview(body)
         while view:
@@ -515,6 +522,7 @@ class _Stream:
                 h2conn.end_stream(self.stream_id)
                 conn._flush()
             self.response_complete = True
+            self.wake()
 
 
 def _address(info: Any) -> Any:
