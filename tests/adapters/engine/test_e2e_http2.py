@@ -1,21 +1,37 @@
-"""End-to-end: HTTP/2 to a WSGI app, against the real CLI: a streamed answer and an upload both ways with small
-windows (here on the stack, --threads 2).
+"""End-to-end: HTTP/2 on the inline WSGI engine (issue 28, item 1; the default engine, no --threads), against the
+real CLI. The engine hands a connection whose ALPN chose h2, or whose first bytes are the h2c preface, to its HTTP/2
+side (adapters.stack.inline_h2); HTTP/1.1 goes on as before on the same port.
+
+httpx with ``http2=True`` gets HTTP/2 over TLS and h2c; a client on the ``h2`` library sends large bodies both ways
+with small windows, several streams at once, and holds a stream through a drain (SIGHUP, SIGTERM); the worker
+counts HTTP/2 requests for --max-requests and the access log.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import ipaddress
+import json
+import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from helpers import DEADLINE, TEST_APPS, Cluster
+from helpers import DEADLINE, TEST_APPS, Cluster, wait_until
 
 APP = "inline_h2_app:app"
 
@@ -112,6 +128,27 @@ class Client:
         self.sock.close()
 
 
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    folder = tmp_path_factory.mktemp("h2cert")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(key, hashes.SHA256()))
+    crt, pem = folder / "server.crt", folder / "server.key"
+    crt.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return crt, pem
+
+
 def start(run_cli: Callable[..., Cluster], *args: str) -> tuple[Cluster, str]:
     cluster = run_cli(APP, "--port", "0", "--workers", "1", "--no-control", *args, cwd=TEST_APPS)
     url = cluster.wait_ready()
@@ -120,7 +157,33 @@ def start(run_cli: Callable[..., Cluster], *args: str) -> tuple[Cluster, str]:
     return cluster, url
 
 
-@pytest.mark.parametrize("engine", ["--threads 2"])
+def test_httpx_gets_http2_over_tls_and_h2c_and_http1_still_served(run_cli: Callable[..., Cluster],
+                                                                   cert: tuple[Path, Path]) -> None:
+    """Over TLS (ALPN h2) and in cleartext (h2c with prior knowledge) the app sees SERVER_PROTOCOL HTTP/2, one app
+    call at a time (wsgi.multithread False); a 1 MiB upload and a 1 MiB streamed answer arrive whole both ways; a
+    client without h2 gets HTTP/1.1 on the same port. (Was: no ALPN, and a GOAWAY HTTP_1_1_REQUIRED to h2c.)"""
+    _, url = start(run_cli, "--ssl-certfile", str(cert[0]), "--ssl-keyfile", str(cert[1]))
+    _, plain = start(run_cli)
+    upload, size = pattern(1024 * 1024), 1024 * 1024
+    for base, verify in ((url, ssl.create_default_context(cafile=str(cert[0]))), (plain, True)):
+        with httpx.Client(http1=base == url, http2=True, verify=verify, timeout=DEADLINE) as http:
+            response = http.get(base + "/environ?x=1")
+            assert response.http_version == "HTTP/2"
+            seen = response.json()
+            assert seen["SERVER_PROTOCOL"] == "HTTP/2" and seen["wsgi.multithread"] is False
+            assert seen["QUERY_STRING"] == "x=1" and seen["REMOTE_ADDR"] == "127.0.0.1"
+            assert seen["wsgi.url_scheme"] == ("https" if base == url else "http")
+            assert seen["HTTP_HOST"] == base.split("://", 1)[1]
+            echoed = http.post(base + "/echo", content=upload)
+            assert (echoed.http_version, echoed.text) == ("HTTP/2", digest(upload))
+            big = http.get(base + f"/big?n={size}")
+            assert (big.http_version, big.content) == ("HTTP/2", pattern(size))
+        with httpx.Client(verify=verify, timeout=DEADLINE) as http:
+            response = http.get(base + "/environ")
+            assert response.http_version == "HTTP/1.1" and response.json()["SERVER_PROTOCOL"] == "HTTP/1.1"
+
+
+@pytest.mark.parametrize("engine", ["inline", "--threads 2"])
 def test_flow_control_both_ways_with_small_windows(run_cli: Callable[..., Cluster], engine: str) -> None:
     """A 1 MiB streamed answer to a client whose window is 1 KiB arrives whole (h2 fails the read if the server
     sends past the window); a 1 MiB upload reaches the app whole while the server opens its window as the app
@@ -137,3 +200,65 @@ def test_flow_control_both_ways_with_small_windows(run_cli: Callable[..., Cluste
         assert client.answer(stream_id) == (200, digest(upload).encode())
     finally:
         client.close()
+
+
+def test_streams_at_once_on_one_connection(run_cli: Callable[..., Cluster]) -> None:
+    """Five streams opened before any answer is read (two of them uploads sent interleaved) each get their own
+    answer on the one connection."""
+    _, url = start(run_cli)
+    client = Client(url)
+    try:
+        gets = [client.request(f"/environ?n={n}") for n in range(3)]
+        uploads = {client.request("/echo", method="POST", end=False): pattern(100_000 + n) for n in range(2)}
+        for stream_id, body in uploads.items():
+            client.conn.send_data(stream_id, body[:16384])
+        client.flush()
+        for stream_id, body in uploads.items():
+            client.send_body(stream_id, body[16384:])
+        for n, stream_id in enumerate(gets):
+            status, body = client.answer(stream_id)
+            assert status == 200 and json.loads(body)["QUERY_STRING"] == f"n={n}"
+        for stream_id, body in uploads.items():
+            assert client.answer(stream_id) == (200, digest(body).encode())
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_drain_lets_the_stream_in_flight_finish(run_cli: Callable[..., Cluster], tmp_path: Path,
+                                                signum: int) -> None:
+    """A rolling restart (SIGHUP) or a stop (SIGTERM) with a stream in flight: its answer comes whole, then GOAWAY
+    naming it and the close; the old worker exits only then (its HTTP/2 thread stopped), and after SIGHUP the new
+    worker serves HTTP/2."""
+    cluster, url = start(run_cli, "--log-level", "debug")
+    client = Client(url)
+    try:
+        stream_id = client.request(f"/hold?dir={tmp_path}")
+        wait_until(lambda: (tmp_path / "started").exists(), "the app holding the request")
+        old = cluster.worker_pids()
+        cluster.signal(signum)
+        cluster.wait_for_line(r"worker 1 .*stopping: draining open connections")  # the drain began
+        (tmp_path / "release").touch()
+        assert client.answer(stream_id) == (200, b"held")
+        client.until(lambda: client.terminated() is not None, "GOAWAY")
+        goaway = client.terminated()
+        assert goaway is not None and goaway.error_code == 0 and goaway.last_stream_id == stream_id
+        client.wait_closed()
+    finally:
+        client.close()
+    if signum == signal.SIGTERM:
+        assert cluster.wait_exit() == 0
+        return
+    wait_until(lambda: not set(old) & set(cluster.worker_pids()), "the old worker's exit")
+    with httpx.Client(http1=False, http2=True, timeout=DEADLINE) as http:
+        assert http.get(url + "/environ").json()["SERVER_PROTOCOL"] == "HTTP/2"
+
+
+def test_http2_requests_count_for_max_requests_and_the_access_log(run_cli: Callable[..., Cluster]) -> None:
+    """--max-requests counts HTTP/2 requests (the worker asks to be replaced), and each one has its access line."""
+    cluster, url = start(run_cli, "--max-requests", "3", "--access-log")
+    with httpx.Client(http1=False, http2=True, timeout=DEADLINE) as http:
+        for n in range(3):
+            assert http.get(url + f"/environ?n={n}").status_code == 200
+    cluster.wait_for_line(r"GET /environ\?n=2 HTTP/2")
+    cluster.wait_for_line(r"served 3 requests \(--max-requests 3\)")
