@@ -47,9 +47,10 @@ def digest(body: bytes) -> str:
 class Client:
     """HTTP/2 with prior knowledge on a plain socket, on the ``h2`` library; every wait has a deadline."""
 
-    def __init__(self, url: str, settings: dict[int, int] | None = None) -> None:
+    def __init__(self, url: str, settings: dict[int, int] | None = None, before: bytes = b"") -> None:
         host, port = url.split("://", 1)[1].rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=DEADLINE)
+        self.sock.sendall(before)  # a PROXY header
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings or {})
         self.conn.initiate_connection()
@@ -65,10 +66,12 @@ class Client:
         if data:
             self.sock.sendall(data)
 
-    def request(self, path: str, method: str = "GET", end: bool = True) -> int:
+    def request(self, path: str, method: str = "GET", end: bool = True,
+                extra: list[tuple[bytes, bytes]] | None = None) -> int:
         stream_id: int = self.conn.get_next_available_stream_id()
         self.conn.send_headers(stream_id, [(b":method", method.encode()), (b":scheme", b"http"),
-                                           (b":authority", self.authority), (b":path", path.encode())],
+                                           (b":authority", self.authority), (b":path", path.encode()),
+                                           *(extra or [])],
                                end_stream=end)
         self.flush()
         return stream_id
@@ -99,9 +102,11 @@ class Client:
 
     def answer(self, stream_id: int) -> tuple[int, bytes]:
         self.until(lambda: stream_id in self.ended, f"the end of stream {stream_id}")
-        status = next(int(dict(event.headers)[b":status"]) for event in self.events
-                      if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id)
-        return status, bytes(self.bodies.get(stream_id, b""))
+        return int(self.head(stream_id)[b":status"]), bytes(self.bodies.get(stream_id, b""))
+
+    def head(self, stream_id: int) -> dict[bytes, bytes]:
+        return next(dict(event.headers) for event in self.events
+                    if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id)
 
     def send_body(self, stream_id: int, body: bytes) -> None:
         """Send ``body`` and end the stream, no faster than the server's windows allow."""
@@ -262,3 +267,40 @@ def test_http2_requests_count_for_max_requests_and_the_access_log(run_cli: Calla
             assert http.get(url + f"/environ?n={n}").status_code == 200
     cluster.wait_for_line(r"GET /environ\?n=2 HTTP/2")
     cluster.wait_for_line(r"served 3 requests \(--max-requests 3\)")
+
+
+def test_a_proxy_header_and_static_files_over_http2(run_cli: Callable[..., Cluster], tmp_path: Path) -> None:
+    """--proxy-protocol: the PROXY header before the h2c preface names the client the app sees; --static: a file is
+    served over HTTP/2 with its ETag, and a range is answered 206."""
+    folder = tmp_path / "assets"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"0123456789")
+    _, url = start(run_cli, "--proxy-protocol", "--static", f"/assets={folder}")
+    client = Client(url, before=b"PROXY TCP4 203.0.113.7 127.0.0.1 4711 80\r\n")
+    try:
+        status, body = client.answer(client.request("/environ"))
+        assert status == 200 and json.loads(body)["REMOTE_ADDR"] == "203.0.113.7"
+        stream_id = client.request("/assets/a.txt")
+        assert client.answer(stream_id) == (200, b"0123456789") and client.head(stream_id).get(b"etag")
+        ranged = client.request("/assets/a.txt", extra=[(b"range", b"bytes=2-4")])
+        assert client.answer(ranged) == (206, b"234")
+    finally:
+        client.close()
+
+
+def test_a_stream_stuck_past_request_timeout_gets_its_worker_killed(run_cli: Callable[..., Cluster],
+                                                                    tmp_path: Path) -> None:
+    """--request-timeout: app code of an HTTP/2 stream is stamped as the engine's own is (it holds the engine's
+    gate): a stream stuck past the deadline gets its worker killed and respawned, the request named."""
+    cluster, url = start(run_cli, "--request-timeout", "1")
+    client = Client(url)
+    try:
+        client.request(f"/hold?dir={tmp_path}")
+        cluster.wait_for_line(r"request GET /hold ran [\d.]+s, past --request-timeout 1 s: killing and respawning")
+        client.wait_closed()
+    finally:
+        client.close()
+        (tmp_path / "release").touch()
+    cluster.wait_for_line(r"ready|is serving", count=2)
+    with httpx.Client(http1=False, http2=True, timeout=DEADLINE) as http:
+        assert http.get(url + "/environ").json()["SERVER_PROTOCOL"] == "HTTP/2"
