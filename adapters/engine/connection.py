@@ -125,17 +125,27 @@ class Engine(Protocol):
     def closed(self, conn: Connection) -> None:
         """``conn`` closed: the engine forgets it."""
 
-    def to_http2(self, conn: Connection, data: bytes) -> None:
-        """``conn`` left the loop for HTTP/2: served there from now on, ``data`` (read so far) first."""
+    def to_http2(self, conn: Connection, data: bytes, upgrade: Upgrade | None = None) -> None:
+        """``conn`` left the loop for HTTP/2: served there from now on, ``data`` (read so far) first; ``upgrade``:
+        the ``Upgrade: h2c`` request to answer 101, then on stream 1."""
 
 
 class Refused(Exception):
     """A request the connection must refuse: ``hit`` names the limit it broke (None: the parser rejected it)."""
 
-    def __init__(self, hit: Exceeded | None, preface: bool = False) -> None:
+    def __init__(self, hit: Exceeded | None, preface: bool = False, upgrade: Upgrade | None = None,
+                 rest: bytes = b"") -> None:
         super().__init__(hit.why if hit is not None else "malformed request")
         self.hit = hit
-        self.preface = preface  # the connection began with HTTP/2's preface, and HTTP/2 is served: hand it over
+        # HTTP/2 is served and asked for: the connection began with its preface, or its first request is an
+        # ``Upgrade: h2c`` (``rest``: what followed that request in the read). Not refused: handed over.
+        self.preface = preface
+        self.upgrade = upgrade
+        self.rest = rest
+
+
+# An ``Upgrade: h2c`` request as the HTTP/2 side takes it: HTTP2-Settings, the method, the target, the other fields.
+Upgrade = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]]
 
 
 class Request:
@@ -330,8 +340,7 @@ class Connection:
             try:
                 self.feed(data)
             except Refused as refused:
-                if refused.preface:
-                    self.to_http2(_after_preface_head(data))
+                if self.handed_to_http2(refused, data, b""):
                     return
                 self.refuse(refused)
         self.serve()
@@ -346,8 +355,7 @@ class Connection:
                 self.feed(data[start:start + _FEED_SLICE])
                 start += _FEED_SLICE
         except Refused as refused:
-            if refused.preface:
-                self.to_http2(_after_preface_head(data[start:]))
+            if self.handed_to_http2(refused, data[start:start + _FEED_SLICE], data[start + _FEED_SLICE:]):
                 return
             self.refuse(refused)
             start = len(data)
@@ -390,7 +398,10 @@ class Connection:
             try:
                 self.parser.feed_data(data)
                 break
-            except httptools.HttpParserUpgrade:
+            except httptools.HttpParserUpgrade as exc:
+                upgrade = self.h2c_upgrade()
+                if upgrade is not None:
+                    raise Refused(None, upgrade=upgrade, rest=data[exc.args[0]:] if exc.args else b"") from exc
                 self.closing = True  # no WebSocket in WSGI: answered as HTTP, then the connection closed
                 break
             except httptools.HttpParserCallbackError as exc:
@@ -665,9 +676,47 @@ class Connection:
         self.resume_reading()
         self.engine.loop.call_later(_LINGER_SECONDS, self.close)
 
-    def to_http2(self, data: bytes) -> None:
-        """Leave this engine's loop for HTTP/2 (its first bytes, or ALPN h2): the socket stays open, served by the
-        engine's HTTP/2 side; to this loop the connection is closed. Before any request: nothing is in flight."""
+    def h2c_upgrade(self) -> Upgrade | None:
+        """The request just parsed as the HTTP/2 side takes it, where it asks for ``Upgrade: h2c`` (RFC 7540 3.2)
+        and can have it: HTTP/2 is served, it is the connection's only request, with HTTP2-Settings and no body
+        (one would have to be read in HTTP/1.1 first: such a request is answered in HTTP/1.1, as the RFC allows)."""
+        queue = self.queue
+        if self.engine.http2 is None or len(queue) != 1 or self.sent_before or self.response is not None:
+            return None
+        request = queue[0]
+        settings = upgrade = None
+        connection: list[bytes] = []
+        for name, value in request.headers:
+            if name == b"http2-settings":
+                settings = value
+            elif name == b"upgrade":
+                upgrade = value.strip().lower()
+            elif name == b"connection":
+                connection += [token.strip().lower() for token in value.split(b",")]
+            elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+                return None
+        if settings is None or upgrade != b"h2c" or b"upgrade" not in connection or not request.complete:
+            return None
+        kept = [(name, value) for name, value in request.headers
+                if name not in (b"connection", b"upgrade", b"http2-settings")]
+        return settings, request.method, request.url, kept
+
+    def handed_to_http2(self, refused: Refused, data: bytes, after: bytes) -> bool:
+        """HTTP/2 asked for, by the preface at the connection's start or an ``Upgrade: h2c`` request: the
+        connection leaves for it (``data``: the read the parser stopped in; ``after``: what followed it unparsed).
+        Whether it did."""
+        if refused.preface:
+            self.to_http2(_after_preface_head(data) + after)
+            return True
+        if refused.upgrade is not None:
+            self.to_http2(refused.rest + after, refused.upgrade)
+            return True
+        return False
+
+    def to_http2(self, data: bytes, upgrade: Upgrade | None = None) -> None:
+        """Leave this engine's loop for HTTP/2 (its first bytes, ALPN h2, or an ``Upgrade: h2c`` request): the
+        socket stays open, served by the engine's HTTP/2 side; to this loop the connection is closed. Nothing is in
+        flight: no request was answered here."""
         self.closed = True
         self.queue.clear()
         loop = self.engine.loop
@@ -676,7 +725,10 @@ class Connection:
             loop.remove_reader(self.fd)
         loop.remove_writer(self.fd)
         del self.parser
-        self.engine.to_http2(self, data)
+        if self.admitted:  # the upgrade request took a place of --limit-concurrency: HTTP/2 has its own limits
+            self.admitted = False
+            self.engine.admission.release()
+        self.engine.to_http2(self, data, upgrade)
 
     def peer_address(self) -> Any:
         if self.peer is None:

@@ -40,7 +40,7 @@ from clusterrun.adapters.accepting import ACCEPT_BATCH, ACCEPT_REST, accept
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.deadline import RequestStamp, TimedGate
 from clusterrun.adapters.edge.proxy_protocol import HeaderReader
-from clusterrun.adapters.engine.connection import Connection, Request
+from clusterrun.adapters.engine.connection import Connection, Request, Upgrade
 from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.engine.respond import Framing
 from clusterrun.adapters.engine.settings import EngineSettings
@@ -235,8 +235,9 @@ class WSGIEngine:
 
     # HTTP/2: decided once per connection (adapters.engine.connection: the h2c preface; tls: ALPN h2).
 
-    def to_http2(self, conn: Connection, data: bytes) -> None:
-        """``conn`` (taken off the loop by the connection itself) is served in HTTP/2 from now on, ``data`` first."""
+    def to_http2(self, conn: Connection, data: bytes, upgrade: Upgrade | None = None) -> None:
+        """``conn`` (taken off the loop by the connection itself) is served in HTTP/2 from now on, ``data`` first;
+        ``upgrade``: the ``Upgrade: h2c`` request it answers 101, then on stream 1."""
         self.connections.discard(conn)
         side = self.h2
         if side is None:
@@ -245,7 +246,7 @@ class WSGIEngine:
             if self.closing_all:
                 side.drain()
         self.h2_open += 1
-        side.adopt(conn.sock, data, conn.peer_address(), conn.local_address())
+        side.adopt(conn.sock, data, conn.peer_address(), conn.local_address(), upgrade)
 
     def h2_served(self, report: tuple[Any, ...] | None) -> None:
         """An HTTP/2 response (posted by its thread): counted (--max-requests), and told to ``on_response``."""

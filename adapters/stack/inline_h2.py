@@ -2,7 +2,8 @@
 
 The inline engine (adapters.engine) speaks HTTP/1.1 on a selectors loop with no asyncio. It decides once per
 connection, never per request: a TLS connection whose ALPN chose ``h2``, or a cleartext one whose first bytes are
-the HTTP/2 preface (h2c with prior knowledge), leaves the engine with the bytes read so far and comes here
+the HTTP/2 preface (h2c with prior knowledge) or whose first request asks for ``Upgrade: h2c`` (answered 101, then
+on stream 1), leaves the engine with the bytes read so far and comes here
 (``H2Side.adopt``, called on the engine's thread). HTTP/1.1 connections never meet this module: a worker that
 gets no HTTP/2 connection never imports it, nor asyncio, nor h2 (adapters.entry builds it at the first one).
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import socket
@@ -105,9 +107,10 @@ class H2Side:
 
     # The engine's thread.
 
-    def adopt(self, sock: Any, data: bytes, peer: Any, local: Any) -> None:
-        """Serve ``sock`` (plain, or a TLSSocket past its handshake) in HTTP/2; ``data``: its bytes read so far."""
-        self.loop.call_soon_threadsafe(self._adopt, sock, data, peer, local)
+    def adopt(self, sock: Any, data: bytes, peer: Any, local: Any, upgrade: tuple[Any, ...] | None = None) -> None:
+        """Serve ``sock`` (plain, or a TLSSocket past its handshake) in HTTP/2; ``data``: its bytes read so far;
+        ``upgrade``: an ``Upgrade: h2c`` request (HTTP2-Settings, method, target, fields) answered 101 first."""
+        self.loop.call_soon_threadsafe(self._adopt, sock, data, peer, local, upgrade)
 
     def drain(self) -> None:
         """GOAWAY on every connection: streams in flight finish, each connection closes once it has none."""
@@ -137,10 +140,10 @@ class H2Side:
         self._state.default_headers = self._fixed + date
         self.loop.call_later(1.0 - time.time() % 1.0, self._tick)
 
-    def _adopt(self, sock: Any, data: bytes, peer: Any, local: Any) -> None:
+    def _adopt(self, sock: Any, data: bytes, peer: Any, local: Any, upgrade: tuple[Any, ...] | None) -> None:
         protocol = H2Protocol(self._shared, self._limits)
         transport = _SocketTransport(self.loop, sock, protocol, peer, local, self._buffer)
-        transport.start(data)
+        transport.start(data, None if upgrade is None else functools.partial(protocol.upgraded, transport, *upgrade))
         if self._draining:
             protocol.shutdown()
 
@@ -229,6 +232,9 @@ class _Released:
     def readlines(self, hint: int | None = -1) -> list[bytes]:
         return self._unheld(self._stream.readlines, hint)  # type: ignore[no-any-return]
 
+    def readable(self) -> bool:
+        return True
+
     def __iter__(self) -> Iterator[bytes]:
         return self
 
@@ -297,10 +303,14 @@ class _SocketTransport(asyncio.Transport):
         self._reading = False
         self._writing_paused = False  # the protocol was told pause_writing()
 
-    def start(self, data: bytes) -> None:
-        """The protocol takes the connection, then the bytes read before the hand-over, then the socket's."""
+    def start(self, data: bytes, upgraded: Callable[[], None] | None) -> None:
+        """The protocol takes the connection (``upgraded``: in place of connection_made, H2Protocol.upgraded), then
+        the bytes read before the hand-over, then the socket's."""
         self._sock.setblocking(False)
-        self._protocol.connection_made(self)
+        if upgraded is None:
+            self._protocol.connection_made(self)
+        else:
+            upgraded()
         if data and not self._closing:
             self._protocol.data_received(data)
         self.resume_reading()

@@ -304,3 +304,56 @@ def test_a_stream_stuck_past_request_timeout_gets_its_worker_killed(run_cli: Cal
     cluster.wait_for_line(r"ready|is serving", count=2)
     with httpx.Client(http1=False, http2=True, timeout=DEADLINE) as http:
         assert http.get(url + "/environ").json()["SERVER_PROTOCOL"] == "HTTP/2"
+
+
+def test_upgrade_h2c_is_answered_on_stream_1(run_cli: Callable[..., Cluster]) -> None:
+    """``Upgrade: h2c`` with HTTP2-Settings as a connection's first request: 101, then its answer in HTTP/2 on stream
+    1, and the connection goes on in HTTP/2. With a body, the request is answered in HTTP/1.1 (RFC 7540 3.2)."""
+    _, url = start(run_cli)
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    settings = conn.initiate_upgrade_connection()
+    with socket.create_connection((host, int(port)), timeout=DEADLINE) as sock:
+        sock.sendall(b"GET /environ?up=1 HTTP/1.1\r\nHost: %s:%s\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                     b"Upgrade: h2c\r\nHTTP2-Settings: %s\r\n\r\n" % (host.encode(), port.encode(), settings))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(1)
+            assert data, f"closed after {head!r}"
+            head += data
+        assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: h2c" in head.lower()
+        sock.sendall(conn.data_to_send())
+        bodies: dict[int, bytearray] = {}
+        ended: set[int] = set()
+
+        def until_ended(stream_id: int) -> bytes:
+            deadline = time.monotonic() + DEADLINE
+            while stream_id not in ended:
+                assert time.monotonic() < deadline, f"no answer on stream {stream_id}"
+                data = sock.recv(65536)
+                assert data, "closed before the answer"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        ended.add(event.stream_id)
+                sock.sendall(conn.data_to_send())
+            return bytes(bodies.get(stream_id, b""))
+
+        seen = json.loads(until_ended(1))
+        assert seen["SERVER_PROTOCOL"] == "HTTP/2" and seen["QUERY_STRING"] == "up=1"
+        assert seen["HTTP_HOST"] == f"{host}:{port}"
+        conn.send_headers(3, [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"),
+                              (b":path", b"/environ?n=3")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        assert json.loads(until_ended(3))["QUERY_STRING"] == "n=3"
+    with socket.create_connection((host, int(port)), timeout=DEADLINE) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                     b"Upgrade: h2c\r\nHTTP2-Settings: %s\r\nContent-Length: 2\r\n\r\nhi" % settings)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            assert data
+            answer += data
+        assert answer.startswith(b"HTTP/1.1 200 ")
