@@ -143,7 +143,13 @@ class H2Side:
     def _adopt(self, sock: Any, data: bytes, peer: Any, local: Any, upgrade: tuple[Any, ...] | None) -> None:
         protocol = H2Protocol(self._shared, self._limits)
         transport = _SocketTransport(self.loop, sock, protocol, peer, local, self._buffer)
-        transport.start(data, None if upgrade is None else functools.partial(protocol.upgraded, transport, *upgrade))
+        try:
+            transport.start(data, None if upgrade is None else functools.partial(protocol.upgraded, transport,
+                                                                                 *upgrade))
+        except Exception:  # the connection is lost, never the count of open ones a drain waits for
+            logger.exception("HTTP/2 connection from %s failed as it was taken over", peer)
+            transport.abort()
+            return
         if self._draining:
             protocol.shutdown()
 
