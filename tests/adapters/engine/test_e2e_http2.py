@@ -47,10 +47,15 @@ def digest(body: bytes) -> str:
 class Client:
     """HTTP/2 with prior knowledge on a plain socket, on the ``h2`` library; every wait has a deadline."""
 
-    def __init__(self, url: str, settings: dict[int, int] | None = None, before: bytes = b"") -> None:
+    def __init__(self, url: str, settings: dict[int, int] | None = None, before: bytes = b"",
+                 tls: ssl.SSLContext | None = None) -> None:
         host, port = url.split("://", 1)[1].rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=DEADLINE)
         self.sock.sendall(before)  # a PROXY header
+        if tls is not None:  # HTTP/2 chosen by ALPN
+            tls.set_alpn_protocols(["h2"])
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
+            assert self.sock.selected_alpn_protocol() == "h2"
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings or {})
         self.conn.initiate_connection()
@@ -229,14 +234,15 @@ def test_streams_at_once_on_one_connection(run_cli: Callable[..., Cluster]) -> N
         client.close()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+@pytest.mark.parametrize(("signum", "tls"), [(signal.SIGHUP, False), (signal.SIGTERM, True)])
 def test_drain_lets_the_stream_in_flight_finish(run_cli: Callable[..., Cluster], tmp_path: Path,
-                                                signum: int) -> None:
-    """A rolling restart (SIGHUP) or a stop (SIGTERM) with a stream in flight: its answer comes whole, then GOAWAY
-    naming it and the close; the old worker exits only then (its HTTP/2 thread stopped), and after SIGHUP the new
-    worker serves HTTP/2."""
-    cluster, url = start(run_cli, "--log-level", "debug")
-    client = Client(url)
+                                                cert: tuple[Path, Path], signum: int, tls: bool) -> None:
+    """A rolling restart (SIGHUP) or a stop (SIGTERM, here over TLS) with a stream in flight: its answer comes
+    whole, then GOAWAY naming it and the close; the old worker exits only then (its HTTP/2 thread stopped), and
+    after SIGHUP the new worker serves HTTP/2."""
+    certs = ("--ssl-certfile", str(cert[0]), "--ssl-keyfile", str(cert[1])) if tls else ()
+    cluster, url = start(run_cli, "--log-level", "debug", *certs)
+    client = Client(url, tls=ssl.create_default_context(cafile=str(cert[0])) if tls else None)
     try:
         stream_id = client.request(f"/hold?dir={tmp_path}")
         wait_until(lambda: (tmp_path / "started").exists(), "the app holding the request")
