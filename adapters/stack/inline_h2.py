@@ -312,7 +312,14 @@ class _SocketTransport(asyncio.Transport):
     def start(self, data: bytes, upgraded: Callable[[], None] | None) -> None:
         """The protocol takes the connection (``upgraded``: in place of connection_made, H2Protocol.upgraded), then
         the bytes read before the hand-over, then the socket's."""
-        self._sock.setblocking(False)
+        sock = self._sock
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # As asyncio's transports: frames go out as written. Nagle's algorithm would hold a small frame back
+            # until the client acknowledged the last, which it delays (measured on one connection with 32 streams at
+            # a time: 650 requests a second, the server idle between 40 ms waits; 5,500-9,100 without it).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if upgraded is None:
             self._protocol.connection_made(self)
         else:
