@@ -1,5 +1,6 @@
 """One HTTP/1.x connection of the inline WSGI engine: parse with httptools, answer on the loop, write without
-blocking. One whose first bytes are the HTTP/2 preface leaves the loop for the engine's HTTP/2 side (``to_http2``).
+blocking. One whose first bytes are the HTTP/2 preface, or whose first request asks for ``Upgrade: h2c``, leaves the
+loop for the engine's HTTP/2 side (``to_http2``).
 
 Requests are parsed with httptools' callback parser into ``Request`` objects, queued in order (pipelining),
 and answered one at a time: a request whose body is all here is answered right away on the loop's thread

@@ -15,10 +15,11 @@ messages cost WSGI serving 2-3x (DESIGN.md, "Where WSGI speed comes from").
   closing an idle keep-alive connection races the client's next request on it.
 * Once a second, on the loop: the Date header, and the sweep that closes connections idle past
   --timeout-keep-alive and heads not complete within the head timeout (408).
-* HTTP/2 (``to_http2``): a connection that begins as HTTP/2 (ALPN h2 on TLS, the h2c preface in cleartext) leaves
-  the loop for the HTTP/2 side that ``EngineSettings.http2`` builds at the first one (adapters.entry:
-  adapters.stack.inline_h2, an asyncio loop thread); it posts each response (--max-requests, ``on_response``) and
-  each close back to this loop (``h2_served``, ``h2_closed``), and a drain waits for its connections.
+* HTTP/2 (``to_http2``): a connection that begins as HTTP/2 (ALPN h2 on TLS; in cleartext the h2c preface, or an
+  ``Upgrade: h2c`` first request) leaves the loop for the HTTP/2 side that ``EngineSettings.http2`` builds at the
+  first one (adapters.entry: adapters.stack.inline_h2, an asyncio loop thread); it posts each response
+  (--max-requests, ``on_response``) and each close back to this loop (``h2_served``, ``h2_closed``), and a drain
+  waits for its connections.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ class WSGIEngine:
         if self.on_close is not None:
             self.on_close(1)
 
-    # HTTP/2: decided once per connection (adapters.engine.connection: the h2c preface; tls: ALPN h2).
+    # HTTP/2: decided once per connection (adapters.engine.connection: the h2c preface, Upgrade: h2c; tls: ALPN h2).
 
     def to_http2(self, conn: Connection, data: bytes, upgrade: Upgrade | None = None) -> None:
         """``conn`` (taken off the loop by the connection itself) is served in HTTP/2 from now on, ``data`` first;
