@@ -1,4 +1,4 @@
-"""A WSGI app for HTTP/2 on the inline engine (tests/adapters/engine/test_e2e_http2.py).
+"""A WSGI app for HTTP/2 on the inline engine (tests/adapters/engine/test_e2e_inline_http2.py).
 
 * ``/environ``: what the environ said, as JSON;
 * ``/echo``: reads the body in 16 KiB reads, answers its size and SHA-256;
