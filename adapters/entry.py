@@ -14,6 +14,9 @@ worker on the inline engine never loads uvicorn nor asyncio.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import importlib.util
 from typing import Any
 
 from clusterrun.adapters.accepting import ACCEPT_BATCH, ACCEPT_REST, accept
@@ -90,7 +93,23 @@ def inline_engine(loop: SelectorLoop, loaded: LoadedApp, settings: EngineSetting
     # Here, not at the top: the engine needs httptools, an optional dependency ('clusterrun[standard]').
     from clusterrun.adapters.engine.server import new_engine
 
+    if settings.http2 is None and importlib.util.find_spec("h2") is not None:
+        settings = dataclasses.replace(settings, http2=functools.partial(_inline_h2, settings))
     return new_engine(loop, loaded.app, settings)
+
+
+def _inline_h2(settings: EngineSettings, engine: Any) -> Any:
+    """The inline engine's HTTP/2 side (adapters.stack.inline_h2), made at its first HTTP/2 connection: a worker
+    that never gets one imports neither asyncio nor h2."""
+    from clusterrun.adapters.stack.http2 import H2Limits
+    from clusterrun.adapters.stack.inline_h2 import H2Side
+
+    limits = settings.limits
+    return H2Side(engine, limits=H2Limits(max_concurrent_streams=settings.h2_max_streams,
+                                          max_header_list_size=limits.head, max_fields=limits.header_count),
+                  root_path=settings.root_path, keep_alive=settings.keep_alive, headers=settings.headers,
+                  forwarding=settings.forwarding, extra_environ=dict(settings.extra_environ),
+                  body_timeout=limits.body_timeout, on_response=settings.on_response is not None)
 
 
 def static_files(mounts: tuple[tuple[str, str], ...], max_age: int, fallthrough: bool) -> Any:

@@ -1,5 +1,6 @@
 """One HTTP/1.x connection of the inline WSGI engine: parse with httptools, answer on the loop, write without
-blocking.
+blocking. One whose first bytes are the HTTP/2 preface, or whose first request asks for ``Upgrade: h2c``, leaves the
+loop for the engine's HTTP/2 side (``to_http2``).
 
 Requests are parsed with httptools' callback parser into ``Request`` objects, queued in order (pipelining),
 and answered one at a time: a request whose body is all here is answered right away on the loop's thread
@@ -48,16 +49,17 @@ _READ = 256 * 1024
 _PREREAD_LIMIT = 64 * 1024  # a body up to this is read on the loop before the app is called (uvicorn's window)
 _STEPS_PER_TURN = 16  # chunks of one streamed response written before other connections get a turn
 _LINGER_SECONDS = 2.0
-# HTTP/2 is served on the asyncio stack only (adapters.stack.http2; --threads N for a WSGI app): this engine
-# offers no h2 by ALPN, and answers a client that starts with the HTTP/2 preface (h2c with prior knowledge) the
-# way RFC 9113 3.3 and 9.2.3 allow, in HTTP/2: an empty SETTINGS frame (the server's preface), then GOAWAY with
-# last-stream-id 0 and HTTP_1_1_REQUIRED (0xd), then the close. Two fixed frames, so spelt out here.
-_H2_PREFACE_HEAD = b"PRI * HTTP/2.0\r\n"
+# HTTP/2: a connection whose first bytes are the HTTP/2 preface (h2c with prior knowledge; httptools stops on
+# its head, "PRI * HTTP/2.0") is handed over with them to the engine's HTTP/2 side (adapters.stack.inline_h2).
+# Where h2 is not installed (the engine's ``http2`` is None), such a client is answered the way RFC 9113 3.3 and
+# 9.2.3 allow, in HTTP/2: an empty SETTINGS frame (the server's preface), then GOAWAY with last-stream-id 0 and
+# HTTP_1_1_REQUIRED (0xd), then the close. Two fixed frames, so spelt out here.
+_H2_PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"
 _H2_REFUSAL = (b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS, length 0, stream 0
                b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"  # GOAWAY, length 8, stream 0
                b"\x00\x00\x00\x00\x00\x00\x00\x0d")  # last-stream-id 0, HTTP_1_1_REQUIRED
-_H2_REFUSED = Exceeded(505, "an HTTP/2 client (h2c prior knowledge): the inline WSGI engine serves HTTP/1.1 only; "
-                            "serve the app with --threads N for HTTP/2")
+_H2_REFUSED = Exceeded(505, "an HTTP/2 client (h2c prior knowledge), and h2 is not installed: "
+                            "pip install 'clusterrun[http2]'")
 _LINGER_BYTES = 1024 * 1024
 # Pipelining: a read larger than this is parsed a slice at a time while fewer than _QUEUE_LIMIT requests wait,
 # the rest kept unparsed, reading paused; requests are answered _ANSWERS_PER_TURN at a time between turns of
@@ -68,6 +70,18 @@ _ANSWERS_PER_TURN = 64
 # A chunk's size line (with its extensions) or a trailer field may be this long: gunicorn's limit on a header
 # field. The parser bounds neither (4.8 GB of one chunk extension were taken in 15 s).
 _FRAMING_LINE = 8190
+
+
+def _after_preface_head(data: bytes) -> bytes:
+    """The HTTP/2 preface and what follows it, from the read on which the parser stopped at the preface's head
+    (which may have begun in an earlier read: rebuilt from the part of it this read holds)."""
+    found = data.find(_H2_PREFACE_HEAD)
+    if found >= 0:
+        return data[found:]
+    for start in range(1, len(_H2_PREFACE_HEAD)):
+        if data.startswith(_H2_PREFACE_HEAD[start:]):
+            return _H2_PREFACE_HEAD + data[len(_H2_PREFACE_HEAD) - start:]
+    return _H2_PREFACE_HEAD + data
 
 
 class Engine(Protocol):
@@ -86,6 +100,7 @@ class Engine(Protocol):
     server_head: bytes  # the Server, Date and --header lines of every response, refreshed each second
     closing_all: bool  # draining: every response says Connection: close
     on_response: Callable[..., object] | None  # the access log and --metrics, told of each response
+    http2: Callable[[Any], Any] | None  # HTTP/2 is served (to_http2), or None
     total_requests: int  # counted up by the connection (on the loop) or its upload thread
     uploading: int  # requests being answered by upload threads
 
@@ -111,13 +126,27 @@ class Engine(Protocol):
     def closed(self, conn: Connection) -> None:
         """``conn`` closed: the engine forgets it."""
 
+    def to_http2(self, conn: Connection, data: bytes, upgrade: Upgrade | None = None) -> None:
+        """``conn`` left the loop for HTTP/2: served there from now on, ``data`` (read so far) first; ``upgrade``:
+        the ``Upgrade: h2c`` request to answer 101, then on stream 1."""
+
 
 class Refused(Exception):
     """A request the connection must refuse: ``hit`` names the limit it broke (None: the parser rejected it)."""
 
-    def __init__(self, hit: Exceeded | None) -> None:
+    def __init__(self, hit: Exceeded | None, preface: bool = False, upgrade: Upgrade | None = None,
+                 rest: bytes = b"") -> None:
         super().__init__(hit.why if hit is not None else "malformed request")
         self.hit = hit
+        # HTTP/2 is served and asked for: the connection began with its preface, or its first request is an
+        # ``Upgrade: h2c`` (``rest``: what followed that request in the read). Not refused: handed over.
+        self.preface = preface
+        self.upgrade = upgrade
+        self.rest = rest
+
+
+# An ``Upgrade: h2c`` request as the HTTP/2 side takes it: HTTP2-Settings, the method, the target, the other fields.
+Upgrade = tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]]
 
 
 class Request:
@@ -312,6 +341,8 @@ class Connection:
             try:
                 self.feed(data)
             except Refused as refused:
+                if self.handed_to_http2(refused, data, b""):
+                    return
                 self.refuse(refused)
         self.serve()
 
@@ -325,6 +356,8 @@ class Connection:
                 self.feed(data[start:start + _FEED_SLICE])
                 start += _FEED_SLICE
         except Refused as refused:
+            if self.handed_to_http2(refused, data[start:start + _FEED_SLICE], data[start + _FEED_SLICE:]):
+                return
             self.refuse(refused)
             start = len(data)
         self.unparsed = data[start:]
@@ -366,7 +399,10 @@ class Connection:
             try:
                 self.parser.feed_data(data)
                 break
-            except httptools.HttpParserUpgrade:
+            except httptools.HttpParserUpgrade as exc:
+                upgrade = self.h2c_upgrade()
+                if upgrade is not None:
+                    raise Refused(None, upgrade=upgrade, rest=data[exc.args[0]:] if exc.args else b"") from exc
                 self.closing = True  # no WebSocket in WSGI: answered as HTTP, then the connection closed
                 break
             except httptools.HttpParserCallbackError as exc:
@@ -378,7 +414,9 @@ class Connection:
                     raise Refused(None) from exc
                 data, fresh = rest, True
             except httptools.HttpParserError as exc:
-                if fresh and data.startswith(_H2_PREFACE_HEAD):  # a head that begins as the HTTP/2 preface
+                if not self.admitted and self.parser.get_method() == b"PRI":  # the connection began as HTTP/2
+                    if self.engine.http2 is not None:
+                        raise Refused(None, preface=True) from exc
                     raise Refused(_H2_REFUSED) from exc
                 raise Refused(None) from exc
         if self.framing_run > _FRAMING_LINE and self.parsing is not None:
@@ -638,6 +676,60 @@ class Connection:
             return
         self.resume_reading()
         self.engine.loop.call_later(_LINGER_SECONDS, self.close)
+
+    def h2c_upgrade(self) -> Upgrade | None:
+        """The request just parsed as the HTTP/2 side takes it, where it asks for ``Upgrade: h2c`` (RFC 7540 3.2)
+        and can have it: HTTP/2 is served, it is the connection's only request, with HTTP2-Settings and no body
+        (one would have to be read in HTTP/1.1 first: such a request is answered in HTTP/1.1, as the RFC allows)."""
+        queue = self.queue
+        if self.engine.http2 is None or len(queue) != 1 or self.sent_before or self.response is not None:
+            return None
+        request = queue[0]
+        settings = upgrade = None
+        connection: list[bytes] = []
+        for name, value in request.headers:
+            if name == b"http2-settings":
+                settings = value
+            elif name == b"upgrade":
+                upgrade = value.strip().lower()
+            elif name == b"connection":
+                connection += [token.strip().lower() for token in value.split(b",")]
+            elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+                return None
+        if settings is None or upgrade != b"h2c" or b"upgrade" not in connection or not request.complete:
+            return None
+        kept = [(name, value) for name, value in request.headers
+                if name not in (b"connection", b"upgrade", b"http2-settings")]
+        return settings, request.method, request.url, kept
+
+    def handed_to_http2(self, refused: Refused, data: bytes, after: bytes) -> bool:
+        """HTTP/2 asked for, by the preface at the connection's start or an ``Upgrade: h2c`` request: the
+        connection leaves for it (``data``: the read the parser stopped in; ``after``: what followed it unparsed).
+        Whether it did."""
+        if refused.preface:
+            self.to_http2(_after_preface_head(data) + after)
+            return True
+        if refused.upgrade is not None:
+            self.to_http2(refused.rest + after, refused.upgrade)
+            return True
+        return False
+
+    def to_http2(self, data: bytes, upgrade: Upgrade | None = None) -> None:
+        """Leave this engine's loop for HTTP/2 (its first bytes, ALPN h2, or an ``Upgrade: h2c`` request): the
+        socket stays open, served by the engine's HTTP/2 side; to this loop the connection is closed. Nothing is in
+        flight: no request was answered here."""
+        self.closed = True
+        self.queue.clear()
+        loop = self.engine.loop
+        if self.reading:
+            self.reading = False
+            loop.remove_reader(self.fd)
+        loop.remove_writer(self.fd)
+        del self.parser
+        if self.admitted:  # the upgrade request took a place of --limit-concurrency: HTTP/2 has its own limits
+            self.admitted = False
+            self.engine.admission.release()
+        self.engine.to_http2(self, data, upgrade)
 
     def peer_address(self) -> Any:
         if self.peer is None:

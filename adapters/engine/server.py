@@ -15,6 +15,11 @@ messages cost WSGI serving 2-3x (DESIGN.md, "Where WSGI speed comes from").
   closing an idle keep-alive connection races the client's next request on it.
 * Once a second, on the loop: the Date header, and the sweep that closes connections idle past
   --timeout-keep-alive and heads not complete within the head timeout (408).
+* HTTP/2 (``to_http2``): a connection that begins as HTTP/2 (ALPN h2 on TLS; in cleartext the h2c preface, or an
+  ``Upgrade: h2c`` first request) leaves the loop for the HTTP/2 side that ``EngineSettings.http2`` builds at the
+  first one (adapters.entry: adapters.stack.inline_h2, an asyncio loop thread); it posts each response
+  (--max-requests, ``on_response``) and each close back to this loop (``h2_served``, ``h2_closed``), and a drain
+  waits for its connections.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from clusterrun.adapters.accepting import ACCEPT_BATCH, ACCEPT_REST, accept
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.deadline import RequestStamp, TimedGate
 from clusterrun.adapters.edge.proxy_protocol import HeaderReader
-from clusterrun.adapters.engine.connection import Connection, Request
+from clusterrun.adapters.engine.connection import Connection, Request, Upgrade
 from clusterrun.adapters.engine.reactor import SelectorLoop
 from clusterrun.adapters.engine.respond import Framing
 from clusterrun.adapters.engine.settings import EngineSettings
@@ -110,7 +115,17 @@ class WSGIEngine:
             prepare(ssl_context)
             self._base["wsgi.url_scheme"] = "https"
             self._base["wsgi.file_wrapper"] = TLSFileWrapper  # no sendfile through TLS
+        self._serve_http2(settings.http2)
         self._tick()
+
+    def _serve_http2(self, http2: Callable[[Any], Any] | None) -> None:
+        """HTTP/2 (adapters.stack.inline_h2, built by adapters.entry where h2 is installed): connections are handed
+        over to it (to_http2) and leave this engine's set; it reports their responses and closes to this loop."""
+        self.http2 = http2
+        self.h2: Any = None  # what serves them, made at the first HTTP/2 connection
+        self.h2_open = 0  # handed-over connections not closed yet: a drain waits for them
+        if self.tls is not None:  # ALPN: h2 first where it is served; a client without ALPN gets HTTP/1.1
+            self.tls.set_alpn_protocols(["h2", "http/1.1"] if http2 is not None else ["http/1.1"])
 
     def _new_gate(self, request_clock: RequestStamp | None) -> Any:
         return threading.Lock()  # without --request-timeout (TimedWSGIEngine has the other)
@@ -219,6 +234,33 @@ class WSGIEngine:
         if self.on_close is not None:
             self.on_close(1)
 
+    # HTTP/2: decided once per connection (adapters.engine.connection: the h2c preface, Upgrade: h2c; tls: ALPN h2).
+
+    def to_http2(self, conn: Connection, data: bytes, upgrade: Upgrade | None = None) -> None:
+        """``conn`` (taken off the loop by the connection itself) is served in HTTP/2 from now on, ``data`` first;
+        ``upgrade``: the ``Upgrade: h2c`` request it answers 101, then on stream 1."""
+        self.connections.discard(conn)
+        side = self.h2
+        if side is None:
+            assert self.http2 is not None  # a connection hands itself over only where HTTP/2 is served
+            side = self.h2 = self.http2(self)
+            if self.closing_all:
+                side.drain()
+        self.h2_open += 1
+        side.adopt(conn.sock, data, conn.peer_address(), conn.local_address(), upgrade)
+
+    def h2_served(self, report: tuple[Any, ...] | None) -> None:
+        """An HTTP/2 response (posted by its thread): counted (--max-requests), and told to ``on_response``."""
+        self.total_requests += 1
+        if report is not None and self.on_response is not None:
+            self.on_response(*report)
+
+    def h2_closed(self) -> None:
+        """A handed-over connection closed (posted by its thread)."""
+        self.h2_open -= 1
+        if self.on_close is not None:
+            self.on_close(1)
+
     def close_listeners(self) -> None:
         for sock in self.listeners:
             self.loop.remove_reader(sock.fileno())
@@ -228,11 +270,11 @@ class WSGIEngine:
 
     @property
     def open_connections(self) -> int:
-        return len(self.connections)
+        return len(self.connections) + self.h2_open
 
     @property
     def busy(self) -> bool:
-        return bool(self.connections)
+        return bool(self.connections) or self.h2_open > 0
 
     def take_in_flight(self) -> int:
         """The most requests in flight at once since the last call (the heartbeat's count).
@@ -384,6 +426,8 @@ class WSGIEngine:
         ``linger`` seconds when other workers take over (a request arriving meanwhile gets Connection: close)."""
         self.close_listeners()
         self.closing_all = True
+        if self.h2 is not None:
+            self.h2.drain()  # GOAWAY on every HTTP/2 connection: their streams in flight finish
         self._drain_step(self.loop.time() + linger, done)
 
     def _drain_step(self, deadline: float, done: Callable[[], object]) -> None:
@@ -391,9 +435,11 @@ class WSGIEngine:
         for conn in list(self.connections):
             if conn.idle and not patient:
                 conn.close()
-        if not self.connections and not self.reading_headers:
+        if not self.connections and not self.reading_headers and not self.h2_open:
             if self._uploads is not None:
                 self._uploads.shutdown(wait=False)
+            if self.h2 is not None:
+                self.h2.close()  # no HTTP/2 connection left: its thread stops, joined
             done()
             return
         self.loop.call_later(_DRAIN_CHECK, self._drain_step, deadline, done)

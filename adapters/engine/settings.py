@@ -41,3 +41,7 @@ class EngineSettings:
     on_response: Callable[..., object] | None = None
     # --request-timeout: where each stretch of app code is stamped for the primary (adapters.deadline).
     request_clock: RequestStamp | None = None
+    h2_max_streams: int = 100  # --h2-max-concurrent-streams
+    # HTTP/2: given the engine at its first HTTP/2 connection, returns what serves them (adapters.entry builds it
+    # where h2 is installed: adapters.stack.inline_h2.H2Side); None: the engine refuses HTTP/2 and offers no h2.
+    http2: Callable[[Any], Any] | None = None

@@ -110,6 +110,10 @@ class TLSConnection(Connection):
         if self.reading:
             self.reading = False
             loop.remove_reader(self.fd)
+        # ALPN offers h2 only where HTTP/2 is served (adapters.engine.server): decided here, once per connection.
+        if self.engine.http2 is not None and cast(TLSSocket, self.sock).selected_alpn_protocol() == "h2":
+            self.to_http2(b"")
+            return
         super().start()  # reads (and answers) a request that came with the handshake's last flight
 
     def _wait(self, readable: bool) -> None:

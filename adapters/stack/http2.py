@@ -638,6 +638,7 @@ class _Stream:
         "body",
         "conn",
         "disconnected",
+        "end_taken",
         "head_only",
         "headers_out",
         "more_body",
@@ -656,6 +657,7 @@ class _Stream:
         self.scope = scope
         self.body = bytearray()
         self.more_body = True
+        self.end_taken = False  # the app took the body's last message: receive() now waits for the stream's end
         self.unacknowledged = 0  # body bytes received and not yet taken by the app: their window is still shut
         self.received = 0  # body bytes received, counted with --limit-request-body only
         self.waiter: asyncio.Future[None] | None = None
@@ -747,7 +749,10 @@ class _Stream:
         conn = self.conn
         timeout = conn.shared.body_timeout  # None for the --threads bridge: its input keeps its own clock
         due = conn.loop.time() + timeout if timeout else 0.0
-        while not (self.body or not self.more_body or self.disconnected or self.response_complete):
+        # As uvicorn's: once the body is all taken, receive() waits for the client to leave or the response to
+        # complete, then says http.disconnect (the WSGI bridge's watcher of a streamed response relies on it).
+        while not (self.body or (not self.more_body and not self.end_taken) or self.disconnected
+                   or self.response_complete):
             self.waiter = waiter = conn.loop.create_future()
             if not (due and self.more_body):  # the clock is on the body's bytes, not on a wait after its end
                 await waiter
@@ -766,6 +771,7 @@ class _Stream:
         taken, self.unacknowledged = self.unacknowledged, 0
         conn._acknowledge(taken, self.stream_id)
         conn._flush()
+        self.end_taken = not self.more_body
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -842,6 +848,7 @@ class _Stream:
             conn._flush()
             if not body and not more_body:
                 self.response_complete = True
+                self.wake()
                 return
         view = memoryview(body)
         stalled: float | None = None  # since when the client has taken nothing: no window, or a full transport
@@ -867,6 +874,7 @@ class _Stream:
                 h2conn.end_stream(self.stream_id)
                 conn._flush()
             self.response_complete = True
+            self.wake()
 
 
 def _settle(future: asyncio.Future[None]) -> None:

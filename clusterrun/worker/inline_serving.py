@@ -46,6 +46,7 @@ class InlineServer:
             on_response=_observer(self.stats, access) if self.stats is not None or access is not None else None,
             # --request-timeout: the engine stamps each stretch of app code where the primary reads it.
             request_clock=pages.request_clock if pages.request_clock.enabled else None,
+            h2_max_streams=config.h2_max_concurrent_streams,
         )
         self.engine: Any = entry.inline_engine(loop, loaded, settings)
         files = static_files(config)

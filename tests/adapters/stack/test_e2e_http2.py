@@ -210,27 +210,6 @@ def test_rapid_reset_is_closed_with_enhance_your_calm(run_cli: Callable[..., Clu
         client.close()
 
 
-def test_inline_engine_refuses_http2_cleanly(run_cli: Callable[..., Cluster], cert: tuple[Path, Path]) -> None:
-    """The inline WSGI engine serves HTTP/1.1 only: over TLS it offers no h2 (httpx with http2=True gets HTTP/1.1),
-    and an h2c preface is answered with SETTINGS and GOAWAY HTTP_1_1_REQUIRED, then the close (was: a 400 in
-    HTTP/1.1, which an HTTP/2 client cannot read)."""
-    _, url = start(run_cli, "h2_app:wsgi", "--ssl-certfile", str(cert[0]), "--ssl-keyfile", str(cert[1]))
-    with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=str(cert[0])), timeout=DEADLINE) as http:
-        response = http.post(url + "/", content=b"hello")
-    assert response.http_version == "HTTP/1.1" and response.text == "HTTP/1.1 5"
-    cluster, plain = start(run_cli, "h2_app:wsgi")
-    client = RawClient(plain)
-    try:
-        client.request("/")
-        frames = client.raw_frames(lambda got: bool(got) and got[-1] is None)
-        goaway = [frame for frame in frames if isinstance(frame, GoAwayFrame)]
-        assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.HTTP_1_1_REQUIRED
-        assert goaway[0].last_stream_id == 0
-    finally:
-        client.close()
-    cluster.wait_for_line("serve the app with --threads N for HTTP/2")
-
-
 def test_idle_connection_gets_goaway_after_keep_alive_timeout(run_cli: Callable[..., Cluster]) -> None:
     """--timeout-keep-alive applies to HTTP/2 connections too: idle after a request, GOAWAY and the close."""
     _, url = start(run_cli, APP, "--timeout-keep-alive", "1")
