@@ -40,7 +40,7 @@ import httptools
 from clusterrun.adapters.limits import header_lines, plain_answer
 from clusterrun.adapters.stack.flow import WriteFlow
 
-__all__ = ["H1Protocol", "Shared"]
+__all__ = ["H1Protocol", "Shared", "set_target"]
 
 logger = logging.getLogger("clusterrun")
 
@@ -74,6 +74,22 @@ _INTERNAL_ERROR = {"type": "http.response.start", "status": 500, "headers": [
 _ZEROCOPY: dict[str, Any] = {"http.response.zerocopysend": {}}
 _INTERNAL_ERROR_BODY = {"type": "http.response.body", "body": b"Internal Server Error", "more_body": False}
 _DISCONNECT = {"type": "http.disconnect"}
+
+
+def set_target(scope: dict[str, Any], raw_path: bytes, query: bytes) -> None:
+    """The scope's ``path``, ``raw_path`` and ``query_string`` from a request target's path and query, under the
+    scope's root_path: one way for HTTP/1.1 and HTTP/2 (adapters.stack.http2). The path is percent-decoded; a raw byte
+    outside ASCII becomes U+FFFD (HTTP/2 lets one through to here) rather than fail the request."""
+    path = raw_path.decode("ascii", "replace")
+    if "%" in path:
+        path = unquote(path)
+    root_path = scope["root_path"]
+    if root_path:
+        path = root_path + path
+        raw_path = root_path.encode("ascii") + raw_path
+    scope["path"] = path
+    scope["raw_path"] = raw_path
+    scope["query_string"] = query
 
 
 class Shared:
@@ -398,20 +414,11 @@ class H1Protocol(WriteFlow, asyncio.Protocol):
         else:
             parsed = httptools.parse_url(url)
             raw_path, query = parsed.path or b"/", parsed.query or b""
-        path = raw_path.decode("ascii")
-        if "%" in path:
-            path = unquote(path)
         scope = self._template.copy()
-        root_path = scope["root_path"]
-        if root_path:
-            path = root_path + path
-            raw_path = root_path.encode("ascii") + raw_path
+        set_target(scope, raw_path, query)
         scope["method"] = method.decode("ascii")
         if version != "1.1":
             scope["http_version"] = version
-        scope["path"] = path
-        scope["raw_path"] = raw_path
-        scope["query_string"] = query
         scope["headers"] = headers
         scope["state"] = self.shared.app_state.copy()
         keep_alive = version != "1.0" and parser.should_keep_alive()

@@ -39,7 +39,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote
 
 import h2.config
 import h2.connection
@@ -51,7 +50,7 @@ import hpack
 from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.limits import Exceeded
 from clusterrun.adapters.stack.flow import WriteFlow
-from clusterrun.adapters.stack.http1 import Shared
+from clusterrun.adapters.stack.http1 import Shared, set_target
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -532,20 +531,11 @@ class H2Protocol(WriteFlow, asyncio.Protocol):
     def _open(self, stream_id: int, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
               scheme: bytes) -> _Stream:
         raw_path, _, query = target.partition(b"?")
-        path = raw_path.decode("ascii", "replace")
-        if "%" in path:
-            path = unquote(path)
         scope = self._template.copy()
-        root_path = scope["root_path"]
-        if root_path:
-            path = root_path + path
-            raw_path = root_path.encode("ascii") + raw_path
+        set_target(scope, raw_path, query)
         if scheme in (b"http", b"https"):
             scope["scheme"] = scheme.decode("ascii")
         scope["method"] = method.decode("ascii", "replace")
-        scope["path"] = path
-        scope["raw_path"] = raw_path
-        scope["query_string"] = query
         scope["headers"] = headers
         scope["state"] = self.shared.app_state.copy()
         stream = _Stream(self, stream_id, scope)
