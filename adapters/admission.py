@@ -23,6 +23,7 @@ the count refused meanwhile: a worker at its limit under a flood of clients must
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -41,6 +42,9 @@ class Admission:
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit  # 0: no limit
         self.held = 0  # connections admitted and still open
+        # The inline engine's HTTP/2 side (adapters.stack.inline_h2) admits and releases its connections from its
+        # own thread: a count read and written back from two threads could lose one, and a place with it.
+        self._lock = threading.Lock()
         self._clock = clock
         self._logged_at: float | None = None
         self._unlogged = 0  # refusals since the last line about them
@@ -51,13 +55,15 @@ class Admission:
         ``running``: request tasks still running (on uvicorn's stack one may outlive its connection).
         """
         limit = self.limit
-        if limit and (self.held >= limit or running >= limit):
-            return False
-        self.held += 1
+        with self._lock:
+            if limit and (self.held >= limit or running >= limit):
+                return False
+            self.held += 1
         return True
 
     def release(self) -> None:
-        self.held -= 1
+        with self._lock:
+            self.held -= 1
 
     def refusal(self, client: object) -> Exceeded:
         """The 503 for a connection ``admit`` turned away (``client``: its address, for the log)."""

@@ -106,7 +106,10 @@ def _inline_h2(settings: EngineSettings, engine: Any) -> Any:
 
     limits = settings.limits
     return H2Side(engine, limits=H2Limits(max_concurrent_streams=settings.h2_max_streams,
-                                          max_header_list_size=limits.head, max_fields=limits.header_count),
+                                          max_header_list_size=limits.head, max_fields=limits.header_count,
+                                          max_field_size=limits.header_field, head_timeout=limits.head_timeout,
+                                          max_body=limits.body),
+                  admission=engine.admission,
                   root_path=settings.root_path, keep_alive=settings.keep_alive, headers=settings.headers,
                   forwarding=settings.forwarding, extra_environ=dict(settings.extra_environ),
                   body_timeout=limits.body_timeout, on_response=settings.on_response is not None)

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate
 from typing import Any, Protocol
 
+from clusterrun.adapters.admission import Admission
 from clusterrun.adapters.headers import ResponseHeaders
 from clusterrun.adapters.proxy import ForwardedApp, Forwarding
 from clusterrun.adapters.stack.bridge import WSGIBridge
@@ -60,6 +61,7 @@ class InlineEngine(Protocol):
     never imports the engine."""
 
     app: Any  # the WSGI app, read for each request: the worker replaces it after the first
+    admission: Any  # --limit-concurrency's places (adapters.admission.Admission), shared with the engine's connections
     gate: Any  # held while app code runs (a threading.Lock, or adapters.deadline.TimedGate)
     loop: Any  # the engine's SelectorLoop: call_soon_threadsafe
 
@@ -85,12 +87,13 @@ class _State:
 class H2Side:
     """The HTTP/2 connections of one inline engine, on a loop thread of their own (see the module)."""
 
-    def __init__(self, engine: InlineEngine, *, limits: H2Limits, root_path: str, keep_alive: float,
-                 headers: ResponseHeaders, forwarding: Forwarding | None, extra_environ: dict[str, Any],
-                 body_timeout: float | None, on_response: bool) -> None:
+    def __init__(self, engine: InlineEngine, *, limits: H2Limits, admission: Admission | None, root_path: str,
+                 keep_alive: float, headers: ResponseHeaders, forwarding: Forwarding | None,
+                 extra_environ: dict[str, Any], body_timeout: float | None, on_response: bool) -> None:
         self.engine = engine
         self.loop = asyncio.new_event_loop()
         self._limits = limits
+        self._admission = admission  # the engine's --limit-concurrency: its HTTP/1.1 and HTTP/2 connections count alike
         self._headers = headers
         self._fixed = headers.fixed()
         self._state = _State()
@@ -141,7 +144,7 @@ class H2Side:
         self.loop.call_later(1.0 - time.time() % 1.0, self._tick)
 
     def _adopt(self, sock: Any, data: bytes, peer: Any, local: Any, upgrade: tuple[Any, ...] | None) -> None:
-        protocol = H2Protocol(self._shared, self._limits)
+        protocol = H2Protocol(self._shared, self._limits, self._admission)
         transport = _SocketTransport(self.loop, sock, protocol, peer, local, self._buffer)
         try:
             transport.start(data, None if upgrade is None else functools.partial(protocol.upgraded, transport,

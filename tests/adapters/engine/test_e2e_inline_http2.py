@@ -363,3 +363,26 @@ def test_upgrade_h2c_is_answered_on_stream_1(run_cli: Callable[..., Cluster]) ->
             assert data
             answer += data
         assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_request_limits_and_limit_concurrency_hold_for_http2(run_cli: Callable[..., Cluster]) -> None:
+    """The engine's request limits apply to its HTTP/2 streams (--limit-request-field-size: 431 on the stream), and
+    --limit-concurrency counts HTTP/2 connections with the engine's own: while an h2c connection holds the one
+    place, an HTTP/1.1 client gets 503, and while an HTTP/1.1 keep-alive connection holds it, an HTTP/2 stream does."""
+    _, url = start(run_cli, "--limit-concurrency", "1", "--limit-request-field-size", "200")
+    first = Client(url)
+    try:
+        assert first.answer(first.request("/environ"))[0] == 200  # it holds the place until it closes
+        assert first.answer(first.request("/environ", extra=[(b"x-big", b"v" * 300)]))[0] == 431
+        with httpx.Client(timeout=DEADLINE) as http:
+            assert http.get(url + "/environ").status_code == 503
+    finally:
+        first.close()
+    with httpx.Client(timeout=DEADLINE) as http:
+        wait_until(lambda: http.get(url + "/environ").status_code == 200, "the HTTP/2 connection's place freed")
+        second = Client(url)  # the HTTP/1.1 keep-alive connection above now holds the place
+        try:
+            status, body = second.answer(second.request("/environ"))
+            assert status == 503 and body.startswith(b"Service Unavailable: too many connections"), body
+        finally:
+            second.close()
