@@ -301,6 +301,7 @@ class _SocketTransport(asyncio.Transport):
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: Any, protocol: asyncio.Protocol, peer: Any,
                  local: Any, buffer: bytearray) -> None:
         ssl_object = sock if hasattr(sock, "selected_alpn_protocol") else None
+        self._tls = ssl_object is not None
         super().__init__({"peername": peer, "sockname": local, "socket": sock, "ssl_object": ssl_object,
                           "sslcontext": getattr(ssl_object, "context", None)})
         self._loop, self._sock, self._fd = loop, sock, sock.fileno()
@@ -311,6 +312,7 @@ class _SocketTransport(asyncio.Transport):
         self._linger: asyncio.TimerHandle | None = None
         self._reading = False
         self._writing_paused = False  # the protocol was told pause_writing()
+        self._eof = False  # write_eof(): the sending side is shut once what is written went out
 
     def start(self, data: bytes, upgraded: Callable[[], None] | None) -> None:
         """The protocol takes the connection (``upgraded``: in place of connection_made, H2Protocol.upgraded), then
@@ -365,7 +367,7 @@ class _SocketTransport(asyncio.Transport):
     # Writing.
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or not data:
+        if self._closing or self._eof or not data:
             return
         if not self._out:
             try:
@@ -402,6 +404,8 @@ class _SocketTransport(asyncio.Transport):
             self._loop.remove_writer(self._fd)
             if self._closing:
                 self._shut()
+            elif self._eof:
+                self._shut_sending()
 
     def get_write_buffer_size(self) -> int:
         return len(self._out)
@@ -410,7 +414,23 @@ class _SocketTransport(asyncio.Transport):
         return _LOW_WATER, _HIGH_WATER
 
     def can_write_eof(self) -> bool:
-        return False
+        return not self._tls  # TLS has no half-close: its close_notify ends both ways
+
+    def write_eof(self) -> None:
+        """Shut the sending side once what is written went out, reading on: HTTP/2's lingering close
+        (adapters.stack.http2), where the client reads the GOAWAY, then the end, while its late frames are still
+        taken. (Closed instead, the socket would answer them with a reset.)"""
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self._out:
+            self._shut_sending()
+
+    def _shut_sending(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._finish(exc)
 
     # Closing.
 

@@ -182,12 +182,13 @@ def test_goaway_on_drain_lets_the_stream_in_flight_finish(run_cli: Callable[...,
         client.close()
 
 
-def test_rapid_reset_is_closed_with_enhance_your_calm(run_cli: Callable[..., Cluster]) -> None:
+@pytest.mark.parametrize("app", [APP, "inline_h2_app:app"])  # the stack (ASGI), and the inline WSGI engine's side
+def test_rapid_reset_is_closed_with_enhance_your_calm(run_cli: Callable[..., Cluster], app: str) -> None:
     """CVE-2023-44487: a client opening streams and resetting each at once gets GOAWAY ENHANCE_YOUR_CALM, and the
     close lingers: the frames the client still sends are read and discarded, never answered with a reset (which
     failed the client's sends, and can destroy the GOAWAY before the client reads it), and the connection then
     ends cleanly."""
-    _, url = start(run_cli, APP)
+    _, url = start(run_cli, app)
     client = RawClient(url)
     try:
         # Far more than the guard's 200: on a loaded machine the app answers some streams before their reset

@@ -8,6 +8,7 @@ import select
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from h2_raw import APP, RawClient, start
 from hyperframe.frame import PingFrame
 
@@ -16,14 +17,15 @@ from helpers import DEADLINE, Cluster, wait_until
 MB = 1024 * 1024
 
 
+@pytest.mark.parametrize("app", [APP, "inline_h2_app:app"])  # the stack (ASGI), and the inline WSGI engine's side
 def test_a_ping_flood_from_a_client_that_reads_nothing_stops_being_read(run_cli: Callable[..., Cluster],
-                                                                        tmp_path: Path) -> None:
+                                                                        tmp_path: Path, app: str) -> None:
     """A client that sends PING after PING and reads none of the answers: once the server's buffer of answers is
     full, the server reads no more from it, so its sends stop (before: the server read on and its buffer of PING
     acknowledgements grew without bound, 57 MB in 20 s). Once the client reads, the server reads again: the
     stream in flight is answered. A SETTINGS flood is bounded the same way. How much the sockets' buffers take is
     the kernel's (a few MB here); the flood is stopped well before 24 MB."""
-    _, url = start(run_cli, APP, "--timeout-keep-alive", "120", "--timeout-request-head", "120")
+    _, url = start(run_cli, app, "--timeout-keep-alive", "120", "--timeout-request-head", "120")
     client = RawClient(url)
     try:
         held = client.request(f"/hold?dir={tmp_path}")  # a stream in flight: the connection is not idle
