@@ -103,7 +103,11 @@ class H2Side:
         if forwarding is not None:
             app = ForwardedApp(app, forwarding)
         self._shared = Shared(app, self._state, {}, self.loop, root_path=root_path, timeout_keep_alive=keep_alive,
-                              make_guard=_no_guard, on_close=[self._closed], upgrade=None)
+                              make_guard=_no_guard, on_close=[self._closed], upgrade=None,
+                              # The bridge's input keeps the request body's clock; --body-timeout on the response
+                              # is the protocol's: a stream whose client takes nothing is reset, and frees the
+                              # bridge's thread for the others.
+                              send_timeout=body_timeout)
         self._buffer = bytearray(_READ)  # every read on this thread lands here first
         self._thread = threading.Thread(target=self._run, name="clusterrun-h2", daemon=True)
         self._thread.start()

@@ -290,6 +290,21 @@ def test_a_stalled_asgi_upload_is_answered_408(run_cli: Callable[..., Cluster]) 
     cluster.wait_for_line(r"no byte of the request body for 1 s \(--body-timeout\) \(408")
 
 
+def test_a_stalled_small_upload_to_a_wsgi_app_on_threads_is_answered_408(run_cli: Callable[..., Cluster]) -> None:
+    """--body-timeout on a WSGI app with --threads N: the bridge reads a small body (up to 64 KiB) before calling
+    the app, and that read keeps the clock too. Before, 10 bytes of 100 and then silence held the request for as
+    long as the client kept the connection: no answer."""
+    cluster = run_cli("inline_h2_app:app", "--workers", "1", "--port", "0", "--threads", "2", "--body-timeout", "1",
+                      cwd=TEST_APPS)
+    port = int(cluster.wait_ready().rsplit(":", 1)[1])
+    with connect(port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    assert answer.endswith(b"Request Timeout: no byte of the request body for 1 s (--body-timeout)\n"), answer
+    cluster.wait_for_line(r"no byte of the request body for 1 s \(--body-timeout\) \(408")
+
+
 def test_a_client_that_reads_nothing_of_a_response_is_cut_off(run_cli: Callable[..., Cluster]) -> None:
     """--body-timeout on the response: a client that takes nothing of a streamed answer for that long is cut off,
     and the worker serves on."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import h2.errors
 import h2.events
 import h2.settings
+import pytest
 from h2_raw import APP, RawClient, pattern, start
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
 
@@ -160,11 +161,12 @@ def test_a_header_block_in_several_frames_is_served(run_cli: Callable[..., Clust
         client.close()
 
 
-def test_a_stalled_upload_gets_408_on_its_stream(run_cli: Callable[..., Cluster]) -> None:
+@pytest.mark.parametrize("app", [APP, "inline_h2_app:app"])  # the stack (ASGI), and the inline WSGI engine's side
+def test_a_stalled_upload_gets_408_on_its_stream(run_cli: Callable[..., Cluster], app: str) -> None:
     """--body-timeout: a request body that stops arriving while the app waits in receive() is answered 408 on its
     stream (then reset with NO_ERROR: the client stops sending it), the app sees a disconnect, and the connection
     serves on. Empty DATA frames do not keep a stalled body alive."""
-    cluster, url = start(run_cli, APP, "--body-timeout", "1", "--timeout-keep-alive", "120")
+    cluster, url = start(run_cli, app, "--body-timeout", "1", "--timeout-keep-alive", "120")
     client = RawClient(url)
     try:
         stream_id = client.request("/echo", method="POST", end=False)
@@ -184,10 +186,12 @@ def test_a_stalled_upload_gets_408_on_its_stream(run_cli: Callable[..., Cluster]
     cluster.wait_for_line(r"no byte of the request body for 1 s \(--body-timeout\) \(408 ")
 
 
-def test_a_stream_whose_window_stays_shut_is_reset(run_cli: Callable[..., Cluster]) -> None:
+@pytest.mark.parametrize("app", [APP, "inline_h2_app:app"])  # the stack (ASGI), and the inline WSGI engine's side
+def test_a_stream_whose_window_stays_shut_is_reset(run_cli: Callable[..., Cluster], app: str) -> None:
     """--body-timeout on the response: a client that leaves a stream's window at 0 while the app waits to send
-    (a 10 MB answer) gets that stream reset (CANCEL) after it; the connection serves on."""
-    cluster, url = start(run_cli, APP, "--body-timeout", "1", "--timeout-keep-alive", "120")
+    (a 10 MB answer) gets that stream reset (CANCEL) after it; the connection serves on. On the inline engine the
+    stuck stream also held the HTTP/2 side's one bridge thread, and with it every other HTTP/2 stream of the worker."""
+    cluster, url = start(run_cli, app, "--body-timeout", "1", "--timeout-keep-alive", "120")
     client = RawClient(url, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
     try:
         stream_id = client.request(f"/big?n={10 * 1024 * 1024}")
