@@ -9,9 +9,7 @@ counts HTTP/2 requests for --max-requests and the access log.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import json
 import signal
 import socket
@@ -26,137 +24,20 @@ import h2.events
 import h2.settings
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from h2_raw import RawClient, pattern, self_signed
 
 from helpers import DEADLINE, TEST_APPS, Cluster, wait_until
 
 APP = "inline_h2_app:app"
 
 
-def pattern(size: int) -> bytes:
-    return bytes(range(251)) * (size // 251) + bytes(range(size % 251))
-
-
 def digest(body: bytes) -> str:
     return f"{len(body)} {hashlib.sha256(body).hexdigest()}"
 
 
-class Client:
-    """HTTP/2 with prior knowledge on a plain socket, on the ``h2`` library; every wait has a deadline."""
-
-    def __init__(self, url: str, settings: dict[int, int] | None = None, before: bytes = b"",
-                 tls: ssl.SSLContext | None = None) -> None:
-        host, port = url.split("://", 1)[1].rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=DEADLINE)
-        self.sock.sendall(before)  # a PROXY header
-        if tls is not None:  # HTTP/2 chosen by ALPN
-            tls.set_alpn_protocols(["h2"])
-            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
-            assert self.sock.selected_alpn_protocol() == "h2"
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-        self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings or {})
-        self.conn.initiate_connection()
-        self.authority = f"{host}:{port}".encode()
-        self.events: list[h2.events.Event] = []
-        self.bodies: dict[int, bytearray] = {}
-        self.ended: set[int] = set()
-        self.closed = False
-        self.flush()
-
-    def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.sock.sendall(data)
-
-    def request(self, path: str, method: str = "GET", end: bool = True,
-                extra: list[tuple[bytes, bytes]] | None = None) -> int:
-        stream_id: int = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream_id, [(b":method", method.encode()), (b":scheme", b"http"),
-                                           (b":authority", self.authority), (b":path", path.encode()),
-                                           *(extra or [])],
-                               end_stream=end)
-        self.flush()
-        return stream_id
-
-    def read(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.closed = True
-            return
-        for event in self.conn.receive_data(data):
-            self.events.append(event)
-            if isinstance(event, h2.events.DataReceived):
-                self.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
-                self.ended.add(event.stream_id)
-        self.flush()
-
-    def until(self, done: Callable[[], object], what: str) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while not done():
-            assert not self.closed, f"the connection closed before {what}: {self.events}"
-            assert time.monotonic() < deadline, f"no {what} within {DEADLINE}s"
-            self.read()
-
-    def answer(self, stream_id: int) -> tuple[int, bytes]:
-        self.until(lambda: stream_id in self.ended, f"the end of stream {stream_id}")
-        return int(self.head(stream_id)[b":status"]), bytes(self.bodies.get(stream_id, b""))
-
-    def head(self, stream_id: int) -> dict[bytes, bytes]:
-        return next(dict(event.headers) for event in self.events
-                    if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id)
-
-    def send_body(self, stream_id: int, body: bytes) -> None:
-        """Send ``body`` and end the stream, no faster than the server's windows allow."""
-        view = memoryview(body)
-        while view:
-            window = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
-            if window <= 0:
-                self.read()
-                continue
-            chunk, view = view[:window], view[window:]
-            self.conn.send_data(stream_id, bytes(chunk), end_stream=not view)
-            self.flush()
-
-    def wait_closed(self) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while not self.closed:
-            assert time.monotonic() < deadline, f"the connection still open after {DEADLINE}s"
-            self.read()
-
-    def terminated(self) -> h2.events.ConnectionTerminated | None:
-        return next((e for e in self.events if isinstance(e, h2.events.ConnectionTerminated)), None)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    folder = tmp_path_factory.mktemp("h2cert")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
-        .sign(key, hashes.SHA256()))
-    crt, pem = folder / "server.crt", folder / "server.key"
-    crt.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-    return crt, pem
+    return self_signed(tmp_path_factory.mktemp("h2cert"))
 
 
 def start(run_cli: Callable[..., Cluster], *args: str) -> tuple[Cluster, str]:
@@ -200,7 +81,7 @@ def test_flow_control_both_ways_with_small_windows(run_cli: Callable[..., Cluste
     reads. On the stack (--threads 2) too: a WSGI answer streamed in more than one chunk over HTTP/2 stopped after
     its first (the bridge's disconnect watcher took the stream's repeated empty body message for the end)."""
     _, url = start(run_cli, *engine.split()[engine == "inline":])
-    client = Client(url, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1024})
+    client = RawClient(url, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1024})
     try:
         size = 1024 * 1024
         assert client.answer(client.request(f"/big?n={size}")) == (200, pattern(size))
@@ -216,7 +97,7 @@ def test_streams_at_once_on_one_connection(run_cli: Callable[..., Cluster]) -> N
     """Five streams opened before any answer is read (two of them uploads sent interleaved) each get their own
     answer on the one connection."""
     _, url = start(run_cli)
-    client = Client(url)
+    client = RawClient(url)
     try:
         gets = [client.request(f"/environ?n={n}") for n in range(3)]
         uploads = {client.request("/echo", method="POST", end=False): pattern(100_000 + n) for n in range(2)}
@@ -242,7 +123,7 @@ def test_drain_lets_the_stream_in_flight_finish(run_cli: Callable[..., Cluster],
     after SIGHUP the new worker serves HTTP/2."""
     certs = ("--ssl-certfile", str(cert[0]), "--ssl-keyfile", str(cert[1])) if tls else ()
     cluster, url = start(run_cli, "--log-level", "debug", *certs)
-    client = Client(url, tls=ssl.create_default_context(cafile=str(cert[0])) if tls else None)
+    client = RawClient(url, tls=ssl.create_default_context(cafile=str(cert[0])) if tls else None)
     try:
         stream_id = client.request(f"/hold?dir={tmp_path}")
         wait_until(lambda: (tmp_path / "started").exists(), "the app holding the request")
@@ -282,7 +163,7 @@ def test_a_proxy_header_and_static_files_over_http2(run_cli: Callable[..., Clust
     folder.mkdir()
     (folder / "a.txt").write_bytes(b"0123456789")
     _, url = start(run_cli, "--proxy-protocol", "--static", f"/assets={folder}")
-    client = Client(url, before=b"PROXY TCP4 203.0.113.7 127.0.0.1 4711 80\r\n")
+    client = RawClient(url, before=b"PROXY TCP4 203.0.113.7 127.0.0.1 4711 80\r\n")
     try:
         status, body = client.answer(client.request("/environ"))
         assert status == 200 and json.loads(body)["REMOTE_ADDR"] == "203.0.113.7"
@@ -299,7 +180,7 @@ def test_a_stream_stuck_past_request_timeout_gets_its_worker_killed(run_cli: Cal
     """--request-timeout: app code of an HTTP/2 stream is stamped as the engine's own is (it holds the engine's
     gate): a stream stuck past the deadline gets its worker killed and respawned, the request named."""
     cluster, url = start(run_cli, "--request-timeout", "1")
-    client = Client(url)
+    client = RawClient(url)
     try:
         client.request(f"/hold?dir={tmp_path}")
         cluster.wait_for_line(r"request GET /hold ran [\d.]+s, past --request-timeout 1 s: killing and respawning")
@@ -370,7 +251,7 @@ def test_request_limits_and_limit_concurrency_hold_for_http2(run_cli: Callable[.
     --limit-concurrency counts HTTP/2 connections with the engine's own: while an h2c connection holds the one
     place, an HTTP/1.1 client gets 503, and while an HTTP/1.1 keep-alive connection holds it, an HTTP/2 stream does."""
     _, url = start(run_cli, "--limit-concurrency", "1", "--limit-request-field-size", "200")
-    first = Client(url)
+    first = RawClient(url)
     try:
         assert first.answer(first.request("/environ"))[0] == 200  # it holds the place until it closes
         assert first.answer(first.request("/environ", extra=[(b"x-big", b"v" * 300)]))[0] == 431
@@ -380,7 +261,7 @@ def test_request_limits_and_limit_concurrency_hold_for_http2(run_cli: Callable[.
         first.close()
     with httpx.Client(timeout=DEADLINE) as http:
         wait_until(lambda: http.get(url + "/environ").status_code == 200, "the HTTP/2 connection's place freed")
-        second = Client(url)  # the HTTP/1.1 keep-alive connection above now holds the place
+        second = RawClient(url)  # the HTTP/1.1 keep-alive connection above now holds the place
         try:
             status, body = second.answer(second.request("/environ"))
             assert status == 503 and body.startswith(b"Service Unavailable: too many connections"), body

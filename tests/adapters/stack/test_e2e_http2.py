@@ -8,9 +8,7 @@ GOAWAY on a drain with a stream in flight, the concurrent-streams limit and the 
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import json
 import signal
 import socket
@@ -27,11 +25,7 @@ import h2.settings
 import hpack
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from h2_raw import APP, RawClient, address, pattern, start
+from h2_raw import APP, RawClient, address, pattern, self_signed, start
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, PingFrame
 
 from helpers import DEADLINE, Cluster, wait_until
@@ -39,23 +33,7 @@ from helpers import DEADLINE, Cluster, wait_until
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key."""
-    folder = tmp_path_factory.mktemp("h2cert")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
-        .sign(key, hashes.SHA256()))
-    crt, pem = folder / "server.crt", folder / "server.key"
-    crt.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-    return crt, pem
+    return self_signed(tmp_path_factory.mktemp("h2cert"))
 
 
 @pytest.mark.parametrize("app", [APP, "h2_app:wsgi --threads 2"])

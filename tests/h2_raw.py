@@ -1,17 +1,25 @@
-"""The HTTP/2 tests' raw client (on the h2 library, over a plain socket: h2c with prior knowledge) and the way they
-start a cluster: shared by tests/adapters/stack/test_e2e_http2*.py, which import it by this module's name (unique
-in the suite, where test modules' names may repeat across folders)."""
+"""The HTTP/2 tests' raw client (on the h2 library: h2c with prior knowledge, or TLS with ALPN h2), the way they
+start a cluster, and their self-signed certificate: shared by tests/adapters/stack/test_e2e_http2*.py and
+tests/adapters/engine/test_e2e_inline_http2.py."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hyperframe.frame import Frame
 
 from helpers import DEADLINE, TEST_APPS, Cluster
@@ -24,11 +32,18 @@ def pattern(size: int) -> bytes:
 
 
 class RawClient:
-    """An HTTP/2 client on the h2 library over a plain socket (h2c with prior knowledge): it sends what the test
-    says and collects h2's events, with a deadline on every wait."""
+    """An HTTP/2 client on the h2 library (h2c with prior knowledge; with ``tls``, HTTP/2 chosen by ALPN): it sends
+    what the test says and collects h2's events, with a deadline on every wait. ``before``: bytes sent first (a
+    PROXY header)."""
 
-    def __init__(self, url: str, settings: dict[int, int] | None = None) -> None:
+    def __init__(self, url: str, settings: dict[int, int] | None = None, before: bytes = b"",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection(address(url), timeout=DEADLINE)
+        self.sock.sendall(before)
+        if tls is not None:
+            tls.set_alpn_protocols(["h2"])
+            self.sock = tls.wrap_socket(self.sock, server_hostname=address(url)[0])
+            assert self.sock.selected_alpn_protocol() == "h2"
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings or {})
         self.conn.initiate_connection()
@@ -90,9 +105,17 @@ class RawClient:
 
     def answer(self, stream_id: int) -> tuple[int, bytes]:
         self.until(lambda: stream_id in self.ended, f"end of stream {stream_id}")
-        status = next(int(dict(event.headers)[b":status"]) for event in self.events
-                      if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id)
-        return status, bytes(self.bodies.get(stream_id, b""))
+        return int(self.head(stream_id)[b":status"]), bytes(self.bodies.get(stream_id, b""))
+
+    def head(self, stream_id: int) -> dict[bytes, bytes]:
+        return next(dict(event.headers) for event in self.events
+                    if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id)
+
+    def wait_closed(self) -> None:
+        deadline = time.monotonic() + DEADLINE
+        while not self.closed:
+            assert time.monotonic() < deadline, f"the connection still open after {DEADLINE}s"
+            self.read()
 
     def send_body(self, stream_id: int, body: bytes) -> None:
         """Send ``body`` (ending the stream) no faster than the server's windows allow."""
@@ -143,3 +166,22 @@ def start(run_cli: Callable[..., Cluster], app: str, *args: str) -> tuple[Cluste
 def address(url: str) -> tuple[str, int]:
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     return host, int(port)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, written in ``folder``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(key, hashes.SHA256()))
+    crt, pem = folder / "server.crt", folder / "server.key"
+    crt.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return crt, pem
