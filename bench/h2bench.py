@@ -49,6 +49,7 @@ from sections import (
     Live,
     Measured,
     Output,
+    choose_entries,
     command,
     command_line,
     dagger,
@@ -192,7 +193,7 @@ def run(ctx: Context) -> Output:
     duration = ctx.duration or (1.0 if ctx.quick else 2.0)
     workers = ctx.workers or WORKERS
     apps = choose_apps(ctx)
-    entries = choose_servers(ctx, catalogue(ctx))
+    entries = choose_entries(ctx, catalogue(ctx))
     trials: dict[Key, Trial] = {}
     for app in apps:
         for entry in entries:
@@ -210,24 +211,6 @@ def choose_apps(ctx: Context) -> list[App]:
         raise SystemExit(f"--apps: unknown {', '.join(sorted(wanted - {a.key for a in known}))}; known here: asgi,"
                          " wsgi")
     return [a for a in known if a.key in wanted]
-
-
-def choose_servers(ctx: Context, entries: Sequence[H2Server]) -> list[H2Server]:
-    if ctx.servers:
-        wanted = {w.strip() for w in ctx.servers.split(",") if w.strip()}
-        known = {e.server.key for e in entries} | {e.server.family for e in entries}
-        if wanted - known:
-            raise SystemExit(f"--servers: unknown {', '.join(sorted(wanted - known))}; known here:"
-                             f" {', '.join(sorted(known))}")
-        entries = [e for e in entries if {e.server.key, e.server.family} & wanted]
-    chosen = []
-    for e in entries:
-        missing = [n for n in e.server.requires if not ctx.versions.get(n)]
-        if missing:
-            ctx.notes.append(f"{e.server.title} skipped: {', '.join(missing)} not installed")
-        else:
-            chosen.append(e)
-    return chosen
 
 
 @contextlib.contextmanager

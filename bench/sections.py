@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import benchenv
 import procs
@@ -96,6 +96,27 @@ def choose(ctx: Context, catalogue: Sequence[Server], default_apps: Sequence[App
 
 
 T = TypeVar("T")
+
+
+class _Entry(Protocol):
+    @property
+    def server(self) -> Server: ...
+
+
+E = TypeVar("E", bound=_Entry)
+
+
+def choose_entries(ctx: Context, entries: Sequence[E]) -> list[E]:
+    """A section's own catalogue, whose entries each name a ``server`` (the static and http2 sections): ``--servers``
+    (keys or families) applied, those whose packages are missing in the servers' interpreter left out with a note."""
+    chosen = []
+    for entry in _filter(ctx.servers, entries, lambda e: {e.server.key, e.server.family}):
+        missing = [n for n in entry.server.requires if not ctx.versions.get(n)]
+        if missing:
+            ctx.notes.append(f"{entry.server.title} skipped: {', '.join(missing)} not installed")
+        else:
+            chosen.append(entry)
+    return chosen
 
 
 def _filter(words: str | None, items: Sequence[T], names: Callable[[T], set[str]]) -> list[T]:

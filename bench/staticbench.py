@@ -40,6 +40,7 @@ from sections import (
     Context,
     Measured,
     Output,
+    choose_entries,
     command_line,
     dagger,
     default_policy,
@@ -159,21 +160,7 @@ def write_files(folder: Path) -> dict[str, bytes]:
 def choose(ctx: Context, entries: Sequence[StaticServer]) -> list[StaticServer]:
     if ctx.apps:
         raise SystemExit("--section static serves its own files with the raw hello apps; leave --apps out")
-    if ctx.servers:
-        wanted = {w.strip() for w in ctx.servers.split(",") if w.strip()}
-        known = {e.server.key for e in entries} | {e.server.family for e in entries}
-        if wanted - known:
-            raise SystemExit(f"--servers: unknown {', '.join(sorted(wanted - known))}; known here:"
-                             f" {', '.join(sorted(known))}")
-        entries = [e for e in entries if {e.server.key, e.server.family} & wanted]
-    chosen = []
-    for e in entries:
-        missing = [n for n in e.server.requires if not ctx.versions.get(n)]
-        if missing:
-            ctx.notes.append(f"{e.server.title} skipped: {', '.join(missing)} not installed")
-        else:
-            chosen.append(e)
-    return chosen
+    return choose_entries(ctx, entries)
 
 
 def trial(ctx: Context, entry: StaticServer, workers: int, duration: float, contents: dict[str, bytes]) -> Trial:
