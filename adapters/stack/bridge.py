@@ -237,15 +237,9 @@ class WSGIBridge:
         if scope["type"] != "http":
             await self._other_scope(scope, receive, send)
             return
-        try:
-            body = await self._read_body(scope, receive)
-        except BodyTimeout as exc:
-            logger.warning("refused a request from %s: %s (408 Request Timeout)", _client(scope), exc)
-            for message in _refusal(408, f"Request Timeout: {exc}"):
-                await send(message)
-            return
+        body = await self._body_or_408(scope, receive, send)
         if body is None:
-            return  # the client left before the request was complete: nobody to answer
+            return  # the client left before the request was complete, or stalled it and was answered 408
         stream, size = body
         streamed = isinstance(stream, InputStream)
         # A streamed body's disconnect watcher waits for the app to read it all: it must not take body messages.
@@ -334,6 +328,17 @@ class WSGIBridge:
             # An executor grows to max_workers only when no thread is idle: one thread per upload in progress.
             executor = self._uploads = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="clusterrun-upload")
         return executor
+
+    async def _body_or_408(self, scope: dict[str, Any], receive: Receive,
+                           send: Send) -> tuple[IO[bytes] | InputStream, int] | None:
+        """``_read_body``; a body stalled past --body-timeout is answered 408 here, and is None as a client gone."""
+        try:
+            return await self._read_body(scope, receive)
+        except BodyTimeout as exc:
+            logger.warning("refused a request from %s: %s (408 Request Timeout)", _client(scope), exc)
+            for message in _refusal(408, f"Request Timeout: {exc}"):
+                await send(message)
+            return None
 
     async def _read_body(self, scope: dict[str, Any], receive: Receive) -> tuple[IO[bytes] | InputStream, int] | None:
         """The body as a BytesIO and its size if it is here (or small and near), else an InputStream and 0."""
