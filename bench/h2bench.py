@@ -13,7 +13,7 @@ Python client's figures. Servers, 2 workers each, on raw ASGI hello and raw WSGI
 
 - clusterrun on its default policy: ASGI on the asyncio stack (clusterrun's own protocol); WSGI with
   ``--threads 4`` (the WSGI bridge on the same stack); and WSGI on the inline engine (``--threads 1``, the
-  default), whose HTTP/2 is being built: until it is, that row reports the engine's refusal;
+  default), which hands its HTTP/2 connections to a thread of its own (adapters.stack.inline_h2);
 - granian ``--http 2`` (HTTP/2 only: its HTTP/1.1 figure comes from a second start on its default, ``auto``);
 - hypercorn (it serves h2c with prior knowledge beside HTTP/1.1).
 
@@ -101,8 +101,8 @@ def catalogue(ctx: Context) -> list[H2Server]:
                         ("clusterrun",), threads), all_),
         H2Server(Server("clusterrun-inline", "clusterrun", f"clusterrun {policy}, inline engine", wsgi,
                         ("clusterrun",), base), all_,
-                 "the inline engine's HTTP/2 is being built in parallel: until it is merged, its HTTP/2 row shows"
-                 " the engine's refusal (GOAWAY HTTP_1_1_REQUIRED)"),
+                 "the inline engine hands each HTTP/2 connection to a thread of its own, the app behind the WSGI"
+                 " bridge (docs/http2.md)"),
         H2Server(Server("granian-h2", "granian", "granian --http 2", both, ("granian",), granian_h2), h2),
         H2Server(Server("granian", "granian", "granian (auto)", both, ("granian",), _granian), h1),
         H2Server(Server("hypercorn", "hypercorn", "hypercorn", both, ("hypercorn",), _hypercorn), all_),
