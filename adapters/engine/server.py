@@ -243,7 +243,16 @@ class WSGIEngine:
         side = self.h2
         if side is None:
             assert self.http2 is not None  # a connection hands itself over only where HTTP/2 is served
-            side = self.h2 = self.http2(self)
+            try:
+                side = self.h2 = self.http2(self)
+            except (OSError, RuntimeError) as exc:
+                # Its loop needs descriptors and its thread a thread: at the descriptor limit (or the process's
+                # thread limit) this connection is closed, not left open with nobody serving it; the next HTTP/2
+                # connection tries again.
+                logger.warning("cannot serve HTTP/2 yet: %s; closed the connection (raise ulimit -n)", exc)
+                conn.sock.close()
+                self.closed(conn)
+                return
             if self.closing_all:
                 side.drain()
         self.h2_open += 1

@@ -110,7 +110,12 @@ class H2Side:
                               send_timeout=body_timeout)
         self._buffer = bytearray(_READ)  # every read on this thread lands here first
         self._thread = threading.Thread(target=self._run, name="clusterrun-h2", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError:  # no thread to be had: the engine refuses this connection and tries again later
+            self.bridge.close()
+            self.loop.close()
+            raise
 
     # The engine's thread.
 

@@ -267,3 +267,24 @@ def test_request_limits_and_limit_concurrency_hold_for_http2(run_cli: Callable[.
             assert status == 503 and body.startswith(b"Service Unavailable: too many connections"), body
         finally:
             second.close()
+
+
+def test_an_http2_side_that_cannot_start_closes_its_connection_and_the_next_is_served(
+    run_cli: Callable[..., Cluster]
+) -> None:
+    """At the descriptor limit the HTTP/2 side cannot make its loop (EMFILE): that connection is closed, with a
+    warning naming the fix, and the next HTTP/2 connection is served. (Was: the exception went to the engine's
+    loop, and the connection stayed open with nobody serving it, its client waiting forever.)"""
+    cluster = run_cli("h2_nofd_app:app", "--port", "0", "--workers", "1", "--no-control", cwd=TEST_APPS)
+    url = cluster.wait_ready()
+    first = RawClient(url)
+    try:
+        first.wait_closed()
+    finally:
+        first.close()
+    cluster.wait_for_line(r"cannot serve HTTP/2 yet: \[Errno 24\] .*\(raise ulimit -n\)")
+    second = RawClient(url)
+    try:
+        assert second.answer(second.request("/")) == (200, b"ok")
+    finally:
+        second.close()
