@@ -4,6 +4,7 @@ the worker's own current_worker().disconnect()."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -86,7 +87,9 @@ def test_a_crash_is_no_planned_exit_and_sending_to_the_dead_is_an_error_event(
     line = exit_line(cluster, 2)
     assert line.groups()[1:] == ("None", "SIGKILL", "False", "True", "True", "None", "SIGKILL"), line.group(0)
     cluster.wait_for_line(r"^listening 3 ")
-    ask(url, "/ask?cmd=kill9")
+    # The worker asks for its own SIGKILL, which may land before it answers: that request may be cut.
+    with contextlib.suppress(httpx.TransportError):
+        ask(url, "/ask?cmd=kill9")
     line = exit_line(cluster, 3)
     assert line.groups()[1:] == ("None", "SIGKILL", "True", "True", "True", "None", "SIGKILL"), line.group(0)
 
