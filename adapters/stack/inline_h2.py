@@ -45,6 +45,7 @@ from clusterrun.adapters.proxy import ForwardedApp, Forwarding
 from clusterrun.adapters.stack.bridge import WSGIBridge
 from clusterrun.adapters.stack.http1 import Shared
 from clusterrun.adapters.stack.http2 import H2Limits, H2Protocol
+from clusterrun.adapters.stack.observing import Done, observed
 from clusterrun.adapters.wsgi_app import Environ, StartResponse
 
 __all__ = ["H2Side", "InlineEngine"]
@@ -99,7 +100,7 @@ class H2Side:
         self._state = _State()
         self._draining = False
         self.bridge = WSGIBridge(_Gated(engine), threads=1, extra_environ=extra_environ, body_timeout=body_timeout)
-        app: Any = _observed(self.bridge, engine, on_response)
+        app: Any = observed(self.bridge, _posting(engine, on_response))
         if forwarding is not None:
             app = ForwardedApp(app, forwarding)
         self._shared = Shared(app, self._state, {}, self.loop, root_path=root_path, timeout_keep_alive=keep_alive,
@@ -266,31 +267,15 @@ class _Released:
         self._stream.close()
 
 
-def _observed(app: Any, engine: InlineEngine, on_response: bool) -> Any:
-    """The ASGI app, each response posted to the engine's thread: counted (--max-requests), and with
-    ``on_response`` told to the access log and --metrics with the engine's own arguments."""
+def _posting(engine: InlineEngine, on_response: bool) -> Done:
+    """Each response posted to the engine's thread: counted (--max-requests), and with ``on_response`` told to the
+    access log and --metrics with the engine's own arguments."""
     post = engine.loop.call_soon_threadsafe
 
-    async def observed(scope: Any, receive: Any, send: Any) -> None:
-        started = time.perf_counter()
-        status, size = 500, 0
-        sent: Any = ()
+    def done(scope: Any, status: int, size: int, seconds: float, sent: Any) -> None:
+        post(engine.h2_served, _report(scope, status, size, seconds, sent) if on_response else None)
 
-        async def send_observed(message: Any) -> None:
-            nonlocal status, size, sent
-            if message["type"] == "http.response.start":
-                status, sent = message["status"], message.get("headers", ())
-            elif message["type"] == "http.response.body":
-                size += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await app(scope, receive, send_observed)
-        finally:
-            post(engine.h2_served, _report(scope, status, size, time.perf_counter() - started, sent)
-                 if on_response else None)
-
-    return observed
+    return done
 
 
 def _report(scope: Any, status: int, size: int, seconds: float, sent: Any) -> tuple[Any, ...]:

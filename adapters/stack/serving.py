@@ -18,6 +18,7 @@ from clusterrun.adapters.stack.bridge import WSGIBridge
 from clusterrun.adapters.stack.deadline import with_deadline
 from clusterrun.adapters.stack.guard import Guard, HeadClock
 from clusterrun.adapters.stack.lifespan import Lifespan
+from clusterrun.adapters.stack.observing import Done, observed
 from clusterrun.adapters.stack.proxied import naming_client
 from clusterrun.adapters.stack.seam import OpenConnection, Stack, WebSocketLimits
 
@@ -25,6 +26,7 @@ from clusterrun.errors import BootError
 from clusterrun.identity import WorkerInfo
 
 __all__ = [
+    "Done",
     "Guard",
     "HeadClock",
     "Lifespan",
@@ -35,6 +37,7 @@ __all__ = [
     "closing_app",
     "http_stack",
     "naming_client",
+    "observed",
     "preimport",
     "stuck_threads",
     "with_deadline",

@@ -37,38 +37,17 @@ from clusterrun.worker.settings import forwarding, limits, proxy_protocol, respo
 logger = logging.getLogger("clusterrun")
 
 _DRAIN_POLL = 0.02
-def observed(app: Any, stats: RequestStats | None, access: AccessLog | None) -> Any:
-    """The ASGI app, each HTTP response recorded in ``stats`` (--metrics) and written to the access log."""
+def recording(stats: RequestStats | None, access: AccessLog | None) -> uvicorn_stack.Done:
+    """What the observer (adapters.stack.observing) tells of each HTTP response: recorded in ``stats`` (--metrics)
+    and written to the access log."""
 
-    async def observed_app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # what the client gets when the app fails before it starts a response
-        size = 0
-        headers: Any = ()
+    def record(scope: Any, status: int, size: int, seconds: float, sent: Any) -> None:
+        if stats is not None:
+            stats.record(status, seconds)
+        if access is not None:
+            _log_access(access, scope, status, size, seconds, sent)
 
-        async def send_observed(message: Any) -> None:
-            nonlocal status, size, headers
-            if message["type"] == "http.response.start":
-                status, headers = message["status"], message.get("headers", ())
-            elif message["type"] == "http.response.body":
-                size += len(message.get("body", b""))
-            elif message["type"] == "http.response.zerocopysend":  # a static file, sent with loop.sendfile
-                size += message.get("count") or 0
-            await send(message)
-
-        try:
-            await app(scope, receive, send_observed)
-        finally:
-            seconds = time.perf_counter() - started
-            if stats is not None:
-                stats.record(status, seconds)
-            if access is not None:
-                _log_access(access, scope, status, size, seconds, headers)
-
-    return observed_app
+    return record
 
 
 def marking_the_first_request(app: Any, mark: SharedCounter) -> Any:
@@ -147,7 +126,7 @@ def _layered(config: Config, info: WorkerInfo, loaded: entry.LoadedApp, pages: W
         app = entry.static_asgi(app, files)
     access = AccessLog(config.access_log_format, info) if config.access_log else None
     if stats is not None or access is not None:
-        app = observed(app, stats, access)
+        app = uvicorn_stack.observed(app, recording(stats, access))
     proxies = forwarding(config)
     if proxies is not None:
         app = entry.ForwardedApp(app, proxies)
