@@ -118,11 +118,11 @@ class Dispatcher:
         while self.held:
             os.close(self.held.popleft()[0])
 
-    def _on_accept(self, sock: socket.socket) -> None:
+    def _on_accept(self, sock: socket.socket, family: int) -> None:
+        """``family``: the listener's, read once when it is watched (``sock.family`` makes an enum per read)."""
         # The bare descriptor: socket.accept() would wrap it in a socket object (one more system call) only for
         # it to be detached again, since the descriptor is all that is passed on.
         accept = sock._accept  # type: ignore[attr-defined]
-        family = sock.family
         accepted: list[Accepted] = []
         for _ in range(_ACCEPT_BATCH):
             try:
@@ -225,7 +225,8 @@ class Dispatcher:
         self.accepting = want
         for sock in self.listeners:
             if want:
-                self.selector.register(sock, selectors.EVENT_READ, lambda mask, s=sock: self._on_accept(s))
+                self.selector.register(sock, selectors.EVENT_READ,
+                                       lambda mask, s=sock, f=int(sock.family): self._on_accept(s, f))
             else:
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(sock)

@@ -49,7 +49,9 @@ _RECV_BYTES = 256 * 1024
 _MAX_FDS_PER_READ = 256
 _ANCILLARY_SPACE = socket.CMSG_SPACE(_MAX_FDS_PER_READ * array.array("i").itemsize)
 _FD_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-_MSG_CTRUNC = getattr(socket, "MSG_CTRUNC", 0)
+# A plain number: ``flags & socket.MSG_CTRUNC`` would build a MsgFlag enum on every read, that is for every
+# connection a worker is passed (three Python calls of enum's, more than the test itself).
+_MSG_CTRUNC = int(getattr(socket, "MSG_CTRUNC", 0))
 
 
 def encode(frame: Frame, nfds: int = 0) -> bytes:

@@ -64,6 +64,9 @@ class _Kind:
     """A frame kind with no fields; a kind with fields overrides ``parse`` to check each."""
 
     KIND: ClassVar[str]
+    # True where a frame carries nothing but whole numbers, flags and fixed words: the same bytes then always
+    # decode to an equal frame, and frames are frozen, so ``decode`` may hand out one frame for them all.
+    SAME_BYTES_SAME_FRAME: ClassVar[bool] = False
 
     @classmethod
     def parse(cls: type[K], obj: Mapping[str, Any]) -> K:
@@ -192,6 +195,7 @@ class Connections(_Kind):
     """Accepted connections of one address family; their descriptors travel with the frame."""
 
     KIND: ClassVar[str] = "conn"
+    SAME_BYTES_SAME_FRAME: ClassVar[bool] = True
     family: int
 
     @classmethod
@@ -233,8 +237,26 @@ def payload(frame: Frame) -> bytes:
     return json.dumps({"t": frame.KIND, **asdict(frame)}, separators=(",", ":")).encode()
 
 
+# Decoded frames of the kinds that allow it, by their bytes. A worker under a primary-side policy is passed
+# every connection in one of a few identical frames (channel.connection_frame encodes each shape once): parsing
+# the JSON again for each was a tenth of what passing a connection cost the worker in Python calls. Bounded, so
+# that a peer sending ever new bytes of such a kind cannot grow it.
+_decoded: dict[bytes, Frame] = {}
+_DECODED_MOST = 32
+
+
 def decode(data: bytes) -> Frame:
     """The frame in ``data``; ChannelError unless it is JSON, of a known kind, with fields of the right types."""
+    frame = _decoded.get(data)
+    if frame is not None:
+        return frame
+    frame = _decode(data)
+    if frame.SAME_BYTES_SAME_FRAME and len(_decoded) < _DECODED_MOST:
+        _decoded[data] = frame
+    return frame
+
+
+def _decode(data: bytes) -> Frame:
     try:
         obj = json.loads(data)
     except ValueError as exc:

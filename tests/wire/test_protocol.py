@@ -60,3 +60,26 @@ def test_a_frame_of_the_wrong_shape_is_refused(obj: dict[str, object], message: 
 def test_text_a_worker_sends_is_bounded() -> None:
     frame = protocol.decode(json.dumps({"t": "boot_error", "error": "x" * 10_000}).encode())
     assert isinstance(frame, BootFailed) and len(frame.error) == 2000
+
+
+def test_a_passed_connections_frame_is_parsed_once_for_its_bytes() -> None:
+    """A worker is passed every connection in one of a few identical frames: the same bytes give the same frame
+    object, not a new parse of the JSON each time."""
+    data = protocol.payload(Connections(socket.AF_INET6))
+    first = protocol.decode(bytes(data))
+    assert first == Connections(socket.AF_INET6)
+    assert protocol.decode(bytes(data)) is first
+
+
+def test_a_message_is_parsed_anew_each_time_so_receivers_never_share_its_data() -> None:
+    data = protocol.payload(Message({"a": [1]}))
+    first, second = protocol.decode(data), protocol.decode(data)
+    assert isinstance(first, Message) and isinstance(second, Message)
+    assert first == second and first.data is not second.data
+
+
+def test_frames_kept_for_their_bytes_are_bounded() -> None:
+    """A peer sending ever new bytes of a kind kept for its bytes cannot make the receiver keep them all."""
+    for family in range(1000, 1200):
+        assert protocol.decode(protocol.payload(Connections(family))) == Connections(family)
+    assert len(protocol._decoded) <= protocol._DECODED_MOST
