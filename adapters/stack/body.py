@@ -1,5 +1,6 @@
-"""The WSGI bridge's streamed ``wsgi.input`` (``InputStream``) and inline mode's one-app-call-at-a-time gate on the
-bridge (``AppGate``, an asyncio lock).
+"""The WSGI bridge's request bodies: the streamed ``wsgi.input`` (``InputStream``), --body-timeout's clock on every
+body read (``BodyClock``), and inline mode's one-app-call-at-a-time gate on the bridge (``AppGate``, an asyncio
+lock).
 
 A WSGI app reads its body with blocking calls; an ASGI server delivers it with ``await receive()``. A body
 that arrived whole with its head is handed to the app as a BytesIO (the WSGI bridge does that). Any other
@@ -18,15 +19,69 @@ their awaits: the off-loop call is scheduled like one more request on the loop, 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from clusterrun.adapters.wsgi_input import BodyReader, BodyTimeout, ClientDisconnected
 
-__all__ = ["AppGate", "InputStream"]
+__all__ = ["AppGate", "BodyClock", "InputStream"]
 
 Message = dict[str, Any]
 T = TypeVar("T")
+
+_SWEEP_EVERY = 1.0  # seconds between two looks at the waiting reads (half the timeout where that is shorter)
+
+
+class BodyClock:
+    """--body-timeout on one loop: every read of a request body that waits on it, checked by one sweep a second.
+
+    The bridge's read ahead of the app and ``InputStream``'s reads for it both wait through ``within``. As for
+    request heads (guard.HeadClock): a timer per read, a ``call_later`` and its cancel, cost every request a few
+    us (docs/benchmarks.md, the HTTP/2 profile), most of them reads already answered; joining and leaving a dict
+    costs a tenth of that. A silent read is given up between ``timeout`` and ``timeout`` plus one sweep.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._every = min(_SWEEP_EVERY, timeout / 2)
+        self._deadlines: dict[asyncio.Task[Any], float] = {}  # the tasks waiting in ``within``
+        self._expired: set[asyncio.Task[Any]] = set()  # cancelled by the sweep, not yet told
+        self._sweeping = False  # a sweep is scheduled: only while some read waits
+
+    async def within(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` (a ``receive()``), or raise BodyTimeout once it waited past the timeout. Cancelling
+        the waiting task leaves uvicorn's and clusterrun's ``receive`` as it was: it waits on an event."""
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        self._deadlines[task] = loop.time() + self.timeout
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(self._every, self._sweep, loop)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise  # cancelled by its owner (the server going away), not by this clock
+            if sys.version_info >= (3, 11):
+                task.uncancel()  # the cancel was this clock's, and it ends here
+            raise BodyTimeout(f"no byte of the request body for {self.timeout:g} s (--body-timeout)") from None
+        finally:
+            self._deadlines.pop(task, None)
+            self._expired.discard(task)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for task, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[task]
+                self._expired.add(task)
+                task.cancel()
+        if self._deadlines:
+            loop.call_later(self._every, self._sweep, loop)
+        else:
+            self._sweeping = False
 
 
 class AppGate:
@@ -73,24 +128,23 @@ class InputStream(BodyReader):
 
     def __init__(
         self, receive: Callable[[], Awaitable[Message]], loop: asyncio.AbstractEventLoop, first: bytes = b"",
-        gate: AppGate | None = None, timeout: float | None = None,
+        gate: AppGate | None = None, clock: BodyClock | None = None,
     ) -> None:
         super().__init__(first)
-        self._receive, self._loop, self._gate, self._timeout = receive, loop, gate, timeout
+        self._receive, self._loop, self._gate, self._clock = receive, loop, gate, clock
         self._gone: Message | None = None
-        self.timed_out = False
+        self._timed_out: BodyTimeout | None = None
         self._finished = asyncio.Event()  # set on the loop once the last body message (or a disconnect) came
 
     # The loop side.
 
     async def _pull(self) -> Message:
-        gate, timeout = self._gate, self._timeout
-        # uvicorn's receive() waits on an event: cancelling it at the timeout leaves the connection as it was.
-        receiving = self._receive() if timeout is None else asyncio.wait_for(self._receive(), timeout)
+        gate, clock = self._gate, self._clock
+        receiving = self._receive() if clock is None else clock.within(self._receive())
         try:
             message = await (gate.released(receiving) if gate is not None else receiving)
-        except asyncio.TimeoutError:
-            self.timed_out = True
+        except BodyTimeout as exc:
+            self._timed_out = exc
             message = {"type": "http.disconnect"}  # what the disconnect watcher sees: nobody to send more to
         if message["type"] != "http.request":
             self._gone = message
@@ -115,8 +169,8 @@ class InputStream(BodyReader):
             message = asyncio.run_coroutine_threadsafe(self._pull(), self._loop).result()
             if message["type"] != "http.request":
                 self._more = False
-                if self.timed_out:
-                    raise BodyTimeout(f"no byte of the request body for {self._timeout:g} s (--body-timeout)")
+                if self._timed_out is not None:
+                    raise self._timed_out
                 raise ClientDisconnected("the client disconnected before sending the whole request body")
             buffer += message.get("body", b"")
             self._more = bool(message.get("more_body", False))

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 from clusterrun.adapters.deadline import RequestStamp
-from clusterrun.adapters.stack.body import AppGate, InputStream
+from clusterrun.adapters.stack.body import AppGate, BodyClock, InputStream
 from clusterrun.adapters.wsgi_app import (
     Environ,
     Exchange,
@@ -85,31 +85,6 @@ def _refusal(status: int, phrase: str) -> Batch:
         {"type": "http.response.start", "status": status, "headers": headers},
         {"type": "http.response.body", "body": body, "more_body": False},
     )
-
-
-async def _receive_within(receive: Receive, timeout: float) -> Message:
-    """``receive()``, or BodyTimeout after ``timeout`` seconds without a message. A timer that cancels the waiting
-    task, rather than asyncio.wait_for, which runs the receive in a task of its own (on Python 3.10 and 3.11): this
-    wait comes once per request, most often already answered."""
-    task = asyncio.current_task()
-    assert task is not None
-    expired: list[bool] = []
-
-    def expire() -> None:
-        expired.append(True)
-        task.cancel()
-
-    timer = asyncio.get_running_loop().call_later(timeout, expire)
-    try:
-        return await receive()
-    except asyncio.CancelledError:
-        if not expired:
-            raise
-        if sys.version_info >= (3, 11):
-            task.uncancel()  # the cancel was this timer's, not the task's owner's
-        raise BodyTimeout(f"no byte of the request body for {timeout:g} s (--body-timeout)") from None
-    finally:
-        timer.cancel()
 
 
 def _client(scope: dict[str, Any]) -> str:
@@ -203,7 +178,8 @@ class WSGIBridge:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self._app, self._threads = app, threads
-        self._body_timeout = body_timeout
+        # --body-timeout's clock on every body read, the read ahead below and InputStream's (None: no timeout).
+        self._body_clock = BodyClock(body_timeout) if body_timeout is not None else None
         self._stamp = request_clock if threads == 1 else None  # pooled: with_deadline's 504 and a recycled worker
         # Created on first use: the bridge is built before the worker forks and before any event loop exists.
         self._executor: ThreadPoolExecutor | None = None
@@ -348,14 +324,14 @@ class WSGIBridge:
                 if name == b"expect" and value.lower() == b"100-continue":
                     # The client waits for "100 Continue", which uvicorn sends on the first receive(): the app's
                     # first read asks for the body, and an app that answers without reading never gets it.
-                    return InputStream(receive, loop, gate=self._gate, timeout=self._body_timeout), 0
+                    return InputStream(receive, loop, gate=self._gate, clock=self._body_clock), 0
         chunks: list[bytes] = []
         size = 0
-        timeout = self._body_timeout
+        clock = self._body_clock
         while True:
             # The body read ahead of the app keeps --body-timeout's clock too: without it, a client that sent part
             # of a small body and went silent held its request (and an HTTP/2 stream) until it left.
-            message = await (receive() if timeout is None else _receive_within(receive, timeout))
+            message = await (receive() if clock is None else clock.within(receive()))
             if message["type"] == "http.disconnect":
                 return None
             chunk: bytes = message.get("body", b"")
@@ -367,7 +343,7 @@ class WSGIBridge:
             chunks.append(chunk)
             size += len(chunk)
             if size > _PREREAD_LIMIT:
-                return InputStream(receive, loop, b"".join(chunks), self._gate, self._body_timeout), 0
+                return InputStream(receive, loop, b"".join(chunks), self._gate, self._body_clock), 0
 
     def _environ(self, scope: dict[str, Any], stream: IO[bytes] | InputStream, size: int) -> Environ:
         environ = self._base.copy()
