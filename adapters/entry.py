@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import socket
 from typing import Any
 
 from clusterrun.adapters.accepting import ACCEPT_BATCH, ACCEPT_REST, accept
@@ -34,6 +35,7 @@ from clusterrun.errors import BootError
 __all__ = [
     "ACCEPT_BATCH",
     "ACCEPT_REST",
+    "AcceptedSocket",
     "Admission",
     "EngineSettings",
     "ForwardedApp",
@@ -57,6 +59,25 @@ __all__ = [
     "static_files",
     "static_wsgi",
 ]
+
+
+class AcceptedSocket(socket.socket):
+    """An accepted connection, passed by the primary or taken by the stack's own accept (balanced,
+    --proxy-protocol). Its ``family`` and ``type`` read as plain numbers, as the kernel gives them: socket.socket
+    makes an enum of each on every read, and uvloop, asyncio and the inline engine read them for every connection
+    (uvloop's connect_accepted_socket three times), which cost more Python calls than the rest of wrapping the
+    descriptor. The numbers compare equal to the enums. Here, not in accepting: that module is compiled, and this
+    class only overrides two properties of an interpreted one."""
+
+    __slots__ = ()
+
+    @property
+    def family(self) -> int:  # type: ignore[override]
+        return super(socket.socket, self).family
+
+    @property
+    def type(self) -> int:  # type: ignore[override]
+        return super(socket.socket, self).type
 
 def inline_engine_available(loaded: LoadedApp, *, threads: int, http: str) -> bool:
     """Whether a worker serves ``loaded`` on the inline engine: a WSGI app called on the worker's thread

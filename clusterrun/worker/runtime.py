@@ -185,23 +185,6 @@ def connection_room() -> int | None:
     return max(1, limit - open_now - max(16, limit // 8))
 
 
-class PassedSocket(socket.socket):
-    """A connection the primary passed. Its ``family`` and ``type`` read as plain numbers, as the kernel gives
-    them: socket.socket makes an enum of each on every read, and uvloop, asyncio and the inline engine read them
-    for every connection (uvloop's connect_accepted_socket three times), which cost more Python calls than the
-    rest of wrapping the descriptor. The numbers compare equal to the enums."""
-
-    __slots__ = ()
-
-    @property
-    def family(self) -> int:  # type: ignore[override]
-        return super(socket.socket, self).family
-
-    @property
-    def type(self) -> int:  # type: ignore[override]
-        return super(socket.socket, self).type
-
-
 class WorkerRuntime:
     """One worker between its fork and its exit, on its loop: asyncio's (``run``) or the inline engine's
     SelectorLoop (``run_inline``), driven through the same part of asyncio's loop API."""
@@ -351,7 +334,7 @@ class WorkerRuntime:
                 case Connections(family):
                     # Given the family, the socket object asks the kernel one question instead of three.
                     for fd in fds:
-                        self.server.adopt(PassedSocket(family, socket.SOCK_STREAM, 0, fileno=fd))
+                        self.server.adopt(entry.AcceptedSocket(family, socket.SOCK_STREAM, 0, fileno=fd))
                 case Message(data):
                     messaging.dispatch(data, _scheduler(loop))
                 case Handle(data):

@@ -256,7 +256,7 @@ class StackServer:
                 return
             if balance is not None:
                 balance.opened()
-            self._adopt(socket.socket(*kind, taken[0]), taken[1])
+            self._adopt(entry.AcceptedSocket(*kind, taken[0]), taken[1])
             if balance is not None:
                 balance.held()
                 if balance.paused:
