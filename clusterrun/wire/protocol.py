@@ -240,19 +240,22 @@ def payload(frame: Frame) -> bytes:
 # Decoded frames of the kinds that allow it, by their bytes. A worker under a primary-side policy is passed
 # every connection in one of a few identical frames (channel.connection_frame encodes each shape once): parsing
 # the JSON again for each was a tenth of what passing a connection cost the worker in Python calls. Bounded, so
-# that a peer sending ever new bytes of such a kind cannot grow it.
+# that a peer sending ever new bytes of such a kind cannot grow it; and only short frames are looked up, so that
+# a user message of up to 1 MiB is not hashed for nothing.
 _decoded: dict[bytes, Frame] = {}
 _DECODED_MOST = 32
+_DECODED_BYTES = 64  # a Connections frame is 24
 
 
 def decode(data: bytes) -> Frame:
     """The frame in ``data``; ChannelError unless it is JSON, of a known kind, with fields of the right types."""
+    if len(data) > _DECODED_BYTES:
+        return _decode(data)
     frame = _decoded.get(data)
-    if frame is not None:
-        return frame
-    frame = _decode(data)
-    if frame.SAME_BYTES_SAME_FRAME and len(_decoded) < _DECODED_MOST:
-        _decoded[data] = frame
+    if frame is None:
+        frame = _decode(data)
+        if frame.SAME_BYTES_SAME_FRAME and len(_decoded) < _DECODED_MOST:
+            _decoded[data] = frame
     return frame
 
 
