@@ -97,7 +97,12 @@ def _counted(python: str, app: App, policy: str, mode: str, count: int, out: Pat
         _requests(port, count, mode)
     finally:
         cluster.send_signal(signal.SIGTERM)
-        cluster.wait(timeout=300)
+        try:
+            cluster.wait(timeout=300)  # callgrind writes its totals as each process exits: slow, not hung
+        except subprocess.TimeoutExpired:
+            cluster.kill()  # the primary (valgrind runs it in place); its worker gets SIGTERM from PDEATHSIG
+            cluster.wait()
+            raise
     totals = {}
     for path in out.glob("*.out"):
         found = _TOTALS.search(path.read_bytes())
