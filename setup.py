@@ -1,10 +1,12 @@
-"""Build step: compile the inline WSGI engine's hot modules with mypyc, or leave them pure Python.
+"""Build step: compile the hot modules of the inline WSGI engine and the ASGI protocol with mypyc, or leave them
+pure Python.
 
 Everything else about the package is declared in pyproject.toml. Only the compiled core lives here, because it
 needs code: which modules, where mypyc reads them from, and what happens when it cannot build.
 
 - The modules in ``HOT`` are compiled; every other module stays Python. They are the ones a WSGI request runs
-  through on the inline engine (docs/wsgi-engine.md, "The compiled core", has the numbers).
+  through on the inline engine, and an ASGI request through clusterrun's HTTP/1.1 protocol (adapters/stack/http1.py)
+  (docs/wsgi-engine.md, "The compiled core", has the numbers).
 - ``CLUSTERRUN_PURE_PYTHON=1`` builds pure Python: the same code, interpreted. So does a machine where mypyc or a
   C compiler is missing, with a warning: the package works either way, only slower.
 - mypyc names a module after its path, and the checkout keeps ``clusterrun.adapters`` in ``adapters/`` (see
@@ -23,7 +25,10 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# What a WSGI request runs through, as installed module paths (clusterrun/adapters/ is adapters/ in the checkout).
+# What a WSGI request runs through on the inline engine, then what an ASGI request runs through on clusterrun's
+# HTTP/1.1 protocol, as installed module paths (clusterrun/adapters/ is adapters/ in the checkout). Not
+# adapters/stack/flow.py: the HTTP/2 protocol, which stays Python, subclasses its WriteFlow, and Python classes
+# cannot subclass compiled ones.
 HOT = [
     "clusterrun/adapters/accepting.py",
     "clusterrun/adapters/engine/connection.py",
@@ -32,6 +37,10 @@ HOT = [
     "clusterrun/adapters/engine/server.py",
     "clusterrun/adapters/engine/tls.py",
     "clusterrun/adapters/wsgi_app.py",
+    "clusterrun/adapters/limits.py",
+    "clusterrun/adapters/proxy.py",
+    "clusterrun/adapters/stack/guard.py",
+    "clusterrun/adapters/stack/http1.py",
 ]
 # mypyc puts the compiled code of all of them in one shared library; named here, it sits inside the package
 # (clusterrun/adapters/engine/_core__mypyc*.so), not as a hash-named module at the top of site-packages.

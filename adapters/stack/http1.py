@@ -412,7 +412,9 @@ class H1Protocol(WriteFlow, asyncio.Protocol):
         if url[:1] == b"/" and b"#" not in url:  # origin-form, the usual: no URL parser needed
             raw_path, _, query = url.partition(b"?")
         else:
-            parsed = httptools.parse_url(url)
+            # Any: httptools' stub says bytes for parts that are None when absent ("*", an authority), and the
+            # compiled build (setup.py) checks annotations at run time.
+            parsed: Any = httptools.parse_url(url)
             raw_path, query = parsed.path or b"/", parsed.query or b""
         scope = self._template.copy()
         set_target(scope, raw_path, query)

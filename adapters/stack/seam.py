@@ -353,9 +353,13 @@ class Stack:
 
     @property
     def name(self) -> str:
-        """What serves HTTP, for the start log: "clusterrun http1 (httptools)", "uvicorn httptools", "uvicorn h11"."""
+        """What serves HTTP, for the start log: "clusterrun http1 (httptools, compiled)" (or "pure Python": how
+        setup.py built it), "uvicorn httptools", "uvicorn h11"."""
         if self._own:
-            return "clusterrun http1 (httptools)"
+            from clusterrun.adapters.stack import http1
+
+            build = "pure Python" if str(http1.__file__).endswith(".py") else "compiled"
+            return f"clusterrun http1 (httptools, {build})"
         return "uvicorn h11" if issubclass(self._config.http_protocol_class, H11Protocol) else "uvicorn httptools"
 
     # Building the protocol classes (before serving).

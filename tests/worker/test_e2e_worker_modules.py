@@ -43,7 +43,7 @@ def test_a_worker_on_uvicorns_stack_loads_both(
 ) -> None:
     cluster = start(run_cli, app, "--workers", "1", *args)
     url = cluster.wait_ready()
-    assert "serving with the clusterrun http1 (httptools)" in cluster.output()
+    assert "serving with the clusterrun http1 (httptools, " in cluster.output()
     loaded = get(url).json()
     assert loaded["uvicorn"] is True and loaded["asyncio"] is True, loaded
 

@@ -24,6 +24,10 @@ HOT = [
     "clusterrun.adapters.engine.server",
     "clusterrun.adapters.engine.tls",
     "clusterrun.adapters.wsgi_app",
+    "clusterrun.adapters.limits",
+    "clusterrun.adapters.proxy",
+    "clusterrun.adapters.stack.guard",
+    "clusterrun.adapters.stack.http1",
 ]
 BUILDS = ("compiled", "pure Python")
 
@@ -57,4 +61,11 @@ def test_setup_compiles_what_this_test_checks() -> None:
 def test_worker_log_names_the_build(run_cli: Callable[..., Cluster]) -> None:
     cluster = start(run_cli, "e2e_wsgi_raw:app")
     [match] = cluster.wait_for_line(r"serving with the inline WSGI engine \(httptools, (compiled|pure Python)\)$")
+    assert match.group(1) == (expected_build() or installed_build())
+
+
+def test_asgi_worker_log_names_the_build(run_cli: Callable[..., Cluster]) -> None:
+    """The ASGI protocol (adapters/stack/http1.py) is in the same build: its start line says which."""
+    cluster = start(run_cli, "e2e_asgi_raw:app")
+    [match] = cluster.wait_for_line(r"serving with the clusterrun http1 \(httptools, (compiled|pure Python)\) \+ ")
     assert match.group(1) == (expected_build() or installed_build())

@@ -20,7 +20,8 @@ from helpers import DEADLINE, TEST_APPS, Cluster, read_all, read_head
 
 # --http uvicorn, the alternative to the default's protocol on the same parser, is checked once per CI run (slow).
 PARSERS = ["httptools", pytest.param("uvicorn", marks=pytest.mark.slow), "h11"]
-SERVED_BY = {"httptools": "clusterrun http1 \\(httptools\\)", "uvicorn": "uvicorn httptools", "h11": "uvicorn h11"}
+SERVED_BY = {"httptools": "clusterrun http1 \\(httptools, (compiled|pure Python)\\)", "uvicorn": "uvicorn httptools",
+             "h11": "uvicorn h11"}
 
 
 def start(run_cli: Callable[..., Cluster], *args: str, app: str = "framing_echo:app") -> tuple[Cluster, int]:
