@@ -1,14 +1,16 @@
 """The compiled section (issue 24, item 3): what the compiled core saves, against the same code in pure Python.
 
-    python bench/run.py --section compiled           # about 3 minutes on 2 cores
+    python bench/run.py --section compiled           # about 5 minutes on 2 cores
     python bench/run.py --section compiled --quick   # under a minute, once bench/.venv-pure exists
 
 The checkout is installed twice: compiled, as ``pip install`` builds it (the servers' interpreter, bench/.venv),
-and pure Python (``CLUSTERRUN_PURE_PYTHON=1``, into bench/.venv-pure beside it). Each serves raw WSGI hello and
-Flask hello from bench/apps with 2 workers on clusterrun's default policy and on shared, keep-alive and with a
-new connection per request. The two builds take turns, round by round, so that a drift of the machine falls on
-both alike; the figure is the median over the rounds of the server's CPU per request (user + system of the whole
-process tree, divided by the requests the load generator completed), beside req/s.
+and pure Python (``CLUSTERRUN_PURE_PYTHON=1``, into bench/.venv-pure beside it). Each serves raw WSGI hello,
+Flask hello (the inline WSGI engine) and Starlette hello (the ASGI protocol, adapters/stack/http1.py) from
+bench/apps with 2 workers on clusterrun's default policy and on shared, keep-alive and with a new connection
+per request; ``--apps`` picks among those and FastAPI hello. The two builds take turns, round by round, so that
+a drift of the machine falls on both alike; the figure is the median over the rounds of the server's CPU per
+request (user + system of the whole process tree, divided by the requests the load generator completed), beside
+req/s.
 
 Each server is checked to run the build it is meant to: its worker's log names the engine it serves on.
 """
@@ -43,7 +45,10 @@ from servers import APPS, App, Server, clusterrun_server
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-WSGI_APPS = tuple(a for a in APPS if a.key in ("wsgi", "flask"))
+# The apps whose server path the compiled core runs: the inline WSGI engine's, and the ASGI protocol's.
+COMPILED_APPS = tuple(a for a in APPS if a.key in ("wsgi", "flask", "starlette", "fastapi"))
+DEFAULT_APPS = ("wsgi", "flask", "starlette")
+FRAMEWORKS = {"flask": "flask", "starlette": "starlette", "fastapi": "fastapi"}  # app key: what the pure venv needs
 WORKERS = 2
 CONNECTIONS = 64
 MODES = ("keep-alive", "close")
@@ -100,9 +105,9 @@ def run(ctx: Context) -> Output:
         raise SystemExit(f"--workers {ctx.workers}: the compiled section compares builds on {WORKERS} workers;"
                          " leave --workers out")
     spans = durations(ctx)
-    pythons = {"compiled": ctx.python, "pure Python": str(pure_venv(ctx))}
-    servers = catalogue(ctx)
     apps = choose_apps(ctx)
+    pythons = {"compiled": ctx.python, "pure Python": str(pure_venv(ctx, apps))}
+    servers = catalogue(ctx)
     cells: dict[Key, Cell] = {}
     for round_ in range(spans.rounds):
         for app in apps:
@@ -112,12 +117,13 @@ def run(ctx: Context) -> Output:
     return report(ctx, apps, servers, spans, cells, pythons)
 
 
-def pure_venv(ctx: Context) -> Path:
+def pure_venv(ctx: Context, apps: Sequence[App]) -> Path:
     """--pure-venv (bench/.venv-pure): the checkout built with CLUSTERRUN_PURE_PYTHON=1 by the servers' Python,
-    with Flask."""
+    with the frameworks of ``apps`` only (raw WSGI needs none: the smoke test's quick run installs nothing more)."""
     base = subprocess.run([ctx.python, "-c", "import sys; print(sys._base_executable)"], capture_output=True,
                           text=True, check=True, timeout=60).stdout.strip()
-    return benchenv.ensure_venv(ctx.pure_venv, REPO, peers=("flask",), pure=True, interpreter=base)
+    peers = tuple(FRAMEWORKS[app.key] for app in apps if app.key in FRAMEWORKS)
+    return benchenv.ensure_venv(ctx.pure_venv, REPO, peers=peers, pure=True, interpreter=base)
 
 
 def catalogue(ctx: Context) -> tuple[Server, ...]:
@@ -126,14 +132,12 @@ def catalogue(ctx: Context) -> tuple[Server, ...]:
 
 
 def choose_apps(ctx: Context) -> tuple[App, ...]:
-    if not ctx.apps:
-        return WSGI_APPS
-    wanted = {w.strip() for w in ctx.apps.split(",") if w.strip()}
-    unknown = wanted - {a.key for a in WSGI_APPS}
+    wanted = {w.strip() for w in ctx.apps.split(",") if w.strip()} if ctx.apps else set(DEFAULT_APPS)
+    unknown = wanted - {a.key for a in COMPILED_APPS}
     if unknown:
         raise SystemExit(f"--apps: unknown {', '.join(sorted(unknown))}; known here: "
-                         f"{', '.join(a.key for a in WSGI_APPS)}")
-    return tuple(a for a in WSGI_APPS if a.key in wanted)
+                         f"{', '.join(a.key for a in COMPILED_APPS)}")
+    return tuple(a for a in COMPILED_APPS if a.key in wanted)
 
 
 def trial(ctx: Context, app: App, server: Server, build: str, spans: Durations, cells: dict[Key, Cell],
@@ -171,9 +175,11 @@ def wait_for_engine_line(log_text: Callable[[], str], timeout: float = 10.0) -> 
 
 
 def engine_said(log: str) -> str | None:
+    """The build a worker's start line names: the inline WSGI engine's, or the ASGI protocol's."""
     for build in BUILDS:
-        if f"serving with the inline WSGI engine (httptools, {build})" in log:
-            return build
+        for engine in ("inline WSGI engine", "clusterrun http1"):
+            if f"serving with the {engine} (httptools, {build})" in log:
+                return build
     return None
 
 

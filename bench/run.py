@@ -9,7 +9,7 @@
     python bench/run.py --section handover   # issue 12: what one primary hands over per CPU second, under a minute
     python bench/run.py --section metrics --quick  # issue 13: what --metrics costs; status calls under load, <1 min
     python bench/run.py --section syscalls   # issue 24: system calls per request of one worker, by strace, <1 min
-    python bench/run.py --section compiled   # issue 24: the compiled core against pure Python, about 3 minutes
+    python bench/run.py --section compiled   # issues 24, 25: the compiled core against pure Python, about 5 minutes
     python bench/run.py --section static     # issue 28: files by clusterrun --static, granian and uWSGI, 65 s
     python bench/run.py --section http2      # issue 28: HTTP/2 vs granian, hypercorn, 80 s (--apps asgi|wsgi: 40)
 
@@ -89,11 +89,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              " primary hands over per CPU second under rr (issue 12); metrics: what --metrics costs"
                              " per request, and status and /metrics calls during full load (issue 13); syscalls: system"
                              " calls per request of one worker, by strace, keep-alive and a new connection per"
-                             " request (issue 24); compiled: server CPU per request of the compiled engine against"
-                             " the same code built as pure Python (issue 24); static: files of 1 KiB, 64 KiB and 1 MiB"
-                             " and a 304, clusterrun --static against granian and uWSGI (issue 28); http2: HTTP/2"
-                             " req/s and server CPU per request beside HTTP/1.1, against granian and hypercorn"
-                             " (issue 28)")
+                             " request (issue 24); compiled: server CPU per request of the compiled core (the WSGI"
+                             " engine, the ASGI protocol) against the same code built as pure Python (issues 24,"
+                             " 25); static: files of 1 KiB, 64 KiB and 1 MiB and a 304, clusterrun --static against"
+                             " granian and uWSGI (issue 28); http2: HTTP/2 req/s and server CPU per request beside"
+                             " HTTP/1.1, against granian and hypercorn (issue 28)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round of 1 s runs, 0.5 s warm-up, no re-measuring, instead of 3 rounds of 3 s")
     parser.add_argument("--no-install", action="store_true",
