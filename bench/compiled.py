@@ -48,7 +48,6 @@ REPO = BENCH.parent
 # The apps whose server path the compiled core runs: the inline WSGI engine's, and the ASGI protocol's.
 COMPILED_APPS = tuple(a for a in APPS if a.key in ("wsgi", "flask", "starlette", "fastapi"))
 DEFAULT_APPS = ("wsgi", "flask", "starlette")
-FRAMEWORKS = {"flask": "flask", "starlette": "starlette", "fastapi": "fastapi"}  # app key: what the pure venv needs
 WORKERS = 2
 CONNECTIONS = 64
 MODES = ("keep-alive", "close")
@@ -122,7 +121,7 @@ def pure_venv(ctx: Context, apps: Sequence[App]) -> Path:
     with the frameworks of ``apps`` only (raw WSGI needs none: the smoke test's quick run installs nothing more)."""
     base = subprocess.run([ctx.python, "-c", "import sys; print(sys._base_executable)"], capture_output=True,
                           text=True, check=True, timeout=60).stdout.strip()
-    peers = tuple(FRAMEWORKS[app.key] for app in apps if app.key in FRAMEWORKS)
+    peers = tuple(dict.fromkeys(dist for app in apps for dist in app.requires))
     return benchenv.ensure_venv(ctx.pure_venv, REPO, peers=peers, pure=True, interpreter=base)
 
 
